@@ -1,0 +1,77 @@
+//! Axum integration (feature `axum`): [`Principal`] and `Option<Principal>` as extractors.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use tower_wacht::Principal;
+//!
+//! async fn whoami(principal: Principal) -> String {
+//!     format!("{} acting on {:?}", principal.client_id(), principal.granted_resource())
+//! }
+//!
+//! async fn public(principal: Option<Principal>) -> String {
+//!     match principal {
+//!         Some(p) => format!("hello {}", p.client_id()),
+//!         None => "hello anonymous".to_owned(),
+//!     }
+//! }
+//!
+//! let app: Router = Router::new().route("/whoami", get(whoami)).route("/public", get(public));
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use crate::guard::challenge_of;
+use crate::layer::is_grpc;
+use crate::principal::Principal;
+use crate::reject::{AuthError, ChallengeParams};
+
+/// Rejection of the [`Principal`] extractor: the request has no verified principal. Renders
+/// 401 with the layer's `WWW-Authenticate` challenge (or gRPC UNAUTHENTICATED).
+#[derive(Debug)]
+pub struct PrincipalRejection {
+    challenge: Arc<ChallengeParams>,
+    grpc: bool,
+}
+
+impl IntoResponse for PrincipalRejection {
+    fn into_response(self) -> Response {
+        AuthError::MissingCredentials
+            .into_response(&self.challenge, self.grpc)
+            .map(axum::body::Body::new)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = PrincipalRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Principal>() {
+            Some(p) => Ok(p.clone()),
+            None => Err(PrincipalRejection {
+                challenge: challenge_of(&parts.extensions),
+                grpc: is_grpc(&parts.headers),
+            }),
+        }
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Principal>().cloned())
+    }
+}
+
+impl IntoResponse for AuthError {
+    /// Renders the error as plain HTTP with default challenge parameters. Inside handlers
+    /// prefer [`Principal`]-aware helpers, which carry the layer's realm and metadata URL.
+    fn into_response(self) -> Response {
+        AuthError::into_response(self, &ChallengeParams::default(), false).map(axum::body::Body::new)
+    }
+}

@@ -1,0 +1,140 @@
+//! [`HttpGateway`]: `POST {base}/v1/authz/check` over one pooled reqwest client (rustls).
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use super::wire::{CheckBody, PrincipalBody, decode_decision};
+use super::{CheckRequest, Decision, Gateway, GatewayError};
+use crate::config::{ApiKey, WachtAuthConfig};
+
+/// Largest gateway response body read, in bytes. A decision is well under 4 KiB; anything much
+/// bigger is a fault, answered as unavailable without buffering it.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The Wacht gateway client.
+///
+/// One `reqwest::Client` (connection pool, rustls) shared by every check; explicit connect and
+/// total timeouts. The backend API key, if configured, is sent as `Authorization: Bearer`.
+#[derive(Debug, Clone)]
+pub struct HttpGateway {
+    client: reqwest::Client,
+    check_url: reqwest::Url,
+}
+
+impl HttpGateway {
+    /// Builds the client from the layer configuration.
+    pub fn new(config: &WachtAuthConfig) -> Result<Self, crate::ConfigError> {
+        Self::with_settings(
+            config.gateway_url.clone(),
+            config.api_key.as_ref(),
+            config.connect_timeout,
+            config.request_timeout,
+        )
+    }
+
+    /// Builds the client from explicit settings.
+    pub fn with_settings(
+        base_url: reqwest::Url,
+        api_key: Option<&ApiKey>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, crate::ConfigError> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                crate::ConfigError::Invalid {
+                    name: "api_key",
+                    reason: "not a valid header value".into(),
+                }
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("tower-wacht/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| crate::ConfigError::Invalid {
+                name: "gateway client",
+                reason: e.to_string(),
+            })?;
+        let check_url = base_url
+            .join("v1/authz/check")
+            .map_err(|e| crate::ConfigError::Invalid {
+                name: "gateway_url",
+                reason: e.to_string(),
+            })?;
+        Ok(HttpGateway { client, check_url })
+    }
+
+    async fn check_inner(&self, request: CheckRequest<'_>) -> Result<Decision, GatewayError> {
+        let body = CheckBody {
+            principal: PrincipalBody {
+                kind: "oauth_access_token",
+                value: request.token.expose(),
+            },
+            resource: request.resource,
+            method: request.method,
+            client_ip: request.client_ip,
+            user_agent: request.user_agent,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| GatewayError::Decode(e.to_string()))?;
+        let mut response = self
+            .client
+            .post(self.check_url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(map_reqwest_error)?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            401 => return Ok(Decision::InvalidToken),
+            other => return Err(GatewayError::Status(other)),
+        }
+        if !is_json(response.headers().get(CONTENT_TYPE)) {
+            return Err(GatewayError::Decode("decision is not application/json".into()));
+        }
+        let mut buf = Vec::with_capacity(2048);
+        while let Some(chunk) = response.chunk().await.map_err(map_reqwest_error)? {
+            if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(GatewayError::Decode(format!(
+                    "response body larger than {MAX_BODY_BYTES} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        decode_decision(&buf)
+    }
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn map_reqwest_error(e: reqwest::Error) -> GatewayError {
+    if e.is_timeout() {
+        GatewayError::Timeout
+    } else if e.is_decode() || e.is_body() {
+        // reqwest's Display for a request error includes the URL, never the request body.
+        GatewayError::Decode(e.without_url().to_string())
+    } else {
+        GatewayError::Connect(e.without_url().to_string())
+    }
+}
+
+impl Gateway for HttpGateway {
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
+        Box::pin(self.check_inner(request))
+    }
+}

@@ -1,0 +1,90 @@
+//! The gateway seam: the [`Gateway`] trait (one async `check`), what it answers
+//! ([`Decision`], [`GatewayError`]), and the real client [`HttpGateway`].
+
+mod client;
+pub(crate) mod wire;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+pub use self::client::HttpGateway;
+use crate::principal::Grant;
+use crate::token::BearerToken;
+
+/// One authz check: the token and the request context sent with it.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckRequest<'a> {
+    /// The access token (redacted in `Debug`).
+    pub token: BearerToken<'a>,
+    /// The HTTP method reported to the gateway (the layer's configured method).
+    pub method: &'a str,
+    /// The resource path reported to the gateway (the layer's configured resource).
+    pub resource: &'a str,
+    /// The caller's IP address, if known (audit and per-IP rate limits).
+    pub client_ip: Option<&'a str>,
+    /// The caller's `User-Agent`, if forwarded (audit only).
+    pub user_agent: Option<&'a str>,
+}
+
+/// What the gateway decided about a token.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// HTTP 200 with `allowed: true`: the token is valid.
+    Allowed(Box<Grant>),
+    /// HTTP 200 with `reason: "permission_denied"`.
+    PermissionDenied,
+    /// HTTP 200 with `reason: "rate_limited"`; `retry_after` converted from milliseconds.
+    RateLimited {
+        /// When the client may retry, if the gateway said.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 401: unknown, expired, revoked or otherwise inactive token.
+    InvalidToken,
+}
+
+/// The gateway could not give a decision. The layer answers 503 (fail closed) for all of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// No answer within the request timeout (or the connect timeout).
+    #[error("gateway request timed out")]
+    Timeout,
+    /// The connection could not be established or broke.
+    #[error("could not reach the gateway: {0}")]
+    Connect(String),
+    /// A status the protocol does not use for decisions (5xx, 4xx other than 401, ...).
+    #[error("gateway answered HTTP {0}")]
+    Status(u16),
+    /// The body could not be read or decoded, or is larger than allowed.
+    #[error("gateway response could not be decoded: {0}")]
+    Decode(String),
+}
+
+impl GatewayError {
+    /// A short, stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Timeout => "timeout",
+            GatewayError::Connect(_) => "connect",
+            GatewayError::Status(_) => "status",
+            GatewayError::Decode(_) => "decode",
+        }
+    }
+}
+
+/// Something that can check a token: the Wacht gateway over HTTP ([`HttpGateway`]), or a
+/// test double.
+///
+/// The verifier calls it only on a cache miss, once per token however many requests wait.
+pub trait Gateway: Send + Sync + 'static {
+    /// Checks one token.
+    fn check<'a>(&'a self, request: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>>;
+}
+
+impl fmt::Debug for dyn Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Gateway")
+    }
+}

@@ -1,0 +1,214 @@
+//! JSON shapes of `POST /v1/authz/check` (`gateway-protocol.md` §2-3) and the decoder that turns
+//! a response into a [`Decision`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Decision, GatewayError};
+use crate::principal::{ClientId, DeploymentId, Grant, ResourceUrn, StringSet, UserId};
+use crate::timefmt::parse_rfc3339;
+
+/// Request body. Only the fields the gateway knows: it rejects unknown keys with 422.
+#[derive(Serialize)]
+pub(crate) struct CheckBody<'a> {
+    pub principal: PrincipalBody<'a>,
+    pub resource: &'a str,
+    pub method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PrincipalBody<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: &'a str,
+}
+
+/// The 200 decision body (and the error envelope, which has the same shape). Unknown fields
+/// are ignored; everything the decoder does not need is left out.
+#[derive(Deserialize)]
+struct DecisionBody {
+    #[serde(default)]
+    request_id: Option<String>,
+    allowed: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    identity: Option<Identity>,
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: Option<Metadata>,
+    #[serde(default)]
+    retry_after: Option<u64>,
+    #[serde(default)]
+    headers: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    deployment_id: Option<String>,
+    key_name: Option<String>,
+    #[serde(default)]
+    owner_user_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    principal_type: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    oauth_resource: Option<String>,
+    #[serde(default)]
+    granted_resource: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// Decodes a 200 response body into a decision.
+///
+/// Never yields [`Decision::Allowed`] unless the body says `"allowed": true` and carries an
+/// identity with a deployment id and client id, and metadata with a parseable `expires_at`.
+pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
+    let body: DecisionBody = serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
+    if !body.allowed {
+        return Ok(match body.reason.as_deref() {
+            Some("rate_limited") => Decision::RateLimited {
+                // `retry_after` is in milliseconds.
+                retry_after: body.retry_after.map(Duration::from_millis),
+            },
+            Some("permission_denied") => Decision::PermissionDenied,
+            _ => {
+                return Err(GatewayError::Decode(
+                    "200 decision with allowed=false and an unknown reason".into(),
+                ));
+            }
+        });
+    }
+    let identity = body
+        .identity
+        .ok_or_else(|| GatewayError::Decode("allowed decision without identity".into()))?;
+    let metadata = body
+        .metadata
+        .ok_or_else(|| GatewayError::Decode("allowed decision without metadata".into()))?;
+    if metadata
+        .principal_type
+        .as_deref()
+        .is_some_and(|t| t != "oauth_access_token")
+    {
+        return Err(GatewayError::Decode("decision is not for an OAuth access token".into()));
+    }
+    let deployment_id: DeploymentId = identity
+        .deployment_id
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| GatewayError::Decode("identity.deployment_id missing or not an integer".into()))?;
+    let owner_user_id = match identity.owner_user_id.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<UserId>()
+                .map_err(|_| GatewayError::Decode("identity.owner_user_id is not an integer".into()))?,
+        ),
+    };
+    let mut headers = body.headers.unwrap_or_default();
+    let client_id = identity
+        .key_name
+        .or_else(|| headers.remove("x-wacht-oauth-client-id"))
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| GatewayError::Decode("allowed decision without a client id".into()))?;
+    let expires_at = metadata
+        .expires_at
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .ok_or_else(|| GatewayError::Decode("metadata.expires_at missing or not RFC 3339".into()))?;
+    let granted_resource = metadata
+        .granted_resource
+        .or_else(|| headers.remove("x-wacht-granted-resource"))
+        .map(|s| ResourceUrn::parse(&s));
+    Ok(Decision::Allowed(Box::new(Grant {
+        client_id: ClientId::new(client_id),
+        granted_resource,
+        scopes: StringSet::new(metadata.scopes.unwrap_or_default()),
+        permissions: StringSet::new(body.permissions.unwrap_or_default()),
+        expires_at,
+        oauth_resource: metadata.oauth_resource.map(Into::into),
+        issuer: headers.remove("x-wacht-oauth-issuer").map(Into::into),
+        deployment_id,
+        owner_user_id,
+        request_id: body.request_id.unwrap_or_default().into(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::OrganizationId;
+
+    const ALLOWED: &str = r#"{
+      "request_id": "req_593812470012345678", "allowed": true, "reason": null, "blocked_rule": null,
+      "identity": { "key_id": "445566778899001122", "deployment_id": "418223109876543489", "app_slug": "oauth_432119876543210241",
+        "key_name": "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl", "owner_user_id": "432119876543210241", "organization_id": null,
+        "workspace_id": null, "organization_membership_id": null, "workspace_membership_id": null },
+      "permissions": ["org:projects:read", "org:projects:write", "projects:read", "projects:write"],
+      "metadata": { "principal_type": "oauth_access_token", "scopes": ["projects:read", "projects:write"],
+        "oauth_resource": "https://api.example.com", "granted_resource": "urn:wacht:organization:427001234567890561",
+        "expires_at": "2026-06-29T14:05:11.482913Z" },
+      "rate_limits": [{ "rule": "1000/60s", "remaining": 999, "limit": 1000 }], "retry_after": null,
+      "headers": { "x-wacht-oauth-client-id": "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl", "x-wacht-oauth-issuer": "https://auth.example.com" },
+      "some_future_field": {"nested": true}
+    }"#;
+
+    #[test]
+    fn decodes_the_reference_allowed_decision() {
+        let Ok(Decision::Allowed(grant)) = decode_decision(ALLOWED.as_bytes()) else {
+            panic!("not allowed");
+        };
+        assert_eq!(grant.client_id.as_str(), "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+        assert_eq!(grant.deployment_id, DeploymentId(418223109876543489));
+        assert_eq!(grant.owner_user_id, Some(UserId(432119876543210241)));
+        assert_eq!(
+            grant.granted_resource,
+            Some(ResourceUrn::Organization(OrganizationId(427001234567890561)))
+        );
+        assert_eq!(grant.issuer.as_deref(), Some("https://auth.example.com"));
+        assert_eq!(grant.oauth_resource.as_deref(), Some("https://api.example.com"));
+        assert!(grant.permissions.contains("org:projects:write"));
+        assert_eq!(grant.scopes.len(), 2);
+        assert_eq!(&*grant.request_id, "req_593812470012345678");
+    }
+
+    #[test]
+    fn rate_limited_retry_after_is_milliseconds() {
+        let body = r#"{"allowed": false, "reason": "rate_limited", "retry_after": 60000, "identity": null}"#;
+        assert!(matches!(
+            decode_decision(body.as_bytes()),
+            Ok(Decision::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(60)
+        ));
+    }
+
+    #[test]
+    fn never_allows_without_allowed_true_and_identity() {
+        for body in [
+            r#"{"allowed": false, "identity": null}"#,
+            r#"{"allowed": "true"}"#,
+            r#"{"allowed": true, "identity": null, "metadata": {"expires_at": "2026-06-29T14:05:11Z"}}"#,
+            r#"{"allowed": true, "identity": {"deployment_id": "1", "key_name": "oc_x"}, "metadata": {}}"#,
+            r#"{"allowed": true, "identity": {"deployment_id": "x", "key_name": "oc_x"}, "metadata": {"expires_at": "2026-06-29T14:05:11Z"}}"#,
+            r#"{"identity": {"deployment_id": "1", "key_name": "oc_x"}, "metadata": {"expires_at": "2026-06-29T14:05:11Z"}}"#,
+            "not json",
+            "",
+        ] {
+            assert!(
+                !matches!(decode_decision(body.as_bytes()), Ok(Decision::Allowed(_))),
+                "{body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! [`WachtAuthLayer`] and its service [`WachtAuth`]: the per-request hot path, top to bottom.
+//!
+//! ```text
+//! call ─► parse Authorization ─► SHA-256 ─► cache hit? ─► insert Principal ─► inner.call
+//!              │                              │ miss
+//!              │                              ▼
+//!              │                   boxed verification (single flight, gateway)
+//!              ▼                              │ ok: insert Principal ─► inner.call
+//!       reject locally (no gateway call)      └ err: reject (401 / 403 / 429 / 503, or gRPC)
+//! ```
+//!
+//! A cache hit allocates nothing beyond the extension insert and never boxes.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::config::WachtAuthConfig;
+use crate::gateway::{Gateway, HttpGateway};
+use crate::principal::Principal;
+use crate::reject::{AuthError, ChallengeParams};
+use crate::token::{BearerToken, TokenError, bearer_from_headers};
+use crate::verify::{MissContext, Verifier};
+
+/// The caller's IP address, for the gateway's audit log and per-IP rate limits.
+///
+/// Insert it into the request extensions in front of the layer (for example from a trusted
+/// proxy header); with the `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when this
+/// is absent. It is sent only on cache misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Marker inserted for anonymous requests in optional mode, so extractors and guards can
+/// render this layer's challenge.
+#[derive(Clone)]
+pub(crate) struct Anonymous(pub(crate) Arc<ChallengeParams>);
+
+/// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`].
+///
+/// Works around Axum routers and Tonic servers alike (generic over request and response
+/// bodies). Clones share one verifier and cache.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, routing::get};
+/// use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
+///
+/// let auth = WachtAuthLayer::new(WachtAuthConfig::from_env()?)?;
+/// let app: Router = Router::new()
+///     .route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }))
+///     .layer(auth);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct WachtAuthLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    verifier: Arc<Verifier>,
+    optional: bool,
+    max_token_len: usize,
+}
+
+impl WachtAuthLayer {
+    /// Builds the layer with the HTTP gateway client described by `config`.
+    pub fn new(config: WachtAuthConfig) -> Result<Self, crate::ConfigError> {
+        let gateway = HttpGateway::new(&config)?;
+        Ok(Self::with_gateway(config, gateway))
+    }
+
+    /// Builds the layer over any [`Gateway`] implementation.
+    pub fn with_gateway(config: WachtAuthConfig, gateway: impl Gateway) -> Self {
+        let challenge = Arc::new(ChallengeParams {
+            realm: config.realm.as_deref().map(Into::into),
+            resource_metadata: None,
+            scopes: config.challenge_scopes.iter().map(|s| s.as_str().into()).collect(),
+        });
+        let verifier = Arc::new(Verifier::new(&config, Arc::new(gateway), challenge));
+        WachtAuthLayer {
+            shared: Arc::new(Shared {
+                verifier,
+                optional: config.optional,
+                max_token_len: config.max_token_len,
+            }),
+        }
+    }
+
+    /// The verifier behind this layer (verify tokens outside HTTP, inspect the cache).
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.shared.verifier
+    }
+
+    /// Drops one token's cached decision at once (e.g. after revoking its grant).
+    pub async fn invalidate(&self, token: &str) {
+        self.shared.verifier.invalidate(token).await;
+    }
+
+    /// Drops every cached decision.
+    pub fn invalidate_all(&self) {
+        self.shared.verifier.invalidate_all();
+    }
+}
+
+impl<S> Layer<S> for WachtAuthLayer {
+    type Service = WachtAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WachtAuth {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service produced by [`WachtAuthLayer`].
+#[derive(Clone, Debug)]
+pub struct WachtAuth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for WachtAuth<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let hash = match bearer_from_headers(req.headers(), shared.max_token_len) {
+            Ok(Some(token)) => token.hash(),
+            Ok(None) if shared.optional => {
+                req.extensions_mut()
+                    .insert(Anonymous(Arc::clone(&shared.verifier.challenge)));
+                return ResponseFuture::inner(self.inner.call(req));
+            }
+            Ok(None) => return self.reject(&req, AuthError::MissingCredentials),
+            Err(TokenError::DuplicateHeader) => {
+                return self.reject(
+                    &req,
+                    AuthError::InvalidRequest("The request carries more than one Authorization header."),
+                );
+            }
+            Err(TokenError::Malformed | TokenError::TooLong) => {
+                return self.reject(&req, AuthError::InvalidToken("The access token is malformed."));
+            }
+        };
+
+        // Hot path: a cached principal.
+        if let Some(principal) = shared.verifier.cached(&hash) {
+            req.extensions_mut().insert(principal);
+            return ResponseFuture::inner(self.inner.call(req));
+        }
+
+        // Miss: verify in a boxed future that owns a copy of the token, then call the service
+        // that was made ready (a fresh clone stays behind for the next request).
+        let token = match bearer_from_headers(req.headers(), shared.max_token_len) {
+            Ok(Some(token)) => OwnedToken(token.expose().to_owned()),
+            _ => return self.reject(&req, AuthError::InvalidToken("The access token is malformed.")),
+        };
+        let ctx = miss_context(&req, shared.verifier.forward_user_agent);
+        let verifier = Arc::clone(&shared.verifier);
+        let verify: BoxFuture<'static, Result<Principal, AuthError>> = Box::pin(async move {
+            let token = BearerToken::new_unchecked(&token.0);
+            verifier.verify_miss(token, hash, ctx).await
+        });
+        let fresh = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, fresh);
+        ResponseFuture {
+            state: State::Verifying {
+                verify,
+                request: Some(req),
+                service: Some(service),
+                challenge: Arc::clone(&shared.verifier.challenge),
+            },
+        }
+    }
+}
+
+impl<S> WachtAuth<S> {
+    fn reject<ReqB, Svc>(&self, req: &Request<ReqB>, error: AuthError) -> ResponseFuture<Svc, ReqB>
+    where
+        Svc: Service<Request<ReqB>>,
+    {
+        let response = render(error, &self.shared.verifier.challenge, req.headers());
+        ResponseFuture {
+            state: State::Reject {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+/// Renders a rejection in the protocol the request speaks.
+pub(crate) fn render(error: AuthError, challenge: &ChallengeParams, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    error.into_response(challenge, is_grpc(headers))
+}
+
+/// A request is gRPC when its `content-type` starts with `application/grpc` (any case).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().len() >= GRPC.len() && v.as_bytes()[..GRPC.len()].eq_ignore_ascii_case(GRPC))
+}
+
+fn miss_context<B>(req: &Request<B>, forward_user_agent: bool) -> MissContext {
+    let user_agent = forward_user_agent
+        .then(|| {
+            req.headers()
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .flatten();
+    let client_ip = req.extensions().get::<ClientIp>().map(|ip| ip.0);
+    #[cfg(feature = "axum")]
+    let client_ip = client_ip.or_else(|| {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    MissContext {
+        user_agent,
+        client_ip: client_ip.map(|ip| ip.to_string()),
+    }
+}
+
+/// The token copied out of the request for the miss path. Redacted `Debug`.
+struct OwnedToken(String);
+
+impl std::fmt::Debug for OwnedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnedToken(<redacted>)")
+    }
+}
+
+pin_project! {
+    /// Response future of [`WachtAuth`].
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB, F> {
+        Inner { #[pin] future: F },
+        Reject { response: Option<Response<Full<Bytes>>> },
+        Verifying {
+            verify: BoxFuture<'static, Result<Principal, AuthError>>,
+            request: Option<Request<ReqB>>,
+            service: Option<S>,
+            challenge: Arc<ChallengeParams>,
+        },
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn inner(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Inner { future },
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Reject { response } => {
+                    let response = response
+                        .take()
+                        .unwrap_or_else(|| Response::new(Full::new(Bytes::new())));
+                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                }
+                StateProj::Verifying {
+                    verify,
+                    request,
+                    service,
+                    challenge,
+                } => {
+                    let outcome = ready!(verify.as_mut().poll(cx));
+                    let (Some(mut req), Some(mut svc)) = (request.take(), service.take()) else {
+                        // Polled again after completion: answer like an unavailable gateway.
+                        let error = AuthError::Unavailable {
+                            retry_after: std::time::Duration::from_secs(1),
+                        };
+                        let response = error.into_response(challenge, false);
+                        state.set(State::Reject {
+                            response: Some(response),
+                        });
+                        continue;
+                    };
+                    match outcome {
+                        Ok(principal) => {
+                            req.extensions_mut().insert(principal);
+                            let future = svc.call(req);
+                            state.set(State::Inner { future });
+                        }
+                        Err(error) => {
+                            let response = render(error, challenge, req.headers());
+                            state.set(State::Reject {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! # tower-wacht
+//!
+//! Protect Axum, Tonic and MCP servers with OAuth access tokens issued by
+//! [Wacht](https://wacht.dev): one Tower layer verifies every request's bearer token through
+//! the Wacht gateway, caches the verdict briefly (keyed by the token's SHA-256, never the
+//! token), and hands handlers a [`Principal`].
+//!
+//! ```
+//! use axum::{Router, routing::{get, post}};
+//! use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthLayer};
+//!
+//! async fn whoami(principal: Principal) -> String {
+//!     format!("{} acting on {:?} with {:?}", principal.client_id(), principal.granted_resource(), principal.scopes())
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // SAFETY of the example: the environment is read once, here, before anything else runs.
+//! let config = WachtAuthConfig::builder()
+//!     .api_key("sk_live_...")                       // or WachtAuthConfig::from_env()?
+//!     .expected_audience("https://api.example.com") // reject tokens issued for other servers
+//!     .build()?;
+//! let auth = WachtAuthLayer::new(config)?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/tools/invoke", post(|| async { "invoked" }))
+//!     .route_layer(RequirePermissions::all(["mcp:invoke"]))  // 403 insufficient_scope otherwise
+//!     .route("/whoami", get(whoami))
+//!     .layer(auth);                                          // 401 / 429 / 503 before any handler
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! What a client sees when a request is refused:
+//!
+//! | condition | HTTP | challenge / header | gRPC |
+//! | --- | --- | --- | --- |
+//! | no token (or another scheme) | 401 | `WWW-Authenticate: Bearer realm=...` (no `error`) | 16 UNAUTHENTICATED |
+//! | malformed, unknown, expired, revoked, wrong deployment/issuer/audience | 401 | `error="invalid_token"` | 16 UNAUTHENTICATED |
+//! | repeated `Authorization` headers | 400 | `invalid_request` in the body | 3 INVALID_ARGUMENT |
+//! | missing permission | 403 | `error="insufficient_scope", scope="..."` | 7 PERMISSION_DENIED |
+//! | gateway rate limit | 429 | `Retry-After: <seconds>` | 8 RESOURCE_EXHAUSTED |
+//! | gateway down, slow or answering garbage | 503 | `Retry-After: <seconds>` | 14 UNAVAILABLE |
+//!
+//! Features: `axum` (default) makes [`Principal`] an extractor; `test-util` provides
+//! `testing::FakeGateway`, a real loopback server speaking the gateway protocol.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "axum")]
+mod axum;
+mod body;
+mod config;
+mod gateway;
+mod guard;
+mod layer;
+mod principal;
+mod reject;
+mod timefmt;
+mod token;
+mod verify;
+
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+#[cfg(feature = "axum")]
+pub use crate::axum::PrincipalRejection;
+pub use crate::body::ResponseBody;
+pub use crate::config::{ApiKey, ConfigError, DEFAULT_GATEWAY_URL, WachtAuthConfig, WachtAuthConfigBuilder};
+pub use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
+pub use crate::guard::{GuardFuture, Permissions, RequirePermissions, RequirePermissionsService, Requirement};
+pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
+pub use crate::principal::{
+    ClientId, DeploymentId, Grant, OrganizationId, Principal, ResourceUrn, StringSet, UserId, WorkspaceId,
+};
+pub use crate::reject::{AuthError, ChallengeParams, grpc_code};
+pub use crate::token::{
+    BearerToken, DEFAULT_MAX_TOKEN_LEN, TokenError, TokenHash, bearer_from_headers, parse_authorization,
+};
+pub use crate::verify::Verifier;

@@ -1,0 +1,447 @@
+//! The verified caller: [`Principal`], its typed ids and the granted [`ResourceUrn`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::reject::ChallengeParams;
+
+macro_rules! numeric_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub i64);
+
+        impl $name {
+            /// The numeric value.
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+
+        impl Serialize for $name {
+            // Ids are 64-bit: serialise as strings, like the gateway, so JavaScript keeps them exact.
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+    };
+}
+
+numeric_id!(
+    /// A Wacht deployment id.
+    DeploymentId
+);
+numeric_id!(
+    /// A Wacht user id (the end user who granted the token).
+    UserId
+);
+numeric_id!(
+    /// A Wacht organization id.
+    OrganizationId
+);
+numeric_id!(
+    /// A Wacht workspace id.
+    WorkspaceId
+);
+
+/// The public OAuth client id (`oc_...`) of the application that holds the token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Box<str>);
+
+impl ClientId {
+    /// Wraps a client id string.
+    pub fn new(id: impl Into<Box<str>>) -> Self {
+        ClientId(id.into())
+    }
+
+    /// The client id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ClientId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ClientId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ClientId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// The resource the user granted at consent: a canonical Wacht URN.
+///
+/// `urn:wacht:user:<id>`, `urn:wacht:organization:<id>` and `urn:wacht:workspace:<id>` are parsed;
+/// anything else is kept verbatim in [`ResourceUrn::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResourceUrn {
+    /// `urn:wacht:user:<id>`: the user's own data.
+    User(UserId),
+    /// `urn:wacht:organization:<id>`.
+    Organization(OrganizationId),
+    /// `urn:wacht:workspace:<id>`.
+    Workspace(WorkspaceId),
+    /// Any other form, kept as sent.
+    Other(Box<str>),
+}
+
+impl ResourceUrn {
+    /// Parses a URN. Never fails: unknown forms become [`ResourceUrn::Other`].
+    pub fn parse(urn: &str) -> Self {
+        let parsed = urn.strip_prefix("urn:wacht:").and_then(|rest| {
+            let (kind, id) = rest.split_once(':')?;
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let id: i64 = id.parse().ok()?;
+            match kind {
+                "user" => Some(ResourceUrn::User(UserId(id))),
+                "organization" => Some(ResourceUrn::Organization(OrganizationId(id))),
+                "workspace" => Some(ResourceUrn::Workspace(WorkspaceId(id))),
+                _ => None,
+            }
+        });
+        parsed.unwrap_or_else(|| ResourceUrn::Other(urn.into()))
+    }
+
+    /// The organization id, if this is an organization URN.
+    pub fn organization(&self) -> Option<OrganizationId> {
+        match self {
+            ResourceUrn::Organization(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The workspace id, if this is a workspace URN.
+    pub fn workspace(&self) -> Option<WorkspaceId> {
+        match self {
+            ResourceUrn::Workspace(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The user id, if this is a user URN.
+    pub fn user(&self) -> Option<UserId> {
+        match self {
+            ResourceUrn::User(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ResourceUrn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceUrn::User(id) => write!(f, "urn:wacht:user:{id}"),
+            ResourceUrn::Organization(id) => write!(f, "urn:wacht:organization:{id}"),
+            ResourceUrn::Workspace(id) => write!(f, "urn:wacht:workspace:{id}"),
+            ResourceUrn::Other(raw) => f.write_str(raw),
+        }
+    }
+}
+
+impl FromStr for ResourceUrn {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ResourceUrn::parse(s))
+    }
+}
+
+impl Serialize for ResourceUrn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A sorted, de-duplicated set of strings (scopes or permissions) with exact, case-sensitive
+/// membership, as the gateway's evaluator uses.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct StringSet(Box<[Box<str>]>);
+
+impl StringSet {
+    /// Builds a set from any strings.
+    pub fn new<I, S>(items: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        let mut v: Vec<Box<str>> = items.into_iter().map(Into::into).collect();
+        v.sort_unstable();
+        v.dedup();
+        StringSet(v.into_boxed_slice())
+    }
+
+    /// Exact membership.
+    pub fn contains(&self, item: &str) -> bool {
+        self.0.binary_search_by(|p| (**p).cmp(item)).is_ok()
+    }
+
+    /// Iterates in sorted order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.0.iter().map(|s| &**s)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for StringSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for StringSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+/// What the gateway said about a token it allowed: the raw material of a [`Principal`].
+///
+/// A custom [`Gateway`](crate::Gateway) builds this; the verifier checks it (pinning, expiry)
+/// and turns it into a `Principal`.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The OAuth client id (`identity.key_name`).
+    pub client_id: ClientId,
+    /// `metadata.granted_resource`, parsed.
+    pub granted_resource: Option<ResourceUrn>,
+    /// `metadata.scopes`.
+    pub scopes: StringSet,
+    /// The effective `permissions`.
+    pub permissions: StringSet,
+    /// `metadata.expires_at`.
+    pub expires_at: SystemTime,
+    /// `metadata.oauth_resource`: the audience the token was requested for.
+    pub oauth_resource: Option<Box<str>>,
+    /// The issuer (`headers["x-wacht-oauth-issuer"]`).
+    pub issuer: Option<Box<str>>,
+    /// `identity.deployment_id`.
+    pub deployment_id: DeploymentId,
+    /// `identity.owner_user_id`.
+    pub owner_user_id: Option<UserId>,
+    /// The gateway's `request_id` for this check.
+    pub request_id: Box<str>,
+}
+
+struct Inner {
+    data: Grant,
+    challenge: Arc<ChallengeParams>,
+}
+
+/// The verified caller of a request: the OAuth client, what the user granted it, and its
+/// effective permissions.
+///
+/// Inserted into the request extensions by [`WachtAuthLayer`](crate::WachtAuthLayer). Cloning
+/// is cheap (one `Arc`). With the `axum` feature it is an extractor (`Principal` or
+/// `Option<Principal>`); Tonic handlers read `request.extensions().get::<Principal>()`.
+///
+/// It never holds the access token, so `Debug` and `Serialize` are safe to log.
+#[derive(Clone)]
+pub struct Principal(Arc<Inner>);
+
+impl Principal {
+    pub(crate) fn new(data: Grant, challenge: Arc<ChallengeParams>) -> Self {
+        Principal(Arc::new(Inner { data, challenge }))
+    }
+
+    /// The OAuth client id (`identity.key_name`, `x-wacht-oauth-client-id`).
+    pub fn client_id(&self) -> &ClientId {
+        &self.0.data.client_id
+    }
+
+    /// The resource granted at consent (`metadata.granted_resource`), if any.
+    pub fn granted_resource(&self) -> Option<&ResourceUrn> {
+        self.0.data.granted_resource.as_ref()
+    }
+
+    /// The token's scopes.
+    pub fn scopes(&self) -> &StringSet {
+        &self.0.data.scopes
+    }
+
+    /// The effective permissions: the scopes plus the permissions their scope definitions map
+    /// to for the granted organization or workspace.
+    pub fn permissions(&self) -> &StringSet {
+        &self.0.data.permissions
+    }
+
+    /// True if the principal has this effective permission (exact, case-sensitive).
+    pub fn has_permission(&self, permission: &str) -> bool {
+        self.0.data.permissions.contains(permission)
+    }
+
+    /// True if the token carries this scope.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0.data.scopes.contains(scope)
+    }
+
+    /// When the access token expires.
+    pub fn expires_at(&self) -> SystemTime {
+        self.0.data.expires_at
+    }
+
+    /// The RFC 8707 resource (audience) the token was requested for (`metadata.oauth_resource`).
+    pub fn oauth_resource(&self) -> Option<&str> {
+        self.0.data.oauth_resource.as_deref()
+    }
+
+    /// The OAuth issuer (`x-wacht-oauth-issuer`), e.g. `https://auth.example.com`.
+    pub fn issuer(&self) -> Option<&str> {
+        self.0.data.issuer.as_deref()
+    }
+
+    /// The Wacht deployment that issued the token.
+    pub fn deployment_id(&self) -> DeploymentId {
+        self.0.data.deployment_id
+    }
+
+    /// The end user who granted the token.
+    pub fn owner_user_id(&self) -> Option<UserId> {
+        self.0.data.owner_user_id
+    }
+
+    /// The gateway `request_id` of the check that verified this token (for support and audit).
+    pub fn request_id(&self) -> &str {
+        &self.0.data.request_id
+    }
+
+    /// Everything the gateway said about the token.
+    pub fn grant(&self) -> &Grant {
+        &self.0.data
+    }
+
+    pub(crate) fn challenge(&self) -> &Arc<ChallengeParams> {
+        &self.0.challenge
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.0.data;
+        f.debug_struct("Principal")
+            .field("client_id", &d.client_id.as_str())
+            .field("granted_resource", &d.granted_resource)
+            .field("scopes", &d.scopes)
+            .field("permissions", &d.permissions)
+            .field("expires_at", &crate::timefmt::rfc3339(d.expires_at))
+            .field("oauth_resource", &d.oauth_resource)
+            .field("issuer", &d.issuer)
+            .field("deployment_id", &d.deployment_id.0)
+            .field("owner_user_id", &d.owner_user_id.map(|u| u.0))
+            .field("request_id", &d.request_id)
+            .finish()
+    }
+}
+
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = &self.0.data;
+        let mut st = s.serialize_struct("Principal", 10)?;
+        st.serialize_field("client_id", &d.client_id)?;
+        st.serialize_field("granted_resource", &d.granted_resource)?;
+        st.serialize_field("scopes", &d.scopes)?;
+        st.serialize_field("permissions", &d.permissions)?;
+        st.serialize_field("expires_at", &crate::timefmt::rfc3339(d.expires_at))?;
+        st.serialize_field("oauth_resource", &d.oauth_resource)?;
+        st.serialize_field("issuer", &d.issuer)?;
+        st.serialize_field("deployment_id", &d.deployment_id)?;
+        st.serialize_field("owner_user_id", &d.owner_user_id)?;
+        st.serialize_field("request_id", &d.request_id)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_wacht_urn_forms() {
+        assert_eq!(ResourceUrn::parse("urn:wacht:user:42"), ResourceUrn::User(UserId(42)));
+        assert_eq!(
+            ResourceUrn::parse("urn:wacht:organization:427001234567890561"),
+            ResourceUrn::Organization(OrganizationId(427001234567890561))
+        );
+        assert_eq!(
+            ResourceUrn::parse("urn:wacht:workspace:7"),
+            ResourceUrn::Workspace(WorkspaceId(7))
+        );
+    }
+
+    #[test]
+    fn keeps_unknown_forms_raw_and_round_trips() {
+        for raw in [
+            "urn:wacht:team:1",
+            "urn:wacht:user:",
+            "urn:wacht:user:12a",
+            "urn:wacht:user:-1",
+            "urn:wacht:user:1:extra",
+            "urn:wacht:user:99999999999999999999",
+            "https://example.com",
+            "",
+        ] {
+            let urn = ResourceUrn::parse(raw);
+            assert_eq!(urn, ResourceUrn::Other(raw.into()), "{raw}");
+            assert_eq!(urn.to_string(), raw);
+        }
+        assert_eq!(
+            ResourceUrn::parse("urn:wacht:workspace:7").to_string(),
+            "urn:wacht:workspace:7"
+        );
+    }
+
+    #[test]
+    fn string_set_is_exact_and_sorted() {
+        let set = StringSet::new(["b", "a", "b", "A"]);
+        assert_eq!(set.iter().collect::<Vec<_>>(), ["A", "a", "b"]);
+        assert!(set.contains("a") && set.contains("A") && !set.contains("c") && !set.contains("a "));
+    }
+}
