@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::DeploymentId;
 use crate::token::DEFAULT_MAX_TOKEN_LEN;
 
@@ -93,6 +94,8 @@ pub struct WachtAuthConfig {
     pub(crate) challenge_scopes: Vec<String>,
     pub(crate) optional: bool,
     pub(crate) forward_user_agent: bool,
+    pub(crate) pass_cors_preflight: bool,
+    pub(crate) resource_metadata: Option<ProtectedResourceMetadata>,
 }
 
 impl WachtAuthConfig {
@@ -216,6 +219,8 @@ impl Default for WachtAuthConfigBuilder {
                 challenge_scopes: Vec::new(),
                 optional: false,
                 forward_user_agent: true,
+                pass_cors_preflight: true,
+                resource_metadata: None,
             },
         }
     }
@@ -347,6 +352,23 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Let CORS preflight requests (`OPTIONS` with `Access-Control-Request-Method`) through
+    /// without a token, as browsers never send credentials on them (default: on). They reach
+    /// the inner service without a principal; answer them with a CORS layer.
+    pub fn pass_cors_preflight(mut self, on: bool) -> Self {
+        self.config.pass_cors_preflight = on;
+        self
+    }
+
+    /// Serve and advertise RFC 9728 metadata: every 401/403 challenge carries
+    /// `resource_metadata="<its well-known URL>"`, [`WachtAuthLayer::metadata_router`](crate::WachtAuthLayer::metadata_router)
+    /// serves it, and unless [`expected_audience`](Self::expected_audience) is set, the
+    /// document's `resource` becomes the required token audience.
+    pub fn resource_metadata(mut self, metadata: ProtectedResourceMetadata) -> Self {
+        self.config.resource_metadata = Some(metadata);
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(mut self) -> Result<WachtAuthConfig, ConfigError> {
         if let Some(url) = self.gateway_url.take() {
@@ -392,6 +414,11 @@ impl WachtAuthConfigBuilder {
                 name: "timeout",
                 reason: "must be greater than zero".into(),
             });
+        }
+        if c.expected_audience.is_none()
+            && let Some(m) = &c.resource_metadata
+        {
+            c.expected_audience = Some(m.resource().to_owned());
         }
         if let Some(aud) = &c.expected_audience {
             check_url("expected_audience", aud)?;

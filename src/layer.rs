@@ -30,6 +30,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::config::WachtAuthConfig;
 use crate::gateway::{Gateway, HttpGateway};
+use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams};
 use crate::token::{BearerToken, TokenError, bearer_from_headers};
@@ -73,7 +74,9 @@ pub struct WachtAuthLayer {
 struct Shared {
     verifier: Arc<Verifier>,
     optional: bool,
+    pass_cors_preflight: bool,
     max_token_len: usize,
+    metadata: Option<ProtectedResourceMetadata>,
 }
 
 impl WachtAuthLayer {
@@ -87,7 +90,7 @@ impl WachtAuthLayer {
     pub fn with_gateway(config: WachtAuthConfig, gateway: impl Gateway) -> Self {
         let challenge = Arc::new(ChallengeParams {
             realm: config.realm.as_deref().map(Into::into),
-            resource_metadata: None,
+            resource_metadata: config.resource_metadata.as_ref().map(|m| m.well_known_url().into()),
             scopes: config.challenge_scopes.iter().map(|s| s.as_str().into()).collect(),
         });
         let verifier = Arc::new(Verifier::new(&config, Arc::new(gateway), challenge));
@@ -95,8 +98,27 @@ impl WachtAuthLayer {
             shared: Arc::new(Shared {
                 verifier,
                 optional: config.optional,
+                pass_cors_preflight: config.pass_cors_preflight,
                 max_token_len: config.max_token_len,
+                metadata: config.resource_metadata,
             }),
+        }
+    }
+
+    /// The RFC 9728 metadata document configured with
+    /// [`WachtAuthConfigBuilder::resource_metadata`](crate::WachtAuthConfigBuilder::resource_metadata).
+    pub fn resource_metadata(&self) -> Option<&ProtectedResourceMetadata> {
+        self.shared.metadata.as_ref()
+    }
+
+    /// A router serving the configured metadata document (path-aware and root well-known
+    /// paths, no authentication, CORS open), or an empty router if none is configured. Merge
+    /// it outside the layer: `router.layer(auth.clone()).merge(auth.metadata_router())`.
+    #[cfg(feature = "axum")]
+    pub fn metadata_router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        match &self.shared.metadata {
+            Some(m) => m.router(),
+            None => axum::Router::new(),
         }
     }
 
@@ -152,7 +174,7 @@ where
         let shared = &self.shared;
         let hash = match bearer_from_headers(req.headers(), shared.max_token_len) {
             Ok(Some(token)) => token.hash(),
-            Ok(None) if shared.optional => {
+            Ok(None) if shared.optional || (shared.pass_cors_preflight && is_cors_preflight(&req)) => {
                 req.extensions_mut()
                     .insert(Anonymous(Arc::clone(&shared.verifier.challenge)));
                 return ResponseFuture::inner(self.inner.call(req));
@@ -217,6 +239,11 @@ impl<S> WachtAuth<S> {
 /// Renders a rejection in the protocol the request speaks.
 pub(crate) fn render(error: AuthError, challenge: &ChallengeParams, headers: &HeaderMap) -> Response<Full<Bytes>> {
     error.into_response(challenge, is_grpc(headers))
+}
+
+/// A CORS preflight: `OPTIONS` with `Access-Control-Request-Method` (never carries credentials).
+fn is_cors_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::OPTIONS && req.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// A request is gRPC when its `content-type` starts with `application/grpc` (any case).

@@ -54,6 +54,7 @@ mod config;
 mod gateway;
 mod guard;
 mod layer;
+mod metadata;
 mod principal;
 mod reject;
 mod timefmt;
@@ -70,6 +71,7 @@ pub use crate::config::{ApiKey, ConfigError, DEFAULT_GATEWAY_URL, WachtAuthConfi
 pub use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
 pub use crate::guard::{GuardFuture, Permissions, RequirePermissions, RequirePermissionsService, Requirement};
 pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
+pub use crate::metadata::{ProtectedResourceMetadata, ProtectedResourceMetadataBuilder, WELL_KNOWN_PREFIX};
 pub use crate::principal::{
     ClientId, DeploymentId, Grant, OrganizationId, Principal, ResourceUrn, StringSet, UserId, WorkspaceId,
 };

@@ -292,6 +292,12 @@ impl Principal {
         Principal(Arc::new(Inner { data, challenge }))
     }
 
+    /// Builds a principal from a grant directly, for handler unit tests. Inside a server,
+    /// principals come from [`WachtAuthLayer`](crate::WachtAuthLayer).
+    pub fn from_grant(grant: Grant) -> Self {
+        Principal::new(grant, ChallengeParams::shared_default())
+    }
+
     /// The OAuth client id (`identity.key_name`, `x-wacht-oauth-client-id`).
     pub fn client_id(&self) -> &ClientId {
         &self.0.data.client_id
@@ -326,6 +332,11 @@ impl Principal {
     /// When the access token expires.
     pub fn expires_at(&self) -> SystemTime {
         self.0.data.expires_at
+    }
+
+    /// When the access token expires, as RFC 3339 UTC text (`2026-06-29T14:05:11.482913Z`).
+    pub fn expires_at_rfc3339(&self) -> String {
+        crate::timefmt::rfc3339(self.0.data.expires_at)
     }
 
     /// The RFC 8707 resource (audience) the token was requested for (`metadata.oauth_resource`).

@@ -1,0 +1,201 @@
+//! Quickstart: an Axum service protected by `WachtAuthLayer`.
+//!
+//! ```text
+//! cargo run --example quickstart --features test-util
+//! ```
+//!
+//! Routes:
+//! * `GET /public`: anonymous callers allowed; says who is calling if a token is sent;
+//! * `GET /whoami`: the caller's principal as JSON (token required);
+//! * `POST /tools/invoke`: requires the `mcp:invoke` permission.
+//!
+//! Configuration comes from the environment (`WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
+//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `BIND`). Without
+//! `WACHT_GATEWAY_URL` it starts an embedded `FakeGateway` with demo tokens and prints
+//! ready-to-paste curl commands, so it runs without a Wacht account.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_wacht::testing::{FakeGateway, ScopeDefinition, TokenGrant, generate_token};
+use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthLayer};
+
+/// The application: three routes behind one auth layer (optional auth, so `/public` also
+/// serves anonymous callers; the other routes still require a token).
+pub fn app(auth: WachtAuthLayer) -> Router {
+    Router::new()
+        .route("/tools/invoke", post(invoke))
+        .route_layer(RequirePermissions::all(["mcp:invoke"]))
+        .route("/whoami", get(whoami))
+        .route("/public", get(public))
+        .layer(auth)
+}
+
+async fn public(principal: Option<Principal>) -> String {
+    match principal {
+        Some(p) => format!("Hello, {}! This route is public.\n", p.client_id()),
+        None => "Hello, anonymous caller! This route is public.\n".to_owned(),
+    }
+}
+
+async fn whoami(principal: Principal) -> Json<serde_json::Value> {
+    Json(json!({
+        "client_id": principal.client_id(),
+        "granted_resource": principal.granted_resource(),
+        "scopes": principal.scopes(),
+        "permissions": principal.permissions(),
+        "expires_at": principal.expires_at_rfc3339(),
+    }))
+}
+
+async fn invoke(principal: Principal) -> Json<serde_json::Value> {
+    Json(json!({ "invoked": true, "by": principal.client_id() }))
+}
+
+/// One demo request: what to send and what the quickstart promises it answers.
+pub struct DemoCall {
+    pub what: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub token: Option<String>,
+    pub expect_status: u16,
+}
+
+impl DemoCall {
+    pub fn curl(&self, base: &str) -> String {
+        let method = if self.method == "GET" {
+            String::new()
+        } else {
+            format!("-X {} ", self.method)
+        };
+        let auth = match &self.token {
+            Some(t) => format!("-H 'Authorization: Bearer {t}' "),
+            None => String::new(),
+        };
+        format!("curl -i {method}{auth}{base}{}", self.path)
+    }
+}
+
+/// Starts the embedded fake gateway with demo tokens; returns it, the layer configuration
+/// pointing at it, and the demo calls.
+pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCall>)> {
+    let gateway = FakeGateway::start().await?;
+    gateway.set_scope_definitions(vec![ScopeDefinition::organization(
+        "projects:read",
+        "org:projects:read",
+    )]);
+    let grant = |client: &str, scopes: &[&str]| {
+        TokenGrant::new(client)
+            .scopes(scopes.iter().copied())
+            .granted_resource("urn:wacht:organization:427001234567890561")
+            .expires_in(Duration::from_secs(3600))
+    };
+    let agent = generate_token();
+    gateway.register(
+        &agent,
+        grant("oc_demoAgentWithInvokeScope00000001", &["mcp:invoke", "projects:read"]),
+    );
+    let reader = generate_token();
+    gateway.register(&reader, grant("oc_demoReaderWithoutInvoke00000002", &["projects:read"]));
+
+    let config = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key("demo-backend-key")
+        .realm("quickstart")
+        .challenge_scopes(["mcp:invoke"])
+        .optional(true)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let calls = vec![
+        DemoCall {
+            what: "anonymous call to the public route: 200",
+            method: "GET",
+            path: "/public",
+            token: None,
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "the same with a token: 200, names the client",
+            method: "GET",
+            path: "/public",
+            token: Some(agent.clone()),
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "who am I: 200 with the principal as JSON",
+            method: "GET",
+            path: "/whoami",
+            token: Some(agent.clone()),
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "no token on a protected route: 401 with a Bearer challenge",
+            method: "GET",
+            path: "/whoami",
+            token: None,
+            expect_status: 401,
+        },
+        DemoCall {
+            what: "unknown token: 401 invalid_token",
+            method: "GET",
+            path: "/whoami",
+            token: Some(generate_token()),
+            expect_status: 401,
+        },
+        DemoCall {
+            what: "invoke a tool with mcp:invoke: 200",
+            method: "POST",
+            path: "/tools/invoke",
+            token: Some(agent),
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "invoke without mcp:invoke: 403 insufficient_scope",
+            method: "POST",
+            path: "/tools/invoke",
+            token: Some(reader),
+            expect_status: 403,
+        },
+    ];
+    Ok((gateway, config, calls))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_wacht=debug".into()),
+        )
+        .init();
+    let bind: SocketAddr = std::env::var("BIND")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()?;
+
+    let (config, demo) = if std::env::var_os("WACHT_GATEWAY_URL").is_some() {
+        let config = WachtAuthConfig::from_env()?;
+        (config.to_builder().optional(true).build()?, None)
+    } else {
+        let (gateway, config, calls) = demo().await?;
+        (config, Some((gateway, calls)))
+    };
+    let auth = WachtAuthLayer::new(config)?;
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+
+    println!("tower-wacht quickstart listening on {base}");
+    if let Some((gateway, calls)) = &demo {
+        println!(
+            "No WACHT_GATEWAY_URL set: using an embedded fake gateway at {}\n",
+            gateway.url()
+        );
+        println!("Try these:\n");
+        for call in calls {
+            println!("# {}\n{}\n", call.what, call.curl(&base));
+        }
+    }
+    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Test double of the Wacht gateway: [`FakeGateway`], a real HTTP/1.1 server on loopback
+//! that speaks the gateway authz-check protocol.
+//!
+//! It answers `POST /v1/authz/check` like the hosted gateway does for OAuth access tokens
+//! (status codes, plain-text extractor rejections, the JSON error envelope, `200` decisions
+//! with identity, permissions, metadata, rate limits and the informational header map) and
+//! `GET /health` with `OK`. Tokens are registered with [`FakeGateway::register`] and stored
+//! only by their SHA-256, as the gateway does. [`Fault`]s inject latency, error statuses,
+//! malformed or truncated bodies and dropped connections.
+//!
+//! ```ignore
+//! let gateway = FakeGateway::start().await?;
+//! gateway.set_scope_definitions(vec![ScopeDefinition::organization(
+//!     "projects:read",
+//!     "org:projects:read",
+//! )]);
+//! let token = generate_token();
+//! gateway.register(
+//!     &token,
+//!     TokenGrant::new(generate_client_id())
+//!         .scopes(["projects:read"])
+//!         .granted_resource("urn:wacht:organization:427001234567890561"),
+//! );
+//! // Point the code under test at `gateway.url()`.
+//! ```
+//!
+//! Not modelled: API keys (every well-formed key is unknown: `401 Invalid API key`),
+//! organization and workspace memberships and role permissions (assumed present), grant and
+//! API-auth-app status (use [`FakeGateway::revoke`]), rate-limit schemes (one rule for
+//! everything, mode `per_app`), audit publishing, database errors (use [`Fault::Status`]).
+
+mod body;
+mod ids;
+mod model;
+mod protocol;
+mod server;
+mod state;
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use ids::{generate_client_id, generate_token, hash_token};
+pub use model::{
+    EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest,
+    ScopeDefinition, TokenGrant,
+};
+
+use server::Shared;
+
+/// A running fake gateway on `127.0.0.1`.
+///
+/// This is a cheap, cloneable handle. The server stops when [`FakeGateway::shutdown`] is
+/// called on any handle or when the last handle is dropped; stopping closes the listener
+/// and every open connection.
+#[derive(Clone)]
+pub struct FakeGateway {
+    handle: Arc<Handle>,
+}
+
+/// The part whose drop stops the server.
+struct Handle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+impl fmt::Debug for FakeGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeGateway")
+            .field("addr", &self.handle.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeGateway {
+    /// Binds `127.0.0.1:0` and spawns the server on the current tokio runtime.
+    ///
+    /// Must be called from within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the loopback listener cannot be bound.
+    pub async fn start() -> io::Result<FakeGateway> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), shutdown_rx));
+        Ok(FakeGateway {
+            handle: Arc::new(Handle {
+                shared,
+                addr,
+                shutdown,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Base URL, `http://127.0.0.1:PORT` (no trailing slash).
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.handle.addr)
+    }
+
+    /// The bound socket address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// Registers (or replaces, un-revoking) `token` with `grant`. Only the SHA-256 of the
+    /// trimmed token is stored.
+    pub fn register(&self, token: &str, grant: TokenGrant) {
+        self.handle.shared.lock().register(hash_token(token), grant);
+    }
+
+    /// Revokes `token`: from now on it gets the `401` error envelope. Unknown tokens are
+    /// ignored (they already get `401`).
+    pub fn revoke(&self, token: &str) {
+        self.handle.shared.lock().revoke(&hash_token(token));
+    }
+
+    /// Replaces the OAuth app's scope definitions (scope to permission mapping), which
+    /// take effect on the next check, as on the real gateway.
+    pub fn set_scope_definitions(&self, defs: Vec<ScopeDefinition>) {
+        self.handle.shared.lock().set_scope_definitions(defs);
+    }
+
+    /// Replaces the rate-limit rule (default: 1000 requests per 60 s) and clears all
+    /// counters. The rule is a sliding window, mode `per_app`: one counter per deployment
+    /// and app slug (`oauth_<owner_user_id>`), so all tokens of one end user share it.
+    pub fn set_rate_limit(&self, max_requests: u32, window: Duration) {
+        self.handle.shared.lock().set_rate_limit(max_requests, window);
+    }
+
+    /// Clears all rate-limit counters, keeping the rule.
+    pub fn reset_rate_limits(&self) {
+        self.handle.shared.lock().reset_rate_limits();
+    }
+
+    /// Sets (or with `None` clears) the fault applied to every `POST /v1/authz/check`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.handle.shared.lock().fault = fault;
+    }
+
+    /// Number of requests that reached `POST /v1/authz/check`, whatever their outcome
+    /// (faults and `4xx` included).
+    #[must_use]
+    pub fn calls(&self) -> usize {
+        self.handle.shared.lock().calls
+    }
+
+    /// Resets [`FakeGateway::calls`] to zero.
+    pub fn reset_calls(&self) {
+        self.handle.shared.lock().calls = 0;
+    }
+
+    /// The most recent schema-valid check requests (up to 1000), oldest first.
+    #[must_use]
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.handle.shared.lock().requests.iter().cloned().collect()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.handle.shared.lock().requests.clear();
+    }
+
+    /// Stops the server (even if other handles exist): closes the listener and every open
+    /// connection, and waits for the server task to finish.
+    pub async fn shutdown(self) {
+        self.handle.shutdown.send_replace(true);
+        let task = self.handle.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task
+            && let Err(err) = task.await
+        {
+            tracing::debug!(error = %err, "fake gateway: server task failed");
+        }
+    }
+}

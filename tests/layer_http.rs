@@ -1,0 +1,409 @@
+//! The core layer over real loopback HTTP: Axum app + `WachtAuthLayer` + `FakeGateway`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tower_wacht::testing::{Fault, TokenGrant, generate_token};
+
+#[tokio::test]
+async fn valid_token_reaches_the_handler_with_its_principal() {
+    let app = start(|b| b).await;
+    let token = app.token(&["projects:read", "projects:write"]);
+
+    let resp = app.get("/whoami", Some(&token)).await;
+    assert_eq!(resp.status(), 200);
+    let who: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(who["client_id"], "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+    assert_eq!(who["granted_resource"], ORG_URN);
+    assert_eq!(who["scopes"], serde_json::json!(["projects:read", "projects:write"]));
+    assert_eq!(
+        who["permissions"],
+        serde_json::json!([
+            "org:projects:read",
+            "org:projects:write",
+            "projects:read",
+            "projects:write"
+        ])
+    );
+    assert_eq!(who["oauth_resource"], RESOURCE);
+    assert_eq!(who["issuer"], "https://auth.example.com");
+    assert_eq!(who["deployment_id"], "418223109876543489");
+    assert_eq!(who["owner_user_id"], "432119876543210241");
+    assert!(who["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(who["request_id"].as_str().unwrap().starts_with("req_"));
+}
+
+#[tokio::test]
+async fn gateway_request_follows_the_protocol() {
+    let app = start(|b| b.method("post").resource("/mcp")).await;
+    let token = app.token(&["mcp:invoke"]);
+    let resp = app
+        .http
+        .get(app.url("/whoami"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("user-agent", "agent-007/1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let requests = app.gateway.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.principal_type, "oauth_access_token");
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.resource, "/mcp");
+    assert_eq!(r.user_agent.as_deref(), Some("agent-007/1.0"));
+    assert_eq!(r.client_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.authorization.as_deref(), Some(format!("Bearer {API_KEY}").as_str()));
+    assert_eq!(r.required_permissions, None);
+    assert!(r.content_type.as_deref().unwrap_or("").starts_with("application/json"));
+}
+
+#[tokio::test]
+async fn missing_or_foreign_credentials_get_a_challenge_without_error() {
+    let app = start(|b| b.realm("example")).await;
+    for auth in [None, Some("Basic dXNlcjpwYXNz"), Some("DPoP abc")] {
+        let resp = match auth {
+            None => app.get("/whoami", None).await,
+            Some(h) => app.get_with_header("/whoami", h).await,
+        };
+        assert_eq!(challenge(&resp), "Bearer realm=\"example\"", "{auth:?}");
+        let problem = assert_problem(resp, 401, None).await;
+        assert!(problem["error"].is_null());
+    }
+    assert_eq!(app.gateway.calls(), 0);
+}
+
+#[tokio::test]
+async fn scheme_is_case_insensitive_and_spaces_are_flexible() {
+    let app = start(|b| b).await;
+    let token = app.token(&[]);
+    for header in [
+        format!("bearer {token}"),
+        format!("BEARER    {token}"),
+        format!("Bearer {token}"),
+    ] {
+        let resp = app.get_with_header("/whoami", &header).await;
+        assert_eq!(resp.status(), 200, "{header}");
+    }
+    assert_eq!(app.gateway.calls(), 1, "one gateway call, then cache hits");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_tokens_are_invalid_without_a_gateway_call() {
+    let app = start(|b| b.max_token_len(64)).await;
+    for header in [
+        "Bearer",
+        "Bearer ",
+        "Bearer a b",
+        "Bearer a,b",
+        "Bearer \"quoted\"",
+        "Bearer ===",
+    ] {
+        let resp = app.get_with_header("/whoami", header).await;
+        assert!(challenge(&resp).contains("error=\"invalid_token\""), "{header}");
+        assert_problem(resp, 401, None).await;
+    }
+    let long = "a".repeat(65);
+    let resp = app.get_with_header("/whoami", &format!("Bearer {long}")).await;
+    assert!(challenge(&resp).contains("error=\"invalid_token\""));
+    assert_problem(resp, 401, Some(&long)).await;
+    assert_eq!(app.gateway.calls(), 0);
+}
+
+#[tokio::test]
+async fn repeated_authorization_headers_are_invalid_requests() {
+    let app = start(|b| b).await;
+    let token = app.token(&[]);
+    let raw = raw_request(
+        app.addr,
+        &format!(
+            "GET /whoami HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("invalid_request"), "{raw}");
+    assert!(!raw.contains(&token));
+    assert_eq!(app.gateway.calls(), 0);
+}
+
+#[tokio::test]
+async fn gateway_401_is_invalid_token() {
+    let app = start(|b| b).await;
+    let unknown = generate_token();
+    let resp = app.get("/whoami", Some(&unknown)).await;
+    let c = challenge(&resp);
+    assert!(c.starts_with("Bearer ") && c.contains("error=\"invalid_token\""), "{c}");
+    assert_problem(resp, 401, Some(&unknown)).await;
+}
+
+#[tokio::test]
+async fn gateway_rate_limit_is_429_with_retry_after_in_seconds() {
+    let app = start(|b| b).await;
+    let token = app.token(&[]);
+    app.gateway
+        .set_fault(Some(Fault::RateLimited { retry_after_ms: 60_000 }));
+    let resp = app.get("/whoami", Some(&token)).await;
+    assert_eq!(resp.headers()["retry-after"], "60");
+    assert!(resp.headers().get("www-authenticate").is_none());
+    assert_problem(resp, 429, Some(&token)).await;
+
+    app.gateway
+        .set_fault(Some(Fault::RateLimited { retry_after_ms: 1_500 }));
+    let resp = app.get("/whoami", Some(&token)).await;
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "2",
+        "milliseconds round up to whole seconds"
+    );
+
+    // Rate-limited answers are not cached: once the gateway allows, the token works.
+    app.gateway.set_fault(None);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.gateway.calls(), 3);
+}
+
+#[tokio::test]
+async fn real_rate_limit_rule_of_the_gateway_maps_to_429() {
+    let app = start(|b| b.ttl(Duration::from_millis(1))).await;
+    app.gateway.set_rate_limit(1, Duration::from_secs(30));
+    let token = app.token(&[]);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let resp = app.get("/whoami", Some(&token)).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "30");
+}
+
+#[tokio::test]
+async fn gateway_failures_fail_closed_with_503() {
+    let app = start(|b| b.unavailable_retry_after(Duration::from_secs(7))).await;
+    let token = app.token(&[]);
+    let faults = [
+        Fault::Status(500),
+        Fault::Status(502),
+        Fault::StatusPlain(503, "upstream down".into()),
+        Fault::Status(400),
+        Fault::Status(422),
+        Fault::Status(404),
+        Fault::GarbageBody,
+        Fault::TruncatedBody,
+        Fault::WrongContentType,
+        Fault::AllowedWithoutIdentity,
+        Fault::DropConnection,
+        Fault::Hang,
+    ];
+    for fault in faults {
+        app.gateway.set_fault(Some(fault.clone()));
+        let started = std::time::Instant::now();
+        let resp = app.get("/whoami", Some(&token)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{fault:?} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            resp.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+            Some("7"),
+            "{fault:?}"
+        );
+        assert!(
+            resp.headers().get("www-authenticate").is_none(),
+            "{fault:?}: 503 must not look like a bad token"
+        );
+        assert_problem(resp, 503, Some(&token)).await;
+    }
+    // Nothing was cached: the next good answer works at once.
+    app.gateway.set_fault(None);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn unreachable_gateway_is_503() {
+    // A port that was just free: nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let gateway = start_gateway().await;
+    let app = start_with_gateway(gateway, |b| b.gateway_url(format!("http://127.0.0.1:{port}"))).await;
+    let resp = app.get("/whoami", Some(&generate_token())).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn cache_entry_lives_no_longer_than_the_token() {
+    let app = start(|b| b.ttl(Duration::from_secs(30))).await;
+    let token = app.token_with(|g| g.scopes(["a"]).expires_in(Duration::from_millis(1500)));
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.gateway.calls(), 1, "second request served from cache");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // The entry expired with the token, so the gateway is asked again and says 401.
+    let resp = app.get("/whoami", Some(&token)).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(app.gateway.calls(), 2);
+}
+
+#[tokio::test]
+async fn revocation_is_seen_after_the_ttl() {
+    let app = start(|b| b.ttl(Duration::from_millis(300))).await;
+    let token = app.token(&[]);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    app.gateway.revoke(&token);
+    assert_eq!(
+        app.get("/whoami", Some(&token)).await.status(),
+        200,
+        "cached until the ttl passes"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 401);
+}
+
+#[tokio::test]
+async fn invalidate_makes_revocation_visible_at_once() {
+    let app = start(|b| b.ttl(Duration::from_secs(60))).await;
+    let token = app.token(&[]);
+    let other = app.token(&[]);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.get("/whoami", Some(&other)).await.status(), 200);
+    app.gateway.revoke(&token);
+    app.auth.invalidate(&token).await;
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 401);
+    // Other tokens stay cached.
+    assert_eq!(app.get("/whoami", Some(&other)).await.status(), 200);
+    assert_eq!(app.gateway.calls(), 3);
+
+    app.gateway.revoke(&other);
+    app.auth.invalidate_all();
+    assert_eq!(app.get("/whoami", Some(&other)).await.status(), 401);
+}
+
+#[tokio::test]
+async fn gateway_401s_are_remembered_briefly() {
+    let app = start(|b| b.negative_ttl(Duration::from_millis(300))).await;
+    let token = generate_token();
+    for _ in 0..5 {
+        assert_eq!(app.get("/whoami", Some(&token)).await.status(), 401);
+    }
+    assert_eq!(app.gateway.calls(), 1, "the negative cache answers repeats");
+    // Once the negative entry expires, a token that became valid works.
+    app.gateway
+        .register(&token, tower_wacht::testing::TokenGrant::new("oc_late"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.gateway.calls(), 2);
+}
+
+#[tokio::test]
+async fn pinning_rejects_other_deployments_issuers_and_audiences() {
+    let app = start(|b| {
+        b.expected_deployment_id(418223109876543489)
+            .expected_issuer("https://auth.example.com")
+            .expected_audience(RESOURCE)
+    })
+    .await;
+    let good = app.token(&[]);
+    assert_eq!(app.get("/whoami", Some(&good)).await.status(), 200);
+
+    let other_deployment = app.token_with(|g| g.deployment_id(1));
+    let other_issuer = app.token_with(|g| g.issuer("https://evil.example.com"));
+    let other_audience = app.token_with(|g| g.oauth_resource("https://other.example.com/mcp"));
+    let no_audience = app.token_with(|_| TokenGrant::new("oc_x").granted_resource(ORG_URN));
+    for token in [&other_deployment, &other_issuer, &other_audience, &no_audience] {
+        let resp = app.get("/whoami", Some(token)).await;
+        assert!(challenge(&resp).contains("error=\"invalid_token\""));
+        assert_problem(resp, 401, Some(token)).await;
+    }
+    // A mismatch is remembered like a gateway 401.
+    let before = app.gateway.calls();
+    assert_eq!(app.get("/whoami", Some(&other_audience)).await.status(), 401);
+    assert_eq!(app.gateway.calls(), before);
+}
+
+#[tokio::test]
+async fn optional_mode_lets_anonymous_requests_through_but_not_bad_tokens() {
+    let app = start(|b| b.optional(true)).await;
+    let resp = app.get("/public", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "hello anonymous");
+
+    let token = app.token(&[]);
+    let resp = app.get("/public", Some(&token)).await;
+    assert_eq!(resp.text().await.unwrap(), "hello oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+
+    // A handler that requires a principal still refuses anonymous callers, with a challenge.
+    let resp = app.get("/whoami", None).await;
+    assert_eq!(resp.status(), 401);
+    assert!(challenge(&resp).starts_with("Bearer "));
+    assert!(!challenge(&resp).contains("error="));
+
+    // A present but bad token is rejected even on the public route.
+    let resp = app.get("/public", Some(&generate_token())).await;
+    assert_eq!(resp.status(), 401);
+    let resp = app.get_with_header("/public", "Bearer bad token").await;
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn guards_check_permissions_locally() {
+    let app = start(|b| b).await;
+    let invoker = app.token(&["mcp:invoke"]);
+    let reader = app.token(&["projects:read"]);
+
+    let resp = app
+        .http
+        .post(app.url("/tools/invoke"))
+        .bearer_auth(&invoker)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let resp = app
+        .http
+        .post(app.url("/tools/invoke"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    let c = challenge(&resp);
+    assert!(
+        c.starts_with("Bearer scope=\"mcp:invoke projects:read\", error=\"insufficient_scope\""),
+        "required scope first, then granted: {c}"
+    );
+    assert_problem(resp, 403, Some(&reader)).await;
+
+    // any-of: the mapped org permission satisfies it; mcp:invoke alone does not.
+    assert_eq!(app.get("/reports", Some(&reader)).await.status(), 200);
+    let resp = app.get("/reports", Some(&invoker)).await;
+    assert_eq!(resp.status(), 403);
+    assert!(challenge(&resp).contains("scope=\"reports:read org:projects:read mcp:invoke\""));
+
+    // Guards never call the gateway: 2 tokens, 2 calls.
+    assert_eq!(app.gateway.calls(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_new_token_make_one_gateway_call() {
+    let app = start(|b| b).await;
+    app.gateway.set_fault(Some(Fault::Latency(Duration::from_millis(200))));
+    let token = app.token(&["mcp:invoke"]);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let http = app.http.clone();
+        let url = app.url("/whoami");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            http.get(url).bearer_auth(token).send().await.map(|r| r.status())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(app.gateway.calls(), 1);
+}

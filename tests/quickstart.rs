@@ -1,0 +1,53 @@
+//! The quickstart example: every curl command it prints gives the answer it promises.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/quickstart.rs"]
+mod quickstart;
+
+use tower_wacht::WachtAuthLayer;
+
+#[tokio::test]
+async fn every_printed_demo_call_answers_as_documented() {
+    let (gateway, config, calls) = quickstart::demo().await.unwrap();
+    let addr = common::serve(quickstart::app(WachtAuthLayer::new(config).unwrap())).await;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    assert_eq!(calls.len(), 7);
+    for call in &calls {
+        let curl = call.curl(&base);
+        assert!(curl.starts_with("curl -i ") && curl.ends_with(call.path), "{curl}");
+        let mut req = http.request(call.method.parse().unwrap(), format!("{base}{}", call.path));
+        if let Some(t) = &call.token {
+            assert!(curl.contains(&format!("Authorization: Bearer {t}")));
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), call.expect_status, "{}: {curl}", call.what);
+        let challenge = common::challenge(&resp);
+        let body = resp.text().await.unwrap();
+        match (call.path, call.expect_status, call.token.is_some()) {
+            ("/public", 200, false) => assert!(body.contains("anonymous")),
+            ("/public", 200, true) => assert!(body.contains("oc_demoAgent")),
+            ("/whoami", 200, _) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["client_id"], "oc_demoAgentWithInvokeScope00000001");
+                assert_eq!(v["granted_resource"], "urn:wacht:organization:427001234567890561");
+                assert_eq!(
+                    v["permissions"],
+                    serde_json::json!(["mcp:invoke", "org:projects:read", "projects:read"])
+                );
+                assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+            }
+            (_, 401, false) => assert_eq!(challenge, "Bearer scope=\"mcp:invoke\", realm=\"quickstart\""),
+            (_, 401, true) => assert!(challenge.contains("error=\"invalid_token\"")),
+            (_, 403, _) => {
+                assert!(challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"mcp:invoke"))
+            }
+            ("/tools/invoke", 200, _) => assert!(body.contains("\"invoked\":true")),
+            other => panic!("unexpected demo call {other:?}"),
+        }
+    }
+    assert!(gateway.calls() >= 2);
+}

@@ -1,0 +1,119 @@
+//! No token or API key in logs (any level, any crate), `Debug` output, errors or responses
+//! during a full run through every outcome.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tower_wacht::testing::{Fault, generate_token};
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_debug_or_responses() {
+    let capture = Capture::default();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .init();
+
+    let app = start(|b| b.ttl(Duration::from_millis(200)).expected_audience(RESOURCE)).await;
+    let mut secrets = vec![API_KEY.to_owned()];
+    let mut seen = String::new();
+
+    let good = app.token(&["mcp:invoke", "projects:read"]);
+    let lacking = app.token(&["projects:read"]);
+    let wrong_audience = app.token_with(|g| g.oauth_resource("https://other.example.com"));
+    let unknown = generate_token();
+    secrets.extend([good.clone(), lacking.clone(), wrong_audience.clone(), unknown.clone()]);
+
+    async fn record(seen: &mut String, resp: reqwest::Response) {
+        let head = format!("{resp:?}");
+        let body = resp.text().await.unwrap_or_default();
+        seen.push_str(&format!("{head}\n{body}\n"));
+    }
+    for (path, token) in [
+        ("/whoami", good.as_str()),
+        ("/whoami", good.as_str()),
+        ("/reports", lacking.as_str()),
+        ("/whoami", wrong_audience.as_str()),
+        ("/whoami", unknown.as_str()),
+        ("/whoami", unknown.as_str()),
+    ] {
+        record(&mut seen, app.get(path, Some(token)).await).await;
+    }
+    let resp = app
+        .http
+        .post(app.url("/tools/invoke"))
+        .bearer_auth(&lacking)
+        .send()
+        .await
+        .unwrap();
+    record(&mut seen, resp).await;
+    for fault in [
+        Fault::Status(500),
+        Fault::GarbageBody,
+        Fault::RateLimited { retry_after_ms: 1000 },
+        Fault::Hang,
+    ] {
+        app.gateway.set_fault(Some(fault));
+        let t = app.token(&[]);
+        secrets.push(t.clone());
+        record(&mut seen, app.get("/whoami", Some(&t)).await).await;
+    }
+    app.gateway.set_fault(None);
+
+    // Debug output of everything a user might print.
+    let principal = app.auth.verifier().verify(&good).await.unwrap();
+    seen.push_str(&format!("{principal:?} {:?} {:?}\n", app.auth, app.auth.verifier()));
+    seen.push_str(&serde_json::to_string(&principal).unwrap());
+    let config = tower_wacht::WachtAuthConfig::builder()
+        .api_key(API_KEY)
+        .build()
+        .unwrap();
+    seen.push_str(&format!("{config:?} {}", config.to_builder().build().is_ok()));
+    let err = app.auth.verifier().verify(&unknown).await.unwrap_err();
+    seen.push_str(&format!("{err:?} {err}"));
+    let bad = format!("{}!", good);
+    let err = app.auth.verifier().verify(&bad).await.unwrap_err();
+    seen.push_str(&format!("{err:?} {err}"));
+    let header = format!("Bearer {good}");
+    let parsed = tower_wacht::parse_authorization(header.as_bytes(), 4096)
+        .unwrap()
+        .unwrap();
+    seen.push_str(&format!("{parsed:?} {:?}", parsed.hash()));
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("wacht.verify"), "verification spans were captured");
+    assert!(logs.len() > 1000, "the run produced logs at trace level");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
+        assert!(
+            !seen.contains(secret.as_str()),
+            "a secret leaked into Debug output or a response"
+        );
+    }
+}
