@@ -135,13 +135,15 @@ impl AuthError {
     fn into_http_response(self, params: &ChallengeParams) -> Response<Full<Bytes>> {
         let status = self.status();
         let detail = self.description();
-        let problem = serde_json::json!({
+        let mut problem = serde_json::json!({
             "type": "about:blank",
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": detail,
-            "error": self.error_code(),
         });
+        if let (Some(code), Some(map)) = (self.error_code(), problem.as_object_mut()) {
+            map.insert("error".into(), code.into());
+        }
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
