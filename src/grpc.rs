@@ -1,0 +1,176 @@
+//! Per-method permission guards for gRPC (or any path-routed service): a map from
+//! `/package.Service/Method` or `/package.Service/*` to required [`Permissions`].
+//!
+//! ```
+//! use tower_wacht::{Permissions, RequireMethodPermissions};
+//!
+//! let guard = RequireMethodPermissions::new()
+//!     .route("/greeter.v1.Greeter/SayHello", Permissions::all(["greeter:hello"]))
+//!     .route("/admin.v1.Admin/*", Permissions::any(["admin:read", "admin:write"]));
+//! // tonic: Server::builder().layer(auth).layer(guard).add_service(...)
+//! ```
+//!
+//! A request whose path matches no rule follows [`Unmapped`]: allowed by default (the auth
+//! layer has already required a valid token), or refused with
+//! [`RequireMethodPermissions::deny_unmapped`]. Refusals are PERMISSION_DENIED for gRPC
+//! requests (403 `insufficient_scope` for plain HTTP), UNAUTHENTICATED if no principal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::guard::{GuardFuture, Permissions, challenge_of};
+use crate::layer::render;
+use crate::principal::Principal;
+use crate::reject::AuthError;
+
+/// What happens to a method no rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unmapped {
+    /// Any authenticated caller may call it (default).
+    #[default]
+    Allow,
+    /// Nobody may call it: PERMISSION_DENIED.
+    Deny,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    methods: HashMap<Box<str>, Permissions>,
+    services: HashMap<Box<str>, Permissions>,
+    unmapped: Unmapped,
+}
+
+impl Rules {
+    /// Exact method first, then its service's wildcard.
+    fn lookup(&self, path: &str) -> Option<&Permissions> {
+        self.methods.get(path).or_else(|| {
+            let service = &path[..path.rfind('/').filter(|&i| i > 0)?];
+            self.services.get(service)
+        })
+    }
+}
+
+/// Layer requiring permissions per gRPC method (request path). See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct RequireMethodPermissions {
+    rules: Arc<Rules>,
+}
+
+impl RequireMethodPermissions {
+    /// No rules; unmapped methods allowed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rule. `pattern` is a full method path (`/package.Service/Method`) or a whole
+    /// service (`/package.Service/*`). A method rule wins over its service's rule.
+    pub fn route(mut self, pattern: &str, permissions: Permissions) -> Self {
+        let rules = Arc::make_mut(&mut self.rules);
+        match pattern.strip_suffix("/*") {
+            Some(service) => rules.services.insert(service.into(), permissions),
+            None => rules.methods.insert(pattern.into(), permissions),
+        };
+        self
+    }
+
+    /// Refuse methods that no rule names (PERMISSION_DENIED).
+    pub fn deny_unmapped(mut self) -> Self {
+        Arc::make_mut(&mut self.rules).unmapped = Unmapped::Deny;
+        self
+    }
+
+    /// The permissions a path requires: `Some(Ok(..))` for a rule, `Some(Err(()))` when the
+    /// path is unmapped and denied, `None` when it is unmapped and allowed.
+    fn requirement(&self, path: &str) -> Option<Result<&Permissions, ()>> {
+        match (self.rules.lookup(path), self.rules.unmapped) {
+            (Some(p), _) => Some(Ok(p)),
+            (None, Unmapped::Deny) => Some(Err(())),
+            (None, Unmapped::Allow) => None,
+        }
+    }
+}
+
+impl<S> Layer<S> for RequireMethodPermissions {
+    type Service = RequireMethodPermissionsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireMethodPermissionsService {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// The service produced by [`RequireMethodPermissions`].
+#[derive(Debug, Clone)]
+pub struct RequireMethodPermissionsService<S> {
+    inner: S,
+    guard: RequireMethodPermissions,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RequireMethodPermissionsService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let verdict = match self.guard.requirement(req.uri().path()) {
+            None => Ok(()),
+            Some(requirement) => match req.extensions().get::<Principal>() {
+                None => Err((AuthError::MissingCredentials, challenge_of(req.extensions()))),
+                Some(principal) => {
+                    let checked = match requirement {
+                        Ok(permissions) => permissions.check(principal),
+                        Err(()) => Err(AuthError::InsufficientScope {
+                            required: Vec::new(),
+                            granted: principal.scopes().iter().map(str::to_owned).collect(),
+                        }),
+                    };
+                    checked.map_err(|e| (e, Arc::clone(principal.challenge())))
+                }
+            },
+        };
+        match verdict {
+            Ok(()) => GuardFuture::inner(self.inner.call(req)),
+            Err((error, challenge)) => GuardFuture::reject(render(error, &challenge, req.headers())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_rules_win_over_service_rules() {
+        let g = RequireMethodPermissions::new()
+            .route("/pkg.Svc/*", Permissions::all(["svc"]))
+            .route("/pkg.Svc/Special", Permissions::all(["special"]));
+        let names = |path: &str| g.requirement(path).map(|r| r.map(|p| p.iter().collect::<Vec<_>>()));
+        assert_eq!(names("/pkg.Svc/Special"), Some(Ok(vec!["special"])));
+        assert_eq!(names("/pkg.Svc/Other"), Some(Ok(vec!["svc"])));
+        assert_eq!(names("/pkg.Other/Method"), None);
+        assert_eq!(names("/"), None);
+        assert_eq!(names(""), None);
+        let deny = g.clone().deny_unmapped();
+        assert!(matches!(deny.requirement("/pkg.Other/Method"), Some(Err(()))));
+        // The clone taken before `deny_unmapped` is unchanged.
+        assert!(g.requirement("/pkg.Other/Method").is_none());
+    }
+}

@@ -1,0 +1,264 @@
+//! Per-tool permission guards for MCP servers over Streamable HTTP.
+//!
+//! [`McpToolGuard`] sits in front of the MCP service (inside [`WachtAuthLayer`](crate::WachtAuthLayer)),
+//! reads the JSON-RPC body of each POST (bounded), and for a `tools/call` of a tool mapped to
+//! required permissions that the principal lacks, answers HTTP 403 `insufficient_scope` with
+//! those scopes in the challenge before the tool runs, which is what MCP clients use for
+//! step-up authorization. Batches, other methods, unmapped tools and non-POST requests pass
+//! through unchanged; the body is handed on intact.
+//!
+//! ```
+//! use tower_wacht::{McpToolGuard, Permissions};
+//!
+//! let guard = McpToolGuard::new()
+//!     .tool("delete_project", Permissions::all(["projects:write"]))
+//!     .tool("run_agent", Permissions::any(["agents:run", "mcp:admin"]));
+//! // Router::new().route_service("/mcp", mcp_service).layer(guard).layer(auth)
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::guard::{Permissions, challenge_of};
+use crate::layer::render;
+use crate::principal::Principal;
+use crate::reject::AuthError;
+
+/// Default upper bound on a JSON-RPC request body the guard reads (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Layer that requires permissions per MCP tool. See the module docs.
+#[derive(Debug, Clone)]
+pub struct McpToolGuard {
+    tools: Arc<HashMap<Box<str>, Permissions>>,
+    max_body_bytes: usize,
+}
+
+impl Default for McpToolGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl McpToolGuard {
+    /// A guard with no tool rules and the default body bound.
+    pub fn new() -> Self {
+        McpToolGuard {
+            tools: Arc::new(HashMap::new()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Requires `permissions` to call tool `name`.
+    pub fn tool(mut self, name: impl Into<Box<str>>, permissions: Permissions) -> Self {
+        Arc::make_mut(&mut self.tools).insert(name.into(), permissions);
+        self
+    }
+
+    /// Largest body read (default 1 MiB). A larger POST is refused with 413 rather than let
+    /// through unchecked.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// The permissions a tool requires, if it is mapped.
+    pub fn required_for(&self, tool: &str) -> Option<&Permissions> {
+        self.tools.get(tool)
+    }
+}
+
+impl<S> Layer<S> for McpToolGuard {
+    type Service = McpToolGuardService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        McpToolGuardService {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// The service produced by [`McpToolGuard`].
+#[derive(Debug, Clone)]
+pub struct McpToolGuardService<S> {
+    inner: S,
+    guard: McpToolGuard,
+}
+
+/// The tools a JSON-RPC body calls with `tools/call`: one for a single request, one per
+/// element for a batch. Any JSON is inspected, so escapes or key order cannot hide a call.
+pub(crate) fn called_tools(body: &[u8]) -> Vec<String> {
+    fn tool(call: &serde_json::Value) -> Option<String> {
+        if call.get("method")?.as_str()? != "tools/call" {
+            return None;
+        }
+        call.get("params")?.get("name")?.as_str().map(str::to_owned)
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(batch)) => batch.iter().filter_map(tool).collect(),
+        Ok(single) => tool(&single).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for McpToolGuardService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = McpGuardFuture<S::Future, ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if req.method() != Method::POST || self.guard.tools.is_empty() {
+            return McpGuardFuture {
+                state: McpState::Inner {
+                    future: self.inner.call(req),
+                },
+            };
+        }
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let guard = self.guard.clone();
+        let checked = async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match Limited::new(body, guard.max_body_bytes).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                    return Ok(body_error(too_large).map(ResponseBody::rejection));
+                }
+            };
+            for tool in called_tools(&bytes) {
+                let Some(required) = guard.tools.get(tool.as_str()) else {
+                    continue;
+                };
+                let verdict = match parts.extensions.get::<Principal>() {
+                    Some(principal) => required
+                        .check(principal)
+                        .map_err(|e| (e, Arc::clone(principal.challenge()))),
+                    None => Err((AuthError::MissingCredentials, challenge_of(&parts.extensions))),
+                };
+                if let Err((error, challenge)) = verdict {
+                    tracing::debug!(tool = tool.as_str(), "MCP tool call refused: missing permission");
+                    return Ok(render(error, &challenge, &parts.headers).map(ResponseBody::rejection));
+                }
+            }
+            let response = inner.call(Request::from_parts(parts, ReqB::from(bytes))).await?;
+            Ok(response.map(ResponseBody::inner))
+        };
+        McpGuardFuture {
+            state: McpState::Checking {
+                future: Box::pin(checked),
+            },
+        }
+    }
+}
+
+fn body_error(too_large: bool) -> Response<Full<Bytes>> {
+    let (status, detail) = if too_large {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The JSON-RPC request body is larger than this server accepts.",
+        )
+    } else {
+        (StatusCode::BAD_REQUEST, "The request body could not be read.")
+    };
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+pin_project! {
+    /// Response future of [`McpToolGuardService`]: the inner future for requests the guard
+    /// does not inspect, a boxed future for POSTs whose body it reads.
+    pub struct McpGuardFuture<F, ResB, E> {
+        #[pin]
+        state: McpState<F, ResB, E>,
+    }
+}
+
+pin_project! {
+    #[project = McpStateProj]
+    enum McpState<F, ResB, E> {
+        Inner { #[pin] future: F },
+        Checking { future: BoxFuture<'static, Result<Response<ResponseBody<ResB>>, E>> },
+    }
+}
+
+impl<F, ResB, E> Future for McpGuardFuture<F, ResB, E>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            McpStateProj::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
+            }
+            McpStateProj::Checking { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_tools_called() {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
+        assert_eq!(called_tools(call), ["whoami"]);
+        let escaped = br#"{"params":{"name":"who\u0061mi"},"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#;
+        assert_eq!(called_tools(escaped), ["whoami"]);
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"drop"}}]"#;
+        assert_eq!(called_tools(batch), ["drop"]);
+        for other in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+            b"not json",
+            b"",
+        ] {
+            assert!(called_tools(other).is_empty());
+        }
+    }
+}
