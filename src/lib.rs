@@ -50,6 +50,7 @@
 #[cfg(feature = "axum")]
 mod axum;
 mod body;
+mod cache;
 mod config;
 mod gateway;
 mod grpc;

@@ -63,12 +63,16 @@ numeric_id!(
 
 /// The public OAuth client id (`oc_...`) of the application that holds the token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(Box<str>);
+pub struct ClientId(Arc<str>);
 
 impl ClientId {
     /// Wraps a client id string.
-    pub fn new(id: impl Into<Box<str>>) -> Self {
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
         ClientId(id.into())
+    }
+
+    pub(crate) fn into_arc(self) -> Arc<str> {
+        self.0
     }
 
     /// The client id as a string.
@@ -195,7 +199,7 @@ impl Serialize for ResourceUrn {
 /// A sorted, de-duplicated set of strings (scopes or permissions) with exact, case-sensitive
 /// membership, as the gateway's evaluator uses.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct StringSet(Box<[Box<str>]>);
+pub struct StringSet(Arc<[Box<str>]>);
 
 impl StringSet {
     /// Builds a set from any strings.
@@ -207,7 +211,15 @@ impl StringSet {
         let mut v: Vec<Box<str>> = items.into_iter().map(Into::into).collect();
         v.sort_unstable();
         v.dedup();
-        StringSet(v.into_boxed_slice())
+        StringSet(v.into())
+    }
+
+    pub(crate) fn into_arc(self) -> Arc<[Box<str>]> {
+        self.0
+    }
+
+    pub(crate) fn from_arc(items: Arc<[Box<str>]>) -> Self {
+        StringSet(items)
     }
 
     /// Exact membership.
@@ -260,9 +272,9 @@ pub struct Grant {
     /// `metadata.expires_at`.
     pub expires_at: SystemTime,
     /// `metadata.oauth_resource`: the audience the token was requested for.
-    pub oauth_resource: Option<Box<str>>,
+    pub oauth_resource: Option<Arc<str>>,
     /// The issuer (`headers["x-wacht-oauth-issuer"]`).
-    pub issuer: Option<Box<str>>,
+    pub issuer: Option<Arc<str>>,
     /// `identity.deployment_id`.
     pub deployment_id: DeploymentId,
     /// `identity.owner_user_id`.
@@ -401,8 +413,8 @@ impl Serialize for Principal {
         st.serialize_field("scopes", &d.scopes)?;
         st.serialize_field("permissions", &d.permissions)?;
         st.serialize_field("expires_at", &crate::timefmt::rfc3339(d.expires_at))?;
-        st.serialize_field("oauth_resource", &d.oauth_resource)?;
-        st.serialize_field("issuer", &d.issuer)?;
+        st.serialize_field("oauth_resource", &d.oauth_resource.as_deref())?;
+        st.serialize_field("issuer", &d.issuer.as_deref())?;
         st.serialize_field("deployment_id", &d.deployment_id)?;
         st.serialize_field("owner_user_id", &d.owner_user_id)?;
         st.serialize_field("request_id", &d.request_id)?;

@@ -52,8 +52,18 @@ impl fmt::Debug for BearerToken<'_> {
 
 /// SHA-256 of a bearer token: the only form in which a token is kept (cache keys, negative
 /// cache, invalidation). Its `Debug` shows an 8-hex-digit fingerprint, never the token.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TokenHash([u8; 32]);
+
+impl std::hash::Hash for TokenHash {
+    // A SHA-256 digest is already uniform and not attacker-steerable: feed its first 8 bytes
+    // to the table hasher as one word (no length prefix, no 32-byte pass).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
 
 impl TokenHash {
     /// Hashes a token with SHA-256.

@@ -18,9 +18,10 @@ use moka::future::Cache;
 use reqwest::Url;
 use tracing::Instrument as _;
 
+use crate::cache::{DigestHasher, Interner, front_get, front_put};
 use crate::config::WachtAuthConfig;
 use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError};
-use crate::principal::{DeploymentId, Grant, Principal};
+use crate::principal::{ClientId, DeploymentId, Grant, Principal, StringSet};
 use crate::reject::{AuthError, ChallengeParams};
 use crate::token::{BearerToken, TokenHash, parse_token};
 
@@ -34,16 +35,20 @@ const DEFAULT_RATE_LIMIT_RETRY: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Entry {
     principal: Principal,
-    ttl: Duration,
+    /// When the entry stops being served: `min(now + ttl, expires_at)` at insertion.
+    deadline: Instant,
 }
 
 struct EntryExpiry;
 
 impl Expiry<TokenHash, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _key: &TokenHash, value: &Entry, _created_at: Instant) -> Option<Duration> {
-        Some(value.ttl)
+    fn expire_after_create(&self, _key: &TokenHash, value: &Entry, created_at: Instant) -> Option<Duration> {
+        Some(value.deadline.saturating_duration_since(created_at))
     }
 }
+
+/// Distinguishes verifiers in the per-thread front cache (one cache per check profile).
+static NEXT_VERIFIER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The outcome of a miss that must not be cached, shared by every request that waited on it.
 enum Uncached {
@@ -55,9 +60,11 @@ enum Uncached {
 /// Verifies tokens for one check profile (gateway, method, resource, pinning). Cheap to share
 /// behind an `Arc`; every [`WachtAuthLayer`](crate::WachtAuthLayer) clone uses the same one.
 pub struct Verifier {
+    id: u64,
     gateway: Arc<dyn Gateway>,
-    positive: Cache<TokenHash, Entry>,
-    negative: Option<Cache<TokenHash, ()>>,
+    positive: Cache<TokenHash, Entry, DigestHasher>,
+    negative: Option<Cache<TokenHash, (), DigestHasher>>,
+    interner: Interner,
     /// Bumped by every invalidation, so a gateway answer that raced with one is not cached.
     generation: AtomicU64,
     method: String,
@@ -96,15 +103,17 @@ impl Verifier {
         let positive = Cache::builder()
             .max_capacity(config.max_capacity)
             .expire_after(EntryExpiry)
-            .build();
+            .build_with_hasher(DigestHasher);
         let negative = (!config.negative_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(config.negative_max_capacity)
                 .time_to_live(config.negative_ttl)
-                .build()
+                .build_with_hasher(DigestHasher)
         });
         Verifier {
+            id: NEXT_VERIFIER_ID.fetch_add(1, Ordering::Relaxed),
             gateway,
+            interner: Interner::default(),
             positive,
             negative,
             generation: AtomicU64::new(0),
@@ -133,11 +142,22 @@ impl Verifier {
         self.verify_miss(token, hash, MissContext::default()).await
     }
 
-    /// The cached principal for a token hash, if present and fresh, without waiting.
-    pub(crate) fn cached(&self, hash: &TokenHash) -> Option<Principal> {
+    /// The cached principal for a token hash, if present and fresh, without calling the
+    /// gateway or waiting. This is the layer's hot path.
+    pub fn cached(&self, hash: &TokenHash) -> Option<Principal> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
+        if let Some(principal) = front_get(self.id, generation, hash, now) {
+            return Some(principal);
+        }
         // moka's `get` completes on its first poll unless it must wait for maintenance; if it
         // would wait, the miss path asks again properly.
-        self.positive.get(hash).now_or_never().flatten().map(|e| e.principal)
+        let entry = self.positive.get(hash).now_or_never().flatten()?;
+        if now >= entry.deadline {
+            return None;
+        }
+        front_put(self.id, generation, *hash, entry.deadline, entry.principal.clone());
+        Some(entry.principal)
     }
 
     /// The miss path: negative cache, then one gateway call per token however many wait.
@@ -147,7 +167,13 @@ impl Verifier {
         hash: TokenHash,
         ctx: MissContext,
     ) -> Result<Principal, AuthError> {
-        if let Some(entry) = self.positive.get(&hash).await {
+        // Read before the lookup: an invalidation that completes after this read bumps the
+        // generation past it, so whatever we find is never remembered beyond it.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(entry) = self.positive.get(&hash).await
+            && Instant::now() < entry.deadline
+        {
+            front_put(self.id, generation, hash, entry.deadline, entry.principal.clone());
             return Ok(entry.principal);
         }
         if let Some(negative) = &self.negative
@@ -166,7 +192,16 @@ impl Verifier {
         );
         let init = self.ask_gateway(token, hash, &ctx).instrument(span);
         match self.positive.try_get_with(hash, init).await {
-            Ok(entry) => Ok(entry.principal),
+            Ok(entry) if self.generation.load(Ordering::Acquire) != generation => {
+                // An invalidation ran while the gateway was being asked: its answer may predate
+                // a revocation. Serve this request (the gateway allowed it) but keep nothing.
+                self.positive.invalidate(&hash).await;
+                Ok(entry.principal)
+            }
+            Ok(entry) => {
+                front_put(self.id, generation, hash, entry.deadline, entry.principal.clone());
+                Ok(entry.principal)
+            }
             Err(shared) => match &*shared {
                 Uncached::Allowed(p) => Ok(p.clone()),
                 Uncached::Rejected(e) => Err(e.clone()),
@@ -175,7 +210,6 @@ impl Verifier {
     }
 
     async fn ask_gateway(&self, token: BearerToken<'_>, hash: TokenHash, ctx: &MissContext) -> Result<Entry, Uncached> {
-        let generation = self.generation.load(Ordering::Acquire);
         let request = CheckRequest {
             token,
             method: &self.method,
@@ -208,12 +242,7 @@ impl Verifier {
             }
         }
         tracing::debug!("gateway check finished");
-        match outcome {
-            Ok(entry) if self.generation.load(Ordering::Acquire) != generation => {
-                Err(Uncached::Allowed(entry.principal))
-            }
-            other => other,
-        }
+        outcome
     }
 
     async fn decide(&self, decision: Result<Decision, GatewayError>, hash: TokenHash) -> Result<Entry, Uncached> {
@@ -250,14 +279,25 @@ impl Verifier {
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let principal = Principal::new(*grant, Arc::clone(&self.challenge));
+        let principal = Principal::new(self.intern(*grant), Arc::clone(&self.challenge));
         if remaining.is_zero() {
             return Err(Uncached::Allowed(principal));
         }
         Ok(Entry {
             principal,
-            ttl: self.ttl.min(remaining),
+            deadline: Instant::now() + self.ttl.min(remaining),
         })
+    }
+
+    /// Shares the parts of a grant that repeat across tokens (see [`Interner`]).
+    fn intern(&self, mut grant: Grant) -> Grant {
+        let i = &self.interner;
+        grant.client_id = ClientId::new(i.string(grant.client_id.into_arc()));
+        grant.scopes = StringSet::from_arc(i.set(grant.scopes.into_arc()));
+        grant.permissions = StringSet::from_arc(i.set(grant.permissions.into_arc()));
+        grant.issuer = grant.issuer.map(|s| i.string(s));
+        grant.oauth_resource = grant.oauth_resource.map(|s| i.string(s));
+        grant
     }
 
     async fn reject_and_remember(&self, hash: TokenHash, reason: &'static str) -> Uncached {
@@ -295,20 +335,21 @@ impl Verifier {
     /// you learn that a grant was revoked.
     pub async fn invalidate(&self, token: &str) {
         let hash = TokenHash::of(token);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.positive.invalidate(&hash).await;
         if let Some(negative) = &self.negative {
             negative.invalidate(&hash).await;
         }
+        // After the shared cache: front caches and in-flight misses see the new generation.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops every cached decision.
     pub fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.positive.invalidate_all();
         if let Some(negative) = &self.negative {
             negative.invalidate_all();
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Number of verified tokens currently cached (approximate, as moka counts).

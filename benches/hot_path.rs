@@ -1,0 +1,253 @@
+//! Micro benchmark of the cache-hit path, stage by stage, and of the whole layer around a
+//! no-op service against the bare no-op service.
+//!
+//! ```text
+//! cargo bench --bench hot_path
+//! ```
+//!
+//! Prints, before criterion's timings: allocations per request on a hit (layer minus bare
+//! service, counted by a counting global allocator) and memory per cached principal (bytes
+//! requested from the allocator per entry, measured by filling a cache).
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use http::{Extensions, HeaderMap, HeaderValue, Request, Response};
+use http_body_util::Empty;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service};
+use tower_wacht::{
+    CheckRequest, ClientId, Decision, DeploymentId, Gateway, GatewayError, Grant, OrganizationId, Principal,
+    ResourceUrn, StringSet, TokenHash, UserId, WachtAuthConfig, WachtAuthLayer, bearer_from_headers,
+};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Allows every token, in process, with a realistic principal.
+struct AllowAll;
+
+fn grant(client: &str) -> Grant {
+    Grant {
+        client_id: ClientId::new(client),
+        granted_resource: Some(ResourceUrn::Organization(OrganizationId(427001234567890561))),
+        scopes: StringSet::new(["projects:read", "projects:write", "mcp:invoke"]),
+        permissions: StringSet::new([
+            "mcp:invoke",
+            "org:projects:read",
+            "org:projects:write",
+            "projects:read",
+            "projects:write",
+        ]),
+        expires_at: SystemTime::now() + Duration::from_secs(3600),
+        oauth_resource: Some("https://api.example.com/mcp".into()),
+        issuer: Some("https://auth.example.com".into()),
+        deployment_id: DeploymentId(418223109876543489),
+        owner_user_id: Some(UserId(432119876543210241)),
+        request_id: "req_593812470012345678".into(),
+    }
+}
+
+impl Gateway for AllowAll {
+    fn check<'a>(&'a self, _r: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
+        Box::pin(async {
+            Ok(Decision::Allowed(Box::new(grant(
+                "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl",
+            ))))
+        })
+    }
+}
+
+/// A realistic opaque token: `oat_` + 43 base64url characters.
+fn token(i: usize) -> String {
+    format!("oat_{:0>43}", format!("{i:x}Hk-Ok_jojWARDPmrr7Y4Y6NQkbU7flSku"))[..47].to_owned()
+}
+
+fn layer(capacity: u64) -> WachtAuthLayer {
+    let config = WachtAuthConfig::builder()
+        .max_capacity(capacity)
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    WachtAuthLayer::with_gateway(config, AllowAll)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Verifies `n` distinct tokens so the cache holds them.
+fn fill(layer: &WachtAuthLayer, n: usize) {
+    let rt = runtime();
+    rt.block_on(async {
+        for i in 0..n {
+            layer.verifier().verify(&token(i)).await.unwrap();
+        }
+        layer.verifier().run_pending_tasks().await;
+    });
+}
+
+#[derive(Clone)]
+struct Noop;
+
+impl Service<Request<Empty<Bytes>>> for Noop {
+    type Response = Response<Empty<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
+        black_box(&req);
+        std::future::ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+fn request(header: &HeaderValue) -> Request<Empty<Bytes>> {
+    let mut req = Request::new(Empty::new());
+    req.headers_mut().insert(http::header::AUTHORIZATION, header.clone());
+    req
+}
+
+fn call<S>(svc: &mut S, header: &HeaderValue)
+where
+    S: Service<Request<Empty<Bytes>>>,
+{
+    let fut = svc.call(request(header));
+    black_box(fut.now_or_never());
+}
+
+fn allocations_per_hit() {
+    const N: usize = 100_000;
+    let auth = layer(1_000);
+    fill(&auth, 1);
+    let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
+    let mut bare = Noop;
+    let mut wrapped = auth.layer(Noop);
+    // Warm both paths (thread-local state, lazily created structures).
+    for _ in 0..1000 {
+        call(&mut bare, &header);
+        call(&mut wrapped, &header);
+    }
+    let region = Region::new(GLOBAL);
+    for _ in 0..N {
+        call(&mut bare, &header);
+    }
+    let bare_allocs = region.change().allocations;
+    let region = Region::new(GLOBAL);
+    for _ in 0..N {
+        call(&mut wrapped, &header);
+    }
+    let layer_allocs = region.change().allocations;
+    println!(
+        "allocations per request: bare {:.2}, with layer (cache hit) {:.2}, difference {:.2}",
+        bare_allocs as f64 / N as f64,
+        layer_allocs as f64 / N as f64,
+        (layer_allocs as f64 - bare_allocs as f64) / N as f64
+    );
+}
+
+fn memory_per_entry() {
+    const N: usize = 100_000;
+    let region = Region::new(GLOBAL);
+    let principals: Vec<Principal> = (0..N)
+        .map(|i| Principal::from_grant(grant(&format!("oc_{i:0>32}"))))
+        .collect();
+    let stats = region.change();
+    let principal_bytes =
+        (stats.bytes_allocated - stats.bytes_deallocated) as f64 / N as f64 - std::mem::size_of::<Principal>() as f64;
+    drop(principals);
+
+    let auth = layer(2 * N as u64);
+    let region = Region::new(GLOBAL);
+    fill(&auth, N);
+    let stats = region.change();
+    let total = (stats.bytes_allocated as f64 - stats.bytes_deallocated as f64) / N as f64;
+    println!(
+        "memory per cached principal: {total:.0} bytes/entry in total (principal alone {principal_bytes:.0} B, cache \
+         overhead {:.0} B), {} entries",
+        total - principal_bytes,
+        auth.verifier().cached_count()
+    );
+}
+
+fn stages(c: &mut Criterion) {
+    let auth = layer(10_000);
+    fill(&auth, 1);
+    let tok = token(0);
+    let header = HeaderValue::from_str(&format!("Bearer {tok}")).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, header.clone());
+    let hash = TokenHash::of(&tok);
+    let principal = auth.verifier().cached(&hash).unwrap();
+
+    let mut g = c.benchmark_group("stage");
+    g.bench_function("parse_header", |b| {
+        b.iter(|| black_box(bearer_from_headers(black_box(&headers), 4096)))
+    });
+    g.bench_function("sha256_token", |b| b.iter(|| black_box(TokenHash::of(black_box(&tok)))));
+    g.bench_function("cache_lookup", |b| {
+        b.iter(|| black_box(auth.verifier().cached(black_box(&hash))))
+    });
+    g.bench_function("extension_insert", |b| {
+        b.iter_batched(
+            Extensions::new,
+            |mut ext| {
+                ext.insert(principal.clone());
+                ext
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("request");
+    let mut bare = Noop;
+    g.bench_function("bare_noop_service", |b| b.iter(|| call(&mut bare, &header)));
+    let mut wrapped = auth.clone().layer(Noop);
+    g.bench_function("layer_cache_hit", |b| b.iter(|| call(&mut wrapped, &header)));
+    g.finish();
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hit_by_cache_size");
+    for n in [1_000usize, 100_000, 1_000_000] {
+        let auth = layer(2 * n as u64);
+        fill(&auth, n);
+        let headers: Vec<HeaderValue> = (0..1024)
+            .map(|i| HeaderValue::from_str(&format!("Bearer {}", token(i * (n / 1024)))).unwrap())
+            .collect();
+        let mut svc = auth.layer(Noop);
+        // One hot token (what a busy client looks like) ...
+        g.bench_function(format!("hot_token/{n}"), |b| b.iter(|| call(&mut svc, &headers[0])));
+        // ... and 1024 tokens spread over the whole cache in turn.
+        let mut i = 0usize;
+        g.bench_function(format!("rotating_1024_tokens/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                call(&mut svc, &headers[i])
+            })
+        });
+        drop(svc);
+    }
+    g.finish();
+}
+
+fn main() {
+    allocations_per_hit();
+    memory_per_entry();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    stages(&mut c);
+    scaling(&mut c);
+    c.final_summary();
+}
