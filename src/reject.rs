@@ -29,7 +29,7 @@ pub enum AuthError {
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
     /// The token is valid but lacks a required permission: 403 `insufficient_scope`.
-    #[error("insufficient scope: requires {}", required.join(" "))]
+    #[error("insufficient scope: {}", requirement_text(required))]
     InsufficientScope {
         /// The permissions the operation requires (what the client must ask for).
         required: Vec<String>,
@@ -63,6 +63,17 @@ pub mod grpc_code {
     pub const UNAVAILABLE: u8 = 14;
     /// UNAUTHENTICATED.
     pub const UNAUTHENTICATED: u8 = 16;
+}
+
+/// What an insufficient-scope refusal asks for. `required` is empty when no permission can
+/// open the operation (a method refused by `RequireMethodPermissions::deny_unmapped`); say
+/// so instead of ending the message in an empty list.
+fn requirement_text(required: &[String]) -> String {
+    if required.is_empty() {
+        "no permission grants access to this operation".to_owned()
+    } else {
+        format!("requires {}", required.join(" "))
+    }
 }
 
 fn retry_after_secs(d: Duration) -> u64 {
@@ -346,6 +357,19 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(60_000)), 60);
         assert_eq!(retry_after_secs(Duration::from_millis(1_500)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn insufficient_scope_message_names_the_requirement() {
+        let e = |required: &[&str]| AuthError::InsufficientScope {
+            required: required.iter().map(|s| (*s).to_owned()).collect(),
+            granted: vec!["mcp:invoke".into()],
+        };
+        assert_eq!(e(&["a:b", "c:d"]).to_string(), "insufficient scope: requires a:b c:d");
+        assert_eq!(
+            e(&[]).to_string(),
+            "insufficient scope: no permission grants access to this operation"
+        );
     }
 
     #[test]
