@@ -201,6 +201,9 @@ impl AuthError {
     pub fn challenge(&self, params: &ChallengeParams) -> String {
         let mut scopes: Vec<&str> = Vec::new();
         match self {
+            // With nothing to ask for (a method nobody may call), naming scopes would only
+            // send the client into a pointless re-authorization.
+            AuthError::InsufficientScope { required, .. } if required.is_empty() => {}
             AuthError::InsufficientScope { required, granted } => {
                 for s in required.iter().chain(granted) {
                     if !scopes.contains(&s.as_str()) {
