@@ -1,1 +1,444 @@
-fn main() {}
+//! An MCP resource server: an rmcp server over Streamable HTTP at `/mcp`, protected by
+//! `WachtAuthLayer`, with per-tool permissions (`McpToolGuard`) and RFC 9728 metadata.
+//!
+//! ```text
+//! cargo run --example mcp_server --features test-util
+//! ```
+//!
+//! Tools:
+//! * `whoami`: the authenticated client id, granted resource, scopes and permissions, read
+//!   from the `Principal` the layer inserted (any valid token);
+//! * `list_projects`: requires the `projects:read` permission;
+//! * `archive_project`: requires `projects:write`. A token without it gets HTTP 403
+//!   `insufficient_scope` naming the scope to ask for, which MCP clients use for step-up.
+//!
+//! Routes: `POST /mcp` (the MCP endpoint; every request needs a token) and, without
+//! authentication, the metadata document at `/.well-known/oauth-protected-resource/mcp` and
+//! `/.well-known/oauth-protected-resource`.
+//!
+//! Configuration comes from the environment: `WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
+//! `WACHT_OAUTH_ISSUER` (your OAuth app's issuer, advertised to clients as the authorization
+//! server), `WACHT_RESOURCE_URL` (the public URL of the MCP endpoint, e.g.
+//! `https://mcp.example.com/mcp`: tokens must have been issued for exactly it),
+//! `WACHT_DEPLOYMENT_ID` and `BIND`. Without `WACHT_GATEWAY_URL` it starts an embedded
+//! `FakeGateway`, registers demo tokens for `http://<bound address>/mcp` and prints them with
+//! ready-to-paste curl commands, so it runs without a Wacht account.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::request::Parts;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::CallToolResult;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::json;
+use tower_wacht::testing::{EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token};
+use tower_wacht::{
+    ConfigError, McpToolGuard, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
+    WachtAuthConfigBuilder, WachtAuthLayer,
+};
+
+/// Path of the MCP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+/// Scopes this server understands (`scopes_supported` in the metadata document).
+pub const SCOPES_SUPPORTED: [&str; 2] = ["projects:read", "projects:write"];
+/// Scopes suggested in the 401 challenge: what a client should ask for first.
+pub const CHALLENGE_SCOPES: [&str; 1] = ["projects:read"];
+
+/// Which tool needs which permission. The guard answers 403 `insufficient_scope` before the
+/// tool runs; the tools check again, so removing the layer by mistake fails closed.
+pub fn tool_guard() -> McpToolGuard {
+    McpToolGuard::new()
+        .tool("list_projects", Permissions::all(["projects:read"]))
+        .tool("archive_project", Permissions::all(["projects:write"]))
+}
+
+/// The MCP server: three tools over a fake project list.
+#[derive(Clone)]
+pub struct ProjectsServer {
+    guard: McpToolGuard,
+}
+
+/// Arguments of `archive_project`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct ArchiveProject {
+    /// Id of the project to archive.
+    pub project_id: String,
+}
+
+/// The principal the auth layer inserted into the HTTP request, which rmcp hands to tools
+/// as `http::request::Parts`.
+fn principal(parts: &Parts) -> Result<Principal, ErrorData> {
+    parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+        ErrorData::internal_error(
+            "no authenticated principal: WachtAuthLayer must wrap the MCP service",
+            None,
+        )
+    })
+}
+
+#[tool_router]
+impl ProjectsServer {
+    /// A server enforcing `guard` inside its tools as well.
+    pub fn new(guard: McpToolGuard) -> Self {
+        ProjectsServer { guard }
+    }
+
+    /// The principal of this call, if it may call `tool`.
+    fn authorize(&self, tool: &str, parts: &Parts) -> Result<Principal, ErrorData> {
+        let principal = principal(parts)?;
+        if let Some(required) = self.guard.required_for(tool)
+            && let Err(denied) = required.check(&principal)
+        {
+            return Err(ErrorData::invalid_request(denied.to_string(), None));
+        }
+        Ok(principal)
+    }
+
+    #[tool(description = "Who is calling: the OAuth client id, the resource the user granted, scopes and permissions.")]
+    async fn whoami(&self, Extension(parts): Extension<Parts>) -> Result<CallToolResult, ErrorData> {
+        let p = self.authorize("whoami", &parts)?;
+        Ok(CallToolResult::structured(json!({
+            "client_id": p.client_id(),
+            "granted_resource": p.granted_resource(),
+            "scopes": p.scopes(),
+            "permissions": p.permissions(),
+            "audience": p.oauth_resource(),
+            "issuer": p.issuer(),
+            "expires_at": p.expires_at_rfc3339(),
+        })))
+    }
+
+    #[tool(description = "List the projects of the granted organization (requires projects:read).")]
+    async fn list_projects(&self, Extension(parts): Extension<Parts>) -> Result<CallToolResult, ErrorData> {
+        let p = self.authorize("list_projects", &parts)?;
+        Ok(CallToolResult::structured(json!({
+            "organization": p.granted_resource(),
+            "projects": [
+                { "id": "prj_apollo", "name": "Apollo" },
+                { "id": "prj_gemini", "name": "Gemini" },
+            ],
+        })))
+    }
+
+    #[tool(description = "Archive a project (requires projects:write).")]
+    async fn archive_project(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<ArchiveProject>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let p = self.authorize("archive_project", &parts)?;
+        Ok(CallToolResult::structured(json!({
+            "archived": args.project_id,
+            "by": p.client_id(),
+        })))
+    }
+}
+
+#[tool_handler(
+    name = "tower-wacht-mcp-example",
+    instructions = "Demo MCP server protected by Wacht OAuth access tokens."
+)]
+impl ServerHandler for ProjectsServer {}
+
+/// rmcp's Streamable HTTP settings: stateless (every request stands alone and is
+/// authenticated on its own, no session to hijack), plain JSON answers, and `Host` values
+/// limited to loopback plus the host of the resource URL.
+pub fn mcp_config(resource: Option<&str>) -> StreamableHttpServerConfig {
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Some(host) = resource
+        .and_then(|r| r.parse::<http::Uri>().ok())
+        .and_then(|uri| uri.host().map(str::to_owned))
+    {
+        hosts.push(host);
+    }
+    StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(hosts)
+}
+
+/// The application: the MCP service at `/mcp` behind the tool guard and the auth layer, and
+/// the metadata document outside the layer (clients fetch it before they hold a token).
+pub fn app(auth: WachtAuthLayer) -> Router {
+    let guard = tool_guard();
+    let server = ProjectsServer::new(guard.clone());
+    let resource = auth.resource_metadata().map(|m| m.resource().to_owned());
+    let mcp = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        mcp_config(resource.as_deref()),
+    );
+    Router::new()
+        .route_service(MCP_PATH, mcp)
+        .layer(guard)
+        .layer(auth.clone())
+        .merge(auth.metadata_router())
+}
+
+/// Completes a layer configuration for an MCP server at `resource` whose tokens `issuer`
+/// issues: the RFC 9728 document (advertised in every 401/403 challenge), the required token
+/// audience and issuer, and the scopes suggested in 401 challenges.
+pub fn mcp_auth_config(
+    builder: WachtAuthConfigBuilder,
+    resource: &str,
+    issuer: &str,
+) -> Result<WachtAuthConfig, ConfigError> {
+    let metadata = ProtectedResourceMetadata::builder(resource)
+        .authorization_server(issuer)
+        .scopes_supported(SCOPES_SUPPORTED)
+        .resource_name("tower-wacht example MCP server")
+        .resource_documentation("https://docs.rs/tower-wacht")
+        .build()?;
+    builder
+        .resource_metadata(metadata)
+        .expected_audience(resource)
+        .expected_issuer(issuer)
+        .challenge_scopes(CHALLENGE_SCOPES)
+        .build()
+}
+
+/// Client id of the demo token with every scope.
+pub const AGENT_CLIENT_ID: &str = "oc_demoMcpAgentAllScopes0000000001";
+/// Client id of the demo token with `projects:read` only.
+pub const READER_CLIENT_ID: &str = "oc_demoMcpReaderReadOnly000000002";
+/// Client id of the demo token issued for another server.
+pub const FOREIGN_CLIENT_ID: &str = "oc_demoMcpForeignAudience00000003";
+/// The organization the demo tokens were granted for.
+pub const DEMO_ORGANIZATION: &str = "urn:wacht:organization:427001234567890561";
+/// The resource the foreign demo token was issued for.
+pub const OTHER_RESOURCE: &str = "https://other.example.com/mcp";
+
+/// The embedded gateway, the configuration pointing at it, and the demo tokens.
+pub struct Demo {
+    /// The fake gateway (stops when dropped).
+    pub gateway: FakeGateway,
+    /// Layer configuration for `resource`, checking tokens with the fake gateway.
+    pub config: WachtAuthConfig,
+    /// `projects:read projects:write`, issued for this server.
+    pub agent: String,
+    /// `projects:read`, issued for this server.
+    pub reader: String,
+    /// Every scope, but issued for [`OTHER_RESOURCE`].
+    pub foreign: String,
+    /// The demo calls printed at start-up.
+    pub calls: Vec<DemoCall>,
+}
+
+/// Starts a fake gateway and registers demo tokens for the MCP server at `resource`.
+pub async fn demo(resource: &str) -> std::io::Result<Demo> {
+    let gateway = FakeGateway::start().await?;
+    gateway.set_scope_definitions(vec![
+        ScopeDefinition::organization("projects:read", "org:projects:read"),
+        ScopeDefinition::organization("projects:write", "org:projects:write"),
+    ]);
+    let grant = |client: &str, scopes: &[&str], audience: &str| {
+        TokenGrant::new(client)
+            .scopes(scopes.iter().copied())
+            .granted_resource(DEMO_ORGANIZATION)
+            .oauth_resource(audience)
+            .expires_in(Duration::from_secs(3600))
+    };
+    let agent = generate_token();
+    gateway.register(&agent, grant(AGENT_CLIENT_ID, &SCOPES_SUPPORTED, resource));
+    let reader = generate_token();
+    gateway.register(&reader, grant(READER_CLIENT_ID, &["projects:read"], resource));
+    let foreign = generate_token();
+    gateway.register(&foreign, grant(FOREIGN_CLIENT_ID, &SCOPES_SUPPORTED, OTHER_RESOURCE));
+
+    let builder = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key("demo-backend-key");
+    let config = mcp_auth_config(builder, resource, EXAMPLE_ISSUER).map_err(std::io::Error::other)?;
+    let calls = demo_calls(resource, &agent, &reader, &foreign);
+    Ok(Demo {
+        gateway,
+        config,
+        agent,
+        reader,
+        foreign,
+        calls,
+    })
+}
+
+/// One demo request: what to send and what the example promises it answers.
+pub struct DemoCall {
+    /// What it shows.
+    pub what: &'static str,
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// Absolute URL.
+    pub url: String,
+    /// Bearer token, if any.
+    pub token: Option<String>,
+    /// JSON-RPC body of a POST.
+    pub body: Option<String>,
+    /// The status it answers.
+    pub expect_status: u16,
+}
+
+impl DemoCall {
+    /// The request as a curl command line.
+    pub fn curl(&self) -> String {
+        let mut cmd = String::from("curl -i");
+        if let Some(t) = &self.token {
+            cmd.push_str(&format!(" -H 'Authorization: Bearer {t}'"));
+        }
+        if let Some(body) = &self.body {
+            cmd.push_str(" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream'");
+            cmd.push_str(&format!(" -d '{body}'"));
+        }
+        cmd.push(' ');
+        cmd.push_str(&self.url);
+        cmd
+    }
+}
+
+fn tools_call(id: u32, tool: &str, arguments: serde_json::Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+        .to_string()
+}
+
+fn demo_calls(resource: &str, agent: &str, reader: &str, foreign: &str) -> Vec<DemoCall> {
+    let metadata_url = ProtectedResourceMetadata::builder(resource)
+        .build()
+        .map(|m| m.well_known_url().to_owned())
+        .unwrap_or_default();
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}},
+    })
+    .to_string();
+    let post = |what, token: Option<&str>, body: String, expect_status| DemoCall {
+        what,
+        method: "POST",
+        url: resource.to_owned(),
+        token: token.map(str::to_owned),
+        body: Some(body),
+        expect_status,
+    };
+    vec![
+        DemoCall {
+            what: "protected resource metadata (RFC 9728), no token needed: 200",
+            method: "GET",
+            url: metadata_url,
+            token: None,
+            body: None,
+            expect_status: 200,
+        },
+        post(
+            "no token: 401 with a challenge pointing at the metadata",
+            None,
+            initialize.clone(),
+            401,
+        ),
+        post("initialize with a token: 200", Some(agent), initialize.clone(), 200),
+        post(
+            "whoami: 200, names the client, the granted organization and the scopes",
+            Some(reader),
+            tools_call(2, "whoami", json!({})),
+            200,
+        ),
+        post(
+            "archive_project with projects:write: 200",
+            Some(agent),
+            tools_call(3, "archive_project", json!({"project_id": "prj_apollo"})),
+            200,
+        ),
+        post(
+            "archive_project without projects:write: 403 insufficient_scope, scope=\"projects:write ...\"",
+            Some(reader),
+            tools_call(3, "archive_project", json!({"project_id": "prj_apollo"})),
+            403,
+        ),
+        post(
+            "a token issued for another server: 401 invalid_token",
+            Some(foreign),
+            initialize,
+            401,
+        ),
+    ]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_wacht=debug".into()),
+        )
+        .init();
+    let bind: SocketAddr = std::env::var("BIND")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()?;
+    // Bind first: without WACHT_RESOURCE_URL the resource URL is built from the bound address.
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let local = listener.local_addr()?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+
+    let (config, demo) = if env("WACHT_GATEWAY_URL").is_some() {
+        let base = WachtAuthConfig::from_env()?;
+        let resource = env("WACHT_RESOURCE_URL").ok_or(ConfigError::Missing("WACHT_RESOURCE_URL"))?;
+        let issuer = env("WACHT_OAUTH_ISSUER").ok_or(ConfigError::Missing("WACHT_OAUTH_ISSUER"))?;
+        (mcp_auth_config(base.to_builder(), &resource, &issuer)?, None)
+    } else {
+        let resource = env("WACHT_RESOURCE_URL").unwrap_or_else(|| {
+            let host = if local.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], local.port()))
+            } else {
+                local
+            };
+            format!("http://{host}{MCP_PATH}")
+        });
+        let demo = demo(&resource).await?;
+        (demo.config.clone(), Some(demo))
+    };
+    let auth = WachtAuthLayer::new(config)?;
+    let (resource, metadata_url) = match auth.resource_metadata() {
+        Some(m) => (m.resource().to_owned(), m.well_known_url().to_owned()),
+        None => return Err("resource metadata is not configured".into()),
+    };
+
+    let public_path = resource
+        .parse::<http::Uri>()
+        .map(|u| u.path().trim_end_matches('/').to_owned());
+    if public_path.as_deref().ok() != Some(MCP_PATH) {
+        eprintln!(
+            "warning: this process serves MCP at {MCP_PATH}; route the public URL {resource} to it \
+             (the metadata is served at its path-aware and root well-known paths)"
+        );
+    }
+
+    println!("tower-wacht MCP server listening on http://{local}");
+    println!("MCP endpoint (resource URL, required token audience): {resource}");
+    println!("Protected resource metadata: {metadata_url}");
+    if let Some(demo) = &demo {
+        println!(
+            "\nNo WACHT_GATEWAY_URL set: using an embedded fake gateway at {}",
+            demo.gateway.url()
+        );
+        println!("\nDemo tokens (valid for one hour):");
+        println!(
+            "  agent   ({}, projects:read projects:write): {}",
+            AGENT_CLIENT_ID, demo.agent
+        );
+        println!(
+            "  reader  ({}, projects:read):                {}",
+            READER_CLIENT_ID, demo.reader
+        );
+        println!(
+            "  foreign ({}, issued for {OTHER_RESOURCE}): {}",
+            FOREIGN_CLIENT_ID, demo.foreign
+        );
+        println!("\nConnect an MCP client to {resource} with `Authorization: Bearer <token>`, or try these:\n");
+        for call in &demo.calls {
+            println!("# {}\n{}\n", call.what, call.curl());
+        }
+    }
+    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    Ok(())
+}

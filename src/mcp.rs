@@ -4,7 +4,8 @@
 //! reads the JSON-RPC body of each POST (bounded), and for a `tools/call` of a tool mapped to
 //! required permissions that the principal lacks, answers HTTP 403 `insufficient_scope` with
 //! those scopes in the challenge before the tool runs, which is what MCP clients use for
-//! step-up authorization. Batches, other methods, unmapped tools and non-POST requests pass
+//! step-up authorization. A JSON-RPC batch is checked element by element and refused as a
+//! whole if any call in it is. Other methods, unmapped tools and non-POST requests pass
 //! through unchanged; the body is handed on intact.
 //!
 //! ```

@@ -54,7 +54,8 @@ pub struct Verifier {
     id: u64,
     gateway: Arc<dyn Gateway>,
     positive: Cache<TokenHash, Entry, DigestHasher>,
-    negative: Option<Cache<TokenHash, (), DigestHasher>>,
+    /// Rejected tokens and why, so a repeat gets the same `error_description`.
+    negative: Option<Cache<TokenHash, &'static str, DigestHasher>>,
     interner: Interner,
     /// Bumped by every invalidation, so a gateway answer that raced with one is not cached.
     generation: AtomicU64,
@@ -175,10 +176,10 @@ impl Verifier {
                 self.positive.invalidate(&hash).await;
             }
             if let Some(negative) = &self.negative
-                && negative.contains_key(&hash)
+                && let Some(reason) = negative.get(&hash).await
             {
                 tracing::debug!(token = ?hash, cache = "negative", outcome = "invalid_token", "token rejected from the negative cache");
-                return Err(AuthError::InvalidToken(REJECTED));
+                return Err(AuthError::InvalidToken(reason));
             }
             let span = tracing::debug_span!(
                 "wacht.verify",
@@ -309,7 +310,7 @@ impl Verifier {
 
     async fn reject_and_remember(&self, hash: TokenHash, reason: &'static str) -> Uncached {
         if let Some(negative) = &self.negative {
-            negative.insert(hash, ()).await;
+            negative.insert(hash, reason).await;
         }
         Uncached::Rejected(AuthError::InvalidToken(reason))
     }
@@ -394,6 +395,55 @@ fn same_resource(a: &Url, b: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::{ClientId, StringSet};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Allows every token, for a grant issued to another resource.
+    struct ForeignAudience(AtomicUsize);
+
+    impl Gateway for ForeignAudience {
+        fn check<'a>(
+            &'a self,
+            _request: CheckRequest<'a>,
+        ) -> futures_util::future::BoxFuture<'a, Result<Decision, GatewayError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Ok(Decision::Allowed(Box::new(Grant {
+                    client_id: ClientId::new("oc_foreign"),
+                    granted_resource: None,
+                    scopes: StringSet::default(),
+                    permissions: StringSet::default(),
+                    expires_at: SystemTime::now() + Duration::from_secs(3600),
+                    oauth_resource: Some("https://other.example.com/mcp".into()),
+                    issuer: None,
+                    deployment_id: DeploymentId(1),
+                    owner_user_id: None,
+                    request_id: "req".into(),
+                })))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn negative_cache_repeats_the_original_reason() {
+        let config = WachtAuthConfig::builder()
+            .expected_audience("https://api.example.com/mcp")
+            .build()
+            .unwrap();
+        let gateway = Arc::new(ForeignAudience(AtomicUsize::new(0)));
+        let verifier = Verifier::new(&config, gateway.clone(), ChallengeParams::shared_default());
+        for _ in 0..3 {
+            assert_eq!(
+                verifier.verify("oat_token").await.unwrap_err(),
+                AuthError::InvalidToken(WRONG_AUDIENCE)
+            );
+        }
+        assert_eq!(
+            gateway.0.load(Ordering::SeqCst),
+            1,
+            "repeats come from the negative cache"
+        );
+    }
 
     #[test]
     fn resource_comparison_is_canonical_but_strict() {
