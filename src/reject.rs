@@ -306,6 +306,21 @@ pub struct ChallengeParams {
 }
 
 impl ChallengeParams {
+    /// Challenge parameters: an optional `realm`, an optional RFC 9728 `resource_metadata`
+    /// URL, and the scopes to suggest on a 401. The layer builds these from its configuration;
+    /// this constructor is for rendering challenges elsewhere (and for tests and fuzzing).
+    pub fn new<I, S>(realm: Option<&str>, resource_metadata: Option<&str>, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        ChallengeParams {
+            realm: realm.map(Into::into),
+            resource_metadata: resource_metadata.map(Into::into),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+        }
+    }
+
     pub(crate) fn shared_default() -> Arc<ChallengeParams> {
         Arc::new(ChallengeParams::default())
     }

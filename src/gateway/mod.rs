@@ -44,6 +44,17 @@ pub enum Decision {
     InvalidToken,
 }
 
+impl Decision {
+    /// Decodes the body of a gateway `200` answer (`gateway-protocol.md` §3.3).
+    ///
+    /// Unknown fields are ignored. Never yields [`Decision::Allowed`] unless the body says
+    /// `"allowed": true` and carries an identity (deployment id and client id) and metadata with a
+    /// parseable `expires_at`; anything else unusable is a [`GatewayError::Decode`].
+    pub fn decode(body: &[u8]) -> Result<Decision, GatewayError> {
+        wire::decode_decision(body)
+    }
+}
+
 /// The gateway could not give a decision. The layer answers 503 (fail closed) for all of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
