@@ -13,11 +13,53 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::principal::Principal;
 use crate::token::TokenHash;
+
+/// A verified token as cached: the principal, when to stop serving it, and (with
+/// refresh-ahead) when to re-verify it in the background.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) principal: Principal,
+    /// `min(insertion + ttl, token expiry)`.
+    pub(crate) deadline: Instant,
+    pub(crate) refresh: Option<Arc<Refresh>>,
+}
+
+/// Refresh-ahead state of one entry: shared by every copy, so one request claims it.
+pub(crate) struct Refresh {
+    pub(crate) at: Instant,
+    started: AtomicBool,
+}
+
+impl Refresh {
+    pub(crate) fn new(at: Instant) -> Self {
+        Refresh {
+            at,
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// True for exactly one caller once the refresh time has come.
+    pub(crate) fn claim(&self) -> bool {
+        !self.started.load(Ordering::Relaxed) && !self.started.swap(true, Ordering::AcqRel)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.at && !self.started.load(Ordering::Relaxed)
+    }
+}
+
+impl Entry {
+    /// The refresh handle if a background re-verification is due and not yet claimed.
+    pub(crate) fn refresh_due(&self, now: Instant) -> Option<&Arc<Refresh>> {
+        self.refresh.as_ref().filter(|r| r.due(now))
+    }
+}
 
 /// Number of slots per thread (a power of two).
 const FRONT_SLOTS: usize = 128;
@@ -26,8 +68,7 @@ struct Slot {
     verifier: u64,
     generation: u64,
     hash: TokenHash,
-    deadline: Instant,
-    principal: Principal,
+    entry: Entry,
 }
 
 thread_local! {
@@ -40,17 +81,17 @@ fn index(hash: &TokenHash) -> usize {
 
 /// The front-cache entry for `hash`, if this thread has one for this verifier and generation
 /// that is still before its deadline.
-pub(crate) fn front_get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Principal> {
+pub(crate) fn front_get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Entry> {
     FRONT.with(|front| {
         let front = front.try_borrow().ok()?;
         let slot = front.get(index(hash))?.as_ref()?;
-        (slot.verifier == verifier && slot.generation == generation && slot.hash == *hash && now < slot.deadline)
-            .then(|| slot.principal.clone())
+        (slot.verifier == verifier && slot.generation == generation && slot.hash == *hash && now < slot.entry.deadline)
+            .then(|| slot.entry.clone())
     })
 }
 
 /// Remembers an entry in this thread's front cache.
-pub(crate) fn front_put(verifier: u64, generation: u64, hash: TokenHash, deadline: Instant, principal: Principal) {
+pub(crate) fn front_put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry) {
     FRONT.with(|front| {
         let Ok(mut front) = front.try_borrow_mut() else {
             return;
@@ -63,8 +104,7 @@ pub(crate) fn front_put(verifier: u64, generation: u64, hash: TokenHash, deadlin
                 verifier,
                 generation,
                 hash,
-                deadline,
-                principal,
+                entry,
             });
         }
     });

@@ -73,6 +73,8 @@ pub enum ConfigError {
 /// | `unavailable_retry_after` | 5 s | `Retry-After` on 503 |
 /// | `max_token_len` | 4096 | longer tokens get 401 without a gateway call |
 /// | `method` / `resource` | `GET` / `/` | what is reported to the gateway for rate limits and audit |
+/// | `stale_if_error` | off | fail closed on gateway outages; opt in to a bounded grace |
+/// | `refresh_ahead` | off | re-verify hot tokens in the background before their entry ends |
 #[derive(Clone, Debug)]
 pub struct WachtAuthConfig {
     pub(crate) gateway_url: Url,
@@ -96,6 +98,9 @@ pub struct WachtAuthConfig {
     pub(crate) forward_user_agent: bool,
     pub(crate) pass_cors_preflight: bool,
     pub(crate) resource_metadata: Option<ProtectedResourceMetadata>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) refresh_ahead: Option<Duration>,
+    pub(crate) denied_clients: Vec<String>,
 }
 
 impl WachtAuthConfig {
@@ -221,6 +226,9 @@ impl Default for WachtAuthConfigBuilder {
                 forward_user_agent: true,
                 pass_cors_preflight: true,
                 resource_metadata: None,
+                stale_if_error: None,
+                refresh_ahead: None,
+                denied_clients: Vec::new(),
             },
         }
     }
@@ -366,6 +374,37 @@ impl WachtAuthConfigBuilder {
     /// document's `resource` becomes the required token audience.
     pub fn resource_metadata(mut self, metadata: ProtectedResourceMetadata) -> Self {
         self.config.resource_metadata = Some(metadata);
+        self
+    }
+
+    /// Outage grace (default: off, fail closed). While the gateway is unavailable (timeouts,
+    /// connection errors, 5xx, unusable answers; not rate limits), a token verified before may
+    /// keep being served for up to `grace` after its cache entry ended, never past the token's
+    /// own expiry and never after [`invalidate`](crate::Verifier::invalidate) or a client deny.
+    /// Each such answer is counted (`wacht_stale_served_total`) and logged at warn level.
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.config.stale_if_error = (!grace.is_zero()).then_some(grace);
+        self
+    }
+
+    /// Refresh-ahead (default: off). A token used within `window` of the end of its cache
+    /// entry is re-verified in the background (one gateway call, by the request that noticed),
+    /// so busy clients never wait on the gateway at a ttl boundary. A revocation found this way
+    /// takes effect at once. Needs a Tokio runtime; `window` is clamped to the ttl.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        self.config.refresh_ahead = (!window.is_zero()).then_some(window);
+        self
+    }
+
+    /// OAuth client ids whose tokens are refused with 401 `invalid_token` even when the
+    /// gateway allows them (the gateway does not check whether a client is still active). The
+    /// list can be changed at run time with [`Verifier::deny_client`](crate::Verifier::deny_client).
+    pub fn denied_clients<I, S>(mut self, clients: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.denied_clients = clients.into_iter().map(Into::into).collect();
         self
     }
 

@@ -94,6 +94,9 @@ impl Permissions {
             Requirement::Any => self.iter().map(str::to_owned).collect(),
         };
         tracing::debug!(client_id = principal.client_id().as_str(), required = ?required, "permission denied");
+        for permission in self.iter().filter(|p| !principal.has_permission(p)) {
+            crate::telemetry::permission_denied(principal.client_id().as_str(), permission);
+        }
         Err(AuthError::InsufficientScope {
             required,
             granted: principal.scopes().iter().map(str::to_owned).collect(),

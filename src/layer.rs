@@ -192,8 +192,17 @@ where
         };
 
         // Hot path: a cached principal.
-        if let Some(principal) = shared.verifier.cached(&hash) {
-            req.extensions_mut().insert(principal);
+        if let Some(hit) = shared.verifier.lookup(&hash) {
+            if let Some(refresh) = hit.refresh
+                && refresh.claim()
+                && let Ok(Some(token)) = bearer_from_headers(req.headers(), shared.max_token_len)
+            {
+                // Refresh-ahead: this one request hands a copy of the token to a background
+                // re-verification; it is served from the cache like every other.
+                let ctx = miss_context(&req, shared.verifier.forward_user_agent);
+                shared.verifier.spawn_refresh(token.expose().to_owned(), hash, ctx);
+            }
+            req.extensions_mut().insert(hit.principal);
             return ResponseFuture::inner(self.inner.call(req));
         }
 

@@ -60,6 +60,7 @@ mod mcp;
 mod metadata;
 mod principal;
 mod reject;
+pub mod telemetry;
 mod timefmt;
 mod token;
 mod verify;

@@ -1,15 +1,19 @@
-//! [`Verifier`]: token → [`Principal`]. Owns the decision caches, the gateway and the pinning
-//! checks; the layer is a thin shell over it.
+//! [`Verifier`]: token → [`Principal`]. Owns the decision caches, the gateway, the pinning
+//! checks and the outage policy; the layer is a thin shell over it.
 //!
-//! * Positive cache (moka): SHA-256 of the token → principal, each entry living
-//!   `min(ttl, expires_at - now)`.
+//! * Positive cache (moka): SHA-256 of the token → principal, served until
+//!   `min(insertion + ttl, expires_at)`, with a per-thread front cache for hot tokens.
 //! * Single flight: concurrent misses for one token share one gateway call (`try_get_with`).
-//! * Negative cache (moka, separate and smaller): tokens the gateway rejected, for a short ttl,
-//!   so floods of a bad token do not reach the gateway and cannot evict good entries.
-//! * Errors (429, 5xx, timeouts) are never cached.
+//! * Negative cache (moka, separate and smaller): tokens the gateway rejected and why, for a
+//!   short ttl, so floods of a bad token do not reach the gateway and cannot evict good entries.
+//! * Errors (429, 5xx, timeouts) are never cached. By default an outage fails closed (503);
+//!   `stale_if_error` opts into a bounded grace for tokens verified before.
+//! * Refresh-ahead (opt-in) re-verifies hot tokens in the background before their entry ends.
+//! * A deny list of OAuth client ids, changeable at run time, refuses tokens the gateway allows.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
@@ -17,35 +21,44 @@ use moka::future::Cache;
 use reqwest::Url;
 use tracing::Instrument as _;
 
-use crate::cache::{DigestHasher, Interner, front_get, front_put};
+use crate::cache::{DigestHasher, Entry, Interner, Refresh, front_get, front_put};
 use crate::config::WachtAuthConfig;
 use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError};
 use crate::principal::{ClientId, DeploymentId, Grant, Principal, StringSet};
 use crate::reject::{AuthError, ChallengeParams};
+use crate::telemetry::{self, Metrics};
 use crate::token::{BearerToken, TokenHash, parse_token};
 
 const REJECTED: &str = "The access token is invalid, expired or revoked.";
 const WRONG_DEPLOYMENT: &str = "The access token was issued by another deployment.";
 const WRONG_ISSUER: &str = "The access token was issued by another issuer.";
 const WRONG_AUDIENCE: &str = "The access token was not issued for this resource.";
+const DENIED_CLIENT: &str = "The OAuth client of this access token is not allowed here.";
 /// Used when the gateway rate-limits without saying for how long.
 const DEFAULT_RATE_LIMIT_RETRY: Duration = Duration::from_secs(60);
-
-#[derive(Clone)]
-struct Entry {
-    principal: Principal,
-    /// When the entry stops being served: `min(now + ttl, expires_at)` at insertion.
-    deadline: Instant,
-}
 
 /// Distinguishes verifiers in the per-thread front cache (one cache per check profile).
 static NEXT_VERIFIER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The outcome of a miss that must not be cached, shared by every request that waited on it.
 enum Uncached {
-    /// Allowed, but not cacheable (already expired by our clock, or invalidated meanwhile).
+    /// Allowed, but not cacheable (already expired by our clock).
     Allowed(Principal),
     Rejected(AuthError),
+}
+
+/// A principal kept for the outage grace, and until when it may be served.
+#[derive(Clone)]
+struct StaleEntry {
+    principal: Principal,
+    until: Instant,
+}
+
+/// A cache hit on the request path.
+pub(crate) struct Hit {
+    pub(crate) principal: Principal,
+    /// Set when this request should start the background refresh (refresh-ahead).
+    pub(crate) refresh: Option<Arc<Refresh>>,
 }
 
 /// Verifies tokens for one check profile (gateway, method, resource, pinning). Cheap to share
@@ -56,7 +69,12 @@ pub struct Verifier {
     positive: Cache<TokenHash, Entry, DigestHasher>,
     /// Rejected tokens and why, so a repeat gets the same `error_description`.
     negative: Option<Cache<TokenHash, &'static str, DigestHasher>>,
+    /// Principals kept past their entry for the outage grace (`stale_if_error`).
+    stale: Option<(Cache<TokenHash, StaleEntry, DigestHasher>, Duration)>,
+    refresh_ahead: Option<Duration>,
+    denied_clients: RwLock<HashSet<Arc<str>>>,
     interner: Interner,
+    metrics: Metrics,
     /// Bumped by every invalidation, so a gateway answer that raced with one is not cached.
     generation: AtomicU64,
     method: String,
@@ -89,28 +107,56 @@ pub(crate) struct MissContext {
     pub client_ip: Option<String>,
 }
 
+fn positive_cache(config: &WachtAuthConfig, ttl: Duration) -> Cache<TokenHash, Entry, DigestHasher> {
+    let builder = Cache::builder()
+        .max_capacity(config.max_capacity)
+        // A flat ttl; an entry whose token expires sooner is never served past its `deadline`
+        // (checked on every read). Measured: per-entry `Expiry` costs ~40 B per entry for no
+        // behaviour we need.
+        .time_to_live(ttl)
+        .support_invalidation_closures();
+    #[cfg(feature = "metrics")]
+    let builder = builder.eviction_listener(|_key, _value, cause| {
+        use moka::notification::RemovalCause;
+        telemetry::eviction(match cause {
+            RemovalCause::Expired => "expired",
+            RemovalCause::Size => "size",
+            RemovalCause::Explicit => "explicit",
+            RemovalCause::Replaced => "replaced",
+        });
+    });
+    builder.build_with_hasher(DigestHasher)
+}
+
 impl Verifier {
     /// Builds a verifier over any gateway.
     pub fn new(config: &WachtAuthConfig, gateway: Arc<dyn Gateway>, challenge: Arc<ChallengeParams>) -> Self {
-        let positive = Cache::builder()
-            .max_capacity(config.max_capacity)
-            // A flat ttl; an entry whose token expires sooner is never served past its
-            // `deadline` (checked on every read). Measured: per-entry `Expiry` costs ~40 B
-            // per entry and a timer-wheel node, for no behaviour we need.
-            .time_to_live(config.ttl)
-            .build_with_hasher(DigestHasher);
+        let positive = positive_cache(config, config.ttl);
         let negative = (!config.negative_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(config.negative_max_capacity)
                 .time_to_live(config.negative_ttl)
                 .build_with_hasher(DigestHasher)
         });
+        let stale = config.stale_if_error.map(|grace| {
+            let cache = Cache::builder()
+                .max_capacity(config.max_capacity)
+                .time_to_live(config.ttl + grace)
+                .support_invalidation_closures()
+                .build_with_hasher(DigestHasher);
+            (cache, grace)
+        });
+        let denied = config.denied_clients.iter().map(|c| Arc::from(c.as_str())).collect();
         Verifier {
             id: NEXT_VERIFIER_ID.fetch_add(1, Ordering::Relaxed),
             gateway,
-            interner: Interner::default(),
             positive,
             negative,
+            stale,
+            refresh_ahead: config.refresh_ahead.map(|w| w.min(config.ttl)),
+            denied_clients: RwLock::new(denied),
+            interner: Interner::default(),
+            metrics: Metrics::new(),
             generation: AtomicU64::new(0),
             method: config.method.clone(),
             resource: config.resource.clone(),
@@ -131,28 +177,52 @@ impl Verifier {
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken("The access token is malformed."))?;
         let hash = token.hash();
-        if let Some(p) = self.cached(&hash) {
-            return Ok(p);
+        if let Some(hit) = self.lookup(&hash) {
+            return Ok(hit.principal);
         }
         self.verify_miss(token, hash, MissContext::default()).await
     }
 
     /// The cached principal for a token hash, if present and fresh, without calling the
-    /// gateway or waiting. This is the layer's hot path.
+    /// gateway or waiting.
     pub fn cached(&self, hash: &TokenHash) -> Option<Principal> {
+        self.lookup(hash).map(|hit| hit.principal)
+    }
+
+    /// The hot path: this thread's front cache, then the shared cache.
+    pub(crate) fn lookup(&self, hash: &TokenHash) -> Option<Hit> {
         let generation = self.generation.load(Ordering::Acquire);
         let now = Instant::now();
-        if let Some(principal) = front_get(self.id, generation, hash, now) {
-            return Some(principal);
-        }
-        // moka's `get` completes on its first poll unless it must wait for maintenance; if it
-        // would wait, the miss path asks again properly.
-        let entry = self.positive.get(hash).now_or_never().flatten()?;
-        if now >= entry.deadline {
-            return None;
-        }
-        front_put(self.id, generation, *hash, entry.deadline, entry.principal.clone());
-        Some(entry.principal)
+        let entry = match front_get(self.id, generation, hash, now) {
+            Some(entry) => entry,
+            None => {
+                // moka's `get` completes on its first poll unless it must wait for maintenance;
+                // if it would wait, the miss path asks again properly.
+                let entry = self
+                    .positive
+                    .get(hash)
+                    .now_or_never()
+                    .flatten()
+                    .filter(|e| now < e.deadline);
+                let Some(entry) = entry else {
+                    self.metrics.cache_miss();
+                    return None;
+                };
+                front_put(self.id, generation, *hash, entry.clone());
+                entry
+            }
+        };
+        self.metrics.cache_hit();
+        tracing::trace!(
+            client_id = entry.principal.client_id().as_str(),
+            cache = "hit",
+            outcome = "allowed"
+        );
+        let refresh = entry.refresh_due(now).cloned();
+        Some(Hit {
+            principal: entry.principal,
+            refresh,
+        })
     }
 
     /// The miss path: negative cache, then one gateway call per token however many wait.
@@ -170,7 +240,7 @@ impl Verifier {
         for _ in 0..2 {
             if let Some(entry) = self.positive.get(&hash).await {
                 if Instant::now() < entry.deadline {
-                    front_put(self.id, generation, hash, entry.deadline, entry.principal.clone());
+                    front_put(self.id, generation, hash, entry.clone());
                     return Ok(entry.principal);
                 }
                 self.positive.invalidate(&hash).await;
@@ -179,6 +249,7 @@ impl Verifier {
                 && let Some(reason) = negative.get(&hash).await
             {
                 tracing::debug!(token = ?hash, cache = "negative", outcome = "invalid_token", "token rejected from the negative cache");
+                telemetry::verification("invalid_token", "negative_cache");
                 return Err(AuthError::InvalidToken(reason));
             }
             let span = tracing::debug_span!(
@@ -190,31 +261,79 @@ impl Verifier {
                 gateway_ms = tracing::field::Empty,
             );
             let init = self.ask_gateway(token, hash, &ctx).instrument(span);
-            match self.positive.try_get_with(hash, init).await {
+            let result = self.positive.try_get_with(hash, init).await;
+            let outcome = match result {
                 Ok(entry) if self.generation.load(Ordering::Acquire) != generation => {
                     // An invalidation ran while the gateway was being asked: its answer may
                     // predate a revocation. Serve this request (the gateway allowed it) but
                     // keep nothing.
                     self.positive.invalidate(&hash).await;
-                    return Ok(entry.principal);
+                    Ok(entry.principal)
                 }
                 Ok(entry) if Instant::now() >= entry.deadline => continue,
                 Ok(entry) => {
-                    front_put(self.id, generation, hash, entry.deadline, entry.principal.clone());
-                    return Ok(entry.principal);
+                    front_put(self.id, generation, hash, entry.clone());
+                    self.remember_stale(hash, &entry).await;
+                    Ok(entry.principal)
                 }
-                Err(shared) => {
-                    return match &*shared {
-                        Uncached::Allowed(p) => Ok(p.clone()),
-                        Uncached::Rejected(e) => Err(e.clone()),
-                    };
-                }
-            }
+                Err(shared) => match &*shared {
+                    Uncached::Allowed(p) => Ok(p.clone()),
+                    Uncached::Rejected(AuthError::Unavailable { retry_after }) => match self.serve_stale(&hash).await {
+                        Some(p) => {
+                            telemetry::verification("allowed_stale", "stale");
+                            return Ok(p);
+                        }
+                        None => Err(AuthError::Unavailable {
+                            retry_after: *retry_after,
+                        }),
+                    },
+                    Uncached::Rejected(e) => Err(e.clone()),
+                },
+            };
+            telemetry::verification(outcome_label(&outcome), "gateway");
+            return outcome;
         }
         // Only reached if the cache kept handing back expired entries: fail closed.
         Err(AuthError::Unavailable {
             retry_after: self.unavailable_retry_after,
         })
+    }
+
+    /// Starts a background re-verification of a cached token (refresh-ahead), if a Tokio
+    /// runtime is running. `refresh` must have been claimed by the caller.
+    pub(crate) fn spawn_refresh(self: &Arc<Self>, token: String, hash: TokenHash, ctx: MissContext) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = Arc::clone(self);
+        runtime.spawn(async move {
+            let span = tracing::debug_span!("wacht.refresh", token = ?hash, client_id = tracing::field::Empty, outcome = tracing::field::Empty, gateway_ms = tracing::field::Empty);
+            this.refresh(BearerToken::new_unchecked(&token), hash, ctx).instrument(span).await;
+        });
+    }
+
+    async fn refresh(&self, token: BearerToken<'_>, hash: TokenHash, ctx: MissContext) {
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.ask_gateway(token, hash, &ctx).await {
+            Ok(entry) => {
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.positive.insert(hash, entry.clone()).await;
+                    self.remember_stale(hash, &entry).await;
+                }
+                telemetry::refresh("allowed");
+            }
+            Err(Uncached::Rejected(AuthError::InvalidToken(_))) => {
+                // Revoked (or now failing a pin) while cached: stop serving it everywhere now.
+                self.positive.invalidate(&hash).await;
+                if let Some((stale, _)) = &self.stale {
+                    stale.invalidate(&hash).await;
+                }
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                telemetry::refresh("invalid_token");
+            }
+            // Rate limited, unavailable: keep the entry until its deadline; the next miss asks.
+            Err(_) => telemetry::refresh("failed"),
+        }
     }
 
     async fn ask_gateway(&self, token: BearerToken<'_>, hash: TokenHash, ctx: &MissContext) -> Result<Entry, Uncached> {
@@ -227,8 +346,10 @@ impl Verifier {
         };
         let started = Instant::now();
         let decision = self.gateway.check(request).await;
+        let elapsed = started.elapsed();
+        telemetry::gateway_call(elapsed, decision.as_ref().err().map(GatewayError::kind));
         let span = tracing::Span::current();
-        span.record("gateway_ms", started.elapsed().as_secs_f64() * 1000.0);
+        span.record("gateway_ms", elapsed.as_secs_f64() * 1000.0);
         let outcome = self.decide(decision, hash).await;
         match &outcome {
             Ok(entry) => {
@@ -240,13 +361,7 @@ impl Verifier {
                 span.record("outcome", "allowed_uncached");
             }
             Err(Uncached::Rejected(e)) => {
-                span.record(
-                    "outcome",
-                    e.error_code().unwrap_or(match e {
-                        AuthError::RateLimited { .. } => "rate_limited",
-                        _ => "unavailable",
-                    }),
-                );
+                span.record("outcome", error_label(e));
             }
         }
         tracing::debug!("gateway check finished");
@@ -281,7 +396,16 @@ impl Verifier {
                 reason,
                 "token rejected by pinning"
             );
+            telemetry::failure(grant.client_id.as_str(), "pinning");
             return Err(self.reject_and_remember(hash, reason).await);
+        }
+        if self.is_denied(grant.client_id.as_str()) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                "token of a denied OAuth client rejected"
+            );
+            telemetry::failure(grant.client_id.as_str(), "denied_client");
+            return Err(self.reject_and_remember(hash, DENIED_CLIENT).await);
         }
         let remaining = grant
             .expires_at
@@ -291,10 +415,58 @@ impl Verifier {
         if remaining.is_zero() {
             return Err(Uncached::Allowed(principal));
         }
+        let now = Instant::now();
+        let lifetime = self.ttl.min(remaining);
+        // Refresh only entries that end because of the ttl: a token about to expire cannot be
+        // renewed by asking again.
+        let refresh = self
+            .refresh_ahead
+            .filter(|_| remaining > self.ttl)
+            .map(|window| Arc::new(Refresh::new(now + lifetime.saturating_sub(window))));
         Ok(Entry {
             principal,
-            deadline: Instant::now() + self.ttl.min(remaining),
+            deadline: now + lifetime,
+            refresh,
         })
+    }
+
+    /// Keeps a verified principal for the outage grace.
+    async fn remember_stale(&self, hash: TokenHash, entry: &Entry) {
+        let Some((stale, grace)) = &self.stale else {
+            return;
+        };
+        let now_wall = SystemTime::now();
+        let token_left = entry
+            .principal
+            .expires_at()
+            .duration_since(now_wall)
+            .unwrap_or(Duration::ZERO);
+        let until = (entry.deadline + *grace).min(Instant::now() + token_left);
+        stale
+            .insert(
+                hash,
+                StaleEntry {
+                    principal: entry.principal.clone(),
+                    until,
+                },
+            )
+            .await;
+    }
+
+    /// A principal verified before, still inside the outage grace and not denied since.
+    async fn serve_stale(&self, hash: &TokenHash) -> Option<Principal> {
+        let (stale, _) = self.stale.as_ref()?;
+        let entry = stale.get(hash).await?;
+        let fresh_enough = Instant::now() < entry.until && SystemTime::now() < entry.principal.expires_at();
+        if !fresh_enough || self.is_denied(entry.principal.client_id().as_str()) {
+            return None;
+        }
+        tracing::warn!(
+            client_id = entry.principal.client_id().as_str(),
+            "gateway unavailable: serving a previously verified token (stale_if_error)"
+        );
+        telemetry::stale_served();
+        Some(entry.principal)
     }
 
     /// Shares the parts of a grant that repeat across tokens (see [`Interner`]).
@@ -339,15 +511,26 @@ impl Verifier {
         None
     }
 
-    /// Drops one token from the caches, so its next use asks the gateway again. Use it when
-    /// you learn that a grant was revoked.
+    fn is_denied(&self, client_id: &str) -> bool {
+        let denied = self
+            .denied_clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !denied.is_empty() && denied.contains(client_id)
+    }
+
+    /// Drops one token from the caches (and the outage grace), so its next use asks the
+    /// gateway again. Use it when you learn that a grant was revoked.
     pub async fn invalidate(&self, token: &str) {
         let hash = TokenHash::of(token);
         self.positive.invalidate(&hash).await;
         if let Some(negative) = &self.negative {
             negative.invalidate(&hash).await;
         }
-        // After the shared cache: front caches and in-flight misses see the new generation.
+        if let Some((stale, _)) = &self.stale {
+            stale.invalidate(&hash).await;
+        }
+        // After the shared caches: front caches and in-flight misses see the new generation.
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -357,12 +540,80 @@ impl Verifier {
         if let Some(negative) = &self.negative {
             negative.invalidate_all();
         }
+        if let Some((stale, _)) = &self.stale {
+            stale.invalidate_all();
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops every cached token of one OAuth client, so their next use asks the gateway.
+    /// (The gateway still allows a deactivated client's tokens: to refuse them, use
+    /// [`deny_client`](Self::deny_client).)
+    pub fn invalidate_client(&self, client_id: &str) {
+        let id: Arc<str> = Arc::from(client_id);
+        let matches = move |_: &TokenHash, principal: &Principal| principal.client_id().as_str() == &*id;
+        let m = matches.clone();
+        let positive_ok = self
+            .positive
+            .invalidate_entries_if(move |k, e| m(k, &e.principal))
+            .is_ok();
+        let stale_ok = match &self.stale {
+            Some((stale, _)) => stale
+                .invalidate_entries_if(move |k, e| matches(k, &e.principal))
+                .is_ok(),
+            None => true,
+        };
+        if !(positive_ok && stale_ok) {
+            // Cannot happen (closures are enabled at construction); stay correct regardless.
+            self.positive.invalidate_all();
+            if let Some((stale, _)) = &self.stale {
+                stale.invalidate_all();
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
+    /// gateway allows it, and drops its cached tokens at once. Takes effect on every thread
+    /// before this returns.
+    pub fn deny_client(&self, client_id: &str) {
+        self.denied_clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(Arc::from(client_id));
+        self.invalidate_client(client_id);
+        // Tokens of this client remembered as rejected for another reason stay rejected; new
+        // ones reach `decide`, which now refuses them.
+    }
+
+    /// Lifts a [`deny_client`](Self::deny_client). Its tokens rejected within the last
+    /// `negative_ttl` stay rejected until that entry ends.
+    pub fn allow_client(&self, client_id: &str) {
+        self.denied_clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(client_id);
+    }
+
+    /// The OAuth client ids currently denied.
+    pub fn denied_clients(&self) -> Vec<String> {
+        let denied = self
+            .denied_clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids: Vec<String> = denied.iter().map(|c| c.to_string()).collect();
+        ids.sort();
+        ids
     }
 
     /// Number of verified tokens currently cached (approximate, as moka counts).
     pub fn cached_count(&self) -> u64 {
         self.positive.entry_count()
+    }
+
+    /// Number of rejected tokens currently remembered (approximate).
+    pub fn negative_count(&self) -> u64 {
+        self.negative.as_ref().map_or(0, |n| n.entry_count())
     }
 
     /// Runs the caches' pending maintenance now (tests and benchmarks).
@@ -371,6 +622,24 @@ impl Verifier {
         if let Some(negative) = &self.negative {
             negative.run_pending_tasks().await;
         }
+        if let Some((stale, _)) = &self.stale {
+            stale.run_pending_tasks().await;
+        }
+    }
+}
+
+fn error_label(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::RateLimited { .. } => "rate_limited",
+        AuthError::Unavailable { .. } => "unavailable",
+        other => other.error_code().unwrap_or("invalid_token"),
+    }
+}
+
+fn outcome_label(outcome: &Result<Principal, AuthError>) -> &'static str {
+    match outcome {
+        Ok(_) => "allowed",
+        Err(e) => error_label(e),
     }
 }
 

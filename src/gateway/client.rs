@@ -93,13 +93,21 @@ impl HttpGateway {
             .await
             .map_err(map_reqwest_error)?;
         let status = response.status().as_u16();
-        match status {
-            200 => {}
-            401 => return Ok(Decision::InvalidToken),
-            other => return Err(GatewayError::Status(other)),
+        if !matches!(status, 200 | 401) {
+            return Err(GatewayError::Status(status));
         }
         if !is_json(response.headers().get(CONTENT_TYPE)) {
-            return Err(GatewayError::Decode("decision is not application/json".into()));
+            // The gateway answers every decision, and every 401 for an OAuth token, in JSON. A
+            // plain-text 401 comes from something in front of it (or an API-key rejection of our
+            // own credentials): the token was not judged, so it must not be called invalid.
+            if status == 401 {
+                tracing::error!(
+                    "gateway path answered 401 without the gateway's JSON envelope: check WACHT_BACKEND_API_KEY and any proxy in front of the gateway"
+                );
+            }
+            return Err(GatewayError::Decode(format!(
+                "HTTP {status} answer is not application/json"
+            )));
         }
         let mut buf = Vec::with_capacity(2048);
         while let Some(chunk) = response.chunk().await.map_err(map_reqwest_error)? {
@@ -110,8 +118,28 @@ impl HttpGateway {
             }
             buf.extend_from_slice(&chunk);
         }
+        if status == 401 {
+            return match decode_decision(&buf) {
+                // The error envelope: `allowed: false` with no reason. That is the gateway
+                // itself saying the token is unknown, expired, revoked or inactive.
+                Err(GatewayError::Decode(_)) if is_error_envelope(&buf) => Ok(Decision::InvalidToken),
+                _ => Err(GatewayError::Status(401)),
+            };
+        }
         decode_decision(&buf)
     }
+}
+
+/// The gateway's error envelope (`gateway-protocol.md` §3.4): a JSON object with
+/// `"allowed": false` and no identity.
+fn is_error_envelope(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        allowed: bool,
+        #[serde(default)]
+        identity: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Envelope>(body).is_ok_and(|e| !e.allowed && e.identity.is_none())
 }
 
 fn is_json(content_type: Option<&HeaderValue>) -> bool {

@@ -1,0 +1,132 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`; without
+//! it every call here compiles to nothing). Install your recorder (Prometheus exporter, ...)
+//! before building the layer: the hot-path counters are registered once, at construction.
+//!
+//! | name | kind | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `wacht_verifications_total` | counter | `outcome`, `source` | every verification: `outcome` is `allowed`, `allowed_stale`, `invalid_token`, `insufficient_scope`, `rate_limited` or `unavailable`; `source` is `cache`, `gateway`, `negative_cache` or `stale` |
+//! | `wacht_verification_failures_total` | counter | `client_id`, `reason` | refusals of a token whose client is known (wrong deployment/issuer/audience, denied client, rate limited, gateway denial) |
+//! | `wacht_permission_denied_total` | counter | `client_id`, `permission` | guard refusals, one per missing permission |
+//! | `wacht_cache_hits_total` / `wacht_cache_misses_total` | counter | | positive-cache lookups on the request path |
+//! | `wacht_cache_evictions_total` | counter | `cause` | entries leaving the positive cache: `expired`, `size`, `explicit`, `replaced` |
+//! | `wacht_gateway_request_duration_seconds` | histogram | | gateway call latency |
+//! | `wacht_gateway_errors_total` | counter | `kind` | `timeout`, `connect`, `status`, `decode` |
+//! | `wacht_stale_served_total` | counter | | requests answered from the outage grace (`stale_if_error`) |
+//! | `wacht_refresh_total` | counter | `outcome` | background refresh-ahead checks: `allowed`, `invalid_token`, `failed` |
+//!
+//! Labels never carry a token or key: client ids and permission names come from the gateway's
+//! answer for a verified token.
+
+use std::time::Duration;
+
+/// Metric names, for dashboards and tests.
+pub mod names {
+    /// Every verification, by `outcome` and `source`.
+    pub const VERIFICATIONS: &str = "wacht_verifications_total";
+    /// Refusals of tokens whose client is known, by `client_id` and `reason`.
+    pub const VERIFICATION_FAILURES: &str = "wacht_verification_failures_total";
+    /// Guard refusals by `client_id` and `permission`.
+    pub const PERMISSION_DENIED: &str = "wacht_permission_denied_total";
+    /// Positive-cache hits on the request path.
+    pub const CACHE_HITS: &str = "wacht_cache_hits_total";
+    /// Positive-cache misses on the request path.
+    pub const CACHE_MISSES: &str = "wacht_cache_misses_total";
+    /// Positive-cache evictions by `cause`.
+    pub const CACHE_EVICTIONS: &str = "wacht_cache_evictions_total";
+    /// Gateway call latency in seconds.
+    pub const GATEWAY_DURATION: &str = "wacht_gateway_request_duration_seconds";
+    /// Gateway errors by `kind`.
+    pub const GATEWAY_ERRORS: &str = "wacht_gateway_errors_total";
+    /// Requests served from the outage grace.
+    pub const STALE_SERVED: &str = "wacht_stale_served_total";
+    /// Background refreshes by `outcome`.
+    pub const REFRESHES: &str = "wacht_refresh_total";
+}
+
+/// Pre-registered handles for the per-request counters.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    #[cfg(feature = "metrics")]
+    hits: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    hit_verifications: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    misses: metrics::Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            Metrics {
+                hits: metrics::counter!(names::CACHE_HITS),
+                hit_verifications: metrics::counter!(names::VERIFICATIONS, "outcome" => "allowed", "source" => "cache"),
+                misses: metrics::counter!(names::CACHE_MISSES),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Metrics {}
+    }
+
+    #[inline]
+    pub(crate) fn cache_hit(&self) {
+        #[cfg(feature = "metrics")]
+        {
+            self.hits.increment(1);
+            self.hit_verifications.increment(1);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn cache_miss(&self) {
+        #[cfg(feature = "metrics")]
+        self.misses.increment(1);
+    }
+}
+
+pub(crate) fn verification(outcome: &'static str, source: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::VERIFICATIONS, "outcome" => outcome, "source" => source).increment(1);
+    let _ = (outcome, source);
+}
+
+pub(crate) fn failure(client_id: &str, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::VERIFICATION_FAILURES, "client_id" => client_id.to_owned(), "reason" => reason)
+        .increment(1);
+    let _ = (client_id, reason);
+}
+
+pub(crate) fn permission_denied(client_id: &str, permission: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::PERMISSION_DENIED, "client_id" => client_id.to_owned(), "permission" => permission.to_owned())
+        .increment(1);
+    let _ = (client_id, permission);
+}
+
+#[cfg(feature = "metrics")]
+pub(crate) fn eviction(cause: &'static str) {
+    metrics::counter!(names::CACHE_EVICTIONS, "cause" => cause).increment(1);
+}
+
+pub(crate) fn gateway_call(latency: Duration, error: Option<&'static str>) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::histogram!(names::GATEWAY_DURATION).record(latency.as_secs_f64());
+        if let Some(kind) = error {
+            metrics::counter!(names::GATEWAY_ERRORS, "kind" => kind).increment(1);
+        }
+    }
+    let _ = (latency, error);
+}
+
+pub(crate) fn stale_served() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::STALE_SERVED).increment(1);
+}
+
+pub(crate) fn refresh(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::REFRESHES, "outcome" => outcome).increment(1);
+    let _ = outcome;
+}
