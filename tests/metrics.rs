@@ -1,0 +1,96 @@
+//! The documented metrics move (feature `metrics`). One test: the recorder is process-global.
+#![cfg(feature = "metrics")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower_wacht::telemetry::names;
+use tower_wacht::testing::{Fault, TokenGrant, generate_token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_metrics_move() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("first recorder in this test binary");
+
+    let app = start(|b| {
+        b.ttl(Duration::from_millis(200))
+            .stale_if_error(Duration::from_secs(5))
+            .refresh_ahead(Duration::from_millis(150))
+            .expected_audience(RESOURCE)
+            .denied_clients(["oc_denied"])
+    })
+    .await;
+    let token = app.token(&["projects:read"]);
+    // hit + miss, a refresh, a guard refusal.
+    for _ in 0..3 {
+        assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(
+        app.http
+            .post(app.url("/tools/invoke"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // gateway 401, pinning failure, denied client.
+    assert_eq!(app.get("/whoami", Some(&generate_token())).await.status(), 401);
+    let foreign = app.token_with(|g| g.oauth_resource("https://other.example.com/mcp"));
+    assert_eq!(app.get("/whoami", Some(&foreign)).await.status(), 401);
+    let denied = app.token_with(|_| TokenGrant::new("oc_denied").oauth_resource(RESOURCE));
+    assert_eq!(app.get("/whoami", Some(&denied)).await.status(), 401);
+    assert_eq!(app.get("/whoami", Some(&denied)).await.status(), 401);
+    // outage: stale serve for the known token, 503 for a new one.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    app.gateway.set_fault(Some(Fault::Status(503)));
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(app.get("/whoami", Some(&app.token(&[]))).await.status(), 503);
+    app.gateway.set_fault(None);
+    app.auth.verifier().run_pending_tasks().await;
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let total = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        snapshot
+            .iter()
+            .filter(|(key, _, _, _)| key.key().name() == name)
+            .filter(|(key, _, _, _)| {
+                label.is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(c) => *c as f64,
+                DebugValue::Histogram(h) => h.len() as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+            })
+            .sum()
+    };
+    assert!(total(names::CACHE_HITS, None) >= 2.0);
+    assert!(total(names::CACHE_MISSES, None) >= 1.0);
+    assert!(total(names::VERIFICATIONS, Some(("source", "cache"))) >= 2.0);
+    assert!(total(names::VERIFICATIONS, Some(("outcome", "allowed"))) >= 3.0);
+    assert!(total(names::VERIFICATIONS, Some(("outcome", "invalid_token"))) >= 3.0);
+    assert!(total(names::VERIFICATIONS, Some(("source", "negative_cache"))) >= 1.0);
+    assert!(total(names::VERIFICATIONS, Some(("outcome", "unavailable"))) >= 1.0);
+    assert!(total(names::VERIFICATIONS, Some(("outcome", "allowed_stale"))) >= 1.0);
+    assert!(total(names::VERIFICATION_FAILURES, Some(("client_id", "oc_denied"))) >= 1.0);
+    assert!(total(names::VERIFICATION_FAILURES, Some(("reason", "pinning"))) >= 1.0);
+    assert_eq!(total(names::PERMISSION_DENIED, Some(("permission", "mcp:invoke"))), 1.0);
+    assert!(total(names::GATEWAY_DURATION, None) >= 4.0);
+    assert!(total(names::GATEWAY_ERRORS, Some(("kind", "status"))) >= 1.0);
+    assert!(total(names::STALE_SERVED, None) >= 1.0);
+    assert!(total(names::REFRESHES, Some(("outcome", "allowed"))) >= 1.0);
+    assert!(total(names::CACHE_EVICTIONS, None) >= 1.0);
+    // No label anywhere carries a token.
+    for (key, _, _, _) in &snapshot {
+        for label in key.key().labels() {
+            assert!(!label.value().starts_with("oat_"), "{key:?}");
+        }
+    }
+}
