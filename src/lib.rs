@@ -41,7 +41,12 @@
 //! | gateway down, slow or answering garbage | 503 | `Retry-After: <seconds>` | 14 UNAVAILABLE |
 //!
 //! Features: `axum` (default) makes [`Principal`] an extractor; `test-util` provides
-//! `testing::FakeGateway`, a real loopback server speaking the gateway protocol.
+//! `testing::FakeGateway`, a real loopback server speaking the gateway protocol; `metrics`
+//! records the counters listed in [`telemetry`] through the `metrics` facade.
+//!
+//! Integrations: [`ProtectedResourceMetadata`] and [`McpToolGuard`] for MCP servers (RFC 9728
+//! discovery, per-tool step-up), [`RequireMethodPermissions`] for per-method gRPC guards; the
+//! same layer serves Tonic (`Server::builder().layer(auth)`) and answers gRPC in gRPC.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
