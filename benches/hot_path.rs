@@ -240,7 +240,29 @@ fn scaling(c: &mut Criterion) {
     g.finish();
 }
 
+/// `HOT_PATH_PROFILE=layer|bare cargo bench --bench hot_path`: run 100k requests of one kind
+/// and exit, for `valgrind --tool=callgrind` (instruction counts do not depend on machine noise).
+fn profile(kind: &str) {
+    const N: usize = 100_000;
+    let auth = layer(1_000);
+    fill(&auth, 1);
+    let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
+    let mut bare = Noop;
+    let mut wrapped = auth.layer(Noop);
+    for _ in 0..N {
+        if kind == "layer" {
+            call(&mut wrapped, &header);
+        } else {
+            call(&mut bare, &header);
+        }
+    }
+}
+
 fn main() {
+    if let Ok(kind) = std::env::var("HOT_PATH_PROFILE") {
+        profile(&kind);
+        return;
+    }
     allocations_per_hit();
     memory_per_entry();
     let mut c = Criterion::default()

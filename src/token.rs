@@ -15,22 +15,24 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 /// The token is a secret: its `Debug` and `Display` output never show it. Use
 /// [`BearerToken::expose`] where the raw value is really needed (sending it to the gateway).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct BearerToken<'a>(&'a str);
+pub struct BearerToken<'a>(&'a [u8]);
 
 impl<'a> BearerToken<'a> {
     /// Wraps a token that the caller has already validated (see [`parse_token`]).
     pub(crate) fn new_unchecked(token: &'a str) -> Self {
-        BearerToken(token)
+        BearerToken(token.as_bytes())
     }
 
     /// The raw token. Only the gateway client should need this.
     pub fn expose(&self) -> &'a str {
-        self.0
+        // Validated as ASCII by `parse_token`, so this never falls back; it is done here, off
+        // the cache-hit path, which only hashes the bytes.
+        std::str::from_utf8(self.0).unwrap_or_default()
     }
 
     /// The SHA-256 of the token, used as the cache key.
     pub fn hash(&self) -> TokenHash {
-        TokenHash::of(self.0)
+        TokenHash(Sha256::digest(self.0).into())
     }
 
     /// Length of the token in bytes (safe to log).
@@ -153,17 +155,24 @@ pub fn parse_token(token: &[u8], max_len: usize) -> Result<BearerToken<'_>, Toke
         return Err(TokenError::TooLong);
     }
     let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
-    if body_len == 0 || !token[..body_len].iter().all(|&b| is_b64token_char(b)) {
+    if body_len == 0 || !token[..body_len].iter().all(|&b| B64TOKEN[usize::from(b)]) {
         return Err(TokenError::Malformed);
     }
-    // Every byte is ASCII at this point, so this cannot fail; map the error anyway.
-    let token = std::str::from_utf8(token).map_err(|_| TokenError::Malformed)?;
     Ok(BearerToken(token))
 }
 
-fn is_b64token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-}
+/// RFC 6750 `b64token` characters (`ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/"`), as a
+/// table: one load per byte on the hot path.
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
