@@ -84,7 +84,7 @@ pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
 pub use crate::mcp::{DEFAULT_MAX_BODY_BYTES, McpGuardFuture, McpToolGuard, McpToolGuardService};
 pub use crate::metadata::{ProtectedResourceMetadata, ProtectedResourceMetadataBuilder, WELL_KNOWN_PREFIX};
 pub use crate::principal::{
-    ClientId, DeploymentId, Grant, OrganizationId, Principal, ResourceUrn, StringSet, UserId, WorkspaceId,
+    ClientId, DeploymentId, Grant, OrganizationId, Principal, RequestId, ResourceUrn, StringSet, UserId, WorkspaceId,
 };
 pub use crate::reject::{AuthError, ChallengeParams, grpc_code};
 pub use crate::token::{

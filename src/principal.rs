@@ -196,6 +196,64 @@ impl Serialize for ResourceUrn {
     }
 }
 
+/// The gateway's `request_id` of a check (`req_<decimal>`), kept without a heap allocation
+/// when it has the usual form.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(RequestIdRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum RequestIdRepr {
+    Numeric(u64),
+    Other(Box<str>),
+}
+
+impl RequestId {
+    /// Wraps a request id as sent by the gateway.
+    pub fn new(id: &str) -> Self {
+        let numeric = id
+            .strip_prefix("req_")
+            .filter(|d| !d.is_empty() && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok());
+        RequestId(match numeric {
+            Some(n) => RequestIdRepr::Numeric(n),
+            None => RequestIdRepr::Other(id.into()),
+        })
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(id: &str) -> Self {
+        RequestId::new(id)
+    }
+}
+
+impl From<String> for RequestId {
+    fn from(id: String) -> Self {
+        RequestId::new(&id)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            RequestIdRepr::Numeric(n) => write!(f, "req_{n}"),
+            RequestIdRepr::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A sorted, de-duplicated set of strings (scopes or permissions) with exact, case-sensitive
 /// membership, as the gateway's evaluator uses.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -280,7 +338,7 @@ pub struct Grant {
     /// `identity.owner_user_id`.
     pub owner_user_id: Option<UserId>,
     /// The gateway's `request_id` for this check.
-    pub request_id: Box<str>,
+    pub request_id: RequestId,
 }
 
 struct Inner {
@@ -372,7 +430,7 @@ impl Principal {
     }
 
     /// The gateway `request_id` of the check that verified this token (for support and audit).
-    pub fn request_id(&self) -> &str {
+    pub fn request_id(&self) -> &RequestId {
         &self.0.data.request_id
     }
 
@@ -459,6 +517,20 @@ mod tests {
             ResourceUrn::parse("urn:wacht:workspace:7").to_string(),
             "urn:wacht:workspace:7"
         );
+    }
+
+    #[test]
+    fn request_ids_round_trip() {
+        for id in [
+            "req_593812470012345678",
+            "req_unknown",
+            "req_0",
+            "req_007",
+            "",
+            "req_99999999999999999999",
+        ] {
+            assert_eq!(RequestId::new(id).to_string(), id);
+        }
     }
 
     #[test]

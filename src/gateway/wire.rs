@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Decision, GatewayError};
-use crate::principal::{ClientId, DeploymentId, Grant, ResourceUrn, StringSet, UserId};
+use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId};
 use crate::timefmt::parse_rfc3339;
 
 /// Request body. Only the fields the gateway knows: it rejects unknown keys with 422.
@@ -142,7 +142,7 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
         issuer: headers.remove("x-wacht-oauth-issuer").map(Into::into),
         deployment_id,
         owner_user_id,
-        request_id: body.request_id.unwrap_or_default().into(),
+        request_id: RequestId::new(body.request_id.as_deref().unwrap_or_default()),
     })))
 }
 
@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(grant.oauth_resource.as_deref(), Some("https://api.example.com"));
         assert!(grant.permissions.contains("org:projects:write"));
         assert_eq!(grant.scopes.len(), 2);
-        assert_eq!(&*grant.request_id, "req_593812470012345678");
+        assert_eq!(grant.request_id.to_string(), "req_593812470012345678");
     }
 
     #[test]
