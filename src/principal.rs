@@ -133,7 +133,9 @@ impl ResourceUrn {
     pub fn parse(urn: &str) -> Self {
         let parsed = urn.strip_prefix("urn:wacht:").and_then(|rest| {
             let (kind, id) = rest.split_once(':')?;
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            // Canonical decimal only (`0`, or no leading zero), so `Display` gives back exactly
+            // what the gateway sent; anything else stays `Other`.
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || (id.len() > 1 && id.starts_with('0')) {
                 return None;
             }
             let id: i64 = id.parse().ok()?;
@@ -506,6 +508,8 @@ mod tests {
             "urn:wacht:user:-1",
             "urn:wacht:user:1:extra",
             "urn:wacht:user:99999999999999999999",
+            "urn:wacht:user:00",
+            "urn:wacht:organization:0427001234567890561",
             "https://example.com",
             "",
         ] {

@@ -199,31 +199,29 @@ impl AuthError {
     /// quoted-string; values are sanitised to the RFC 6750 character sets, so the result is
     /// always a valid header value.
     pub fn challenge(&self, params: &ChallengeParams) -> String {
-        let mut scopes: Vec<&str> = Vec::new();
-        match self {
+        let candidates: Vec<&str> = match self {
             // With nothing to ask for (a method nobody may call), naming scopes would only
             // send the client into a pointless re-authorization.
-            AuthError::InsufficientScope { required, .. } if required.is_empty() => {}
+            AuthError::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
             AuthError::InsufficientScope { required, granted } => {
-                for s in required.iter().chain(granted) {
-                    if !scopes.contains(&s.as_str()) {
-                        scopes.push(s);
-                    }
-                }
+                required.iter().chain(granted).map(String::as_str).collect()
             }
-            _ => scopes.extend(params.scopes.iter().map(|s| &**s)),
+            _ => params.scopes.iter().map(|s| &**s).collect(),
+        };
+        // Sanitise first, then keep each scope once (first occurrence wins: required before
+        // granted), dropping any that sanitising emptied.
+        let mut scopes: Vec<String> = Vec::new();
+        for s in candidates.into_iter().map(scope_token) {
+            if !s.is_empty() && !scopes.contains(&s) {
+                scopes.push(s);
+            }
         }
         let mut out = String::from("Bearer");
         let mut sep = " ";
         if let Some(url) = &params.resource_metadata {
             push_param(&mut out, &mut sep, "resource_metadata", &quoted_string(url));
         }
-        let scope = scopes
-            .iter()
-            .map(|s| scope_token(s))
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let scope = scopes.join(" ");
         if !scope.is_empty() {
             push_param(&mut out, &mut sep, "scope", &scope);
         }

@@ -222,22 +222,18 @@ fn printable(s: &str) -> String {
 fn expected_scopes(input: &Input) -> Vec<String> {
     let raw: Vec<&String> = match &input.kind {
         Kind::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
-        Kind::InsufficientScope { required, granted } => {
-            // Required first, then granted, each distinct string once.
-            let mut v: Vec<&String> = Vec::new();
-            for s in required.iter().chain(granted) {
-                if !v.contains(&s) {
-                    v.push(s);
-                }
-            }
-            v
-        }
+        // Required first, then granted.
+        Kind::InsufficientScope { required, granted } => required.iter().chain(granted).collect(),
         _ => input.scopes.iter().collect(),
     };
-    raw.iter()
-        .map(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>())
-        .filter(|s| !s.is_empty())
-        .collect()
+    // Sanitised, empties dropped, each distinct token once (first occurrence kept).
+    let mut out: Vec<String> = Vec::new();
+    for s in raw.iter().map(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>()) {
+        if !s.is_empty() && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 const ORDER: [&str; 5] = ["resource_metadata", "scope", "error", "error_description", "realm"];
