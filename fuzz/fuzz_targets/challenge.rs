@@ -228,7 +228,10 @@ fn expected_scopes(input: &Input) -> Vec<String> {
     };
     // Sanitised, empties dropped, each distinct token once (first occurrence kept).
     let mut out: Vec<String> = Vec::new();
-    for s in raw.iter().map(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>()) {
+    for s in raw
+        .iter()
+        .map(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>())
+    {
         if !s.is_empty() && !out.contains(&s) {
             out.push(s);
         }

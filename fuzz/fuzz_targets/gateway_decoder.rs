@@ -228,7 +228,6 @@ fn check_grant(v: &Value, g: &Grant) {
     assert_eq!(g.request_id.to_string(), str_at(v, &["request_id"]).unwrap_or(""));
 }
 
-
 fn check_principal(g: &Grant) {
     let p = Principal::from_grant(g.clone());
     let _ = format!("{p:?}");

@@ -25,7 +25,8 @@ fn reference(s: &str) -> Option<(&'static str, i64)> {
         "workspace" => "workspace",
         _ => return None,
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     let mut id: i64 = 0;
