@@ -26,10 +26,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::guard::{GuardFuture, Permissions, challenge_of};
+use crate::guard::{GuardFuture, Permissions};
 use crate::layer::render;
-use crate::principal::Principal;
-use crate::reject::AuthError;
 
 /// What happens to a method no rule names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,11 +39,24 @@ pub enum Unmapped {
     Deny,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Rules {
     methods: HashMap<Box<str>, Permissions>,
     services: HashMap<Box<str>, Permissions>,
     unmapped: Unmapped,
+    /// What a denied unmapped method requires: any of nothing.
+    nobody: Permissions,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            methods: HashMap::new(),
+            services: HashMap::new(),
+            unmapped: Unmapped::Allow,
+            nobody: Permissions::any(std::iter::empty::<&str>()),
+        }
+    }
 }
 
 impl Rules {
@@ -87,12 +98,12 @@ impl RequireMethodPermissions {
         self
     }
 
-    /// The permissions a path requires: `Some(Ok(..))` for a rule, `Some(Err(()))` when the
-    /// path is unmapped and denied, `None` when it is unmapped and allowed.
-    fn requirement(&self, path: &str) -> Option<Result<&Permissions, ()>> {
+    /// The permissions a path requires; `None` when it is unmapped and allowed. An unmapped,
+    /// denied path requires `any` of nothing, which no principal satisfies.
+    fn requirement(&self, path: &str) -> Option<&Permissions> {
         match (self.rules.lookup(path), self.rules.unmapped) {
-            (Some(p), _) => Some(Ok(p)),
-            (None, Unmapped::Deny) => Some(Err(())),
+            (Some(p), _) => Some(p),
+            (None, Unmapped::Deny) => Some(&self.rules.nobody),
             (None, Unmapped::Allow) => None,
         }
     }
@@ -132,19 +143,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let verdict = match self.guard.requirement(req.uri().path()) {
             None => Ok(()),
-            Some(requirement) => match req.extensions().get::<Principal>() {
-                None => Err((AuthError::MissingCredentials, challenge_of(req.extensions()))),
-                Some(principal) => {
-                    let checked = match requirement {
-                        Ok(permissions) => permissions.check(principal),
-                        Err(()) => Err(AuthError::InsufficientScope {
-                            required: Vec::new(),
-                            granted: principal.scopes().iter().map(str::to_owned).collect(),
-                        }),
-                    };
-                    checked.map_err(|e| (e, Arc::clone(principal.challenge())))
-                }
-            },
+            Some(permissions) => permissions.check_extensions(req.extensions()),
         };
         match verdict {
             Ok(()) => GuardFuture::inner(self.inner.call(req)),
@@ -162,14 +161,17 @@ mod tests {
         let g = RequireMethodPermissions::new()
             .route("/pkg.Svc/*", Permissions::all(["svc"]))
             .route("/pkg.Svc/Special", Permissions::all(["special"]));
-        let names = |path: &str| g.requirement(path).map(|r| r.map(|p| p.iter().collect::<Vec<_>>()));
-        assert_eq!(names("/pkg.Svc/Special"), Some(Ok(vec!["special"])));
-        assert_eq!(names("/pkg.Svc/Other"), Some(Ok(vec!["svc"])));
+        let names = |path: &str| g.requirement(path).map(|p| p.iter().collect::<Vec<_>>());
+        assert_eq!(names("/pkg.Svc/Special"), Some(vec!["special"]));
+        assert_eq!(names("/pkg.Svc/Other"), Some(vec!["svc"]));
         assert_eq!(names("/pkg.Other/Method"), None);
         assert_eq!(names("/"), None);
         assert_eq!(names(""), None);
         let deny = g.clone().deny_unmapped();
-        assert!(matches!(deny.requirement("/pkg.Other/Method"), Some(Err(()))));
+        assert!(
+            deny.requirement("/pkg.Other/Method")
+                .is_some_and(|p| p.iter().next().is_none())
+        );
         // The clone taken before `deny_unmapped` is unchanged.
         assert!(g.requirement("/pkg.Other/Method").is_none());
     }

@@ -34,10 +34,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::guard::{Permissions, challenge_of};
+use crate::guard::Permissions;
 use crate::layer::render;
-use crate::principal::Principal;
-use crate::reject::AuthError;
 
 /// Default upper bound on a JSON-RPC request body the guard reads (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -161,13 +159,7 @@ where
                 let Some(required) = guard.tools.get(tool.as_str()) else {
                     continue;
                 };
-                let verdict = match parts.extensions.get::<Principal>() {
-                    Some(principal) => required
-                        .check(principal)
-                        .map_err(|e| (e, Arc::clone(principal.challenge()))),
-                    None => Err((AuthError::MissingCredentials, challenge_of(&parts.extensions))),
-                };
-                if let Err((error, challenge)) = verdict {
+                if let Err((error, challenge)) = required.check_extensions(&parts.extensions) {
                     tracing::debug!(tool = tool.as_str(), "MCP tool call refused: missing permission");
                     return Ok(render(error, &challenge, &parts.headers).map(ResponseBody::rejection));
                 }
