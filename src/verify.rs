@@ -337,6 +337,13 @@ impl Verifier {
     }
 
     async fn ask_gateway(&self, token: BearerToken<'_>, hash: TokenHash, ctx: &MissContext) -> Result<Entry, Uncached> {
+        // Inside the single flight: a flight that just ended may have rejected this token after
+        // our caller looked at the negative cache. Look again rather than ask twice.
+        if let Some(negative) = &self.negative
+            && let Some(reason) = negative.get(&hash).await
+        {
+            return Err(Uncached::Rejected(AuthError::InvalidToken(reason)));
+        }
         let request = CheckRequest {
             token,
             method: &self.method,
