@@ -30,8 +30,10 @@
 //! `LOAD_GATEWAY_CPU` (`client`, default, or `server`), `LOAD_BASELINE_TOKEN` (1: the baseline
 //! requests carry the same `Authorization` header as the others), `LOAD_MAX_OTHER_LOAD` (10:
 //! a run during which other programs used more than this percentage of the server's CPU is
-//! discarded and repeated), `LOAD_RETRIES` (4 repeats in total), `LOAD_ONLY` (comma list of
-//! `pairs`, `slow`, `latency`, `stampede`; default all).
+//! discarded and repeated; the same threshold on either CPU, sampled for 0.4 s, holds each
+//! run back until other programs quiet down), `LOAD_QUIET_WAIT` (30: longest such wait, in
+//! seconds), `LOAD_RETRIES` (4 repeats in total), `LOAD_ONLY` (comma list of `pairs`, `slow`,
+//! `latency`, `stampede`; default all).
 //!
 //! Nothing here asserts on timing; it prints what it measured.
 
@@ -723,6 +725,8 @@ mod orchestrator {
         max_other_load: f64,
         /// Disturbed runs (or pairs) repeated at most this many times in total.
         retries: u64,
+        /// Longest wait before a run for other programs to leave the CPUs idle.
+        quiet_wait_secs: u64,
         /// Sections to run (`pairs`, `slow`, `latency`, `stampede`); `None`: all.
         only: Option<Vec<String>>,
     }
@@ -762,6 +766,7 @@ mod orchestrator {
                 gateway_on_server_cpu,
                 max_other_load: env_u64("LOAD_MAX_OTHER_LOAD", 10)? as f64 / 100.0,
                 retries: env_u64("LOAD_RETRIES", 4)?,
+                quiet_wait_secs: env_u64("LOAD_QUIET_WAIT", 30)?,
                 only: std::env::var("LOAD_ONLY").ok().map(|v| {
                     v.split(',')
                         .map(|x| x.trim().to_owned())
@@ -927,27 +932,76 @@ mod orchestrator {
 
         /// Server-side CPU time so far (ns): (all threads but the gateway's, the gateway's).
         fn cpu_ns(&self) -> Option<(u64, u64)> {
-            let dir = format!("/proc/{}/task", self.pid());
-            let mut server = 0;
-            let mut gateway = 0;
-            for entry in std::fs::read_dir(dir).ok()?.flatten() {
-                // A thread may end between listing and reading: skip it.
-                let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let Some(ns) = std::fs::read_to_string(entry.path().join("schedstat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
-                else {
-                    continue;
-                };
-                if tid == self.gateway_tid {
-                    gateway += ns;
-                } else {
-                    server += ns;
-                }
+            task_cpu_ns(&self.pid().to_string(), self.gateway_tid)
+        }
+    }
+
+    /// CPU time (ns) of a process's threads from `/proc/<pid>/task/*/schedstat`:
+    /// (all threads but `tid`, thread `tid`).
+    fn task_cpu_ns(pid: &str, tid: u32) -> Option<(u64, u64)> {
+        let mut others = 0;
+        let mut one = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            // A thread may end between listing and reading: skip it.
+            let Some(t) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(ns) = std::fs::read_to_string(entry.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            else {
+                continue;
+            };
+            if t == tid {
+                one += ns;
+            } else {
+                others += ns;
             }
-            Some((server, gateway))
+        }
+        Some((others, one))
+    }
+
+    /// Busy fraction of each pinned CPU over `window` (`None` when not pinned).
+    fn cpu_busy(pin: &Pinning, window: Duration) -> Option<(f64, f64)> {
+        let (server, client) = (pin.server_cpu?, pin.client_cpu?);
+        let a = (cpu_stat(Some(server))?, cpu_stat(Some(client))?);
+        std::thread::sleep(window);
+        let b = (cpu_stat(Some(server))?, cpu_stat(Some(client))?);
+        let frac = |(_, b0, t0): CpuStat, (_, b1, t1): CpuStat| {
+            if t1 > t0 {
+                b1.saturating_sub(b0) as f64 / (t1 - t0) as f64
+            } else {
+                0.0
+            }
+        };
+        Some((frac(a.0, b.0), frac(a.1, b.1)))
+    }
+
+    /// Before a run: waits (up to `LOAD_QUIET_WAIT` seconds) until other programs leave both
+    /// CPUs nearly idle.
+    fn wait_for_quiet(knobs: &Knobs, pin: &Pinning) {
+        let started = Instant::now();
+        let mut told = false;
+        while let Some((server, client)) = cpu_busy(pin, Duration::from_millis(400)) {
+            if server.max(client) <= knobs.max_other_load {
+                break;
+            }
+            if started.elapsed() >= Duration::from_secs(knobs.quiet_wait_secs) {
+                eprintln!(
+                    "  (CPUs still busy with other programs after {} s: running anyway)",
+                    knobs.quiet_wait_secs
+                );
+                break;
+            }
+            if !told {
+                eprintln!(
+                    "  (other programs are using the CPUs: {:.0}% / {:.0}%; waiting up to {} s)",
+                    server * 100.0,
+                    client * 100.0,
+                    knobs.quiet_wait_secs
+                );
+                told = true;
+            }
         }
     }
 
@@ -970,7 +1024,9 @@ mod orchestrator {
     }
 
     /// `/proc/stat` counters of one CPU (or all): (steal, busy, total) in clock ticks.
-    fn cpu_stat(cpu: Option<usize>) -> Option<(u64, u64, u64)> {
+    type CpuStat = (u64, u64, u64);
+
+    fn cpu_stat(cpu: Option<usize>) -> Option<CpuStat> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let name = cpu.map_or_else(|| "cpu".to_owned(), |c| format!("cpu{c}"));
         let line = stat
@@ -1007,8 +1063,20 @@ mod orchestrator {
         /// Busy fraction of the server's CPU not explained by the server process: other
         /// programs competing for it.
         foreign: Option<f64>,
+        /// The same for the load generator's CPU.
+        foreign_client: Option<f64>,
         gateway_calls: u64,
         note: String,
+    }
+
+    impl RunResult {
+        /// The larger share of either CPU taken by other programs.
+        fn other_load(&self) -> Option<f64> {
+            match (self.foreign, self.foreign_client) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        }
     }
 
     fn percentile(sorted: &[u32], q: f64) -> Duration {
@@ -1036,6 +1104,7 @@ mod orchestrator {
 
         fn run(&self, mode: Mode, latency_ms: u64, cold_tokens: u64) -> Result<RunResult> {
             let k = &self.knobs;
+            wait_for_quiet(k, &self.pin);
             let mut server = ServerProc::start(mode, latency_ms, k.conns, cold_tokens, &self.pin, self.gateway_cpu())?;
             let addr = server.addr;
             let phase = Arc::new(AtomicU8::new(generator::WARMUP));
@@ -1059,7 +1128,9 @@ mod orchestrator {
                 }
                 tokio::time::sleep(Duration::from_secs(k.warmup_secs)).await;
                 let cpu0 = server.cpu_ns();
+                let own0 = task_cpu_ns("self", 0);
                 let stat0 = cpu_stat(self.pin.server_cpu);
+                let cstat0 = cpu_stat(self.pin.client_cpu);
                 phase.store(MEASURE, Ordering::Relaxed);
                 let t0 = Instant::now();
                 let deadline = t0 + Duration::from_secs(k.secs);
@@ -1069,7 +1140,9 @@ mod orchestrator {
                 phase.store(STOP, Ordering::Relaxed);
                 let secs = t0.elapsed().as_secs_f64();
                 let cpu1 = server.cpu_ns();
+                let own1 = task_cpu_ns("self", 0);
                 let stat1 = cpu_stat(self.pin.server_cpu);
+                let cstat1 = cpu_stat(self.pin.client_cpu);
                 let mut all = Vec::new();
                 let (mut ok, mut failed, mut warm_failed, mut sent, mut conn_errors) = (0, 0, 0, 0, Vec::new());
                 while let Some(joined) = tasks.join_next().await {
@@ -1088,7 +1161,9 @@ mod orchestrator {
                 (
                     secs,
                     cpu0.zip(cpu1),
+                    own0.zip(own1),
                     stat0.zip(stat1),
+                    cstat0.zip(cstat1),
                     all,
                     ok,
                     failed,
@@ -1097,7 +1172,7 @@ mod orchestrator {
                     conn_errors,
                 )
             });
-            let (secs, cpu, stat, mut latencies, ok, failed, warm_failed, sent, conn_errors) = outcome;
+            let (secs, cpu, own, stat, cstat, mut latencies, ok, failed, warm_failed, sent, conn_errors) = outcome;
             let calls = server.gateway_calls()?.saturating_sub(calls_before);
             drop(server);
             latencies.sort_unstable();
@@ -1120,19 +1195,24 @@ mod orchestrator {
             let steal = stat
                 .filter(|((_, _, t0), (_, _, t1))| t1 > t0)
                 .map(|((s0, _, t0), (s1, _, t1))| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64);
-            let own_share = server_util.map(|s| {
-                s + if self.knobs.gateway_on_server_cpu {
-                    gateway_util.unwrap_or(0.0)
-                } else {
-                    0.0
-                }
-            });
-            let foreign = stat
-                .filter(|((_, _, t0), (_, _, t1))| t1 > t0 && self.pin.server_cpu.is_some())
-                .zip(own_share)
-                .map(|(((_, b0, t0), (_, b1, t1)), own)| {
-                    (b1.saturating_sub(b0) as f64 / (t1 - t0) as f64 - own).max(0.0)
-                });
+            // Busy time of each CPU minus what this benchmark's own threads used there.
+            let gateway_share = gateway_util.unwrap_or(0.0);
+            let (gw_on_server, gw_on_client) = if self.knobs.gateway_on_server_cpu {
+                (gateway_share, 0.0)
+            } else {
+                (0.0, gateway_share)
+            };
+            let generator_util = own.map(|((a0, b0), (a1, b1))| (a1 + b1).saturating_sub(a0 + b0) as f64 / 1e9 / secs);
+            let busy = |st: Option<(CpuStat, CpuStat)>| {
+                st.filter(|((_, _, t0), (_, _, t1))| t1 > t0 && self.pin.server_cpu.is_some())
+                    .map(|((_, b0, t0), (_, b1, t1))| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+            };
+            let foreign = busy(stat)
+                .zip(server_util)
+                .map(|(b, own)| (b - own - gw_on_server).max(0.0));
+            let foreign_client = busy(cstat)
+                .zip(generator_util)
+                .map(|(b, own)| (b - own - gw_on_client).max(0.0));
             Ok(RunResult {
                 mode,
                 latency_ms,
@@ -1147,9 +1227,21 @@ mod orchestrator {
                 gateway_util,
                 steal,
                 foreign,
+                foreign_client,
                 gateway_calls: calls,
                 note: note.join("; "),
             })
+        }
+    }
+
+    fn other_load(r: &RunResult) -> String {
+        match (r.foreign, r.foreign_client) {
+            (None, None) => "n/a".to_owned(),
+            (a, b) => format!(
+                "{} / {}",
+                fmt_opt(a, |s| format!("{:.0}%", s * 100.0)),
+                fmt_opt(b, |s| format!("{:.0}%", s * 100.0))
+            ),
         }
     }
 
@@ -1163,7 +1255,7 @@ mod orchestrator {
 
     fn print_run(r: &RunResult) {
         eprintln!(
-            "  {:<9} gw {:>2} ms: {:>9.0} req/s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>5} ({} µs/req)  gateway thread {:>5}  steal {:>5}  other load {:>5}  gateway calls {}{}",
+            "  {:<9} gw {:>2} ms: {:>9.0} req/s  p50 {:>7} ms  p99 {:>7} ms  server CPU {:>5} ({} µs/req)  gateway thread {:>5}  steal {:>5}  other load {:>9}  gateway calls {}{}",
             r.mode.arg(),
             r.latency_ms,
             r.rps,
@@ -1173,7 +1265,7 @@ mod orchestrator {
             fmt_opt(r.server_us_per_req, |u| format!("{u:.1}")),
             fmt_opt(r.gateway_util, |u| format!("{:.0}%", u * 100.0)),
             fmt_opt(r.steal, |s| format!("{:.1}%", s * 100.0)),
-            fmt_opt(r.foreign, |s| format!("{:.0}%", s * 100.0)),
+            other_load(r),
             r.gateway_calls,
             if r.note.is_empty() {
                 String::new()
@@ -1271,7 +1363,7 @@ mod orchestrator {
 
     impl Session {
         fn disturbed(&self, r: &RunResult) -> bool {
-            r.foreign.is_some_and(|f| f > self.bench.knobs.max_other_load)
+            r.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
         }
 
         fn run(&mut self, mode: Mode, latency_ms: u64, cold_tokens: u64) -> Result<usize> {
@@ -1525,7 +1617,7 @@ mod orchestrator {
 
         println!("## Runs\n");
         println!(
-            "| # | mode | gateway ms | measured s | requests/s | p50 ms | p99 ms | server CPU | server µs/req | gateway thread CPU | steal (server CPU) | other load (server CPU) | gateway calls | notes |"
+            "| # | mode | gateway ms | measured s | requests/s | p50 ms | p99 ms | server CPU | server µs/req | gateway thread CPU | steal (server CPU) | other programs' load (server / generator CPU) | gateway calls | notes |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (i, r) in s.results.iter().enumerate() {
@@ -1549,7 +1641,7 @@ mod orchestrator {
                 fmt_opt(r.server_us_per_req, |u| format!("{u:.2}")),
                 fmt_opt(r.gateway_util, |u| format!("{:.0}%", u * 100.0)),
                 fmt_opt(r.steal, |s| format!("{:.1}%", s * 100.0)),
-                fmt_opt(r.foreign, |s| format!("{:.0}%", s * 100.0)),
+                other_load(r),
                 r.gateway_calls,
                 note
             );
@@ -1566,10 +1658,10 @@ mod orchestrator {
                 least_busy * 100.0
             );
         }
-        let busiest = kept.iter().filter_map(|r| r.foreign).fold(0.0, f64::max);
+        let busiest = kept.iter().filter_map(|r| r.other_load()).fold(0.0, f64::max);
         if busiest > k.max_other_load {
             println!(
-                "Warning: other programs used up to {:.0}% of the server's CPU during a kept run (column \"other load\"; the retry budget ran out). Those runs measure the machine, not the library: re-run on a quiet machine.\n",
+                "Warning: other programs used up to {:.0}% of a CPU during a kept run (column \"other programs' load\"; the retry budget ran out). Those runs measure the machine, not the library: re-run on a quiet machine.\n",
                 busiest * 100.0
             );
         }
@@ -1605,6 +1697,7 @@ mod orchestrator {
                     bench_token('s', 0),
                 ),
             ] {
+                wait_for_quiet(k, &self.pin);
                 let hit_tokens = if mode == Mode::Hit { 1 } else { 0 };
                 let mut server = ServerProc::start(mode, latency, hit_tokens, 0, &self.pin, self.gateway_cpu())?;
                 let before = server.gateway_calls()?;
