@@ -1,6 +1,6 @@
 //! Cache building blocks under the [`Verifier`](crate::Verifier):
 //!
-//! * [`front_get`] / [`front_put`]: a small per-thread, direct-mapped front cache that answers
+//! * [`front_get`] / [`front_put`]: a small per-thread, 2-way set-associative front cache that answers
 //!   hot tokens without touching the shared moka cache (measured: a moka hit costs about as
 //!   much as the rest of the hit path together). It holds copies of entries moka holds, with
 //!   the same deadline, tagged with the verifier's id and invalidation generation, so an
@@ -62,7 +62,10 @@ impl Entry {
 }
 
 /// Number of slots per thread (a power of two).
-const FRONT_SLOTS: usize = 128;
+/// Sets per thread; each set holds the two most recently stored tokens that map to it
+/// (2-way set associative, so two hot tokens that share a set do not evict each other).
+const FRONT_SETS: usize = 128;
+const FRONT_WAYS: usize = 2;
 
 struct Slot {
     verifier: u64,
@@ -71,12 +74,19 @@ struct Slot {
     entry: Entry,
 }
 
+impl Slot {
+    fn holds(&self, verifier: u64, hash: &TokenHash) -> bool {
+        self.verifier == verifier && self.hash == *hash
+    }
+}
+
 thread_local! {
     static FRONT: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
 }
 
-fn index(hash: &TokenHash) -> usize {
-    usize::from(hash.as_bytes()[31]) % FRONT_SLOTS
+/// Index of the first way of `hash`'s set.
+fn set_start(hash: &TokenHash) -> usize {
+    usize::from(hash.as_bytes()[31]) % FRONT_SETS * FRONT_WAYS
 }
 
 /// The front-cache entry for `hash`, if this thread has one for this verifier and generation
@@ -84,28 +94,43 @@ fn index(hash: &TokenHash) -> usize {
 pub(crate) fn front_get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Entry> {
     FRONT.with(|front| {
         let front = front.try_borrow().ok()?;
-        let slot = front.get(index(hash))?.as_ref()?;
-        (slot.verifier == verifier && slot.generation == generation && slot.hash == *hash && now < slot.entry.deadline)
-            .then(|| slot.entry.clone())
+        let start = set_start(hash);
+        let set = front.get(start..start + FRONT_WAYS)?;
+        let slot = set.iter().flatten().find(|slot| slot.holds(verifier, hash))?;
+        (slot.generation == generation && now < slot.entry.deadline).then(|| slot.entry.clone())
     })
 }
 
-/// Remembers an entry in this thread's front cache.
+/// Remembers an entry in this thread's front cache: it replaces the same token's slot, or
+/// becomes the set's most recent entry (the older one moves to the second way, the oldest
+/// is dropped).
 pub(crate) fn front_put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry) {
     FRONT.with(|front| {
         let Ok(mut front) = front.try_borrow_mut() else {
             return;
         };
         if front.is_empty() {
-            front.resize_with(FRONT_SLOTS, || None);
+            front.resize_with(FRONT_SETS * FRONT_WAYS, || None);
         }
-        if let Some(slot) = front.get_mut(index(&hash)) {
-            *slot = Some(Slot {
-                verifier,
-                generation,
-                hash,
-                entry,
-            });
+        let start = set_start(&hash);
+        let Some(set) = front.get_mut(start..start + FRONT_WAYS) else {
+            return;
+        };
+        let slot = Some(Slot {
+            verifier,
+            generation,
+            hash,
+            entry,
+        });
+        match set
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.holds(verifier, &hash)))
+        {
+            Some(i) => set[i] = slot,
+            None => {
+                set.rotate_right(1);
+                set[0] = slot;
+            }
         }
     });
 }
@@ -175,4 +200,69 @@ fn intern<T: ?Sized + Eq + std::hash::Hash>(table: &Mutex<HashSet<Arc<T>>>, valu
     }
     table.insert(Arc::clone(&value));
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{ClientId, DeploymentId, Grant, RequestId, StringSet};
+    use std::time::{Duration, SystemTime};
+
+    fn entry(client: &str, deadline: Instant) -> Entry {
+        let principal = Principal::from_grant(Grant {
+            client_id: ClientId::new(client),
+            granted_resource: None,
+            scopes: StringSet::default(),
+            permissions: StringSet::default(),
+            expires_at: SystemTime::now() + Duration::from_secs(60),
+            oauth_resource: None,
+            issuer: None,
+            deployment_id: DeploymentId(1),
+            owner_user_id: None,
+            request_id: RequestId::new("req_1"),
+        });
+        Entry {
+            principal,
+            deadline,
+            refresh: None,
+        }
+    }
+
+    /// Three different tokens whose digests fall into the same set.
+    fn colliding() -> [TokenHash; 3] {
+        let mut found = Vec::new();
+        let mut i = 0u32;
+        while found.len() < 3 {
+            let h = TokenHash::of(&format!("oat_{i}"));
+            if found.is_empty() || set_start(&h) == set_start(&found[0]) {
+                found.push(h);
+            }
+            i += 1;
+        }
+        [found[0], found[1], found[2]]
+    }
+
+    #[test]
+    fn two_tokens_share_a_set_and_the_oldest_of_three_is_dropped() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let [a, b, c] = colliding();
+        let client = |e: Option<Entry>| e.map(|e| e.principal.client_id().to_string());
+        front_put(7, 0, a, entry("a", later));
+        front_put(7, 0, b, entry("b", later));
+        assert_eq!(client(front_get(7, 0, &a, now)).as_deref(), Some("a"));
+        assert_eq!(client(front_get(7, 0, &b, now)).as_deref(), Some("b"));
+        front_put(7, 0, c, entry("c", later));
+        assert_eq!(client(front_get(7, 0, &a, now)), None, "oldest dropped");
+        assert_eq!(client(front_get(7, 0, &b, now)).as_deref(), Some("b"));
+        assert_eq!(client(front_get(7, 0, &c, now)).as_deref(), Some("c"));
+        // Another verifier, another generation, or a passed deadline never hit.
+        assert!(front_get(8, 0, &b, now).is_none());
+        assert!(front_get(7, 1, &b, now).is_none());
+        assert!(front_get(7, 0, &b, later).is_none());
+        // Storing a token again replaces its own slot, not its neighbour's.
+        front_put(7, 0, b, entry("b2", later));
+        assert_eq!(client(front_get(7, 0, &c, now)).as_deref(), Some("c"));
+        assert_eq!(client(front_get(7, 0, &b, now)).as_deref(), Some("b2"));
+    }
 }
