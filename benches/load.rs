@@ -1597,7 +1597,7 @@ mod orchestrator {
             println!("## Stampede\n");
             println!(
                 "{} requests released together, one per connection, all with the same token. The first two rows are references for the same burst.\n",
-                k.stampede
+                bursts[0].n
             );
             println!(
                 "| burst | gateway latency | gateway calls | 200 responses | p50 ms | p99 ms | max ms | sends spread over ms | first send → last response ms |"
@@ -1677,6 +1677,13 @@ mod orchestrator {
         }
     }
 
+    /// Soft limit on open files, from `/proc/self/limits`.
+    fn open_files_limit() -> Option<u64> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+    }
+
     struct BurstResult {
         label: &'static str,
         mode: Mode,
@@ -1695,7 +1702,17 @@ mod orchestrator {
         /// The same burst against baseline, against cached tokens, and with one new token.
         fn bursts(&self) -> Result<Vec<BurstResult>> {
             let k = &self.knobs;
-            let n = usize::try_from(k.stampede)?;
+            let mut n = usize::try_from(k.stampede)?;
+            // One descriptor per connection on each side, plus some for everything else.
+            if let Some(limit) = open_files_limit()
+                && limit < n as u64 + 64
+            {
+                let capped = usize::try_from(limit.saturating_sub(64))?.max(1);
+                eprintln!(
+                    "  (open-file limit {limit} is too low for {n} connections: the burst is capped at {capped}; raise it with `ulimit -n`)"
+                );
+                n = capped;
+            }
             let mut out = Vec::new();
             for (label, mode, latency, token) in [
                 ("baseline (no auth)", Mode::Baseline, 0, bench_token('h', 0)),
