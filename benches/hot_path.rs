@@ -150,37 +150,27 @@ fn allocations_per_hit() {
         call(&mut bare, &header);
         call(&mut wrapped, &header);
     }
-    let region = Region::new(GLOBAL);
-    for _ in 0..N {
-        call(&mut bare, &header);
-    }
-    let bare_allocs = region.change().allocations;
-    let region = Region::new(GLOBAL);
-    for _ in 0..N {
-        call(&mut wrapped, &header);
-    }
-    let layer_allocs = region.change().allocations;
-    println!(
-        "allocations per request, empty extensions: bare {:.2}, with layer (cache hit) {:.2}, difference {:.2}",
-        bare_allocs as f64 / N as f64,
-        layer_allocs as f64 / N as f64,
-        (layer_allocs as f64 - bare_allocs as f64) / N as f64
-    );
-    let region = Region::new(GLOBAL);
-    for _ in 0..N {
-        call_with_extension(&mut bare, &header);
-    }
-    let bare_allocs = region.change().allocations;
-    let region = Region::new(GLOBAL);
-    for _ in 0..N {
-        call_with_extension(&mut wrapped, &header);
-    }
-    let layer_allocs = region.change().allocations;
-    println!(
-        "allocations per request, extensions already in use: bare {:.2}, with layer (cache hit) {:.2}, difference {:.2}",
-        bare_allocs as f64 / N as f64,
-        layer_allocs as f64 / N as f64,
-        (layer_allocs as f64 - bare_allocs as f64) / N as f64
+    let count = |label: &str, bare_call: &mut dyn FnMut(), layer_call: &mut dyn FnMut()| {
+        let allocations = |f: &mut dyn FnMut()| {
+            let region = Region::new(GLOBAL);
+            for _ in 0..N {
+                f();
+            }
+            region.change().allocations as f64 / N as f64
+        };
+        let (bare, layer) = (allocations(bare_call), allocations(layer_call));
+        println!(
+            "allocations per request, {label}: bare {bare:.2}, with layer (cache hit) {layer:.2}, difference {:.2}",
+            layer - bare
+        );
+    };
+    count("empty extensions", &mut || call(&mut bare, &header), &mut || {
+        call(&mut wrapped, &header)
+    });
+    count(
+        "extensions already in use",
+        &mut || call_with_extension(&mut bare, &header),
+        &mut || call_with_extension(&mut wrapped, &header),
     );
 }
 
