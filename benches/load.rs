@@ -5,11 +5,14 @@
 //! ```
 //!
 //! 1. `baseline`: the handler with no auth layer (the limit);
-//! 2. `hit`: `WachtAuthLayer`, every token already verified (cache hits);
+//! 2. `hit`: `WachtAuthLayer` applied with `Router::layer`, every token already verified
+//!    (cache hits); `hit-app`: the same, the layer wrapped around the whole app instead;
 //! 3. `cold`: `WachtAuthLayer`, every request a new token (one gateway call each);
 //! 4. `uncached`: an Axum middleware that calls the gateway with reqwest on every request and
-//!    caches nothing, the model the official Wacht SDKs document.
+//!    caches nothing, the model the official Wacht SDKs document;
 //!
+//! and `floor`, not tower-wacht: a layer that only inserts a fixed `Principal` into the
+//! request extensions, the cost any extension-based auth layer pays before it does any work;
 //! plus a stampede: many concurrent requests with one new token, which must cause exactly one
 //! gateway call.
 //!
@@ -22,7 +25,8 @@
 //! connections on one tokio `current_thread` runtime (one request in flight per connection).
 //!
 //! Knobs (environment): `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
-//! `LOAD_REPS` (5 alternating baseline/hit pairs), `LOAD_SLOW_REPS` (1 run each of cold and
+//! `LOAD_REPS` (20 interleaved rounds of baseline, floor, hit and hit-app), `LOAD_SLICE_MS`
+//! (1000: length of one measured slice in a round), `LOAD_SLOW_REPS` (1 run each of cold and
 //! uncached at 0 ms), `LOAD_GATEWAY_LATENCIES_MS` ("5,20": extra uncached runs),
 //! `LOAD_STAMPEDE` (1000 requests, 0 skips), `LOAD_STAMPEDE_LATENCY_MS` (5),
 //! `LOAD_COLD_TOKENS` (default: sized from the uncached run), `LOAD_PIN` (1; 0 disables
@@ -35,6 +39,12 @@
 //! other programs quiet down), `LOAD_QUIET_WAIT` (30: longest such wait, in
 //! seconds), `LOAD_RETRIES` (4 repeats in total), `LOAD_ONLY` (comma list of `pairs`, `slow`,
 //! `latency`, `stampede`; default all).
+//!
+//! Baseline and the hit modes are measured interleaved: one server per mode stays up with
+//! its connections open, and every round drives each server alone for one slice, in an order
+//! that reverses every round. Each round gives a ratio to the baseline measured seconds
+//! earlier or later; the reported ratio is the median over rounds (see `Bench::interleaved`).
+//! The other modes run one at a time for `LOAD_SECS`.
 //!
 //! Nothing here asserts on timing; it prints what it measured.
 
@@ -104,6 +114,8 @@ fn main() {
 enum Mode {
     Baseline,
     Hit,
+    HitApp,
+    Floor,
     Cold,
     Uncached,
     Stampede,
@@ -114,6 +126,8 @@ impl Mode {
         match self {
             Mode::Baseline => "baseline",
             Mode::Hit => "hit",
+            Mode::HitApp => "hit-app",
+            Mode::Floor => "floor",
             Mode::Cold => "cold",
             Mode::Uncached => "uncached",
             Mode::Stampede => "stampede",
@@ -121,15 +135,25 @@ impl Mode {
     }
 
     fn parse(s: &str) -> Option<Mode> {
-        [Mode::Baseline, Mode::Hit, Mode::Cold, Mode::Uncached, Mode::Stampede]
-            .into_iter()
-            .find(|m| m.arg() == s)
+        [
+            Mode::Baseline,
+            Mode::Hit,
+            Mode::HitApp,
+            Mode::Floor,
+            Mode::Cold,
+            Mode::Uncached,
+            Mode::Stampede,
+        ]
+        .into_iter()
+        .find(|m| m.arg() == s)
     }
 
     fn label(self) -> &'static str {
         match self {
             Mode::Baseline => "1. baseline: no auth layer",
-            Mode::Hit => "2. tower-wacht, cache hit",
+            Mode::Hit => "2. tower-wacht, cache hit (`Router::layer`)",
+            Mode::HitApp => "2. tower-wacht, cache hit (layer around the whole app)",
+            Mode::Floor => "floor: a layer that only inserts a fixed `Principal` (around the whole app)",
             Mode::Cold => "3. tower-wacht, cold (new token per request)",
             Mode::Uncached => "4. uncached gateway call per request (SDK model)",
             Mode::Stampede => "stampede",
@@ -263,11 +287,13 @@ mod server {
             .api_key("sk_test_loadbench")
             .build()?;
         let app = Router::new().route(PATH, get(whoami));
+        let mut outer = None;
+        let mut floor = None;
         let app = match opts.mode {
             Mode::Baseline => app,
-            Mode::Hit | Mode::Cold | Mode::Stampede => {
+            Mode::Hit | Mode::HitApp | Mode::Cold | Mode::Stampede => {
                 let auth = WachtAuthLayer::new(config)?;
-                if opts.mode == Mode::Hit {
+                if matches!(opts.mode, Mode::Hit | Mode::HitApp) {
                     // "Tokens already verified": fill the cache before the first request.
                     for i in 0..opts.hit_tokens {
                         auth.verifier()
@@ -276,7 +302,24 @@ mod server {
                             .map_err(|e| format!("pre-verifying a hit token failed: {e}"))?;
                     }
                 }
-                app.layer(auth)
+                if opts.mode == Mode::HitApp {
+                    outer = Some(auth);
+                    app
+                } else {
+                    app.layer(auth)
+                }
+            }
+            Mode::Floor => {
+                // Not tower-wacht: what any layer that hands the handler a principal through
+                // the request extensions costs, with no token parse, hash or cache lookup.
+                let auth = WachtAuthLayer::new(config)?;
+                let principal = auth
+                    .verifier()
+                    .verify(&bench_token('h', 0))
+                    .await
+                    .map_err(|e| format!("verifying the floor's token failed: {e}"))?;
+                floor = Some(principal);
+                app
             }
             Mode::Uncached => {
                 let sdk = Arc::new(Sdk::new(&gateway.url())?);
@@ -298,7 +341,38 @@ mod server {
         std::thread::Builder::new()
             .name("load-control".into())
             .spawn(move || control(gateway))?;
+        if let Some(auth) = outer {
+            return serve_outer(listener, app, auth).await;
+        }
+        if let Some(principal) = floor {
+            let svc = tower::ServiceExt::<axum::extract::Request>::map_request(
+                app,
+                move |mut req: axum::extract::Request| {
+                    req.extensions_mut().insert(principal.clone());
+                    req
+                },
+            );
+            let make =
+                axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(svc);
+            axum::serve(listener, make).await?;
+            return Ok(());
+        }
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+        Ok(())
+    }
+
+    /// `auth.layer(router)`: one `WachtAuth` around the whole app instead of one per route.
+    /// `axum::serve` wants an Axum body, so the response body is boxed into one, as Axum's
+    /// `Router::layer` also does.
+    async fn serve_outer(listener: tokio::net::TcpListener, app: Router, auth: WachtAuthLayer) -> Result<()> {
+        let svc = tower::ServiceExt::<axum::extract::Request>::map_response(tower::Layer::layer(&auth, app), |r| {
+            r.map(axum::body::Body::new)
+        });
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(svc),
+        )
+        .await?;
         Ok(())
     }
 
@@ -616,6 +690,75 @@ mod generator {
         Ok(stats)
     }
 
+    /// Gate states of a [`Gate`].
+    pub(super) const PAUSE: u8 = 3;
+
+    /// Starts and stops the connections of one server while they stay open, so several
+    /// servers can be driven in turn in short slices (see `Bench::interleaved`).
+    pub(super) struct Gate {
+        /// `PAUSE`, `WARMUP` (driven, not counted), `MEASURE` or `STOP`.
+        pub phase: AtomicU8,
+        pub wake: tokio::sync::Notify,
+        /// 200 responses completed while `MEASURE`.
+        pub ok: AtomicU64,
+        /// Other responses completed while `MEASURE`.
+        pub failed: AtomicU64,
+    }
+
+    impl Gate {
+        pub(super) fn new() -> Gate {
+            Gate {
+                phase: AtomicU8::new(PAUSE),
+                wake: tokio::sync::Notify::new(),
+                ok: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            }
+        }
+
+        pub(super) fn set(&self, phase: u8) {
+            self.phase.store(phase, Ordering::Relaxed);
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// A keep-alive connection that sends while its gate is open and waits while it is
+    /// paused; returns the latencies of its measured requests.
+    pub(super) async fn gated_connection(
+        addr: SocketAddr,
+        template: RequestTemplate,
+        gate: Arc<Gate>,
+    ) -> std::io::Result<Vec<u32>> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut buf = vec![0u8; 8192];
+        let mut latencies = Vec::with_capacity(1 << 16);
+        loop {
+            // Registered before the check, so a `set` between the two is not missed.
+            let opened = gate.wake.notified();
+            match gate.phase.load(Ordering::Relaxed) {
+                STOP => break,
+                PAUSE => {
+                    opened.await;
+                    continue;
+                }
+                _ => {}
+            }
+            let started = Instant::now();
+            stream.write_all(&template.bytes).await?;
+            let status = read_response(&mut stream, &mut buf).await?;
+            let elapsed = started.elapsed();
+            if gate.phase.load(Ordering::Relaxed) == MEASURE {
+                if status == 200 {
+                    gate.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    gate.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies.push(nanos(elapsed));
+            }
+        }
+        Ok(latencies)
+    }
+
     /// Reads one complete response (Content-Length framed) and returns its status.
     async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
         let mut filled = 0;
@@ -718,6 +861,7 @@ mod orchestrator {
         warmup_secs: u64,
         conns: u64,
         reps: u64,
+        slice_ms: u64,
         slow_reps: u64,
         latencies_ms: Vec<u64>,
         stampede: u64,
@@ -758,7 +902,8 @@ mod orchestrator {
                 secs: env_u64("LOAD_SECS", 5)?.max(1),
                 warmup_secs: env_u64("LOAD_WARMUP_SECS", 1)?,
                 conns: env_u64("LOAD_CONNS", 64)?.max(1),
-                reps: env_u64("LOAD_REPS", 5)?.max(1),
+                reps: env_u64("LOAD_REPS", 20)?.max(1),
+                slice_ms: env_u64("LOAD_SLICE_MS", 1000)?.max(100),
                 slow_reps: env_u64("LOAD_SLOW_REPS", 1)?.max(1),
                 latencies_ms,
                 stampede: env_u64("LOAD_STAMPEDE", 1000)?,
@@ -1025,6 +1170,43 @@ mod orchestrator {
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+
+    /// Utilisation, cost per request and other programs' load over one measured slice, from
+    /// before/after samples of the server's CPU time, this process's CPU time and `/proc/stat`.
+    #[allow(clippy::too_many_arguments)]
+    fn slice_stats(
+        secs: f64,
+        ok: u64,
+        failed: u64,
+        cpu: Option<((u64, u64), (u64, u64))>,
+        own: Option<((u64, u64), (u64, u64))>,
+        stat: Option<(CpuStat, CpuStat)>,
+        cstat: Option<(CpuStat, CpuStat)>,
+        pinned: bool,
+    ) -> Slice {
+        let requests = ok + failed;
+        let server_util = cpu.map(|((s0, g0), (s1, g1))| (s1 + g1).saturating_sub(s0 + g0) as f64 / 1e9 / secs);
+        let server_us_per_req = cpu
+            .filter(|_| requests > 0)
+            .map(|((s0, _), (s1, _))| s1.saturating_sub(s0) as f64 / 1e3 / requests as f64);
+        let generator_util = own.map(|((a0, b0), (a1, b1))| (a1 + b1).saturating_sub(a0 + b0) as f64 / 1e9 / secs);
+        let busy = |st: Option<(CpuStat, CpuStat)>| {
+            st.filter(|((_, _, t0), (_, _, t1))| t1 > t0 && pinned)
+                .map(|((_, b0, t0), (_, b1, t1))| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+        };
+        Slice {
+            secs,
+            ok,
+            failed,
+            server_util,
+            server_us_per_req,
+            steal: stat
+                .filter(|((_, _, t0), (_, _, t1))| t1 > t0)
+                .map(|((s0, _, t0), (s1, _, t1))| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64),
+            foreign: busy(stat).zip(server_util).map(|(b, own)| (b - own).max(0.0)),
+            foreign_client: busy(cstat).zip(generator_util).map(|(b, own)| (b - own).max(0.0)),
         }
     }
 
@@ -1352,8 +1534,8 @@ mod orchestrator {
                 }
             ),
             format!(
-                "- load: {} keep-alive HTTP/1.1 connections, 1 request in flight each (closed loop), in-process generator on one tokio current_thread; {} s warm-up + {} s measured per run",
-                knobs.conns, knobs.warmup_secs, knobs.secs
+                "- load: {} keep-alive HTTP/1.1 connections per server, 1 request in flight each (closed loop), in-process generator on one tokio current_thread; baseline/floor/hit modes: {} interleaved rounds of one {} ms slice each (+100 ms ramp), after {} s warm-up each; other modes: {} s warm-up + {} s measured per run",
+                knobs.conns, knobs.reps, knobs.slice_ms, knobs.warmup_secs, knobs.warmup_secs, knobs.secs
             ),
         ]
     }
@@ -1391,38 +1573,6 @@ mod orchestrator {
                 return Ok(self.results.len() - 1);
             }
         }
-
-        /// Baseline and hit back to back; both are repeated if either was disturbed.
-        fn pair(&mut self, hit_first: bool) -> Result<(f64, f64)> {
-            loop {
-                let order = if hit_first {
-                    [Mode::Hit, Mode::Baseline]
-                } else {
-                    [Mode::Baseline, Mode::Hit]
-                };
-                let mut runs = Vec::new();
-                for mode in order {
-                    let r = self.bench.run(mode, 0, 0)?;
-                    print_run(&r);
-                    runs.push(r);
-                }
-                let disturbed = runs.iter().any(|r| self.disturbed(r));
-                let retry = disturbed && self.retries_left > 0;
-                if retry {
-                    self.retries_left -= 1;
-                    eprintln!("  (pair disturbed by other programs: discarded, repeating)");
-                }
-                let rps = |m: Mode| runs.iter().find(|r| r.mode == m).map_or(f64::NAN, |r| r.rps);
-                let pair = (rps(Mode::Baseline), rps(Mode::Hit));
-                for mut r in runs {
-                    r.discarded = retry;
-                    self.results.push(r);
-                }
-                if !retry {
-                    return Ok(pair);
-                }
-            }
-        }
     }
 
     pub(super) fn main() -> Result<()> {
@@ -1450,12 +1600,24 @@ mod orchestrator {
             (k.reps, k.slow_reps, k.latencies_ms.clone(), k.only.clone())
         };
         let wants = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == section));
-        // 1 and 2 alternating, the order flipped every pair.
+        // 1 and both placements of 2, interleaved in short slices.
         let mut pairs = Vec::new();
+        let mut app_pairs = Vec::new();
+        let mut floor_pairs = Vec::new();
+        let mut disturbed_rounds = 0;
         if wants("pairs") {
-            for rep in 0..reps {
-                pairs.push(s.pair(rep % 2 == 1)?);
+            let il = s
+                .bench
+                .interleaved(&[Mode::Baseline, Mode::Floor, Mode::Hit, Mode::HitApp], reps)?;
+            for r in il.results {
+                print_run(&r);
+                s.results.push(r);
             }
+            let of = |m: &BTreeMap<Mode, f64>, mode: Mode| Some((*m.get(&Mode::Baseline)?, *m.get(&mode)?));
+            pairs = il.rounds.iter().filter_map(|m| of(m, Mode::Hit)).collect();
+            app_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::HitApp)).collect();
+            floor_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::Floor)).collect();
+            disturbed_rounds = il.disturbed_rounds;
         }
         // 4 then 3 at 0 ms; the uncached rate sizes the cold token set.
         let mut uncached_rps = Vec::new();
@@ -1486,7 +1648,17 @@ mod orchestrator {
         } else {
             Vec::new()
         };
-        report(&s, &pairs, &uncached_rps, &cold_rps, &uncached_slow, &bursts);
+        report(
+            &s,
+            &pairs,
+            &app_pairs,
+            &floor_pairs,
+            disturbed_rounds,
+            &uncached_rps,
+            &cold_rps,
+            &uncached_slow,
+            &bursts,
+        );
         println!(
             "Total time: {:.0} s; 1-minute load average at the end: {}.",
             started.elapsed().as_secs_f64(),
@@ -1495,9 +1667,13 @@ mod orchestrator {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         s: &Session,
         pairs: &[(f64, f64)],
+        app_pairs: &[(f64, f64)],
+        floor_pairs: &[(f64, f64)],
+        disturbed_rounds: usize,
         uncached_rps: &[f64],
         cold_rps: &[f64],
         uncached_slow: &[(u64, f64)],
@@ -1553,13 +1729,26 @@ mod orchestrator {
         let hit_rps: Vec<f64> = pairs.iter().map(|p| p.1).collect();
         let hit_median = median(&mut hit_rps.clone());
         let (hit_lo, hit_hi) = min_max(&hit_rps);
-        if !pairs.is_empty() {
+        for (what, pairs) in [
+            ("2/1 cache hit ÷ baseline, `Router::layer`", pairs),
+            ("2/1 cache hit ÷ baseline, layer around the whole app", app_pairs),
+            ("floor ÷ baseline (a layer that only inserts a principal)", floor_pairs),
+        ] {
+            if pairs.is_empty() {
+                continue;
+            }
             let ratios: Vec<f64> = pairs.iter().map(|(b, h)| h / b).collect();
             let (lo, hi) = min_max(&ratios);
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let quartile = |q: f64| sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
             println!(
-                "| 2/1 cache hit ÷ baseline | **{:.3}** | {lo:.3}–{hi:.3} | median of {} alternating pairs; per pair: {} |",
+                "| {what} | **{:.3}** | {lo:.3}–{hi:.3} (middle half {:.3}–{:.3}) | median of {} interleaved rounds of {} ms slices ({disturbed_rounds} disturbed rounds left out); per round: {} |",
                 median(&mut ratios.clone()),
+                quartile(0.25),
+                quartile(0.75),
                 ratios.len(),
+                k.slice_ms,
                 ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
             );
         }
@@ -1698,7 +1887,189 @@ mod orchestrator {
         send_spread: Duration,
     }
 
+    /// One slice of an interleaved run: one server driven alone for `LOAD_SLICE_MS`.
+    struct Slice {
+        secs: f64,
+        ok: u64,
+        failed: u64,
+        server_util: Option<f64>,
+        server_us_per_req: Option<f64>,
+        steal: Option<f64>,
+        foreign: Option<f64>,
+        foreign_client: Option<f64>,
+    }
+
+    /// Result of [`Bench::interleaved`].
+    struct Interleaved {
+        /// One row per mode, over all its slices.
+        results: Vec<RunResult>,
+        /// Requests/s of every mode in each round that no other program disturbed.
+        rounds: Vec<BTreeMap<Mode, f64>>,
+        /// Rounds left out because other programs took a CPU or the server was not saturated.
+        disturbed_rounds: usize,
+    }
+
     impl Bench {
+        /// Starts one server per mode and keeps all of them (and their connections) up, then
+        /// drives them in turn, one slice each per round, the order reversed every round
+        /// (A B C, C B A, ...). Paused connections stay open and idle, so a slice measures
+        /// one server alone, and every mode is measured seconds apart from the others, under
+        /// the same machine conditions: this VM's speed drifts by ±10% over tens of seconds,
+        /// which separate multi-second runs cannot tell apart from the effect being measured.
+        fn interleaved(&self, modes: &[Mode], rounds: u64) -> Result<Interleaved> {
+            use generator::{Gate, PAUSE, WARMUP};
+            let k = &self.knobs;
+            wait_for_quiet(k, &self.pin);
+            let mut servers = Vec::new();
+            for &mode in modes {
+                servers.push(ServerProc::start(mode, 0, k.conns, 0, &self.pin, self.gateway_cpu())?);
+            }
+            let mut calls_before = Vec::new();
+            for server in &mut servers {
+                calls_before.push(server.gateway_calls()?);
+            }
+            let gates: Vec<Arc<Gate>> = modes.iter().map(|_| Arc::new(Gate::new())).collect();
+            let slice_len = Duration::from_millis(k.slice_ms);
+            // Driven but not counted at the start of every slice: connections wake up and the
+            // previous server's last requests drain.
+            let ramp = Duration::from_millis(100);
+            let (slices, mut latencies, rounds_rps, conn_errors) = self.runtime.block_on(async {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, server) in servers.iter().enumerate() {
+                    for c in 0..k.conns {
+                        let token = match modes[i] {
+                            Mode::Baseline if !k.baseline_token => None,
+                            _ => Some(bench_token('h', c)),
+                        };
+                        let addr = server.addr;
+                        let template = generator::request(addr, token.as_deref());
+                        let gate = Arc::clone(&gates[i]);
+                        tasks.spawn(async move { (i, generator::gated_connection(addr, template, gate).await) });
+                    }
+                }
+                for gate in &gates {
+                    gate.set(WARMUP);
+                    tokio::time::sleep(Duration::from_secs(k.warmup_secs)).await;
+                    gate.set(PAUSE);
+                }
+                let mut slices: Vec<Vec<Slice>> = modes.iter().map(|_| Vec::new()).collect();
+                let mut rounds_rps = Vec::new();
+                for round in 0..rounds {
+                    let order: Vec<usize> = if round % 2 == 0 {
+                        (0..modes.len()).collect()
+                    } else {
+                        (0..modes.len()).rev().collect()
+                    };
+                    let mut rps = BTreeMap::new();
+                    let mut disturbed = false;
+                    for i in order {
+                        let gate = &gates[i];
+                        gate.set(WARMUP);
+                        tokio::time::sleep(ramp).await;
+                        let (ok0, failed0) = (gate.ok.load(Ordering::Relaxed), gate.failed.load(Ordering::Relaxed));
+                        let cpu0 = servers[i].cpu_ns();
+                        let own0 = task_cpu_ns("self", 0);
+                        let stat0 = cpu_stat(self.pin.server_cpu);
+                        let cstat0 = cpu_stat(self.pin.client_cpu);
+                        gate.set(MEASURE);
+                        let t0 = Instant::now();
+                        tokio::time::sleep(slice_len).await;
+                        gate.set(PAUSE);
+                        let secs = t0.elapsed().as_secs_f64();
+                        let cpu1 = servers[i].cpu_ns();
+                        let own1 = task_cpu_ns("self", 0);
+                        let stat1 = cpu_stat(self.pin.server_cpu);
+                        let cstat1 = cpu_stat(self.pin.client_cpu);
+                        let ok = gate.ok.load(Ordering::Relaxed) - ok0;
+                        let failed = gate.failed.load(Ordering::Relaxed) - failed0;
+                        let slice = slice_stats(
+                            secs,
+                            ok,
+                            failed,
+                            cpu0.zip(cpu1),
+                            own0.zip(own1),
+                            stat0.zip(stat1),
+                            cstat0.zip(cstat1),
+                            self.pin.server_cpu.is_some(),
+                        );
+                        let starved =
+                            self.pin.server_cpu.is_some() && slice.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
+                        let foreign = match (slice.foreign, slice.foreign_client) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        disturbed |= starved || failed > 0 || foreign.is_some_and(|f| f > k.max_other_load);
+                        rps.insert(modes[i], ok as f64 / secs);
+                        slices[i].push(slice);
+                    }
+                    let summary: Vec<String> = rps.iter().map(|(m, r)| format!("{} {r:.0}", m.arg())).collect();
+                    eprintln!(
+                        "  round {:>2}: {} req/s{}",
+                        round + 1,
+                        summary.join(", "),
+                        if disturbed { "  (disturbed: left out)" } else { "" }
+                    );
+                    rounds_rps.push((rps, disturbed));
+                }
+                for gate in &gates {
+                    gate.set(STOP);
+                }
+                let mut latencies: Vec<Vec<u32>> = modes.iter().map(|_| Vec::new()).collect();
+                let mut conn_errors = Vec::new();
+                while let Some(joined) = tasks.join_next().await {
+                    match joined {
+                        Ok((i, Ok(l))) => latencies[i].extend_from_slice(&l),
+                        Ok((_, Err(e))) => conn_errors.push(e.to_string()),
+                        Err(e) => conn_errors.push(e.to_string()),
+                    }
+                }
+                (slices, latencies, rounds_rps, conn_errors)
+            });
+            let mut results = Vec::new();
+            for (i, &mode) in modes.iter().enumerate() {
+                let calls = servers[i].gateway_calls()?.saturating_sub(calls_before[i]);
+                let mine = &slices[i];
+                let med = |f: &dyn Fn(&Slice) -> Option<f64>| {
+                    let mut v: Vec<f64> = mine.iter().filter_map(f).collect();
+                    (!v.is_empty()).then(|| median(&mut v))
+                };
+                let mut lat = std::mem::take(&mut latencies[i]);
+                lat.sort_unstable();
+                let failed: u64 = mine.iter().map(|s| s.failed).sum();
+                let mut note = vec![format!("{} slices of {} ms", mine.len(), k.slice_ms)];
+                if failed > 0 {
+                    note.push(format!("{failed} non-200 responses"));
+                }
+                if !conn_errors.is_empty() {
+                    note.push(format!("{} connection errors: {}", conn_errors.len(), conn_errors[0]));
+                }
+                results.push(RunResult {
+                    mode,
+                    latency_ms: 0,
+                    sent: mine.iter().map(|s| s.ok + s.failed).sum(),
+                    discarded: false,
+                    secs: mine.iter().map(|s| s.secs).sum(),
+                    rps: med(&|s| Some((s.ok as f64) / s.secs)).unwrap_or(f64::NAN),
+                    p50: percentile(&lat, 0.50),
+                    p99: percentile(&lat, 0.99),
+                    server_util: med(&|s| s.server_util),
+                    server_us_per_req: med(&|s| s.server_us_per_req),
+                    gateway_util: None,
+                    steal: med(&|s| s.steal),
+                    foreign: med(&|s| s.foreign),
+                    foreign_client: med(&|s| s.foreign_client),
+                    gateway_calls: calls,
+                    note: note.join("; "),
+                });
+            }
+            let disturbed_rounds = rounds_rps.iter().filter(|(_, d)| *d).count();
+            Ok(Interleaved {
+                results,
+                rounds: rounds_rps.into_iter().filter(|(_, d)| !d).map(|(r, _)| r).collect(),
+                disturbed_rounds,
+            })
+        }
+
         /// The same burst against baseline, against cached tokens, and with one new token.
         fn bursts(&self) -> Result<Vec<BurstResult>> {
             let k = &self.knobs;
