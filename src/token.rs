@@ -73,6 +73,12 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// A digest built from raw bytes, for tests of the cache's collision handling.
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        TokenHash(bytes)
+    }
+
     /// The digest bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
