@@ -26,7 +26,9 @@
 //!
 //! Knobs (environment): `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
 //! `LOAD_REPS` (20 interleaved rounds of baseline, floor, hit and hit-app), `LOAD_SLICE_MS`
-//! (1000: length of one measured slice in a round), `LOAD_SLOW_REPS` (1 run each of cold and
+//! (1000: length of one measured slice in a round), `LOAD_GENERATOR` (`spin`, default: the
+//! interleaved runs use a busy-polling generator thread; `epoll`: tokio tasks that sleep in
+//! epoll, see `generator::spin` for the difference), `LOAD_SLOW_REPS` (1 run each of cold and
 //! uncached at 0 ms), `LOAD_GATEWAY_LATENCIES_MS` ("5,20": extra uncached runs),
 //! `LOAD_STAMPEDE` (1000 requests, 0 skips), `LOAD_STAMPEDE_LATENCY_MS` (5),
 //! `LOAD_COLD_TOKENS` (default: sized from the uncached run), `LOAD_PIN` (1; 0 disables
@@ -690,14 +692,15 @@ mod generator {
         Ok(stats)
     }
 
-    /// Gate states of a [`Gate`].
+    /// Gate state: the server's connections send nothing new.
     pub(super) const PAUSE: u8 = 3;
 
-    /// Starts and stops the connections of one server while they stay open, so several
+    /// Starts and stops the load on one server while its connections stay open, so several
     /// servers can be driven in turn in short slices (see `Bench::interleaved`).
     pub(super) struct Gate {
         /// `PAUSE`, `WARMUP` (driven, not counted), `MEASURE` or `STOP`.
         pub phase: AtomicU8,
+        /// Wakes paused [`gated_connection`]s.
         pub wake: tokio::sync::Notify,
         /// 200 responses completed while `MEASURE`.
         pub ok: AtomicU64,
@@ -721,11 +724,13 @@ mod generator {
         }
     }
 
-    /// A keep-alive connection that sends while its gate is open and waits while it is
-    /// paused; returns the latencies of its measured requests.
+    /// `LOAD_GENERATOR=epoll`: one keep-alive connection as a tokio task on the generator's
+    /// `current_thread` runtime, sending while its gate is open and waiting (in epoll) while
+    /// it is paused; returns the latencies of its measured requests. See [`spin`] for why
+    /// this is not the default.
     pub(super) async fn gated_connection(
         addr: SocketAddr,
-        template: RequestTemplate,
+        request: Vec<u8>,
         gate: Arc<Gate>,
     ) -> std::io::Result<Vec<u32>> {
         let mut stream = TcpStream::connect(addr).await?;
@@ -744,7 +749,7 @@ mod generator {
                 _ => {}
             }
             let started = Instant::now();
-            stream.write_all(&template.bytes).await?;
+            stream.write_all(&request).await?;
             let status = read_response(&mut stream, &mut buf).await?;
             let elapsed = started.elapsed();
             if gate.phase.load(Ordering::Relaxed) == MEASURE {
@@ -759,7 +764,116 @@ mod generator {
         Ok(latencies)
     }
 
-    /// Reads one complete response (Content-Length framed) and returns its status.
+    /// One keep-alive connection of [`spin`].
+    struct SpinConn {
+        server: usize,
+        stream: std::net::TcpStream,
+        request: Vec<u8>,
+        buf: Vec<u8>,
+        filled: usize,
+        /// When the request in flight was sent; `None`: nothing in flight.
+        sent_at: Option<Instant>,
+    }
+
+    /// A busy-polling closed-loop generator on the calling thread: one keep-alive connection
+    /// per target (server index, address, request bytes), one request in flight on each
+    /// connection whose server's gate is open, until every gate is `STOP`. Returns the
+    /// measured latencies of each server.
+    ///
+    /// It never sleeps: with an epoll-driven generator, every response the server sends has
+    /// to wake the generator's halted vCPU (an IPI, i.e. a VM exit), and the server pays for
+    /// that wake-up in `sock_def_readable` → `_raw_spin_unlock_irqrestore`. Measured with
+    /// `perf`, that cost grew with how often the generator was idle, i.e. with how slow the
+    /// server was, which inflated the gap between modes; a real server does not pay for
+    /// waking its clients.
+    pub(super) fn spin(
+        targets: Vec<(usize, SocketAddr, Vec<u8>)>,
+        gates: &[Arc<Gate>],
+    ) -> std::io::Result<Vec<Vec<u32>>> {
+        let mut all = Vec::new();
+        for (server, addr, request) in targets {
+            let stream = std::net::TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            stream.set_nonblocking(true)?;
+            all.push(SpinConn {
+                server,
+                stream,
+                request,
+                buf: vec![0u8; 4096],
+                filled: 0,
+                sent_at: None,
+            });
+        }
+        let mut latencies: Vec<Vec<u32>> = gates.iter().map(|_| Vec::with_capacity(1 << 20)).collect();
+        loop {
+            let mut busy = false;
+            for c in &mut all {
+                let phase = gates[c.server].phase.load(Ordering::Relaxed);
+                let Some(sent_at) = c.sent_at else {
+                    if phase == PAUSE || phase == STOP {
+                        continue;
+                    }
+                    busy = true;
+                    write_all_spinning(&mut c.stream, &c.request)?;
+                    c.sent_at = Some(Instant::now());
+                    continue;
+                };
+                busy = true;
+                if c.filled == c.buf.len() {
+                    c.buf.resize(c.buf.len() * 2, 0);
+                }
+                match std::io::Read::read(&mut c.stream, &mut c.buf[c.filled..]) {
+                    Ok(0) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "server closed the connection",
+                        ));
+                    }
+                    Ok(n) => c.filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+                let Some(status) = complete_response(&c.buf[..c.filled])? else {
+                    continue;
+                };
+                let elapsed = sent_at.elapsed();
+                c.filled = 0;
+                c.sent_at = None;
+                let gate = &gates[c.server];
+                if gate.phase.load(Ordering::Relaxed) == MEASURE {
+                    if status == 200 {
+                        gate.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        gate.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies[c.server].push(nanos(elapsed));
+                }
+            }
+            if !busy && gates.iter().all(|g| g.phase.load(Ordering::Relaxed) == STOP) {
+                return Ok(latencies);
+            }
+            if !busy {
+                // Everything paused between slices: do not burn the CPU the orchestrator's
+                // own thread needs to flip the gates.
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Writes a small request on a non-blocking socket (it fits in an empty send buffer, so
+    /// this practically never loops).
+    fn write_all_spinning(stream: &mut std::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match std::io::Write::write(stream, bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
         let mut filled = 0;
         loop {
@@ -774,31 +888,35 @@ mod generator {
                 ));
             }
             filled += n;
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut response = httparse::Response::new(&mut headers);
-            let head_len = match response.parse(&buf[..filled]) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => continue,
-                Err(err) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, err)),
-            };
-            let content_length = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "response without Content-Length (the generator supports only that framing)",
-                    )
-                })?;
-            let status = response.code.unwrap_or(0);
-            if filled >= head_len + content_length {
-                // One request in flight per connection: nothing can follow the body.
+            if let Some(status) = complete_response(&buf[..filled])? {
                 return Ok(status);
             }
         }
+    }
+
+    /// The status of the response in `buf` once all of it has arrived (Content-Length framed;
+    /// one request in flight per connection, so nothing can follow the body).
+    fn complete_response(buf: &[u8]) -> std::io::Result<Option<u16>> {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(err) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, err)),
+        };
+        let content_length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "response without Content-Length (the generator supports only that framing)",
+                )
+            })?;
+        Ok((buf.len() >= head_len + content_length).then_some(response.code.unwrap_or(0)))
     }
 
     pub(super) struct BurstSample {
@@ -862,6 +980,9 @@ mod orchestrator {
         conns: u64,
         reps: u64,
         slice_ms: u64,
+        /// Interleaved runs: busy-polling generator (`LOAD_GENERATOR=spin`, default) or
+        /// epoll-driven tokio tasks (`epoll`).
+        spin: bool,
         slow_reps: u64,
         latencies_ms: Vec<u64>,
         stampede: u64,
@@ -898,7 +1019,13 @@ mod orchestrator {
                 "server" => true,
                 other => return Err(format!("LOAD_GATEWAY_CPU={other:?}: expected client or server").into()),
             };
+            let spin = match std::env::var("LOAD_GENERATOR").as_deref() {
+                Ok("spin") | Err(_) => true,
+                Ok("epoll") => false,
+                Ok(other) => return Err(format!("LOAD_GENERATOR={other:?}: expected spin or epoll").into()),
+            };
             let knobs = Knobs {
+                spin,
                 secs: env_u64("LOAD_SECS", 5)?.max(1),
                 warmup_secs: env_u64("LOAD_WARMUP_SECS", 1)?,
                 conns: env_u64("LOAD_CONNS", 64)?.max(1),
@@ -1534,8 +1661,18 @@ mod orchestrator {
                 }
             ),
             format!(
-                "- load: {} keep-alive HTTP/1.1 connections per server, 1 request in flight each (closed loop), in-process generator on one tokio current_thread; baseline/floor/hit modes: {} interleaved rounds of one {} ms slice each (+100 ms ramp), after {} s warm-up each; other modes: {} s warm-up + {} s measured per run",
-                knobs.conns, knobs.reps, knobs.slice_ms, knobs.warmup_secs, knobs.warmup_secs, knobs.secs
+                "- load: {} keep-alive HTTP/1.1 connections per server, 1 request in flight each (closed loop), generated in-process on one CPU; baseline/floor/hit modes: {} interleaved rounds of one {} ms slice each (+100 ms ramp) after {} s warm-up each, generator {}; other modes: {} s warm-up + {} s measured per run, generator on a tokio current_thread runtime",
+                knobs.conns,
+                knobs.reps,
+                knobs.slice_ms,
+                knobs.warmup_secs,
+                if knobs.spin {
+                    "busy-polling (LOAD_GENERATOR=spin)"
+                } else {
+                    "on a tokio current_thread runtime (LOAD_GENERATOR=epoll)"
+                },
+                knobs.warmup_secs,
+                knobs.secs
             ),
         ]
     }
@@ -1933,98 +2070,112 @@ mod orchestrator {
             // Driven but not counted at the start of every slice: connections wake up and the
             // previous server's last requests drain.
             let ramp = Duration::from_millis(100);
-            let (slices, mut latencies, rounds_rps, conn_errors) = self.runtime.block_on(async {
-                let mut tasks = tokio::task::JoinSet::new();
-                for (i, server) in servers.iter().enumerate() {
-                    for c in 0..k.conns {
-                        let token = match modes[i] {
-                            Mode::Baseline if !k.baseline_token => None,
-                            _ => Some(bench_token('h', c)),
-                        };
-                        let addr = server.addr;
-                        let template = generator::request(addr, token.as_deref());
-                        let gate = Arc::clone(&gates[i]);
-                        tasks.spawn(async move { (i, generator::gated_connection(addr, template, gate).await) });
-                    }
-                }
-                for gate in &gates {
-                    gate.set(WARMUP);
-                    tokio::time::sleep(Duration::from_secs(k.warmup_secs)).await;
-                    gate.set(PAUSE);
-                }
-                let mut slices: Vec<Vec<Slice>> = modes.iter().map(|_| Vec::new()).collect();
-                let mut rounds_rps = Vec::new();
-                for round in 0..rounds {
-                    let order: Vec<usize> = if round % 2 == 0 {
-                        (0..modes.len()).collect()
-                    } else {
-                        (0..modes.len()).rev().collect()
+            let mut targets = Vec::new();
+            for (i, server) in servers.iter().enumerate() {
+                for c in 0..k.conns {
+                    let token = match modes[i] {
+                        Mode::Baseline if !k.baseline_token => None,
+                        _ => Some(bench_token('h', c)),
                     };
-                    let mut rps = BTreeMap::new();
-                    let mut disturbed = false;
-                    for i in order {
-                        let gate = &gates[i];
-                        gate.set(WARMUP);
-                        tokio::time::sleep(ramp).await;
-                        let (ok0, failed0) = (gate.ok.load(Ordering::Relaxed), gate.failed.load(Ordering::Relaxed));
-                        let cpu0 = servers[i].cpu_ns();
-                        let own0 = task_cpu_ns("self", 0);
-                        let stat0 = cpu_stat(self.pin.server_cpu);
-                        let cstat0 = cpu_stat(self.pin.client_cpu);
-                        gate.set(MEASURE);
-                        let t0 = Instant::now();
-                        tokio::time::sleep(slice_len).await;
-                        gate.set(PAUSE);
-                        let secs = t0.elapsed().as_secs_f64();
-                        let cpu1 = servers[i].cpu_ns();
-                        let own1 = task_cpu_ns("self", 0);
-                        let stat1 = cpu_stat(self.pin.server_cpu);
-                        let cstat1 = cpu_stat(self.pin.client_cpu);
-                        let ok = gate.ok.load(Ordering::Relaxed) - ok0;
-                        let failed = gate.failed.load(Ordering::Relaxed) - failed0;
-                        let slice = slice_stats(
-                            secs,
-                            ok,
-                            failed,
-                            cpu0.zip(cpu1),
-                            own0.zip(own1),
-                            stat0.zip(stat1),
-                            cstat0.zip(cstat1),
-                            self.pin.server_cpu.is_some(),
-                        );
-                        let starved =
-                            self.pin.server_cpu.is_some() && slice.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
-                        let foreign = match (slice.foreign, slice.foreign_client) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
-                        };
-                        disturbed |= starved || failed > 0 || foreign.is_some_and(|f| f > k.max_other_load);
-                        rps.insert(modes[i], ok as f64 / secs);
-                        slices[i].push(slice);
+                    targets.push((i, server.addr, generator::request(server.addr, token.as_deref()).bytes));
+                }
+            }
+            // The generator thread inherits this thread's CPU (the generator's).
+            let spinner = {
+                let gates = gates.clone();
+                let spin = k.spin;
+                std::thread::Builder::new().name("load-gen".into()).spawn(move || {
+                    if spin {
+                        return generator::spin(targets, &gates);
                     }
-                    let summary: Vec<String> = rps.iter().map(|(m, r)| format!("{} {r:.0}", m.arg())).collect();
-                    eprintln!(
-                        "  round {:>2}: {} req/s{}",
-                        round + 1,
-                        summary.join(", "),
-                        if disturbed { "  (disturbed: left out)" } else { "" }
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    runtime.block_on(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for (i, addr, request) in targets {
+                            let gate = Arc::clone(&gates[i]);
+                            tasks.spawn(async move { (i, generator::gated_connection(addr, request, gate).await) });
+                        }
+                        let mut latencies: Vec<Vec<u32>> = gates.iter().map(|_| Vec::new()).collect();
+                        while let Some(joined) = tasks.join_next().await {
+                            let (i, l) = joined.map_err(std::io::Error::other)?;
+                            latencies[i].extend_from_slice(&l?);
+                        }
+                        Ok(latencies)
+                    })
+                })?
+            };
+            for gate in &gates {
+                gate.set(WARMUP);
+                std::thread::sleep(Duration::from_secs(k.warmup_secs));
+                gate.set(PAUSE);
+            }
+            let mut slices: Vec<Vec<Slice>> = modes.iter().map(|_| Vec::new()).collect();
+            let mut rounds_rps = Vec::new();
+            for round in 0..rounds {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..modes.len()).collect()
+                } else {
+                    (0..modes.len()).rev().collect()
+                };
+                let mut rps = BTreeMap::new();
+                let mut disturbed = false;
+                for i in order {
+                    let gate = &gates[i];
+                    gate.set(WARMUP);
+                    std::thread::sleep(ramp);
+                    let (ok0, failed0) = (gate.ok.load(Ordering::Relaxed), gate.failed.load(Ordering::Relaxed));
+                    let cpu0 = servers[i].cpu_ns();
+                    let own0 = task_cpu_ns("self", 0);
+                    let stat0 = cpu_stat(self.pin.server_cpu);
+                    let cstat0 = cpu_stat(self.pin.client_cpu);
+                    gate.set(MEASURE);
+                    let t0 = Instant::now();
+                    std::thread::sleep(slice_len);
+                    gate.set(PAUSE);
+                    let secs = t0.elapsed().as_secs_f64();
+                    let cpu1 = servers[i].cpu_ns();
+                    let own1 = task_cpu_ns("self", 0);
+                    let stat1 = cpu_stat(self.pin.server_cpu);
+                    let cstat1 = cpu_stat(self.pin.client_cpu);
+                    let ok = gate.ok.load(Ordering::Relaxed) - ok0;
+                    let failed = gate.failed.load(Ordering::Relaxed) - failed0;
+                    let slice = slice_stats(
+                        secs,
+                        ok,
+                        failed,
+                        cpu0.zip(cpu1),
+                        own0.zip(own1),
+                        stat0.zip(stat1),
+                        cstat0.zip(cstat1),
+                        self.pin.server_cpu.is_some(),
                     );
-                    rounds_rps.push((rps, disturbed));
+                    let starved =
+                        self.pin.server_cpu.is_some() && slice.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
+                    // The spinning generator keeps its own CPU busy: only the server's counts.
+                    disturbed |= starved || failed > 0 || slice.foreign.is_some_and(|f| f > k.max_other_load);
+                    rps.insert(modes[i], ok as f64 / secs);
+                    slices[i].push(slice);
                 }
-                for gate in &gates {
-                    gate.set(STOP);
-                }
-                let mut latencies: Vec<Vec<u32>> = modes.iter().map(|_| Vec::new()).collect();
-                let mut conn_errors = Vec::new();
-                while let Some(joined) = tasks.join_next().await {
-                    match joined {
-                        Ok((i, Ok(l))) => latencies[i].extend_from_slice(&l),
-                        Ok((_, Err(e))) => conn_errors.push(e.to_string()),
-                        Err(e) => conn_errors.push(e.to_string()),
-                    }
-                }
-                (slices, latencies, rounds_rps, conn_errors)
-            });
+                let summary: Vec<String> = rps.iter().map(|(m, r)| format!("{} {r:.0}", m.arg())).collect();
+                eprintln!(
+                    "  round {:>2}: {} req/s{}",
+                    round + 1,
+                    summary.join(", "),
+                    if disturbed { "  (disturbed: left out)" } else { "" }
+                );
+                rounds_rps.push((rps, disturbed));
+            }
+            for gate in &gates {
+                gate.set(STOP);
+            }
+            let (mut latencies, conn_errors) = match spinner.join() {
+                Ok(Ok(l)) => (l, Vec::new()),
+                Ok(Err(e)) => (modes.iter().map(|_| Vec::new()).collect(), vec![e.to_string()]),
+                Err(_) => (
+                    modes.iter().map(|_| Vec::new()).collect(),
+                    vec!["generator thread panicked".to_owned()],
+                ),
+            };
             let mut results = Vec::new();
             for (i, &mode) in modes.iter().enumerate() {
                 let calls = servers[i].gateway_calls()?.saturating_sub(calls_before[i]);
