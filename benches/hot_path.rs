@@ -138,6 +138,22 @@ where
     black_box(svc.call(req).now_or_never());
 }
 
+/// A one-route Axum app: the realistic inner service for the layer wrapped around a whole
+/// app (`auth.layer(router)`), where the request reaches the layer with empty extensions and
+/// the Router then adds its own (`MatchedPath`, `OriginalUri`).
+fn router() -> axum::Router {
+    axum::Router::new().route("/", axum::routing::get(|| async { "ok" }))
+}
+
+fn call_router<S>(svc: &mut S, header: &HeaderValue)
+where
+    S: Service<Request<axum::body::Body>>,
+{
+    let mut req = Request::new(axum::body::Body::empty());
+    req.headers_mut().insert(http::header::AUTHORIZATION, header.clone());
+    black_box(svc.call(req).now_or_never());
+}
+
 fn allocations_per_hit() {
     const N: usize = 100_000;
     let auth = layer(1_000);
@@ -171,6 +187,17 @@ fn allocations_per_hit() {
         "extensions already in use",
         &mut || call_with_extension(&mut bare, &header),
         &mut || call_with_extension(&mut wrapped, &header),
+    );
+    let mut bare_app = router();
+    let mut wrapped_app = auth.layer(router());
+    for _ in 0..1000 {
+        call_router(&mut bare_app, &header);
+        call_router(&mut wrapped_app, &header);
+    }
+    count(
+        "Axum app, layer around the whole app",
+        &mut || call_router(&mut bare_app, &header),
+        &mut || call_router(&mut wrapped_app, &header),
     );
 }
 
