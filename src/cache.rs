@@ -1,6 +1,6 @@
 //! Cache building blocks under the [`Verifier`](crate::Verifier):
 //!
-//! * [`front_get`] / [`front_put`]: a small per-thread, 2-way set-associative front cache that answers
+//! * [`front_get`] / [`front_put`]: a small per-thread, 4-way set-associative front cache that answers
 //!   hot tokens without touching the shared moka cache (measured: a moka hit costs about as
 //!   much as the rest of the hit path together). It holds copies of entries moka holds, with
 //!   the same deadline, tagged with the verifier's id and invalidation generation, so an
