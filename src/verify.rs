@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use reqwest::Url;
 use tracing::Instrument as _;
 
@@ -243,7 +244,7 @@ impl Verifier {
                     front_put(self.id, generation, hash, entry.clone());
                     return Ok(entry.principal);
                 }
-                self.positive.invalidate(&hash).await;
+                self.remove_if_expired(hash).await;
             }
             if let Some(negative) = &self.negative
                 && let Some(reason) = negative.get(&hash).await
@@ -297,6 +298,20 @@ impl Verifier {
         Err(AuthError::Unavailable {
             retry_after: self.unavailable_retry_after,
         })
+    }
+
+    /// Removes the token's entry if it is past its deadline, atomically: a fresh answer that
+    /// another request stored after ours was read stays.
+    async fn remove_if_expired(&self, hash: TokenHash) {
+        self.positive
+            .entry(hash)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(entry) if Instant::now() >= entry.value().deadline => Op::Remove,
+                    _ => Op::Nop,
+                })
+            })
+            .await;
     }
 
     /// Starts a background re-verification of a cached token (refresh-ahead), if a Tokio
