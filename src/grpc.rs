@@ -17,17 +17,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::body::ResponseBody;
-use crate::guard::{GuardFuture, Permissions};
-use crate::layer::render;
+use crate::guard::sealed::Guard;
+use crate::guard::{GuardService, Permissions};
 
 /// What happens to a method no rule names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,44 +107,18 @@ impl<S> Layer<S> for RequireMethodPermissions {
     type Service = RequireMethodPermissionsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequireMethodPermissionsService {
-            inner,
-            guard: self.clone(),
-        }
+        GuardService::new(self.clone(), inner)
+    }
+}
+
+impl Guard for RequireMethodPermissions {
+    fn permissions_for(&self, path: &str) -> Option<&Permissions> {
+        self.requirement(path)
     }
 }
 
 /// The service produced by [`RequireMethodPermissions`].
-#[derive(Debug, Clone)]
-pub struct RequireMethodPermissionsService<S> {
-    inner: S,
-    guard: RequireMethodPermissions,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RequireMethodPermissionsService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes>,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future = GuardFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let verdict = match self.guard.requirement(req.uri().path()) {
-            None => Ok(()),
-            Some(permissions) => permissions.check_extensions(req.extensions()),
-        };
-        match verdict {
-            Ok(()) => GuardFuture::inner(self.inner.call(req)),
-            Err((error, challenge)) => GuardFuture::reject(render(error, &challenge, req.headers())),
-        }
-    }
-}
+pub type RequireMethodPermissionsService<S> = GuardService<RequireMethodPermissions, S>;
 
 #[cfg(test)]
 mod tests {

@@ -169,22 +169,48 @@ impl<S> Layer<S> for RequirePermissions {
     type Service = RequirePermissionsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequirePermissionsService {
-            inner,
-            permissions: self.permissions.clone(),
-        }
+        GuardService::new(self.clone(), inner)
+    }
+}
+
+impl sealed::Guard for RequirePermissions {
+    fn permissions_for(&self, _path: &str) -> Option<&Permissions> {
+        Some(&self.permissions)
     }
 }
 
 /// The service produced by [`RequirePermissions`].
-#[derive(Debug, Clone)]
-pub struct RequirePermissionsService<S> {
-    inner: S,
-    permissions: Permissions,
+pub type RequirePermissionsService<S> = GuardService<RequirePermissions, S>;
+
+pub(crate) mod sealed {
+    use super::Permissions;
+
+    /// What a guard requires of a request, by its path (implemented by the crate's guards).
+    pub trait Guard: Clone {
+        /// The permissions a request to `path` needs; `None`: it passes unchecked.
+        fn permissions_for(&self, path: &str) -> Option<&Permissions>;
+    }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RequirePermissionsService<S>
+/// The service of a permission guard ([`RequirePermissions`] or
+/// [`RequireMethodPermissions`](crate::RequireMethodPermissions)): checks the request's
+/// [`Principal`] against what the guard requires for the request's path, then calls the inner
+/// service, or answers 403 (`PERMISSION_DENIED` for gRPC), or 401 if there is no principal.
+#[derive(Debug, Clone)]
+pub struct GuardService<G, S> {
+    inner: S,
+    guard: G,
+}
+
+impl<G, S> GuardService<G, S> {
+    pub(crate) fn new(guard: G, inner: S) -> Self {
+        GuardService { inner, guard }
+    }
+}
+
+impl<G, S, ReqB, ResB> Service<Request<ReqB>> for GuardService<G, S>
 where
+    G: sealed::Guard,
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes>,
 {
@@ -197,7 +223,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self.permissions.check_extensions(req.extensions()) {
+        let verdict = match self.guard.permissions_for(req.uri().path()) {
+            None => Ok(()),
+            Some(permissions) => permissions.check_extensions(req.extensions()),
+        };
+        match verdict {
             Ok(()) => GuardFuture::inner(self.inner.call(req)),
             Err((error, challenge)) => GuardFuture::reject(render(error, &challenge, req.headers())),
         }

@@ -79,7 +79,9 @@ pub use crate::body::ResponseBody;
 pub use crate::config::{ApiKey, ConfigError, DEFAULT_GATEWAY_URL, WachtAuthConfig, WachtAuthConfigBuilder};
 pub use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
 pub use crate::grpc::{RequireMethodPermissions, RequireMethodPermissionsService, Unmapped};
-pub use crate::guard::{GuardFuture, Permissions, RequirePermissions, RequirePermissionsService, Requirement};
+pub use crate::guard::{
+    GuardFuture, GuardService, Permissions, RequirePermissions, RequirePermissionsService, Requirement,
+};
 pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
 pub use crate::mcp::{DEFAULT_MAX_BODY_BYTES, McpGuardFuture, McpToolGuard, McpToolGuardService};
 pub use crate::metadata::{ProtectedResourceMetadata, ProtectedResourceMetadataBuilder, WELL_KNOWN_PREFIX};
