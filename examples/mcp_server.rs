@@ -147,20 +147,31 @@ impl ProjectsServer {
 impl ServerHandler for ProjectsServer {}
 
 /// rmcp's Streamable HTTP settings: stateless (every request stands alone and is
-/// authenticated on its own, no session to hijack), plain JSON answers, and `Host` values
-/// limited to loopback plus the host of the resource URL.
+/// authenticated on its own, no session to hijack), plain JSON answers, `Host` values
+/// limited to loopback plus the host of the resource URL, and a browser `Origin`, when one is
+/// sent, limited to loopback and the resource URL's own origin (the MCP transport requires
+/// servers to validate `Origin`, against DNS rebinding). A request without `Origin` (any
+/// non-browser client) is not affected. rmcp answers a refused origin with 403 after the
+/// auth layer has checked the token.
 pub fn mcp_config(resource: Option<&str>) -> StreamableHttpServerConfig {
     let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Some(host) = resource
-        .and_then(|r| r.parse::<http::Uri>().ok())
-        .and_then(|uri| uri.host().map(str::to_owned))
+    let mut origins = vec![
+        "http://localhost:*".to_owned(),
+        "http://127.0.0.1:*".to_owned(),
+        "http://[::1]:*".to_owned(),
+    ];
+    if let Some(uri) = resource.and_then(|r| r.parse::<http::Uri>().ok())
+        && let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
     {
-        hosts.push(host);
+        hosts.push(authority.host().to_owned());
+        origins.push(format!("{scheme}://{authority}"));
     }
     StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .enforce_origin_validation()
 }
 
 /// The application: the MCP service at `/mcp` behind the tool guard and the auth layer, and

@@ -248,6 +248,48 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
 }
 
 #[tokio::test]
+async fn browser_origins_other_than_this_server_and_loopback_are_refused() {
+    let server = Server::start().await;
+    let token = &server.demo.agent;
+    let post = |origin: Option<String>| {
+        let mut req = server
+            .http
+            .post(&server.resource)
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&initialize_body());
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        async move {
+            bounded("POST with Origin", req.send())
+                .await
+                .expect("request completes")
+        }
+    };
+    // A page on another site, with a valid token in hand: refused (DNS rebinding defence).
+    let foreign = post(Some("https://evil.example".to_owned())).await;
+    assert_eq!(foreign.status(), 403);
+    // This server's own origin, a loopback origin on another port, and no Origin at all
+    // (non-browser clients) are served.
+    let own = format!("http://{}", server.addr);
+    for origin in [Some(own), Some("http://localhost:6274".to_owned()), None] {
+        let resp = post(origin.clone()).await;
+        assert_eq!(resp.status(), 200, "origin {origin:?}");
+    }
+    // Without a token the auth layer answers first, whatever the origin.
+    let anonymous = server
+        .http
+        .post(&server.resource)
+        .header("origin", "https://evil.example")
+        .json(&initialize_body())
+        .send()
+        .await
+        .expect("request completes");
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
 async fn whoami_reports_each_callers_own_principal() {
     let server = Server::start().await;
     let agent = server.connect(Some(&server.demo.agent)).await.expect("agent connects");
