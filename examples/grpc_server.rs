@@ -29,9 +29,10 @@ use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpConnectInfo, TcpIncoming};
 use tonic::{Code, Request, Response, Status};
 use tower::layer::util::{Identity, Stack};
-use tower::util::MapRequestLayer;
 use tower_wacht::testing::{FakeGateway, TokenGrant, generate_token};
-use tower_wacht::{ClientIp, Permissions, Principal, RequireMethodPermissions, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{
+    Permissions, Principal, RequireMethodPermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
+};
 
 /// Generated from `proto/greeter/v1/greeter.proto` (see the module docs).
 pub mod pb {
@@ -91,32 +92,22 @@ pub fn method_guard() -> RequireMethodPermissions {
     RequireMethodPermissions::new().route(SHOUT_PATH, Permissions::all([SHOUT_PERMISSION]))
 }
 
-/// Copies the peer address Tonic records per connection into [`ClientIp`], so the gateway's
-/// audit log and per-IP limits see the caller (optional; the layer works without it).
-fn client_ip(mut req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
-    let peer = req
-        .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(|info| info.remote_addr());
-    if let Some(peer) = peer {
-        req.extensions_mut().insert(ClientIp(peer.ip()));
-    }
-    req
-}
+/// The router [`server`] builds: auth, then the method guard, then the greeter.
+pub type GreeterRouter = Router<Stack<RequireMethodPermissions, Stack<WachtAuthLayer, Identity>>>;
 
-type ClientIpLayer = MapRequestLayer<fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>>;
-
-/// The router [`server`] builds: client IP, then auth, then the method guard, then the greeter.
-pub type GreeterRouter = Router<Stack<RequireMethodPermissions, Stack<WachtAuthLayer, Stack<ClientIpLayer, Identity>>>>;
-
-/// The server: `Server::builder().layer(auth).layer(guard).add_service(greeter)`, plus the
-/// optional client-IP layer in front. Layers run in the order they are added.
+/// The server: `Server::builder().layer(auth).layer(guard).add_service(greeter)`. Layers run
+/// in the order they are added.
 pub fn server(auth: WachtAuthLayer) -> GreeterRouter {
     Server::builder()
-        .layer(MapRequestLayer::new(client_ip as fn(_) -> _))
         .layer(auth)
         .layer(method_guard())
         .add_service(GreeterServer::new(GreeterService))
+}
+
+/// Lets the layer find the caller's address in what Tonic records per connection, so the
+/// gateway's audit log and per-IP limits see the caller (optional; the layer works without it).
+pub fn with_client_ip(config: WachtAuthConfigBuilder) -> WachtAuthConfigBuilder {
+    config.client_ip(|_headers, extensions| extensions.get::<TcpConnectInfo>()?.remote_addr().map(|addr| addr.ip()))
 }
 
 /// Serves the protected greeter on `listener` until `shutdown` completes.
@@ -177,7 +168,7 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
     let greeter = generate_token();
     gateway.register(&greeter, grant(DEMO_GREETER, &[]));
 
-    let config = WachtAuthConfig::builder()
+    let config = with_client_ip(WachtAuthConfig::builder())
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
         .realm("grpc_server")

@@ -2,8 +2,11 @@
 //! [`WachtAuthConfig::from_env`].
 
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Extensions, HeaderMap};
 use reqwest::Url;
 
 use crate::metadata::ProtectedResourceMetadata;
@@ -101,6 +104,20 @@ pub struct WachtAuthConfig {
     pub(crate) stale_if_error: Option<Duration>,
     pub(crate) refresh_ahead: Option<Duration>,
     pub(crate) denied_clients: Vec<String>,
+    pub(crate) client_ip: Option<ClientIpFn>,
+}
+
+/// How the layer finds the caller's IP address (see
+/// [`WachtAuthConfigBuilder::client_ip`]).
+#[derive(Clone)]
+pub(crate) struct ClientIpFn(pub(crate) Arc<FindClientIp>);
+
+type FindClientIp = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync;
+
+impl fmt::Debug for ClientIpFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIpFn(..)")
+    }
 }
 
 impl WachtAuthConfig {
@@ -229,6 +246,7 @@ impl Default for WachtAuthConfigBuilder {
                 stale_if_error: None,
                 refresh_ahead: None,
                 denied_clients: Vec::new(),
+                client_ip: None,
             },
         }
     }
@@ -357,6 +375,34 @@ impl WachtAuthConfigBuilder {
     /// Forward the caller's `User-Agent` to the gateway on a cache miss (audit). Default: on.
     pub fn forward_user_agent(mut self, on: bool) -> Self {
         self.config.forward_user_agent = on;
+        self
+    }
+
+    /// Where to find the caller's IP address, which the gateway uses for its audit log and
+    /// per-IP rate limits. Asked on cache misses only, when the request carries no
+    /// [`ClientIp`](crate::ClientIp) extension; without it (and without a match) the layer
+    /// falls back to Axum's `ConnectInfo<SocketAddr>` when present. For Tonic:
+    ///
+    /// ```
+    /// use tonic::transport::server::TcpConnectInfo;
+    /// use tower_wacht::WachtAuthConfig;
+    ///
+    /// let config = WachtAuthConfig::builder()
+    ///     .api_key("sk_live_example")
+    ///     .client_ip(|_headers, extensions| {
+    ///         extensions.get::<TcpConnectInfo>()?.remote_addr().map(|addr| addr.ip())
+    ///     })
+    ///     .build();
+    /// # assert!(config.is_ok());
+    /// ```
+    ///
+    /// Behind a trusted reverse proxy, read its header here instead (never trust a
+    /// client-supplied `X-Forwarded-For` on a server clients reach directly).
+    pub fn client_ip<F>(mut self, find: F) -> Self
+    where
+        F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    {
+        self.config.client_ip = Some(ClientIpFn(Arc::new(find)));
         self
     }
 

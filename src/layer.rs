@@ -38,9 +38,10 @@ use crate::verify::{MissContext, Verifier};
 
 /// The caller's IP address, for the gateway's audit log and per-IP rate limits.
 ///
-/// Insert it into the request extensions in front of the layer (for example from a trusted
-/// proxy header); with the `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when this
-/// is absent. It is sent only on cache misses.
+/// Insert it into the request extensions in front of the layer, or let the layer find it with
+/// [`WachtAuthConfigBuilder::client_ip`](crate::WachtAuthConfigBuilder::client_ip); with the
+/// `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when neither gives one. It is
+/// sent only on cache misses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -199,7 +200,7 @@ where
             {
                 // Refresh-ahead: this one request hands a copy of the token to a background
                 // re-verification; it is served from the cache like every other.
-                let ctx = miss_context(&req, shared.verifier.forward_user_agent);
+                let ctx = miss_context(&req, &shared.verifier);
                 shared.verifier.spawn_refresh(token.expose().to_owned(), hash, ctx);
             }
             req.extensions_mut().insert(hit.principal);
@@ -212,7 +213,7 @@ where
             Ok(Some(token)) => OwnedToken(token.expose().to_owned()),
             _ => return self.reject(&req, AuthError::InvalidToken("The access token is malformed.")),
         };
-        let ctx = miss_context(&req, shared.verifier.forward_user_agent);
+        let ctx = miss_context(&req, &shared.verifier);
         let verifier = Arc::clone(&shared.verifier);
         let verify: BoxFuture<'static, Result<Principal, AuthError>> = Box::pin(async move {
             let token = BearerToken::new_unchecked(&token.0);
@@ -263,8 +264,9 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().len() >= GRPC.len() && v.as_bytes()[..GRPC.len()].eq_ignore_ascii_case(GRPC))
 }
 
-fn miss_context<B>(req: &Request<B>, forward_user_agent: bool) -> MissContext {
-    let user_agent = forward_user_agent
+fn miss_context<B>(req: &Request<B>, verifier: &Verifier) -> MissContext {
+    let user_agent = verifier
+        .forward_user_agent
         .then(|| {
             req.headers()
                 .get(USER_AGENT)
@@ -272,7 +274,10 @@ fn miss_context<B>(req: &Request<B>, forward_user_agent: bool) -> MissContext {
                 .map(str::to_owned)
         })
         .flatten();
-    let client_ip = req.extensions().get::<ClientIp>().map(|ip| ip.0);
+    let client_ip = req.extensions().get::<ClientIp>().map(|ip| ip.0).or_else(|| {
+        let find = verifier.client_ip.as_ref()?;
+        (find.0)(req.headers(), req.extensions())
+    });
     #[cfg(feature = "axum")]
     let client_ip = client_ip.or_else(|| {
         req.extensions()

@@ -87,6 +87,7 @@ pub struct Verifier {
     expected_audience: Option<Url>,
     unavailable_retry_after: Duration,
     pub(crate) forward_user_agent: bool,
+    pub(crate) client_ip: Option<crate::config::ClientIpFn>,
     pub(crate) challenge: Arc<ChallengeParams>,
 }
 
@@ -168,6 +169,7 @@ impl Verifier {
             expected_audience: config.expected_audience.as_deref().and_then(|a| Url::parse(a).ok()),
             unavailable_retry_after: config.unavailable_retry_after,
             forward_user_agent: config.forward_user_agent,
+            client_ip: config.client_ip.clone(),
             challenge,
         }
     }

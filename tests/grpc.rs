@@ -47,7 +47,7 @@ fn config(
     gateway: &FakeGateway,
     configure: impl FnOnce(WachtAuthConfigBuilder) -> WachtAuthConfigBuilder,
 ) -> WachtAuthConfig {
-    let builder = WachtAuthConfig::builder()
+    let builder = grpc_server::with_client_ip(WachtAuthConfig::builder())
         .gateway_url(gateway.url())
         .api_key(common::API_KEY)
         .realm(REALM)
@@ -271,7 +271,8 @@ async fn valid_token_reaches_the_handler_with_its_principal() {
     assert_eq!(reply.message, format!("Hello, Ada! You are {CLIENT_ID}."));
     assert_eq!(reply.permissions, ["org:projects:read", "projects:read"]);
 
-    // The gateway saw the caller's address (the example copies Tonic's TcpConnectInfo into ClientIp).
+    // The gateway saw the caller's address (the example's `client_ip` hook reads Tonic's
+    // TcpConnectInfo).
     let requests = app.gateway.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].client_ip.as_deref(), Some("127.0.0.1"));

@@ -63,6 +63,27 @@ async fn gateway_request_follows_the_protocol() {
 }
 
 #[tokio::test]
+async fn a_client_ip_hook_replaces_the_connection_address_sent_to_the_gateway() {
+    // A trusted proxy's header, read by the application's hook.
+    let app = start(|b| b.client_ip(|headers, _| headers.get("x-proxy-client")?.to_str().ok()?.parse().ok())).await;
+    let send = |token: String, proxy_header: Option<&'static str>| {
+        let mut req = app
+            .http
+            .get(app.url("/whoami"))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(value) = proxy_header {
+            req = req.header("x-proxy-client", value);
+        }
+        req.send()
+    };
+    assert_eq!(send(app.token(&[]), Some("203.0.113.9")).await.unwrap().status(), 200);
+    // No answer from the hook: the connection address, as without a hook.
+    assert_eq!(send(app.token(&[]), None).await.unwrap().status(), 200);
+    let ips: Vec<_> = app.gateway.requests().into_iter().map(|r| r.client_ip).collect();
+    assert_eq!(ips, [Some("203.0.113.9".to_owned()), Some("127.0.0.1".to_owned())]);
+}
+
+#[tokio::test]
 async fn missing_or_foreign_credentials_get_a_challenge_without_error() {
     let app = start(|b| b.realm("example")).await;
     for auth in [None, Some("Basic dXNlcjpwYXNz"), Some("DPoP abc")] {
