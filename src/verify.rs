@@ -240,14 +240,9 @@ impl Verifier {
         let generation = self.generation.load(Ordering::Acquire);
         // Two rounds at most: the second only if the first found an entry past its deadline
         // (a token that expired before the cache ttl) which must be replaced by a fresh answer.
+        // The caller has just looked in the positive cache (`lookup`); `try_get_with` below
+        // returns an entry stored since then.
         for _ in 0..2 {
-            if let Some(entry) = self.positive.get(&hash).await {
-                if Instant::now() < entry.deadline {
-                    front_put(self.id, generation, hash, entry.clone());
-                    return Ok(entry.principal);
-                }
-                self.remove_if_expired(hash).await;
-            }
             if let Some(negative) = &self.negative
                 && let Some(reason) = negative.get(&hash).await
             {
@@ -273,7 +268,10 @@ impl Verifier {
                     self.positive.invalidate(&hash).await;
                     Ok(entry.principal)
                 }
-                Ok(entry) if Instant::now() >= entry.deadline => continue,
+                Ok(entry) if Instant::now() >= entry.deadline => {
+                    self.remove_if_expired(hash).await;
+                    continue;
+                }
                 Ok(entry) => {
                     front_put(self.id, generation, hash, entry.clone());
                     self.remember_stale(hash, &entry).await;

@@ -1,7 +1,6 @@
 //! JSON shapes of `POST /v1/authz/check` (`gateway-protocol.md` §2-3) and the decoder that turns
 //! a response into a [`Decision`].
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -47,7 +46,19 @@ struct DecisionBody {
     #[serde(default)]
     retry_after: Option<u64>,
     #[serde(default)]
-    headers: Option<HashMap<String, String>>,
+    headers: Option<WachtHeaders>,
+}
+
+/// The entries of the decision's `headers` map that the decoder reads (keys are lower-case,
+/// §3.3); the others are skipped without being stored.
+#[derive(Deserialize, Default)]
+struct WachtHeaders {
+    #[serde(default, rename = "x-wacht-oauth-client-id")]
+    client_id: Option<String>,
+    #[serde(default, rename = "x-wacht-oauth-issuer")]
+    issuer: Option<String>,
+    #[serde(default, rename = "x-wacht-granted-resource")]
+    granted_resource: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -117,10 +128,10 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
                 .map_err(|_| GatewayError::Decode("identity.owner_user_id is not an integer".into()))?,
         ),
     };
-    let mut headers = body.headers.unwrap_or_default();
+    let headers = body.headers.unwrap_or_default();
     let client_id = identity
         .key_name
-        .or_else(|| headers.remove("x-wacht-oauth-client-id"))
+        .or(headers.client_id)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| GatewayError::Decode("allowed decision without a client id".into()))?;
     let expires_at = metadata
@@ -130,7 +141,7 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
         .ok_or_else(|| GatewayError::Decode("metadata.expires_at missing or not RFC 3339".into()))?;
     let granted_resource = metadata
         .granted_resource
-        .or_else(|| headers.remove("x-wacht-granted-resource"))
+        .or(headers.granted_resource)
         .map(|s| ResourceUrn::parse(&s));
     Ok(Decision::Allowed(Box::new(Grant {
         client_id: ClientId::new(client_id),
@@ -139,7 +150,7 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
         permissions: StringSet::new(body.permissions.unwrap_or_default()),
         expires_at,
         oauth_resource: metadata.oauth_resource.map(Into::into),
-        issuer: headers.remove("x-wacht-oauth-issuer").map(Into::into),
+        issuer: headers.issuer.map(Into::into),
         deployment_id,
         owner_user_id,
         request_id: RequestId::new(body.request_id.as_deref().unwrap_or_default()),
@@ -182,6 +193,30 @@ mod tests {
         assert!(grant.permissions.contains("org:projects:write"));
         assert_eq!(grant.scopes.len(), 2);
         assert_eq!(grant.request_id.to_string(), "req_593812470012345678");
+    }
+
+    #[test]
+    fn client_id_and_granted_resource_fall_back_to_the_headers_map() {
+        let body = r#"{
+          "allowed": true,
+          "identity": {"deployment_id": "7"},
+          "metadata": {"expires_at": "2026-06-29T14:05:11Z"},
+          "headers": {"x-ratelimit-60s-limit": "1000", "x-wacht-oauth-client-id": "oc_fromHeaders",
+            "x-wacht-granted-resource": "urn:wacht:workspace:12", "x-wacht-scopes": "a,b",
+            "x-wacht-oauth-issuer": "https://auth.example.com"}
+        }"#;
+        let Ok(Decision::Allowed(grant)) = decode_decision(body.as_bytes()) else {
+            panic!("not allowed");
+        };
+        assert_eq!(grant.client_id.as_str(), "oc_fromHeaders");
+        assert_eq!(
+            grant.granted_resource.map(|r| r.to_string()).as_deref(),
+            Some("urn:wacht:workspace:12")
+        );
+        assert_eq!(grant.issuer.as_deref(), Some("https://auth.example.com"));
+        // Without a client id anywhere, nothing is allowed.
+        let body = body.replace("x-wacht-oauth-client-id", "x-wacht-other");
+        assert!(decode_decision(body.as_bytes()).is_err());
     }
 
     #[test]
