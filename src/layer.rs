@@ -66,6 +66,26 @@ pub(crate) struct Anonymous(pub(crate) Arc<ChallengeParams>);
 ///     .layer(auth);
 /// # Ok(()) }
 /// ```
+///
+/// `Router::layer` wraps every route in its own boxed copy of the layer. Wrapping the whole
+/// app once is cheaper per request (measured in `BENCHMARKS.md`); `axum::serve` wants an
+/// Axum body, so map the response body into one:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, ServiceExt, body::Body, extract::Request, response::Response, routing::get};
+/// use tower::{Layer as _, util::MapResponse};
+/// use tower_wacht::{Principal, ResponseBody, WachtAuthConfig, WachtAuthLayer};
+///
+/// let auth = WachtAuthLayer::new(WachtAuthConfig::from_env()?)?;
+/// let router: Router = Router::new().route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }));
+/// let app = MapResponse::new(auth.layer(router), |response: Response<ResponseBody<Body>>| {
+///     response.map(Body::new)
+/// });
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct WachtAuthLayer {
     shared: Arc<Shared>,

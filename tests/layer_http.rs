@@ -428,3 +428,47 @@ async fn concurrent_requests_with_one_new_token_make_one_gateway_call() {
     }
     assert_eq!(app.gateway.calls(), 1);
 }
+
+#[tokio::test]
+async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
+    use axum::{ServiceExt, body::Body, extract::Request, response::Response, routing::get};
+    use tower::{Layer as _, util::MapResponse};
+    use tower_wacht::{Principal, ResponseBody, WachtAuthConfig, WachtAuthLayer};
+
+    // The construction documented on `WachtAuthLayer`: one layer around the whole Router.
+    let gateway = start_gateway().await;
+    let config = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(API_KEY)
+        .build()
+        .expect("valid config");
+    let auth = WachtAuthLayer::new(config).expect("layer builds");
+    let router = axum::Router::new().route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }));
+    let app = MapResponse::new(auth.layer(router), |response: Response<ResponseBody<Body>>| {
+        response.map(Body::new)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await;
+    });
+
+    let token = generate_token();
+    gateway.register(
+        &token,
+        TokenGrant::new("oc_wholeApp").expires_in(Duration::from_secs(60)),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/whoami");
+    let ok = http.get(&url).bearer_auth(&token).send().await.expect("request");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.expect("body"), "oc_wholeApp");
+    // Unknown paths are behind the layer too: no token, 401 with a challenge.
+    let anonymous = http
+        .get(format!("http://{addr}/elsewhere"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+}
