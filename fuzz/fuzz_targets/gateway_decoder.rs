@@ -422,6 +422,17 @@ enum HeaderKey {
     Other(String),
 }
 
+impl HeaderKey {
+    fn name(&self) -> String {
+        match self {
+            HeaderKey::ClientId => "x-wacht-oauth-client-id".to_owned(),
+            HeaderKey::Issuer => "x-wacht-oauth-issuer".to_owned(),
+            HeaderKey::GrantedResource => "x-wacht-granted-resource".to_owned(),
+            HeaderKey::Other(s) => s.clone(),
+        }
+    }
+}
+
 #[derive(Arbitrary, Debug)]
 struct IdentityB {
     deployment_id: F<Id>,
@@ -594,15 +605,7 @@ impl BodyB {
         field(&mut out, "headers", &self.headers, |h| {
             let kv = h
                 .iter()
-                .map(|(k, v)| {
-                    let k = match k {
-                        HeaderKey::ClientId => "x-wacht-oauth-client-id".to_owned(),
-                        HeaderKey::Issuer => "x-wacht-oauth-issuer".to_owned(),
-                        HeaderKey::GrantedResource => "x-wacht-granted-resource".to_owned(),
-                        HeaderKey::Other(s) => s.clone(),
-                    };
-                    (k, json_str(&v.get(CLIENT_ID, URNS)))
-                })
+                .map(|(k, v)| (k.name(), json_str(&v.get(CLIENT_ID, URNS))))
                 .collect();
             obj(kv, false)
         });
@@ -638,8 +641,16 @@ impl BodyB {
             && self.permissions.typed(|_| true)
             && self.metadata.typed(MetadataB::typed)
             && self.retry_after.typed(|_| true)
-            && self.headers.typed(|_| true)
+            && self.headers.typed(|h| known_headers_once(h))
     }
+}
+
+/// The decoder reads the three `headers` entries it needs as fields, and refuses a body that
+/// repeats one of them (as it refuses repeated top-level keys): ambiguous, fail closed.
+fn known_headers_once(headers: &[(HeaderKey, S)]) -> bool {
+    ["x-wacht-oauth-client-id", "x-wacht-oauth-issuer", "x-wacht-granted-resource"]
+        .iter()
+        .all(|known| headers.iter().filter(|(k, _)| k.name() == *known).count() <= 1)
 }
 
 /// What the decoder must answer for a well-typed body, where the model can tell.
