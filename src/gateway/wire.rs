@@ -215,8 +215,14 @@ mod tests {
         );
         assert_eq!(grant.issuer.as_deref(), Some("https://auth.example.com"));
         // Without a client id anywhere, nothing is allowed.
-        let body = body.replace("x-wacht-oauth-client-id", "x-wacht-other");
-        assert!(decode_decision(body.as_bytes()).is_err());
+        let without = body.replace("x-wacht-oauth-client-id", "x-wacht-other");
+        assert!(decode_decision(without.as_bytes()).is_err());
+        // A repeated entry the decoder reads is ambiguous: refused, like a repeated top-level key.
+        let repeated = body.replace("\"x-wacht-scopes\"", "\"x-wacht-oauth-client-id\"");
+        assert!(matches!(
+            decode_decision(repeated.as_bytes()),
+            Err(GatewayError::Decode(_))
+        ));
     }
 
     #[test]
