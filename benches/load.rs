@@ -60,6 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
@@ -71,7 +72,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_wacht::testing::{FakeGateway, Fault, TokenGrant};
-use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{Principal, ResponseBody, WachtAuthConfig, WachtAuthLayer};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -343,38 +344,36 @@ mod server {
         std::thread::Builder::new()
             .name("load-control".into())
             .spawn(move || control(gateway))?;
-        if let Some(auth) = outer {
-            return serve_outer(listener, app, auth).await;
-        }
-        if let Some(principal) = floor {
-            let svc = tower::ServiceExt::<axum::extract::Request>::map_request(
-                app,
-                move |mut req: axum::extract::Request| {
+        match (outer, floor) {
+            (Some(auth), _) => {
+                // `auth.layer(router)`: one `WachtAuth` around the whole app instead of one per
+                // route. `axum::serve` wants an Axum body, so the response body is boxed into
+                // one, as Axum's `Router::layer` also does.
+                let svc = tower::util::MapResponse::new(
+                    tower::Layer::layer(&auth, app),
+                    |r: Response<ResponseBody<Body>>| r.map(Body::new),
+                );
+                serve_with_connect_info(listener, svc).await
+            }
+            (None, Some(principal)) => {
+                let svc = tower::util::MapRequest::new(app, move |mut req: Request| {
                     req.extensions_mut().insert(principal.clone());
                     req
-                },
-            );
-            let make =
-                axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(svc);
-            axum::serve(listener, make).await?;
-            return Ok(());
+                });
+                serve_with_connect_info(listener, svc).await
+            }
+            (None, None) => serve_with_connect_info(listener, app).await,
         }
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
-        Ok(())
     }
 
-    /// `auth.layer(router)`: one `WachtAuth` around the whole app instead of one per route.
-    /// `axum::serve` wants an Axum body, so the response body is boxed into one, as Axum's
-    /// `Router::layer` also does.
-    async fn serve_outer(listener: tokio::net::TcpListener, app: Router, auth: WachtAuthLayer) -> Result<()> {
-        let svc = tower::ServiceExt::<axum::extract::Request>::map_response(tower::Layer::layer(&auth, app), |r| {
-            r.map(axum::body::Body::new)
-        });
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(svc),
-        )
-        .await?;
+    /// `axum::serve` with `ConnectInfo<SocketAddr>`, for every shape of app the modes build.
+    async fn serve_with_connect_info<S>(listener: tokio::net::TcpListener, svc: S) -> Result<()>
+    where
+        S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let make = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(svc);
+        axum::serve(listener, make).await?;
         Ok(())
     }
 
@@ -1300,40 +1299,67 @@ mod orchestrator {
         }
     }
 
-    /// Utilisation, cost per request and other programs' load over one measured slice, from
-    /// before/after samples of the server's CPU time, this process's CPU time and `/proc/stat`.
+    /// What the CPUs did over one measured window (a run or a slice).
+    struct CpuUse {
+        /// The server's threads other than the gateway's, as a fraction of one CPU.
+        server_util: Option<f64>,
+        /// The FakeGateway thread, as a fraction of one CPU.
+        gateway_util: Option<f64>,
+        server_us_per_req: Option<f64>,
+        steal: Option<f64>,
+        /// Busy fraction of the server's CPU not explained by the server process: other
+        /// programs competing for it.
+        foreign: Option<f64>,
+        /// The same for the load generator's CPU.
+        foreign_client: Option<f64>,
+    }
+
+    /// Utilisation, cost per request and other programs' load over one window, from
+    /// before/after samples of the server's CPU time (other threads, gateway thread), this
+    /// process's CPU time and `/proc/stat` of both CPUs. `gateway_on_server_cpu`: which CPU
+    /// the gateway thread's time is charged to.
     #[allow(clippy::too_many_arguments)]
-    fn slice_stats(
+    fn cpu_use(
         secs: f64,
-        ok: u64,
-        failed: u64,
+        requests: u64,
         cpu: Option<((u64, u64), (u64, u64))>,
         own: Option<((u64, u64), (u64, u64))>,
         stat: Option<(CpuStat, CpuStat)>,
         cstat: Option<(CpuStat, CpuStat)>,
         pinned: bool,
-    ) -> Slice {
-        let requests = ok + failed;
-        let server_util = cpu.map(|((s0, g0), (s1, g1))| (s1 + g1).saturating_sub(s0 + g0) as f64 / 1e9 / secs);
+        gateway_on_server_cpu: bool,
+    ) -> CpuUse {
+        let server_util = cpu.map(|((s0, _), (s1, _))| s1.saturating_sub(s0) as f64 / 1e9 / secs);
+        let gateway_util = cpu.map(|((_, g0), (_, g1))| g1.saturating_sub(g0) as f64 / 1e9 / secs);
         let server_us_per_req = cpu
             .filter(|_| requests > 0)
             .map(|((s0, _), (s1, _))| s1.saturating_sub(s0) as f64 / 1e3 / requests as f64);
+        let steal = stat
+            .filter(|((_, _, t0), (_, _, t1))| t1 > t0)
+            .map(|((s0, _, t0), (s1, _, t1))| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64);
+        // Busy time of each CPU minus what this benchmark's own threads used there.
+        let gateway_share = gateway_util.unwrap_or(0.0);
+        let (gw_on_server, gw_on_client) = if gateway_on_server_cpu {
+            (gateway_share, 0.0)
+        } else {
+            (0.0, gateway_share)
+        };
         let generator_util = own.map(|((a0, b0), (a1, b1))| (a1 + b1).saturating_sub(a0 + b0) as f64 / 1e9 / secs);
         let busy = |st: Option<(CpuStat, CpuStat)>| {
             st.filter(|((_, _, t0), (_, _, t1))| t1 > t0 && pinned)
                 .map(|((_, b0, t0), (_, b1, t1))| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
         };
-        Slice {
-            secs,
-            ok,
-            failed,
+        CpuUse {
             server_util,
+            gateway_util,
             server_us_per_req,
-            steal: stat
-                .filter(|((_, _, t0), (_, _, t1))| t1 > t0)
-                .map(|((s0, _, t0), (s1, _, t1))| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64),
-            foreign: busy(stat).zip(server_util).map(|(b, own)| (b - own).max(0.0)),
-            foreign_client: busy(cstat).zip(generator_util).map(|(b, own)| (b - own).max(0.0)),
+            steal,
+            foreign: busy(stat)
+                .zip(server_util)
+                .map(|(b, own)| (b - own - gw_on_server).max(0.0)),
+            foreign_client: busy(cstat)
+                .zip(generator_util)
+                .map(|(b, own)| (b - own - gw_on_client).max(0.0)),
         }
     }
 
@@ -1372,20 +1398,13 @@ mod orchestrator {
         rps: f64,
         p50: Duration,
         p99: Duration,
-        server_util: Option<f64>,
-        server_us_per_req: Option<f64>,
-        gateway_util: Option<f64>,
-        steal: Option<f64>,
-        /// Busy fraction of the server's CPU not explained by the server process: other
-        /// programs competing for it.
-        foreign: Option<f64>,
-        /// The same for the load generator's CPU.
-        foreign_client: Option<f64>,
+        /// For an interleaved row: the median of each figure over the mode's slices.
+        used: CpuUse,
         gateway_calls: u64,
         note: String,
     }
 
-    impl RunResult {
+    impl CpuUse {
         /// The larger share of either CPU taken by other programs.
         fn other_load(&self) -> Option<f64> {
             match (self.foreign, self.foreign_client) {
@@ -1503,32 +1522,16 @@ mod orchestrator {
             if exhausted.load(Ordering::Relaxed) {
                 note.push(format!("cold tokens ran out after {secs:.1} s"));
             }
-            let server_util = cpu.map(|((s0, _), (s1, _))| s1.saturating_sub(s0) as f64 / 1e9 / secs);
-            let gateway_util = cpu.map(|((_, g0), (_, g1))| g1.saturating_sub(g0) as f64 / 1e9 / secs);
-            let server_us_per_req = cpu
-                .filter(|_| requests > 0)
-                .map(|((s0, _), (s1, _))| s1.saturating_sub(s0) as f64 / 1e3 / requests as f64);
-            let steal = stat
-                .filter(|((_, _, t0), (_, _, t1))| t1 > t0)
-                .map(|((s0, _, t0), (s1, _, t1))| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64);
-            // Busy time of each CPU minus what this benchmark's own threads used there.
-            let gateway_share = gateway_util.unwrap_or(0.0);
-            let (gw_on_server, gw_on_client) = if self.knobs.gateway_on_server_cpu {
-                (gateway_share, 0.0)
-            } else {
-                (0.0, gateway_share)
-            };
-            let generator_util = own.map(|((a0, b0), (a1, b1))| (a1 + b1).saturating_sub(a0 + b0) as f64 / 1e9 / secs);
-            let busy = |st: Option<(CpuStat, CpuStat)>| {
-                st.filter(|((_, _, t0), (_, _, t1))| t1 > t0 && self.pin.server_cpu.is_some())
-                    .map(|((_, b0, t0), (_, b1, t1))| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
-            };
-            let foreign = busy(stat)
-                .zip(server_util)
-                .map(|(b, own)| (b - own - gw_on_server).max(0.0));
-            let foreign_client = busy(cstat)
-                .zip(generator_util)
-                .map(|(b, own)| (b - own - gw_on_client).max(0.0));
+            let used = cpu_use(
+                secs,
+                requests,
+                cpu,
+                own,
+                stat,
+                cstat,
+                self.pin.server_cpu.is_some(),
+                self.knobs.gateway_on_server_cpu,
+            );
             Ok(RunResult {
                 mode,
                 interleaved: false,
@@ -1539,12 +1542,7 @@ mod orchestrator {
                 rps: ok as f64 / secs,
                 p50: percentile(&latencies, 0.50),
                 p99: percentile(&latencies, 0.99),
-                server_util,
-                server_us_per_req,
-                gateway_util,
-                steal,
-                foreign,
-                foreign_client,
+                used,
                 gateway_calls: calls,
                 note: note.join("; "),
             })
@@ -1552,7 +1550,7 @@ mod orchestrator {
     }
 
     fn other_load(r: &RunResult) -> String {
-        match (r.foreign, r.foreign_client) {
+        match (r.used.foreign, r.used.foreign_client) {
             (None, None) => "n/a".to_owned(),
             (a, b) => format!(
                 "{} / {}",
@@ -1578,10 +1576,10 @@ mod orchestrator {
             r.rps,
             fmt_ms(r.p50),
             fmt_ms(r.p99),
-            fmt_opt(r.server_util, |u| format!("{:.0}%", u * 100.0)),
-            fmt_opt(r.server_us_per_req, |u| format!("{u:.1}")),
-            fmt_opt(r.gateway_util, |u| format!("{:.0}%", u * 100.0)),
-            fmt_opt(r.steal, |s| format!("{:.1}%", s * 100.0)),
+            fmt_opt(r.used.server_util, |u| format!("{:.0}%", u * 100.0)),
+            fmt_opt(r.used.server_us_per_req, |u| format!("{u:.1}")),
+            fmt_opt(r.used.gateway_util, |u| format!("{:.0}%", u * 100.0)),
+            fmt_opt(r.used.steal, |s| format!("{:.1}%", s * 100.0)),
             other_load(r),
             r.gateway_calls,
             if r.note.is_empty() {
@@ -1694,8 +1692,8 @@ mod orchestrator {
         fn disturbed(&self, r: &RunResult) -> bool {
             let starved = matches!(r.mode, Mode::Baseline | Mode::Hit)
                 && self.bench.pin.server_cpu.is_some()
-                && r.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
-            starved || r.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
+                && r.used.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
+            starved || r.used.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
         }
 
         fn run(&mut self, mode: Mode, latency_ms: u64, cold_tokens: u64) -> Result<usize> {
@@ -1845,7 +1843,7 @@ mod orchestrator {
             let mut rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
             let mut p50: Vec<f64> = runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect();
             let mut p99: Vec<f64> = runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect();
-            let mut cpu: Vec<f64> = runs.iter().filter_map(|r| r.server_us_per_req).collect();
+            let mut cpu: Vec<f64> = runs.iter().filter_map(|r| r.used.server_us_per_req).collect();
             let sent: u64 = runs.iter().map(|r| r.sent).sum();
             let calls: u64 = runs.iter().map(|r| r.gateway_calls).sum();
             let gw = match mode {
@@ -1992,10 +1990,10 @@ mod orchestrator {
                 r.rps,
                 fmt_ms(r.p50),
                 fmt_ms(r.p99),
-                fmt_opt(r.server_util, |u| format!("{:.0}%", u * 100.0)),
-                fmt_opt(r.server_us_per_req, |u| format!("{u:.2}")),
-                fmt_opt(r.gateway_util, |u| format!("{:.0}%", u * 100.0)),
-                fmt_opt(r.steal, |s| format!("{:.1}%", s * 100.0)),
+                fmt_opt(r.used.server_util, |u| format!("{:.0}%", u * 100.0)),
+                fmt_opt(r.used.server_us_per_req, |u| format!("{u:.2}")),
+                fmt_opt(r.used.gateway_util, |u| format!("{:.0}%", u * 100.0)),
+                fmt_opt(r.used.steal, |s| format!("{:.1}%", s * 100.0)),
                 other_load(r),
                 r.gateway_calls,
                 note
@@ -2005,7 +2003,7 @@ mod orchestrator {
         let least_busy = kept
             .iter()
             .filter(|r| matches!(r.mode, Mode::Baseline | Mode::Hit))
-            .filter_map(|r| r.server_util)
+            .filter_map(|r| r.used.server_util)
             .fold(f64::INFINITY, f64::min);
         if least_busy.is_finite() && least_busy < 0.9 {
             println!(
@@ -2013,7 +2011,7 @@ mod orchestrator {
                 least_busy * 100.0
             );
         }
-        let busiest = kept.iter().filter_map(|r| r.other_load()).fold(0.0, f64::max);
+        let busiest = kept.iter().filter_map(|r| r.used.other_load()).fold(0.0, f64::max);
         if busiest > k.max_other_load {
             println!(
                 "Warning: other programs used up to {:.0}% of a CPU during a kept run (column \"other programs' load\"; the retry budget ran out). Those runs measure the machine, not the library: re-run on a quiet machine.\n",
@@ -2048,11 +2046,7 @@ mod orchestrator {
         secs: f64,
         ok: u64,
         failed: u64,
-        server_util: Option<f64>,
-        server_us_per_req: Option<f64>,
-        steal: Option<f64>,
-        foreign: Option<f64>,
-        foreign_client: Option<f64>,
+        used: CpuUse,
     }
 
     /// Result of [`Bench::interleaved`].
@@ -2158,20 +2152,21 @@ mod orchestrator {
                     let cstat1 = cpu_stat(self.pin.client_cpu);
                     let ok = gate.ok.load(Ordering::Relaxed) - ok0;
                     let failed = gate.failed.load(Ordering::Relaxed) - failed0;
-                    let slice = slice_stats(
+                    let used = cpu_use(
                         secs,
-                        ok,
-                        failed,
+                        ok + failed,
                         cpu0.zip(cpu1),
                         own0.zip(own1),
                         stat0.zip(stat1),
                         cstat0.zip(cstat1),
                         self.pin.server_cpu.is_some(),
+                        k.gateway_on_server_cpu,
                     );
                     let starved =
-                        self.pin.server_cpu.is_some() && slice.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
+                        self.pin.server_cpu.is_some() && used.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
                     // The spinning generator keeps its own CPU busy: only the server's counts.
-                    disturbed |= starved || failed > 0 || slice.foreign.is_some_and(|f| f > k.max_other_load);
+                    disturbed |= starved || failed > 0 || used.foreign.is_some_and(|f| f > k.max_other_load);
+                    let slice = Slice { secs, ok, failed, used };
                     rps.insert(modes[i], ok as f64 / secs);
                     slices[i].push(slice);
                 }
@@ -2223,12 +2218,14 @@ mod orchestrator {
                     rps: med(&|s| Some((s.ok as f64) / s.secs)).unwrap_or(f64::NAN),
                     p50: percentile(&lat, 0.50),
                     p99: percentile(&lat, 0.99),
-                    server_util: med(&|s| s.server_util),
-                    server_us_per_req: med(&|s| s.server_us_per_req),
-                    gateway_util: None,
-                    steal: med(&|s| s.steal),
-                    foreign: med(&|s| s.foreign),
-                    foreign_client: med(&|s| s.foreign_client),
+                    used: CpuUse {
+                        server_util: med(&|s| s.used.server_util),
+                        gateway_util: med(&|s| s.used.gateway_util),
+                        server_us_per_req: med(&|s| s.used.server_us_per_req),
+                        steal: med(&|s| s.used.steal),
+                        foreign: med(&|s| s.used.foreign),
+                        foreign_client: med(&|s| s.used.foreign_client),
+                    },
                     gateway_calls: calls,
                     note: note.join("; "),
                 });
