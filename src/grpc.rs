@@ -91,16 +91,6 @@ impl RequireMethodPermissions {
         Arc::make_mut(&mut self.rules).unmapped = Unmapped::Deny;
         self
     }
-
-    /// The permissions a path requires; `None` when it is unmapped and allowed. An unmapped,
-    /// denied path requires `any` of nothing, which no principal satisfies.
-    fn requirement(&self, path: &str) -> Option<&Permissions> {
-        match (self.rules.lookup(path), self.rules.unmapped) {
-            (Some(p), _) => Some(p),
-            (None, Unmapped::Deny) => Some(&self.rules.nobody),
-            (None, Unmapped::Allow) => None,
-        }
-    }
 }
 
 impl<S> Layer<S> for RequireMethodPermissions {
@@ -112,8 +102,14 @@ impl<S> Layer<S> for RequireMethodPermissions {
 }
 
 impl Guard for RequireMethodPermissions {
+    /// The permissions a path requires; `None` when it is unmapped and allowed. An unmapped,
+    /// denied path requires `any` of nothing, which no principal satisfies.
     fn permissions_for(&self, path: &str) -> Option<&Permissions> {
-        self.requirement(path)
+        match (self.rules.lookup(path), self.rules.unmapped) {
+            (Some(p), _) => Some(p),
+            (None, Unmapped::Deny) => Some(&self.rules.nobody),
+            (None, Unmapped::Allow) => None,
+        }
     }
 }
 
@@ -129,7 +125,7 @@ mod tests {
         let g = RequireMethodPermissions::new()
             .route("/pkg.Svc/*", Permissions::all(["svc"]))
             .route("/pkg.Svc/Special", Permissions::all(["special"]));
-        let names = |path: &str| g.requirement(path).map(|p| p.iter().collect::<Vec<_>>());
+        let names = |path: &str| g.permissions_for(path).map(|p| p.iter().collect::<Vec<_>>());
         assert_eq!(names("/pkg.Svc/Special"), Some(vec!["special"]));
         assert_eq!(names("/pkg.Svc/Other"), Some(vec!["svc"]));
         assert_eq!(names("/pkg.Other/Method"), None);
@@ -137,10 +133,10 @@ mod tests {
         assert_eq!(names(""), None);
         let deny = g.clone().deny_unmapped();
         assert!(
-            deny.requirement("/pkg.Other/Method")
+            deny.permissions_for("/pkg.Other/Method")
                 .is_some_and(|p| p.iter().next().is_none())
         );
         // The clone taken before `deny_unmapped` is unchanged.
-        assert!(g.requirement("/pkg.Other/Method").is_none());
+        assert!(g.permissions_for("/pkg.Other/Method").is_none());
     }
 }
