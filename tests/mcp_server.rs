@@ -115,11 +115,19 @@ impl Server {
 
     /// A raw JSON-RPC POST to the MCP endpoint, as an MCP client sends it.
     async fn post(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
+        self.post_from(None, token, body).await
+    }
+
+    /// The same POST as a browser page on `origin` sends it (with an `Origin` header).
+    async fn post_from(&self, origin: Option<&str>, token: Option<&str>, body: &Value) -> reqwest::Response {
         let mut req = self
             .http
             .post(&self.resource)
             .header("accept", "application/json, text/event-stream")
             .json(body);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -250,42 +258,20 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
 #[tokio::test]
 async fn browser_origins_other_than_this_server_and_loopback_are_refused() {
     let server = Server::start().await;
-    let token = &server.demo.agent;
-    let post = |origin: Option<String>| {
-        let mut req = server
-            .http
-            .post(&server.resource)
-            .header("accept", "application/json, text/event-stream")
-            .bearer_auth(token)
-            .json(&initialize_body());
-        if let Some(origin) = origin {
-            req = req.header("origin", origin);
-        }
-        async move {
-            bounded("POST with Origin", req.send())
-                .await
-                .expect("request completes")
-        }
-    };
+    let token = Some(server.demo.agent.as_str());
+    let body = initialize_body();
     // A page on another site, with a valid token in hand: refused (DNS rebinding defence).
-    let foreign = post(Some("https://evil.example".to_owned())).await;
+    let foreign = server.post_from(Some("https://evil.example"), token, &body).await;
     assert_eq!(foreign.status(), 403);
     // This server's own origin, a loopback origin on another port, and no Origin at all
     // (non-browser clients) are served.
     let own = format!("http://{}", server.addr);
-    for origin in [Some(own), Some("http://localhost:6274".to_owned()), None] {
-        let resp = post(origin.clone()).await;
+    for origin in [Some(own.as_str()), Some("http://localhost:6274"), None] {
+        let resp = server.post_from(origin, token, &body).await;
         assert_eq!(resp.status(), 200, "origin {origin:?}");
     }
     // Without a token the auth layer answers first, whatever the origin.
-    let anonymous = server
-        .http
-        .post(&server.resource)
-        .header("origin", "https://evil.example")
-        .json(&initialize_body())
-        .send()
-        .await
-        .expect("request completes");
+    let anonymous = server.post_from(Some("https://evil.example"), None, &body).await;
     assert_eq!(anonymous.status(), 401);
 }
 
