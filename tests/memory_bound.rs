@@ -15,12 +15,17 @@
 //!
 //! This file holds a single test so that nothing else runs in the process while RSS is read.
 
+#[allow(dead_code)]
+#[path = "common/split_mix.rs"]
+mod split_mix;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
+use split_mix::SplitMix;
 use tower_wacht::{
     AuthError, CheckRequest, ClientId, Decision, DeploymentId, Gateway, GatewayError, Grant, StringSet,
     WachtAuthConfig, WachtAuthLayer,
@@ -41,40 +46,6 @@ const NEGATIVE_MAX_CAPACITY: u64 = 1_000;
 /// about 390 bytes per entry; measured with the real capacity: +5 MB). 64 MB sits well clear
 /// of both.
 const RSS_GROWTH_LIMIT_MB: u64 = 64;
-
-const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// SplitMix64: a tiny deterministic generator (the junk need not be secure, only distinct).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `oat_` + `first` + 42 random base64url characters: shaped like a Wacht token.
-    fn token(&mut self, first: u8) -> String {
-        let mut t = String::with_capacity(47);
-        t.push_str("oat_");
-        t.push(char::from(first));
-        let mut bits = 0u64;
-        let mut left = 0;
-        for _ in 0..42 {
-            if left == 0 {
-                bits = self.next();
-                left = 10;
-            }
-            t.push(char::from(BASE64URL[(bits & 63) as usize]));
-            bits >>= 6;
-            left -= 1;
-        }
-        t
-    }
-}
 
 /// Valid tokens start with `oat_V`, junk with `oat_j`: junk can never be valid.
 const VALID_MARK: u8 = b'V';

@@ -43,6 +43,9 @@ mod common;
 #[allow(dead_code)]
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
+#[allow(dead_code)]
+#[path = "common/split_mix.rs"]
+mod split_mix;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -56,6 +59,7 @@ use http::header::{AUTHORIZATION, HOST, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use split_mix::SplitMix;
 use tokio::net::TcpStream;
 use tower_wacht::testing::{TokenGrant, generate_client_id, generate_token};
 use tower_wacht::{
@@ -135,28 +139,6 @@ struct Token {
 impl Token {
     fn can_invoke(&self) -> bool {
         self.scopes.contains(&"mcp:invoke")
-    }
-}
-
-/// SplitMix64: deterministic pseudo-random choices.
-#[derive(Clone)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
