@@ -71,6 +71,7 @@ fn layer(capacity: u64) -> WachtAuthLayer {
     let config = WachtAuthConfig::builder()
         .max_capacity(capacity)
         .ttl(Duration::from_secs(3600))
+        .expected_deployment_id(418223109876543489)
         .build()
         .unwrap();
     WachtAuthLayer::with_gateway(config, AllowAll)

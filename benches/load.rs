@@ -288,6 +288,7 @@ mod server {
         let config = WachtAuthConfig::builder()
             .gateway_url(gateway.url())
             .api_key("sk_test_loadbench")
+            .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
             .build()?;
         let app = Router::new().route(PATH, get(whoami));
         let mut outer = None;

@@ -29,7 +29,7 @@ use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpConnectInfo, TcpIncoming};
 use tonic::{Code, Request, Response, Status};
 use tower::layer::util::{Identity, Stack};
-use tower_wacht::testing::{FakeGateway, TokenGrant, generate_token};
+use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, TokenGrant, generate_token};
 use tower_wacht::{
     Permissions, Principal, RequireMethodPermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
 };
@@ -171,6 +171,8 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
     let config = with_client_ip(WachtAuthConfig::builder())
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .expected_issuer(EXAMPLE_ISSUER)
         .realm("grpc_server")
         .build()
         .map_err(std::io::Error::other)?;

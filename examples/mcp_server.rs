@@ -37,7 +37,9 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
-use tower_wacht::testing::{EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token};
+use tower_wacht::testing::{
+    EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
+};
 use tower_wacht::{
     ConfigError, McpToolGuard, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
     WachtAuthConfigBuilder, WachtAuthLayer,
@@ -264,7 +266,8 @@ pub async fn demo(resource: &str) -> std::io::Result<Demo> {
 
     let builder = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
-        .api_key("demo-backend-key");
+        .api_key("demo-backend-key")
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID);
     let config = mcp_auth_config(builder, resource, EXAMPLE_ISSUER).map_err(std::io::Error::other)?;
     let calls = demo_calls(resource, &agent, &reader, &foreign);
     Ok(Demo {

@@ -20,7 +20,9 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tower_wacht::testing::{FakeGateway, ScopeDefinition, TokenGrant, generate_token};
+use tower_wacht::testing::{
+    EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
+};
 use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthLayer};
 
 /// The application: three routes behind one auth layer (optional auth, so `/public` also
@@ -104,6 +106,9 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
     let config = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
+        // The demo tenant: tokens of any other deployment or issuer are refused.
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .expected_issuer(EXAMPLE_ISSUER)
         .realm("quickstart")
         .challenge_scopes(["mcp:invoke"])
         .optional(true)

@@ -26,9 +26,8 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::guard::challenge_of;
-use crate::layer::is_grpc;
 use crate::principal::Principal;
-use crate::reject::{AuthError, ChallengeParams};
+use crate::reject::{AuthError, ChallengeParams, is_grpc};
 
 /// Rejection of the [`Principal`] extractor: the request has no verified principal. Renders
 /// 401 with the layer's `WWW-Authenticate` challenge (or gRPC UNAUTHENTICATED).
@@ -54,7 +53,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             Some(p) => Ok(p.clone()),
             None => Err(PrincipalRejection {
                 challenge: challenge_of(&parts.extensions),
-                grpc: is_grpc(&parts.headers),
+                grpc: is_grpc(parts.version, &parts.headers),
             }),
         }
     }

@@ -45,7 +45,10 @@ impl fmt::Display for ApiKey {
 }
 
 /// An invalid configuration value. The message names the setting, never a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the same sentence as `Display`, so `fn main() -> Result<(), Box<dyn Error>>`
+/// shows the reader what to fix.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// A required environment variable is not set.
@@ -59,6 +62,20 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Neither the deployment nor the issuer is pinned: the gateway accepts a valid token of
+    /// any Wacht deployment, including one an attacker creates with this server's scope names.
+    #[error(
+        "no Wacht tenant is pinned: set WACHT_DEPLOYMENT_ID or WACHT_OAUTH_ISSUER (builder: \
+         expected_deployment_id / expected_issuer), so that tokens of other Wacht deployments are \
+         refused; to accept every deployment on purpose, call accept_any_deployment()"
+    )]
+    TenantNotPinned,
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Configuration of a [`WachtAuthLayer`](crate::WachtAuthLayer).
@@ -70,14 +87,23 @@ pub enum ConfigError {
 /// | `gateway_url` | `https://gateway.wacht.dev` | where tokens are checked |
 /// | `ttl` | 30 s | a revoked token keeps working on this server for at most this long (never past its expiry) |
 /// | `negative_ttl` | 5 s | a token the gateway rejected is rejected locally for this long |
+/// | `expected_deployment_id` / `expected_issuer` | required, one or both | tokens of other Wacht deployments get 401; [`accept_any_deployment`](WachtAuthConfigBuilder::accept_any_deployment) opts out (logged) |
+/// | `expected_audience` | none (the metadata `resource` when one is set) | tokens issued for other resources get 401 |
 /// | `max_capacity` | 100 000 | verified tokens kept; least useful evicted beyond |
+/// | `max_cache_bytes` | 64 MiB | estimated bytes of cached principals (and of the outage grace); large ones evict sooner |
 /// | `negative_max_capacity` | 10 000 | rejected tokens kept (separate, so junk cannot evict good entries) |
 /// | `connect_timeout` / `request_timeout` | 1 s / 3 s | a slow gateway gives 503 after this, never a hang |
 /// | `unavailable_retry_after` | 5 s | `Retry-After` on 503 |
 /// | `max_token_len` | 4096 | longer tokens get 401 without a gateway call |
+/// | `max_inflight_gateway_calls` | 256 | a miss beyond this many gateway calls in flight gets 503 at once (floods of random tokens) |
 /// | `method` / `resource` | `GET` / `/` | what is reported to the gateway for rate limits and audit |
 /// | `stale_if_error` | off | fail closed on gateway outages; opt in to a bounded grace |
 /// | `refresh_ahead` | off | re-verify hot tokens in the background before their entry ends |
+/// | `optional` | off | requests without a token are refused with 401 |
+/// | `forward_user_agent` | on | the caller's `User-Agent` goes to the gateway on misses (its audit log) |
+/// | `keep_authorization_header` | off | the token is removed from the request before your handlers (no passthrough) |
+/// | `pass_cors_preflight` | off | CORS preflights without a token get 401; answer CORS outside the layer |
+/// | `denied_clients` | none | OAuth clients refused even when the gateway allows them |
 #[derive(Clone, Debug)]
 pub struct WachtAuthConfig {
     pub(crate) gateway_url: Url,
@@ -92,6 +118,10 @@ pub struct WachtAuthConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) unavailable_retry_after: Duration,
     pub(crate) max_token_len: usize,
+    pub(crate) max_inflight_gateway_calls: usize,
+    pub(crate) max_cache_bytes: u64,
+    pub(crate) accept_any_deployment: bool,
+    pub(crate) keep_authorization_header: bool,
     pub(crate) expected_deployment_id: Option<DeploymentId>,
     pub(crate) expected_issuer: Option<String>,
     pub(crate) expected_audience: Option<String>,
@@ -133,6 +163,10 @@ impl WachtAuthConfig {
     /// * `WACHT_DEPLOYMENT_ID`: accept only tokens of this deployment;
     /// * `WACHT_OAUTH_ISSUER`: accept only tokens from this issuer;
     /// * `WACHT_RESOURCE_URL`: this server's resource URL; accept only tokens issued for it.
+    ///
+    /// At least one of `WACHT_DEPLOYMENT_ID` and `WACHT_OAUTH_ISSUER` is required
+    /// ([`ConfigError::TenantNotPinned`] otherwise): the gateway accepts tokens of every Wacht
+    /// deployment.
     ///
     /// Empty variables count as unset. Every other setting keeps its default; adjust the
     /// result with [`WachtAuthConfig::to_builder`].
@@ -188,6 +222,11 @@ impl WachtAuthConfig {
     pub fn gateway_url(&self) -> &str {
         self.gateway_url.as_str()
     }
+
+    /// The byte budget of the decision cache (see [`WachtAuthConfigBuilder::max_cache_bytes`]).
+    pub fn max_cache_bytes(&self) -> u64 {
+        self.max_cache_bytes
+    }
 }
 
 fn check_url(name: &'static str, value: &str) -> Result<Url, ConfigError> {
@@ -234,6 +273,10 @@ impl Default for WachtAuthConfigBuilder {
                 request_timeout: Duration::from_secs(3),
                 unavailable_retry_after: Duration::from_secs(5),
                 max_token_len: DEFAULT_MAX_TOKEN_LEN,
+                max_inflight_gateway_calls: 256,
+                max_cache_bytes: 64 * 1024 * 1024,
+                accept_any_deployment: false,
+                keep_authorization_header: false,
                 expected_deployment_id: None,
                 expected_issuer: None,
                 expected_audience: None,
@@ -241,7 +284,7 @@ impl Default for WachtAuthConfigBuilder {
                 challenge_scopes: Vec::new(),
                 optional: false,
                 forward_user_agent: true,
-                pass_cors_preflight: true,
+                pass_cors_preflight: false,
                 resource_metadata: None,
                 stale_if_error: None,
                 refresh_ahead: None,
@@ -329,15 +372,49 @@ impl WachtAuthConfigBuilder {
         self
     }
 
-    /// Accept only tokens issued by this Wacht deployment.
+    /// Most gateway calls in flight at once for this layer (default 256). A cache miss that
+    /// finds this many already waiting on the gateway is answered 503 with `Retry-After` at
+    /// once instead of queueing: a flood of random tokens (each one a miss) cannot pile up
+    /// calls on the gateway or memory here, and cached tokens keep being served. Misses that
+    /// join a check already in flight for the same token do not count.
+    pub fn max_inflight_gateway_calls(mut self, n: usize) -> Self {
+        self.config.max_inflight_gateway_calls = n;
+        self
+    }
+
+    /// Byte budget of the decision cache (default 64 MiB): cached principals are weighed by
+    /// their estimated size (client id, scopes, permissions, issuer, audience), so a gateway
+    /// answering large grants cannot grow memory past it. The entry limit
+    /// ([`max_capacity`](Self::max_capacity)) applies as well; the outage grace
+    /// ([`stale_if_error`](Self::stale_if_error)) has a budget of its own of the same size.
+    pub fn max_cache_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_cache_bytes = bytes;
+        self
+    }
+
+    /// Accept only tokens issued by this Wacht deployment. One of this and
+    /// [`expected_issuer`](Self::expected_issuer) is required (see
+    /// [`accept_any_deployment`](Self::accept_any_deployment)).
     pub fn expected_deployment_id(mut self, id: i64) -> Self {
         self.config.expected_deployment_id = Some(DeploymentId(id));
         self
     }
 
-    /// Accept only tokens whose issuer (`x-wacht-oauth-issuer`) is this URL.
+    /// Accept only tokens whose issuer (`x-wacht-oauth-issuer`) is this URL (your OAuth app's
+    /// issuer, `https://<its domain>`).
     pub fn expected_issuer(mut self, issuer: impl Into<String>) -> Self {
         self.config.expected_issuer = Some(issuer.into());
+        self
+    }
+
+    /// **Weakens security.** Accept valid tokens of every Wacht deployment. The gateway
+    /// checks that a token is valid, not whose it is: anyone can create a deployment, an OAuth
+    /// app with this server's scope names and resource URL, and a token the gateway accepts.
+    /// Without this call, [`build`](Self::build) refuses a configuration that pins neither
+    /// [`expected_deployment_id`](Self::expected_deployment_id) nor
+    /// [`expected_issuer`](Self::expected_issuer). Logged at warn level when the layer is built.
+    pub fn accept_any_deployment(mut self) -> Self {
+        self.config.accept_any_deployment = true;
         self
     }
 
@@ -389,6 +466,7 @@ impl WachtAuthConfigBuilder {
     ///
     /// let config = WachtAuthConfig::builder()
     ///     .api_key("sk_live_example")
+    ///     .expected_issuer("https://auth.example.com")
     ///     .client_ip(|_headers, extensions| {
     ///         extensions.get::<TcpConnectInfo>()?.remote_addr().map(|addr| addr.ip())
     ///     })
@@ -406,11 +484,27 @@ impl WachtAuthConfigBuilder {
         self
     }
 
-    /// Let CORS preflight requests (`OPTIONS` with `Access-Control-Request-Method`) through
-    /// without a token, as browsers never send credentials on them (default: on). They reach
-    /// the inner service without a principal; answer them with a CORS layer.
+    /// **Weakens security.** Let CORS preflights through without a token (default: off).
+    ///
+    /// Browsers send no credentials on a preflight, so by default one gets 401 like any request
+    /// without a token: put your CORS layer *outside* the auth layer, where it answers
+    /// preflights before they reach it. With this on, a request passes without a token only
+    /// when it is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`, and is not
+    /// gRPC; it reaches the inner service without a principal, so anything behind the layer
+    /// that does not check for one (an Axum `any()` route, a fallback, a Tonic service, which
+    /// routes by path only) runs for it. Logged at warn level when the layer is built.
     pub fn pass_cors_preflight(mut self, on: bool) -> Self {
         self.config.pass_cors_preflight = on;
+        self
+    }
+
+    /// **Weakens security.** Leave the `Authorization` header on the request for the inner
+    /// service (default: off). By default the layer removes it once it has used it, so handlers,
+    /// their logs and anything they call never see the token (the MCP authorization spec
+    /// forbids passing a client's token on). When kept, the header value is marked sensitive.
+    /// Logged at warn level when the layer is built.
+    pub fn keep_authorization_header(mut self, keep: bool) -> Self {
+        self.config.keep_authorization_header = keep;
         self
     }
 
@@ -494,6 +588,18 @@ impl WachtAuthConfigBuilder {
                 reason: "must be greater than zero".into(),
             });
         }
+        if c.max_inflight_gateway_calls == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_inflight_gateway_calls",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        if c.max_cache_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_cache_bytes",
+                reason: "must be greater than zero".into(),
+            });
+        }
         if c.connect_timeout.is_zero() || c.request_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "timeout",
@@ -510,6 +616,9 @@ impl WachtAuthConfigBuilder {
         }
         if let Some(iss) = &c.expected_issuer {
             check_url("expected_issuer", iss)?;
+        }
+        if c.expected_deployment_id.is_none() && c.expected_issuer.is_none() && !c.accept_any_deployment {
+            return Err(ConfigError::TenantNotPinned);
         }
         Ok(self.config)
     }
@@ -565,7 +674,8 @@ mod tests {
 
     #[test]
     fn builder_validates_method() {
-        assert!(WachtAuthConfig::builder().method("post").build().is_ok());
-        assert!(WachtAuthConfig::builder().method("TRACE").build().is_err());
+        let pinned = || WachtAuthConfig::builder().expected_deployment_id(1);
+        assert!(pinned().method("post").build().is_ok());
+        assert!(pinned().method("TRACE").build().is_err());
     }
 }

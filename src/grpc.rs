@@ -10,33 +10,42 @@
 //! // tonic: Server::builder().layer(auth).layer(guard).add_service(...)
 //! ```
 //!
-//! A request whose path matches no rule follows [`Unmapped`]: allowed by default (the auth
-//! layer has already required a valid token), or refused with
-//! [`RequireMethodPermissions::deny_unmapped`]. Refusals are PERMISSION_DENIED for gRPC
-//! requests (403 `insufficient_scope` for plain HTTP), UNAUTHENTICATED if no principal.
+//! A request whose path matches no rule follows [`Unmapped`]: open to any caller with a valid
+//! token by default, or refused with [`RequireMethodPermissions::deny_unmapped`]. Refusals are
+//! PERMISSION_DENIED for gRPC requests (403 `insufficient_scope` for plain HTTP), and
+//! UNAUTHENTICATED for a request without a principal: only a method marked
+//! [`public`](RequireMethodPermissions::public) admits one, and only when the auth layer is in
+//! optional mode.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::guard::sealed::Guard;
+use crate::guard::sealed::{Guard, Rule};
 use crate::guard::{GuardService, Permissions};
 
 /// What happens to a method no rule names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Unmapped {
-    /// Any authenticated caller may call it (default).
+    /// Any caller with a valid token may call it (default).
     #[default]
     Allow,
     /// Nobody may call it: PERMISSION_DENIED.
     Deny,
 }
 
+/// What one method or service rule asks for.
+#[derive(Debug, Clone)]
+enum MethodRule {
+    Requires(Permissions),
+    Public,
+}
+
 #[derive(Debug, Clone)]
 struct Rules {
-    methods: HashMap<Box<str>, Permissions>,
-    services: HashMap<Box<str>, Permissions>,
+    methods: HashMap<Box<str>, MethodRule>,
+    services: HashMap<Box<str>, MethodRule>,
     unmapped: Unmapped,
     /// What a denied unmapped method requires: any of nothing.
     nobody: Permissions,
@@ -55,7 +64,7 @@ impl Default for Rules {
 
 impl Rules {
     /// Exact method first, then its service's wildcard.
-    fn lookup(&self, path: &str) -> Option<&Permissions> {
+    fn lookup(&self, path: &str) -> Option<&MethodRule> {
         self.methods.get(path).or_else(|| {
             let service = &path[..path.rfind('/').filter(|&i| i > 0)?];
             self.services.get(service)
@@ -77,11 +86,24 @@ impl RequireMethodPermissions {
 
     /// Adds a rule. `pattern` is a full method path (`/package.Service/Method`) or a whole
     /// service (`/package.Service/*`). A method rule wins over its service's rule.
-    pub fn route(mut self, pattern: &str, permissions: Permissions) -> Self {
+    pub fn route(self, pattern: &str, permissions: Permissions) -> Self {
+        self.rule(pattern, MethodRule::Requires(permissions))
+    }
+
+    /// Marks a method (`/package.Service/Method`) or a whole service (`/package.Service/*`) as
+    /// callable without a token, when the auth layer is in
+    /// [`optional`](crate::WachtAuthConfigBuilder::optional) mode (without optional mode the
+    /// layer itself requires a token). Every other method refuses a request without a
+    /// principal with UNAUTHENTICATED.
+    pub fn public(self, pattern: &str) -> Self {
+        self.rule(pattern, MethodRule::Public)
+    }
+
+    fn rule(mut self, pattern: &str, rule: MethodRule) -> Self {
         let rules = Arc::make_mut(&mut self.rules);
         match pattern.strip_suffix("/*") {
-            Some(service) => rules.services.insert(service.into(), permissions),
-            None => rules.methods.insert(pattern.into(), permissions),
+            Some(service) => rules.services.insert(service.into(), rule),
+            None => rules.methods.insert(pattern.into(), rule),
         };
         self
     }
@@ -102,13 +124,14 @@ impl<S> Layer<S> for RequireMethodPermissions {
 }
 
 impl Guard for RequireMethodPermissions {
-    /// The permissions a path requires; `None` when it is unmapped and allowed. An unmapped,
-    /// denied path requires `any` of nothing, which no principal satisfies.
-    fn permissions_for(&self, path: &str) -> Option<&Permissions> {
+    /// The rule of a path. An unmapped path is open to any authenticated caller, or, when
+    /// denied, requires `any` of nothing, which no principal satisfies.
+    fn rule_for(&self, path: &str) -> Rule<'_> {
         match (self.rules.lookup(path), self.rules.unmapped) {
-            (Some(p), _) => Some(p),
-            (None, Unmapped::Deny) => Some(&self.rules.nobody),
-            (None, Unmapped::Allow) => None,
+            (Some(MethodRule::Requires(p)), _) => Rule::Requires(p),
+            (Some(MethodRule::Public), _) => Rule::Public,
+            (None, Unmapped::Deny) => Rule::Requires(&self.rules.nobody),
+            (None, Unmapped::Allow) => Rule::Authenticated,
         }
     }
 }
@@ -125,18 +148,20 @@ mod tests {
         let g = RequireMethodPermissions::new()
             .route("/pkg.Svc/*", Permissions::all(["svc"]))
             .route("/pkg.Svc/Special", Permissions::all(["special"]));
-        let names = |path: &str| g.permissions_for(path).map(|p| p.iter().collect::<Vec<_>>());
+        let names = |path: &str| match g.rule_for(path) {
+            Rule::Requires(p) => Some(p.iter().collect::<Vec<_>>()),
+            _ => None,
+        };
         assert_eq!(names("/pkg.Svc/Special"), Some(vec!["special"]));
         assert_eq!(names("/pkg.Svc/Other"), Some(vec!["svc"]));
         assert_eq!(names("/pkg.Other/Method"), None);
         assert_eq!(names("/"), None);
         assert_eq!(names(""), None);
         let deny = g.clone().deny_unmapped();
-        assert!(
-            deny.permissions_for("/pkg.Other/Method")
-                .is_some_and(|p| p.iter().next().is_none())
-        );
+        assert!(matches!(deny.rule_for("/pkg.Other/Method"), Rule::Requires(p) if p.iter().next().is_none()));
         // The clone taken before `deny_unmapped` is unchanged.
-        assert!(g.permissions_for("/pkg.Other/Method").is_none());
+        assert!(matches!(g.rule_for("/pkg.Other/Method"), Rule::Authenticated));
+        let public = g.public("/pkg.Open/*");
+        assert!(matches!(public.rule_for("/pkg.Open/Any"), Rule::Public));
     }
 }

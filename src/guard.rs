@@ -14,9 +14,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::layer::{Anonymous, render};
+use crate::layer::Anonymous;
 use crate::principal::Principal;
-use crate::reject::{AuthError, ChallengeParams};
+use crate::reject::{AuthError, ChallengeParams, render};
 
 /// How a set of required permissions is matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Permissions {
 /// The challenge parameters for a request without a principal.
 pub(crate) fn challenge_of(ext: &http::Extensions) -> Arc<ChallengeParams> {
     match ext.get::<Anonymous>() {
-        Some(a) => Arc::clone(&a.0),
+        Some(a) => Arc::clone(&a.challenge),
         None => {
             tracing::warn!("no Principal in the request: is WachtAuthLayer applied outside this route?");
             ChallengeParams::shared_default()
@@ -173,9 +173,11 @@ impl<S> Layer<S> for RequirePermissions {
     }
 }
 
+use sealed::Rule;
+
 impl sealed::Guard for RequirePermissions {
-    fn permissions_for(&self, _path: &str) -> Option<&Permissions> {
-        Some(&self.permissions)
+    fn rule_for(&self, _path: &str) -> Rule<'_> {
+        Rule::Requires(&self.permissions)
     }
 }
 
@@ -183,19 +185,48 @@ impl sealed::Guard for RequirePermissions {
 pub type RequirePermissionsService<S> = GuardService<RequirePermissions, S>;
 
 pub(crate) mod sealed {
-    use super::Permissions;
+    use std::sync::Arc;
+
+    use super::{Anonymous, AuthError, ChallengeParams, Permissions, Principal, challenge_of};
+
+    /// What a guard rule asks of a request.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Rule<'a> {
+        /// A verified principal, whatever its permissions.
+        Authenticated,
+        /// Nothing, when the auth layer is in optional mode; otherwise a principal.
+        Public,
+        /// A principal with these permissions.
+        Requires(&'a Permissions),
+    }
+
+    impl Rule<'_> {
+        /// Judges a request by its extensions. A request without a principal is refused (401 with
+        /// the layer's challenge) unless the rule is [`Rule::Public`] and the auth layer let it
+        /// through in optional mode.
+        pub(crate) fn check(self, ext: &http::Extensions) -> Result<(), (AuthError, Arc<ChallengeParams>)> {
+            match self {
+                Rule::Requires(permissions) => permissions.check_extensions(ext),
+                Rule::Authenticated | Rule::Public if ext.get::<Principal>().is_some() => Ok(()),
+                Rule::Public if ext.get::<Anonymous>().is_some_and(|a| a.optional) => Ok(()),
+                Rule::Authenticated | Rule::Public => Err((AuthError::MissingCredentials, challenge_of(ext))),
+            }
+        }
+    }
 
     /// What a guard requires of a request, by its path (implemented by the crate's guards).
     pub trait Guard: Clone {
-        /// The permissions a request to `path` needs; `None`: it passes unchecked.
-        fn permissions_for(&self, path: &str) -> Option<&Permissions>;
+        /// The rule for a request to `path`.
+        fn rule_for(&self, path: &str) -> Rule<'_>;
     }
 }
 
 /// The service of a permission guard ([`RequirePermissions`] or
 /// [`RequireMethodPermissions`](crate::RequireMethodPermissions)): checks the request's
 /// [`Principal`] against what the guard requires for the request's path, then calls the inner
-/// service, or answers 403 (`PERMISSION_DENIED` for gRPC), or 401 if there is no principal.
+/// service, or answers 403 (`PERMISSION_DENIED` for gRPC), or 401 (`UNAUTHENTICATED`) if
+/// there is no principal, unless the auth layer is in optional mode and the rule allows
+/// anonymous callers.
 #[derive(Debug, Clone)]
 pub struct GuardService<G, S> {
     inner: S,
@@ -223,13 +254,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let verdict = match self.guard.permissions_for(req.uri().path()) {
-            None => Ok(()),
-            Some(permissions) => permissions.check_extensions(req.extensions()),
-        };
-        match verdict {
+        match self.guard.rule_for(req.uri().path()).check(req.extensions()) {
             Ok(()) => GuardFuture::inner(self.inner.call(req)),
-            Err((error, challenge)) => GuardFuture::reject(render(error, &challenge, req.headers())),
+            Err((error, challenge)) => GuardFuture::reject(render(error, &challenge, req.version(), req.headers())),
         }
     }
 }

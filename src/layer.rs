@@ -19,8 +19,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, Request, Response};
+use http::header::{AUTHORIZATION, USER_AGENT};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -32,8 +32,8 @@ use crate::config::WachtAuthConfig;
 use crate::gateway::{Gateway, HttpGateway};
 use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::Principal;
-use crate::reject::{AuthError, ChallengeParams};
-use crate::token::{BearerToken, TokenError, bearer_from_headers};
+use crate::reject::{AuthError, ChallengeParams, render};
+use crate::token::{OwnedBearer, TokenError, bearer_from_headers};
 use crate::verify::{MissContext, Verifier};
 
 /// The caller's IP address, for the gateway's audit log and per-IP rate limits.
@@ -45,10 +45,15 @@ use crate::verify::{MissContext, Verifier};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Marker inserted for anonymous requests in optional mode, so extractors and guards can
-/// render this layer's challenge.
+/// Marker inserted into requests the layer passes without a principal, so extractors and
+/// guards can render this layer's challenge, and know whether anonymous callers are allowed.
 #[derive(Clone)]
-pub(crate) struct Anonymous(pub(crate) Arc<ChallengeParams>);
+pub(crate) struct Anonymous {
+    pub(crate) challenge: Arc<ChallengeParams>,
+    /// True in optional mode; false for a CORS preflight let through by
+    /// [`pass_cors_preflight`](crate::WachtAuthConfigBuilder::pass_cors_preflight).
+    pub(crate) optional: bool,
+}
 
 /// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`].
 ///
@@ -96,6 +101,7 @@ struct Shared {
     verifier: Arc<Verifier>,
     optional: bool,
     pass_cors_preflight: bool,
+    keep_authorization_header: bool,
     max_token_len: usize,
     metadata: Option<ProtectedResourceMetadata>,
 }
@@ -115,11 +121,13 @@ impl WachtAuthLayer {
             scopes: config.challenge_scopes.iter().map(|s| s.as_str().into()).collect(),
         });
         let verifier = Arc::new(Verifier::new(&config, Arc::new(gateway), challenge));
+        warn_about_weakened_defaults(&config);
         WachtAuthLayer {
             shared: Arc::new(Shared {
                 verifier,
                 optional: config.optional,
                 pass_cors_preflight: config.pass_cors_preflight,
+                keep_authorization_header: config.keep_authorization_header,
                 max_token_len: config.max_token_len,
                 metadata: config.resource_metadata,
             }),
@@ -195,10 +203,9 @@ where
         let shared = &self.shared;
         let hash = match bearer_from_headers(req.headers(), shared.max_token_len) {
             Ok(Some(token)) => token.hash(),
-            Ok(None) if shared.optional || (shared.pass_cors_preflight && is_cors_preflight(&req)) => {
-                req.extensions_mut()
-                    .insert(Anonymous(Arc::clone(&shared.verifier.challenge)));
-                return ResponseFuture::inner(self.inner.call(req));
+            Ok(None) if shared.optional => return self.pass_anonymous(req, true),
+            Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
+                return self.pass_anonymous(req, false);
             }
             Ok(None) => return self.reject(&req, AuthError::MissingCredentials),
             Err(TokenError::DuplicateHeader) => {
@@ -216,29 +223,35 @@ where
         if let Some(hit) = shared.verifier.lookup(&hash) {
             if let Some(refresh) = hit.refresh
                 && refresh.claim()
-                && let Ok(Some(token)) = bearer_from_headers(req.headers(), shared.max_token_len)
+                && let Some(token) = self.owned_token(&req)
             {
-                // Refresh-ahead: this one request hands a copy of the token to a background
+                // Refresh-ahead: this one request hands the token to a background
                 // re-verification; it is served from the cache like every other.
                 let ctx = miss_context(&req, &shared.verifier);
-                shared.verifier.spawn_refresh(token.expose().to_owned(), hash, ctx);
+                shared.verifier.spawn_refresh(token, hash, ctx);
             }
+            self.hide_token(&mut req);
             req.extensions_mut().insert(hit.principal);
             return ResponseFuture::inner(self.inner.call(req));
         }
 
-        // Miss: verify in a boxed future that owns a copy of the token, then call the service
-        // that was made ready (a fresh clone stays behind for the next request).
-        let token = match bearer_from_headers(req.headers(), shared.max_token_len) {
-            Ok(Some(token)) => OwnedToken(token.expose().to_owned()),
-            _ => return self.reject(&req, AuthError::InvalidToken("The access token is malformed.")),
+        // Miss: verify in a boxed future that owns the token, then call the service that was
+        // made ready (a fresh clone stays behind for the next request).
+        let Some(token) = self.owned_token(&req) else {
+            return self.reject(&req, AuthError::InvalidToken("The access token is malformed."));
         };
+        if token.token().is_jwt_shaped() {
+            // The gateway answers 401 for every JWT access token: never send it one.
+            return self.reject(
+                &req,
+                AuthError::InvalidToken("JWT access tokens are not accepted by this server."),
+            );
+        }
         let ctx = miss_context(&req, &shared.verifier);
+        self.hide_token(&mut req);
         let verifier = Arc::clone(&shared.verifier);
-        let verify: BoxFuture<'static, Result<Principal, AuthError>> = Box::pin(async move {
-            let token = BearerToken::new_unchecked(&token.0);
-            verifier.verify_miss(token, hash, ctx).await
-        });
+        let verify: BoxFuture<'static, Result<Principal, AuthError>> =
+            Box::pin(async move { verifier.verify_miss(token.token(), hash, ctx).await });
         let fresh = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, fresh);
         ResponseFuture {
@@ -257,31 +270,75 @@ impl<S> WachtAuth<S> {
     where
         Svc: Service<Request<ReqB>>,
     {
-        let response = render(error, &self.shared.verifier.challenge, req.headers());
+        let response = render(error, &self.shared.verifier.challenge, req.version(), req.headers());
         ResponseFuture {
             state: State::Reject {
                 response: Some(response),
             },
         }
     }
+
+    /// Hands a request without credentials to the inner service, marked anonymous.
+    fn pass_anonymous<ReqB>(&mut self, mut req: Request<ReqB>, optional: bool) -> ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        self.hide_token(&mut req);
+        req.extensions_mut().insert(Anonymous {
+            challenge: Arc::clone(&self.shared.verifier.challenge),
+            optional,
+        });
+        ResponseFuture::inner(self.inner.call(req))
+    }
+
+    /// The request's token, owned (the header value itself, not a copy of the secret).
+    fn owned_token<ReqB>(&self, req: &Request<ReqB>) -> Option<OwnedBearer> {
+        let value = req.headers().get(AUTHORIZATION)?.clone();
+        OwnedBearer::from_header(value, self.shared.max_token_len)
+    }
+
+    /// No token passthrough: the inner service never sees the `Authorization` header, unless
+    /// the configuration keeps it (then marked sensitive, so `Debug` and HTTP/2 HPACK treat
+    /// it as a secret).
+    fn hide_token<ReqB>(&self, req: &mut Request<ReqB>) {
+        if self.shared.keep_authorization_header {
+            if let Some(value) = req.headers_mut().get_mut(AUTHORIZATION) {
+                value.set_sensitive(true);
+            }
+        } else {
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+    }
 }
 
-/// Renders a rejection in the protocol the request speaks.
-pub(crate) fn render(error: AuthError, challenge: &ChallengeParams, headers: &HeaderMap) -> Response<Full<Bytes>> {
-    error.into_response(challenge, is_grpc(headers))
-}
-
-/// A CORS preflight: `OPTIONS` with `Access-Control-Request-Method` (never carries credentials).
+/// A CORS preflight as a browser sends it: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`, and no gRPC content type, whatever the HTTP version (a gRPC
+/// method never needs a preflight, and Tonic routes by path alone, so it would run the method).
 fn is_cors_preflight<B>(req: &Request<B>) -> bool {
-    req.method() == http::Method::OPTIONS && req.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    req.method() == http::Method::OPTIONS
+        && req.headers().contains_key(http::header::ORIGIN)
+        && req.headers().contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && !req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"application/grpc"))
 }
 
-/// A request is gRPC when its `content-type` starts with `application/grpc` (any case).
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().len() >= GRPC.len() && v.as_bytes()[..GRPC.len()].eq_ignore_ascii_case(GRPC))
+/// Says once, at start-up, which security-weakening settings are on.
+fn warn_about_weakened_defaults(config: &WachtAuthConfig) {
+    if config.accept_any_deployment {
+        tracing::warn!(
+            "accept_any_deployment(): tokens of every Wacht deployment are accepted; pin WACHT_DEPLOYMENT_ID or WACHT_OAUTH_ISSUER unless this is intended"
+        );
+    }
+    if config.pass_cors_preflight {
+        tracing::warn!(
+            "pass_cors_preflight(true): CORS preflights reach the inner service without a token and without a principal"
+        );
+    }
+    if config.keep_authorization_header {
+        tracing::warn!("keep_authorization_header(true): handlers behind the layer can read the caller's access token");
+    }
 }
 
 fn miss_context<B>(req: &Request<B>, verifier: &Verifier) -> MissContext {
@@ -307,15 +364,6 @@ fn miss_context<B>(req: &Request<B>, verifier: &Verifier) -> MissContext {
     MissContext {
         user_agent,
         client_ip: client_ip.map(|ip| ip.to_string()),
-    }
-}
-
-/// The token copied out of the request for the miss path. Redacted `Debug`.
-struct OwnedToken(String);
-
-impl std::fmt::Debug for OwnedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OwnedToken(<redacted>)")
     }
 }
 
@@ -400,7 +448,7 @@ where
                             state.set(State::Inner { future });
                         }
                         Err(error) => {
-                            let response = render(error, challenge, req.headers());
+                            let response = render(error, challenge, req.version(), req.headers());
                             state.set(State::Reject {
                                 response: Some(response),
                             });

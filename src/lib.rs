@@ -14,9 +14,10 @@
 //! }
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # // SAFETY of the example: the environment is read once, here, before anything else runs.
-//! let config = WachtAuthConfig::builder()
-//!     .api_key("sk_live_...")                       // or WachtAuthConfig::from_env()?
+//! let config = WachtAuthConfig::builder()           // or WachtAuthConfig::from_env()?
+//!     .api_key("sk_live_...")
+//!     .expected_deployment_id(418223109876543489)   // your Wacht deployment: refuse other tenants' tokens
+//!     .expected_issuer("https://auth.example.com")  // your OAuth app's issuer
 //!     .expected_audience("https://api.example.com") // reject tokens issued for other servers
 //!     .build()?;
 //! let auth = WachtAuthLayer::new(config)?;
@@ -83,6 +84,8 @@ pub use crate::guard::{
     GuardFuture, GuardService, Permissions, RequirePermissions, RequirePermissionsService, Requirement,
 };
 pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
+#[doc(hidden)]
+pub use crate::mcp::classify_mcp_body;
 pub use crate::mcp::{DEFAULT_MAX_BODY_BYTES, McpGuardFuture, McpToolGuard, McpToolGuardService};
 pub use crate::metadata::{ProtectedResourceMetadata, ProtectedResourceMetadataBuilder, WELL_KNOWN_PREFIX};
 pub use crate::principal::{

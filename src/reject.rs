@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode, Version};
 use http_body_util::Full;
 
 /// Why a request was refused.
@@ -169,6 +169,7 @@ impl AuthError {
         let mut response = Response::new(Full::new(Bytes::new()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_code())));
         if let Ok(message) = HeaderValue::from_str(&percent_encode_grpc_message(&self.to_string())) {
             headers.insert("grpc-message", message);
@@ -182,8 +183,12 @@ impl AuthError {
     }
 
     fn add_challenge_and_retry(&self, params: &ChallengeParams, headers: &mut HeaderMap) {
-        if matches!(self.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            && let Ok(value) = HeaderValue::from_str(&self.challenge(params))
+        // 401 and 403 carry a challenge (RFC 6750 §3); so does the 400 for a malformed
+        // credential (`invalid_request`, §3.1), which is the only 400 this type renders.
+        if matches!(
+            self.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
+        ) && let Ok(value) = HeaderValue::from_str(&self.challenge(params))
         {
             headers.insert(WWW_AUTHENTICATE, value);
         }
@@ -292,6 +297,27 @@ pub(crate) fn percent_encode_grpc_message(msg: &str) -> String {
         }
     }
     out
+}
+
+/// A request speaks gRPC when it is HTTP/2 and its `content-type` starts with
+/// `application/grpc` (any case). An HTTP/1.1 request that only claims the content type gets
+/// the HTTP answer: gRPC requires HTTP/2, and a gRPC "refusal" is an HTTP 200.
+pub(crate) fn is_grpc(version: Version, headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    version == Version::HTTP_2
+        && headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().len() >= GRPC.len() && v.as_bytes()[..GRPC.len()].eq_ignore_ascii_case(GRPC))
+}
+
+/// Renders a refusal in the protocol the request speaks.
+pub(crate) fn render(
+    error: AuthError,
+    challenge: &ChallengeParams,
+    version: Version,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    error.into_response(challenge, is_grpc(version, headers))
 }
 
 /// What every challenge from one layer carries: realm, the RFC 9728 metadata URL, and the

@@ -4,8 +4,8 @@
 //!
 //! | name | kind | labels | meaning |
 //! | --- | --- | --- | --- |
-//! | `wacht_verifications_total` | counter | `outcome`, `source` | every verification: `outcome` is `allowed`, `allowed_stale`, `invalid_token`, `insufficient_scope`, `rate_limited` or `unavailable`; `source` is `cache`, `gateway`, `negative_cache` or `stale` |
-//! | `wacht_verification_failures_total` | counter | `client_id`, `reason` | refusals of a token whose client is known (wrong deployment/issuer/audience, denied client, rate limited, gateway denial) |
+//! | `wacht_verifications_total` | counter | `outcome`, `source` | every verification: `outcome` is `allowed`, `allowed_stale`, `invalid_token`, `insufficient_scope`, `rate_limited` or `unavailable`; `source` is `cache`, `gateway`, `negative_cache`, `stale` or `overload` (a miss refused because `max_inflight_gateway_calls` were in flight) |
+//! | `wacht_verification_failures_total` | counter | `client_id`, `reason` | refusals of a token the gateway allowed: `reason` is `pinning` (wrong deployment, issuer or audience; `client_id` is always `other`) or `denied_client` |
 //! | `wacht_permission_denied_total` | counter | `client_id`, `permission` | guard refusals, one per missing permission |
 //! | `wacht_cache_hits_total` / `wacht_cache_misses_total` | counter | | positive-cache lookups on the request path |
 //! | `wacht_cache_evictions_total` | counter | `cause` | entries leaving the positive cache: `expired`, `size`, `explicit`, `replaced` |
@@ -16,8 +16,39 @@
 //!
 //! Labels never carry a token or key: client ids and permission names come from the gateway's
 //! answer for a verified token.
+//!
+//! **Bounded cardinality.** Client ids come from tokens, and anyone can obtain tokens for
+//! new clients (dynamic registration; with client ID metadata documents a client id is any
+//! https URL). So a `client_id` label holds a client's id only for the first
+//! [`MAX_CLIENT_ID_LABELS`] distinct clients of the pinned tenant seen by this process;
+//! every later client, and every client of another tenant (a pinning refusal), is labelled
+//! `other`. Permission names come from your guards' configuration, which bounds them.
 
 use std::time::Duration;
+
+/// Most distinct values of the `client_id` label in this process; later clients are `other`.
+pub const MAX_CLIENT_ID_LABELS: usize = 100;
+
+/// The `client_id` label of a client of the pinned tenant: its id while fewer than
+/// [`MAX_CLIENT_ID_LABELS`] distinct ids have been labelled, else `other`.
+#[cfg(feature = "metrics")]
+fn client_label(client_id: &str) -> String {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static LABELLED: OnceLock<Mutex<HashSet<Box<str>>>> = OnceLock::new();
+    let mut labelled = LABELLED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if labelled.contains(client_id) {
+        return client_id.to_owned();
+    }
+    if labelled.len() < MAX_CLIENT_ID_LABELS {
+        labelled.insert(client_id.into());
+        return client_id.to_owned();
+    }
+    "other".to_owned()
+}
 
 /// Metric names, for dashboards and tests.
 pub mod names {
@@ -90,16 +121,25 @@ pub(crate) fn verification(outcome: &'static str, source: &'static str) {
     let _ = (outcome, source);
 }
 
+/// A refusal of a token of the pinned tenant whose client is known (a denied client).
 pub(crate) fn failure(client_id: &str, reason: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::VERIFICATION_FAILURES, "client_id" => client_id.to_owned(), "reason" => reason)
+    metrics::counter!(names::VERIFICATION_FAILURES, "client_id" => client_label(client_id), "reason" => reason)
         .increment(1);
     let _ = (client_id, reason);
 }
 
+/// A refusal of a token that failed a pin: possibly another tenant's, so never labelled by
+/// its client id.
+pub(crate) fn foreign_failure(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::VERIFICATION_FAILURES, "client_id" => "other", "reason" => reason).increment(1);
+    let _ = reason;
+}
+
 pub(crate) fn permission_denied(client_id: &str, permission: &str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::PERMISSION_DENIED, "client_id" => client_id.to_owned(), "permission" => permission.to_owned())
+    metrics::counter!(names::PERMISSION_DENIED, "client_id" => client_label(client_id), "permission" => permission.to_owned())
         .increment(1);
     let _ = (client_id, permission);
 }

@@ -3,8 +3,10 @@
 
 use std::fmt;
 
-use http::HeaderMap;
+use std::ops::Range;
+
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 /// Default upper bound on the length of a bearer token, in bytes (4 KiB).
@@ -18,11 +20,6 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 pub struct BearerToken<'a>(&'a [u8]);
 
 impl<'a> BearerToken<'a> {
-    /// Wraps a token that the caller has already validated (see [`parse_token`]).
-    pub(crate) fn new_unchecked(token: &'a str) -> Self {
-        BearerToken(token.as_bytes())
-    }
-
     /// The raw token. Only the gateway client should need this.
     pub fn expose(&self) -> &'a str {
         // Validated as ASCII by `parse_token`, so this never falls back; it is done here, off
@@ -40,9 +37,52 @@ impl<'a> BearerToken<'a> {
         self.0.len()
     }
 
-    /// Always false: a parsed bearer token is never empty.
+    /// True only for a token built without validation that holds nothing; a token from
+    /// [`parse_token`] is never empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// True if the token has the shape of a JWS compact serialization: three base64url
+    /// segments separated by dots, the first two non-empty (the signature may be empty, as in
+    /// `alg: none`). Opaque Wacht tokens (`oat_` + base64url) never do.
+    pub fn is_jwt_shaped(&self) -> bool {
+        let mut segments = self.0.split(|&b| b == b'.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (segments.next(), segments.next(), segments.next(), segments.next())
+        else {
+            return false;
+        };
+        let base64url = |s: &[u8]| s.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        !header.is_empty() && !payload.is_empty() && base64url(header) && base64url(payload) && base64url(signature)
+    }
+}
+
+/// A bearer token owned past the request that carried it (for a gateway call or a background
+/// refresh): the `Authorization` header value itself, so no copy of the secret is made.
+/// `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct OwnedBearer {
+    value: HeaderValue,
+    token: Range<usize>,
+}
+
+impl OwnedBearer {
+    /// Takes the token out of a header value that [`bearer_from_headers`] accepted.
+    pub(crate) fn from_header(value: HeaderValue, max_len: usize) -> Option<Self> {
+        let token = bearer_range(value.as_bytes(), max_len).ok()??;
+        Some(OwnedBearer { value, token })
+    }
+
+    /// The token, borrowed.
+    pub(crate) fn token(&self) -> BearerToken<'_> {
+        BearerToken(self.value.as_bytes().get(self.token.clone()).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for OwnedBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnedBearer(<redacted, {} bytes>)", self.token.len())
     }
 }
 
@@ -132,6 +172,11 @@ pub fn bearer_from_headers(headers: &HeaderMap, max_len: usize) -> Result<Option
 
 /// Parses one `Authorization` header value; see [`bearer_from_headers`].
 pub fn parse_authorization(value: &[u8], max_len: usize) -> Result<Option<BearerToken<'_>>, TokenError> {
+    Ok(bearer_range(value, max_len)?.map(|range| BearerToken(&value[range])))
+}
+
+/// Where the validated token sits in an `Authorization` value; see [`bearer_from_headers`].
+fn bearer_range(value: &[u8], max_len: usize) -> Result<Option<Range<usize>>, TokenError> {
     const SCHEME: &[u8] = b"bearer";
     if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
         return Ok(None);
@@ -144,12 +189,13 @@ pub fn parse_authorization(value: &[u8], max_len: usize) -> Result<Option<Bearer
         // `Bearerx...` is another scheme name, not ours.
         Some(_) => return Ok(None),
     }
-    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
-    let mut token = &rest[start..];
-    while let [head @ .., b' ' | b'\t'] = token {
-        token = head;
+    let start = SCHEME.len() + rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let mut end = value.len();
+    while end > start && matches!(value[end - 1], b' ' | b'\t') {
+        end -= 1;
     }
-    parse_token(token, max_len).map(Some)
+    parse_token(&value[start..end], max_len)?;
+    Ok(Some(start..end))
 }
 
 /// Validates raw token bytes against the RFC 6750 `b64token` grammar and the length bound.
@@ -233,6 +279,34 @@ mod tests {
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(bearer_from_headers(&headers, 64), Err(TokenError::DuplicateHeader));
+    }
+
+    #[test]
+    fn jwt_shapes_are_told_from_opaque_tokens() {
+        let shaped = |t: &str| parse_token(t.as_bytes(), 4096).map(|t| t.is_jwt_shaped());
+        assert_eq!(shaped("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln-_"), Ok(true));
+        assert_eq!(shaped("eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."), Ok(true));
+        for opaque in [
+            "oat_2F1s22P-YJhDkOjojWARDPmrr7Y4Y6NQkbU7flSku_0",
+            "a.b",
+            "a.b.c.d",
+            ".b.c",
+            "a..c",
+            "a+b.c.d",
+            "a.b.c=",
+        ] {
+            assert_eq!(shaped(opaque), Ok(false), "{opaque}");
+        }
+    }
+
+    #[test]
+    fn an_owned_bearer_is_the_header_value_without_a_copy() {
+        let value = HeaderValue::from_static("Bearer   oat_secretvalue \t");
+        let owned = OwnedBearer::from_header(value, 64).unwrap_or_else(|| unreachable!());
+        assert_eq!(owned.token().expose(), "oat_secretvalue");
+        assert!(!format!("{owned:?}").contains("secret"));
+        assert!(OwnedBearer::from_header(HeaderValue::from_static("Basic abc"), 64).is_none());
+        assert!(OwnedBearer::from_header(HeaderValue::from_static("Bearer a b"), 64).is_none());
     }
 
     #[test]

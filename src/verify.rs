@@ -12,7 +12,7 @@
 //! * A deny list of OAuth client ids, changeable at run time, refuses tokens the gateway allows.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,13 +22,13 @@ use moka::ops::compute::Op;
 use reqwest::Url;
 use tracing::Instrument as _;
 
-use crate::cache::{DigestHasher, Entry, Interner, Refresh, front_get, front_put};
+use crate::cache::{DigestHasher, Entry, Generations, Interner, Refresh, front_get, front_put, weight};
 use crate::config::WachtAuthConfig;
 use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError};
 use crate::principal::{ClientId, DeploymentId, Grant, Principal, StringSet};
 use crate::reject::{AuthError, ChallengeParams};
 use crate::telemetry::{self, Metrics};
-use crate::token::{BearerToken, TokenHash, parse_token};
+use crate::token::{BearerToken, OwnedBearer, TokenHash, parse_token};
 
 const REJECTED: &str = "The access token is invalid, expired or revoked.";
 const WRONG_DEPLOYMENT: &str = "The access token was issued by another deployment.";
@@ -53,7 +53,12 @@ enum Uncached {
 struct StaleEntry {
     principal: Principal,
     until: Instant,
+    /// The generation stamp of the answer it was made from.
+    stamp: u64,
 }
+
+/// More rounds than this of answers voided while in flight, and a miss gives up (503).
+const MAX_ROUNDS: usize = 3;
 
 /// A cache hit on the request path.
 pub(crate) struct Hit {
@@ -76,8 +81,13 @@ pub struct Verifier {
     denied_clients: RwLock<HashSet<Arc<str>>>,
     interner: Interner,
     metrics: Metrics,
-    /// Bumped by every invalidation, so a gateway answer that raced with one is not cached.
-    generation: AtomicU64,
+    /// What invalidations have voided; every answer is stamped with its generation.
+    generations: Generations,
+    /// Gateway calls in flight now, and the most allowed at once.
+    inflight: AtomicUsize,
+    max_inflight: usize,
+    /// Longest a gateway call may take, whatever the [`Gateway`] implementation does.
+    call_bound: Duration,
     method: String,
     resource: String,
     ttl: Duration,
@@ -109,9 +119,17 @@ pub(crate) struct MissContext {
     pub client_ip: Option<String>,
 }
 
+/// The least weight of a cached principal, so that `max_capacity` entries fill the byte budget.
+fn min_weight(config: &WachtAuthConfig) -> u64 {
+    (config.max_cache_bytes / config.max_capacity.max(1)).max(1)
+}
+
 fn positive_cache(config: &WachtAuthConfig, ttl: Duration) -> Cache<TokenHash, Entry, DigestHasher> {
+    let min_weight = min_weight(config);
     let builder = Cache::builder()
-        .max_capacity(config.max_capacity)
+        // Weighed in estimated bytes (at least budget / max_capacity each): both bounds hold.
+        .max_capacity(config.max_cache_bytes)
+        .weigher(move |_key, entry: &Entry| weight(&entry.principal, min_weight))
         // A flat ttl; an entry whose token expires sooner is never served past its `deadline`
         // (checked on every read). Measured: per-entry `Expiry` costs ~40 B per entry for no
         // behaviour we need.
@@ -140,9 +158,11 @@ impl Verifier {
                 .time_to_live(config.negative_ttl)
                 .build_with_hasher(DigestHasher)
         });
+        let min_weight = min_weight(config);
         let stale = config.stale_if_error.map(|grace| {
             let cache = Cache::builder()
-                .max_capacity(config.max_capacity)
+                .max_capacity(config.max_cache_bytes)
+                .weigher(move |_key, entry: &StaleEntry| weight(&entry.principal, min_weight))
                 .time_to_live(config.ttl + grace)
                 .support_invalidation_closures()
                 .build_with_hasher(DigestHasher);
@@ -159,7 +179,14 @@ impl Verifier {
             denied_clients: RwLock::new(denied),
             interner: Interner::default(),
             metrics: Metrics::new(),
-            generation: AtomicU64::new(0),
+            // A record matters while an answer stamped before it can still be cached: the
+            // longest gateway call, then the entry's ttl and outage grace, with a margin.
+            generations: Generations::new(
+                call_bound(config) + config.ttl + config.stale_if_error.unwrap_or_default() + Duration::from_secs(5),
+            ),
+            inflight: AtomicUsize::new(0),
+            max_inflight: config.max_inflight_gateway_calls,
+            call_bound: call_bound(config),
             method: config.method.clone(),
             resource: config.resource.clone(),
             ttl: config.ttl,
@@ -179,6 +206,11 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken("The access token is malformed."))?;
+        if token.is_jwt_shaped() {
+            return Err(AuthError::InvalidToken(
+                "JWT access tokens are not accepted by this server.",
+            ));
+        }
         let hash = token.hash();
         if let Some(hit) = self.lookup(&hash) {
             return Ok(hit.principal);
@@ -194,7 +226,7 @@ impl Verifier {
 
     /// The hot path: this thread's front cache, then the shared cache.
     pub(crate) fn lookup(&self, hash: &TokenHash) -> Option<Hit> {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.generations.current();
         let now = Instant::now();
         let entry = match front_get(self.id, generation, hash, now) {
             Some(entry) => entry,
@@ -206,7 +238,7 @@ impl Verifier {
                     .get(hash)
                     .now_or_never()
                     .flatten()
-                    .filter(|e| now < e.deadline);
+                    .filter(|e| now < e.deadline && self.is_current(hash, e));
                 let Some(entry) = entry else {
                     self.metrics.cache_miss();
                     return None;
@@ -235,14 +267,11 @@ impl Verifier {
         hash: TokenHash,
         ctx: MissContext,
     ) -> Result<Principal, AuthError> {
-        // Read before the lookup: an invalidation that completes after this read bumps the
-        // generation past it, so whatever we find is never remembered beyond it.
-        let generation = self.generation.load(Ordering::Acquire);
-        // Two rounds at most: the second only if the first found an entry past its deadline
-        // (a token that expired before the cache ttl) which must be replaced by a fresh answer.
-        // The caller has just looked in the positive cache (`lookup`); `try_get_with` below
-        // returns an entry stored since then.
-        for _ in 0..2 {
+        // A few rounds at most: another only if the answer found is unusable, because it
+        // ended (a token that expired before the cache ttl) or because an invalidation voided
+        // it while it was in flight. The caller has just looked in the positive cache
+        // (`lookup`); `try_get_with` below returns an entry stored since then.
+        for _ in 0..MAX_ROUNDS {
             if let Some(negative) = &self.negative
                 && let Some(reason) = negative.get(&hash).await
             {
@@ -260,16 +289,14 @@ impl Verifier {
             );
             let init = self.ask_gateway(token, hash, &ctx).instrument(span);
             let result = self.positive.try_get_with(hash, init).await;
+            // Read before the entry is judged: the front cache keeps it only while no
+            // invalidation has happened since.
+            let generation = self.generations.current();
             let outcome = match result {
-                Ok(entry) if self.generation.load(Ordering::Acquire) != generation => {
-                    // An invalidation ran while the gateway was being asked: its answer may
-                    // predate a revocation. Serve this request (the gateway allowed it) but
-                    // keep nothing.
-                    self.positive.invalidate(&hash).await;
-                    Ok(entry.principal)
-                }
-                Ok(entry) if Instant::now() >= entry.deadline => {
-                    self.remove_if_expired(hash).await;
+                Ok(entry) if Instant::now() >= entry.deadline || !self.is_current(&hash, &entry) => {
+                    // Ended, or voided by an invalidation while its gateway call was in
+                    // flight (the answer may predate a revocation): ask again.
+                    self.remove_if_unusable(hash).await;
                     continue;
                 }
                 Ok(entry) => {
@@ -294,20 +321,30 @@ impl Verifier {
             telemetry::verification(outcome_label(&outcome), "gateway");
             return outcome;
         }
-        // Only reached if the cache kept handing back expired entries: fail closed.
+        // Only reached if every answer was unusable: fail closed.
         Err(AuthError::Unavailable {
             retry_after: self.unavailable_retry_after,
         })
     }
 
-    /// Removes the token's entry if it is past its deadline, atomically: a fresh answer that
-    /// another request stored after ours was read stays.
-    async fn remove_if_expired(&self, hash: TokenHash) {
+    /// True unless an invalidation voided the entry's answer after its gateway call started.
+    fn is_current(&self, hash: &TokenHash, entry: &Entry) -> bool {
+        self.generations
+            .is_current(hash, entry.principal.client_id().as_str(), entry.stamp)
+    }
+
+    /// Removes the token's entry if it is past its deadline or voided, atomically: a fresh
+    /// answer that another request stored after ours was read stays.
+    async fn remove_if_unusable(&self, hash: TokenHash) {
         self.positive
             .entry(hash)
             .and_compute_with(|current| {
                 std::future::ready(match current {
-                    Some(entry) if Instant::now() >= entry.value().deadline => Op::Remove,
+                    Some(entry)
+                        if Instant::now() >= entry.value().deadline || !self.is_current(&hash, entry.value()) =>
+                    {
+                        Op::Remove
+                    }
                     _ => Op::Nop,
                 })
             })
@@ -316,22 +353,23 @@ impl Verifier {
 
     /// Starts a background re-verification of a cached token (refresh-ahead), if a Tokio
     /// runtime is running. `refresh` must have been claimed by the caller.
-    pub(crate) fn spawn_refresh(self: &Arc<Self>, token: String, hash: TokenHash, ctx: MissContext) {
+    pub(crate) fn spawn_refresh(self: &Arc<Self>, token: OwnedBearer, hash: TokenHash, ctx: MissContext) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let this = Arc::clone(self);
         runtime.spawn(async move {
             let span = tracing::debug_span!("wacht.refresh", token = ?hash, client_id = tracing::field::Empty, outcome = tracing::field::Empty, gateway_ms = tracing::field::Empty);
-            this.refresh(BearerToken::new_unchecked(&token), hash, ctx).instrument(span).await;
+            this.refresh(token.token(), hash, ctx).instrument(span).await;
         });
     }
 
     async fn refresh(&self, token: BearerToken<'_>, hash: TokenHash, ctx: MissContext) {
-        let generation = self.generation.load(Ordering::Acquire);
         match self.ask_gateway(token, hash, &ctx).await {
             Ok(entry) => {
-                if self.generation.load(Ordering::Acquire) == generation {
+                // An answer voided while in flight is not stored; one voided after the insert
+                // is never read (every read checks its stamp).
+                if self.is_current(&hash, &entry) {
                     self.positive.insert(hash, entry.clone()).await;
                     self.remember_stale(hash, &entry).await;
                 }
@@ -339,11 +377,8 @@ impl Verifier {
             }
             Err(Uncached::Rejected(AuthError::InvalidToken(_))) => {
                 // Revoked (or now failing a pin) while cached: stop serving it everywhere now.
+                self.generations.invalidate_token(hash);
                 self.positive.invalidate(&hash).await;
-                if let Some((stale, _)) = &self.stale {
-                    stale.invalidate(&hash).await;
-                }
-                self.generation.fetch_add(1, Ordering::AcqRel);
                 telemetry::refresh("invalid_token");
             }
             // Rate limited, unavailable: keep the entry until its deadline; the next miss asks.
@@ -359,6 +394,17 @@ impl Verifier {
         {
             return Err(Uncached::Rejected(AuthError::InvalidToken(reason)));
         }
+        // A flood of unseen tokens must not pile up calls on the gateway: past the cap, refuse
+        // at once (503) rather than queue.
+        let Some(_permit) = InflightPermit::acquire(&self.inflight, self.max_inflight) else {
+            tracing::debug!(token = ?hash, limit = self.max_inflight, "gateway calls at their limit: refused");
+            telemetry::verification("unavailable", "overload");
+            return Err(Uncached::Rejected(AuthError::Unavailable {
+                retry_after: self.unavailable_retry_after,
+            }));
+        };
+        // Stamped before the call: an invalidation from now on voids this answer.
+        let stamp = self.generations.current();
         let request = CheckRequest {
             token,
             method: &self.method,
@@ -367,12 +413,12 @@ impl Verifier {
             user_agent: ctx.user_agent.as_deref(),
         };
         let started = Instant::now();
-        let decision = self.gateway.check(request).await;
+        let decision = self.bounded(self.gateway.check(request)).await;
         let elapsed = started.elapsed();
         telemetry::gateway_call(elapsed, decision.as_ref().err().map(GatewayError::kind));
         let span = tracing::Span::current();
         span.record("gateway_ms", elapsed.as_secs_f64() * 1000.0);
-        let outcome = self.decide(decision, hash).await;
+        let outcome = self.decide(decision, hash, stamp).await;
         match &outcome {
             Ok(entry) => {
                 span.record("client_id", entry.principal.client_id().as_str());
@@ -390,7 +436,26 @@ impl Verifier {
         outcome
     }
 
-    async fn decide(&self, decision: Result<Decision, GatewayError>, hash: TokenHash) -> Result<Entry, Uncached> {
+    /// A gateway call cut off at the call bound (a custom [`Gateway`] that never answers
+    /// fails closed like a timeout), when a Tokio timer is available.
+    async fn bounded(
+        &self,
+        call: futures_util::future::BoxFuture<'_, Result<Decision, GatewayError>>,
+    ) -> Result<Decision, GatewayError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return call.await;
+        }
+        tokio::time::timeout(self.call_bound, call)
+            .await
+            .unwrap_or(Err(GatewayError::Timeout))
+    }
+
+    async fn decide(
+        &self,
+        decision: Result<Decision, GatewayError>,
+        hash: TokenHash,
+        stamp: u64,
+    ) -> Result<Entry, Uncached> {
         let grant = match decision {
             Ok(Decision::Allowed(grant)) => grant,
             Ok(Decision::InvalidToken) => return Err(self.reject_and_remember(hash, REJECTED).await),
@@ -418,7 +483,7 @@ impl Verifier {
                 reason,
                 "token rejected by pinning"
             );
-            telemetry::failure(grant.client_id.as_str(), "pinning");
+            telemetry::foreign_failure("pinning");
             return Err(self.reject_and_remember(hash, reason).await);
         }
         if self.is_denied(grant.client_id.as_str()) {
@@ -448,6 +513,7 @@ impl Verifier {
         Ok(Entry {
             principal,
             deadline: now + lifetime,
+            stamp,
             refresh,
         })
     }
@@ -470,6 +536,7 @@ impl Verifier {
                 StaleEntry {
                     principal: entry.principal.clone(),
                     until,
+                    stamp: entry.stamp,
                 },
             )
             .await;
@@ -479,8 +546,9 @@ impl Verifier {
     async fn serve_stale(&self, hash: &TokenHash) -> Option<Principal> {
         let (stale, _) = self.stale.as_ref()?;
         let entry = stale.get(hash).await?;
+        let client_id = entry.principal.client_id().as_str();
         let fresh_enough = Instant::now() < entry.until && SystemTime::now() < entry.principal.expires_at();
-        if !fresh_enough || self.is_denied(entry.principal.client_id().as_str()) {
+        if !fresh_enough || self.is_denied(client_id) || !self.generations.is_current(hash, client_id, entry.stamp) {
             return None;
         }
         tracing::warn!(
@@ -502,9 +570,14 @@ impl Verifier {
         grant
     }
 
+    /// A token refused for good (the gateway's 401, a pin, a denied client): remembered in the
+    /// negative cache, and dropped from the outage grace so an outage cannot bring it back.
     async fn reject_and_remember(&self, hash: TokenHash, reason: &'static str) -> Uncached {
         if let Some(negative) = &self.negative {
             negative.insert(hash, reason).await;
+        }
+        if let Some((stale, _)) = &self.stale {
+            stale.invalidate(&hash).await;
         }
         Uncached::Rejected(AuthError::InvalidToken(reason))
     }
@@ -545,6 +618,8 @@ impl Verifier {
     /// gateway again. Use it when you learn that a grant was revoked.
     pub async fn invalidate(&self, token: &str) {
         let hash = TokenHash::of(token);
+        // First: from here on, no answer obtained before counts, wherever it is stored.
+        self.generations.invalidate_token(hash);
         self.positive.invalidate(&hash).await;
         if let Some(negative) = &self.negative {
             negative.invalidate(&hash).await;
@@ -552,12 +627,11 @@ impl Verifier {
         if let Some((stale, _)) = &self.stale {
             stale.invalidate(&hash).await;
         }
-        // After the shared caches: front caches and in-flight misses see the new generation.
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops every cached decision.
     pub fn invalidate_all(&self) {
+        self.generations.invalidate_all();
         self.positive.invalidate_all();
         if let Some(negative) = &self.negative {
             negative.invalidate_all();
@@ -565,13 +639,13 @@ impl Verifier {
         if let Some((stale, _)) = &self.stale {
             stale.invalidate_all();
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops every cached token of one OAuth client, so their next use asks the gateway.
     /// (The gateway still allows a deactivated client's tokens: to refuse them, use
     /// [`deny_client`](Self::deny_client).)
     pub fn invalidate_client(&self, client_id: &str) {
+        self.generations.invalidate_client(client_id);
         let id: Arc<str> = Arc::from(client_id);
         let matches = move |_: &TokenHash, principal: &Principal| principal.client_id().as_str() == &*id;
         let m = matches.clone();
@@ -592,7 +666,6 @@ impl Verifier {
                 stale.invalidate_all();
             }
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
@@ -633,6 +706,13 @@ impl Verifier {
         self.positive.entry_count()
     }
 
+    /// The decision cache's weighted size (approximate, as moka counts): the estimated bytes of
+    /// the cached principals, each counted as at least `max_cache_bytes / max_capacity`, so it
+    /// never exceeds [`max_cache_bytes`](crate::WachtAuthConfigBuilder::max_cache_bytes).
+    pub fn cached_bytes(&self) -> u64 {
+        self.positive.weighted_size()
+    }
+
     /// Number of rejected tokens currently remembered (approximate).
     pub fn negative_count(&self) -> u64 {
         self.negative.as_ref().map_or(0, |n| n.entry_count())
@@ -647,6 +727,30 @@ impl Verifier {
         if let Some((stale, _)) = &self.stale {
             stale.run_pending_tasks().await;
         }
+    }
+}
+
+/// The longest a gateway call may take: the configured request timeout (which bounds
+/// [`HttpGateway`](crate::HttpGateway)'s whole exchange) and a second of slack.
+fn call_bound(config: &WachtAuthConfig) -> Duration {
+    config.request_timeout + Duration::from_secs(1)
+}
+
+/// One gateway call in flight, counted against the verifier's cap until dropped.
+struct InflightPermit<'a>(&'a AtomicUsize);
+
+impl<'a> InflightPermit<'a> {
+    fn acquire(inflight: &'a AtomicUsize, max: usize) -> Option<Self> {
+        inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| InflightPermit(inflight))
+    }
+}
+
+impl Drop for InflightPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -718,6 +822,7 @@ mod tests {
     #[tokio::test]
     async fn negative_cache_repeats_the_original_reason() {
         let config = WachtAuthConfig::builder()
+            .expected_deployment_id(1)
             .expected_audience("https://api.example.com/mcp")
             .build()
             .unwrap();

@@ -49,7 +49,7 @@ async fn app(answer: fn() -> Decision) -> (std::net::SocketAddr, Arc<AtomicUsize
         calls: Arc::clone(&calls),
         answer,
     };
-    let config = WachtAuthConfig::builder().build().unwrap();
+    let config = WachtAuthConfig::builder().expected_deployment_id(1).build().unwrap();
     let addr = serve(router(WachtAuthLayer::with_gateway(config, gateway))).await;
     (addr, calls)
 }
@@ -89,7 +89,7 @@ async fn verifier_can_be_used_outside_http() {
     let (_, _) = app(|| grant(SystemTime::now() + Duration::from_secs(60))).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = WachtAuthLayer::with_gateway(
-        WachtAuthConfig::builder().build().unwrap(),
+        WachtAuthConfig::builder().expected_deployment_id(1).build().unwrap(),
         Scripted {
             calls: Arc::clone(&calls),
             answer: || grant(SystemTime::now() + Duration::from_secs(60)),

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
-use tower_wacht::testing::{FakeGateway, Fault, TokenGrant, generate_token};
+use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, FakeGateway, Fault, TokenGrant, generate_token};
 use tower_wacht::{Permissions, RequireMethodPermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
 
 use grpc_server::pb::greeter_client::GreeterClient;
@@ -50,6 +50,7 @@ fn config(
     let builder = grpc_server::with_client_ip(WachtAuthConfig::builder())
         .gateway_url(gateway.url())
         .api_key(common::API_KEY)
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
         .realm(REALM)
         .request_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(300));

@@ -440,6 +440,7 @@ async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
     let config = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key(API_KEY)
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
         .build()
         .expect("valid config");
     let auth = WachtAuthLayer::new(config).expect("layer builds");

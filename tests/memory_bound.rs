@@ -114,6 +114,7 @@ async fn a_million_junk_tokens_neither_grow_memory_nor_evict_valid_tokens() {
         }
     }
     let config = WachtAuthConfig::builder()
+        .expected_deployment_id(1)
         .ttl(Duration::from_secs(600))
         .negative_ttl(Duration::from_secs(600))
         .max_capacity(MAX_CAPACITY)

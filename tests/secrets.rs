@@ -92,6 +92,7 @@ async fn no_secret_in_logs_debug_or_responses() {
     seen.push_str(&serde_json::to_string(&principal).unwrap());
     let config = tower_wacht::WachtAuthConfig::builder()
         .api_key(API_KEY)
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
         .build()
         .unwrap();
     seen.push_str(&format!("{config:?} {}", config.to_builder().build().is_ok()));

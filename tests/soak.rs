@@ -571,6 +571,7 @@ async fn soak_100k_requests_256_connections_10k_tokens() {
     let config = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key(api_key.as_str())
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
         .realm("quickstart")
         .challenge_scopes(["mcp:invoke"])
         .optional(true)

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use tower::{Layer, Service, ServiceExt};
-use tower_wacht::testing::{TokenGrant, generate_token};
+use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, TokenGrant, generate_token};
 use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 
 /// Answers 200 only when called after its own `poll_ready`; a clone starts not ready.
@@ -58,7 +58,13 @@ fn request(token: &str) -> Request<Empty<Bytes>> {
 
 #[tokio::test]
 async fn poll_ready_errors_propagate() {
-    let layer = WachtAuthLayer::new(WachtAuthConfig::builder().build().unwrap()).unwrap();
+    let layer = WachtAuthLayer::new(
+        WachtAuthConfig::builder()
+            .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     let mut svc = layer.layer(ReadyTracking {
         ready: false,
         fail: true,
@@ -72,7 +78,11 @@ async fn call_uses_the_ready_instance_on_miss_and_hit() {
     let gateway = common::start_gateway().await;
     let token = generate_token();
     gateway.register(&token, TokenGrant::new("oc_ready"));
-    let config = WachtAuthConfig::builder().gateway_url(gateway.url()).build().unwrap();
+    let config = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .build()
+        .unwrap();
     let mut svc = WachtAuthLayer::new(config).unwrap().layer(ReadyTracking {
         ready: false,
         fail: false,
@@ -111,7 +121,11 @@ async fn rejections_never_call_the_inner_service() {
         }
     }
     let gateway = common::start_gateway().await;
-    let config = WachtAuthConfig::builder().gateway_url(gateway.url()).build().unwrap();
+    let config = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .build()
+        .unwrap();
     let mut svc = WachtAuthLayer::new(config).unwrap().layer(Never);
     let resp = svc
         .ready()

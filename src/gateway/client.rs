@@ -17,6 +17,8 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 ///
 /// One `reqwest::Client` (connection pool, rustls) shared by every check; explicit connect and
 /// total timeouts. The backend API key, if configured, is sent as `Authorization: Bearer`.
+/// Redirects are never followed: a 3xx would re-send the user's token (and the API key) to
+/// wherever it points, so it is a gateway fault (503), logged at error level.
 #[derive(Debug, Clone)]
 pub struct HttpGateway {
     client: reqwest::Client,
@@ -58,6 +60,7 @@ impl HttpGateway {
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| crate::ConfigError::Invalid {
                 name: "gateway client",
@@ -93,6 +96,13 @@ impl HttpGateway {
             .await
             .map_err(map_reqwest_error)?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            tracing::error!(
+                status,
+                "the gateway URL answered a redirect, which is never followed (it would carry the token elsewhere): check WACHT_GATEWAY_URL"
+            );
+            return Err(GatewayError::Status(status));
+        }
         if !matches!(status, 200 | 401) {
             return Err(GatewayError::Status(status));
         }

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower_wacht::testing::{FakeGateway, ScopeDefinition, TokenGrant, generate_token};
+use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, FakeGateway, ScopeDefinition, TokenGrant, generate_token};
 use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
 
 pub const API_KEY: &str = "sk_test_backend_key_9f8e7d6c5b4a";
@@ -71,6 +71,7 @@ pub async fn start_with_gateway(
     let builder = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key(API_KEY)
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
         .request_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(300));
     let config = configure(builder).build().expect("valid config");

@@ -9,6 +9,12 @@
 //!   distributed: its first 8 bytes are the hash (no SipHash pass).
 //! * [`Interner`]: shares the strings and sets that repeat across tokens (client ids, issuer,
 //!   audience, scope and permission sets), so each cached principal carries little of its own.
+//! * [`Generations`]: which cached answers an invalidation has voided.
+//! * [`weight`]: what a cached principal costs, for the cache's byte budget.
+
+mod generations;
+
+pub(crate) use generations::Generations;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -27,6 +33,8 @@ pub(crate) struct Entry {
     pub(crate) principal: Principal,
     /// `min(insertion + ttl, token expiry)`.
     pub(crate) deadline: Instant,
+    /// The invalidation generation when the gateway call that produced it started.
+    pub(crate) stamp: u64,
     pub(crate) refresh: Option<Arc<Refresh>>,
 }
 
@@ -200,6 +208,35 @@ impl Hasher for DigestState {
     }
 }
 
+/// Estimated bytes a cached principal holds: fixed overhead (the entry, the principal, moka's
+/// bookkeeping) plus every string it carries, shared or not (interning makes the real cost
+/// lower, never higher). A cache of principals weighed by this stays within its byte budget
+/// whatever the gateway answers.
+pub(crate) fn estimated_bytes(principal: &Principal) -> usize {
+    const FIXED: usize = 320;
+    const PER_STRING: usize = 16;
+    let strings = |set: &crate::principal::StringSet| set.iter().map(|s| s.len() + PER_STRING).sum::<usize>();
+    let grant = principal.grant();
+    FIXED
+        + grant.client_id.as_str().len()
+        + strings(&grant.scopes)
+        + strings(&grant.permissions)
+        + grant.issuer.as_deref().map_or(0, str::len)
+        + grant.oauth_resource.as_deref().map_or(0, str::len)
+        + match &grant.granted_resource {
+            Some(crate::principal::ResourceUrn::Other(raw)) => raw.len(),
+            _ => 0,
+        }
+}
+
+/// moka weight of a cached principal under a byte budget shared with an entry limit: its
+/// estimated bytes, but at least `budget / max_entries`, so that both limits hold with one
+/// moka capacity (the budget).
+pub(crate) fn weight(principal: &Principal, min_weight: u64) -> u32 {
+    let bytes = u64::try_from(estimated_bytes(principal)).unwrap_or(u64::MAX);
+    u32::try_from(bytes.max(min_weight)).unwrap_or(u32::MAX)
+}
+
 /// Upper bound of distinct values the interner keeps before starting over (values already
 /// handed out stay valid: they are reference counted).
 const INTERNER_LIMIT: usize = 4096;
@@ -255,6 +292,7 @@ mod tests {
         Entry {
             principal,
             deadline,
+            stamp: 0,
             refresh: None,
         }
     }

@@ -8,6 +8,11 @@
 //! whole if any call in it is. Other methods, unmapped tools and non-POST requests pass
 //! through unchanged; the body is handed on intact.
 //!
+//! A POST body the guard cannot read is refused with 400 and a JSON-RPC error, whatever
+//! server sits behind it: `-32700` when it is not JSON or repeats a key anywhere (parsers
+//! disagree on which repeated key counts), `-32600` when it is not JSON-RPC 2.0 messages the
+//! guard can classify (a `tools/call` without a string `params.name`, for example).
+//!
 //! ```
 //! use tower_wacht::{McpToolGuard, Permissions};
 //!
@@ -25,7 +30,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -35,7 +40,11 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::guard::Permissions;
-use crate::layer::render;
+use crate::reject::render;
+
+mod message;
+
+use message::{BodyError, tool_calls};
 
 /// Default upper bound on a JSON-RPC request body the guard reads (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -101,20 +110,12 @@ pub struct McpToolGuardService<S> {
     guard: McpToolGuard,
 }
 
-/// The tools a JSON-RPC body calls with `tools/call`: one for a single request, one per
-/// element for a batch. Any JSON is inspected, so escapes or key order cannot hide a call.
-pub(crate) fn called_tools(body: &[u8]) -> Vec<String> {
-    fn tool(call: &serde_json::Value) -> Option<String> {
-        if call.get("method")?.as_str()? != "tools/call" {
-            return None;
-        }
-        call.get("params")?.get("name")?.as_str().map(str::to_owned)
-    }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Array(batch)) => batch.iter().filter_map(tool).collect(),
-        Ok(single) => tool(&single).into_iter().collect(),
-        Err(_) => Vec::new(),
-    }
+/// The tools a JSON-RPC POST body calls, as the guard reads it; `None` when the guard refuses
+/// the body as unreadable. For fuzzing: the property is that a body it accepts calls exactly
+/// the tools `serde_json` reads in it.
+#[doc(hidden)]
+pub fn classify_mcp_body(body: &[u8]) -> Option<Vec<String>> {
+    tool_calls(body).ok()
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for McpToolGuardService<S>
@@ -136,7 +137,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if req.method() != Method::POST || self.guard.tools.is_empty() {
+        if req.method() != Method::POST {
             return McpGuardFuture {
                 state: McpState::Inner {
                     future: self.inner.call(req),
@@ -155,13 +156,21 @@ where
                     return Ok(body_error(too_large).map(ResponseBody::rejection));
                 }
             };
-            for tool in called_tools(&bytes) {
+            let tools = match tool_calls(&bytes) {
+                Ok(tools) => tools,
+                Err(error) => {
+                    tracing::debug!(?error, "MCP request refused: body not readable as JSON-RPC");
+                    return Ok(jsonrpc_error(error).map(ResponseBody::rejection));
+                }
+            };
+            for tool in tools {
                 let Some(required) = guard.tools.get(tool.as_str()) else {
                     continue;
                 };
                 if let Err((error, challenge)) = required.check_extensions(&parts.extensions) {
                     tracing::debug!(tool = tool.as_str(), "MCP tool call refused: missing permission");
-                    return Ok(render(error, &challenge, &parts.headers).map(ResponseBody::rejection));
+                    let response = render(error, &challenge, parts.version, &parts.headers);
+                    return Ok(response.map(ResponseBody::rejection));
                 }
             }
             let response = inner.call(Request::from_parts(parts, ReqB::from(bytes))).await?;
@@ -192,9 +201,24 @@ fn body_error(too_large: bool) -> Response<Full<Bytes>> {
     });
     let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
     *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+}
+
+/// 400 with a JSON-RPC error object (no id: the request's could not be read).
+fn jsonrpc_error(error: BodyError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": error.code(), "message": error.message() },
+    });
+    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -228,30 +252,6 @@ where
                 Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
             McpStateProj::Checking { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_tools_called() {
-        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
-        assert_eq!(called_tools(call), ["whoami"]);
-        let escaped = br#"{"params":{"name":"who\u0061mi"},"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#;
-        assert_eq!(called_tools(escaped), ["whoami"]);
-        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"drop"}}]"#;
-        assert_eq!(called_tools(batch), ["drop"]);
-        for other in [
-            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#[..],
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
-            b"not json",
-            b"",
-        ] {
-            assert!(called_tools(other).is_empty());
         }
     }
 }

@@ -1,0 +1,230 @@
+//! [`Generations`]: which cached answers an invalidation has voided.
+//!
+//! Every gateway answer is stamped with the generation current when its gateway call
+//! *started*. An invalidation (of one token, one client, or everything) takes the next
+//! generation and records what it voided; an answer is usable only if no invalidation that
+//! covers it came after its stamp. The check is made on every read of a shared tier (moka,
+//! the outage grace), so an answer that was in flight during an invalidation is never served
+//! from a cache, however the insert and the invalidation interleave. The per-thread front
+//! cache only holds entries tagged with the current generation, so every invalidation empties
+//! it at once.
+//!
+//! Records are needed only while an answer stamped before them can still be cached: they are
+//! dropped once older than the longest an entry lives (flight + ttl + outage grace). Past a
+//! bounded number of records, an invalidation voids everything older instead (safe, only
+//! costlier).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::token::TokenHash;
+
+/// More records than this and an invalidation voids every older answer instead.
+const MAX_RECORDS: usize = 65_536;
+
+/// The invalidation generations of one verifier.
+#[derive(Debug)]
+pub(crate) struct Generations {
+    current: AtomicU64,
+    /// Answers stamped below this are void (`invalidate_all`, or too many records).
+    floor: AtomicU64,
+    /// True while `records` may hold something: the common case takes no lock.
+    has_records: AtomicBool,
+    records: Mutex<Records>,
+    /// How long a record matters: the longest time from a gateway call's start to the end of
+    /// the last cache entry made from its answer.
+    keep: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    tokens: HashMap<TokenHash, Voided>,
+    clients: HashMap<Arc<str>, Voided>,
+    /// Every record in the order made, to drop expired ones from the front.
+    order: VecDeque<(Instant, Subject)>,
+}
+
+/// What a record voids.
+#[derive(Debug)]
+enum Subject {
+    Token(TokenHash),
+    Client(Arc<str>),
+}
+
+impl Records {
+    fn clear(&mut self) {
+        self.tokens.clear();
+        self.clients.clear();
+        self.order.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Drops the records older than `keep` (a later record of the same subject stays).
+    fn prune(&mut self, now: Instant, keep: Duration) {
+        while let Some((at, _)) = self.order.front()
+            && now.duration_since(*at) >= keep
+        {
+            let Some((at, subject)) = self.order.pop_front() else {
+                break;
+            };
+            match subject {
+                Subject::Token(hash) => {
+                    if self.tokens.get(&hash).is_some_and(|v| v.at == at) {
+                        self.tokens.remove(&hash);
+                    }
+                }
+                Subject::Client(id) => {
+                    if self.clients.get(&id).is_some_and(|v| v.at == at) {
+                        self.clients.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One invalidation: answers stamped below `generation` are void.
+#[derive(Debug, Clone, Copy)]
+struct Voided {
+    generation: u64,
+    at: Instant,
+}
+
+impl Generations {
+    /// `keep`: see the field.
+    pub(crate) fn new(keep: Duration) -> Self {
+        Generations {
+            current: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            has_records: AtomicBool::new(false),
+            records: Mutex::new(Records::default()),
+            keep,
+        }
+    }
+
+    /// The current generation. Read it *before* checking an answer with
+    /// [`is_current`](Self::is_current) and tag front-cache entries with it: an invalidation
+    /// after the read moves the generation on, so the tag stops matching.
+    pub(crate) fn current(&self) -> u64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// True unless an invalidation of this token, of this client, or of everything came
+    /// after `stamp` (the generation when the answer's gateway call started).
+    pub(crate) fn is_current(&self, hash: &TokenHash, client_id: &str, stamp: u64) -> bool {
+        if stamp < self.floor.load(Ordering::Acquire) {
+            return false;
+        }
+        if !self.has_records.load(Ordering::Acquire) {
+            return true;
+        }
+        let records = self.lock();
+        let voids = |v: Option<&Voided>| v.is_some_and(|v| v.generation > stamp);
+        !(voids(records.tokens.get(hash)) || voids(records.clients.get(client_id)))
+    }
+
+    /// Voids every answer for this token obtained so far.
+    pub(crate) fn invalidate_token(&self, hash: TokenHash) {
+        self.record(|records, voided| {
+            records.tokens.insert(hash, voided);
+            Subject::Token(hash)
+        });
+    }
+
+    /// Voids every answer for this client's tokens obtained so far.
+    pub(crate) fn invalidate_client(&self, client_id: &str) {
+        self.record(|records, voided| {
+            let id: Arc<str> = Arc::from(client_id);
+            records.clients.insert(Arc::clone(&id), voided);
+            Subject::Client(id)
+        });
+    }
+
+    /// Voids every answer obtained so far.
+    pub(crate) fn invalidate_all(&self) {
+        let mut records = self.lock();
+        let next = self.current.load(Ordering::Acquire) + 1;
+        self.floor.store(next, Ordering::Release);
+        records.clear();
+        self.has_records.store(false, Ordering::Release);
+        self.current.store(next, Ordering::Release);
+    }
+
+    /// Takes the next generation and records what it voids, all under the lock: a reader
+    /// that sees the new generation sees the record.
+    fn record(&self, insert: impl FnOnce(&mut Records, Voided) -> Subject) {
+        let mut records = self.lock();
+        let now = Instant::now();
+        let next = self.current.load(Ordering::Acquire) + 1;
+        records.prune(now, self.keep);
+        if records.order.len() >= MAX_RECORDS {
+            // Too many to track one by one: void everything older instead.
+            self.floor.store(next, Ordering::Release);
+            records.clear();
+        } else {
+            let subject = insert(
+                &mut records,
+                Voided {
+                    generation: next,
+                    at: now,
+                },
+            );
+            records.order.push_back((now, subject));
+        }
+        self.has_records.store(!records.is_empty(), Ordering::Release);
+        self.current.store(next, Ordering::Release);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_voids_only_what_it_covers_and_only_older_answers() {
+        let g = Generations::new(Duration::from_secs(60));
+        let (a, b) = (TokenHash::of("oat_a"), TokenHash::of("oat_b"));
+        let before = g.current();
+        g.invalidate_token(a);
+        assert!(
+            !g.is_current(&a, "oc_1", before),
+            "answer in flight during the invalidation"
+        );
+        assert!(g.is_current(&b, "oc_1", before), "another token");
+        assert!(g.is_current(&a, "oc_1", g.current()), "asked after the invalidation");
+        let before = g.current();
+        g.invalidate_client("oc_1");
+        assert!(!g.is_current(&b, "oc_1", before));
+        assert!(g.is_current(&b, "oc_2", before));
+        let before = g.current();
+        g.invalidate_all();
+        assert!(!g.is_current(&b, "oc_2", before));
+        assert!(g.is_current(&b, "oc_2", g.current()));
+    }
+
+    #[test]
+    fn records_expire_and_too_many_void_everything_older() {
+        let g = Generations::new(Duration::ZERO);
+        let before = g.current();
+        g.invalidate_token(TokenHash::of("oat_a"));
+        // The next record prunes the expired one.
+        g.invalidate_token(TokenHash::of("oat_b"));
+        assert_eq!(g.lock().tokens.len(), 1);
+
+        let g = Generations::new(Duration::from_secs(60));
+        for i in 0..=MAX_RECORDS {
+            g.invalidate_token(TokenHash::of(&format!("oat_{i}")));
+        }
+        assert!(!g.is_current(&TokenHash::of("oat_unrelated"), "oc_1", before));
+        assert!(g.lock().tokens.len() < MAX_RECORDS);
+    }
+}

@@ -1,0 +1,230 @@
+//! What the MCP tool guard reads of a POST body: a strict JSON parse that refuses repeated
+//! keys anywhere (two parsers could disagree on which one counts), then a JSON-RPC
+//! classification of every message. A body the guard cannot classify is refused, never handed
+//! on: the guard must not depend on the server behind it being strict.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// Why a body was refused, as the JSON-RPC error it is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Not JSON, or a key repeated in an object: `-32700` Parse error.
+    Parse,
+    /// JSON, but not JSON-RPC messages the guard can classify: `-32600` Invalid Request.
+    Invalid,
+}
+
+impl BodyError {
+    /// The JSON-RPC error code.
+    pub(crate) fn code(self) -> i32 {
+        match self {
+            BodyError::Parse => -32700,
+            BodyError::Invalid => -32600,
+        }
+    }
+
+    /// The JSON-RPC error message.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            BodyError::Parse => "Parse error: the body is not JSON, or repeats a key",
+            BodyError::Invalid => "Invalid Request: not a JSON-RPC 2.0 message this server accepts",
+        }
+    }
+}
+
+/// The tools a body calls with `tools/call` (one per call, in order; a batch is read element
+/// by element), or why it is refused.
+pub(crate) fn tool_calls(body: &[u8]) -> Result<Vec<String>, BodyError> {
+    let Strict(value) = serde_json::from_slice(body).map_err(|_| BodyError::Parse)?;
+    let mut calls = Vec::new();
+    match &value {
+        Value::Object(message) => calls.extend(classify(message)?),
+        Value::Array(batch) if !batch.is_empty() => {
+            for element in batch {
+                let Value::Object(message) = element else {
+                    return Err(BodyError::Invalid);
+                };
+                calls.extend(classify(message)?);
+            }
+        }
+        _ => return Err(BodyError::Invalid),
+    }
+    Ok(calls)
+}
+
+/// One JSON-RPC 2.0 message: a request or notification (`method`, object `params` if any),
+/// or a response (`id` and exactly one of `result` and `error`). Returns the tool name of a
+/// `tools/call`.
+fn classify(message: &Map<String, Value>) -> Result<Option<String>, BodyError> {
+    if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(BodyError::Invalid);
+    }
+    if !matches!(
+        message.get("id"),
+        None | Some(Value::String(_) | Value::Number(_) | Value::Null)
+    ) {
+        return Err(BodyError::Invalid);
+    }
+    match message.get("method") {
+        Some(Value::String(method)) => {
+            let params = match message.get("params") {
+                None => None,
+                Some(Value::Object(params)) => Some(params),
+                Some(_) => return Err(BodyError::Invalid),
+            };
+            if method != "tools/call" {
+                return Ok(None);
+            }
+            let name = params
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .ok_or(BodyError::Invalid)?;
+            Ok(Some(name.to_owned()))
+        }
+        Some(_) => Err(BodyError::Invalid),
+        None => {
+            let is_response =
+                message.contains_key("id") && (message.contains_key("result") != message.contains_key("error"));
+            if is_response { Ok(None) } else { Err(BodyError::Invalid) }
+        }
+    }
+}
+
+/// A JSON value parsed with repeated object keys refused (serde_json's `Value` keeps the last).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON without repeated keys")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_tools_called() {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
+        assert_eq!(tool_calls(call), Ok(vec!["whoami".to_owned()]));
+        let escaped = br#"{"params":{"name":"who\u0061mi"},"jsonrpc":"2.0","id":1,"method":"tools\/call"}"#;
+        assert_eq!(tool_calls(escaped), Ok(vec!["whoami".to_owned()]));
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"drop"}}]"#;
+        assert_eq!(tool_calls(batch), Ok(vec!["drop".to_owned()]));
+        for other in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            br#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
+        ] {
+            assert_eq!(tool_calls(other), Ok(vec![]));
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        for (body, error) in [
+            (&b"not json"[..], BodyError::Parse),
+            (b"", BodyError::Parse),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
+                BodyError::Parse,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+                BodyError::Parse,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"k":1,"k":2}}}"#,
+                BodyError::Parse,
+            ),
+            (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, BodyError::Invalid),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+                BodyError::Invalid,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":[1]}"#,
+                BodyError::Invalid,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":{},"method":"tools/list"}"#,
+                BodyError::Invalid,
+            ),
+            (br#"{"id":1,"method":"tools/list"}"#, BodyError::Invalid),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+                BodyError::Invalid,
+            ),
+            (br#"{"jsonrpc":"2.0","result":{}}"#, BodyError::Invalid),
+            (b"[]", BodyError::Invalid),
+            (b"[[]]", BodyError::Invalid),
+            (b"null", BodyError::Invalid),
+        ] {
+            assert_eq!(tool_calls(body), Err(error), "{}", String::from_utf8_lossy(body));
+        }
+    }
+}
