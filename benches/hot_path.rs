@@ -20,10 +20,10 @@ use http::{Extensions, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::Empty;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
-use tower_wacht::{
-    CheckRequest, ClientId, Decision, DeploymentId, Gateway, GatewayError, Grant, OrganizationId, ResourceUrn,
-    StringSet, TokenHash, UserId, WachtAuthConfig, WachtAuthLayer, bearer_from_headers,
-};
+use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
+use tower_wacht::principal::{ClientId, DeploymentId, Grant, OrganizationId, StringSet, UserId};
+use tower_wacht::token::{TokenHash, bearer_from_headers};
+use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;

@@ -71,8 +71,9 @@ use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tower_wacht::body::ResponseBody;
 use tower_wacht::testing::{FakeGateway, Fault, TokenGrant};
-use tower_wacht::{Principal, ResponseBody, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;

@@ -31,7 +31,7 @@ use tonic::{Code, Request, Response, Status};
 use tower::layer::util::{Identity, Stack};
 use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, TokenGrant, generate_token};
 use tower_wacht::{
-    Permissions, Principal, RequireMethodPermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
+    Permissions, Principal, RequireMethodPermissionsLayer, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
 };
 
 /// Generated from `proto/greeter/v1/greeter.proto` (see the module docs).
@@ -87,13 +87,13 @@ fn greet(request: &Request<HelloRequest>, greeting: &str) -> Result<Response<Hel
 
 /// Per-method permissions: `Shout` needs [`SHOUT_PERMISSION`]. Methods no rule names (here
 /// `SayHello`) are open to any caller with a valid token, the default of
-/// [`RequireMethodPermissions`]; call `.deny_unmapped()` to refuse them instead.
-pub fn method_guard() -> RequireMethodPermissions {
-    RequireMethodPermissions::new().route(SHOUT_PATH, Permissions::all([SHOUT_PERMISSION]))
+/// [`RequireMethodPermissionsLayer`]; call `.deny_unmapped()` to refuse them instead.
+pub fn method_guard() -> RequireMethodPermissionsLayer {
+    RequireMethodPermissionsLayer::new().route(SHOUT_PATH, Permissions::all([SHOUT_PERMISSION]))
 }
 
 /// The router [`server`] builds: auth, then the method guard, then the greeter.
-pub type GreeterRouter = Router<Stack<RequireMethodPermissions, Stack<WachtAuthLayer, Identity>>>;
+pub type GreeterRouter = Router<Stack<RequireMethodPermissionsLayer, Stack<WachtAuthLayer, Identity>>>;
 
 /// The server: `Server::builder().layer(auth).layer(guard).add_service(greeter)`. Layers run
 /// in the order they are added.

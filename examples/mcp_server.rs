@@ -1,5 +1,5 @@
 //! An MCP resource server: an rmcp server over Streamable HTTP at `/mcp`, protected by
-//! `WachtAuthLayer`, with per-tool permissions (`McpToolGuard`) and RFC 9728 metadata.
+//! `WachtAuthLayer`, with per-tool permissions (`McpToolGuardLayer`) and RFC 9728 metadata.
 //!
 //! ```text
 //! cargo run --example mcp_server --features test-util
@@ -41,7 +41,7 @@ use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
 use tower_wacht::{
-    ConfigError, McpToolGuard, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
+    ConfigError, McpToolGuardLayer, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
     WachtAuthConfigBuilder, WachtAuthLayer,
 };
 
@@ -54,8 +54,8 @@ pub const CHALLENGE_SCOPES: [&str; 1] = ["projects:read"];
 
 /// Which tool needs which permission. The guard answers 403 `insufficient_scope` before the
 /// tool runs; the tools check again, so removing the layer by mistake fails closed.
-pub fn tool_guard() -> McpToolGuard {
-    McpToolGuard::new()
+pub fn tool_guard() -> McpToolGuardLayer {
+    McpToolGuardLayer::new()
         .tool("list_projects", Permissions::all(["projects:read"]))
         .tool("archive_project", Permissions::all(["projects:write"]))
 }
@@ -63,7 +63,7 @@ pub fn tool_guard() -> McpToolGuard {
 /// The MCP server: three tools over a fake project list.
 #[derive(Clone)]
 pub struct ProjectsServer {
-    guard: McpToolGuard,
+    guard: McpToolGuardLayer,
 }
 
 /// Arguments of `archive_project`.
@@ -87,7 +87,7 @@ fn principal(parts: &Parts) -> Result<Principal, ErrorData> {
 #[tool_router]
 impl ProjectsServer {
     /// A server enforcing `guard` inside its tools as well.
-    pub fn new(guard: McpToolGuard) -> Self {
+    pub fn new(guard: McpToolGuardLayer) -> Self {
         ProjectsServer { guard }
     }
 

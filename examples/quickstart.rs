@@ -23,14 +23,14 @@ use serde_json::json;
 use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
-use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 
 /// The application: three routes behind one auth layer (optional auth, so `/public` also
 /// serves anonymous callers; the other routes still require a token).
 pub fn app(auth: WachtAuthLayer) -> Router {
     Router::new()
         .route("/tools/invoke", post(invoke))
-        .route_layer(RequirePermissions::all(["mcp:invoke"]))
+        .route_layer(RequirePermissionsLayer::all(["mcp:invoke"]))
         .route("/whoami", get(whoami))
         .route("/public", get(public))
         .layer(auth)

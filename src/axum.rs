@@ -25,9 +25,8 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::guard::challenge_of;
 use crate::principal::Principal;
-use crate::reject::{AuthError, ChallengeParams, is_grpc};
+use crate::reject::{AuthError, ChallengeParams, RenderedAuthError, challenge_of, is_grpc, render};
 
 /// Rejection of the [`Principal`] extractor: the request has no verified principal. Renders
 /// 401 with the layer's `WWW-Authenticate` challenge (or gRPC UNAUTHENTICATED).
@@ -39,9 +38,7 @@ pub struct PrincipalRejection {
 
 impl IntoResponse for PrincipalRejection {
     fn into_response(self) -> Response {
-        AuthError::MissingCredentials
-            .into_response(&self.challenge, self.grpc)
-            .map(axum::body::Body::new)
+        render(AuthError::MissingCredentials, &self.challenge, self.grpc).map(axum::body::Body::new)
     }
 }
 
@@ -68,9 +65,12 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
 }
 
 impl IntoResponse for AuthError {
-    /// Renders the error as plain HTTP with default challenge parameters. Inside handlers
-    /// prefer [`Principal`]-aware helpers, which carry the layer's realm and metadata URL.
+    /// Renders the error as plain HTTP. Behind [`WachtAuthLayer`](crate::WachtAuthLayer) the
+    /// layer gives the response its own challenge (realm, scopes, `resource_metadata`); without
+    /// one, default challenge parameters are used.
     fn into_response(self) -> Response {
-        AuthError::into_response(self, &ChallengeParams::default(), false).map(axum::body::Body::new)
+        let mut response = render(self.clone(), &ChallengeParams::default(), false).map(axum::body::Body::new);
+        response.extensions_mut().insert(RenderedAuthError(self));
+        response
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::{get, post}};
-//! use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthLayer};
+//! use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 //!
 //! async fn whoami(principal: Principal) -> String {
 //!     format!("{} acting on {:?} with {:?}", principal.client_id(), principal.granted_resource(), principal.scopes())
@@ -24,7 +24,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/tools/invoke", post(|| async { "invoked" }))
-//!     .route_layer(RequirePermissions::all(["mcp:invoke"]))  // 403 insufficient_scope otherwise
+//!     .route_layer(RequirePermissionsLayer::all(["mcp:invoke"]))  // 403 insufficient_scope otherwise
 //!     .route("/whoami", get(whoami))
 //!     .layer(auth);                                          // 401 / 429 / 503 before any handler
 //! # let _ = app; Ok(()) }
@@ -45,9 +45,17 @@
 //! `testing::FakeGateway`, a real loopback server speaking the gateway protocol; `metrics`
 //! records the counters listed in [`telemetry`] through the `metrics` facade.
 //!
-//! Integrations: [`ProtectedResourceMetadata`] and [`McpToolGuard`] for MCP servers (RFC 9728
-//! discovery, per-tool step-up), [`RequireMethodPermissions`] for per-method gRPC guards; the
-//! same layer serves Tonic (`Server::builder().layer(auth)`) and answers gRPC in gRPC.
+//! Integrations: [`ProtectedResourceMetadata`] and [`McpToolGuardLayer`] for MCP servers (RFC
+//! 9728 discovery, per-tool step-up), [`RequireMethodPermissionsLayer`] for per-method gRPC
+//! guards; the same layer serves Tonic (`Server::builder().layer(auth)`) and answers gRPC in
+//! gRPC.
+//!
+//! The crate root holds what most users name. The rest lives in modules: [`config`],
+//! [`layer`] (the service and [`ClientIp`]), [`guard`] (guards and their services),
+//! [`future`] (every response future), [`body`], [`reject`] (refusal reasons and rendering
+//! parameters), [`principal`] (ids and the grant), [`token`] (parsing and hashing),
+//! [`gateway`] (the gateway seam and its wire types), [`metadata`], [`telemetry`] and, with
+//! `test-util`, [`testing`]. `ARCHITECTURE.md` maps the modules.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -55,44 +63,40 @@
 
 #[cfg(feature = "axum")]
 mod axum;
-mod body;
+pub mod body;
 mod cache;
-mod config;
-mod gateway;
-mod grpc;
-mod guard;
-mod layer;
-mod mcp;
-mod metadata;
-mod principal;
-mod reject;
+pub mod config;
+mod error;
+pub mod gateway;
+pub mod guard;
+pub mod layer;
+pub mod metadata;
+pub mod principal;
+pub mod reject;
 pub mod telemetry;
 mod timefmt;
-mod token;
+pub mod token;
 mod verify;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+/// Every response future of the crate's services.
+pub mod future {
+    pub use crate::guard::future::GuardFuture;
+    pub use crate::guard::mcp_tool::McpToolGuardFuture;
+    pub use crate::layer::future::ResponseFuture;
+}
+
 #[cfg(feature = "axum")]
 pub use crate::axum::PrincipalRejection;
-pub use crate::body::ResponseBody;
-pub use crate::config::{ApiKey, ConfigError, DEFAULT_GATEWAY_URL, WachtAuthConfig, WachtAuthConfigBuilder};
-pub use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
-pub use crate::grpc::{RequireMethodPermissions, RequireMethodPermissionsService, Unmapped};
-pub use crate::guard::{
-    GuardFuture, GuardService, Permissions, RequirePermissions, RequirePermissionsService, Requirement,
-};
-pub use crate::layer::{ClientIp, ResponseFuture, WachtAuth, WachtAuthLayer};
+pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
+pub use crate::error::ConfigError;
 #[doc(hidden)]
-pub use crate::mcp::classify_mcp_body;
-pub use crate::mcp::{DEFAULT_MAX_BODY_BYTES, McpGuardFuture, McpToolGuard, McpToolGuardService};
-pub use crate::metadata::{ProtectedResourceMetadata, ProtectedResourceMetadataBuilder, WELL_KNOWN_PREFIX};
-pub use crate::principal::{
-    ClientId, DeploymentId, Grant, OrganizationId, Principal, RequestId, ResourceUrn, StringSet, UserId, WorkspaceId,
-};
-pub use crate::reject::{AuthError, ChallengeParams, grpc_code};
-pub use crate::token::{
-    BearerToken, DEFAULT_MAX_TOKEN_LEN, TokenError, TokenHash, bearer_from_headers, parse_authorization,
-};
+pub use crate::guard::classify_mcp_body;
+pub use crate::guard::{McpToolGuardLayer, Permissions, RequireMethodPermissionsLayer, RequirePermissionsLayer};
+pub use crate::layer::{ClientIp, WachtAuthLayer};
+pub use crate::metadata::ProtectedResourceMetadata;
+pub use crate::principal::{Principal, ResourceUrn};
+pub use crate::reject::AuthError;
 pub use crate::verify::Verifier;

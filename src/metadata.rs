@@ -22,7 +22,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_json::{Map, Value, json};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// The root well-known path (RFC 9728 §3).
 pub const WELL_KNOWN_PREFIX: &str = "/.well-known/oauth-protected-resource";
@@ -143,21 +143,13 @@ impl ProtectedResourceMetadataBuilder {
     /// Validates and builds the document. `resource` must be an absolute http(s) URL without
     /// query or fragment; the other URLs must be absolute.
     pub fn build(self) -> Result<ProtectedResourceMetadata, ConfigError> {
-        let url = Url::parse(&self.resource).map_err(|e| ConfigError::Invalid {
-            name: "resource",
-            reason: format!("not an absolute URL ({e})"),
-        })?;
+        let url = Url::parse(&self.resource)
+            .map_err(|e| ConfigError::invalid("resource", format!("not an absolute URL ({e})")))?;
         if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-            return Err(ConfigError::Invalid {
-                name: "resource",
-                reason: "must be an http(s) URL with a host".into(),
-            });
+            return Err(ConfigError::invalid("resource", "must be an http(s) URL with a host"));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(ConfigError::Invalid {
-                name: "resource",
-                reason: "must not have a query or fragment".into(),
-            });
+            return Err(ConfigError::invalid("resource", "must not have a query or fragment"));
         }
         for (name, value) in [
             (
@@ -177,10 +169,7 @@ impl ProtectedResourceMetadataBuilder {
             ),
         ] {
             for v in value {
-                Url::parse(v).map_err(|e| ConfigError::Invalid {
-                    name,
-                    reason: format!("{v:?} is not a URL ({e})"),
-                })?;
+                Url::parse(v).map_err(|e| ConfigError::invalid(name, format!("{v:?} is not a URL ({e})")))?;
             }
         }
         let path = url.path().trim_end_matches('/');

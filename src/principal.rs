@@ -317,7 +317,7 @@ impl Serialize for StringSet {
 
 /// What the gateway said about a token it allowed: the raw material of a [`Principal`].
 ///
-/// A custom [`Gateway`](crate::Gateway) builds this; the verifier checks it (pinning, expiry)
+/// A custom [`Gateway`](crate::gateway::Gateway) builds this; the verifier checks it (pinning, expiry)
 /// and turns it into a `Principal`.
 #[derive(Debug, Clone)]
 pub struct Grant {

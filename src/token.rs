@@ -68,12 +68,6 @@ pub(crate) struct OwnedBearer {
 }
 
 impl OwnedBearer {
-    /// Takes the token out of a header value that [`bearer_from_headers`] accepted.
-    pub(crate) fn from_header(value: HeaderValue, max_len: usize) -> Option<Self> {
-        let token = bearer_range(value.as_bytes(), max_len).ok()??;
-        Some(OwnedBearer { value, token })
-    }
-
     /// The token, borrowed.
     pub(crate) fn token(&self) -> BearerToken<'_> {
         BearerToken(self.value.as_bytes().get(self.token.clone()).unwrap_or_default())
@@ -168,6 +162,32 @@ pub fn bearer_from_headers(headers: &HeaderMap, max_len: usize) -> Result<Option
         return Err(TokenError::DuplicateHeader);
     }
     parse_authorization(value.as_bytes(), max_len)
+}
+
+/// Takes the bearer token out of the request headers, parsing the `Authorization` header
+/// once: removed from the headers (no token passthrough), or, with `keep`, left there marked
+/// sensitive. Another scheme's header is treated the same way and gives `Ok(None)`. On an
+/// error the headers are left as they are (the request is refused, not passed on).
+pub(crate) fn take_bearer(
+    headers: &mut HeaderMap,
+    max_len: usize,
+    keep: bool,
+) -> Result<Option<OwnedBearer>, TokenError> {
+    let http::header::Entry::Occupied(entry) = headers.entry(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    if entry.iter().nth(1).is_some() {
+        return Err(TokenError::DuplicateHeader);
+    }
+    let token = bearer_range(entry.get().as_bytes(), max_len)?;
+    let value = if keep {
+        let value = entry.into_mut();
+        value.set_sensitive(true);
+        value.clone()
+    } else {
+        entry.remove()
+    };
+    Ok(token.map(|token| OwnedBearer { value, token }))
 }
 
 /// Parses one `Authorization` header value; see [`bearer_from_headers`].
@@ -300,13 +320,49 @@ mod tests {
     }
 
     #[test]
-    fn an_owned_bearer_is_the_header_value_without_a_copy() {
-        let value = HeaderValue::from_static("Bearer   oat_secretvalue \t");
-        let owned = OwnedBearer::from_header(value, 64).unwrap_or_else(|| unreachable!());
+    fn take_bearer_parses_once_and_removes_or_keeps_the_header() {
+        let headers = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            h
+        };
+        let mut h = headers("Bearer   oat_secretvalue \t");
+        let owned = take_bearer(&mut h, 64, false)
+            .unwrap_or_default()
+            .unwrap_or_else(|| unreachable!());
         assert_eq!(owned.token().expose(), "oat_secretvalue");
         assert!(!format!("{owned:?}").contains("secret"));
-        assert!(OwnedBearer::from_header(HeaderValue::from_static("Basic abc"), 64).is_none());
-        assert!(OwnedBearer::from_header(HeaderValue::from_static("Bearer a b"), 64).is_none());
+        assert!(h.get(AUTHORIZATION).is_none(), "removed");
+        let mut h = headers("Bearer oat_kept");
+        let owned = take_bearer(&mut h, 64, true)
+            .unwrap_or_default()
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(owned.token().expose(), "oat_kept");
+        assert!(
+            h.get(AUTHORIZATION).is_some_and(HeaderValue::is_sensitive),
+            "kept, sensitive"
+        );
+        let mut h = headers("Basic abc");
+        assert_eq!(take_bearer(&mut h, 64, false).map(|t| t.is_some()), Ok(false));
+        assert!(
+            h.get(AUTHORIZATION).is_none(),
+            "another scheme's credentials are not passed on either"
+        );
+        let mut h = headers("Bearer a b");
+        assert_eq!(
+            take_bearer(&mut h, 64, false).map(|t| t.is_some()),
+            Err(TokenError::Malformed)
+        );
+        let mut h = headers("Bearer a");
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(
+            take_bearer(&mut h, 64, false).map(|t| t.is_some()),
+            Err(TokenError::DuplicateHeader)
+        );
+        assert_eq!(
+            take_bearer(&mut HeaderMap::new(), 64, false).map(|t| t.is_some()),
+            Ok(false)
+        );
     }
 
     #[test]

@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use futures_util::future::BoxFuture;
-use tower_wacht::{
-    CheckRequest, ClientId, Decision, DeploymentId, Gateway, GatewayError, Grant, StringSet, WachtAuthConfig,
-    WachtAuthLayer,
-};
+use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
+use tower_wacht::principal::{ClientId, DeploymentId, Grant, StringSet};
+use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 
 #[derive(Clone)]
 struct Scripted {

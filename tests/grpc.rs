@@ -23,7 +23,9 @@ use prost::Message as _;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, FakeGateway, Fault, TokenGrant, generate_token};
-use tower_wacht::{Permissions, RequireMethodPermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
+use tower_wacht::{
+    Permissions, RequireMethodPermissionsLayer, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
+};
 
 use grpc_server::pb::greeter_client::GreeterClient;
 use grpc_server::pb::greeter_server::GreeterServer;
@@ -73,7 +75,7 @@ async fn start(configure: impl FnOnce(WachtAuthConfigBuilder) -> WachtAuthConfig
 
 /// Serves the greeter with exactly `Server::builder().layer(auth)[.layer(guard)].add_service(..)`:
 /// no adapter, nothing else in front.
-async fn serve_bare(auth: WachtAuthLayer, guard: Option<RequireMethodPermissions>) -> SocketAddr {
+async fn serve_bare(auth: WachtAuthLayer, guard: Option<RequireMethodPermissionsLayer>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -404,7 +406,7 @@ async fn method_rules_service_rules_and_deny_unmapped_end_to_end() {
     let auth = WachtAuthLayer::new(config(&gateway, |b| b)).expect("layer builds");
 
     // A service-wide rule, overridden for one method.
-    let guard = RequireMethodPermissions::new()
+    let guard = RequireMethodPermissionsLayer::new()
         .route(
             "/greeter.v1.Greeter/*",
             Permissions::any(["greeter:read", "greeter:admin"]),
@@ -430,7 +432,7 @@ async fn method_rules_service_rules_and_deny_unmapped_end_to_end() {
     assert!(client.shout(hello(Some(&bearer(&shouter)))).await.is_ok());
 
     // deny_unmapped: SayHello has no rule, so nobody may call it, whatever they hold.
-    let guard = RequireMethodPermissions::new()
+    let guard = RequireMethodPermissionsLayer::new()
         .route(SHOUT_PATH, Permissions::all([SHOUT_PERMISSION]))
         .deny_unmapped();
     let mut client = connect(serve_bare(auth, Some(guard)).await).await;

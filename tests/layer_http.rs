@@ -433,7 +433,8 @@ async fn concurrent_requests_with_one_new_token_make_one_gateway_call() {
 async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
     use axum::{ServiceExt, body::Body, extract::Request, response::Response, routing::get};
     use tower::{Layer as _, util::MapResponse};
-    use tower_wacht::{Principal, ResponseBody, WachtAuthConfig, WachtAuthLayer};
+    use tower_wacht::body::ResponseBody;
+    use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
 
     // The construction documented on `WachtAuthLayer`: one layer around the whole Router.
     let gateway = start_gateway().await;

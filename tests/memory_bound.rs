@@ -26,10 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use split_mix::SplitMix;
-use tower_wacht::{
-    AuthError, CheckRequest, ClientId, Decision, DeploymentId, Gateway, GatewayError, Grant, StringSet,
-    WachtAuthConfig, WachtAuthLayer,
-};
+use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
+use tower_wacht::principal::{ClientId, DeploymentId, Grant, StringSet};
+use tower_wacht::{AuthError, WachtAuthConfig, WachtAuthLayer};
 
 const JUNK_TOKENS: usize = 1_000_000;
 const FEEDERS: usize = 4;
@@ -122,7 +121,7 @@ async fn a_million_junk_tokens_neither_grow_memory_nor_evict_valid_tokens() {
         .build()
         .expect("valid config");
     let layer = WachtAuthLayer::with_gateway(config, Shared(Arc::clone(&gateway)));
-    let verifier = Arc::clone(layer.verifier());
+    let verifier = layer.verifier();
 
     // Cache the valid tokens.
     for (token, client) in &valid {
@@ -162,14 +161,14 @@ async fn a_million_junk_tokens_neither_grow_memory_nor_evict_valid_tokens() {
     let wrong = Arc::new(AtomicUsize::new(0));
     let mut feeders = Vec::new();
     for f in 0..FEEDERS {
-        let verifier = Arc::clone(&verifier);
+        let layer = layer.clone();
         let valid = valid.clone();
         let wrong = Arc::clone(&wrong);
         feeders.push(tokio::spawn(async move {
             let mut rng = SplitMix(0xF00D_0000 + f as u64);
             for i in 0..JUNK_TOKENS / FEEDERS {
                 let junk = rng.token(JUNK_MARK);
-                match verifier.verify(&junk).await {
+                match layer.verifier().verify(&junk).await {
                     Err(AuthError::InvalidToken(_)) => {}
                     other => {
                         wrong.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +178,7 @@ async fn a_million_junk_tokens_neither_grow_memory_nor_evict_valid_tokens() {
                 // Keep using the valid tokens during the flood: they must stay cached.
                 if i.is_multiple_of(500) {
                     let (token, client) = &valid[(i / 500 + f) % valid.len()];
-                    match verifier.verify(token).await {
+                    match layer.verifier().verify(token).await {
                         Ok(p) if p.client_id().as_str() == client => {}
                         other => {
                             wrong.fetch_add(1, Ordering::Relaxed);

@@ -102,7 +102,7 @@ async fn no_secret_in_logs_debug_or_responses() {
     let err = app.auth.verifier().verify(&bad).await.unwrap_err();
     seen.push_str(&format!("{err:?} {err}"));
     let header = format!("Bearer {good}");
-    let parsed = tower_wacht::parse_authorization(header.as_bytes(), 4096)
+    let parsed = tower_wacht::token::parse_authorization(header.as_bytes(), 4096)
         .unwrap()
         .unwrap();
     seen.push_str(&format!("{parsed:?} {:?}", parsed.hash()));

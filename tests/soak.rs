@@ -61,10 +61,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use split_mix::SplitMix;
 use tokio::net::TcpStream;
+use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
 use tower_wacht::testing::{TokenGrant, generate_client_id, generate_token};
-use tower_wacht::{
-    CheckRequest, Decision, Gateway, GatewayError, HttpGateway, TokenHash, WachtAuthConfig, WachtAuthLayer,
-};
+use tower_wacht::token::TokenHash;
+use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 use tracing_subscriber::fmt::MakeWriter;
 
 const TOKENS: usize = 10_000;

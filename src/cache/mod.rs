@@ -1,180 +1,380 @@
-//! Cache building blocks under the [`Verifier`](crate::Verifier):
+//! The decision cache: every tier that remembers a verdict, and the rules they keep.
 //!
-//! * [`front_get`] / [`front_put`]: a small per-thread, 4-way set-associative front cache that answers
-//!   hot tokens without touching the shared moka cache (measured: a moka hit costs about as
-//!   much as the rest of the hit path together). It holds copies of entries moka holds, with
-//!   the same deadline, tagged with the verifier's id and invalidation generation, so an
-//!   `invalidate` (which bumps the generation) is seen by every thread at once.
-//! * [`DigestHasher`]: moka's internal hasher over a SHA-256 digest, which is already uniformly
-//!   distributed: its first 8 bytes are the hash (no SipHash pass).
-//! * [`Interner`]: shares the strings and sets that repeat across tokens (client ids, issuer,
-//!   audience, scope and permission sets), so each cached principal carries little of its own.
-//! * [`Generations`]: which cached answers an invalidation has voided.
-//! * [`weight`]: what a cached principal costs, for the cache's byte budget.
+//! ```text
+//! hit:   per-thread front ──miss──► shared moka (positive) ──miss──► the verifier's flight
+//! miss:  negative (rejections) ─► single flight in moka ─► answer stamped with its generation
+//! grace: outage grace (stale_if_error), read only when the gateway is unavailable
+//! ```
+//!
+//! * [`front`]: a small per-thread table in front of moka for hot tokens.
+//! * Positive cache (moka): SHA-256 of the token → [`Entry`], served until
+//!   `min(insertion + ttl, expires_at)`, weighed in estimated bytes. Single flight: concurrent
+//!   misses for one token share one flight (`try_get_with`); only verified principals are
+//!   ever stored, refusals are shared with the waiters and never cached here.
+//! * Negative cache (moka, separate and smaller): tokens refused for good and why, for a short
+//!   ttl, so floods of a bad token do not reach the gateway and cannot evict good entries.
+//! * [`OutageGrace`]: principals kept past their entry for `stale_if_error`.
+//! * [`Generations`]: every answer is stamped; an invalidation voids older answers in every
+//!   tier, checked on every read.
 
+mod entry;
+mod front;
 mod generations;
+mod intern;
+mod stale;
 
-pub(crate) use generations::Generations;
-
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::principal::Principal;
+use futures_util::FutureExt as _;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+
+pub(crate) use self::entry::{Entry, Refresh, weight};
+pub(crate) use self::generations::Generations;
+use self::intern::Interner;
+use self::stale::OutageGrace;
+use crate::config::CacheSettings;
+use crate::principal::{Grant, Principal};
+use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
+use crate::telemetry::{self, Metrics};
 use crate::token::TokenHash;
 
-/// A verified token as cached: the principal, when to stop serving it, and (with
-/// refresh-ahead) when to re-verify it in the background.
-#[derive(Clone)]
-pub(crate) struct Entry {
+/// Distinguishes caches in the per-thread front cache (one cache per check profile).
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A cache hit on the request path.
+pub(crate) struct Hit {
     pub(crate) principal: Principal,
-    /// `min(insertion + ttl, token expiry)`.
-    pub(crate) deadline: Instant,
-    /// The invalidation generation when the gateway call that produced it started.
-    pub(crate) stamp: u64,
+    /// Set when this request should start the background refresh (refresh-ahead).
     pub(crate) refresh: Option<Arc<Refresh>>,
 }
 
-/// Refresh-ahead state of one entry: shared by every copy, so one request claims it.
-pub(crate) struct Refresh {
-    pub(crate) at: Instant,
-    started: AtomicBool,
+/// What a single flight gave one waiting request.
+pub(crate) enum Loaded {
+    /// A principal to serve.
+    Allowed(Principal),
+    /// A refusal, shared by every request that waited on the flight.
+    Refused(Arc<AuthError>),
+    /// The answer found is unusable (it ended before this request began, or an invalidation
+    /// voided it while in flight): ask again.
+    Stale,
 }
 
-impl Refresh {
-    pub(crate) fn new(at: Instant) -> Self {
-        Refresh {
-            at,
-            started: AtomicBool::new(false),
-        }
-    }
-
-    /// True for exactly one caller once the refresh time has come.
-    pub(crate) fn claim(&self) -> bool {
-        !self.started.load(Ordering::Relaxed) && !self.started.swap(true, Ordering::AcqRel)
-    }
-
-    fn due(&self, now: Instant) -> bool {
-        now >= self.at && !self.started.load(Ordering::Relaxed)
-    }
+/// Every tier of one verifier's decisions (see the module docs).
+pub(crate) struct DecisionCache {
+    id: u64,
+    positive: Cache<TokenHash, Entry, DigestHasher>,
+    /// Tokens refused for good, and why (so a repeat gets the same `error_description`).
+    negative: Option<Cache<TokenHash, InvalidTokenReason, DigestHasher>>,
+    grace: Option<OutageGrace>,
+    generations: Generations,
+    interner: Interner,
+    metrics: Metrics,
+    ttl: Duration,
+    refresh_ahead: Option<Duration>,
 }
 
-impl Entry {
-    /// The refresh handle if a background re-verification is due and not yet claimed.
-    pub(crate) fn refresh_due(&self, now: Instant) -> Option<&Arc<Refresh>> {
-        self.refresh.as_ref().filter(|r| r.due(now))
-    }
-}
-
-/// Sets per thread; each set holds the four most recently stored tokens that map to it
-/// (4-way set associative: with 64 hot tokens, a 2-way cache had a fifth of them in sets of
-/// three or more, which then missed on every request; at 4 ways that needs five tokens in
-/// one set of 128).
-const FRONT_SETS: usize = 128;
-const FRONT_WAYS: usize = 4;
-
-struct Slot {
-    verifier: u64,
-    generation: u64,
-    hash: TokenHash,
-    entry: Entry,
-}
-
-impl Slot {
-    fn holds(&self, verifier: u64, hash: &TokenHash) -> bool {
-        self.verifier == verifier && self.hash == *hash
+impl std::fmt::Debug for DecisionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCache")
+            .field("ttl", &self.ttl)
+            .field("cached", &self.positive.entry_count())
+            .finish_non_exhaustive()
     }
 }
 
-/// One thread's front cache. A probe reads the set's four tags (one cache line for two
-/// sets) and touches a slot only when a tag matches.
-struct Front {
-    /// Per set and way: [`tag`] of the slot's token, 0 when the way is empty. Ways are kept
-    /// most recently stored first.
-    tags: Vec<[u64; FRONT_WAYS]>,
-    slots: Vec<Option<Slot>>,
-}
-
-thread_local! {
-    static FRONT: RefCell<Front> = const {
-        RefCell::new(Front {
-            tags: Vec::new(),
-            slots: Vec::new(),
-        })
-    };
-}
-
-/// The set of `hash` (its last byte; the tag uses the first eight).
-fn set_of(hash: &TokenHash) -> usize {
-    usize::from(hash.as_bytes()[31]) % FRONT_SETS
-}
-
-/// A non-zero word from the digest, compared before the whole slot.
-fn tag(hash: &TokenHash) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&hash.as_bytes()[..8]);
-    u64::from_le_bytes(word) | 1
-}
-
-/// The front-cache entry for `hash`, if this thread has one for this verifier and generation
-/// that is still before its deadline.
-pub(crate) fn front_get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Entry> {
-    FRONT.with(|front| {
-        let front = front.try_borrow().ok()?;
-        let set = set_of(hash);
-        let tag = tag(hash);
-        let way = front.tags.get(set)?.iter().position(|&t| t == tag)?;
-        let slot = front.slots.get(set * FRONT_WAYS + way)?.as_ref()?;
-        (slot.holds(verifier, hash) && slot.generation == generation && now < slot.entry.deadline)
-            .then(|| slot.entry.clone())
-    })
-}
-
-/// Remembers an entry in this thread's front cache: it replaces the same token's slot, or
-/// becomes the set's most recent entry (the others move down a way, the oldest is dropped).
-pub(crate) fn front_put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry) {
-    FRONT.with(|front| {
-        let Ok(mut front) = front.try_borrow_mut() else {
-            return;
-        };
-        let front = &mut *front;
-        if front.tags.is_empty() {
-            front.tags = vec![[0; FRONT_WAYS]; FRONT_SETS];
-            front.slots.resize_with(FRONT_SETS * FRONT_WAYS, || None);
-        }
-        let set = set_of(&hash);
-        let tag = tag(&hash);
-        let (Some(tags), Some(slots)) = (
-            front.tags.get_mut(set),
-            front.slots.get_mut(set * FRONT_WAYS..(set + 1) * FRONT_WAYS),
-        ) else {
-            return;
-        };
-        let slot = Some(Slot {
-            verifier,
-            generation,
-            hash,
-            entry,
+impl DecisionCache {
+    /// The tiers `settings` describe. `longest_flight` bounds how long an answer can be in
+    /// flight before it is stored (invalidation records are kept that long past an entry's
+    /// life).
+    pub(crate) fn new(settings: &CacheSettings, longest_flight: Duration) -> Self {
+        let min_weight = (settings.max_cache_bytes / settings.max_capacity.max(1)).max(1);
+        let builder = Cache::builder()
+            // Weighed in estimated bytes, each entry at least budget / max_capacity: both
+            // bounds hold with one moka capacity.
+            .max_capacity(settings.max_cache_bytes)
+            .weigher(move |_key, entry: &Entry| weight(&entry.principal, min_weight))
+            // A flat ttl; an entry whose token expires sooner is never served past its
+            // `deadline` (checked on every read).
+            .time_to_live(settings.ttl)
+            .support_invalidation_closures();
+        #[cfg(feature = "metrics")]
+        let builder = builder.eviction_listener(|_key, _value, cause| {
+            use moka::notification::RemovalCause;
+            telemetry::eviction(match cause {
+                RemovalCause::Expired => "expired",
+                RemovalCause::Size => "size",
+                RemovalCause::Explicit => "explicit",
+                RemovalCause::Replaced => "replaced",
+            });
         });
-        match slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.holds(verifier, &hash)))
-        {
-            Some(way) => slots[way] = slot,
-            None => {
-                slots.rotate_right(1);
-                tags.rotate_right(1);
-                slots[0] = slot;
-                tags[0] = tag;
-            }
+        let negative = (!settings.negative_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(settings.negative_max_capacity)
+                .time_to_live(settings.negative_ttl)
+                .build_with_hasher(DigestHasher)
+        });
+        let grace = settings
+            .stale_if_error
+            .map(|grace| OutageGrace::new(grace, settings.ttl, settings.max_cache_bytes, min_weight));
+        let keep_records =
+            longest_flight + settings.ttl + settings.stale_if_error.unwrap_or_default() + Duration::from_secs(5);
+        DecisionCache {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+            positive: builder.build_with_hasher(DigestHasher),
+            negative,
+            grace,
+            generations: Generations::new(keep_records),
+            interner: Interner::default(),
+            metrics: Metrics::new(),
+            ttl: settings.ttl,
+            refresh_ahead: settings.refresh_ahead.map(|w| w.min(settings.ttl)),
         }
-    });
+    }
+
+    /// The hot path: this thread's front cache, then the shared cache.
+    pub(crate) fn hit(&self, hash: &TokenHash) -> Option<Hit> {
+        let generation = self.generations.current();
+        let now = Instant::now();
+        let entry = match front::get(self.id, generation, hash, now) {
+            Some(entry) => entry,
+            None => {
+                // moka's `get` completes on its first poll unless it must wait for maintenance;
+                // if it would wait, the miss path asks again properly.
+                let entry = self
+                    .positive
+                    .get(hash)
+                    .now_or_never()
+                    .flatten()
+                    .filter(|e| now < e.deadline && self.is_current(hash, e));
+                let Some(entry) = entry else {
+                    self.metrics.cache_miss();
+                    return None;
+                };
+                front::put(self.id, generation, *hash, entry.clone());
+                entry
+            }
+        };
+        self.metrics.cache_hit();
+        tracing::trace!(
+            client_id = entry.principal.client_id().as_str(),
+            cache = "hit",
+            outcome = "allowed"
+        );
+        let refresh = entry.refresh_due(now).cloned();
+        Some(Hit {
+            principal: entry.principal,
+            refresh,
+        })
+    }
+
+    /// The stamp of an answer whose verification starts now: an invalidation from here on
+    /// voids it.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.generations.current()
+    }
+
+    /// The cache entry for a verified grant: served until `min(now + ttl, its expiry)` (which
+    /// is now already when the token has expired by this clock: then it serves the requests
+    /// waiting for it and nobody after).
+    pub(crate) fn entry(&self, grant: Grant, challenge: Arc<ChallengeParams>, stamp: u64) -> Entry {
+        let remaining = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let principal = Principal::new(self.interner.grant(grant), challenge);
+        let now = Instant::now();
+        let lifetime = self.ttl.min(remaining);
+        // Refresh only entries that end because of the ttl: a token about to expire cannot be
+        // renewed by asking again.
+        let refresh = self
+            .refresh_ahead
+            .filter(|_| remaining > self.ttl)
+            .map(|window| Arc::new(Refresh::new(now + lifetime.saturating_sub(window))));
+        Entry {
+            principal,
+            deadline: now + lifetime,
+            stamp,
+            refresh,
+        }
+    }
+
+    /// Why the token was refused, if it was within the negative ttl.
+    pub(crate) async fn rejected(&self, hash: &TokenHash) -> Option<InvalidTokenReason> {
+        self.negative.as_ref()?.get(hash).await
+    }
+
+    /// One flight per token however many requests miss it at once: `flight` runs for the
+    /// first, the others wait for its outcome. `started` is when the asking request began.
+    pub(crate) async fn load(
+        &self,
+        hash: TokenHash,
+        started: Instant,
+        flight: impl Future<Output = Result<Entry, AuthError>>,
+    ) -> Loaded {
+        let result = self.positive.try_get_with(hash, flight).await;
+        // Read before the entry is judged: the front cache keeps it only while no
+        // invalidation has happened since.
+        let generation = self.generations.current();
+        let entry = match result {
+            Ok(entry) => entry,
+            Err(refusal) => return Loaded::Refused(refusal),
+        };
+        if !self.is_current(&hash, &entry) {
+            // Voided by an invalidation while in flight: the answer may predate a revocation.
+            self.remove_unusable(hash).await;
+            return Loaded::Stale;
+        }
+        let now = Instant::now();
+        if now < entry.deadline {
+            front::put(self.id, generation, hash, entry.clone());
+            if let Some(grace) = &self.grace {
+                grace.keep(hash, &entry).await;
+            }
+            return Loaded::Allowed(entry.principal);
+        }
+        self.remove_unusable(hash).await;
+        if entry.deadline >= started {
+            // Answered for this request, and already at its end (the token expires now by
+            // this clock): served once, kept by nobody.
+            Loaded::Allowed(entry.principal)
+        } else {
+            Loaded::Stale
+        }
+    }
+
+    /// Stores a fresh answer outside a flight (refresh-ahead). An answer voided while in
+    /// flight is not stored; one voided after the insert is never read.
+    pub(crate) async fn store(&self, hash: TokenHash, entry: Entry) {
+        if !self.is_current(&hash, &entry) || Instant::now() >= entry.deadline {
+            return;
+        }
+        if let Some(grace) = &self.grace {
+            grace.keep(hash, &entry).await;
+        }
+        self.positive.insert(hash, entry).await;
+    }
+
+    /// A token refused for good (the gateway's 401, a pin, a denied client): remembered in the
+    /// negative cache, and dropped from the outage grace so an outage cannot bring it back.
+    pub(crate) async fn remember_rejection(&self, hash: TokenHash, reason: InvalidTokenReason) {
+        if let Some(negative) = &self.negative {
+            negative.insert(hash, reason).await;
+        }
+        if let Some(grace) = &self.grace {
+            grace.invalidate(&hash).await;
+        }
+    }
+
+    /// A principal from the outage grace, if the token has one still usable.
+    pub(crate) async fn outage_grace(&self, hash: &TokenHash) -> Option<Principal> {
+        self.grace.as_ref()?.get(hash, &self.generations).await
+    }
+
+    /// Voids every verified answer for one token, in every tier (its rejection, if any,
+    /// stays: see [`forget_rejection`](Self::forget_rejection)).
+    pub(crate) async fn invalidate_token(&self, hash: TokenHash) {
+        // First: from here on, no answer obtained before counts, wherever it is stored.
+        self.generations.invalidate_token(hash);
+        self.positive.invalidate(&hash).await;
+        if let Some(grace) = &self.grace {
+            grace.invalidate(&hash).await;
+        }
+    }
+
+    /// Forgets that a token was refused, so its next use asks again.
+    pub(crate) async fn forget_rejection(&self, hash: &TokenHash) {
+        if let Some(negative) = &self.negative {
+            negative.invalidate(hash).await;
+        }
+    }
+
+    /// Voids every answer for one client's tokens, in every tier (its rejections stay).
+    pub(crate) fn invalidate_client(&self, client_id: &str) {
+        self.generations.invalidate_client(client_id);
+        let id = client_id.to_owned();
+        if self
+            .positive
+            .invalidate_entries_if(move |_, entry| entry.principal.client_id().as_str() == id)
+            .is_err()
+        {
+            // Cannot happen (closures are enabled at construction); stay correct regardless.
+            self.positive.invalidate_all();
+        }
+        if let Some(grace) = &self.grace {
+            grace.invalidate_client(client_id);
+        }
+    }
+
+    /// Voids every answer, in every tier.
+    pub(crate) fn invalidate_all(&self) {
+        self.generations.invalidate_all();
+        self.positive.invalidate_all();
+        if let Some(negative) = &self.negative {
+            negative.invalidate_all();
+        }
+        if let Some(grace) = &self.grace {
+            grace.invalidate_all();
+        }
+    }
+
+    /// True unless an invalidation voided the entry's answer after its verification started.
+    fn is_current(&self, hash: &TokenHash, entry: &Entry) -> bool {
+        self.generations
+            .is_current(hash, entry.principal.client_id().as_str(), entry.stamp)
+    }
+
+    /// Removes the token's entry if it has ended or was voided, atomically: a fresh answer
+    /// that another request stored after ours was read stays.
+    async fn remove_unusable(&self, hash: TokenHash) {
+        self.positive
+            .entry(hash)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(e) if Instant::now() >= e.value().deadline || !self.is_current(&hash, e.value()) => Op::Remove,
+                    _ => Op::Nop,
+                })
+            })
+            .await;
+    }
+
+    /// A previously verified principal without waiting or asking anyone.
+    pub(crate) fn peek(&self, hash: &TokenHash) -> Option<Principal> {
+        self.hit(hash).map(|hit| hit.principal)
+    }
+
+    /// Number of verified tokens cached (approximate, as moka counts).
+    pub(crate) fn cached_count(&self) -> u64 {
+        self.positive.entry_count()
+    }
+
+    /// Weighted size of the positive cache (see [`crate::Verifier::cached_bytes`]).
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.positive.weighted_size()
+    }
+
+    /// Number of refused tokens remembered (approximate).
+    pub(crate) fn negative_count(&self) -> u64 {
+        self.negative.as_ref().map_or(0, Cache::entry_count)
+    }
+
+    /// Runs every tier's pending maintenance now (tests and benchmarks).
+    pub(crate) async fn run_pending_tasks(&self) {
+        self.positive.run_pending_tasks().await;
+        if let Some(negative) = &self.negative {
+            negative.run_pending_tasks().await;
+        }
+        if let Some(grace) = &self.grace {
+            grace.run_pending_tasks().await;
+        }
+    }
 }
 
-/// `BuildHasher` for maps keyed by [`TokenHash`]: see the module docs.
+/// `BuildHasher` for maps keyed by [`TokenHash`]: the key is already a SHA-256 digest, uniformly distributed and not attacker-steerable, so its first 8 bytes are the hash (no SipHash pass).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DigestHasher;
 
@@ -205,154 +405,5 @@ impl Hasher for DigestState {
 
     fn write_u64(&mut self, n: u64) {
         self.0 ^= n;
-    }
-}
-
-/// Estimated bytes a cached principal holds: fixed overhead (the entry, the principal, moka's
-/// bookkeeping) plus every string it carries, shared or not (interning makes the real cost
-/// lower, never higher). A cache of principals weighed by this stays within its byte budget
-/// whatever the gateway answers.
-pub(crate) fn estimated_bytes(principal: &Principal) -> usize {
-    const FIXED: usize = 320;
-    const PER_STRING: usize = 16;
-    let strings = |set: &crate::principal::StringSet| set.iter().map(|s| s.len() + PER_STRING).sum::<usize>();
-    let grant = principal.grant();
-    FIXED
-        + grant.client_id.as_str().len()
-        + strings(&grant.scopes)
-        + strings(&grant.permissions)
-        + grant.issuer.as_deref().map_or(0, str::len)
-        + grant.oauth_resource.as_deref().map_or(0, str::len)
-        + match &grant.granted_resource {
-            Some(crate::principal::ResourceUrn::Other(raw)) => raw.len(),
-            _ => 0,
-        }
-}
-
-/// moka weight of a cached principal under a byte budget shared with an entry limit: its
-/// estimated bytes, but at least `budget / max_entries`, so that both limits hold with one
-/// moka capacity (the budget).
-pub(crate) fn weight(principal: &Principal, min_weight: u64) -> u32 {
-    let bytes = u64::try_from(estimated_bytes(principal)).unwrap_or(u64::MAX);
-    u32::try_from(bytes.max(min_weight)).unwrap_or(u32::MAX)
-}
-
-/// Upper bound of distinct values the interner keeps before starting over (values already
-/// handed out stay valid: they are reference counted).
-const INTERNER_LIMIT: usize = 4096;
-
-/// Shares repeated strings and string sets between principals.
-#[derive(Default)]
-pub(crate) struct Interner {
-    strings: Mutex<HashSet<Arc<str>>>,
-    sets: Mutex<HashSet<Arc<[Box<str>]>>>,
-}
-
-impl Interner {
-    pub(crate) fn string(&self, s: Arc<str>) -> Arc<str> {
-        intern(&self.strings, s)
-    }
-
-    pub(crate) fn set(&self, s: Arc<[Box<str>]>) -> Arc<[Box<str>]> {
-        intern(&self.sets, s)
-    }
-}
-
-fn intern<T: ?Sized + Eq + std::hash::Hash>(table: &Mutex<HashSet<Arc<T>>>, value: Arc<T>) -> Arc<T> {
-    let mut table = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(existing) = table.get(&value) {
-        return Arc::clone(existing);
-    }
-    if table.len() >= INTERNER_LIMIT {
-        table.clear();
-    }
-    table.insert(Arc::clone(&value));
-    value
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::principal::{ClientId, DeploymentId, Grant, RequestId, StringSet};
-    use std::time::{Duration, SystemTime};
-
-    fn entry(client: &str, deadline: Instant) -> Entry {
-        let principal = Principal::from_grant(Grant {
-            client_id: ClientId::new(client),
-            granted_resource: None,
-            scopes: StringSet::default(),
-            permissions: StringSet::default(),
-            expires_at: SystemTime::now() + Duration::from_secs(60),
-            oauth_resource: None,
-            issuer: None,
-            deployment_id: DeploymentId(1),
-            owner_user_id: None,
-            request_id: RequestId::new("req_1"),
-        });
-        Entry {
-            principal,
-            deadline,
-            stamp: 0,
-            refresh: None,
-        }
-    }
-
-    /// Different tokens whose digests fall into the same set.
-    fn colliding<const N: usize>() -> [TokenHash; N] {
-        let mut found = Vec::new();
-        let mut i = 0u32;
-        while found.len() < N {
-            let h = TokenHash::of(&format!("oat_{i}"));
-            if found.is_empty() || set_of(&h) == set_of(&found[0]) {
-                found.push(h);
-            }
-            i += 1;
-        }
-        std::array::from_fn(|k| found[k])
-    }
-
-    #[test]
-    fn four_tokens_share_a_set_and_the_oldest_of_five_is_dropped() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(60);
-        let tokens: [TokenHash; 5] = colliding();
-        let client = |e: Option<Entry>| e.map(|e| e.principal.client_id().to_string());
-        let names = ["a", "b", "c", "d", "e"];
-        for (t, name) in tokens.iter().zip(names).take(4) {
-            front_put(7, 0, *t, entry(name, later));
-        }
-        for (t, name) in tokens.iter().zip(names).take(4) {
-            assert_eq!(client(front_get(7, 0, t, now)).as_deref(), Some(name));
-        }
-        front_put(7, 0, tokens[4], entry("e", later));
-        assert_eq!(client(front_get(7, 0, &tokens[0], now)), None, "oldest dropped");
-        for (t, name) in tokens.iter().zip(names).skip(1) {
-            assert_eq!(client(front_get(7, 0, t, now)).as_deref(), Some(name));
-        }
-        let b = tokens[1];
-        // Another verifier, another generation, or a passed deadline never hit.
-        assert!(front_get(8, 0, &b, now).is_none());
-        assert!(front_get(7, 1, &b, now).is_none());
-        assert!(front_get(7, 0, &b, later).is_none());
-        // Storing a token again replaces its own slot, not its neighbour's.
-        front_put(7, 0, b, entry("b2", later));
-        for (t, name) in tokens.iter().zip(names).skip(2) {
-            assert_eq!(client(front_get(7, 0, t, now)).as_deref(), Some(name));
-        }
-        assert_eq!(client(front_get(7, 0, &b, now)).as_deref(), Some("b2"));
-    }
-
-    #[test]
-    fn a_tag_match_alone_is_not_a_hit() {
-        // Two digests with the same first eight bytes and last byte (same set and tag).
-        let now = Instant::now();
-        let later = now + Duration::from_secs(60);
-        let a = TokenHash::of("oat_a");
-        let mut bytes = *a.as_bytes();
-        bytes[20] ^= 0xff;
-        let b = TokenHash::from_bytes(bytes);
-        front_put(9, 0, a, entry("a", later));
-        assert!(front_get(9, 0, &b, now).is_none());
-        assert!(front_get(9, 0, &a, now).is_some());
     }
 }

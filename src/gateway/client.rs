@@ -8,6 +8,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use super::wire::{CheckBody, PrincipalBody, decode_decision};
 use super::{CheckRequest, Decision, Gateway, GatewayError};
 use crate::config::{ApiKey, WachtAuthConfig};
+use crate::error::ConfigError;
 
 /// Largest gateway response body read, in bytes. A decision is well under 4 KiB; anything much
 /// bigger is a fault, answered as unavailable without buffering it.
@@ -27,12 +28,13 @@ pub struct HttpGateway {
 
 impl HttpGateway {
     /// Builds the client from the layer configuration.
-    pub fn new(config: &WachtAuthConfig) -> Result<Self, crate::ConfigError> {
+    pub fn new(config: &WachtAuthConfig) -> Result<Self, ConfigError> {
+        let settings = &config.gateway;
         Self::with_settings(
-            config.gateway_url.clone(),
-            config.api_key.as_ref(),
-            config.connect_timeout,
-            config.request_timeout,
+            settings.gateway_url.clone(),
+            settings.api_key.as_ref(),
+            settings.connect_timeout,
+            settings.request_timeout,
         )
     }
 
@@ -42,15 +44,11 @@ impl HttpGateway {
         api_key: Option<&ApiKey>,
         connect_timeout: Duration,
         request_timeout: Duration,
-    ) -> Result<Self, crate::ConfigError> {
+    ) -> Result<Self, ConfigError> {
         let mut headers = HeaderMap::new();
         if let Some(key) = api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                crate::ConfigError::Invalid {
-                    name: "api_key",
-                    reason: "not a valid header value".into(),
-                }
-            })?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .map_err(|_| ConfigError::invalid("api_key", "not a valid header value"))?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
@@ -62,16 +60,10 @@ impl HttpGateway {
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| crate::ConfigError::Invalid {
-                name: "gateway client",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ConfigError::invalid("gateway client", e.to_string()))?;
         let check_url = base_url
             .join("v1/authz/check")
-            .map_err(|e| crate::ConfigError::Invalid {
-                name: "gateway_url",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ConfigError::invalid("gateway_url", e.to_string()))?;
         Ok(HttpGateway { client, check_url })
     }
 

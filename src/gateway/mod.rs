@@ -45,11 +45,13 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Decodes the body of a gateway `200` answer (`gateway-protocol.md` §3.3).
+    /// Decodes the body of a gateway `200` answer (`gateway-protocol.md` §3.3). Public for
+    /// the fuzz targets; [`HttpGateway`] is its user.
     ///
     /// Unknown fields are ignored. Never yields [`Decision::Allowed`] unless the body says
     /// `"allowed": true` and carries an identity (deployment id and client id) and metadata with a
     /// parseable `expires_at`; anything else unusable is a [`GatewayError::Decode`].
+    #[doc(hidden)]
     pub fn decode(body: &[u8]) -> Result<Decision, GatewayError> {
         wire::decode_decision(body)
     }

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, FakeGateway, ScopeDefinition, TokenGrant, generate_token};
-use tower_wacht::{Principal, RequirePermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
+use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
 
 pub const API_KEY: &str = "sk_test_backend_key_9f8e7d6c5b4a";
 pub const RESOURCE: &str = "https://api.example.com/mcp";
@@ -31,10 +31,11 @@ pub fn router(auth: WachtAuthLayer) -> Router {
             "/tools/invoke",
             post(|p: Principal| async move { format!("invoked by {}", p.client_id()) }),
         )
-        .route_layer(RequirePermissions::all(["mcp:invoke"]))
+        .route_layer(RequirePermissionsLayer::all(["mcp:invoke"]))
         .route(
             "/reports",
-            get(|| async { "reports" }).route_layer(RequirePermissions::any(["reports:read", "org:projects:read"])),
+            get(|| async { "reports" })
+                .route_layer(RequirePermissionsLayer::any(["reports:read", "org:projects:read"])),
         )
         .route("/whoami", get(|p: Principal| async move { Json(p) }))
         .route(

@@ -12,10 +12,11 @@ use http::Method;
 use http_body_util::Full;
 use tokio::sync::{Notify, watch};
 use tonic::Code;
+use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError, HttpGateway};
 use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, Fault, TokenGrant, generate_token};
 use tower_wacht::{
-    CheckRequest, ConfigError, Decision, Gateway, GatewayError, HttpGateway, Permissions, Principal,
-    RequireMethodPermissions, RequirePermissions, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
+    ConfigError, Permissions, Principal, RequireMethodPermissionsLayer, RequirePermissionsLayer, WachtAuthConfig,
+    WachtAuthConfigBuilder, WachtAuthLayer,
 };
 
 use crate::common::{self, API_KEY, RESOURCE, start, start_gateway};
@@ -125,7 +126,7 @@ async fn an_opted_in_preflight_pass_through_needs_an_origin_and_carries_no_princ
     let r = runs.clone();
     let app = Router::new()
         .route("/admin", any(|| async { "admin" }))
-        .route_layer(RequirePermissions::all(["admin:write"]))
+        .route_layer(RequirePermissionsLayer::all(["admin:write"]))
         .route(
             "/open",
             any(move |p: Option<Principal>| async move {
@@ -186,7 +187,7 @@ async fn guards_refuse_a_request_without_a_principal_unless_optional_mode_and_th
     assert_eq!(greeter.0.total(), 0);
 
     // A rule that explicitly allows anonymous callers lets them through in optional mode.
-    let public = RequireMethodPermissions::new().public(SAY_HELLO);
+    let public = RequireMethodPermissionsLayer::new().public(SAY_HELLO);
     let addr = serve_grpc(auth.clone(), public.clone(), greeter.clone()).await;
     let mut client = GreeterClient::connect(format!("http://{addr}")).await.unwrap();
     client
@@ -208,7 +209,7 @@ async fn guards_refuse_a_request_without_a_principal_unless_optional_mode_and_th
     // The route guard: 401 with the layer's challenge, in optional mode too.
     let app = Router::new()
         .route("/admin", get(|| async { "admin" }))
-        .route_layer(RequirePermissions::any(["admin:read"]))
+        .route_layer(RequirePermissionsLayer::any(["admin:read"]))
         .layer(auth);
     let addr = common::serve(app).await;
     let resp = reqwest::get(format!("http://{addr}/admin")).await.unwrap();

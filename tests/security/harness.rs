@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 use tonic::transport::Server;
-use tower_wacht::{Principal, RequireMethodPermissions, WachtAuthLayer};
+use tower_wacht::{Principal, RequireMethodPermissionsLayer, WachtAuthLayer};
 
 use crate::grpc_server::pb::greeter_server::{Greeter, GreeterServer};
 use crate::grpc_server::pb::{HelloReply, HelloRequest};
@@ -75,7 +75,7 @@ impl Greeter for RecordingGreeter {
 /// around a recording greeter.
 pub async fn serve_grpc(
     auth: WachtAuthLayer,
-    guard: RequireMethodPermissions,
+    guard: RequireMethodPermissionsLayer,
     greeter: RecordingGreeter,
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -1,12 +1,12 @@
 //! Per-tool permission guards for MCP servers over Streamable HTTP.
 //!
-//! [`McpToolGuard`] sits in front of the MCP service (inside [`WachtAuthLayer`](crate::WachtAuthLayer)),
-//! reads the JSON-RPC body of each POST (bounded), and for a `tools/call` of a tool mapped to
-//! required permissions that the principal lacks, answers HTTP 403 `insufficient_scope` with
-//! those scopes in the challenge before the tool runs, which is what MCP clients use for
-//! step-up authorization. A JSON-RPC batch is checked element by element and refused as a
-//! whole if any call in it is. Other methods, unmapped tools and non-POST requests pass
-//! through unchanged; the body is handed on intact.
+//! [`McpToolGuardLayer`] sits in front of the MCP service (inside
+//! [`WachtAuthLayer`](crate::WachtAuthLayer)), reads the JSON-RPC body of each POST (bounded),
+//! and for a `tools/call` of a tool mapped to required permissions that the principal lacks,
+//! answers HTTP 403 `insufficient_scope` with those scopes in the challenge before the tool
+//! runs, which is what MCP clients use for step-up authorization. A JSON-RPC batch is checked
+//! element by element and refused as a whole if any call in it is. Other methods, unmapped
+//! tools and non-POST requests pass through unchanged; the body is handed on intact.
 //!
 //! A POST body the guard cannot read is refused with 400 and a JSON-RPC error, whatever
 //! server sits behind it: `-32700` when it is not JSON or repeats a key anywhere (parsers
@@ -14,13 +14,15 @@
 //! guard can classify (a `tools/call` without a string `params.name`, for example).
 //!
 //! ```
-//! use tower_wacht::{McpToolGuard, Permissions};
+//! use tower_wacht::{McpToolGuardLayer, Permissions};
 //!
-//! let guard = McpToolGuard::new()
+//! let guard = McpToolGuardLayer::new()
 //!     .tool("delete_project", Permissions::all(["projects:write"]))
 //!     .tool("run_agent", Permissions::any(["agents:run", "mcp:admin"]));
 //! // Router::new().route_service("/mcp", mcp_service).layer(guard).layer(auth)
 //! ```
+
+mod message;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,21 +32,17 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use self::message::tool_calls;
+use super::Permissions;
 use crate::body::ResponseBody;
-use crate::guard::Permissions;
-use crate::reject::render;
-
-mod message;
-
-use message::{BodyError, tool_calls};
+use crate::reject::{BodyRefusal, is_grpc, refusal, render};
 
 /// Default upper bound on a JSON-RPC request body the guard reads (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -53,21 +51,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Layer that requires permissions per MCP tool. See the module docs.
 #[derive(Debug, Clone)]
-pub struct McpToolGuard {
+pub struct McpToolGuardLayer {
     tools: Arc<HashMap<Box<str>, Permissions>>,
     max_body_bytes: usize,
 }
 
-impl Default for McpToolGuard {
+impl Default for McpToolGuardLayer {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl McpToolGuard {
+impl McpToolGuardLayer {
     /// A guard with no tool rules and the default body bound.
     pub fn new() -> Self {
-        McpToolGuard {
+        McpToolGuardLayer {
             tools: Arc::new(HashMap::new()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -92,22 +90,22 @@ impl McpToolGuard {
     }
 }
 
-impl<S> Layer<S> for McpToolGuard {
-    type Service = McpToolGuardService<S>;
+impl<S> Layer<S> for McpToolGuardLayer {
+    type Service = McpToolGuard<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        McpToolGuardService {
+        McpToolGuard {
             inner,
             guard: self.clone(),
         }
     }
 }
 
-/// The service produced by [`McpToolGuard`].
+/// The service produced by [`McpToolGuardLayer`].
 #[derive(Debug, Clone)]
-pub struct McpToolGuardService<S> {
+pub struct McpToolGuard<S> {
     inner: S,
-    guard: McpToolGuard,
+    guard: McpToolGuardLayer,
 }
 
 /// The tools a JSON-RPC POST body calls, as the guard reads it; `None` when the guard refuses
@@ -118,7 +116,7 @@ pub fn classify_mcp_body(body: &[u8]) -> Option<Vec<String>> {
     tool_calls(body).ok()
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for McpToolGuardService<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for McpToolGuard<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
@@ -130,7 +128,7 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = S::Error;
-    type Future = McpGuardFuture<S::Future, ResB, S::Error>;
+    type Future = McpToolGuardFuture<S::Future, ResB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -138,7 +136,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if req.method() != Method::POST {
-            return McpGuardFuture {
+            return McpToolGuardFuture {
                 state: McpState::Inner {
                     future: self.inner.call(req),
                 },
@@ -149,34 +147,39 @@ where
         let guard = self.guard.clone();
         let checked = async move {
             let (parts, body) = req.into_parts();
+            let grpc = is_grpc(parts.version, &parts.headers);
+            let refuse = |body: BodyRefusal| Ok(refusal(body, grpc).map(ResponseBody::rejection));
             let bytes = match Limited::new(body, guard.max_body_bytes).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-                    return Ok(body_error(too_large).map(ResponseBody::rejection));
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return refuse(BodyRefusal::TooLarge);
                 }
+                Err(_) => return refuse(BodyRefusal::Unreadable),
             };
             let tools = match tool_calls(&bytes) {
                 Ok(tools) => tools,
                 Err(error) => {
                     tracing::debug!(?error, "MCP request refused: body not readable as JSON-RPC");
-                    return Ok(jsonrpc_error(error).map(ResponseBody::rejection));
+                    return refuse(BodyRefusal::JsonRpc {
+                        code: error.code(),
+                        message: error.message(),
+                    });
                 }
             };
             for tool in tools {
                 let Some(required) = guard.tools.get(tool.as_str()) else {
                     continue;
                 };
-                if let Err((error, challenge)) = required.check_extensions(&parts.extensions) {
+                if let Err((error, challenge)) = super::sealed::Rule::Requires(required).check(&parts.extensions) {
                     tracing::debug!(tool = tool.as_str(), "MCP tool call refused: missing permission");
-                    let response = render(error, &challenge, parts.version, &parts.headers);
+                    let response = render(error, &challenge, grpc);
                     return Ok(response.map(ResponseBody::rejection));
                 }
             }
             let response = inner.call(Request::from_parts(parts, ReqB::from(bytes))).await?;
             Ok(response.map(ResponseBody::inner))
         };
-        McpGuardFuture {
+        McpToolGuardFuture {
             state: McpState::Checking {
                 future: Box::pin(checked),
             },
@@ -184,48 +187,10 @@ where
     }
 }
 
-fn body_error(too_large: bool) -> Response<Full<Bytes>> {
-    let (status, detail) = if too_large {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "The JSON-RPC request body is larger than this server accepts.",
-        )
-    } else {
-        (StatusCode::BAD_REQUEST, "The request body could not be read.")
-    };
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// 400 with a JSON-RPC error object (no id: the request's could not be read).
-fn jsonrpc_error(error: BodyError) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "error": { "code": error.code(), "message": error.message() },
-    });
-    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())));
-    *response.status_mut() = StatusCode::BAD_REQUEST;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 pin_project! {
-    /// Response future of [`McpToolGuardService`]: the inner future for requests the guard
-    /// does not inspect, a boxed future for POSTs whose body it reads.
-    pub struct McpGuardFuture<F, ResB, E> {
+    /// Response future of [`McpToolGuard`]: the inner future for requests the guard does not
+    /// inspect, a boxed future for POSTs whose body it reads.
+    pub struct McpToolGuardFuture<F, ResB, E> {
         #[pin]
         state: McpState<F, ResB, E>,
     }
@@ -239,7 +204,7 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for McpGuardFuture<F, ResB, E>
+impl<F, ResB, E> Future for McpToolGuardFuture<F, ResB, E>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
 {

@@ -2,19 +2,19 @@
 //! `/package.Service/Method` or `/package.Service/*` to required [`Permissions`].
 //!
 //! ```
-//! use tower_wacht::{Permissions, RequireMethodPermissions};
+//! use tower_wacht::{Permissions, RequireMethodPermissionsLayer};
 //!
-//! let guard = RequireMethodPermissions::new()
+//! let guard = RequireMethodPermissionsLayer::new()
 //!     .route("/greeter.v1.Greeter/SayHello", Permissions::all(["greeter:hello"]))
 //!     .route("/admin.v1.Admin/*", Permissions::any(["admin:read", "admin:write"]));
 //! // tonic: Server::builder().layer(auth).layer(guard).add_service(...)
 //! ```
 //!
-//! A request whose path matches no rule follows [`Unmapped`]: open to any caller with a valid
-//! token by default, or refused with [`RequireMethodPermissions::deny_unmapped`]. Refusals are
+//! A request whose path matches no rule is open to any caller with a valid token by default,
+//! or refused with [`RequireMethodPermissionsLayer::deny_unmapped`]. Refusals are
 //! PERMISSION_DENIED for gRPC requests (403 `insufficient_scope` for plain HTTP), and
 //! UNAUTHENTICATED for a request without a principal: only a method marked
-//! [`public`](RequireMethodPermissions::public) admits one, and only when the auth layer is in
+//! [`public`](RequireMethodPermissionsLayer::public) admits one, and only when the auth layer is in
 //! optional mode.
 
 use std::collections::HashMap;
@@ -22,12 +22,12 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::guard::sealed::{Guard, Rule};
-use crate::guard::{GuardService, Permissions};
+use super::sealed::{Guard, Rule};
+use super::{GuardService, Permissions};
 
 /// What happens to a method no rule names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Unmapped {
+enum Unmapped {
     /// Any caller with a valid token may call it (default).
     #[default]
     Allow,
@@ -74,11 +74,11 @@ impl Rules {
 
 /// Layer requiring permissions per gRPC method (request path). See the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct RequireMethodPermissions {
+pub struct RequireMethodPermissionsLayer {
     rules: Arc<Rules>,
 }
 
-impl RequireMethodPermissions {
+impl RequireMethodPermissionsLayer {
     /// No rules; unmapped methods allowed.
     pub fn new() -> Self {
         Self::default()
@@ -115,15 +115,15 @@ impl RequireMethodPermissions {
     }
 }
 
-impl<S> Layer<S> for RequireMethodPermissions {
-    type Service = RequireMethodPermissionsService<S>;
+impl<S> Layer<S> for RequireMethodPermissionsLayer {
+    type Service = RequireMethodPermissions<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         GuardService::new(self.clone(), inner)
     }
 }
 
-impl Guard for RequireMethodPermissions {
+impl Guard for RequireMethodPermissionsLayer {
     /// The rule of a path. An unmapped path is open to any authenticated caller, or, when
     /// denied, requires `any` of nothing, which no principal satisfies.
     fn rule_for(&self, path: &str) -> Rule<'_> {
@@ -136,8 +136,8 @@ impl Guard for RequireMethodPermissions {
     }
 }
 
-/// The service produced by [`RequireMethodPermissions`].
-pub type RequireMethodPermissionsService<S> = GuardService<RequireMethodPermissions, S>;
+/// The service produced by [`RequireMethodPermissionsLayer`].
+pub type RequireMethodPermissions<S> = GuardService<RequireMethodPermissionsLayer, S>;
 
 #[cfg(test)]
 mod tests {
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn method_rules_win_over_service_rules() {
-        let g = RequireMethodPermissions::new()
+        let g = RequireMethodPermissionsLayer::new()
             .route("/pkg.Svc/*", Permissions::all(["svc"]))
             .route("/pkg.Svc/Special", Permissions::all(["special"]));
         let names = |path: &str| match g.rule_for(path) {

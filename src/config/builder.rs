@@ -1,0 +1,333 @@
+//! [`WachtAuthConfigBuilder`]: every setting by name, validated by [`build`](WachtAuthConfigBuilder::build).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Extensions, HeaderMap};
+
+use super::{ApiKey, ClientIpFn, WachtAuthConfig, check_url};
+use crate::error::ConfigError;
+use crate::metadata::ProtectedResourceMetadata;
+use crate::principal::DeploymentId;
+
+/// Builder for [`WachtAuthConfig`]; see the defaults there.
+#[derive(Clone, Debug, Default)]
+pub struct WachtAuthConfigBuilder {
+    /// Set by [`gateway_url`](Self::gateway_url), checked by [`build`](Self::build).
+    pub(super) gateway_url: Option<String>,
+    pub(super) config: WachtAuthConfig,
+}
+
+impl WachtAuthConfigBuilder {
+    /// Gateway base URL (default `https://gateway.wacht.dev`). Must be http or https.
+    pub fn gateway_url(mut self, url: impl Into<String>) -> Self {
+        self.gateway_url = Some(url.into());
+        self
+    }
+
+    /// The backend API key sent to the gateway as `Authorization: Bearer`.
+    pub fn api_key(mut self, key: impl Into<Box<str>>) -> Self {
+        self.config.gateway.api_key = Some(ApiKey::new(key));
+        self
+    }
+
+    /// HTTP method reported to the gateway (default `GET`; one of GET, POST, PUT, PATCH,
+    /// DELETE, HEAD, OPTIONS). The gateway uses it for audit only.
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.config.gateway.method = method.into();
+        self
+    }
+
+    /// Resource path reported to the gateway (default `/`); it selects gateway rate-limit rules.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.config.gateway.resource = resource.into();
+        self
+    }
+
+    /// Longest time a verified token is served from the cache (default 30 s). This is the
+    /// worst-case delay before a revocation takes effect here; entries never outlive the
+    /// token's `expires_at`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.cache.ttl = ttl;
+        self
+    }
+
+    /// How long a token the gateway rejected (401) is rejected without asking again
+    /// (default 5 s; zero disables the negative cache).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config.cache.negative_ttl = ttl;
+        self
+    }
+
+    /// Maximum number of verified tokens cached (default 100 000).
+    pub fn max_capacity(mut self, n: u64) -> Self {
+        self.config.cache.max_capacity = n;
+        self
+    }
+
+    /// Maximum number of rejected tokens remembered (default 10 000).
+    pub fn negative_max_capacity(mut self, n: u64) -> Self {
+        self.config.cache.negative_max_capacity = n;
+        self
+    }
+
+    /// TCP/TLS connect timeout for gateway calls (default 1 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.gateway.connect_timeout = d;
+        self
+    }
+
+    /// Total timeout of one gateway call, body included (default 3 s).
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.config.gateway.request_timeout = d;
+        self
+    }
+
+    /// `Retry-After` sent with 503 when the gateway is unavailable (default 5 s).
+    pub fn unavailable_retry_after(mut self, d: Duration) -> Self {
+        self.config.gateway.unavailable_retry_after = d;
+        self
+    }
+
+    /// Longest accepted token in bytes (default 4096); longer ones get 401 `invalid_token`.
+    pub fn max_token_len(mut self, n: usize) -> Self {
+        self.config.requests.max_token_len = n;
+        self
+    }
+
+    /// Most gateway calls in flight at once for this layer (default 256). A cache miss that
+    /// finds this many already waiting on the gateway is answered 503 with `Retry-After` at
+    /// once instead of queueing: a flood of random tokens (each one a miss) cannot pile up
+    /// calls on the gateway or memory here, and cached tokens keep being served. Misses that
+    /// join a check already in flight for the same token do not count.
+    pub fn max_inflight_gateway_calls(mut self, n: usize) -> Self {
+        self.config.gateway.max_inflight_gateway_calls = n;
+        self
+    }
+
+    /// Byte budget of the decision cache (default 64 MiB): cached principals are weighed by
+    /// their estimated size (client id, scopes, permissions, issuer, audience), so a gateway
+    /// answering large grants cannot grow memory past it. The entry limit
+    /// ([`max_capacity`](Self::max_capacity)) applies as well; the outage grace
+    /// ([`stale_if_error`](Self::stale_if_error)) has a budget of its own of the same size.
+    pub fn max_cache_bytes(mut self, bytes: u64) -> Self {
+        self.config.cache.max_cache_bytes = bytes;
+        self
+    }
+
+    /// Accept only tokens issued by this Wacht deployment. One of this and
+    /// [`expected_issuer`](Self::expected_issuer) is required (see
+    /// [`accept_any_deployment`](Self::accept_any_deployment)).
+    pub fn expected_deployment_id(mut self, id: i64) -> Self {
+        self.config.pins.expected_deployment_id = Some(DeploymentId(id));
+        self
+    }
+
+    /// Accept only tokens whose issuer (`x-wacht-oauth-issuer`) is this URL (your OAuth app's
+    /// issuer, `https://<its domain>`).
+    pub fn expected_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.config.pins.expected_issuer = Some(issuer.into());
+        self
+    }
+
+    /// **Weakens security.** Accept valid tokens of every Wacht deployment. The gateway
+    /// checks that a token is valid, not whose it is: anyone can create a deployment, an OAuth
+    /// app with this server's scope names and resource URL, and a token the gateway accepts.
+    /// Without this call, [`build`](Self::build) refuses a configuration that pins neither
+    /// [`expected_deployment_id`](Self::expected_deployment_id) nor
+    /// [`expected_issuer`](Self::expected_issuer). Logged at warn level when the layer is built.
+    pub fn accept_any_deployment(mut self) -> Self {
+        self.config.pins.accept_any_deployment = true;
+        self
+    }
+
+    /// This server's resource URL: accept only tokens whose `oauth_resource` (audience) is it.
+    /// MCP servers must set it.
+    pub fn expected_audience(mut self, resource_url: impl Into<String>) -> Self {
+        self.config.pins.expected_audience = Some(resource_url.into());
+        self
+    }
+
+    /// `realm` of the `WWW-Authenticate` challenges (default: none).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.config.challenge.realm = Some(realm.into());
+        self
+    }
+
+    /// Scopes suggested in the `scope` parameter of 401 challenges (what a client should ask
+    /// for). Default: none.
+    pub fn challenge_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.challenge.challenge_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Optional authentication: requests without any `Authorization` header pass through
+    /// without a principal. A present but bad token is still rejected. Default: off.
+    pub fn optional(mut self, optional: bool) -> Self {
+        self.config.requests.optional = optional;
+        self
+    }
+
+    /// Forward the caller's `User-Agent` to the gateway on a cache miss (audit). Default: on.
+    pub fn forward_user_agent(mut self, on: bool) -> Self {
+        self.config.gateway.forward_user_agent = on;
+        self
+    }
+
+    /// Where to find the caller's IP address, which the gateway uses for its audit log and
+    /// per-IP rate limits. Asked on cache misses only, when the request carries no
+    /// [`ClientIp`](crate::ClientIp) extension; without it (and without a match) the layer
+    /// falls back to Axum's `ConnectInfo<SocketAddr>` when present. For Tonic:
+    ///
+    /// ```
+    /// use tonic::transport::server::TcpConnectInfo;
+    /// use tower_wacht::WachtAuthConfig;
+    ///
+    /// let config = WachtAuthConfig::builder()
+    ///     .api_key("sk_live_example")
+    ///     .expected_issuer("https://auth.example.com")
+    ///     .client_ip(|_headers, extensions| {
+    ///         extensions.get::<TcpConnectInfo>()?.remote_addr().map(|addr| addr.ip())
+    ///     })
+    ///     .build();
+    /// # assert!(config.is_ok());
+    /// ```
+    ///
+    /// Behind a trusted reverse proxy, read its header here instead (never trust a
+    /// client-supplied `X-Forwarded-For` on a server clients reach directly).
+    pub fn client_ip<F>(mut self, find: F) -> Self
+    where
+        F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    {
+        self.config.gateway.client_ip = Some(ClientIpFn(Arc::new(find)));
+        self
+    }
+
+    /// **Weakens security.** Let CORS preflights through without a token (default: off).
+    ///
+    /// Browsers send no credentials on a preflight, so by default one gets 401 like any request
+    /// without a token: put your CORS layer *outside* the auth layer, where it answers
+    /// preflights before they reach it. With this on, a request passes without a token only
+    /// when it is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`, and is not
+    /// gRPC; it reaches the inner service without a principal, so anything behind the layer
+    /// that does not check for one (an Axum `any()` route, a fallback, a Tonic service, which
+    /// routes by path only) runs for it. Logged at warn level when the layer is built.
+    pub fn pass_cors_preflight(mut self, on: bool) -> Self {
+        self.config.requests.pass_cors_preflight = on;
+        self
+    }
+
+    /// **Weakens security.** Leave the `Authorization` header on the request for the inner
+    /// service (default: off). By default the layer removes it once it has used it, so handlers,
+    /// their logs and anything they call never see the token (the MCP authorization spec
+    /// forbids passing a client's token on). When kept, the header value is marked sensitive.
+    /// Logged at warn level when the layer is built.
+    pub fn keep_authorization_header(mut self, keep: bool) -> Self {
+        self.config.requests.keep_authorization_header = keep;
+        self
+    }
+
+    /// Serve and advertise RFC 9728 metadata: every 401/403 challenge carries
+    /// `resource_metadata="<its well-known URL>"`, [`WachtAuthLayer::metadata_router`](crate::WachtAuthLayer::metadata_router)
+    /// serves it, and unless [`expected_audience`](Self::expected_audience) is set, the
+    /// document's `resource` becomes the required token audience.
+    pub fn resource_metadata(mut self, metadata: ProtectedResourceMetadata) -> Self {
+        self.config.challenge.resource_metadata = Some(metadata);
+        self
+    }
+
+    /// Outage grace (default: off, fail closed). While the gateway is unavailable (timeouts,
+    /// connection errors, 5xx, unusable answers; not rate limits), a token verified before may
+    /// keep being served for up to `grace` after its cache entry ended, never past the token's
+    /// own expiry and never after [`invalidate`](crate::Verifier::invalidate) or a client deny.
+    /// Each such answer is counted (`wacht_stale_served_total`) and logged at warn level.
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.config.cache.stale_if_error = (!grace.is_zero()).then_some(grace);
+        self
+    }
+
+    /// Refresh-ahead (default: off). A token used within `window` of the end of its cache
+    /// entry is re-verified in the background (one gateway call, by the request that noticed),
+    /// so busy clients never wait on the gateway at a ttl boundary. A revocation found this way
+    /// takes effect at once. Needs a Tokio runtime; `window` is clamped to the ttl.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        self.config.cache.refresh_ahead = (!window.is_zero()).then_some(window);
+        self
+    }
+
+    /// OAuth client ids whose tokens are refused with 401 `invalid_token` even when the
+    /// gateway allows them (the gateway does not check whether a client is still active). The
+    /// list can be changed at run time with [`Verifier::deny_client`](crate::Verifier::deny_client).
+    pub fn denied_clients<I, S>(mut self, clients: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.pins.denied_clients = clients.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// Fails with [`ConfigError::TenantNotPinned`] unless the deployment or the issuer is
+    /// pinned, or [`accept_any_deployment`](Self::accept_any_deployment) was called.
+    pub fn build(mut self) -> Result<WachtAuthConfig, ConfigError> {
+        if let Some(url) = self.gateway_url.take() {
+            let mut url = check_url("gateway_url", &url)?;
+            // `join("v1/authz/check")` must append to the base path.
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            self.config.gateway.gateway_url = url;
+        }
+        let c = &mut self.config;
+        c.gateway.method = c.gateway.method.trim().to_ascii_uppercase();
+        if !matches!(
+            c.gateway.method.as_str(),
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+        ) {
+            return Err(ConfigError::invalid(
+                "method",
+                "must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS",
+            ));
+        }
+        if c.gateway.resource.trim().is_empty() {
+            return Err(ConfigError::invalid("resource", "must not be empty"));
+        }
+        for (name, is_zero) in [
+            ("ttl", c.cache.ttl.is_zero()),
+            ("max_token_len", c.requests.max_token_len == 0),
+            ("max_inflight_gateway_calls", c.gateway.max_inflight_gateway_calls == 0),
+            ("max_cache_bytes", c.cache.max_cache_bytes == 0),
+            ("max_capacity", c.cache.max_capacity == 0),
+            ("connect_timeout", c.gateway.connect_timeout.is_zero()),
+            ("request_timeout", c.gateway.request_timeout.is_zero()),
+        ] {
+            if is_zero {
+                return Err(ConfigError::invalid(name, "must be greater than zero"));
+            }
+        }
+        if c.pins.expected_audience.is_none()
+            && let Some(m) = &c.challenge.resource_metadata
+        {
+            c.pins.expected_audience = Some(m.resource().to_owned());
+        }
+        if let Some(aud) = &c.pins.expected_audience {
+            check_url("expected_audience", aud)?;
+        }
+        if let Some(iss) = &c.pins.expected_issuer {
+            check_url("expected_issuer", iss)?;
+        }
+        if c.pins.expected_deployment_id.is_none() && c.pins.expected_issuer.is_none() && !c.pins.accept_any_deployment
+        {
+            return Err(ConfigError::TenantNotPinned);
+        }
+        Ok(self.config)
+    }
+}

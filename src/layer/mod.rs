@@ -1,0 +1,185 @@
+//! [`WachtAuthLayer`] and its service [`WachtAuth`]: the per-request front door.
+//!
+//! ```text
+//! call ─► take Authorization (parsed once, removed) ─► Verifier::authenticate
+//!              │                                         ├ Hit(principal) ─► insert ─► inner.call
+//!              │ none / malformed / repeated             ├ Miss(future)  ─► await ─► insert ─► inner.call
+//!              ▼                                         └ Refused(error) ─► refuse
+//!       anonymous (optional mode) or refuse (401 / 400)
+//! ```
+//!
+//! A cache hit allocates nothing beyond the extension insert and never boxes; only a miss
+//! boxes its verification.
+
+pub(crate) mod future;
+mod service;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use self::service::WachtAuth;
+use crate::config::WachtAuthConfig;
+use crate::error::ConfigError;
+use crate::gateway::Gateway;
+use crate::metadata::ProtectedResourceMetadata;
+use crate::verify::Verifier;
+
+/// The caller's IP address, for the gateway's audit log and per-IP rate limits.
+///
+/// Insert it into the request extensions in front of the layer, or let the layer find it with
+/// [`WachtAuthConfigBuilder::client_ip`](crate::WachtAuthConfigBuilder::client_ip); with the
+/// `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when neither gives one. It is
+/// sent only on cache misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`](crate::Principal).
+///
+/// Works around Axum routers and Tonic servers alike (generic over request and response
+/// bodies). Clones share one verifier and cache.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, routing::get};
+/// use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
+///
+/// let auth = WachtAuthLayer::new(WachtAuthConfig::from_env()?)?;
+/// let app: Router = Router::new()
+///     .route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }))
+///     .layer(auth);
+/// # Ok(()) }
+/// ```
+///
+/// `Router::layer` wraps every route in its own boxed copy of the layer. Wrapping the whole
+/// app once is cheaper per request (measured in `BENCHMARKS.md`); `axum::serve` wants an
+/// Axum body, which `ResponseAxumBodyLayer` gives:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use axum::{Router, ServiceExt, extract::Request, middleware::ResponseAxumBodyLayer, routing::get};
+/// use tower::ServiceBuilder;
+/// use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
+///
+/// let auth = WachtAuthLayer::new(WachtAuthConfig::from_env()?)?;
+/// let router: Router = Router::new().route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }));
+/// let app = ServiceBuilder::new().layer(ResponseAxumBodyLayer).layer(auth).service(router);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct WachtAuthLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every service of one layer shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) optional: bool,
+    pub(crate) pass_cors_preflight: bool,
+    pub(crate) keep_authorization_header: bool,
+    pub(crate) max_token_len: usize,
+    metadata: Option<ProtectedResourceMetadata>,
+}
+
+impl WachtAuthLayer {
+    /// Builds the layer and its verifier, which checks tokens with the Wacht gateway.
+    pub fn new(config: WachtAuthConfig) -> Result<Self, ConfigError> {
+        let verifier = Verifier::from_config(&config)?;
+        Ok(Self::with_verifier(config, verifier))
+    }
+
+    /// Builds the layer over any [`Gateway`] implementation (a test double, a custom client).
+    pub fn with_gateway(config: WachtAuthConfig, gateway: impl Gateway) -> Self {
+        let verifier = Verifier::with_gateway(&config, gateway);
+        Self::with_verifier(config, verifier)
+    }
+
+    fn with_verifier(config: WachtAuthConfig, verifier: Verifier) -> Self {
+        warn_about_weakened_defaults(&config);
+        let requests = config.requests;
+        WachtAuthLayer {
+            shared: Arc::new(Shared {
+                verifier: Arc::new(verifier),
+                optional: requests.optional,
+                pass_cors_preflight: requests.pass_cors_preflight,
+                keep_authorization_header: requests.keep_authorization_header,
+                max_token_len: requests.max_token_len,
+                metadata: config.challenge.resource_metadata,
+            }),
+        }
+    }
+
+    /// The RFC 9728 metadata document configured with
+    /// [`WachtAuthConfigBuilder::resource_metadata`](crate::WachtAuthConfigBuilder::resource_metadata).
+    pub fn resource_metadata(&self) -> Option<&ProtectedResourceMetadata> {
+        self.shared.metadata.as_ref()
+    }
+
+    /// A router serving the configured metadata document (path-aware and root well-known
+    /// paths, no authentication, CORS open), or an empty router if none is configured. Merge
+    /// it outside the layer: `router.layer(auth.clone()).merge(auth.metadata_router())`.
+    #[cfg(feature = "axum")]
+    pub fn metadata_router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        match &self.shared.metadata {
+            Some(m) => m.router(),
+            None => axum::Router::new(),
+        }
+    }
+
+    /// The verifier behind this layer: verify tokens outside HTTP, inspect the cache.
+    pub fn verifier(&self) -> &Verifier {
+        &self.shared.verifier
+    }
+
+    /// Drops one token's cached decision at once (e.g. after revoking its grant).
+    pub async fn invalidate(&self, token: &str) {
+        self.shared.verifier.invalidate(token).await;
+    }
+
+    /// Drops every cached decision.
+    pub fn invalidate_all(&self) {
+        self.shared.verifier.invalidate_all();
+    }
+
+    /// Drops every cached token of one OAuth client (see [`Verifier::invalidate_client`]).
+    pub fn invalidate_client(&self, client_id: &str) {
+        self.shared.verifier.invalidate_client(client_id);
+    }
+
+    /// Refuses every token of one OAuth client from now on (see [`Verifier::deny_client`]).
+    pub fn deny_client(&self, client_id: &str) {
+        self.shared.verifier.deny_client(client_id);
+    }
+
+    /// Lifts a [`deny_client`](Self::deny_client) (see [`Verifier::allow_client`]).
+    pub fn allow_client(&self, client_id: &str) {
+        self.shared.verifier.allow_client(client_id);
+    }
+}
+
+impl<S> tower_layer::Layer<S> for WachtAuthLayer {
+    type Service = WachtAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WachtAuth::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Says once, at start-up, which security-weakening settings are on.
+fn warn_about_weakened_defaults(config: &WachtAuthConfig) {
+    if config.pins.accept_any_deployment {
+        tracing::warn!(
+            "accept_any_deployment(): tokens of every Wacht deployment are accepted; pin WACHT_DEPLOYMENT_ID or WACHT_OAUTH_ISSUER unless this is intended"
+        );
+    }
+    if config.requests.pass_cors_preflight {
+        tracing::warn!(
+            "pass_cors_preflight(true): CORS preflights reach the inner service without a token and without a principal"
+        );
+    }
+    if config.requests.keep_authorization_header {
+        tracing::warn!("keep_authorization_header(true): handlers behind the layer can read the caller's access token");
+    }
+}

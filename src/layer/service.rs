@@ -1,0 +1,120 @@
+//! [`WachtAuth`]: the service [`WachtAuthLayer`](super::WachtAuthLayer) wraps around yours.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::Shared;
+use super::future::ResponseFuture;
+use crate::body::ResponseBody;
+use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
+use crate::token::{TokenError, take_bearer};
+use crate::verify::Authentication;
+
+/// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
+/// token, then calls the inner service with the [`Principal`](crate::Principal) in the
+/// request extensions, or answers the refusal itself.
+#[derive(Clone, Debug)]
+pub struct WachtAuth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> WachtAuth<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        WachtAuth { inner, shared }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for WachtAuth<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let token = match take_bearer(
+            req.headers_mut(),
+            shared.max_token_len,
+            shared.keep_authorization_header,
+        ) {
+            Ok(Some(token)) => token,
+            Ok(None) if shared.optional => return self.pass_anonymous(req, true),
+            Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
+                return self.pass_anonymous(req, false);
+            }
+            Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
+            Err(TokenError::DuplicateHeader) => {
+                return self.refuse(
+                    &req,
+                    AuthError::InvalidRequest(InvalidRequestReason::RepeatedAuthorization),
+                );
+            }
+            Err(TokenError::Malformed | TokenError::TooLong) => {
+                return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
+            }
+        };
+        match shared.verifier.authenticate(token, req.headers(), req.extensions()) {
+            Authentication::Hit(principal) => {
+                req.extensions_mut().insert(principal.clone());
+                ResponseFuture::inner(self.inner.call(req), Some(principal))
+            }
+            Authentication::Refused(error) => self.refuse(&req, error),
+            Authentication::Miss(verify) => {
+                // The service that was made ready goes with the verification; a fresh clone
+                // stays behind for the next request.
+                let fresh = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, fresh);
+                ResponseFuture::verifying(verify, req, service, Arc::clone(shared.verifier.challenge()))
+            }
+        }
+    }
+}
+
+impl<S> WachtAuth<S> {
+    fn refuse<ReqB, Svc>(&self, req: &Request<ReqB>, error: AuthError) -> ResponseFuture<Svc, ReqB>
+    where
+        Svc: Service<Request<ReqB>>,
+    {
+        let challenge = self.shared.verifier.challenge();
+        ResponseFuture::refused(render(error, challenge, is_grpc(req.version(), req.headers())))
+    }
+
+    /// Hands a request without credentials to the inner service, marked anonymous.
+    fn pass_anonymous<ReqB>(&mut self, mut req: Request<ReqB>, optional: bool) -> ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        req.extensions_mut().insert(Anonymous {
+            challenge: Arc::clone(self.shared.verifier.challenge()),
+            optional,
+        });
+        ResponseFuture::inner(self.inner.call(req), None)
+    }
+}
+
+/// A CORS preflight as a browser sends it: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`, and no gRPC content type, whatever the HTTP version (a gRPC
+/// method never needs a preflight, and Tonic routes by path alone, so it would run the method).
+fn is_cors_preflight<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    req.method() == http::Method::OPTIONS
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && !headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"application/grpc"))
+}

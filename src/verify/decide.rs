@@ -1,0 +1,260 @@
+//! A verdict → a cache entry or a refusal, in one place: the gateway's decision, then the
+//! pins (deployment, issuer, audience: the gateway checks none of them), then the deny list.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::Verifier;
+use crate::cache::Entry;
+use crate::config::PinSettings;
+use crate::gateway::{Decision, GatewayError};
+use crate::principal::{DeploymentId, Grant};
+use crate::reject::{AuthError, InvalidTokenReason};
+use crate::telemetry;
+use crate::token::TokenHash;
+
+/// Used when the gateway rate-limits without saying for how long.
+const DEFAULT_RATE_LIMIT_RETRY: Duration = Duration::from_secs(60);
+
+impl Verifier {
+    /// The entry to cache for a verdict, or the refusal to share with every waiting request.
+    /// Refusals for good (the gateway's 401, a pin, a denied client) are remembered.
+    pub(super) async fn decide(
+        &self,
+        verdict: Result<Decision, GatewayError>,
+        hash: TokenHash,
+        stamp: u64,
+    ) -> Result<Entry, AuthError> {
+        let grant = match verdict {
+            Ok(Decision::Allowed(grant)) => grant,
+            Ok(Decision::InvalidToken) => return Err(self.reject(hash, InvalidTokenReason::Rejected).await),
+            Ok(Decision::PermissionDenied) => {
+                return Err(AuthError::InsufficientScope {
+                    required: Vec::new(),
+                    granted: Vec::new(),
+                });
+            }
+            Ok(Decision::RateLimited { retry_after }) => {
+                return Err(AuthError::RateLimited {
+                    retry_after: retry_after.unwrap_or(DEFAULT_RATE_LIMIT_RETRY),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, kind = error.kind(), "gateway unavailable; failing closed");
+                return Err(self.unavailable());
+            }
+        };
+        if let Err(reason) = self.pins.check(&grant) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                reason = reason.label(),
+                "token rejected by pinning"
+            );
+            telemetry::foreign_failure("pinning");
+            return Err(self.reject(hash, reason).await);
+        }
+        if self.denied.contains(grant.client_id.as_str()) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                "token of a denied OAuth client rejected"
+            );
+            telemetry::failure(grant.client_id.as_str(), "denied_client");
+            return Err(self.reject(hash, InvalidTokenReason::DeniedClient).await);
+        }
+        Ok(self.cache.entry(*grant, Arc::clone(&self.challenge), stamp))
+    }
+
+    async fn reject(&self, hash: TokenHash, reason: InvalidTokenReason) -> AuthError {
+        self.cache.remember_rejection(hash, reason).await;
+        AuthError::InvalidToken(reason)
+    }
+}
+
+/// What a token must match besides being valid.
+#[derive(Debug)]
+pub(super) struct Pins {
+    deployment_id: Option<DeploymentId>,
+    issuer: Option<String>,
+    audience: Option<Url>,
+}
+
+impl Pins {
+    pub(super) fn new(settings: &PinSettings) -> Self {
+        Pins {
+            deployment_id: settings.expected_deployment_id,
+            issuer: settings.expected_issuer.clone(),
+            // Validated by the builder: a configured audience always parses.
+            audience: settings.expected_audience.as_deref().and_then(|a| Url::parse(a).ok()),
+        }
+    }
+
+    /// `Ok` when the grant matches every configured pin.
+    pub(super) fn check(&self, grant: &Grant) -> Result<(), InvalidTokenReason> {
+        if let Some(expected) = self.deployment_id
+            && grant.deployment_id != expected
+        {
+            return Err(InvalidTokenReason::WrongDeployment);
+        }
+        if let Some(expected) = &self.issuer
+            && !grant.issuer.as_deref().is_some_and(|iss| same_url(iss, expected))
+        {
+            return Err(InvalidTokenReason::WrongIssuer);
+        }
+        if let Some(expected) = &self.audience {
+            let matches = grant
+                .oauth_resource
+                .as_deref()
+                .and_then(|aud| Url::parse(aud).ok())
+                .is_some_and(|aud| same_resource(&aud, expected));
+            if !matches {
+                return Err(InvalidTokenReason::WrongAudience);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// OAuth client ids refused even when the gateway allows their tokens; changeable at run time.
+#[derive(Debug, Default)]
+pub(super) struct DenyList(RwLock<HashSet<Arc<str>>>);
+
+impl DenyList {
+    pub(super) fn new(clients: &[String]) -> Self {
+        DenyList(RwLock::new(clients.iter().map(|c| Arc::from(c.as_str())).collect()))
+    }
+
+    pub(super) fn contains(&self, client_id: &str) -> bool {
+        let denied = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        !denied.is_empty() && denied.contains(client_id)
+    }
+
+    pub(super) fn insert(&self, client_id: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(Arc::from(client_id));
+    }
+
+    pub(super) fn remove(&self, client_id: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(client_id);
+    }
+
+    /// The ids, sorted.
+    pub(super) fn list(&self) -> Vec<String> {
+        let denied = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids: Vec<String> = denied.iter().map(|c| c.to_string()).collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => same_resource(&a, &b),
+        _ => a == b,
+    }
+}
+
+/// Resource identifiers compare exactly, except that scheme and host are case-insensitive
+/// (`Url` lower-cases them) and an empty path equals `/`.
+fn same_resource(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && a.path().trim_end_matches('/') == b.path().trim_end_matches('/')
+        && a.query() == b.query()
+        && a.username() == b.username()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WachtAuthConfig;
+    use crate::gateway::{CheckRequest, Gateway};
+    use crate::principal::{ClientId, StringSet};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    /// Allows every token, for a grant issued to another resource.
+    struct ForeignAudience(Arc<AtomicUsize>);
+
+    impl Gateway for ForeignAudience {
+        fn check<'a>(
+            &'a self,
+            _request: CheckRequest<'a>,
+        ) -> futures_util::future::BoxFuture<'a, Result<Decision, GatewayError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Ok(Decision::Allowed(Box::new(Grant {
+                    client_id: ClientId::new("oc_foreign"),
+                    granted_resource: None,
+                    scopes: StringSet::default(),
+                    permissions: StringSet::default(),
+                    expires_at: SystemTime::now() + Duration::from_secs(3600),
+                    oauth_resource: Some("https://other.example.com/mcp".into()),
+                    issuer: None,
+                    deployment_id: DeploymentId(1),
+                    owner_user_id: None,
+                    request_id: "req".into(),
+                })))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn negative_cache_repeats_the_original_reason() {
+        let config = WachtAuthConfig::builder()
+            .expected_deployment_id(1)
+            .expected_audience("https://api.example.com/mcp")
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let verifier = Verifier::with_gateway(&config, ForeignAudience(Arc::clone(&calls)));
+        for _ in 0..3 {
+            assert_eq!(
+                verifier.verify("oat_token").await.unwrap_err(),
+                AuthError::InvalidToken(InvalidTokenReason::WrongAudience)
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "repeats come from the negative cache");
+    }
+
+    #[test]
+    fn resource_comparison_is_canonical_but_strict() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(same_resource(
+            &u("HTTPS://API.example.com/mcp"),
+            &u("https://api.example.com/mcp")
+        ));
+        assert!(same_resource(
+            &u("https://api.example.com"),
+            &u("https://api.example.com/")
+        ));
+        assert!(same_resource(
+            &u("https://api.example.com:443/mcp"),
+            &u("https://api.example.com/mcp")
+        ));
+        assert!(!same_resource(
+            &u("https://api.example.com/mcp"),
+            &u("https://api.example.com/other")
+        ));
+        assert!(!same_resource(
+            &u("https://api.example.com/MCP"),
+            &u("https://api.example.com/mcp")
+        ));
+        assert!(!same_resource(
+            &u("https://evil.example.com/mcp"),
+            &u("https://api.example.com/mcp")
+        ));
+        assert!(!same_resource(
+            &u("http://api.example.com/mcp"),
+            &u("https://api.example.com/mcp")
+        ));
+    }
+}

@@ -1,0 +1,174 @@
+//! The miss path: the negative cache, one flight per token however many requests wait, a cap
+//! on gateway calls in flight, and the outage grace when the gateway is unavailable.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::USER_AGENT;
+use http::{Extensions, HeaderMap};
+use tracing::Instrument as _;
+
+use super::{CALL_SLACK, Verifier};
+use crate::cache::{Entry, Loaded};
+use crate::config::GatewaySettings;
+use crate::layer::ClientIp;
+use crate::principal::Principal;
+use crate::reject::AuthError;
+use crate::telemetry;
+use crate::token::{BearerToken, TokenHash};
+
+/// More rounds than this of unusable answers (ended, or voided while in flight), and a miss
+/// gives up with 503.
+const MAX_ROUNDS: usize = 3;
+
+/// Request context sent to the gateway on a miss (its audit log, per-IP rate limits).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MissContext {
+    pub(crate) user_agent: Option<String>,
+    pub(crate) client_ip: Option<String>,
+}
+
+impl MissContext {
+    /// What `settings` say to forward of this request: its `User-Agent`, and the caller's IP
+    /// from a [`ClientIp`] extension, the configured hook, or Axum's `ConnectInfo`.
+    pub(crate) fn of(settings: &GatewaySettings, headers: &HeaderMap, extensions: &Extensions) -> Self {
+        let user_agent = settings
+            .forward_user_agent
+            .then(|| headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned))
+            .flatten();
+        let client_ip = extensions.get::<ClientIp>().map(|ip| ip.0).or_else(|| {
+            let find = settings.client_ip.as_ref()?;
+            (find.0)(headers, extensions)
+        });
+        #[cfg(feature = "axum")]
+        let client_ip = client_ip.or_else(|| {
+            extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+        MissContext {
+            user_agent,
+            client_ip: client_ip.map(|ip| ip.to_string()),
+        }
+    }
+}
+
+/// The longest a gateway call may take: the configured request timeout (which bounds
+/// [`HttpGateway`](crate::gateway::HttpGateway)'s whole exchange) and a second of slack.
+pub(crate) fn call_bound(settings: &GatewaySettings) -> Duration {
+    settings.request_timeout + CALL_SLACK
+}
+
+impl Verifier {
+    /// A token not in the cache: its negative entry, or the outcome of its single flight.
+    pub(super) async fn verify_miss(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: MissContext,
+        started: Instant,
+    ) -> Result<Principal, AuthError> {
+        for _ in 0..MAX_ROUNDS {
+            if let Some(reason) = self.cache.rejected(&hash).await {
+                tracing::debug!(token = ?hash, cache = "negative", outcome = "invalid_token", "token rejected from the negative cache");
+                telemetry::verification("invalid_token", "negative_cache");
+                return Err(AuthError::InvalidToken(reason));
+            }
+            let span = tracing::debug_span!(
+                "wacht.verify",
+                token = ?hash,
+                cache = "miss",
+                client_id = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                gateway_ms = tracing::field::Empty,
+            );
+            let flight = self.flight(token, hash, &ctx).instrument(span);
+            let outcome = match self.cache.load(hash, started, flight).await {
+                Loaded::Allowed(principal) => Ok(principal),
+                Loaded::Stale => continue,
+                Loaded::Refused(refusal) => match &*refusal {
+                    AuthError::Unavailable { .. } => match self.outage_grace(&hash).await {
+                        Some(principal) => return Ok(principal),
+                        None => Err((*refusal).clone()),
+                    },
+                    other => Err(other.clone()),
+                },
+            };
+            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
+            return outcome;
+        }
+        // Only reached if every answer found was unusable: fail closed.
+        Err(self.unavailable())
+    }
+
+    /// One verification, run by the first request to miss a token: the cached entry to
+    /// store, or the refusal every waiting request gets.
+    pub(super) async fn flight(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: &MissContext,
+    ) -> Result<Entry, AuthError> {
+        // A flight that just ended may have rejected this token after our caller looked at
+        // the negative cache. Look again rather than ask twice.
+        if let Some(reason) = self.cache.rejected(&hash).await {
+            return Err(AuthError::InvalidToken(reason));
+        }
+        // A flood of unseen tokens must not pile up calls on the gateway: past the cap,
+        // refuse at once (503) rather than queue.
+        let Some(_permit) = InflightPermit::acquire(&self.inflight, self.settings.max_inflight_gateway_calls) else {
+            tracing::debug!(token = ?hash, limit = self.settings.max_inflight_gateway_calls, "gateway calls at their limit: refused");
+            telemetry::verification("unavailable", "overload");
+            return Err(self.unavailable());
+        };
+        // Stamped before the call: an invalidation from now on voids this answer.
+        let stamp = self.cache.stamp();
+        let verdict = self.answer(token, ctx).await;
+        let outcome = self.decide(verdict, hash, stamp).await;
+        let span = tracing::Span::current();
+        match &outcome {
+            Ok(entry) => {
+                span.record("client_id", entry.principal.client_id().as_str());
+                span.record("outcome", "allowed");
+            }
+            Err(refusal) => {
+                span.record("outcome", refusal.label());
+            }
+        }
+        tracing::debug!("gateway check finished");
+        outcome
+    }
+
+    /// A principal verified before, still inside the outage grace and not denied since.
+    async fn outage_grace(&self, hash: &TokenHash) -> Option<Principal> {
+        let principal = self.cache.outage_grace(hash).await?;
+        if self.denied.contains(principal.client_id().as_str()) {
+            return None;
+        }
+        tracing::warn!(
+            client_id = principal.client_id().as_str(),
+            "gateway unavailable: serving a previously verified token (stale_if_error)"
+        );
+        telemetry::stale_served();
+        telemetry::verification("allowed_stale", "stale");
+        Some(principal)
+    }
+}
+
+/// One gateway call in flight, counted against the verifier's cap until dropped.
+struct InflightPermit<'a>(&'a AtomicUsize);
+
+impl<'a> InflightPermit<'a> {
+    fn acquire(inflight: &'a AtomicUsize, max: usize) -> Option<Self> {
+        inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| InflightPermit(inflight))
+    }
+}
+
+impl Drop for InflightPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,249 @@
+//! [`Verifier`]: token → [`Principal`]. It owns the whole decision: the cache tiers, the
+//! miss path and its gateway call, the pins and the deny list, refresh-ahead and the outage
+//! policy. The layer parses the header and asks [`Verifier::authenticate`]; it never touches
+//! the network or the cache.
+//!
+//! * [`miss`]: the single-flight miss path, the cap on calls in flight, the call itself.
+//! * [`source`]: where a verdict comes from (the gateway) — the seam a shared tier or local
+//!   JWT verification plugs into.
+//! * [`decide`]: a verdict → a cache entry or a refusal, through the pins and the deny list.
+//! * [`refresh`]: refresh-ahead in the background.
+
+mod decide;
+mod miss;
+mod refresh;
+mod source;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use http::{Extensions, HeaderMap};
+
+use self::decide::{DenyList, Pins};
+use self::miss::MissContext;
+use crate::cache::DecisionCache;
+use crate::config::{GatewaySettings, WachtAuthConfig};
+use crate::error::ConfigError;
+use crate::gateway::{Gateway, HttpGateway};
+use crate::principal::Principal;
+use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
+use crate::token::{BearerToken, OwnedBearer, TokenHash, parse_token};
+
+/// What [`Verifier::authenticate`] found for a request's token.
+pub(crate) enum Authentication {
+    /// A cached principal: serve it now.
+    Hit(Principal),
+    /// Not cached: the verification to await (single flight, gateway).
+    Miss(BoxFuture<'static, Result<Principal, AuthError>>),
+    /// Refused without asking anyone.
+    Refused(AuthError),
+}
+
+/// Verifies tokens for one check profile (gateway, method, resource, pins). Every
+/// [`WachtAuthLayer`](crate::WachtAuthLayer) clone shares one; reach it with
+/// [`WachtAuthLayer::verifier`](crate::WachtAuthLayer::verifier) to verify tokens outside HTTP
+/// or to control the cache.
+pub struct Verifier {
+    cache: DecisionCache,
+    gateway: Box<dyn Gateway>,
+    pins: Pins,
+    denied: DenyList,
+    /// What a miss sends the gateway, and how hard it may be pushed.
+    settings: GatewaySettings,
+    /// Gateway calls in flight now.
+    inflight: AtomicUsize,
+    max_token_len: usize,
+    challenge: Arc<ChallengeParams>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("method", &self.settings.method)
+            .field("resource", &self.settings.resource)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier checking tokens with the Wacht gateway client `config` describes.
+    pub fn from_config(config: &WachtAuthConfig) -> Result<Self, ConfigError> {
+        Ok(Self::with_gateway(config, HttpGateway::new(config)?))
+    }
+
+    /// A verifier over any [`Gateway`] implementation (a test double, a custom client).
+    pub fn with_gateway(config: &WachtAuthConfig, gateway: impl Gateway) -> Self {
+        let challenge = Arc::new(ChallengeParams {
+            realm: config.challenge.realm.as_deref().map(Into::into),
+            resource_metadata: config
+                .challenge
+                .resource_metadata
+                .as_ref()
+                .map(|m| m.well_known_url().into()),
+            scopes: config
+                .challenge
+                .challenge_scopes
+                .iter()
+                .map(|s| s.as_str().into())
+                .collect(),
+        });
+        Verifier {
+            cache: DecisionCache::new(&config.cache, miss::call_bound(&config.gateway)),
+            gateway: Box::new(gateway),
+            pins: Pins::new(&config.pins),
+            denied: DenyList::new(&config.pins.denied_clients),
+            settings: config.gateway.clone(),
+            inflight: AtomicUsize::new(0),
+            max_token_len: config.requests.max_token_len,
+            challenge,
+        }
+    }
+
+    /// The challenge parameters of this verifier's refusals.
+    pub(crate) fn challenge(&self) -> &Arc<ChallengeParams> {
+        &self.challenge
+    }
+
+    /// The decision for a request's token: a cached principal, a verification to await, or a
+    /// refusal. `headers` and `extensions` give the request context a miss sends the gateway.
+    pub(crate) fn authenticate(
+        self: &Arc<Self>,
+        token: OwnedBearer,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Authentication {
+        let hash = token.token().hash();
+        match self.cached_or_refused(token.token(), &hash) {
+            Some(Ok(hit)) => {
+                if let Some(refresh) = hit.refresh
+                    && refresh.claim()
+                {
+                    // Refresh-ahead: this one request hands the token to a background
+                    // re-verification; it is served from the cache like every other.
+                    self.spawn_refresh(token, hash, MissContext::of(&self.settings, headers, extensions));
+                }
+                Authentication::Hit(hit.principal)
+            }
+            Some(Err(refusal)) => Authentication::Refused(refusal),
+            None => {
+                let ctx = MissContext::of(&self.settings, headers, extensions);
+                let this = Arc::clone(self);
+                let started = Instant::now();
+                Authentication::Miss(Box::pin(async move {
+                    this.verify_miss(token.token(), hash, ctx, started).await
+                }))
+            }
+        }
+    }
+
+    /// Verifies a raw token (without the `Bearer ` prefix), through the cache. For callers
+    /// outside HTTP (WebSocket upgrades, queues); the layer uses the same path.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let started = Instant::now();
+        let token = parse_token(token.as_bytes(), self.max_token_len)
+            .map_err(|_| AuthError::InvalidToken(InvalidTokenReason::Malformed))?;
+        let hash = token.hash();
+        match self.cached_or_refused(token, &hash) {
+            Some(found) => found.map(|hit| hit.principal),
+            None => self.verify_miss(token, hash, MissContext::default(), started).await,
+        }
+    }
+
+    /// What is known without a gateway call: a cached principal, or a token that can never
+    /// pass; `None` when the miss path must decide.
+    fn cached_or_refused(
+        &self,
+        token: BearerToken<'_>,
+        hash: &TokenHash,
+    ) -> Option<Result<crate::cache::Hit, AuthError>> {
+        if let Some(hit) = self.cache.hit(hash) {
+            return Some(Ok(hit));
+        }
+        if token.is_jwt_shaped() {
+            // The gateway answers 401 for every JWT access token: never send it one.
+            return Some(Err(AuthError::InvalidToken(InvalidTokenReason::JwtNotAccepted)));
+        }
+        None
+    }
+
+    /// The cached principal for a token hash, if present and fresh, without calling the
+    /// gateway or waiting.
+    pub fn cached(&self, hash: &TokenHash) -> Option<Principal> {
+        self.cache.peek(hash)
+    }
+
+    /// Drops one token's cached decision everywhere (every tier, every thread), so its next
+    /// use asks the gateway again; an answer in flight is voided too. Use it when you learn
+    /// that a grant was revoked.
+    pub async fn invalidate(&self, token: &str) {
+        let hash = TokenHash::of(token);
+        self.cache.invalidate_token(hash).await;
+        self.cache.forget_rejection(&hash).await;
+    }
+
+    /// Drops every cached decision, answers in flight included.
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Drops every cached token of one OAuth client, so their next use asks the gateway.
+    /// (The gateway still allows a deactivated client's tokens: to refuse them, use
+    /// [`deny_client`](Self::deny_client).)
+    pub fn invalidate_client(&self, client_id: &str) {
+        self.cache.invalidate_client(client_id);
+    }
+
+    /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
+    /// gateway allows it, and drops its cached tokens at once. Takes effect on every thread
+    /// before this returns.
+    pub fn deny_client(&self, client_id: &str) {
+        self.denied.insert(client_id);
+        self.cache.invalidate_client(client_id);
+    }
+
+    /// Lifts a [`deny_client`](Self::deny_client). Its tokens rejected within the last
+    /// `negative_ttl` stay rejected until that entry ends.
+    pub fn allow_client(&self, client_id: &str) {
+        self.denied.remove(client_id);
+    }
+
+    /// The OAuth client ids currently denied, sorted.
+    pub fn denied_clients(&self) -> Vec<String> {
+        self.denied.list()
+    }
+
+    /// Number of verified tokens currently cached (approximate, as moka counts).
+    pub fn cached_count(&self) -> u64 {
+        self.cache.cached_count()
+    }
+
+    /// The decision cache's weighted size (approximate, as moka counts): the estimated bytes of
+    /// the cached principals, each counted as at least `max_cache_bytes / max_capacity`, so it
+    /// never exceeds [`max_cache_bytes`](crate::WachtAuthConfigBuilder::max_cache_bytes).
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.cached_bytes()
+    }
+
+    /// Number of rejected tokens currently remembered (approximate).
+    pub fn negative_count(&self) -> u64 {
+        self.cache.negative_count()
+    }
+
+    /// Runs the caches' pending maintenance now (tests and benchmarks).
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// `Retry-After` of a 503.
+    fn unavailable(&self) -> AuthError {
+        AuthError::Unavailable {
+            retry_after: self.settings.unavailable_retry_after,
+        }
+    }
+}
+
+/// Slack added to the request timeout for the whole of a gateway call (see [`miss::call_bound`]).
+const CALL_SLACK: Duration = Duration::from_secs(1);
