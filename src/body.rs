@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -36,6 +37,15 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Rejection { body },
         }
+    }
+
+    /// The refusal a response future holds, taken out as a response (an empty one if the
+    /// future is polled again after completing).
+    pub(crate) fn refused(response: &mut Option<Response<Full<Bytes>>>) -> Response<Self> {
+        response
+            .take()
+            .unwrap_or_else(|| Response::new(Full::new(Bytes::new())))
+            .map(ResponseBody::rejection)
     }
 
     /// True if this body is a rejection written by this crate.

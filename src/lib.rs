@@ -92,10 +92,11 @@ pub mod future {
 pub use crate::axum::PrincipalRejection;
 pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
 pub use crate::error::ConfigError;
+pub use crate::gateway::ClientIp;
 #[doc(hidden)]
 pub use crate::guard::classify_mcp_body;
 pub use crate::guard::{McpToolGuardLayer, Permissions, RequireMethodPermissionsLayer, RequirePermissionsLayer};
-pub use crate::layer::{ClientIp, WachtAuthLayer};
+pub use crate::layer::WachtAuthLayer;
 pub use crate::metadata::ProtectedResourceMetadata;
 pub use crate::principal::{Principal, ResourceUrn};
 pub use crate::reject::AuthError;

@@ -14,7 +14,7 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 4096;
 
 /// A bearer token borrowed from a request header.
 ///
-/// The token is a secret: its `Debug` and `Display` output never show it. Use
+/// The token is a secret: its `Debug` never shows it, and it has no `Display`. Use
 /// [`BearerToken::expose`] where the raw value is really needed (sending it to the gateway).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct BearerToken<'a>(&'a [u8]);

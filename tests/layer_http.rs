@@ -431,9 +431,8 @@ async fn concurrent_requests_with_one_new_token_make_one_gateway_call() {
 
 #[tokio::test]
 async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
-    use axum::{ServiceExt, body::Body, extract::Request, response::Response, routing::get};
-    use tower::{Layer as _, util::MapResponse};
-    use tower_wacht::body::ResponseBody;
+    use axum::{ServiceExt, extract::Request, middleware::ResponseAxumBodyLayer, routing::get};
+    use tower::ServiceBuilder;
     use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
 
     // The construction documented on `WachtAuthLayer`: one layer around the whole Router.
@@ -446,9 +445,10 @@ async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
         .expect("valid config");
     let auth = WachtAuthLayer::new(config).expect("layer builds");
     let router = axum::Router::new().route("/whoami", get(|p: Principal| async move { p.client_id().to_string() }));
-    let app = MapResponse::new(auth.layer(router), |response: Response<ResponseBody<Body>>| {
-        response.map(Body::new)
-    });
+    let app = ServiceBuilder::new()
+        .layer(ResponseAxumBodyLayer)
+        .layer(auth)
+        .service(router);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -473,4 +473,64 @@ async fn the_layer_wrapped_around_a_whole_app_serves_like_router_layer() {
         .expect("request");
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
+}
+
+#[tokio::test]
+async fn a_handler_returning_an_auth_error_gets_the_layers_challenge() {
+    use axum::routing::get;
+    use tower_wacht::{AuthError, Principal, ProtectedResourceMetadata};
+
+    let metadata = ProtectedResourceMetadata::builder(RESOURCE)
+        .authorization_server("https://auth.example.com")
+        .build()
+        .expect("metadata");
+    let gateway = start_gateway().await;
+    let config = tower_wacht::WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(API_KEY)
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+        .realm("handlers")
+        .resource_metadata(metadata)
+        .build()
+        .expect("valid config");
+    let auth = tower_wacht::WachtAuthLayer::new(config).expect("layer builds");
+    // A handler deciding on its own that the token lacks a permission.
+    let app = axum::Router::new()
+        .route(
+            "/admin",
+            get(|p: Principal| async move {
+                p.has_permission("admin")
+                    .then_some("admin")
+                    .ok_or(AuthError::InsufficientScope {
+                        required: vec!["admin".into()],
+                        granted: p.scopes().iter().map(str::to_owned).collect(),
+                    })
+            }),
+        )
+        .layer(auth);
+    let addr = serve(app).await;
+    let token = generate_token();
+    gateway.register(
+        &token,
+        TokenGrant::new("oc_handler")
+            .scopes(["projects:read"])
+            .oauth_resource(RESOURCE),
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/admin"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 403);
+    let challenge = challenge(&resp);
+    for part in [
+        "resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/mcp\"",
+        "scope=\"admin projects:read\"",
+        "error=\"insufficient_scope\"",
+        "realm=\"handlers\"",
+    ] {
+        assert!(challenge.contains(part), "{challenge}");
+    }
+    assert_problem(resp, 403, Some(&token)).await;
 }

@@ -5,6 +5,7 @@ mod client;
 pub(crate) mod wire;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -12,6 +13,15 @@ use futures_util::future::BoxFuture;
 pub use self::client::HttpGateway;
 use crate::principal::Grant;
 use crate::token::BearerToken;
+
+/// The caller's IP address, for the gateway's audit log and per-IP rate limits.
+///
+/// Insert it into the request extensions in front of the layer, or let the layer find it with
+/// [`WachtAuthConfigBuilder::client_ip`](crate::WachtAuthConfigBuilder::client_ip); with the
+/// `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when neither gives one. It is
+/// sent only on cache misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
 
 /// One authz check: the token and the request context sent with it.
 #[derive(Debug, Clone, Copy)]

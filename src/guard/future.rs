@@ -55,15 +55,7 @@ where
                 let response = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
-            GuardStateProj::Refused { response } => Poll::Ready(Ok(refused_body(response))),
+            GuardStateProj::Refused { response } => Poll::Ready(Ok(ResponseBody::refused(response))),
         }
     }
-}
-
-/// The refusal a future holds, as a response body (an empty one if polled again).
-pub(crate) fn refused_body<B>(response: &mut Option<Response<Full<Bytes>>>) -> Response<ResponseBody<B>> {
-    response
-        .take()
-        .unwrap_or_else(|| Response::new(Full::new(Bytes::new())))
-        .map(ResponseBody::rejection)
 }

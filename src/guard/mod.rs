@@ -21,7 +21,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-pub(crate) use self::future::{GuardFuture, refused_body};
+pub(crate) use self::future::GuardFuture;
 pub use self::mcp_tool::{DEFAULT_MAX_BODY_BYTES, McpToolGuard, McpToolGuardLayer, classify_mcp_body};
 pub use self::method::{RequireMethodPermissions, RequireMethodPermissionsLayer};
 pub use self::route::{RequirePermissions, RequirePermissionsLayer};

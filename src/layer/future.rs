@@ -14,7 +14,6 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::guard::refused_body;
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
 
@@ -101,7 +100,7 @@ where
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
-                StateProj::Refused { response } => return Poll::Ready(Ok(refused_body(response))),
+                StateProj::Refused { response } => return Poll::Ready(Ok(ResponseBody::refused(response))),
                 StateProj::Verifying {
                     verify,
                     request,

@@ -14,7 +14,6 @@
 pub(crate) mod future;
 mod service;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use self::service::WachtAuth;
@@ -23,15 +22,6 @@ use crate::error::ConfigError;
 use crate::gateway::Gateway;
 use crate::metadata::ProtectedResourceMetadata;
 use crate::verify::Verifier;
-
-/// The caller's IP address, for the gateway's audit log and per-IP rate limits.
-///
-/// Insert it into the request extensions in front of the layer, or let the layer find it with
-/// [`WachtAuthConfigBuilder::client_ip`](crate::WachtAuthConfigBuilder::client_ip); with the
-/// `axum` feature, Axum's `ConnectInfo<SocketAddr>` is used when neither gives one. It is
-/// sent only on cache misses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
 
 /// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`](crate::Principal).
 ///

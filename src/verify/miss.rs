@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 use super::{CALL_SLACK, Verifier};
 use crate::cache::{Entry, Loaded};
 use crate::config::GatewaySettings;
-use crate::layer::ClientIp;
+use crate::gateway::ClientIp;
 use crate::principal::Principal;
 use crate::reject::AuthError;
 use crate::telemetry;
