@@ -68,6 +68,21 @@ pub(crate) struct OwnedBearer {
 }
 
 impl OwnedBearer {
+    /// The token of an `Authorization` value [`bearer_from_headers`] accepted, keeping the
+    /// value itself (no copy).
+    pub(crate) fn from_header(value: HeaderValue, max_len: usize) -> Option<Self> {
+        let token = bearer_range(value.as_bytes(), max_len).ok()??;
+        Some(OwnedBearer { value, token })
+    }
+
+    /// A copy of a borrowed token (for work that outlives its request, such as a background
+    /// refresh, when the header is not at hand).
+    pub(crate) fn copy_of(token: BearerToken<'_>) -> Option<Self> {
+        let value = HeaderValue::from_bytes(token.0).ok()?;
+        let token = 0..value.len();
+        Some(OwnedBearer { value, token })
+    }
+
     /// The token, borrowed.
     pub(crate) fn token(&self) -> BearerToken<'_> {
         BearerToken(self.value.as_bytes().get(self.token.clone()).unwrap_or_default())
@@ -164,30 +179,17 @@ pub fn bearer_from_headers(headers: &HeaderMap, max_len: usize) -> Result<Option
     parse_authorization(value.as_bytes(), max_len)
 }
 
-/// Takes the bearer token out of the request headers, parsing the `Authorization` header
-/// once: removed from the headers (no token passthrough), or, with `keep`, left there marked
-/// sensitive. Another scheme's header is treated the same way and gives `Ok(None)`. On an
-/// error the headers are left as they are (the request is refused, not passed on).
-pub(crate) fn take_bearer(
-    headers: &mut HeaderMap,
-    max_len: usize,
-    keep: bool,
-) -> Result<Option<OwnedBearer>, TokenError> {
-    let http::header::Entry::Occupied(entry) = headers.entry(AUTHORIZATION) else {
-        return Ok(None);
-    };
-    if entry.iter().nth(1).is_some() {
-        return Err(TokenError::DuplicateHeader);
-    }
-    let token = bearer_range(entry.get().as_bytes(), max_len)?;
-    let value = if keep {
-        let value = entry.into_mut();
+/// No token passthrough: takes the `Authorization` header off the request (the inner service
+/// never sees it), or with `keep` leaves it there marked sensitive (so `Debug` and HTTP/2
+/// HPACK treat it as a secret). Returns the value, owned, for a verification that needs it.
+pub(crate) fn strip_authorization(headers: &mut HeaderMap, keep: bool) -> Option<HeaderValue> {
+    if keep {
+        let value = headers.get_mut(AUTHORIZATION)?;
         value.set_sensitive(true);
-        value.clone()
+        Some(value.clone())
     } else {
-        entry.remove()
-    };
-    Ok(token.map(|token| OwnedBearer { value, token }))
+        headers.remove(AUTHORIZATION)
+    }
 }
 
 /// Parses one `Authorization` header value; see [`bearer_from_headers`].
@@ -320,49 +322,27 @@ mod tests {
     }
 
     #[test]
-    fn take_bearer_parses_once_and_removes_or_keeps_the_header() {
+    fn the_header_is_stripped_or_kept_sensitive_and_owned_without_a_copy() {
         let headers = |value: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(AUTHORIZATION, HeaderValue::from_static(value));
             h
         };
         let mut h = headers("Bearer   oat_secretvalue \t");
-        let owned = take_bearer(&mut h, 64, false)
-            .unwrap_or_default()
-            .unwrap_or_else(|| unreachable!());
+        let value = strip_authorization(&mut h, false).unwrap_or_else(|| unreachable!());
+        assert!(h.get(AUTHORIZATION).is_none(), "removed");
+        let owned = OwnedBearer::from_header(value, 64).unwrap_or_else(|| unreachable!());
         assert_eq!(owned.token().expose(), "oat_secretvalue");
         assert!(!format!("{owned:?}").contains("secret"));
-        assert!(h.get(AUTHORIZATION).is_none(), "removed");
         let mut h = headers("Bearer oat_kept");
-        let owned = take_bearer(&mut h, 64, true)
-            .unwrap_or_default()
-            .unwrap_or_else(|| unreachable!());
-        assert_eq!(owned.token().expose(), "oat_kept");
+        assert!(strip_authorization(&mut h, true).is_some());
         assert!(
             h.get(AUTHORIZATION).is_some_and(HeaderValue::is_sensitive),
             "kept, sensitive"
         );
-        let mut h = headers("Basic abc");
-        assert_eq!(take_bearer(&mut h, 64, false).map(|t| t.is_some()), Ok(false));
-        assert!(
-            h.get(AUTHORIZATION).is_none(),
-            "another scheme's credentials are not passed on either"
-        );
-        let mut h = headers("Bearer a b");
-        assert_eq!(
-            take_bearer(&mut h, 64, false).map(|t| t.is_some()),
-            Err(TokenError::Malformed)
-        );
-        let mut h = headers("Bearer a");
-        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert_eq!(
-            take_bearer(&mut h, 64, false).map(|t| t.is_some()),
-            Err(TokenError::DuplicateHeader)
-        );
-        assert_eq!(
-            take_bearer(&mut HeaderMap::new(), 64, false).map(|t| t.is_some()),
-            Ok(false)
-        );
+        assert!(OwnedBearer::from_header(HeaderValue::from_static("Basic abc"), 64).is_none());
+        let copy = OwnedBearer::copy_of(owned.token()).unwrap_or_else(|| unreachable!());
+        assert_eq!(copy.token().expose(), "oat_secretvalue");
     }
 
     #[test]

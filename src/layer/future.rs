@@ -94,7 +94,9 @@ where
             match state.as_mut().project() {
                 StateProj::Inner { future, principal } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(principal) = principal {
+                    if let Some(principal) = principal
+                        && !response.extensions().is_empty()
+                    {
                         // A handler that answered with an `AuthError` gets this layer's challenge.
                         rechallenge(&mut response, principal.challenge());
                     }

@@ -12,7 +12,7 @@ use super::Shared;
 use super::future::ResponseFuture;
 use crate::body::ResponseBody;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
-use crate::token::{TokenError, take_bearer};
+use crate::token::{OwnedBearer, TokenError, bearer_from_headers, strip_authorization};
 use crate::verify::Authentication;
 
 /// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
@@ -46,11 +46,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        let token = match take_bearer(
-            req.headers_mut(),
-            shared.max_token_len,
-            shared.keep_authorization_header,
-        ) {
+        let token = match bearer_from_headers(req.headers(), shared.max_token_len) {
             Ok(Some(token)) => token,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
             Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
@@ -69,16 +65,23 @@ where
         };
         match shared.verifier.authenticate(token, req.headers(), req.extensions()) {
             Authentication::Hit(principal) => {
+                strip_authorization(req.headers_mut(), shared.keep_authorization_header);
                 req.extensions_mut().insert(principal.clone());
                 ResponseFuture::inner(self.inner.call(req), Some(principal))
             }
-            Authentication::Refused(error) => self.refuse(&req, error),
-            Authentication::Miss(verify) => {
+            Authentication::Refused(error) => self.refuse(&req, *error),
+            Authentication::Miss(miss) => {
+                let token = strip_authorization(req.headers_mut(), shared.keep_authorization_header)
+                    .and_then(|value| OwnedBearer::from_header(value, shared.max_token_len));
+                let Some(token) = token else {
+                    return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
+                };
                 // The service that was made ready goes with the verification; a fresh clone
                 // stays behind for the next request.
                 let fresh = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::verifying(verify, req, service, Arc::clone(shared.verifier.challenge()))
+                let challenge = Arc::clone(shared.verifier.challenge());
+                ResponseFuture::verifying(miss.verify(token), req, service, challenge)
             }
         }
     }
@@ -98,6 +101,7 @@ impl<S> WachtAuth<S> {
     where
         S: Service<Request<ReqB>>,
     {
+        strip_authorization(req.headers_mut(), self.shared.keep_authorization_header);
         req.extensions_mut().insert(Anonymous {
             challenge: Arc::clone(self.shared.verifier.challenge()),
             optional,

@@ -31,14 +31,34 @@ use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::token::{BearerToken, OwnedBearer, TokenHash, parse_token};
 
-/// What [`Verifier::authenticate`] found for a request's token.
+/// What [`Verifier::authenticate`] found for a request's token. Two words: the rare cases
+/// are boxed, so the hit path moves nothing large.
 pub(crate) enum Authentication {
     /// A cached principal: serve it now.
     Hit(Principal),
-    /// Not cached: the verification to await (single flight, gateway).
-    Miss(BoxFuture<'static, Result<Principal, AuthError>>),
+    /// Not cached: verify it with [`Miss::verify`].
+    Miss(Box<Miss>),
     /// Refused without asking anyone.
-    Refused(AuthError),
+    Refused(Box<AuthError>),
+}
+
+/// A token the cache did not have, and the request context its verification sends.
+pub(crate) struct Miss {
+    verifier: Arc<Verifier>,
+    hash: TokenHash,
+    ctx: MissContext,
+    started: Instant,
+}
+
+impl Miss {
+    /// The verification (single flight, gateway), owning the token.
+    pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Principal, AuthError>> {
+        Box::pin(async move {
+            self.verifier
+                .verify_miss(token.token(), self.hash, self.ctx, self.started)
+                .await
+        })
+    }
 }
 
 /// Verifies tokens for one check profile (gateway, method, resource, pins). Every
@@ -107,36 +127,35 @@ impl Verifier {
         &self.challenge
     }
 
-    /// The decision for a request's token: a cached principal, a verification to await, or a
-    /// refusal. `headers` and `extensions` give the request context a miss sends the gateway.
+    /// The decision for a request's token: a cached principal, a refusal, or a miss to verify.
+    /// `headers` and `extensions` give the request context a miss sends the gateway.
     pub(crate) fn authenticate(
         self: &Arc<Self>,
-        token: OwnedBearer,
+        token: BearerToken<'_>,
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Authentication {
-        let hash = token.token().hash();
-        match self.cached_or_refused(token.token(), &hash) {
-            Some(Ok(hit)) => {
-                if let Some(refresh) = hit.refresh
-                    && refresh.claim()
-                {
-                    // Refresh-ahead: this one request hands the token to a background
-                    // re-verification; it is served from the cache like every other.
-                    self.spawn_refresh(token, hash, MissContext::of(&self.settings, headers, extensions));
-                }
-                Authentication::Hit(hit.principal)
+        let hash = token.hash();
+        if let Some(hit) = self.cache.hit(&hash) {
+            if let Some(refresh) = hit.refresh
+                && refresh.claim()
+                && let Some(token) = OwnedBearer::copy_of(token)
+            {
+                // Refresh-ahead: this one request hands the token to a background
+                // re-verification; it is served from the cache like every other.
+                self.spawn_refresh(token, hash, MissContext::of(&self.settings, headers, extensions));
             }
-            Some(Err(refusal)) => Authentication::Refused(refusal),
-            None => {
-                let ctx = MissContext::of(&self.settings, headers, extensions);
-                let this = Arc::clone(self);
-                let started = Instant::now();
-                Authentication::Miss(Box::pin(async move {
-                    this.verify_miss(token.token(), hash, ctx, started).await
-                }))
-            }
+            return Authentication::Hit(hit.principal);
         }
+        if let Err(refusal) = self.acceptable(token) {
+            return Authentication::Refused(Box::new(refusal));
+        }
+        Authentication::Miss(Box::new(Miss {
+            verifier: Arc::clone(self),
+            hash,
+            ctx: MissContext::of(&self.settings, headers, extensions),
+            started: Instant::now(),
+        }))
     }
 
     /// Verifies a raw token (without the `Bearer ` prefix), through the cache. For callers
@@ -146,27 +165,20 @@ impl Verifier {
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken(InvalidTokenReason::Malformed))?;
         let hash = token.hash();
-        match self.cached_or_refused(token, &hash) {
-            Some(found) => found.map(|hit| hit.principal),
-            None => self.verify_miss(token, hash, MissContext::default(), started).await,
+        if let Some(hit) = self.cache.hit(&hash) {
+            return Ok(hit.principal);
         }
+        self.acceptable(token)?;
+        self.verify_miss(token, hash, MissContext::default(), started).await
     }
 
-    /// What is known without a gateway call: a cached principal, or a token that can never
-    /// pass; `None` when the miss path must decide.
-    fn cached_or_refused(
-        &self,
-        token: BearerToken<'_>,
-        hash: &TokenHash,
-    ) -> Option<Result<crate::cache::Hit, AuthError>> {
-        if let Some(hit) = self.cache.hit(hash) {
-            return Some(Ok(hit));
-        }
+    /// Refuses a token that can never pass, without a gateway call.
+    fn acceptable(&self, token: BearerToken<'_>) -> Result<(), AuthError> {
         if token.is_jwt_shaped() {
             // The gateway answers 401 for every JWT access token: never send it one.
-            return Some(Err(AuthError::InvalidToken(InvalidTokenReason::JwtNotAccepted)));
+            return Err(AuthError::InvalidToken(InvalidTokenReason::JwtNotAccepted));
         }
-        None
+        Ok(())
     }
 
     /// The cached principal for a token hash, if present and fresh, without calling the
