@@ -40,7 +40,7 @@ use self::stale::OutageGrace;
 use crate::config::CacheSettings;
 use crate::principal::{Grant, Principal};
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::Metrics;
 use crate::token::TokenHash;
 
 /// Distinguishes caches in the per-thread front cache (one cache per check profile).
@@ -105,7 +105,7 @@ impl DecisionCache {
         #[cfg(feature = "metrics")]
         let builder = builder.eviction_listener(|_key, _value, cause| {
             use moka::notification::RemovalCause;
-            telemetry::eviction(match cause {
+            crate::telemetry::eviction(match cause {
                 RemovalCause::Expired => "expired",
                 RemovalCause::Size => "size",
                 RemovalCause::Explicit => "explicit",

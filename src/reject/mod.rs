@@ -11,9 +11,9 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use self::challenge::ChallengeParams;
-pub(crate) use self::render::{
-    Anonymous, BodyRefusal, RenderedAuthError, challenge_of, is_grpc, rechallenge, refusal, render,
-};
+#[cfg(feature = "axum")]
+pub(crate) use self::render::RenderedAuthError;
+pub(crate) use self::render::{Anonymous, BodyRefusal, challenge_of, is_grpc, rechallenge, refusal, render};
 
 /// Why a request was refused.
 ///
