@@ -43,6 +43,9 @@ use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::telemetry::Metrics;
 use crate::token::TokenHash;
 
+/// Largest table allocated up front (entries); a larger `max_capacity` grows past it.
+const INITIAL_CAPACITY_LIMIT: u64 = 1 << 17;
+
 /// Distinguishes caches in the per-thread front cache (one cache per check profile).
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -97,6 +100,9 @@ impl DecisionCache {
             // Weighed in estimated bytes, each entry at least budget / max_capacity: both
             // bounds hold with one moka capacity.
             .max_capacity(settings.max_cache_bytes)
+            // Sized for the entry limit from the start: a cache filling up under new tokens
+            // does not rehash its table as it grows.
+            .initial_capacity(usize::try_from(settings.max_capacity.min(INITIAL_CAPACITY_LIMIT)).unwrap_or(0))
             .weigher(move |_key, entry: &Entry| weight(&entry.principal, min_weight))
             // A flat ttl; an entry whose token expires sooner is never served past its
             // `deadline` (checked on every read).
