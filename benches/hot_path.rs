@@ -74,7 +74,7 @@ fn layer(capacity: u64) -> WachtAuthLayer {
         .expected_deployment_id(418223109876543489)
         .build()
         .unwrap();
-    WachtAuthLayer::with_gateway(config, AllowAll)
+    WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -67,6 +67,8 @@ pub mod body;
 mod cache;
 pub mod config;
 mod error;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod layer;

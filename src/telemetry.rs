@@ -13,6 +13,11 @@
 //! | `wacht_gateway_errors_total` | counter | `kind` | `timeout`, `connect`, `status`, `decode` |
 //! | `wacht_stale_served_total` | counter | | requests answered from the outage grace (`stale_if_error`) |
 //! | `wacht_refresh_total` | counter | `outcome` | background refresh-ahead checks: `allowed`, `invalid_token`, `failed` |
+//! | `wacht_fleet_lookups_total` | counter | `result` | fleet mode, shared-tier lookups: `hit`, `rejected` (a shared 401), `miss`, `bad_mac` (an entry whose tag does not verify, ignored) |
+//! | `wacht_fleet_leases_total` | counter | `result` | fleet-wide single flight: `won` (this replica asks the gateway), `waited` (another replica's answer used), `timed_out` (waited `lease_wait`, then asked itself) |
+//! | `wacht_fleet_errors_total` | counter | `operation` | Redis failures and timeouts, by operation (`lookup`, `lease`, `write`, `invalidate`, `publish`, ...) |
+//! | `wacht_fleet_events_total` | counter | `direction` | invalidation events: `sent`, `applied` (from another replica), `refused` (tag does not verify) |
+//! | `wacht_fleet_channel_connected` | gauge | | 1 while the invalidation channel is subscribed, 0 while it is lost |
 //!
 //! Labels never carry a token or key: client ids and permission names come from the gateway's
 //! answer for a verified token.
@@ -72,6 +77,16 @@ pub mod names {
     pub const STALE_SERVED: &str = "wacht_stale_served_total";
     /// Background refreshes by `outcome`.
     pub const REFRESHES: &str = "wacht_refresh_total";
+    /// Fleet mode: shared-tier lookups by `result`.
+    pub const FLEET_LOOKUPS: &str = "wacht_fleet_lookups_total";
+    /// Fleet mode: leases by `result`.
+    pub const FLEET_LEASES: &str = "wacht_fleet_leases_total";
+    /// Fleet mode: Redis errors by `operation`.
+    pub const FLEET_ERRORS: &str = "wacht_fleet_errors_total";
+    /// Fleet mode: invalidation events by `direction`.
+    pub const FLEET_EVENTS: &str = "wacht_fleet_events_total";
+    /// Fleet mode: 1 while the invalidation channel is subscribed.
+    pub const FLEET_CHANNEL: &str = "wacht_fleet_channel_connected";
 }
 
 /// Pre-registered handles for the per-request counters.
@@ -169,4 +184,39 @@ pub(crate) fn refresh(outcome: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::REFRESHES, "outcome" => outcome).increment(1);
     let _ = outcome;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_lookup(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::FLEET_LOOKUPS, "result" => result).increment(1);
+    let _ = result;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_lease(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::FLEET_LEASES, "result" => result).increment(1);
+    let _ = result;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_error(operation: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::FLEET_ERRORS, "operation" => operation).increment(1);
+    let _ = operation;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_event(direction: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::FLEET_EVENTS, "direction" => direction).increment(1);
+    let _ = direction;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_channel(connected: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(names::FLEET_CHANNEL).set(if connected { 1.0 } else { 0.0 });
+    let _ = connected;
 }

@@ -16,7 +16,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reject", &[]),
     ("principal", &["reject", "timefmt"]),
     ("metadata", &["error"]),
-    ("config", &["error", "metadata", "principal", "token"]),
+    ("config", &["error", "fleet", "metadata", "principal", "token"]),
+    ("fleet", &["error", "gateway", "principal", "telemetry", "token"]),
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
     ("cache", &["config", "principal", "reject", "telemetry", "token"]),
     (
@@ -24,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "cache",
             "config",
+            "fleet",
             "error",
             "gateway",
             "principal",

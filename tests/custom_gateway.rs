@@ -49,7 +49,7 @@ async fn app(answer: fn() -> Decision) -> (std::net::SocketAddr, Arc<AtomicUsize
         answer,
     };
     let config = WachtAuthConfig::builder().expected_deployment_id(1).build().unwrap();
-    let addr = serve(router(WachtAuthLayer::with_gateway(config, gateway))).await;
+    let addr = serve(router(WachtAuthLayer::with_gateway(config, gateway).unwrap())).await;
     (addr, calls)
 }
 
@@ -93,7 +93,8 @@ async fn verifier_can_be_used_outside_http() {
             calls: Arc::clone(&calls),
             answer: || grant(SystemTime::now() + Duration::from_secs(60)),
         },
-    );
+    )
+    .unwrap();
     let p = layer.verifier().verify("oat_ws_token").await.unwrap();
     assert_eq!(p.client_id().as_str(), "oc_custom");
     layer.verifier().verify("oat_ws_token").await.unwrap();

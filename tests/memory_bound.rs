@@ -120,7 +120,7 @@ async fn a_million_junk_tokens_neither_grow_memory_nor_evict_valid_tokens() {
         .negative_max_capacity(NEGATIVE_MAX_CAPACITY)
         .build()
         .expect("valid config");
-    let layer = WachtAuthLayer::with_gateway(config, Shared(Arc::clone(&gateway)));
+    let layer = WachtAuthLayer::with_gateway(config, Shared(Arc::clone(&gateway))).expect("layer builds");
     let verifier = layer.verifier();
 
     // Cache the valid tokens.

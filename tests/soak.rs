@@ -586,7 +586,7 @@ async fn soak_100k_requests_256_connections_10k_tokens() {
         inner: HttpGateway::new(&config).expect("gateway client"),
         calls: Arc::clone(&calls),
     };
-    let layer = WachtAuthLayer::with_gateway(config.clone(), recording);
+    let layer = WachtAuthLayer::with_gateway(config.clone(), recording).expect("layer builds");
     let addr = common::serve(quickstart::app(layer.clone())).await;
 
     // The run.

@@ -184,22 +184,29 @@ impl DecisionCache {
         self.generations.current()
     }
 
-    /// The cache entry for a verified grant: served until `min(now + ttl, its expiry)` (which
-    /// is now already when the token has expired by this clock: then it serves the requests
-    /// waiting for it and nobody after).
-    pub(crate) fn entry(&self, grant: Grant, challenge: Arc<ChallengeParams>, stamp: u64) -> Entry {
+    /// The cache entry for a verified grant: served until `min(now + ttl, its expiry, now +
+    /// cap)` (which is now already when the token has expired by this clock: then it serves
+    /// the requests waiting for it and nobody after). `cap` comes from the verdict's source
+    /// (a shared entry's remaining life, fleet mode's disconnected bound).
+    pub(crate) fn entry(
+        &self,
+        grant: Grant,
+        challenge: Arc<ChallengeParams>,
+        stamp: u64,
+        cap: Option<Duration>,
+    ) -> Entry {
         let remaining = grant
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
         let principal = Principal::new(self.interner.grant(grant), challenge);
         let now = Instant::now();
-        let lifetime = self.ttl.min(remaining);
+        let lifetime = self.ttl.min(remaining).min(cap.unwrap_or(Duration::MAX));
         // Refresh only entries that end because of the ttl: a token about to expire cannot be
         // renewed by asking again.
         let refresh = self
             .refresh_ahead
-            .filter(|_| remaining > self.ttl)
+            .filter(|_| remaining > self.ttl && cap.is_none())
             .map(|window| Arc::new(Refresh::new(now + lifetime.saturating_sub(window))));
         Entry {
             principal,

@@ -272,6 +272,14 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Fleet mode (feature `redis`): a decision tier and an invalidation channel shared by
+    /// every replica, on Redis or Valkey (see [`fleet`](crate::fleet)). Off by default.
+    #[cfg(feature = "redis")]
+    pub fn fleet(mut self, fleet: crate::fleet::FleetConfig) -> Self {
+        self.config.fleet = Some(fleet);
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// Fails with [`ConfigError::TenantNotPinned`] unless the deployment or the issuer is

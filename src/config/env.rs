@@ -1,7 +1,32 @@
 //! [`WachtAuthConfig::from_env`]: the configuration from `WACHT_*` environment variables.
 
-use super::{WachtAuthConfig, check_url};
+use super::{WachtAuthConfig, WachtAuthConfigBuilder, check_url};
 use crate::error::ConfigError;
+
+/// Fleet mode from `WACHT_REDIS_URL` and `WACHT_FLEET_SECRET`.
+#[cfg(feature = "redis")]
+fn fleet_from_env(
+    builder: WachtAuthConfigBuilder,
+    url: String,
+    secret: Option<String>,
+) -> Result<WachtAuthConfigBuilder, ConfigError> {
+    let secret = secret.ok_or(ConfigError::Missing("WACHT_FLEET_SECRET"))?;
+    Ok(builder.fleet(crate::fleet::FleetConfig::new(url, secret)))
+}
+
+/// Without the `redis` feature, a configured Redis is an error, not silently ignored: the
+/// operator expects invalidations to reach every replica.
+#[cfg(not(feature = "redis"))]
+fn fleet_from_env(
+    _builder: WachtAuthConfigBuilder,
+    _url: String,
+    _secret: Option<String>,
+) -> Result<WachtAuthConfigBuilder, ConfigError> {
+    Err(ConfigError::invalid(
+        "WACHT_REDIS_URL",
+        "fleet mode needs tower-wacht built with the `redis` feature",
+    ))
+}
 
 impl WachtAuthConfig {
     /// Reads the configuration from the environment:
@@ -11,6 +36,10 @@ impl WachtAuthConfig {
     /// * `WACHT_DEPLOYMENT_ID`: accept only tokens of this deployment;
     /// * `WACHT_OAUTH_ISSUER`: accept only tokens from this issuer;
     /// * `WACHT_RESOURCE_URL`: this server's resource URL; accept only tokens issued for it.
+    ///
+    /// With the `redis` feature, `WACHT_REDIS_URL` turns fleet mode on (`redis://host:port`),
+    /// with `WACHT_FLEET_SECRET` (required then, at least 32 bytes, the same on every
+    /// replica).
     ///
     /// At least one of `WACHT_DEPLOYMENT_ID` and `WACHT_OAUTH_ISSUER` is required
     /// ([`ConfigError::TenantNotPinned`] otherwise): the gateway accepts tokens of every Wacht
@@ -39,6 +68,9 @@ impl WachtAuthConfig {
         if let Some(issuer) = get("WACHT_OAUTH_ISSUER") {
             check_url("WACHT_OAUTH_ISSUER", &issuer)?;
             b = b.expected_issuer(issuer);
+        }
+        if let Some(url) = get("WACHT_REDIS_URL") {
+            b = fleet_from_env(b, url, get("WACHT_FLEET_SECRET"))?;
         }
         if let Some(resource) = get("WACHT_RESOURCE_URL") {
             check_url("WACHT_RESOURCE_URL", &resource)?;

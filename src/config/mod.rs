@@ -84,6 +84,7 @@ impl fmt::Display for ApiKey {
 /// | `keep_authorization_header` | off | the token is removed from the request before your handlers (no passthrough) |
 /// | `realm` / `challenge_scopes` | none / none | the `realm` and the `scope` suggested in 401 challenges |
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
+/// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
 #[derive(Clone, Debug, Default)]
 pub struct WachtAuthConfig {
     pub(crate) gateway: GatewaySettings,
@@ -91,6 +92,9 @@ pub struct WachtAuthConfig {
     pub(crate) pins: PinSettings,
     pub(crate) challenge: ChallengeSettings,
     pub(crate) requests: RequestSettings,
+    /// Fleet mode (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// The gateway client and what a miss sends it.

@@ -81,17 +81,21 @@ impl WachtAuthLayer {
     }
 
     /// Builds the layer over any [`Gateway`] implementation (a test double, a custom client).
-    pub fn with_gateway(config: WachtAuthConfig, gateway: impl Gateway) -> Self {
-        let verifier = Verifier::with_gateway(&config, gateway);
-        Self::with_verifier(config, verifier)
+    /// Fails only in fleet mode, which needs a running Tokio runtime.
+    pub fn with_gateway(config: WachtAuthConfig, gateway: impl Gateway) -> Result<Self, ConfigError> {
+        let verifier = Verifier::with_gateway(&config, gateway)?;
+        Ok(Self::with_verifier(config, verifier))
     }
 
     fn with_verifier(config: WachtAuthConfig, verifier: Verifier) -> Self {
         warn_about_weakened_defaults(&config);
+        let verifier = Arc::new(verifier);
+        #[cfg(feature = "redis")]
+        verifier.start_fleet();
         let requests = config.requests;
         WachtAuthLayer {
             shared: Arc::new(Shared {
-                verifier: Arc::new(verifier),
+                verifier,
                 optional: requests.optional,
                 pass_cors_preflight: requests.pass_cors_preflight,
                 keep_authorization_header: requests.keep_authorization_header,

@@ -8,9 +8,10 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::Verifier;
+use super::source::Verdict;
 use crate::cache::Entry;
 use crate::config::PinSettings;
-use crate::gateway::{Decision, GatewayError};
+use crate::gateway::Decision;
 use crate::principal::{DeploymentId, Grant};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
@@ -22,13 +23,8 @@ const DEFAULT_RATE_LIMIT_RETRY: Duration = Duration::from_secs(60);
 impl Verifier {
     /// The entry to cache for a verdict, or the refusal to share with every waiting request.
     /// Refusals for good (the gateway's 401, a pin, a denied client) are remembered.
-    pub(super) async fn decide(
-        &self,
-        verdict: Result<Decision, GatewayError>,
-        hash: TokenHash,
-        stamp: u64,
-    ) -> Result<Entry, AuthError> {
-        let grant = match verdict {
+    pub(super) async fn decide(&self, verdict: Verdict, hash: TokenHash, stamp: u64) -> Result<Entry, AuthError> {
+        let grant = match verdict.decision {
             Ok(Decision::Allowed(grant)) => grant,
             Ok(Decision::InvalidToken) => return Err(self.reject(hash, InvalidTokenReason::Rejected).await),
             Ok(Decision::PermissionDenied) => {
@@ -64,7 +60,9 @@ impl Verifier {
             telemetry::failure(grant.client_id.as_str(), "denied_client");
             return Err(self.reject(hash, InvalidTokenReason::DeniedClient).await);
         }
-        Ok(self.cache.entry(*grant, Arc::clone(&self.challenge), stamp))
+        Ok(self
+            .cache
+            .entry(*grant, Arc::clone(&self.challenge), stamp, verdict.cap))
     }
 
     async fn reject(&self, hash: TokenHash, reason: InvalidTokenReason) -> AuthError {
@@ -117,29 +115,47 @@ impl Pins {
     }
 }
 
-/// OAuth client ids refused even when the gateway allows their tokens; changeable at run time.
+/// OAuth client ids refused even when the gateway allows their tokens: those configured
+/// (permanent), and those denied at run time here or by another replica of the fleet.
 #[derive(Debug, Default)]
-pub(super) struct DenyList(RwLock<HashSet<Arc<str>>>);
+pub(super) struct DenyList {
+    configured: HashSet<Arc<str>>,
+    runtime: RwLock<HashSet<Arc<str>>>,
+}
 
 impl DenyList {
     pub(super) fn new(clients: &[String]) -> Self {
-        DenyList(RwLock::new(clients.iter().map(|c| Arc::from(c.as_str())).collect()))
+        DenyList {
+            configured: clients.iter().map(|c| Arc::from(c.as_str())).collect(),
+            runtime: RwLock::default(),
+        }
     }
 
     pub(super) fn contains(&self, client_id: &str) -> bool {
-        let denied = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        !denied.is_empty() && denied.contains(client_id)
+        if self.configured.contains(client_id) {
+            return true;
+        }
+        let runtime = self.runtime.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        !runtime.is_empty() && runtime.contains(client_id)
     }
 
     pub(super) fn insert(&self, client_id: &str) {
-        self.0
+        self.insert_shared(client_id);
+    }
+
+    /// Adds a run-time denial; true if the client was not denied before.
+    pub(super) fn insert_shared(&self, client_id: &str) -> bool {
+        let fresh = !self.contains(client_id);
+        self.runtime
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(Arc::from(client_id));
+        fresh
     }
 
+    /// Lifts a run-time denial (configured ones stay).
     pub(super) fn remove(&self, client_id: &str) {
-        self.0
+        self.runtime
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(client_id);
@@ -147,9 +163,15 @@ impl DenyList {
 
     /// The ids, sorted.
     pub(super) fn list(&self) -> Vec<String> {
-        let denied = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut ids: Vec<String> = denied.iter().map(|c| c.to_string()).collect();
+        let runtime = self.runtime.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids: Vec<String> = self
+            .configured
+            .iter()
+            .chain(runtime.iter())
+            .map(|c| c.to_string())
+            .collect();
         ids.sort();
+        ids.dedup();
         ids
     }
 }
@@ -176,7 +198,7 @@ fn same_resource(a: &Url, b: &Url) -> bool {
 mod tests {
     use super::*;
     use crate::WachtAuthConfig;
-    use crate::gateway::{CheckRequest, Gateway};
+    use crate::gateway::{CheckRequest, Gateway, GatewayError};
     use crate::principal::{ClientId, StringSet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::SystemTime;
@@ -215,7 +237,7 @@ mod tests {
             .build()
             .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let verifier = Verifier::with_gateway(&config, ForeignAudience(Arc::clone(&calls)));
+        let verifier = Verifier::with_gateway(&config, ForeignAudience(Arc::clone(&calls))).unwrap();
         for _ in 0..3 {
             assert_eq!(
                 verifier.verify("oat_token").await.unwrap_err(),

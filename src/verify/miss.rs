@@ -123,7 +123,7 @@ impl Verifier {
         };
         // Stamped before the call: an invalidation from now on voids this answer.
         let stamp = self.cache.stamp();
-        let verdict = self.answer(token, ctx).await;
+        let verdict = self.answer(token, hash, ctx).await;
         let outcome = self.decide(verdict, hash, stamp).await;
         let span = tracing::Span::current();
         match &outcome {

@@ -10,6 +10,8 @@
 //! * [`refresh`]: refresh-ahead in the background.
 
 mod decide;
+#[cfg(feature = "redis")]
+mod fleet;
 mod miss;
 mod refresh;
 mod source;
@@ -76,6 +78,9 @@ pub struct Verifier {
     inflight: AtomicUsize,
     max_token_len: usize,
     challenge: Arc<ChallengeParams>,
+    /// The shared tier and invalidation channel, in fleet mode.
+    #[cfg(feature = "redis")]
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -91,11 +96,13 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier checking tokens with the Wacht gateway client `config` describes.
     pub fn from_config(config: &WachtAuthConfig) -> Result<Self, ConfigError> {
-        Ok(Self::with_gateway(config, HttpGateway::new(config)?))
+        Self::with_gateway(config, HttpGateway::new(config)?)
     }
 
     /// A verifier over any [`Gateway`] implementation (a test double, a custom client).
-    pub fn with_gateway(config: &WachtAuthConfig, gateway: impl Gateway) -> Self {
+    ///
+    /// Fails only in fleet mode, which needs a running Tokio runtime.
+    pub fn with_gateway(config: &WachtAuthConfig, gateway: impl Gateway) -> Result<Self, ConfigError> {
         let challenge = Arc::new(ChallengeParams {
             realm: config.challenge.realm.as_deref().map(Into::into),
             resource_metadata: config
@@ -110,7 +117,9 @@ impl Verifier {
                 .map(|s| s.as_str().into())
                 .collect(),
         });
-        Verifier {
+        Ok(Verifier {
+            #[cfg(feature = "redis")]
+            fleet: fleet::start(config)?,
             cache: DecisionCache::new(&config.cache, miss::call_bound(&config.gateway)),
             gateway: Box::new(gateway),
             pins: Pins::new(&config.pins),
@@ -119,7 +128,7 @@ impl Verifier {
             inflight: AtomicUsize::new(0),
             max_token_len: config.requests.max_token_len,
             challenge,
-        }
+        })
     }
 
     /// The challenge parameters of this verifier's refusals.
@@ -135,7 +144,7 @@ impl Verifier {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Authentication {
-        let hash = token.hash();
+        let hash = self.key(token);
         if let Some(hit) = self.cache.hit(&hash) {
             if let Some(refresh) = hit.refresh
                 && refresh.claim()
@@ -164,7 +173,7 @@ impl Verifier {
         let started = Instant::now();
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken(InvalidTokenReason::Malformed))?;
-        let hash = token.hash();
+        let hash = self.key(token);
         if let Some(hit) = self.cache.hit(&hash) {
             return Ok(hit.principal);
         }
@@ -181,8 +190,27 @@ impl Verifier {
         Ok(())
     }
 
-    /// The cached principal for a token hash, if present and fresh, without calling the
-    /// gateway or waiting.
+    /// The cache key of a token: its SHA-256, or in fleet mode HMAC-SHA256 with the fleet
+    /// secret (so that no shared store ever sees a plain hash of the token).
+    pub fn hash_token(&self, token: &str) -> TokenHash {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            return fleet.hash_str(token);
+        }
+        TokenHash::of(token)
+    }
+
+    /// [`hash_token`](Self::hash_token) of a parsed token.
+    fn key(&self, token: BearerToken<'_>) -> TokenHash {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            return fleet.hash(token);
+        }
+        token.hash()
+    }
+
+    /// The cached principal for a token key (see [`hash_token`](Self::hash_token)), if
+    /// present and fresh, without calling the gateway or waiting.
     pub fn cached(&self, hash: &TokenHash) -> Option<Principal> {
         self.cache.peek(hash)
     }
@@ -191,14 +219,20 @@ impl Verifier {
     /// use asks the gateway again; an answer in flight is voided too. Use it when you learn
     /// that a grant was revoked.
     pub async fn invalidate(&self, token: &str) {
-        let hash = TokenHash::of(token);
+        let hash = self.hash_token(token);
         self.cache.invalidate_token(hash).await;
         self.cache.forget_rejection(&hash).await;
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            fleet.invalidate_token(hash).await;
+        }
     }
 
     /// Drops every cached decision, answers in flight included.
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+        #[cfg(feature = "redis")]
+        self.fan_out(|fleet| async move { fleet.invalidate_all().await });
     }
 
     /// Drops every cached token of one OAuth client, so their next use asks the gateway.
@@ -206,6 +240,11 @@ impl Verifier {
     /// [`deny_client`](Self::deny_client).)
     pub fn invalidate_client(&self, client_id: &str) {
         self.cache.invalidate_client(client_id);
+        #[cfg(feature = "redis")]
+        {
+            let id = client_id.to_owned();
+            self.fan_out(|fleet| async move { fleet.invalidate_client(&id).await });
+        }
     }
 
     /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
@@ -214,12 +253,22 @@ impl Verifier {
     pub fn deny_client(&self, client_id: &str) {
         self.denied.insert(client_id);
         self.cache.invalidate_client(client_id);
+        #[cfg(feature = "redis")]
+        {
+            let id = client_id.to_owned();
+            self.fan_out(|fleet| async move { fleet.deny_client(&id).await });
+        }
     }
 
     /// Lifts a [`deny_client`](Self::deny_client). Its tokens rejected within the last
     /// `negative_ttl` stay rejected until that entry ends.
     pub fn allow_client(&self, client_id: &str) {
         self.denied.remove(client_id);
+        #[cfg(feature = "redis")]
+        {
+            let id = client_id.to_owned();
+            self.fan_out(|fleet| async move { fleet.allow_client(&id).await });
+        }
     }
 
     /// The OAuth client ids currently denied, sorted.

@@ -389,7 +389,7 @@ async fn held_app(
         answered: Arc::clone(&answered),
         release,
     };
-    let auth = WachtAuthLayer::with_gateway(config, held);
+    let auth = WachtAuthLayer::with_gateway(config, held).unwrap();
     let addr = common::serve(common::router(auth.clone())).await;
     let app = common::TestApp {
         addr,

@@ -1,0 +1,198 @@
+//! Fleet mode: the quickstart's routes served by a replica that shares its decision cache and
+//! its invalidations with every other replica through Redis, plus an operator listener.
+//!
+//! ```text
+//! redis-server --port 6379 &
+//! WACHT_REDIS_URL=redis://127.0.0.1:6379 WACHT_FLEET_SECRET=$(openssl rand -hex 32) \
+//!   cargo run --example fleet --features test-util,redis
+//! ```
+//!
+//! Routes on `BIND` (default `127.0.0.1:3000`): `GET /public`, `GET /whoami`,
+//! `POST /tools/invoke` (needs `mcp:invoke`), as in the quickstart.
+//!
+//! Operator listener on `ADMIN_BIND` (default `127.0.0.1:3100`, loopback: never expose it),
+//! each answering 204:
+//! * `POST /invalidate` with `{"token": "..."}`: drop one token's decision on every replica;
+//! * `POST /invalidate-all`;
+//! * `POST /clients/{id}/invalidate`, `POST /clients/{id}/deny`, `POST /clients/{id}/allow`.
+//!
+//! Configuration: like the quickstart (`WACHT_GATEWAY_URL`, `WACHT_BACKEND_API_KEY`,
+//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, ...) plus `WACHT_REDIS_URL` and
+//! `WACHT_FLEET_SECRET` (at least 32 bytes, the same on every replica). Without
+//! `WACHT_GATEWAY_URL` the first replica starts an embedded `FakeGateway` with demo tokens and
+//! prints its URL: start more replicas with `WACHT_GATEWAY_URL` set to it (and other `BIND` /
+//! `ADMIN_BIND`), so that they share one gateway and one Redis.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_wacht::testing::{
+    EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
+};
+use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
+
+/// The application: the quickstart's three routes behind one auth layer.
+pub fn app(auth: WachtAuthLayer) -> Router {
+    Router::new()
+        .route(
+            "/tools/invoke",
+            post(|p: Principal| async move { Json(json!({ "invoked": true, "by": p.client_id() })) }),
+        )
+        .route_layer(RequirePermissionsLayer::all(["mcp:invoke"]))
+        .route(
+            "/whoami",
+            get(|p: Principal| async move {
+                Json(json!({
+                    "client_id": p.client_id(),
+                    "granted_resource": p.granted_resource(),
+                    "scopes": p.scopes(),
+                    "permissions": p.permissions(),
+                    "expires_at": p.expires_at_rfc3339(),
+                }))
+            }),
+        )
+        .route(
+            "/public",
+            get(|p: Option<Principal>| async move {
+                match p {
+                    Some(p) => format!("Hello, {}! This route is public.\n", p.client_id()),
+                    None => "Hello, anonymous caller! This route is public.\n".to_owned(),
+                }
+            }),
+        )
+        .layer(auth)
+}
+
+/// The operator listener: invalidations and client denials, applied to every replica.
+pub fn admin(auth: WachtAuthLayer) -> Router {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        token: String,
+    }
+    Router::new()
+        .route(
+            "/invalidate",
+            post(
+                |State(auth): State<WachtAuthLayer>, Json(body): Json<Token>| async move {
+                    auth.invalidate(&body.token).await;
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/invalidate-all",
+            post(|State(auth): State<WachtAuthLayer>| async move {
+                auth.invalidate_all();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/clients/{id}/invalidate",
+            post(
+                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
+                    auth.invalidate_client(&id);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/clients/{id}/deny",
+            post(
+                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
+                    auth.deny_client(&id);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/clients/{id}/allow",
+            post(
+                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
+                    auth.allow_client(&id);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(auth)
+}
+
+/// A fake gateway with two demo tokens; the configuration pointing at it.
+async fn demo() -> Result<(FakeGateway, Vec<(&'static str, String)>), Box<dyn std::error::Error>> {
+    let gateway = FakeGateway::start().await?;
+    gateway.set_scope_definitions(vec![ScopeDefinition::organization(
+        "projects:read",
+        "org:projects:read",
+    )]);
+    let grant = |client: &str, scopes: &[&str]| {
+        TokenGrant::new(client)
+            .scopes(scopes.iter().copied())
+            .granted_resource("urn:wacht:organization:427001234567890561")
+            .expires_in(Duration::from_secs(3600))
+    };
+    let agent = generate_token();
+    gateway.register(&agent, grant("oc_demoFleetAgentInvoke00000000001", &["mcp:invoke"]));
+    let reader = generate_token();
+    gateway.register(&reader, grant("oc_demoFleetReader0000000000000002", &["projects:read"]));
+    Ok((gateway, vec![("agent (mcp:invoke)", agent), ("reader", reader)]))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_wacht=debug".into()),
+        )
+        .init();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let bind: SocketAddr = env("BIND").unwrap_or_else(|| "127.0.0.1:3000".into()).parse()?;
+    let admin_bind: SocketAddr = env("ADMIN_BIND").unwrap_or_else(|| "127.0.0.1:3100".into()).parse()?;
+    if env("WACHT_REDIS_URL").is_none() {
+        return Err("the fleet example needs WACHT_REDIS_URL (and WACHT_FLEET_SECRET)".into());
+    }
+
+    let (config, demo) = if env("WACHT_GATEWAY_URL").is_some() {
+        (WachtAuthConfig::from_env()?, None)
+    } else {
+        let (gateway, tokens) = demo().await?;
+        let lookup = |name: &str| match name {
+            "WACHT_GATEWAY_URL" => Some(gateway.url()),
+            "WACHT_BACKEND_API_KEY" => Some("demo-backend-key".to_owned()),
+            "WACHT_DEPLOYMENT_ID" => Some(EXAMPLE_DEPLOYMENT_ID.to_string()),
+            "WACHT_OAUTH_ISSUER" => Some(EXAMPLE_ISSUER.to_owned()),
+            other => std::env::var(other).ok(),
+        };
+        (WachtAuthConfig::from_lookup(lookup)?, Some((gateway, tokens)))
+    };
+    let auth = WachtAuthLayer::new(config.to_builder().optional(true).build()?)?;
+
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_bind).await?;
+    println!(
+        "tower-wacht fleet replica listening on http://{}",
+        listener.local_addr()?
+    );
+    println!("operator listener on http://{}", admin_listener.local_addr()?);
+    if let Some((gateway, tokens)) = &demo {
+        println!(
+            "No WACHT_GATEWAY_URL set: embedded fake gateway at {}; start more replicas with WACHT_GATEWAY_URL={} WACHT_BACKEND_API_KEY=demo-backend-key WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID}",
+            gateway.url(),
+            gateway.url()
+        );
+        for (who, token) in tokens {
+            println!("demo token, {who}: {token}");
+        }
+    }
+    let admin_app = admin(auth.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(admin_listener, admin_app).await {
+            eprintln!("operator listener failed: {error}");
+        }
+    });
+    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The Redis side of fleet mode: one round trip per lookup (a Lua script reading the answer,
+//! the rejection, the void markers and the epoch together), the lease, write-back, and the
+//! shared state behind invalidations.
+//!
+//! Keys under the profile prefix `wacht:<profile>:`:
+//!
+//! | key | holds | lifetime |
+//! | --- | --- | --- |
+//! | `a:<hash>` | hash: `v` the sealed answer, `c` its client id | `min(ttl, expires_at − now)` |
+//! | `n:<hash>` | the sealed rejection | `negative_ttl` |
+//! | `l:<hash>` | the lease of the replica asking the gateway | the longest gateway call |
+//! | `v:<hash>` | the epoch of the token's last invalidation | longer than any answer in flight |
+//! | `vc:<client id>` | the epoch of the client's last invalidation | same |
+//! | `floor` | the epoch of the last invalidate-all | none |
+//! | `epoch` | the fleet's invalidation counter | none |
+//! | `denied` | set of denied client ids | none |
+//!
+//! An answer records the epoch read before its gateway call; a reader refuses it when a void
+//! marker, the client's marker or the floor is newer: an answer that was in flight during an
+//! invalidation anywhere in the fleet is never served.
+
+use std::time::{Duration, SystemTime};
+
+use redis::Script;
+
+use super::{Event, Fleet};
+use crate::gateway::{Decision, GatewayError};
+use crate::principal::Grant;
+use crate::telemetry;
+use crate::token::TokenHash;
+
+/// What the shared tier knows of a token.
+pub(crate) enum Lookup {
+    /// A shared verdict.
+    Found(Shared),
+    /// Nothing usable; `epoch` is the fleet's epoch now, to stamp a fresh answer with.
+    Missing { epoch: u64 },
+}
+
+/// A verdict another replica shared.
+pub(crate) enum Shared {
+    /// A verified grant, with the shared entry's remaining lifetime.
+    Allowed { grant: Grant, remaining: Duration },
+    /// The gateway rejected it (within `negative_ttl`).
+    Rejected,
+}
+
+/// KEYS: answer, rejection, token void, floor, epoch. ARGV: client void key prefix.
+/// Returns: answer value, answer client, rejection, token void, floor, epoch, client void,
+/// answer PTTL (as text).
+const LOOKUP: &str = r"
+local a = redis.call('HMGET', KEYS[1], 'v', 'c')
+local cv = false
+if a[2] then cv = redis.call('GET', ARGV[1] .. a[2]) end
+return {a[1], a[2], redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]),
+        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5]), cv,
+        tostring(redis.call('PTTL', KEYS[1]))}
+";
+
+/// KEYS: epoch, void marker, then keys to delete. ARGV: marker lifetime (ms). Returns the new
+/// epoch.
+const VOID: &str = r"
+local e = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], e, 'PX', ARGV[1])
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+return e
+";
+
+/// KEYS: epoch, floor. Returns the new epoch, now the floor.
+const FLOOR: &str = r"
+local e = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], e)
+return e
+";
+
+fn epoch_of(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Fleet {
+    /// One round trip: what the shared tier holds for `hash`. `None` when Redis is
+    /// unavailable or answers something unreadable.
+    pub(crate) async fn lookup(&self, hash: &TokenHash) -> Option<Lookup> {
+        let answer_key = self.codec.token_redis_key("a", hash);
+        let rejection_key = self.codec.token_redis_key("n", hash);
+        let script = Script::new(LOOKUP);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&answer_key)
+            .key(&rejection_key)
+            .key(self.codec.token_redis_key("v", hash))
+            .key(self.codec.key("floor", ""))
+            .key(self.codec.key("epoch", ""))
+            .arg(self.codec.key("vc", ""));
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<Vec<u8>>> = self
+            .bounded("lookup", async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        let [answer, _client, rejection, token_void, floor, epoch, client_void, pttl] =
+            <[Option<Vec<u8>>; 8]>::try_from(values).ok()?;
+        let epoch_now = epoch_of(epoch.as_deref());
+        let newest_void = epoch_of(token_void.as_deref()).max(epoch_of(floor.as_deref()));
+        if let Some(value) = answer {
+            match self.codec.decode_answer(&answer_key, &value) {
+                Some(stored) if stored.epoch >= newest_void.max(epoch_of(client_void.as_deref())) => {
+                    let remaining = epoch_of(pttl.as_deref());
+                    if remaining > 0 && stored.grant.expires_at > SystemTime::now() {
+                        return Some(Lookup::Found(Shared::Allowed {
+                            grant: stored.grant,
+                            remaining: Duration::from_millis(remaining),
+                        }));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(
+                        key = answer_key,
+                        "fleet: ignored a shared answer whose tag does not verify"
+                    );
+                    telemetry::fleet_lookup("bad_mac");
+                }
+            }
+        }
+        if let Some(value) = rejection {
+            match self.codec.decode_rejection(&rejection_key, &value) {
+                Some(stamped) if stamped >= newest_void => return Some(Lookup::Found(Shared::Rejected)),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(
+                        key = rejection_key,
+                        "fleet: ignored a shared rejection whose tag does not verify"
+                    );
+                    telemetry::fleet_lookup("bad_mac");
+                }
+            }
+        }
+        telemetry::fleet_lookup("miss");
+        Some(Lookup::Missing { epoch: epoch_now })
+    }
+
+    /// Takes the token's lease for this replica: `Some(true)` taken, `Some(false)` another
+    /// replica holds it, `None` Redis unavailable.
+    pub(crate) async fn take_lease(&self, hash: &TokenHash) -> Option<bool> {
+        let key = self.codec.token_redis_key("l", hash);
+        let ms = millis(self.profile.call_bound);
+        let mut conn = self.conn.clone();
+        let replica = self.replica;
+        let taken: Option<String> = self
+            .bounded("lease", async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(replica)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Some(taken.is_some())
+    }
+
+    /// Polls for the answer of the replica holding the lease, at most `lease_wait`.
+    pub(crate) async fn wait_for_answer(&self, hash: &TokenHash) -> Option<Shared> {
+        let deadline = tokio::time::Instant::now() + self.config.lease_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.lookup(hash).await? {
+                Lookup::Missing { .. } => {}
+                Lookup::Found(shared) => return Some(shared),
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return None;
+            }
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Shares the gateway's verdict (an allowed grant, or the 401), stamped with `epoch`, and
+    /// releases the lease. Rate limits and errors are not shared.
+    pub(crate) async fn write_back(&self, hash: &TokenHash, verdict: &Result<Decision, GatewayError>, epoch: u64) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match verdict {
+            Ok(Decision::Allowed(grant)) => {
+                let left = grant
+                    .expires_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                let lifetime = self.profile.ttl.min(left);
+                if lifetime.is_zero() {
+                    return;
+                }
+                let key = self.codec.token_redis_key("a", hash);
+                let value = self.codec.encode_answer(&key, grant, epoch);
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg("v")
+                    .arg(value)
+                    .arg("c")
+                    .arg(grant.client_id.as_str())
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(millis(lifetime)).ignore();
+            }
+            Ok(Decision::InvalidToken) if !self.profile.negative_ttl.is_zero() => {
+                let key = self.codec.token_redis_key("n", hash);
+                let value = self.codec.encode_rejection(&key, epoch);
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(self.profile.negative_ttl))
+                    .ignore();
+            }
+            _ => {}
+        }
+        pipe.cmd("DEL").arg(self.codec.token_redis_key("l", hash)).ignore();
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .bounded("write", async move { pipe.query_async(&mut conn).await })
+            .await;
+    }
+
+    /// How long a void marker must outlive the answers it voids.
+    fn void_lifetime(&self) -> u64 {
+        millis(self.profile.ttl + self.profile.call_bound + Duration::from_secs(5))
+    }
+
+    /// Voids `hash`'s shared answers fleet-wide and tells every replica.
+    pub(crate) async fn invalidate_token(&self, hash: TokenHash) {
+        let keys = [
+            self.codec.key("epoch", ""),
+            self.codec.token_redis_key("v", &hash),
+            self.codec.token_redis_key("a", &hash),
+            self.codec.token_redis_key("n", &hash),
+        ];
+        self.void(&keys).await;
+        self.publish(&Event::Token(hash)).await;
+    }
+
+    /// Voids one client's shared answers fleet-wide and tells every replica.
+    pub(crate) async fn invalidate_client(&self, client_id: &str) {
+        let keys = [self.codec.key("epoch", ""), self.codec.key("vc", client_id)];
+        self.void(&keys).await;
+        self.publish(&Event::Client(client_id.to_owned())).await;
+    }
+
+    /// Voids every shared answer (the floor) and tells every replica.
+    pub(crate) async fn invalidate_all(&self) {
+        let script = Script::new(FLOOR);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.codec.key("epoch", ""))
+            .key(self.codec.key("floor", ""));
+        let mut conn = self.conn.clone();
+        let floor: Option<u64> = self
+            .shared_state(
+                "invalidate_all",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
+            .await;
+        if let Some(floor) = floor {
+            self.floor.fetch_max(floor, std::sync::atomic::Ordering::AcqRel);
+        }
+        self.publish(&Event::All).await;
+    }
+
+    /// Adds a client to the shared deny set, voids its answers and tells every replica.
+    pub(crate) async fn deny_client(&self, client_id: &str) {
+        let key = self.codec.key("denied", "");
+        let id = client_id.to_owned();
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .shared_state("deny", async move {
+                redis::cmd("SADD").arg(key).arg(id).query_async(&mut conn).await
+            })
+            .await;
+        let keys = [self.codec.key("epoch", ""), self.codec.key("vc", client_id)];
+        self.void(&keys).await;
+        self.publish(&Event::Deny(client_id.to_owned())).await;
+    }
+
+    /// Removes a client from the shared deny set and tells every replica.
+    pub(crate) async fn allow_client(&self, client_id: &str) {
+        let key = self.codec.key("denied", "");
+        let id = client_id.to_owned();
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .shared_state("allow", async move {
+                redis::cmd("SREM").arg(key).arg(id).query_async(&mut conn).await
+            })
+            .await;
+        self.publish(&Event::Allow(client_id.to_owned())).await;
+    }
+
+    /// The shared deny set and the invalidate-all floor, for a replica that (re)subscribes.
+    pub(crate) async fn shared_view(&self) -> redis::RedisResult<(Vec<String>, u64)> {
+        let mut conn = self.conn.clone();
+        let (denied, floor): (Vec<String>, Option<u64>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(self.codec.key("denied", ""))
+            .cmd("GET")
+            .arg(self.codec.key("floor", ""))
+            .query_async(&mut conn)
+            .await?;
+        Ok((denied, floor.unwrap_or(0)))
+    }
+
+    /// Publishes an event on the profile's channel.
+    pub(crate) async fn publish(&self, event: &Event) {
+        let channel = self.codec.channel();
+        let message = self.codec.encode_event(&channel, self.replica, event);
+        let mut conn = self.conn.clone();
+        let sent: Option<i64> = self
+            .shared_state("publish", async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        if sent.is_some() && *event != Event::Heartbeat {
+            telemetry::fleet_event("sent");
+        }
+    }
+
+    async fn void(&self, keys: &[String]) {
+        let script = Script::new(VOID);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(self.void_lifetime());
+        let mut conn = self.conn.clone();
+        let _: Option<u64> = self
+            .shared_state("invalidate", async move { invocation.invoke_async(&mut conn).await })
+            .await;
+    }
+
+    /// A change of shared state (invalidations, the deny set): not on the request path, so a
+    /// longer bound than lookups, and not skipped by the breaker; failures are logged (the
+    /// local effect has happened already; replicas whose channel is lost catch up within
+    /// their disconnected bound).
+    async fn shared_state<T, Fut>(&self, what: &'static str, op: Fut) -> Option<T>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(Duration::from_secs(2), op).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::warn!(operation = what, error = %error, "fleet: could not update the shared state");
+                telemetry::fleet_error(what);
+                None
+            }
+            Err(_) => {
+                tracing::warn!(operation = what, "fleet: updating the shared state timed out");
+                telemetry::fleet_error(what);
+                None
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

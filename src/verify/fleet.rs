@@ -1,0 +1,110 @@
+//! The verifier's side of fleet mode: building the fleet tier for this check profile, sending
+//! its invalidations to the fleet, and applying the fleet's events to the local tiers.
+
+use std::sync::{Arc, Weak};
+
+use futures_util::future::BoxFuture;
+
+use super::Verifier;
+use crate::config::WachtAuthConfig;
+use crate::error::ConfigError;
+use crate::fleet::{Event, Fleet, Profile, Replica};
+
+/// The fleet tier `config` asks for, if any.
+pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, ConfigError> {
+    let Some(fleet) = &config.fleet else {
+        return Ok(None);
+    };
+    // Everything that changes a decision: replicas that differ in any of it never share.
+    let pins = &config.pins;
+    let id = format!(
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}",
+        config.gateway.gateway_url,
+        config.gateway.method,
+        config.gateway.resource,
+        pins.expected_deployment_id.map(|d| d.get()),
+        pins.expected_issuer,
+        pins.expected_audience,
+        pins.accept_any_deployment,
+    );
+    let profile = Profile {
+        id,
+        ttl: config.cache.ttl,
+        negative_ttl: config.cache.negative_ttl,
+        call_bound: super::miss::call_bound(&config.gateway),
+    };
+    Ok(Some(Arc::new(Fleet::new(fleet, profile)?)))
+}
+
+impl Verifier {
+    /// Starts the invalidation channel (fleet mode): it applies other replicas' events here
+    /// until this verifier is dropped.
+    pub(crate) fn start_fleet(self: &Arc<Self>) {
+        if let Some(fleet) = &self.fleet {
+            let weak: Weak<Verifier> = Arc::downgrade(self);
+            fleet.spawn_channel(weak);
+        }
+    }
+
+    /// Runs a fleet update in the background (the local effect has already happened).
+    pub(super) fn fan_out<F, Fut>(&self, update: F)
+    where
+        F: FnOnce(Arc<Fleet>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(update(Arc::clone(fleet)));
+            }
+            Err(_) => tracing::warn!(
+                "fleet: no Tokio runtime here: this change reaches the other replicas only through their disconnected bound"
+            ),
+        }
+    }
+
+    /// True while this verifier's invalidation channel is subscribed (always false without
+    /// fleet mode).
+    pub fn fleet_connected(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.is_connected())
+    }
+}
+
+impl Replica for Verifier {
+    fn apply(&self, event: Event) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match event {
+                Event::Heartbeat => {}
+                Event::Token(hash) => {
+                    self.cache.invalidate_token(hash).await;
+                    self.cache.forget_rejection(&hash).await;
+                }
+                Event::Client(id) => self.cache.invalidate_client(&id),
+                Event::All => self.cache.invalidate_all(),
+                Event::Deny(id) => {
+                    self.denied.insert_shared(&id);
+                    self.cache.invalidate_client(&id);
+                }
+                Event::Allow(id) => self.denied.remove(&id),
+            }
+            tracing::debug!("fleet: applied an invalidation from another replica");
+        })
+    }
+
+    fn channel_lost(&self) {
+        self.cache.invalidate_all();
+    }
+
+    fn resynced(&self, denied: Vec<String>, floor_moved: bool) {
+        for id in denied {
+            if self.denied.insert_shared(&id) {
+                self.cache.invalidate_client(&id);
+            }
+        }
+        if floor_moved {
+            self.cache.invalidate_all();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Real `redis-server` processes the tests start themselves on free loopback ports (so they
+//! can kill, pause, flush and restart them), and replicas: the quickstart-shaped app behind a
+//! layer in fleet mode, several per test, sharing one Redis and one `FakeGateway`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tower_wacht::WachtAuthLayer;
+use tower_wacht::fleet::FleetConfig;
+use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, FakeGateway, TokenGrant, generate_token};
+
+use crate::common;
+
+pub const SECRET: &str = "tower-wacht fleet test secret, 32+ bytes";
+
+/// Where `redis-server` is; a clear failure (never a skip) when it is not installed.
+fn redis_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin", "/usr/sbin"])
+    {
+        let candidate = PathBuf::from(dir).join("redis-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "redis-server not found: the fleet tests run against a real Redis. Install it with \
+         `apt-get install -y redis-server` (the README's test command, ./test.sh, does this)"
+    );
+}
+
+/// A `redis-server` on 127.0.0.1, without persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer { child: None, port };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the process is gone, connections reset.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP: the server hangs, connections stay open.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// One command over a raw RESP connection; the first line of the reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let reply = self.command_raw(&args.iter().map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>())?;
+        reply.split("\r\n").next().map(str::to_owned)
+    }
+
+    /// One command with binary arguments; the whole reply as text.
+    pub fn command_raw(&self, args: &[Vec<u8>]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&request).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut first = String::new();
+        reader.read_line(&mut first).ok()?;
+        // Read what else is there (array replies), briefly, through the same buffer.
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .ok()?;
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        Some(format!("{}\r\n{}", first.trim_end(), String::from_utf8_lossy(&rest)))
+    }
+
+    /// The keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let reply = self
+            .command_raw(&[b"KEYS".to_vec(), pattern.as_bytes().to_vec()])
+            .unwrap_or_default();
+        reply
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One replica: the quickstart-shaped app behind a fleet-mode layer.
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub auth: WachtAuthLayer,
+}
+
+/// Fleet settings for tests: short heartbeats and bounds, so failures show within seconds.
+pub fn fleet_config(redis: &RedisServer) -> FleetConfig {
+    FleetConfig::new(redis.url(), SECRET)
+        .timeout(Duration::from_millis(200))
+        .heartbeat(Duration::from_millis(200))
+        .disconnected_ttl(Duration::from_secs(1))
+        .max_reconnect_backoff(Duration::from_millis(300))
+}
+
+/// `n` replicas of one profile on one Redis and one gateway.
+pub async fn replicas(n: usize, gateway: &FakeGateway, redis: &RedisServer, resource: &str) -> Vec<Replica> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(replica(gateway, fleet_config(redis), resource).await);
+    }
+    for r in &out {
+        wait_connected(r).await;
+    }
+    out
+}
+
+pub async fn replica(gateway: &FakeGateway, fleet: FleetConfig, resource: &str) -> Replica {
+    let config = tower_wacht::WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(common::API_KEY)
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .resource(resource)
+        .ttl(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(3))
+        .fleet(fleet)
+        .build()
+        .expect("valid config");
+    let auth = WachtAuthLayer::new(config).expect("layer builds");
+    let addr = common::serve(common::router(auth.clone())).await;
+    Replica { addr, auth }
+}
+
+/// Waits (boundedly) until the replica's invalidation channel is subscribed.
+pub async fn wait_connected(replica: &Replica) {
+    let started = Instant::now();
+    while !replica.auth.verifier().fleet_connected() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fleet channel did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn status(http: &reqwest::Client, replica: &Replica, token: &str) -> u16 {
+    http.get(format!("http://{}/whoami", replica.addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request completes")
+        .status()
+        .as_u16()
+}
+
+/// Registers a fresh token for an org-scoped grant.
+pub fn token(gateway: &FakeGateway, client: &str) -> String {
+    let token = generate_token();
+    gateway.register(
+        &token,
+        TokenGrant::new(client)
+            .granted_resource(common::ORG_URN)
+            .expires_in(Duration::from_secs(3600)),
+    );
+    token
+}

@@ -1,0 +1,229 @@
+//! What sharing buys and what it must never leak: one gateway call per token fleet-wide,
+//! invalidations on every replica, profiles and forgeries kept apart.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tower_wacht::testing::Fault;
+
+use crate::common::start_gateway;
+use crate::harness::{RedisServer, fleet_config, replica, replicas, status, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_used_on_three_replicas_costs_one_gateway_call() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(3, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetOneCall000000000000000001");
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t).await, 200);
+    }
+    assert_eq!(gateway.calls(), 1, "one gateway call for the whole fleet");
+    // A rejection is shared too: an unknown token asked on every replica, one call.
+    gateway.reset_calls();
+    let unknown = tower_wacht::testing::generate_token();
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &unknown).await, 401);
+    }
+    assert_eq!(gateway.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_on_three_replicas_costs_one_gateway_call() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(3, &gateway, &redis, "/").await;
+    gateway.set_fault(Some(Fault::Latency(Duration::from_millis(300))));
+    let t = token(&gateway, "oc_fleetStampede00000000000000001");
+    let http = reqwest::Client::new();
+    let requests = fleet
+        .iter()
+        .flat_map(|replica| (0..10).map(move |_| replica))
+        .map(|replica| status(&http, replica, &t));
+    let answers = join_all(requests).await;
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(
+        gateway.calls(),
+        1,
+        "one replica asked; the others waited for its answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_and_deny_on_one_replica_reach_every_replica() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(3, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    let client = "oc_fleetInvalidate000000000000001";
+    let t = token(&gateway, client);
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t).await, 200);
+    }
+    // Revoked at Wacht; the operator invalidates it on replica 0.
+    gateway.revoke(&t);
+    let started = Instant::now();
+    fleet[0].auth.invalidate(&t).await;
+    for replica in &fleet[1..] {
+        let delay = until(|| async { status(&http, replica, &t).await == 401 }).await;
+        println!("invalidate(token) reached a replica after {delay:?}");
+    }
+    println!(
+        "invalidate(token): every replica refused within {:?}",
+        started.elapsed()
+    );
+
+    // Deny a client on replica 1: refused everywhere, though the gateway allows it.
+    let t2 = token(&gateway, client);
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t2).await, 200);
+    }
+    fleet[1].auth.deny_client(client);
+    for replica in &fleet {
+        until(|| async { status(&http, replica, &t2).await == 401 }).await;
+    }
+    // A replica that starts later picks the deny list up from Redis.
+    let late = replica(&gateway, fleet_config(&redis), "/").await;
+    crate::harness::wait_connected(&late).await;
+    assert_eq!(status(&http, &late, &t2).await, 401, "the deny list lives in Redis");
+    // Allowed again on replica 2: accepted everywhere.
+    fleet[2].auth.allow_client(client);
+    for replica in fleet.iter().chain([&late]) {
+        until(|| async { status(&http, replica, &t2).await == 200 }).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_profiles_sharing_one_redis_never_share_an_entry() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    // Same secret, same Redis, different gateway resource: different check profiles.
+    let a = replica(&gateway, fleet_config(&redis), "/a").await;
+    let b = replica(&gateway, fleet_config(&redis), "/b").await;
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetProfiles00000000000000001");
+    assert_eq!(status(&http, &a, &t).await, 200);
+    assert_eq!(status(&http, &b, &t).await, 200);
+    assert_eq!(gateway.calls(), 2, "profile b did not use profile a's entry");
+    let answers = redis.keys("wacht:*:a:*");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    let prefixes: std::collections::HashSet<&str> = answers.iter().map(|k| &k[..k.find(":a:").unwrap_or(0)]).collect();
+    assert_eq!(prefixes.len(), 2, "each profile has its own namespace: {answers:?}");
+    // No key holds the token or its plain SHA-256.
+    let sha = tower_wacht::testing::hash_token(&t);
+    for key in redis.keys("*") {
+        assert!(!key.contains(&t) && !key.contains(&sha), "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_or_moved_entries_are_ignored() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    let good = token(&gateway, "oc_fleetGood000000000000000000001");
+    assert_eq!(status(&http, &fleet[0], &good).await, 200);
+    let good_key = redis.keys("wacht:*:a:*").pop().expect("the shared answer");
+    let good_value = hget(&redis, &good_key, "v");
+
+    // An attacker with write access to Redis but not the secret.
+    // 1. Moves the good answer under another token's key (a token the gateway rejects).
+    let victim = tower_wacht::testing::generate_token();
+    assert_eq!(status(&http, &fleet[0], &victim).await, 401);
+    let victim_key = {
+        let rejected = redis
+            .keys("wacht:*:n:*")
+            .pop()
+            .expect("the shared rejection (the only one)");
+        rejected.replacen(":n:", ":a:", 1)
+    };
+    redis.command_raw(&[b"DEL".to_vec(), victim_key.replacen(":a:", ":n:", 1).into_bytes()]);
+    hset(&redis, &victim_key, &good_value, "oc_fleetGood000000000000000000001");
+    // A fresh replica has nothing cached locally: it reads the shared tier.
+    let fresh = replica(&gateway, fleet_config(&redis), "/").await;
+    let calls = gateway.calls();
+    assert_eq!(status(&http, &fresh, &victim).await, 401, "a moved answer was used");
+    assert_eq!(gateway.calls(), calls + 1, "the gateway was asked instead");
+
+    // 2. Tampers with the good answer (one bit) and 3. writes a made-up one.
+    let mut tampered = good_value.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    hset(&redis, &good_key, &tampered, "oc_fleetGood000000000000000000001");
+    let other = tower_wacht::testing::generate_token();
+    let before = redis.keys("wacht:*:n:*");
+    assert_eq!(status(&http, &fleet[0], &other).await, 401);
+    let other_key = redis
+        .keys("wacht:*:n:*")
+        .into_iter()
+        .find(|k| !before.contains(k))
+        .expect("the new rejection")
+        .replacen(":n:", ":a:", 1);
+    redis.command_raw(&[b"DEL".to_vec(), other_key.replacen(":a:", ":n:", 1).into_bytes()]);
+    hset(&redis, &other_key, &vec![7u8; 300], "oc_attacker");
+    let fresh = replica(&gateway, fleet_config(&redis), "/").await;
+    let calls = gateway.calls();
+    assert_eq!(
+        status(&http, &fresh, &good).await,
+        200,
+        "the real answer comes from the gateway"
+    );
+    assert_eq!(gateway.calls(), calls + 1, "the tampered answer was not used");
+    assert_eq!(status(&http, &fresh, &other).await, 401);
+    assert_eq!(gateway.calls(), calls + 2, "the made-up answer was not used");
+}
+
+fn hget(redis: &RedisServer, key: &str, field: &str) -> Vec<u8> {
+    // RESP bulk reply: $<len>\r\n<bytes>\r\n, read from the raw socket.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+    let request = format!(
+        "*3\r\n$4\r\nHGET\r\n${}\r\n{key}\r\n${}\r\n{field}\r\n",
+        key.len(),
+        field.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let header_end = reply.windows(2).position(|w| w == b"\r\n").expect("a bulk reply");
+    let len: usize = std::str::from_utf8(&reply[1..header_end])
+        .expect("ascii")
+        .parse()
+        .expect("length");
+    reply[header_end + 2..header_end + 2 + len].to_vec()
+}
+
+fn hset(redis: &RedisServer, key: &str, value: &[u8], client: &str) {
+    let reply = redis.command_raw(&[
+        b"HSET".to_vec(),
+        key.as_bytes().to_vec(),
+        b"v".to_vec(),
+        value.to_vec(),
+        b"c".to_vec(),
+        client.as_bytes().to_vec(),
+    ]);
+    redis.command_raw(&[b"PEXPIRE".to_vec(), key.as_bytes().to_vec(), b"60000".to_vec()]);
+    assert!(reply.is_some_and(|r| r.starts_with(':')), "HSET");
+}
+
+/// Polls `done` until it holds (at most 10 s); how long it took.
+pub async fn until<F, Fut>(done: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not happen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
