@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tower_wacht::testing::*;
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[tokio::test]
 async fn allowed_decision_matches_protocol_example() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tower_wacht::testing::*;
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[tokio::test]
 async fn fault_latency_and_slow_headers() {

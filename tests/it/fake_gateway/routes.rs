@@ -2,7 +2,7 @@
 
 use tower_wacht::testing::*;
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[tokio::test]
 async fn health_unknown_path_and_wrong_method() {

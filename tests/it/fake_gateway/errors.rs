@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tower_wacht::testing::*;
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[tokio::test]
 async fn inactive_tokens_get_401_envelope() {

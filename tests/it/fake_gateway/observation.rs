@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_wacht::testing::*;
 
-use crate::helpers::*;
+use super::helpers::*;
 
 #[tokio::test]
 async fn calls_and_recorded_requests() {
