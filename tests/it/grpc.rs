@@ -5,10 +5,10 @@
 //! `grpc-status` in the headers), because gRPC clients invent a status from plain HTTP errors
 //! and would hide a malformed answer.
 
-mod common;
+use crate::common;
 
 #[allow(dead_code)]
-#[path = "../examples/grpc_server.rs"]
+#[path = "../../examples/grpc_server.rs"]
 mod grpc_server;
 
 use std::net::SocketAddr;

@@ -3,8 +3,8 @@
 //! exactly. The metadata document and the challenges are checked field by field against
 //! RFC 9728 and RFC 6750.
 
-#[allow(dead_code)]
-#[path = "../examples/mcp_server.rs"]
+#[allow(dead_code, clippy::module_inception)]
+#[path = "../../examples/mcp_server.rs"]
 mod mcp_server;
 
 use std::collections::BTreeSet;

@@ -1,7 +1,7 @@
 //! Outcomes the fake gateway cannot produce for the layer's own requests, through a custom
 //! `Gateway` implementation (the public seam), served over loopback HTTP.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! The Tower contract: `poll_ready` propagates the inner service's readiness and errors, and
 //! `call` (on a cache hit and on a miss) uses the instance that was made ready.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};

@@ -1,9 +1,9 @@
 //! The quickstart example: every curl command it prints gives the answer it promises.
 
-mod common;
+use crate::common;
 
-#[allow(dead_code)]
-#[path = "../examples/quickstart.rs"]
+#[allow(dead_code, clippy::module_inception)]
+#[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
 use tower_wacht::WachtAuthLayer;

@@ -1,7 +1,7 @@
 //! Gateway fault matrix, outage policy, refresh-ahead and client deprovisioning, over real
 //! loopback HTTP against `FakeGateway`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The core layer over real loopback HTTP: Axum app + `WachtAuthLayer` + `FakeGateway`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

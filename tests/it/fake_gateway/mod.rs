@@ -1,0 +1,10 @@
+//! Protocol tests of the `FakeGateway` test double, over real loopback HTTP.
+#![cfg(feature = "test-util")]
+
+mod helpers;
+
+mod decisions;
+mod errors;
+mod faults;
+mod observation;
+mod routes;

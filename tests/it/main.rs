@@ -1,0 +1,23 @@
+//! The integration suites that install no process-wide state, in one test binary: one
+//! compilation and one link instead of one per suite. Each former `tests/<suite>.rs` is a
+//! module of the same name, so its tests are named `<suite>::<test>`; run one suite with
+//! `cargo test --all-features --test it <suite>::`.
+//!
+//! Kept as separate binaries, because they install process-wide state or need the process
+//! to themselves: `metrics` (the global metrics recorder), `secrets` (the global tracing
+//! subscriber), `soak` (the global tracing subscriber and a panic hook, under load),
+//! `memory_bound` (reads the process RSS) and `security` (spawns the example binaries).
+//! `grpc_codegen` stays separate too, so that its documented regeneration command
+//! (`--test grpc_codegen`) keeps working.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod custom_gateway;
+mod fake_gateway;
+mod grpc;
+mod layer_http;
+mod mcp_server;
+mod quickstart;
+mod reliability;
+mod tower_contract;
