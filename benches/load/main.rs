@@ -262,7 +262,7 @@ impl Knobs {
     }
 }
 
-/// Runs one configuration; a run disturbed by other programs (see [`RunResult::foreign`])
+/// Runs one configuration; a run disturbed by other programs (see `CpuUse::foreign`)
 /// is marked discarded and repeated while the retry budget lasts.
 struct Session {
     bench: Bench,
