@@ -47,7 +47,16 @@ fn start_redis() -> Result<Redis> {
         .ok_or("redis-server not found: install it with `apt-get install -y redis-server`")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -192,12 +201,23 @@ async fn run() -> Result<()> {
     println!("## Fleet mode, three replicas, one Redis ({tokens_n} tokens, {trials} invalidations)\n");
     println!("| measure | without fleet mode | fleet mode |");
     println!("|---|---|---|");
-    println!("| gateway calls per token (each token used once on each of 3 replicas) | {:.2} | {:.2} |", calls[0], calls[1]);
+    println!(
+        "| gateway calls per token (each token used once on each of 3 replicas) | {:.2} | {:.2} |",
+        calls[0], calls[1]
+    );
     println!();
     println!("| one verification on a replica | p50 µs | p99 µs |");
     println!("|---|---|---|");
-    for (name, v) in [("local hit", &local), ("shared-tier hit (another replica verified the token)", &shared), ("miss: gateway call, write-back", &miss)] {
-        println!("| {name} | {} | {} |", micros(percentile(v, 0.5)), micros(percentile(v, 0.99)));
+    for (name, v) in [
+        ("local hit", &local),
+        ("shared-tier hit (another replica verified the token)", &shared),
+        ("miss: gateway call, write-back", &miss),
+    ] {
+        println!(
+            "| {name} | {} | {} |",
+            micros(percentile(v, 0.5)),
+            micros(percentile(v, 0.99))
+        );
     }
     println!();
     println!("| `invalidate(token)` on one replica until both others dropped it | p50 ms | p99 ms | max ms |");

@@ -21,7 +21,7 @@ use http_body_util::Empty;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
-use tower_wacht::principal::{ClientId, DeploymentId, Grant, OrganizationId, StringSet, UserId};
+use tower_wacht::principal::{DeploymentId, Grant, OrganizationId, StringSet, UserId};
 use tower_wacht::token::{TokenHash, bearer_from_headers};
 use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
 
@@ -32,24 +32,22 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 struct AllowAll;
 
 fn grant(client: &str) -> Grant {
-    Grant {
-        client_id: ClientId::new(client),
-        granted_resource: Some(ResourceUrn::Organization(OrganizationId(427001234567890561))),
-        scopes: StringSet::new(["projects:read", "projects:write", "mcp:invoke"]),
-        permissions: StringSet::new([
-            "mcp:invoke",
-            "org:projects:read",
-            "org:projects:write",
-            "projects:read",
-            "projects:write",
-        ]),
-        expires_at: SystemTime::now() + Duration::from_secs(3600),
-        oauth_resource: Some("https://api.example.com/mcp".into()),
-        issuer: Some("https://auth.example.com".into()),
-        deployment_id: DeploymentId(418223109876543489),
-        owner_user_id: Some(UserId(432119876543210241)),
-        request_id: "req_593812470012345678".into(),
-    }
+    let mut grant = Grant::new(client, SystemTime::now() + Duration::from_secs(3600));
+    grant.granted_resource = Some(ResourceUrn::Organization(OrganizationId(427001234567890561)));
+    grant.scopes = StringSet::new(["projects:read", "projects:write", "mcp:invoke"]);
+    grant.permissions = StringSet::new([
+        "mcp:invoke",
+        "org:projects:read",
+        "org:projects:write",
+        "projects:read",
+        "projects:write",
+    ]);
+    grant.oauth_resource = Some("https://api.example.com/mcp".into());
+    grant.issuer = Some("https://auth.example.com".into());
+    grant.deployment_id = Some(DeploymentId(418223109876543489));
+    grant.owner_user_id = Some(UserId(432119876543210241));
+    grant.request_id = Some("req_593812470012345678".into());
+    grant
 }
 
 impl Gateway for AllowAll {

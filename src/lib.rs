@@ -71,6 +71,7 @@ mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod guard;
+mod json;
 pub mod layer;
 pub mod metadata;
 pub mod principal;

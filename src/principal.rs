@@ -315,11 +315,25 @@ impl Serialize for StringSet {
     }
 }
 
-/// What the gateway said about a token it allowed: the raw material of a [`Principal`].
+/// How a token was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum VerifiedBy {
+    /// The Wacht gateway's authz check (opaque tokens): live state at the time of the check.
+    Gateway,
+    /// This server, from the JWT's RS256 signature and claims: the state when it was issued.
+    JwtSignature,
+}
+
+/// What the gateway (or a verified JWT) said about a token: the raw material of a
+/// [`Principal`].
 ///
-/// A custom [`Gateway`](crate::gateway::Gateway) builds this; the verifier checks it (pinning, expiry)
-/// and turns it into a `Principal`.
+/// A custom [`Gateway`](crate::gateway::Gateway) builds this with [`Grant::new`] and the
+/// public fields; the verifier checks it (pinning, expiry) and turns it into a `Principal`.
+/// Fields a source cannot know are `None`, never invented (a JWT carries no deployment id,
+/// no RFC 8707 resource and no gateway request id).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Grant {
     /// The OAuth client id (`identity.key_name`).
     pub client_id: ClientId,
@@ -333,14 +347,42 @@ pub struct Grant {
     pub expires_at: SystemTime,
     /// `metadata.oauth_resource`: the audience the token was requested for.
     pub oauth_resource: Option<Arc<str>>,
-    /// The issuer (`headers["x-wacht-oauth-issuer"]`).
+    /// The issuer (`headers["x-wacht-oauth-issuer"]`, or the JWT's `iss`).
     pub issuer: Option<Arc<str>>,
-    /// `identity.deployment_id`.
-    pub deployment_id: DeploymentId,
-    /// `identity.owner_user_id`.
+    /// `identity.deployment_id` (the gateway path only).
+    pub deployment_id: Option<DeploymentId>,
+    /// `identity.owner_user_id` (the JWT's `sub`).
     pub owner_user_id: Option<UserId>,
-    /// The gateway's `request_id` for this check.
-    pub request_id: RequestId,
+    /// The gateway's `request_id` for this check (the gateway path only).
+    pub request_id: Option<RequestId>,
+    /// The Wacht session the token belongs to (the JWT's `sid`).
+    pub session_id: Option<Arc<str>>,
+    /// The token's own id (the JWT's `jti`).
+    pub token_id: Option<Arc<str>>,
+    /// How the token was verified.
+    pub verified_by: VerifiedBy,
+}
+
+impl Grant {
+    /// A grant for `client_id` expiring at `expires_at`, verified by the gateway, with
+    /// nothing else known; fill in the public fields.
+    pub fn new(client_id: impl Into<Arc<str>>, expires_at: SystemTime) -> Self {
+        Grant {
+            client_id: ClientId::new(client_id),
+            granted_resource: None,
+            scopes: StringSet::default(),
+            permissions: StringSet::default(),
+            expires_at,
+            oauth_resource: None,
+            issuer: None,
+            deployment_id: None,
+            owner_user_id: None,
+            request_id: None,
+            session_id: None,
+            token_id: None,
+            verified_by: VerifiedBy::Gateway,
+        }
+    }
 }
 
 struct Inner {
@@ -421,8 +463,8 @@ impl Principal {
         self.0.data.issuer.as_deref()
     }
 
-    /// The Wacht deployment that issued the token.
-    pub fn deployment_id(&self) -> DeploymentId {
+    /// The Wacht deployment that issued the token, when the gateway said (a JWT does not).
+    pub fn deployment_id(&self) -> Option<DeploymentId> {
         self.0.data.deployment_id
     }
 
@@ -431,9 +473,26 @@ impl Principal {
         self.0.data.owner_user_id
     }
 
-    /// The gateway `request_id` of the check that verified this token (for support and audit).
-    pub fn request_id(&self) -> &RequestId {
-        &self.0.data.request_id
+    /// The gateway `request_id` of the check that verified this token (for support and
+    /// audit); `None` for a JWT verified here.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.0.data.request_id.as_ref()
+    }
+
+    /// The Wacht session the token belongs to (a JWT's `sid`), if known.
+    pub fn session_id(&self) -> Option<&str> {
+        self.0.data.session_id.as_deref()
+    }
+
+    /// The token's id (a JWT's `jti`), if known.
+    pub fn token_id(&self) -> Option<&str> {
+        self.0.data.token_id.as_deref()
+    }
+
+    /// How the token was verified: by the gateway (live state) or from a JWT's signature
+    /// (the state when it was issued).
+    pub fn verified_by(&self) -> VerifiedBy {
+        self.0.data.verified_by
     }
 
     /// Everything the gateway said about the token.
@@ -457,9 +516,12 @@ impl fmt::Debug for Principal {
             .field("expires_at", &crate::timefmt::rfc3339(d.expires_at))
             .field("oauth_resource", &d.oauth_resource)
             .field("issuer", &d.issuer)
-            .field("deployment_id", &d.deployment_id.0)
+            .field("deployment_id", &d.deployment_id.map(|d| d.0))
             .field("owner_user_id", &d.owner_user_id.map(|u| u.0))
             .field("request_id", &d.request_id)
+            .field("session_id", &d.session_id)
+            .field("token_id", &d.token_id)
+            .field("verified_by", &d.verified_by)
             .finish()
     }
 }
@@ -467,7 +529,7 @@ impl fmt::Debug for Principal {
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = &self.0.data;
-        let mut st = s.serialize_struct("Principal", 10)?;
+        let mut st = s.serialize_struct("Principal", 13)?;
         st.serialize_field("client_id", &d.client_id)?;
         st.serialize_field("granted_resource", &d.granted_resource)?;
         st.serialize_field("scopes", &d.scopes)?;
@@ -478,6 +540,15 @@ impl Serialize for Principal {
         st.serialize_field("deployment_id", &d.deployment_id)?;
         st.serialize_field("owner_user_id", &d.owner_user_id)?;
         st.serialize_field("request_id", &d.request_id)?;
+        st.serialize_field("session_id", &d.session_id.as_deref())?;
+        st.serialize_field("token_id", &d.token_id.as_deref())?;
+        st.serialize_field(
+            "verified_by",
+            match d.verified_by {
+                VerifiedBy::Gateway => "gateway",
+                VerifiedBy::JwtSignature => "jwt_signature",
+            },
+        )?;
         st.end()
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// Module → the crate modules it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("body", &[]),
+    ("json", &[]),
     ("error", &[]),
     ("telemetry", &[]),
     ("timefmt", &[]),
@@ -34,7 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "token",
         ],
     ),
-    ("guard", &["body", "principal", "reject", "telemetry"]),
+    ("guard", &["body", "json", "principal", "reject", "telemetry"]),
     (
         "layer",
         &[

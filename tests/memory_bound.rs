@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::BoxFuture;
 use split_mix::SplitMix;
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
-use tower_wacht::principal::{ClientId, DeploymentId, Grant, StringSet};
+use tower_wacht::principal::{DeploymentId, Grant, StringSet};
 use tower_wacht::{AuthError, WachtAuthConfig, WachtAuthLayer};
 
 const JUNK_TOKENS: usize = 1_000_000;
@@ -63,18 +63,12 @@ impl Gateway for FastGateway {
         let decision = match self.valid.get(token) {
             Some(client) if token.as_bytes()[4] == VALID_MARK => {
                 self.valid_calls.fetch_add(1, Ordering::Relaxed);
-                Decision::Allowed(Box::new(Grant {
-                    client_id: ClientId::new(client.as_str()),
-                    granted_resource: None,
-                    scopes: StringSet::new(["projects:read"]),
-                    permissions: StringSet::new(["projects:read"]),
-                    expires_at: SystemTime::now() + Duration::from_secs(3600),
-                    oauth_resource: None,
-                    issuer: None,
-                    deployment_id: DeploymentId(1),
-                    owner_user_id: None,
-                    request_id: "req_memory".into(),
-                }))
+                let mut grant = Grant::new(client.as_str(), SystemTime::now() + Duration::from_secs(3600));
+                grant.scopes = StringSet::new(["projects:read"]);
+                grant.permissions = StringSet::new(["projects:read"]);
+                grant.deployment_id = Some(DeploymentId(1));
+                grant.request_id = Some("req_memory".into());
+                Decision::Allowed(Box::new(grant))
             }
             _ => {
                 self.invalid_calls.fetch_add(1, Ordering::Relaxed);

@@ -118,22 +118,11 @@ pub(crate) fn put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::principal::{ClientId, DeploymentId, Grant, Principal, RequestId, StringSet};
+    use crate::principal::{Grant, Principal};
     use std::time::{Duration, SystemTime};
 
     fn entry(client: &str, deadline: Instant) -> Entry {
-        let principal = Principal::from_grant(Grant {
-            client_id: ClientId::new(client),
-            granted_resource: None,
-            scopes: StringSet::default(),
-            permissions: StringSet::default(),
-            expires_at: SystemTime::now() + Duration::from_secs(60),
-            oauth_resource: None,
-            issuer: None,
-            deployment_id: DeploymentId(1),
-            owner_user_id: None,
-            request_id: RequestId::new("req_1"),
-        });
+        let principal = Principal::from_grant(Grant::new(client, SystemTime::now() + Duration::from_secs(60)));
         Entry {
             principal,
             deadline,

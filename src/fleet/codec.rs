@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{constant_time, hmac};
 
-use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId};
+use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId, VerifiedBy};
 use crate::token::{BearerToken, TokenHash};
 
 /// Format version of entries and events.
@@ -113,13 +113,19 @@ impl Codec {
         w.u8(KIND_ALLOWED);
         w.u64(epoch);
         w.i64(millis(grant.expires_at));
-        w.i64(grant.deployment_id.get());
+        w.u8(match grant.verified_by {
+            VerifiedBy::Gateway => 0,
+            _ => 1,
+        });
+        w.opt_i64(grant.deployment_id.map(DeploymentId::get));
         w.opt_i64(grant.owner_user_id.map(UserId::get));
         w.str(grant.client_id.as_str());
         w.opt_str(grant.granted_resource.as_ref().map(ToString::to_string).as_deref());
         w.opt_str(grant.oauth_resource.as_deref());
         w.opt_str(grant.issuer.as_deref());
-        w.str(&grant.request_id.to_string());
+        w.opt_str(grant.request_id.as_ref().map(ToString::to_string).as_deref());
+        w.opt_str(grant.session_id.as_deref());
+        w.opt_str(grant.token_id.as_deref());
         w.set(&grant.scopes);
         w.set(&grant.permissions);
         self.seal(key, w.0)
@@ -134,34 +140,27 @@ impl Codec {
             return None;
         }
         let epoch = r.u64()?;
-        let expires_at = from_millis(r.i64()?)?;
-        let deployment_id = DeploymentId(r.i64()?);
-        let owner_user_id = r.opt_i64()?.map(UserId);
-        let client_id = r.str()?;
-        let granted_resource = r.opt_str()?.map(ResourceUrn::parse);
-        let oauth_resource = r.opt_str()?.map(Into::into);
-        let issuer = r.opt_str()?.map(Into::into);
-        let request_id = RequestId::new(r.str()?);
-        let scopes = r.set()?;
-        let permissions = r.set()?;
-        if !r.0.is_empty() || client_id.is_empty() {
+        let mut grant = Grant::new("", from_millis(r.i64()?)?);
+        grant.verified_by = match r.u8()? {
+            0 => VerifiedBy::Gateway,
+            1 => VerifiedBy::JwtSignature,
+            _ => return None,
+        };
+        grant.deployment_id = r.opt_i64()?.map(DeploymentId);
+        grant.owner_user_id = r.opt_i64()?.map(UserId);
+        grant.client_id = ClientId::new(r.str()?);
+        grant.granted_resource = r.opt_str()?.map(ResourceUrn::parse);
+        grant.oauth_resource = r.opt_str()?.map(Into::into);
+        grant.issuer = r.opt_str()?.map(Into::into);
+        grant.request_id = r.opt_str()?.map(RequestId::new);
+        grant.session_id = r.opt_str()?.map(Into::into);
+        grant.token_id = r.opt_str()?.map(Into::into);
+        grant.scopes = r.set()?;
+        grant.permissions = r.set()?;
+        if !r.0.is_empty() || grant.client_id.as_str().is_empty() {
             return None;
         }
-        Some(StoredAnswer {
-            grant: Grant {
-                client_id: ClientId::new(client_id),
-                granted_resource,
-                scopes,
-                permissions,
-                expires_at,
-                oauth_resource,
-                issuer,
-                deployment_id,
-                owner_user_id,
-                request_id,
-            },
-            epoch,
-        })
+        Some(StoredAnswer { grant, epoch })
     }
 
     /// A rejection (the gateway's 401) for storage under `key`.
@@ -392,18 +391,19 @@ mod tests {
     use crate::principal::OrganizationId;
 
     fn grant() -> Grant {
-        Grant {
-            client_id: ClientId::new("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl"),
-            granted_resource: Some(ResourceUrn::Organization(OrganizationId(427001234567890561))),
-            scopes: StringSet::new(["projects:read", "projects:write"]),
-            permissions: StringSet::new(["org:projects:read", "projects:read", "projects:write"]),
-            expires_at: UNIX_EPOCH + Duration::from_millis(1_782_745_511_123),
-            oauth_resource: Some("https://api.example.com/mcp".into()),
-            issuer: Some("https://auth.example.com".into()),
-            deployment_id: DeploymentId(418223109876543489),
-            owner_user_id: Some(UserId(432119876543210241)),
-            request_id: RequestId::new("req_593812470012345678"),
-        }
+        let mut g = Grant::new(
+            "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl",
+            UNIX_EPOCH + Duration::from_millis(1_782_745_511_123),
+        );
+        g.granted_resource = Some(ResourceUrn::Organization(OrganizationId(427001234567890561)));
+        g.scopes = StringSet::new(["projects:read", "projects:write"]);
+        g.permissions = StringSet::new(["org:projects:read", "projects:read", "projects:write"]);
+        g.oauth_resource = Some("https://api.example.com/mcp".into());
+        g.issuer = Some("https://auth.example.com".into());
+        g.deployment_id = Some(DeploymentId(418223109876543489));
+        g.owner_user_id = Some(UserId(432119876543210241));
+        g.request_id = Some(RequestId::new("req_593812470012345678"));
+        g
     }
 
     #[test]
@@ -426,6 +426,10 @@ mod tests {
         assert_eq!(a.deployment_id, b.deployment_id);
         assert_eq!(a.owner_user_id, b.owner_user_id);
         assert_eq!(a.request_id, b.request_id);
+        assert_eq!(
+            (a.session_id, a.token_id, a.verified_by),
+            (b.session_id, b.token_id, b.verified_by)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Decision, GatewayError};
-use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId};
+use crate::principal::{DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId};
 use crate::timefmt::parse_rfc3339;
 
 /// Request body. Only the fields the gateway knows: it rejects unknown keys with 422.
@@ -143,18 +143,16 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
         .granted_resource
         .or(headers.granted_resource)
         .map(|s| ResourceUrn::parse(&s));
-    Ok(Decision::Allowed(Box::new(Grant {
-        client_id: ClientId::new(client_id),
-        granted_resource,
-        scopes: StringSet::new(metadata.scopes.unwrap_or_default()),
-        permissions: StringSet::new(body.permissions.unwrap_or_default()),
-        expires_at,
-        oauth_resource: metadata.oauth_resource.map(Into::into),
-        issuer: headers.issuer.map(Into::into),
-        deployment_id,
-        owner_user_id,
-        request_id: RequestId::new(body.request_id.as_deref().unwrap_or_default()),
-    })))
+    let mut grant = Grant::new(client_id, expires_at);
+    grant.granted_resource = granted_resource;
+    grant.scopes = StringSet::new(metadata.scopes.unwrap_or_default());
+    grant.permissions = StringSet::new(body.permissions.unwrap_or_default());
+    grant.oauth_resource = metadata.oauth_resource.map(Into::into);
+    grant.issuer = headers.issuer.map(Into::into);
+    grant.deployment_id = Some(deployment_id);
+    grant.owner_user_id = owner_user_id;
+    grant.request_id = Some(RequestId::new(body.request_id.as_deref().unwrap_or_default()));
+    Ok(Decision::Allowed(Box::new(grant)))
 }
 
 #[cfg(test)]
@@ -182,7 +180,7 @@ mod tests {
             panic!("not allowed");
         };
         assert_eq!(grant.client_id.as_str(), "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
-        assert_eq!(grant.deployment_id, DeploymentId(418223109876543489));
+        assert_eq!(grant.deployment_id, Some(DeploymentId(418223109876543489)));
         assert_eq!(grant.owner_user_id, Some(UserId(432119876543210241)));
         assert_eq!(
             grant.granted_resource,
@@ -192,7 +190,10 @@ mod tests {
         assert_eq!(grant.oauth_resource.as_deref(), Some("https://api.example.com"));
         assert!(grant.permissions.contains("org:projects:write"));
         assert_eq!(grant.scopes.len(), 2);
-        assert_eq!(grant.request_id.to_string(), "req_593812470012345678");
+        assert_eq!(
+            grant.request_id.map(|r| r.to_string()).as_deref(),
+            Some("req_593812470012345678")
+        );
     }
 
     #[test]

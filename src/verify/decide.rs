@@ -92,7 +92,7 @@ impl Pins {
     /// `Ok` when the grant matches every configured pin.
     pub(super) fn check(&self, grant: &Grant) -> Result<(), InvalidTokenReason> {
         if let Some(expected) = self.deployment_id
-            && grant.deployment_id != expected
+            && grant.deployment_id != Some(expected)
         {
             return Err(InvalidTokenReason::WrongDeployment);
         }
@@ -199,7 +199,6 @@ mod tests {
     use super::*;
     use crate::WachtAuthConfig;
     use crate::gateway::{CheckRequest, Gateway, GatewayError};
-    use crate::principal::{ClientId, StringSet};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::SystemTime;
 
@@ -213,18 +212,10 @@ mod tests {
         ) -> futures_util::future::BoxFuture<'a, Result<Decision, GatewayError>> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async {
-                Ok(Decision::Allowed(Box::new(Grant {
-                    client_id: ClientId::new("oc_foreign"),
-                    granted_resource: None,
-                    scopes: StringSet::default(),
-                    permissions: StringSet::default(),
-                    expires_at: SystemTime::now() + Duration::from_secs(3600),
-                    oauth_resource: Some("https://other.example.com/mcp".into()),
-                    issuer: None,
-                    deployment_id: DeploymentId(1),
-                    owner_user_id: None,
-                    request_id: "req".into(),
-                })))
+                let mut grant = Grant::new("oc_foreign", SystemTime::now() + Duration::from_secs(3600));
+                grant.oauth_resource = Some("https://other.example.com/mcp".into());
+                grant.deployment_id = Some(DeploymentId(1));
+                Ok(Decision::Allowed(Box::new(grant)))
             })
         }
     }

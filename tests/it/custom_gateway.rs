@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 use futures_util::future::BoxFuture;
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
-use tower_wacht::principal::{ClientId, DeploymentId, Grant, StringSet};
+use tower_wacht::principal::{DeploymentId, Grant, StringSet};
 use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 
 #[derive(Clone)]
@@ -28,18 +28,12 @@ impl Gateway for Scripted {
 }
 
 fn grant(expires_at: SystemTime) -> Decision {
-    Decision::Allowed(Box::new(Grant {
-        client_id: ClientId::new("oc_custom"),
-        granted_resource: None,
-        scopes: StringSet::new(["mcp:invoke"]),
-        permissions: StringSet::new(["mcp:invoke"]),
-        expires_at,
-        oauth_resource: None,
-        issuer: None,
-        deployment_id: DeploymentId(1),
-        owner_user_id: None,
-        request_id: "req_1".into(),
-    }))
+    let mut grant = Grant::new("oc_custom", expires_at);
+    grant.scopes = StringSet::new(["mcp:invoke"]);
+    grant.permissions = StringSet::new(["mcp:invoke"]);
+    grant.deployment_id = Some(DeploymentId(1));
+    grant.request_id = Some("req_1".into());
+    Decision::Allowed(Box::new(grant))
 }
 
 async fn app(answer: fn() -> Decision) -> (std::net::SocketAddr, Arc<AtomicUsize>) {

@@ -3,8 +3,9 @@
 //! classification of every message. A body the guard cannot classify is refused, never handed
 //! on: the guard must not depend on the server behind it being strict.
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::json::parse_strict;
 
 /// Why a body was refused, as the JSON-RPC error it is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,7 @@ impl BodyError {
 /// The tools a body calls with `tools/call` (one per call, in order; a batch is read element
 /// by element), or why it is refused.
 pub(crate) fn tool_calls(body: &[u8]) -> Result<Vec<String>, BodyError> {
-    let Strict(value) = serde_json::from_slice(body).map_err(|_| BodyError::Parse)?;
+    let value = parse_strict(body).ok_or(BodyError::Parse)?;
     let mut calls = Vec::new();
     match &value {
         Value::Object(message) => calls.extend(classify(message)?),
@@ -88,77 +89,6 @@ fn classify(message: &Map<String, Value>) -> Result<Option<String>, BodyError> {
                 message.contains_key("id") && (message.contains_key("result") != message.contains_key("error"));
             if is_response { Ok(None) } else { Err(BodyError::Invalid) }
         }
-    }
-}
-
-/// A JSON value parsed with repeated object keys refused (serde_json's `Value` keeps the last).
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON without repeated keys")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom("repeated key"));
-            }
-            let Strict(value) = map.next_value()?;
-            object.insert(key, value);
-        }
-        Ok(Value::Object(object))
     }
 }
 
