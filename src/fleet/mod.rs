@@ -356,7 +356,7 @@ impl Fleet {
 fn shared_answer(shared: Shared, cap: Option<Duration>) -> Answer {
     match shared {
         Shared::Allowed { grant, remaining } => Answer {
-            verdict: Ok(Decision::Allowed(Box::new(grant))),
+            verdict: Ok(Decision::Allowed(grant)),
             cap: Some(cap.map_or(remaining, |c| c.min(remaining))),
         },
         Shared::Rejected => Answer {

@@ -40,7 +40,7 @@ pub(crate) enum Lookup {
 /// A verdict another replica shared.
 pub(crate) enum Shared {
     /// A verified grant, with the shared entry's remaining lifetime.
-    Allowed { grant: Grant, remaining: Duration },
+    Allowed { grant: Box<Grant>, remaining: Duration },
     /// The gateway rejected it (within `negative_ttl`).
     Rejected,
 }
@@ -109,7 +109,7 @@ impl Fleet {
                     let remaining = epoch_of(pttl.as_deref());
                     if remaining > 0 && stored.grant.expires_at > SystemTime::now() {
                         return Some(Lookup::Found(Shared::Allowed {
-                            grant: stored.grant,
+                            grant: Box::new(stored.grant),
                             remaining: Duration::from_millis(remaining),
                         }));
                     }
