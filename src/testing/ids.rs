@@ -29,6 +29,13 @@ pub fn generate_client_id() -> String {
     format!("oc_{}", base64url(&random_bytes::<24>()))
 }
 
+/// Returns `prefix` followed by 43 base64url characters (32 random bytes): the dev issuer's
+/// authorization codes, refresh tokens and client secrets. Same randomness caveat as
+/// [`generate_token`].
+pub(crate) fn generate_secret(prefix: &str) -> String {
+    format!("{prefix}{}", base64url(&random_bytes::<32>()))
+}
+
 /// Returns the gateway's look-up key for a credential: lower-case hex SHA-256 of the UTF-8
 /// bytes of the value with surrounding whitespace trimmed (64 characters).
 ///

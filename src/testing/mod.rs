@@ -1,5 +1,7 @@
-//! Test double of the Wacht gateway: [`FakeGateway`], a real HTTP/1.1 server on loopback
-//! that speaks the gateway authz-check protocol.
+//! Test doubles of Wacht: [`FakeGateway`], a real HTTP/1.1 server on loopback that speaks the
+//! gateway authz-check protocol, and [`DevIssuer`], a loopback OAuth authorization server
+//! playing a Wacht OAuth app's issuer, which registers the tokens it issues in a
+//! `FakeGateway` (so MCP clients can complete the whole OAuth flow without a Wacht account).
 //!
 //! It answers `POST /v1/authz/check` like the hosted gateway does for OAuth access tokens
 //! (status codes, plain-text extractor rejections, the JSON error envelope, `200` decisions
@@ -30,6 +32,7 @@
 //! everything, mode `per_app`), audit publishing, database errors (use [`Fault::Status`]).
 
 mod body;
+mod dev_issuer;
 mod ids;
 mod model;
 mod protocol;
@@ -46,6 +49,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use dev_issuer::{
+    ClientKind, ConsentPolicy, DEFAULT_GRANTED_RESOURCE, DevIssuer, DevIssuerConfig, GrantType, IssForm, IssuedToken,
+    RegisteredClient,
+};
 pub use ids::{generate_client_id, generate_token, hash_token};
 pub use model::{
     EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest,
@@ -132,6 +139,12 @@ impl FakeGateway {
     /// ignored (they already get `401`).
     pub fn revoke(&self, token: &str) {
         self.handle.shared.lock().revoke(&hash_token(token));
+    }
+
+    /// [`FakeGateway::revoke`] by the token's [`hash_token`], for callers that keep only the
+    /// hash.
+    pub(crate) fn revoke_sha256(&self, token_sha256: &str) {
+        self.handle.shared.lock().revoke(token_sha256);
     }
 
     /// Replaces the OAuth app's scope definitions (scope to permission mapping), which

@@ -14,6 +14,7 @@
 mod common;
 
 mod custom_gateway;
+mod dev_issuer;
 mod fake_gateway;
 mod grpc;
 mod layer_http;
