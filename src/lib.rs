@@ -72,6 +72,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod guard;
 mod json;
+pub mod jwt;
 pub mod layer;
 pub mod metadata;
 pub mod principal;

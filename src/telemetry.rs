@@ -13,6 +13,8 @@
 //! | `wacht_gateway_errors_total` | counter | `kind` | `timeout`, `connect`, `status`, `decode` |
 //! | `wacht_stale_served_total` | counter | | requests answered from the outage grace (`stale_if_error`) |
 //! | `wacht_refresh_total` | counter | `outcome` | background refresh-ahead checks: `allowed`, `invalid_token`, `failed` |
+//! | `wacht_jwt_verifications_total` | counter | `outcome`, `reason` | local JWT verifications (cache misses of JWT access tokens): `outcome` is `allowed`, `invalid_token` or `unavailable`; `reason` is `none`, `no_jwks` or why the token was refused: `malformed`, `disallowed_alg`, `disallowed_header`, `unknown_kid`, `bad_signature`, `expired`, `not_yet_valid`, `lifetime_too_long`, `wrong_issuer`, `wrong_token_use`, `wrong_audience`, `user_mismatch`, `tenant_not_accepted`, `client_not_allowed`, `resource_audience_required` |
+//! | `wacht_jwks_fetches_total` | counter | `result`, `cause` | JWKS fetches: `result` is `ok` or `error`; `cause` is `initial`, `stale`, `unknown_kid` or `timer` |
 //! | `wacht_fleet_lookups_total` | counter | `result` | fleet mode, shared-tier lookups: `hit`, `rejected` (a shared 401), `miss`, `bad_mac` (an entry whose tag does not verify, ignored) |
 //! | `wacht_fleet_leases_total` | counter | `result` | fleet-wide single flight: `won` (this replica asks the gateway), `waited` (another replica's answer used), `timed_out` (waited `lease_wait`, then asked itself) |
 //! | `wacht_fleet_errors_total` | counter | `operation` | Redis failures and timeouts, by operation (`lookup`, `lease`, `write`, `invalidate`, `publish`, ...) |
@@ -77,6 +79,10 @@ pub mod names {
     pub const STALE_SERVED: &str = "wacht_stale_served_total";
     /// Background refreshes by `outcome`.
     pub const REFRESHES: &str = "wacht_refresh_total";
+    /// Local JWT verifications by `outcome` and `reason`.
+    pub const JWT_VERIFICATIONS: &str = "wacht_jwt_verifications_total";
+    /// JWKS fetches by `result` and `cause`.
+    pub const JWKS_FETCHES: &str = "wacht_jwks_fetches_total";
     /// Fleet mode: shared-tier lookups by `result`.
     pub const FLEET_LOOKUPS: &str = "wacht_fleet_lookups_total";
     /// Fleet mode: leases by `result`.
@@ -184,6 +190,18 @@ pub(crate) fn refresh(outcome: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::REFRESHES, "outcome" => outcome).increment(1);
     let _ = outcome;
+}
+
+pub(crate) fn jwt_verification(outcome: &'static str, reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::JWT_VERIFICATIONS, "outcome" => outcome, "reason" => reason).increment(1);
+    let _ = (outcome, reason);
+}
+
+pub(crate) fn jwks_fetch(result: &'static str, cause: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::JWKS_FETCHES, "result" => result, "cause" => cause).increment(1);
+    let _ = (result, cause);
 }
 
 #[cfg(feature = "redis")]

@@ -17,7 +17,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reject", &[]),
     ("principal", &["reject", "timefmt"]),
     ("metadata", &["error"]),
-    ("config", &["error", "fleet", "metadata", "principal", "token"]),
+    ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
+    ("config", &["error", "fleet", "jwt", "metadata", "principal", "token"]),
     ("fleet", &["error", "gateway", "principal", "telemetry", "token"]),
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
     ("cache", &["config", "principal", "reject", "telemetry", "token"]),
@@ -29,6 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fleet",
             "error",
             "gateway",
+            "jwt",
             "principal",
             "reject",
             "telemetry",
@@ -51,7 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("axum", &["principal", "reject"]),
-    ("testing", &[]),
+    ("testing", &["jwt"]),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

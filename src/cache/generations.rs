@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::principal::Principal;
 use crate::token::TokenHash;
 
 /// More records than this and an invalidation voids every older answer instead.
@@ -42,6 +43,9 @@ pub(crate) struct Generations {
 struct Records {
     tokens: HashMap<TokenHash, Voided>,
     clients: HashMap<Arc<str>, Voided>,
+    /// JWT sessions (`sid`) and token ids (`jti`) cut off on this server.
+    sessions: HashMap<Arc<str>, Voided>,
+    token_ids: HashMap<Arc<str>, Voided>,
     /// Every record in the order made, to drop expired ones from the front.
     order: VecDeque<(Instant, Subject)>,
 }
@@ -51,12 +55,16 @@ struct Records {
 enum Subject {
     Token(TokenHash),
     Client(Arc<str>),
+    Session(Arc<str>),
+    TokenId(Arc<str>),
 }
 
 impl Records {
     fn clear(&mut self) {
         self.tokens.clear();
         self.clients.clear();
+        self.sessions.clear();
+        self.token_ids.clear();
         self.order.clear();
     }
 
@@ -78,13 +86,18 @@ impl Records {
                         self.tokens.remove(&hash);
                     }
                 }
-                Subject::Client(id) => {
-                    if self.clients.get(&id).is_some_and(|v| v.at == at) {
-                        self.clients.remove(&id);
-                    }
-                }
+                Subject::Client(id) => remove_if_at(&mut self.clients, &id, at),
+                Subject::Session(id) => remove_if_at(&mut self.sessions, &id, at),
+                Subject::TokenId(id) => remove_if_at(&mut self.token_ids, &id, at),
             }
         }
+    }
+}
+
+/// Drops `id`'s record if it is the one made at `at` (not a later one).
+fn remove_if_at(records: &mut HashMap<Arc<str>, Voided>, id: &Arc<str>, at: Instant) {
+    if records.get(id).is_some_and(|v| v.at == at) {
+        records.remove(id);
     }
 }
 
@@ -114,9 +127,9 @@ impl Generations {
         self.current.load(Ordering::Acquire)
     }
 
-    /// True unless an invalidation of this token, of this client, or of everything came
-    /// after `stamp` (the generation when the answer's gateway call started).
-    pub(crate) fn is_current(&self, hash: &TokenHash, client_id: &str, stamp: u64) -> bool {
+    /// True unless an invalidation of this token, of its client, session or token id, or of
+    /// everything came after `stamp` (the generation when the answer's verification started).
+    pub(crate) fn is_current(&self, hash: &TokenHash, principal: &Principal, stamp: u64) -> bool {
         if stamp < self.floor.load(Ordering::Acquire) {
             return false;
         }
@@ -125,7 +138,14 @@ impl Generations {
         }
         let records = self.lock();
         let voids = |v: Option<&Voided>| v.is_some_and(|v| v.generation > stamp);
-        !(voids(records.tokens.get(hash)) || voids(records.clients.get(client_id)))
+        let grant = principal.grant();
+        let by_id = |map: &HashMap<Arc<str>, Voided>, id: Option<&Arc<str>>| {
+            !map.is_empty() && voids(id.and_then(|id| map.get(id)))
+        };
+        !(voids(records.tokens.get(hash))
+            || voids(records.clients.get(grant.client_id.as_str()))
+            || by_id(&records.sessions, grant.session_id.as_ref())
+            || by_id(&records.token_ids, grant.token_id.as_ref()))
     }
 
     /// Voids every answer for this token obtained so far.
@@ -142,6 +162,24 @@ impl Generations {
             let id: Arc<str> = Arc::from(client_id);
             records.clients.insert(Arc::clone(&id), voided);
             Subject::Client(id)
+        });
+    }
+
+    /// Voids every answer for this JWT session's tokens obtained so far.
+    pub(crate) fn invalidate_session(&self, session_id: &str) {
+        self.record(|records, voided| {
+            let id: Arc<str> = Arc::from(session_id);
+            records.sessions.insert(Arc::clone(&id), voided);
+            Subject::Session(id)
+        });
+    }
+
+    /// Voids every answer for the JWT with this token id obtained so far.
+    pub(crate) fn invalidate_token_id(&self, token_id: &str) {
+        self.record(|records, voided| {
+            let id: Arc<str> = Arc::from(token_id);
+            records.token_ids.insert(Arc::clone(&id), voided);
+            Subject::TokenId(id)
         });
     }
 
@@ -188,27 +226,48 @@ impl Generations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::Grant;
+    use std::time::SystemTime;
+
+    fn of(client_id: &str) -> Principal {
+        Principal::from_grant(Grant::new(client_id, SystemTime::now()))
+    }
 
     #[test]
     fn an_invalidation_voids_only_what_it_covers_and_only_older_answers() {
+        let (oc_1, oc_2) = (&of("oc_1"), &of("oc_2"));
         let g = Generations::new(Duration::from_secs(60));
         let (a, b) = (TokenHash::of("oat_a"), TokenHash::of("oat_b"));
         let before = g.current();
         g.invalidate_token(a);
         assert!(
-            !g.is_current(&a, "oc_1", before),
+            !g.is_current(&a, oc_1, before),
             "answer in flight during the invalidation"
         );
-        assert!(g.is_current(&b, "oc_1", before), "another token");
-        assert!(g.is_current(&a, "oc_1", g.current()), "asked after the invalidation");
+        assert!(g.is_current(&b, oc_1, before), "another token");
+        assert!(g.is_current(&a, oc_1, g.current()), "asked after the invalidation");
         let before = g.current();
         g.invalidate_client("oc_1");
-        assert!(!g.is_current(&b, "oc_1", before));
-        assert!(g.is_current(&b, "oc_2", before));
+        assert!(!g.is_current(&b, oc_1, before));
+        assert!(g.is_current(&b, oc_2, before));
         let before = g.current();
         g.invalidate_all();
-        assert!(!g.is_current(&b, "oc_2", before));
-        assert!(g.is_current(&b, "oc_2", g.current()));
+        assert!(!g.is_current(&b, oc_2, before));
+        assert!(g.is_current(&b, oc_2, g.current()));
+
+        let mut grant = Grant::new("oc_1", SystemTime::now());
+        grant.session_id = Some("sid_1".into());
+        grant.token_id = Some("jti_1".into());
+        let jwt = Principal::from_grant(grant);
+        let before = g.current();
+        g.invalidate_session("sid_2");
+        assert!(g.is_current(&a, &jwt, before), "another session");
+        g.invalidate_session("sid_1");
+        assert!(!g.is_current(&a, &jwt, before));
+        let before = g.current();
+        g.invalidate_token_id("jti_1");
+        assert!(!g.is_current(&a, &jwt, before));
+        assert!(g.is_current(&a, oc_1, before), "no token id");
     }
 
     #[test]
@@ -224,7 +283,7 @@ mod tests {
         for i in 0..=MAX_RECORDS {
             g.invalidate_token(TokenHash::of(&format!("oat_{i}")));
         }
-        assert!(!g.is_current(&TokenHash::of("oat_unrelated"), "oc_1", before));
+        assert!(!g.is_current(&TokenHash::of("oat_unrelated"), &of("oc_1"), before));
         assert!(g.lock().tokens.len() < MAX_RECORDS);
     }
 }

@@ -323,6 +323,32 @@ impl DecisionCache {
         }
     }
 
+    /// Voids every answer for one JWT session's tokens (`sid`), in every tier.
+    pub(crate) fn invalidate_session(&self, session_id: &str) {
+        self.generations.invalidate_session(session_id);
+        let id = session_id.to_owned();
+        self.invalidate_where(move |p| p.session_id() == Some(id.as_str()));
+    }
+
+    /// Voids every answer for the JWT with this token id (`jti`), in every tier.
+    pub(crate) fn invalidate_token_id(&self, token_id: &str) {
+        self.generations.invalidate_token_id(token_id);
+        let id = token_id.to_owned();
+        self.invalidate_where(move |p| p.token_id() == Some(id.as_str()));
+    }
+
+    /// Drops the positive entries whose principal matches (every read also checks the
+    /// generations, so this frees memory and nothing else).
+    fn invalidate_where(&self, matches: impl Fn(&Principal) -> bool + Send + Sync + 'static) {
+        if self
+            .positive
+            .invalidate_entries_if(move |_, entry| matches(&entry.principal))
+            .is_err()
+        {
+            self.positive.invalidate_all();
+        }
+    }
+
     /// Voids every answer, in every tier.
     pub(crate) fn invalidate_all(&self) {
         self.generations.invalidate_all();
@@ -337,8 +363,7 @@ impl DecisionCache {
 
     /// True unless an invalidation voided the entry's answer after its verification started.
     fn is_current(&self, hash: &TokenHash, entry: &Entry) -> bool {
-        self.generations
-            .is_current(hash, entry.principal.client_id().as_str(), entry.stamp)
+        self.generations.is_current(hash, &entry.principal, entry.stamp)
     }
 
     /// Removes the token's entry if it has ended or was voided, atomically: a fresh answer

@@ -58,10 +58,9 @@ impl OutageGrace {
     /// A principal still inside its grace whose answer no invalidation has voided.
     pub(crate) async fn get(&self, hash: &TokenHash, generations: &Generations) -> Option<Principal> {
         let entry = self.cache.get(hash).await?;
-        let client_id = entry.principal.client_id().as_str();
         let usable = Instant::now() < entry.until
             && SystemTime::now() < entry.principal.expires_at()
-            && generations.is_current(hash, client_id, entry.stamp);
+            && generations.is_current(hash, &entry.principal, entry.stamp);
         usable.then_some(entry.principal)
     }
 

@@ -280,6 +280,14 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Verifies JWT access tokens locally (RS256 against the JWKS of `expected_issuer`, which
+    /// is then required), instead of refusing them. See [`jwt`](crate::jwt) for what is
+    /// checked and [`JwtConfig`](crate::jwt::JwtConfig) for the settings.
+    pub fn jwt(mut self, jwt: crate::jwt::JwtConfig) -> Self {
+        self.config.jwt = Some(jwt);
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// Fails with [`ConfigError::TenantNotPinned`] unless the deployment or the issuer is
@@ -335,6 +343,9 @@ impl WachtAuthConfigBuilder {
         if c.pins.expected_deployment_id.is_none() && c.pins.expected_issuer.is_none() && !c.pins.accept_any_deployment
         {
             return Err(ConfigError::TenantNotPinned);
+        }
+        if let Some(jwt) = &c.jwt {
+            jwt.validate(c.pins.expected_issuer.as_deref())?;
         }
         Ok(self.config)
     }

@@ -28,6 +28,45 @@ fn fleet_from_env(
     ))
 }
 
+/// An on/off variable (unset is off).
+fn switch(name: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("off" | "false" | "0" | "no") => Ok(false),
+        Some("on" | "true" | "1" | "yes") => Ok(true),
+        Some(_) => Err(ConfigError::invalid(name, "expected on or off")),
+    }
+}
+
+/// The JWT settings from `WACHT_JWT_*`.
+fn jwt_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<crate::jwt::JwtConfig, ConfigError> {
+    let list = |v: String| -> Vec<String> {
+        v.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut jwt = crate::jwt::JwtConfig::new();
+    if let Some(clients) = get("WACHT_JWT_ALLOWED_CLIENTS") {
+        jwt = jwt.allowed_clients(list(clients));
+    }
+    if let Some(tenants) = get("WACHT_JWT_TENANTS") {
+        jwt = jwt.accepted_tenants(list(tenants));
+    }
+    if let Some(secs) = get("WACHT_JWKS_REFRESH_SECS") {
+        let secs: u64 = secs
+            .parse()
+            .map_err(|_| ConfigError::invalid("WACHT_JWKS_REFRESH_SECS", "expected whole seconds"))?;
+        jwt = jwt.jwks_refresh(std::time::Duration::from_secs(secs));
+    }
+    if switch(
+        "WACHT_JWT_ACCEPT_TENANT_AUDIENCE",
+        get("WACHT_JWT_ACCEPT_TENANT_AUDIENCE"),
+    )? {
+        jwt = jwt.accept_tenant_audience();
+    }
+    Ok(jwt)
+}
+
 impl WachtAuthConfig {
     /// Reads the configuration from the environment:
     ///
@@ -40,6 +79,17 @@ impl WachtAuthConfig {
     /// With the `redis` feature, `WACHT_REDIS_URL` turns fleet mode on (`redis://host:port`),
     /// with `WACHT_FLEET_SECRET` (required then, at least 32 bytes, the same on every
     /// replica).
+    ///
+    /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
+    /// [`jwt`](crate::jwt)), with
+    ///
+    /// * `WACHT_JWT_ALLOWED_CLIENTS`: accept JWTs of these OAuth client ids only (comma- or
+    ///   space-separated);
+    /// * `WACHT_JWT_TENANTS`: accept JWTs for these tenant URNs only (comma- or
+    ///   space-separated);
+    /// * `WACHT_JWKS_REFRESH_SECS`: JWKS refresh interval (default 300);
+    /// * `WACHT_JWT_ACCEPT_TENANT_AUDIENCE=on`: accept JWTs although `WACHT_RESOURCE_URL` pins
+    ///   the resource (see [`JwtConfig::accept_tenant_audience`](crate::jwt::JwtConfig::accept_tenant_audience)).
     ///
     /// At least one of `WACHT_DEPLOYMENT_ID` and `WACHT_OAUTH_ISSUER` is required
     /// ([`ConfigError::TenantNotPinned`] otherwise): the gateway accepts tokens of every Wacht
@@ -75,6 +125,9 @@ impl WachtAuthConfig {
         if let Some(resource) = get("WACHT_RESOURCE_URL") {
             check_url("WACHT_RESOURCE_URL", &resource)?;
             b = b.expected_audience(resource);
+        }
+        if switch("WACHT_JWT", get("WACHT_JWT"))? {
+            b = b.jwt(jwt_from_env(&get)?);
         }
         b.build()
     }
@@ -127,6 +180,52 @@ mod tests {
         bad("WACHT_RESOURCE_URL", "ftp://x/y");
         bad("WACHT_RESOURCE_URL", "https://x/y#frag");
         bad("WACHT_GATEWAY_URL", "not a url");
+        bad("WACHT_JWT", "maybe");
+    }
+
+    #[test]
+    fn jwt_from_env_needs_the_issuer_and_reads_its_lists() {
+        let err = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_DEPLOYMENT_ID", "1"),
+            ("WACHT_JWT", "on"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("expected_issuer"), "{err}");
+        let c = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+            ("WACHT_JWT", "on"),
+            ("WACHT_JWT_ALLOWED_CLIENTS", "oc_a, oc_b"),
+            ("WACHT_JWT_TENANTS", "urn:wacht:organization:5"),
+            ("WACHT_JWKS_REFRESH_SECS", "60"),
+        ]))
+        .unwrap();
+        let jwt = c.jwt().unwrap();
+        assert_eq!(jwt.clients, ["oc_a", "oc_b"]);
+        assert_eq!(jwt.tenants, ["urn:wacht:organization:5"]);
+        assert_eq!(jwt.jwks_refresh, std::time::Duration::from_secs(60));
+        assert!(!jwt.accept_tenant_audience);
+        let off = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+            ("WACHT_JWT", "off"),
+        ]))
+        .unwrap();
+        assert!(off.jwt().is_none());
+        let bad_tenant = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+            ("WACHT_JWT", "on"),
+            ("WACHT_JWT_TENANTS", "urn:wacht:team:5"),
+        ]));
+        assert!(bad_tenant.is_err());
+        let plain_http = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "http://auth.example.com"),
+            ("WACHT_JWT", "on"),
+        ]));
+        assert!(plain_http.is_err(), "keys over plain HTTP from a remote host");
     }
 
     #[test]

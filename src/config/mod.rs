@@ -85,6 +85,7 @@ impl fmt::Display for ApiKey {
 /// | `realm` / `challenge_scopes` | none / none | the `realm` and the `scope` suggested in 401 challenges |
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
+/// | `jwt` | off | JWT access tokens get 401 without a gateway call; see [`jwt`](crate::jwt) |
 #[derive(Clone, Debug, Default)]
 pub struct WachtAuthConfig {
     pub(crate) gateway: GatewaySettings,
@@ -95,6 +96,8 @@ pub struct WachtAuthConfig {
     /// Fleet mode (feature `redis`).
     #[cfg(feature = "redis")]
     pub(crate) fleet: Option<crate::fleet::FleetConfig>,
+    /// Local verification of JWT access tokens.
+    pub(crate) jwt: Option<crate::jwt::JwtConfig>,
 }
 
 /// The gateway client and what a miss sends it.
@@ -238,6 +241,11 @@ impl WachtAuthConfig {
     /// The byte budget of the decision cache (see [`WachtAuthConfigBuilder::max_cache_bytes`]).
     pub fn max_cache_bytes(&self) -> u64 {
         self.cache.max_cache_bytes
+    }
+
+    /// The JWT verification settings, when JWT access tokens are accepted.
+    pub fn jwt(&self) -> Option<&crate::jwt::JwtConfig> {
+        self.jwt.as_ref()
     }
 
     /// The RFC 9728 metadata document, if one is configured.

@@ -66,7 +66,7 @@ pub enum InvalidTokenReason {
     Malformed,
     /// The gateway does not know it: unknown, expired, revoked or otherwise inactive.
     Rejected,
-    /// A JWT: this server accepts opaque tokens only.
+    /// A JWT, and this server does not verify JWTs (see [`JwtConfig`](crate::jwt::JwtConfig)).
     JwtNotAccepted,
     /// Issued by another Wacht deployment than the pinned one.
     WrongDeployment,
@@ -76,6 +76,12 @@ pub enum InvalidTokenReason {
     WrongAudience,
     /// Its OAuth client is denied on this server.
     DeniedClient,
+    /// A JWT whose `exp` has passed.
+    Expired,
+    /// A JWT of a session or with a token id denied on this server
+    /// ([`Verifier::deny_session`](crate::Verifier::deny_session),
+    /// [`deny_token_id`](crate::Verifier::deny_token_id)).
+    Revoked,
 }
 
 impl InvalidTokenReason {
@@ -89,6 +95,8 @@ impl InvalidTokenReason {
             InvalidTokenReason::WrongIssuer => "The access token was issued by another issuer.",
             InvalidTokenReason::WrongAudience => "The access token was not issued for this resource.",
             InvalidTokenReason::DeniedClient => "The OAuth client of this access token is not allowed here.",
+            InvalidTokenReason::Expired => "The access token has expired.",
+            InvalidTokenReason::Revoked => "The access token was revoked.",
         }
     }
 
@@ -102,6 +110,8 @@ impl InvalidTokenReason {
             InvalidTokenReason::WrongIssuer => "wrong_issuer",
             InvalidTokenReason::WrongAudience => "wrong_audience",
             InvalidTokenReason::DeniedClient => "denied_client",
+            InvalidTokenReason::Expired => "expired",
+            InvalidTokenReason::Revoked => "revoked",
         }
     }
 }

@@ -36,6 +36,14 @@ pub(crate) fn generate_secret(prefix: &str) -> String {
     format!("{prefix}{}", base64url(&random_bytes::<32>()))
 }
 
+/// Returns a random positive decimal id shaped like Wacht's snowflake ids (a JWT's `jti` or
+/// `sid`). Same randomness caveat as [`generate_token`].
+pub(crate) fn generate_decimal_id() -> String {
+    let bytes = random_bytes::<8>();
+    let id = u64::from_le_bytes(bytes) >> 2;
+    (id.max(1)).to_string()
+}
+
 /// Returns the gateway's look-up key for a credential: lower-case hex SHA-256 of the UTF-8
 /// bytes of the value with surrounding whitespace trimmed (64 characters).
 ///

@@ -34,6 +34,7 @@
 mod body;
 mod dev_issuer;
 mod ids;
+mod jwks;
 mod model;
 mod protocol;
 mod server;
@@ -54,6 +55,7 @@ pub use dev_issuer::{
     RegisteredClient,
 };
 pub use ids::{generate_client_id, generate_token, hash_token};
+pub use jwks::{AccessTokenClaims, DEFAULT_JWT_AUDIENCE, JwksIssuer};
 pub use model::{
     EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest,
     ScopeDefinition, TokenGrant,

@@ -130,44 +130,9 @@ impl TokenGrant {
     }
 }
 
-/// One entry of the OAuth app's `scope_definitions`: how a scope maps to an organization or
-/// workspace permission (protocol section 3.2, step 6).
-#[derive(Clone, Debug)]
-pub struct ScopeDefinition {
-    /// The scope string.
-    pub scope: String,
-    /// Resource category the mapping applies to: `organization` or `workspace` (compared
-    /// trimmed and case-insensitively with the granted resource's type).
-    pub category: String,
-    /// Permission added for organization-scoped tokens.
-    pub organization_permission: Option<String>,
-    /// Permission added for workspace-scoped tokens.
-    pub workspace_permission: Option<String>,
-}
-
-impl ScopeDefinition {
-    /// `scope` maps to organization permission `permission` (category `organization`).
-    #[must_use]
-    pub fn organization(scope: impl Into<String>, permission: impl Into<String>) -> Self {
-        Self {
-            scope: scope.into(),
-            category: "organization".to_owned(),
-            organization_permission: Some(permission.into()),
-            workspace_permission: None,
-        }
-    }
-
-    /// `scope` maps to workspace permission `permission` (category `workspace`).
-    #[must_use]
-    pub fn workspace(scope: impl Into<String>, permission: impl Into<String>) -> Self {
-        Self {
-            scope: scope.into(),
-            category: "workspace".to_owned(),
-            organization_permission: None,
-            workspace_permission: Some(permission.into()),
-        }
-    }
-}
+/// One entry of the OAuth app's `scope_definitions` (the same type local JWT verification
+/// is configured with).
+pub use crate::jwt::ScopeDefinition;
 
 /// A `POST /v1/authz/check` request whose body matched the gateway's schema, as received.
 ///

@@ -1,9 +1,11 @@
-//! A verdict → a cache entry or a refusal, in one place: the gateway's decision, then the
-//! pins (deployment, issuer, audience: the gateway checks none of them), then the deny list.
+//! A verdict → a cache entry or a refusal, in one place: the gateway's decision and the pins
+//! (deployment, issuer, audience: the gateway checks none of them), or a JWT's verification
+//! (which checked its own issuer and audience); then the deny lists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 
@@ -11,8 +13,9 @@ use super::Verifier;
 use super::source::Verdict;
 use crate::cache::Entry;
 use crate::config::PinSettings;
-use crate::gateway::Decision;
-use crate::principal::{DeploymentId, Grant};
+use crate::gateway::{Decision, GatewayError};
+use crate::jwt::JwtFailure;
+use crate::principal::{DeploymentId, Grant, Principal};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
@@ -24,7 +27,44 @@ impl Verifier {
     /// The entry to cache for a verdict, or the refusal to share with every waiting request.
     /// Refusals for good (the gateway's 401, a pin, a denied client) are remembered.
     pub(super) async fn decide(&self, verdict: Verdict, hash: TokenHash, stamp: u64) -> Result<Entry, AuthError> {
-        let grant = match verdict.decision {
+        let (grant, cap) = match verdict {
+            Verdict::Gateway { decision, cap } => (self.gateway_grant(decision, hash).await?, cap),
+            Verdict::Jwt(Ok(grant)) => (Box::new(grant), None),
+            Verdict::Jwt(Err(JwtFailure::Refused(refusal))) => {
+                tracing::info!(reason = refusal.label(), "JWT access token refused");
+                return Err(self.reject(hash, refusal.reason()).await);
+            }
+            Verdict::Jwt(Err(JwtFailure::Unavailable)) => {
+                tracing::warn!("no JWKS could be loaded for the token's issuer; failing closed");
+                return Err(self.unavailable());
+            }
+        };
+        if self.denied.contains(grant.client_id.as_str()) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                "token of a denied OAuth client rejected"
+            );
+            telemetry::failure(grant.client_id.as_str(), "denied_client");
+            return Err(self.reject(hash, InvalidTokenReason::DeniedClient).await);
+        }
+        if self.revoked.covers(&grant) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                "JWT of a denied session or token id rejected"
+            );
+            telemetry::failure(grant.client_id.as_str(), "revoked");
+            return Err(self.reject(hash, InvalidTokenReason::Revoked).await);
+        }
+        Ok(self.cache.entry(*grant, Arc::clone(&self.challenge), stamp, cap))
+    }
+
+    /// The grant of a gateway decision that passes the pins, or the refusal.
+    async fn gateway_grant(
+        &self,
+        decision: Result<Decision, GatewayError>,
+        hash: TokenHash,
+    ) -> Result<Box<Grant>, AuthError> {
+        let grant = match decision {
             Ok(Decision::Allowed(grant)) => grant,
             Ok(Decision::InvalidToken) => return Err(self.reject(hash, InvalidTokenReason::Rejected).await),
             Ok(Decision::PermissionDenied) => {
@@ -52,17 +92,7 @@ impl Verifier {
             telemetry::foreign_failure("pinning");
             return Err(self.reject(hash, reason).await);
         }
-        if self.denied.contains(grant.client_id.as_str()) {
-            tracing::info!(
-                client_id = grant.client_id.as_str(),
-                "token of a denied OAuth client rejected"
-            );
-            telemetry::failure(grant.client_id.as_str(), "denied_client");
-            return Err(self.reject(hash, InvalidTokenReason::DeniedClient).await);
-        }
-        Ok(self
-            .cache
-            .entry(*grant, Arc::clone(&self.challenge), stamp, verdict.cap))
+        Ok(grant)
     }
 
     async fn reject(&self, hash: TokenHash, reason: InvalidTokenReason) -> AuthError {
@@ -112,6 +142,69 @@ impl Pins {
             }
         }
         Ok(())
+    }
+}
+
+/// Most live denials of each kind (sessions, token ids).
+const MAX_REVOKED: usize = 100_000;
+/// How long a session or token-id denial lasts: the longest a Wacht access token lives, plus
+/// the largest leeway.
+const REVOKED_FOR: Duration = Duration::from_secs(24 * 60 * 60 + 300);
+
+/// JWT sessions (`sid`) and token ids (`jti`) refused on this server, each until no token of
+/// it can still be valid.
+#[derive(Debug, Default)]
+pub(super) struct RevokedIds {
+    /// True once anything was denied: the common case takes no lock.
+    any: AtomicBool,
+    sessions: RwLock<HashMap<Arc<str>, SystemTime>>,
+    token_ids: RwLock<HashMap<Arc<str>, SystemTime>>,
+}
+
+impl RevokedIds {
+    pub(super) fn deny_session(&self, id: &str) -> bool {
+        self.insert(&self.sessions, id, "session")
+    }
+
+    pub(super) fn deny_token_id(&self, id: &str) -> bool {
+        self.insert(&self.token_ids, id, "token id")
+    }
+
+    fn insert(&self, map: &RwLock<HashMap<Arc<str>, SystemTime>>, id: &str, kind: &'static str) -> bool {
+        let now = SystemTime::now();
+        let mut map = map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.len() >= MAX_REVOKED {
+            map.retain(|_, until| *until > now);
+        }
+        if map.len() >= MAX_REVOKED && !map.contains_key(id) {
+            tracing::error!(kind, limit = MAX_REVOKED, "deny list full: this denial is not recorded");
+            return false;
+        }
+        map.insert(Arc::from(id), now + REVOKED_FOR);
+        self.any.store(true, Ordering::Release);
+        true
+    }
+
+    /// True if the grant's session or token id is denied.
+    pub(super) fn covers(&self, grant: &Grant) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = SystemTime::now();
+        let denied = |map: &RwLock<HashMap<Arc<str>, SystemTime>>, id: Option<&Arc<str>>| {
+            id.is_some_and(|id| {
+                map.read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get(id)
+                    .is_some_and(|until| *until > now)
+            })
+        };
+        denied(&self.sessions, grant.session_id.as_ref()) || denied(&self.token_ids, grant.token_id.as_ref())
+    }
+
+    /// [`covers`](Self::covers) for a cached principal.
+    pub(super) fn covers_principal(&self, principal: &Principal) -> bool {
+        self.covers(principal.grant())
     }
 }
 

@@ -94,7 +94,12 @@ impl Verifier {
                     other => Err(other.clone()),
                 },
             };
-            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
+            let source = if self.jwt_for(token).is_some() {
+                "jwt"
+            } else {
+                "gateway"
+            };
+            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), source);
             return outcome;
         }
         // Only reached if every answer found was unusable: fail closed.
@@ -115,11 +120,18 @@ impl Verifier {
             return Err(AuthError::InvalidToken(reason));
         }
         // A flood of unseen tokens must not pile up calls on the gateway: past the cap,
-        // refuse at once (503) rather than queue.
-        let Some(_permit) = InflightPermit::acquire(&self.inflight, self.settings.max_inflight_gateway_calls) else {
-            tracing::debug!(token = ?hash, limit = self.settings.max_inflight_gateway_calls, "gateway calls at their limit: refused");
-            telemetry::verification("unavailable", "overload");
-            return Err(self.unavailable());
+        // refuse at once (503) rather than queue. (A JWT is verified here; its issuer's JWKS
+        // is fetched single-flight and rate-limited.)
+        let _permit = match self.jwt_for(token) {
+            Some(_) => None,
+            None => match InflightPermit::acquire(&self.inflight, self.settings.max_inflight_gateway_calls) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(token = ?hash, limit = self.settings.max_inflight_gateway_calls, "gateway calls at their limit: refused");
+                    telemetry::verification("unavailable", "overload");
+                    return Err(self.unavailable());
+                }
+            },
         };
         // Stamped before the call: an invalidation from now on voids this answer.
         let stamp = self.cache.stamp();
@@ -142,7 +154,7 @@ impl Verifier {
     /// A principal verified before, still inside the outage grace and not denied since.
     async fn outage_grace(&self, hash: &TokenHash) -> Option<Principal> {
         let principal = self.cache.outage_grace(hash).await?;
-        if self.denied.contains(principal.client_id().as_str()) {
+        if self.denied.contains(principal.client_id().as_str()) || self.revoked.covers_principal(&principal) {
             return None;
         }
         tracing::warn!(

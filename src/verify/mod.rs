@@ -4,8 +4,8 @@
 //! the network or the cache.
 //!
 //! * [`miss`]: the single-flight miss path, the cap on calls in flight, the call itself.
-//! * [`source`]: where a verdict comes from (the gateway) — the seam a shared tier or local
-//!   JWT verification plugs into.
+//! * [`source`]: where a verdict comes from: the gateway (through the fleet's shared tier in
+//!   fleet mode) for opaque tokens, [`jwt`](crate::jwt) verification for JWTs.
 //! * [`decide`]: a verdict → a cache entry or a refusal, through the pins and the deny list.
 //! * [`refresh`]: refresh-ahead in the background.
 
@@ -17,13 +17,13 @@ mod refresh;
 mod source;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use http::{Extensions, HeaderMap};
 
-use self::decide::{DenyList, Pins};
+use self::decide::{DenyList, Pins, RevokedIds};
 use self::miss::MissContext;
 use crate::cache::DecisionCache;
 use crate::config::{GatewaySettings, WachtAuthConfig};
@@ -55,6 +55,9 @@ pub(crate) struct Miss {
 impl Miss {
     /// The verification (single flight, gateway), owning the token.
     pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Principal, AuthError>> {
+        if token.token().is_jwt_shaped() {
+            self.verifier.start_jwks_timer();
+        }
         Box::pin(async move {
             self.verifier
                 .verify_miss(token.token(), self.hash, self.ctx, self.started)
@@ -81,6 +84,13 @@ pub struct Verifier {
     /// The shared tier and invalidation channel, in fleet mode.
     #[cfg(feature = "redis")]
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Local verification of JWT access tokens, when enabled.
+    jwt: Option<crate::jwt::JwtVerifier>,
+    /// JWT sessions and token ids cut off on this server.
+    revoked: RevokedIds,
+    /// The JWKS key withdrawals already acted on.
+    key_removals_seen: AtomicU64,
+    jwks_timer_started: AtomicBool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -117,9 +127,23 @@ impl Verifier {
                 .map(|s| s.as_str().into())
                 .collect(),
         });
+        let jwt = match &config.jwt {
+            Some(jwt) => Some(crate::jwt::JwtVerifier::new(
+                jwt,
+                config.pins.expected_issuer.as_deref(),
+                config.pins.expected_audience.as_deref(),
+                config.gateway.connect_timeout,
+                config.gateway.request_timeout,
+            )?),
+            None => None,
+        };
         Ok(Verifier {
             #[cfg(feature = "redis")]
             fleet: fleet::start(config)?,
+            jwt,
+            revoked: RevokedIds::default(),
+            key_removals_seen: AtomicU64::new(0),
+            jwks_timer_started: AtomicBool::new(false),
             cache: DecisionCache::new(&config.cache, miss::call_bound(&config.gateway)),
             gateway: Box::new(gateway),
             pins: Pins::new(&config.pins),
@@ -183,7 +207,7 @@ impl Verifier {
 
     /// Refuses a token that can never pass, without a gateway call.
     fn acceptable(&self, token: BearerToken<'_>) -> Result<(), AuthError> {
-        if token.is_jwt_shaped() {
+        if token.is_jwt_shaped() && self.jwt.is_none() {
             // The gateway answers 401 for every JWT access token: never send it one.
             return Err(AuthError::InvalidToken(InvalidTokenReason::JwtNotAccepted));
         }
@@ -269,6 +293,25 @@ impl Verifier {
             let id = client_id.to_owned();
             self.fan_out(|fleet| async move { fleet.allow_client(&id).await });
         }
+    }
+
+    /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
+    /// drops its cached tokens at once: Wacht cannot revoke a JWT before it expires, so this
+    /// is how an incident cuts a session off here. The denial lasts 24 hours (the longest a
+    /// Wacht access token lives) and is local to this verifier (fleet mode does not share it).
+    /// Returns false if the list is full (100 000 live denials; logged).
+    pub fn deny_session(&self, session_id: &str) -> bool {
+        let recorded = self.revoked.deny_session(session_id);
+        self.cache.invalidate_session(session_id);
+        recorded
+    }
+
+    /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
+    /// see [`deny_session`](Self::deny_session) for the duration, scope and bound.
+    pub fn deny_token_id(&self, token_id: &str) -> bool {
+        let recorded = self.revoked.deny_token_id(token_id);
+        self.cache.invalidate_token_id(token_id);
+        recorded
     }
 
     /// The OAuth client ids currently denied, sorted.

@@ -1,40 +1,95 @@
-//! Where a verdict on an unseen token comes from: the Wacht gateway's authz check, behind the
-//! fleet's shared tier when fleet mode is on. This is the seam for sources: they answer the
-//! same [`Decision`] here (with a cap on how long it may be cached locally), and the miss
-//! path, single flight and decision rules stay as they are.
+//! Where a verdict on an unseen token comes from: the Wacht gateway's authz check (behind the
+//! fleet's shared tier when fleet mode is on) for opaque tokens, local signature and claim
+//! checks for JWT access tokens. Either way the miss path, single flight and decision rules
+//! are the same.
 
-use std::time::Instant;
-
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::Verifier;
 use super::miss::MissContext;
 use crate::gateway::{CheckRequest, Decision, GatewayError};
+use crate::jwt::JwtFailure;
+use crate::principal::Grant;
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
-/// A verdict, and the longest the local cache may keep it.
-pub(super) struct Verdict {
-    pub(super) decision: Result<Decision, GatewayError>,
-    pub(super) cap: Option<Duration>,
+/// A verdict on a token, by source.
+pub(super) enum Verdict {
+    /// The gateway's decision, and the longest the local cache may keep it (a shared-tier
+    /// copy has less time left).
+    Gateway {
+        decision: Result<Decision, GatewayError>,
+        cap: Option<Duration>,
+    },
+    /// Local JWT verification.
+    Jwt(Result<Grant, JwtFailure>),
 }
 
 impl Verifier {
     /// The verdict on a token the local tiers do not have.
     pub(super) async fn answer(&self, token: BearerToken<'_>, hash: TokenHash, ctx: &MissContext) -> Verdict {
+        if let Some(jwt) = self.jwt_for(token) {
+            let verdict = jwt.verify(token.expose()).await;
+            self.sync_key_removals();
+            return Verdict::Jwt(verdict);
+        }
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
             let answer = fleet.answer(hash, self.ask_gateway(token, ctx)).await;
-            return Verdict {
+            return Verdict::Gateway {
                 decision: answer.verdict,
                 cap: answer.cap,
             };
         }
         let _ = hash;
-        Verdict {
+        Verdict::Gateway {
             decision: self.ask_gateway(token, ctx).await,
             cap: None,
         }
+    }
+
+    /// The JWT verifier, if `token` is a JWT and JWTs are verified here.
+    pub(super) fn jwt_for(&self, token: BearerToken<'_>) -> Option<&crate::jwt::JwtVerifier> {
+        self.jwt.as_ref().filter(|_| token.is_jwt_shaped())
+    }
+
+    /// After a JWKS refresh withdrew a key, no decision cached before may be served: tokens
+    /// signed by that key must be refused from now on.
+    fn sync_key_removals(&self) {
+        let Some(jwt) = &self.jwt else { return };
+        let removals = jwt.removals();
+        if self.key_removals_seen.swap(removals, Ordering::AcqRel) != removals {
+            tracing::warn!("JWKS key withdrawn: every cached decision on this server is dropped");
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// Starts the JWKS refresh timer of this verifier, once, if JWTs are verified and a Tokio
+    /// runtime runs. It holds the verifier weakly and ends with it.
+    pub(super) fn start_jwks_timer(self: &Arc<Self>) {
+        let Some(jwt) = &self.jwt else { return };
+        if self.jwks_timer_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime: keys are still refreshed when a verification finds them stale.
+            self.jwks_timer_started.store(false, Ordering::Release);
+            return;
+        };
+        let every = jwt.refresh_every();
+        let verifier = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(verifier) = verifier.upgrade() else { break };
+                if let Some(jwt) = &verifier.jwt {
+                    jwt.refresh_due().await;
+                }
+                verifier.sync_key_removals();
+            }
+        });
     }
 
     /// Asks the gateway about a token: one call, cut off at the call bound (a custom

@@ -17,6 +17,7 @@ mod custom_gateway;
 mod dev_issuer;
 mod fake_gateway;
 mod grpc;
+mod jwt;
 mod layer_http;
 mod mcp_server;
 mod quickstart;
