@@ -46,6 +46,17 @@ pub(crate) struct ClaimPolicy {
     pub(crate) definitions: Vec<ScopeDefinition>,
 }
 
+impl ClaimPolicy {
+    pub(crate) fn from_config(config: &super::JwtConfig) -> Self {
+        ClaimPolicy {
+            leeway: config.leeway,
+            tenants: config.tenants.iter().map(|t| ResourceUrn::parse(t)).collect(),
+            clients: config.clients.clone(),
+            definitions: config.definitions.clone(),
+        }
+    }
+}
+
 impl Claims {
     /// Reads the payload: a JSON object without repeated keys, every claim Wacht always sets
     /// present with its type.

@@ -33,9 +33,12 @@ mod jose;
 mod jwks;
 mod permissions;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use aws_lc_rs::signature::ParsedPublicKey;
 use reqwest::Url;
 
 use self::claims::{ClaimPolicy, Claims};
@@ -43,8 +46,8 @@ pub(crate) use self::jwks::Cause;
 use self::jwks::Jwks;
 pub use self::permissions::ScopeDefinition;
 use crate::error::ConfigError;
-use crate::principal::{Grant, ResourceUrn};
-use crate::reject::InvalidTokenReason;
+use crate::principal::{Grant, Principal, ResourceUrn};
+use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::telemetry;
 
 /// Default leeway on `exp`, `iat` and `nbf`.
@@ -344,6 +347,63 @@ impl From<Refusal> for JwtFailure {
     }
 }
 
+/// The grant of a parsed token once its signature verifies with `key`, and its claims with
+/// the policy.
+fn signed_grant(
+    jws: &jose::Jws<'_>,
+    claims: Claims,
+    key: &ParsedPublicKey,
+    policy: &ClaimPolicy,
+) -> Result<Grant, Refusal> {
+    key.verify_sig(jws.signing_input, &jws.signature)
+        .map_err(|_| Refusal::BadSignature)?;
+    claims.into_grant(policy, SystemTime::now())
+}
+
+/// One JWT checked against a fixed key set, with no cache, no network and no `Verifier`:
+/// every step of [`jwt`](self) verification, synchronously. It is the entry point of the
+/// `jwt` fuzz target and the verify-on-every-request baseline of the benchmarks; a server
+/// uses [`JwtConfig`] through the layer instead.
+#[doc(hidden)]
+pub struct StaticJwtVerifier {
+    issuer: String,
+    keys: HashMap<Box<str>, Arc<ParsedPublicKey>>,
+    policy: ClaimPolicy,
+    challenge: Arc<ChallengeParams>,
+}
+
+impl StaticJwtVerifier {
+    /// A verifier of `issuer`'s tokens against the keys of the JWKS document `jwks`, with
+    /// the claim rules of `config`. `None` if `jwks` is not a JWKS document.
+    pub fn new(issuer: impl Into<String>, jwks: &[u8], config: &JwtConfig) -> Option<Self> {
+        let issuer = issuer.into();
+        let keys = jwks::parse_key_set(jwks, &issuer).ok()?;
+        Some(StaticJwtVerifier {
+            issuer,
+            keys,
+            policy: ClaimPolicy::from_config(config),
+            challenge: ChallengeParams::shared_default(),
+        })
+    }
+
+    /// The principal of a valid token; a refusal is always 401 `invalid_token`.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.grant(token)
+            .map(|grant| Principal::new(grant, Arc::clone(&self.challenge)))
+            .map_err(|refusal| AuthError::InvalidToken(refusal.reason()))
+    }
+
+    fn grant(&self, token: &str) -> Result<Grant, Refusal> {
+        let jws = jose::parse(token)?;
+        let claims = Claims::parse(&jws.payload)?;
+        if claims.iss != self.issuer {
+            return Err(Refusal::WrongIssuer);
+        }
+        let key = self.keys.get(jws.kid.as_str()).ok_or(Refusal::UnknownKey)?;
+        signed_grant(&jws, claims, key, &self.policy)
+    }
+}
+
 /// The JWT verifier of one [`Verifier`](crate::Verifier).
 #[derive(Debug)]
 pub(crate) struct JwtVerifier {
@@ -399,12 +459,7 @@ impl JwtVerifier {
         }
         Ok(JwtVerifier {
             issuers,
-            policy: ClaimPolicy {
-                leeway: config.leeway,
-                tenants: config.tenants.iter().map(|t| ResourceUrn::parse(t)).collect(),
-                clients: config.clients.clone(),
-                definitions: config.definitions.clone(),
-            },
+            policy: ClaimPolicy::from_config(config),
             resource_pinned,
             refresh_every: config.jwks_refresh,
         })
@@ -434,9 +489,7 @@ impl JwtVerifier {
             .find(|j| j.issuer == claims.iss)
             .ok_or(Refusal::WrongIssuer)?;
         let key = jwks.key(&jws.kid).await?;
-        key.verify_sig(jws.signing_input, &jws.signature)
-            .map_err(|_| Refusal::BadSignature)?;
-        Ok(claims.into_grant(&self.policy, SystemTime::now())?)
+        Ok(signed_grant(&jws, claims, &key, &self.policy)?)
     }
 
     /// Refreshes every issuer's key set that the timer finds due (loaded ones only: an issuer

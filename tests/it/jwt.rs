@@ -603,3 +603,19 @@ async fn jwt_config_is_validated() {
         .unwrap();
     assert!(WachtAuthLayer::new(config).is_ok());
 }
+
+#[tokio::test]
+async fn the_static_verifier_applies_the_same_rules_without_cache_or_network() {
+    let issuer = JwksIssuer::start().await.unwrap();
+    let jwks = reqwest::get(issuer.jwks_url()).await.unwrap().bytes().await.unwrap();
+    let verifier = tower_wacht::jwt::StaticJwtVerifier::new(issuer.url(), &jwks, &JwtConfig::new()).unwrap();
+    let principal = verifier.verify(&issuer.mint(&claims())).unwrap();
+    assert_eq!(principal.client_id().as_str(), CLIENT);
+    assert!(verifier.verify(&issuer.mint_id_token(CLIENT)).is_err());
+    let other = JwksIssuer::start().await.unwrap();
+    assert!(
+        verifier
+            .verify(&other.mint(&claims().claim("iss", json!(issuer.url()))))
+            .is_err()
+    );
+}
