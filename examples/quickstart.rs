@@ -10,8 +10,9 @@
 //! * `POST /tools/invoke`: requires the `mcp:invoke` permission.
 //!
 //! Configuration comes from the environment (`WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
-//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `BIND`). Without
-//! `WACHT_GATEWAY_URL` it starts an embedded `FakeGateway` with demo tokens and prints
+//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `WACHT_JWT`, `BIND`).
+//! Without `WACHT_GATEWAY_URL` it starts an embedded `FakeGateway` (opaque tokens) and a
+//! `JwksIssuer` (JWT access tokens, verified locally) with demo tokens and prints
 //! ready-to-paste curl commands, so it runs without a Wacht account.
 
 use std::net::SocketAddr;
@@ -20,8 +21,9 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_wacht::jwt::JwtConfig;
 use tower_wacht::testing::{
-    EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
+    AccessTokenClaims, EXAMPLE_DEPLOYMENT_ID, FakeGateway, JwksIssuer, ScopeDefinition, TokenGrant, generate_token,
 };
 use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 
@@ -50,6 +52,7 @@ async fn whoami(principal: Principal) -> Json<serde_json::Value> {
         "scopes": principal.scopes(),
         "permissions": principal.permissions(),
         "expires_at": principal.expires_at_rfc3339(),
+        "verified_by": principal.verified_by().as_str(),
     }))
 }
 
@@ -81,16 +84,27 @@ impl DemoCall {
     }
 }
 
-/// Starts the embedded fake gateway with demo tokens; returns it, the layer configuration
-/// pointing at it, and the demo calls.
-pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCall>)> {
+/// The embedded Wacht stand-ins and what the quickstart prints.
+pub struct Demo {
+    /// Verifies the opaque demo tokens.
+    pub gateway: FakeGateway,
+    /// The OAuth app's issuer: serves the JWKS the JWT demo token verifies against.
+    pub issuer: JwksIssuer,
+    /// The layer configuration pointing at both.
+    pub config: WachtAuthConfig,
+    /// The demo requests.
+    pub calls: Vec<DemoCall>,
+}
+
+/// Starts the embedded fake gateway and JWT issuer with demo tokens.
+pub async fn demo() -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
-    gateway.set_scope_definitions(vec![ScopeDefinition::organization(
-        "projects:read",
-        "org:projects:read",
-    )]);
+    let issuer = JwksIssuer::start().await?;
+    let definitions = vec![ScopeDefinition::organization("projects:read", "org:projects:read")];
+    gateway.set_scope_definitions(definitions.clone());
     let grant = |client: &str, scopes: &[&str]| {
         TokenGrant::new(client)
+            .issuer(issuer.url())
             .scopes(scopes.iter().copied())
             .granted_resource("urn:wacht:organization:427001234567890561")
             .expires_in(Duration::from_secs(3600))
@@ -102,13 +116,24 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
     );
     let reader = generate_token();
     gateway.register(&reader, grant("oc_demoReaderWithoutInvoke00000002", &["projects:read"]));
+    // The same agent, its OAuth client set to issue JWT access tokens.
+    let jwt = issuer
+        .mint(&AccessTokenClaims::new("oc_demoAgentWithInvokeScope00000001").scopes(["mcp:invoke", "projects:read"]));
+    // A JWT naming the issuer but signed by another key.
+    let forged = JwksIssuer::start().await?.mint(
+        &AccessTokenClaims::new("oc_demoAgentWithInvokeScope00000001")
+            .scopes(["mcp:invoke"])
+            .claim("iss", serde_json::Value::String(issuer.url())),
+    );
 
     let config = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
         // The demo tenant: tokens of any other deployment or issuer are refused.
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
-        .expected_issuer(EXAMPLE_ISSUER)
+        .expected_issuer(issuer.url())
+        // JWT access tokens of that issuer are verified here, against its JWKS.
+        .jwt(JwtConfig::new().scope_definitions(definitions))
         .realm("quickstart")
         .challenge_scopes(["mcp:invoke"])
         .optional(true)
@@ -164,8 +189,27 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
             token: Some(reader),
             expect_status: 403,
         },
+        DemoCall {
+            what: "who am I with a JWT access token (verified here against the issuer's JWKS, no gateway call): 200",
+            method: "GET",
+            path: "/whoami",
+            token: Some(jwt),
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "a JWT signed by a key the issuer never published: 401 invalid_token",
+            method: "GET",
+            path: "/whoami",
+            token: Some(forged),
+            expect_status: 401,
+        },
     ];
-    Ok((gateway, config, calls))
+    Ok(Demo {
+        gateway,
+        issuer,
+        config,
+        calls,
+    })
 }
 
 #[tokio::main]
@@ -183,21 +227,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let config = WachtAuthConfig::from_env()?;
         (config.to_builder().optional(true).build()?, None)
     } else {
-        let (gateway, config, calls) = demo().await?;
-        (config, Some((gateway, calls)))
+        let demo = demo().await?;
+        (demo.config.clone(), Some(demo))
     };
     let auth = WachtAuthLayer::new(config)?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let base = format!("http://{}", listener.local_addr()?);
 
     println!("tower-wacht quickstart listening on {base}");
-    if let Some((gateway, calls)) = &demo {
+    if let Some(demo) = &demo {
         println!(
-            "No WACHT_GATEWAY_URL set: using an embedded fake gateway at {}\n",
-            gateway.url()
+            "No WACHT_GATEWAY_URL set: using an embedded fake gateway at {} and a JWT issuer at {}\n",
+            demo.gateway.url(),
+            demo.issuer.url()
         );
         println!("Try these:\n");
-        for call in calls {
+        for call in &demo.calls {
             println!("# {}\n{}\n", call.what, call.curl(&base));
         }
     }

@@ -325,6 +325,16 @@ pub enum VerifiedBy {
     JwtSignature,
 }
 
+impl VerifiedBy {
+    /// `gateway` or `jwt_signature` (as serialized in a [`Principal`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifiedBy::Gateway => "gateway",
+            VerifiedBy::JwtSignature => "jwt_signature",
+        }
+    }
+}
+
 /// What the gateway (or a verified JWT) said about a token: the raw material of a
 /// [`Principal`].
 ///
@@ -542,13 +552,7 @@ impl Serialize for Principal {
         st.serialize_field("request_id", &d.request_id)?;
         st.serialize_field("session_id", &d.session_id.as_deref())?;
         st.serialize_field("token_id", &d.token_id.as_deref())?;
-        st.serialize_field(
-            "verified_by",
-            match d.verified_by {
-                VerifiedBy::Gateway => "gateway",
-                VerifiedBy::JwtSignature => "jwt_signature",
-            },
-        )?;
+        st.serialize_field("verified_by", d.verified_by.as_str())?;
         st.end()
     }
 }

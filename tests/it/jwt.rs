@@ -240,6 +240,13 @@ async fn tokens_signed_by_other_keys_are_refused() {
     let stranger = JwksIssuer::start().await.unwrap();
     let forged = stranger.mint(&claims().claim("iss", json!(app.issuer.url())));
     assert_refused(&app, &forged, "unknown key").await;
+    // The same, naming the issuer's real kid.
+    let header = json!({"typ":"JWT","alg":"RS256","kid":app.issuer.active_kid()});
+    let payload = claims().to_json(&app.issuer.url());
+    let borrowed_kid = stranger
+        .sign_with_key(&stranger.active_kid(), &header, &payload)
+        .unwrap();
+    assert_refused(&app, &borrowed_kid, "another key under the issuer's kid").await;
 
     // kid swap: both keys published, signed by one, naming the other.
     let old = app.issuer.active_kid();

@@ -10,11 +10,16 @@ use tower_wacht::WachtAuthLayer;
 
 #[tokio::test]
 async fn every_printed_demo_call_answers_as_documented() {
-    let (gateway, config, calls) = quickstart::demo().await.unwrap();
+    let quickstart::Demo {
+        gateway,
+        issuer,
+        config,
+        calls,
+    } = quickstart::demo().await.unwrap();
     let addr = common::serve(quickstart::app(WachtAuthLayer::new(config).unwrap())).await;
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
-    assert_eq!(calls.len(), 7);
+    assert_eq!(calls.len(), 9);
     for call in &calls {
         let curl = call.curl(&base);
         assert!(curl.starts_with("curl -i ") && curl.ends_with(call.path), "{curl}");
@@ -32,6 +37,8 @@ async fn every_printed_demo_call_answers_as_documented() {
             ("/public", 200, true) => assert!(body.contains("oc_demoAgent")),
             ("/whoami", 200, _) => {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let jwt = call.token.as_deref().is_some_and(|t| t.starts_with("ey"));
+                assert_eq!(v["verified_by"], if jwt { "jwt_signature" } else { "gateway" });
                 assert_eq!(v["client_id"], "oc_demoAgentWithInvokeScope00000001");
                 assert_eq!(v["granted_resource"], "urn:wacht:organization:427001234567890561");
                 assert_eq!(
@@ -49,5 +56,11 @@ async fn every_printed_demo_call_answers_as_documented() {
             other => panic!("unexpected demo call {other:?}"),
         }
     }
-    assert!(gateway.calls() >= 2);
+    // The agent's token (once: then cached), the unknown one and the reader's; never a JWT.
+    assert_eq!(
+        gateway.calls(),
+        3,
+        "opaque tokens only: the JWTs never reach the gateway"
+    );
+    assert!(issuer.fetches() >= 1, "the JWT was verified against the issuer's JWKS");
 }

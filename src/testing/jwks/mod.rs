@@ -69,6 +69,8 @@ pub(crate) struct IssuerState {
     unavailable: bool,
     fetches: usize,
     next_key: u64,
+    /// The OAuth app id in this issuer's `kid`s (random, so two issuers never share a kid).
+    app_id: String,
 }
 
 impl IssuerState {
@@ -89,7 +91,7 @@ impl IssuerState {
 
     fn new_key(&mut self) -> io::Result<Arc<SigningKey>> {
         self.next_key += 1;
-        let kid = format!("oas-401234567890123777-{}", 593_800_112_233_445_000 + self.next_key);
+        let kid = format!("oas-{}-{}", self.app_id, 593_800_112_233_445_000 + self.next_key);
         let key = Arc::new(SigningKey::generate(kid).ok_or_else(|| io::Error::other("RSA key generation failed"))?);
         self.all.push(Arc::clone(&key));
         self.published.insert(0, Arc::clone(&key));
@@ -115,7 +117,10 @@ impl JwksIssuer {
     pub async fn start() -> io::Result<JwksIssuer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let mut state = IssuerState::default();
+        let mut state = IssuerState {
+            app_id: generate_decimal_id(),
+            ..IssuerState::default()
+        };
         state.new_key()?;
         let state = Arc::new(Mutex::new(state));
         let (shutdown, shutdown_rx) = watch::channel(false);
