@@ -404,6 +404,32 @@ impl StaticJwtVerifier {
     }
 }
 
+/// Entry points of the `jwt` fuzz target into the steps before and after the signature
+/// check, compiled only under `cargo fuzz` (`--cfg fuzzing`): they are never part of a build
+/// that verifies tokens.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    use std::time::SystemTime;
+
+    /// The JOSE header rules: the token's `kid` if its header passes.
+    pub fn header(token: &str) -> Option<String> {
+        super::jose::parse(token).ok().map(|jws| jws.kid)
+    }
+
+    /// The claim rules (default policy, issuer `iss`), as if the signature had verified:
+    /// the grant's client id if the claims pass.
+    pub fn claims(payload: &[u8], iss: &str, now: SystemTime) -> Option<String> {
+        let claims = super::Claims::parse(payload).ok()?;
+        if claims.iss != iss {
+            return None;
+        }
+        let policy = super::ClaimPolicy::from_config(&super::JwtConfig::new());
+        let grant = claims.into_grant(&policy, now).ok()?;
+        Some(grant.client_id.as_str().to_owned())
+    }
+}
+
 /// The JWT verifier of one [`Verifier`](crate::Verifier).
 #[derive(Debug)]
 pub(crate) struct JwtVerifier {
