@@ -62,6 +62,10 @@ pub(crate) enum Event {
     Deny(String),
     /// A client is allowed again.
     Allow(String),
+    /// A JWT session (`sid`) is denied.
+    DenySession(String),
+    /// A JWT token id (`jti`) is denied.
+    DenyTokenId(String),
 }
 
 impl Codec {
@@ -202,6 +206,14 @@ impl Codec {
                 w.u8(4);
                 w.str(id);
             }
+            Event::DenySession(id) => {
+                w.u8(6);
+                w.str(id);
+            }
+            Event::DenyTokenId(id) => {
+                w.u8(7);
+                w.str(id);
+            }
             Event::Allow(id) => {
                 w.u8(5);
                 w.str(id);
@@ -227,6 +239,8 @@ impl Codec {
             3 => Event::All,
             4 => Event::Deny(r.str()?.to_owned()),
             5 => Event::Allow(r.str()?.to_owned()),
+            6 => Event::DenySession(r.str()?.to_owned()),
+            7 => Event::DenyTokenId(r.str()?.to_owned()),
             _ => return None,
         };
         r.0.is_empty().then_some((replica, event))
@@ -469,6 +483,8 @@ mod tests {
             Event::All,
             Event::Deny("oc_2".into()),
             Event::Allow("oc_3".into()),
+            Event::DenySession("590011223344556677".into()),
+            Event::DenyTokenId("593812470098765432".into()),
         ] {
             let message = codec.encode_event(&channel, 42, &event);
             assert_eq!(codec.decode_event(&channel, &message), Some((42, event)));

@@ -23,7 +23,8 @@
 //!   `deny_client` and `allow_client` change the shared state (a void marker stamped with the
 //!   fleet's epoch, so an answer in flight during the invalidation is refused when read; the
 //!   deny set; the invalidate-all floor) and publish an event that every replica applies to
-//!   its local tiers.
+//!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) publish an event
+//!   only: JWT verdicts are verified on each replica and never shared.
 //! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
 //!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
 //!   a second after a failure. The channel reconnects with capped backoff and resubscribes.

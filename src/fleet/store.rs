@@ -284,6 +284,12 @@ impl Fleet {
         self.publish(&Event::Deny(client_id.to_owned())).await;
     }
 
+    /// Tells every replica to deny a JWT session or token id (JWT verdicts are not in the
+    /// shared tier, so there is nothing to void here; not kept in Redis).
+    pub(crate) async fn deny_jwt(&self, event: Event) {
+        self.publish(&event).await;
+    }
+
     /// Removes a client from the shared deny set and tells every replica.
     pub(crate) async fn allow_client(&self, client_id: &str) {
         let key = self.codec.key("denied", "");

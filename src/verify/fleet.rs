@@ -88,6 +88,14 @@ impl Replica for Verifier {
                     self.cache.invalidate_client(&id);
                 }
                 Event::Allow(id) => self.denied.remove(&id),
+                Event::DenySession(id) => {
+                    self.revoked.deny_session(&id);
+                    self.cache.invalidate_session(&id);
+                }
+                Event::DenyTokenId(id) => {
+                    self.revoked.deny_token_id(&id);
+                    self.cache.invalidate_token_id(&id);
+                }
             }
             tracing::debug!("fleet: applied an invalidation from another replica");
         })

@@ -298,11 +298,17 @@ impl Verifier {
     /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
     /// drops its cached tokens at once: Wacht cannot revoke a JWT before it expires, so this
     /// is how an incident cuts a session off here. The denial lasts 24 hours (the longest a
-    /// Wacht access token lives) and is local to this verifier (fleet mode does not share it).
-    /// Returns false if the list is full (100 000 live denials; logged).
+    /// Wacht access token lives). In fleet mode it is sent to the other replicas on the
+    /// invalidation channel (not kept in Redis: a replica that is disconnected at that moment
+    /// does not learn it). Returns false if the list is full (100 000 live denials; logged).
     pub fn deny_session(&self, session_id: &str) -> bool {
         let recorded = self.revoked.deny_session(session_id);
         self.cache.invalidate_session(session_id);
+        #[cfg(feature = "redis")]
+        {
+            let event = crate::fleet::Event::DenySession(session_id.to_owned());
+            self.fan_out(|fleet| async move { fleet.deny_jwt(event).await });
+        }
         recorded
     }
 
@@ -311,6 +317,11 @@ impl Verifier {
     pub fn deny_token_id(&self, token_id: &str) -> bool {
         let recorded = self.revoked.deny_token_id(token_id);
         self.cache.invalidate_token_id(token_id);
+        #[cfg(feature = "redis")]
+        {
+            let event = crate::fleet::Event::DenyTokenId(token_id.to_owned());
+            self.fan_out(|fleet| async move { fleet.deny_jwt(event).await });
+        }
         recorded
     }
 

@@ -227,3 +227,52 @@ where
     }
     started.elapsed()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all() {
+    use tower_wacht::WachtAuthLayer;
+    use tower_wacht::jwt::JwtConfig;
+    use tower_wacht::testing::{AccessTokenClaims, JwksIssuer};
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let issuer = JwksIssuer::start().await.unwrap();
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let config = tower_wacht::WachtAuthConfig::builder()
+            .gateway_url(gateway.url())
+            .api_key(crate::common::API_KEY)
+            .expected_issuer(issuer.url())
+            .jwt(JwtConfig::new())
+            .ttl(Duration::from_secs(60))
+            .fleet(fleet_config(&redis))
+            .build()
+            .unwrap();
+        let auth = WachtAuthLayer::new(config).unwrap();
+        let addr = crate::common::serve(crate::common::router(auth.clone())).await;
+        let replica = crate::harness::Replica { addr, auth };
+        crate::harness::wait_connected(&replica).await;
+        fleet.push(replica);
+    }
+    let http = reqwest::Client::new();
+    let claims = AccessTokenClaims::new("oc_fleetJwt0000000000000000000001");
+    let jwt = issuer.mint(&claims);
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &jwt).await, 200);
+    }
+    assert_eq!(gateway.calls(), 0, "a JWT never reaches the gateway");
+    assert!(
+        redis.keys("wacht:*:a:*").is_empty(),
+        "JWT verdicts are verified locally, never shared"
+    );
+    // An incident: cut the session off on replica 0; every replica refuses it.
+    fleet[0].auth.verifier().deny_session(claims.sid().unwrap());
+    for replica in &fleet {
+        until(|| async { status(&http, replica, &jwt).await == 401 }).await;
+    }
+    // Another session is untouched.
+    let other = issuer.mint(&AccessTokenClaims::new("oc_fleetJwt0000000000000000000001"));
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &other).await, 200);
+    }
+}
