@@ -22,7 +22,9 @@ use http_body::Body;
 use tower_service::Service;
 
 pub(crate) use self::future::GuardFuture;
-pub use self::mcp_tool::{DEFAULT_MAX_BODY_BYTES, McpToolGuard, McpToolGuardLayer, classify_mcp_body};
+pub use self::mcp_tool::{
+    DEFAULT_MAX_BODY_BYTES, HEADER_MISMATCH, McpToolGuard, McpToolGuardLayer, classify_mcp_body, classify_mcp_request,
+};
 pub use self::method::{RequireMethodPermissions, RequireMethodPermissionsLayer};
 pub use self::route::{RequirePermissions, RequirePermissionsLayer};
 use crate::body::ResponseBody;

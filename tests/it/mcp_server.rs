@@ -972,3 +972,270 @@ async fn rmcp_oauth_discovery_follows_the_challenge_to_the_issuer_and_asks_for_t
         Some(server.metadata_url().as_str())
     );
 }
+
+/// A client on the 2026-07-28 protocol: `server/discover`, then every request with mirrored
+/// headers (`Mcp-Method`, `Mcp-Name`) and per-request `_meta`.
+async fn connect_modern(server: &Server, token: &str) -> RunningService<RoleClient, ()> {
+    use rmcp::ClientServiceExt as _;
+    use rmcp::model::ProtocolVersion;
+    use rmcp::service::ClientLifecycleMode;
+    let config = StreamableHttpClientTransportConfig::with_uri(server.resource.as_str()).auth_header(token);
+    bounded(
+        "MCP server/discover",
+        ().serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        ),
+    )
+    .await
+    .expect("server/discover succeeds")
+}
+
+#[tokio::test]
+async fn a_2026_07_28_client_is_judged_by_headers_and_body_and_gets_the_same_step_up() {
+    let server = Server::start().await;
+    let reader = connect_modern(&server, &server.demo.reader).await;
+    let who = call(&reader, "whoami", json!({})).await.expect("whoami succeeds");
+    assert_eq!(structured(&who)["client_id"], READER_CLIENT_ID);
+    let error = call(&reader, "archive_project", json!({"project_id": "prj_apollo"}))
+        .await
+        .expect_err("archive_project needs projects:write");
+    let insufficient = find_source::<InsufficientScopeError>(&error).expect("an insufficient-scope error");
+    assert_eq!(insufficient.get_required_scope(), Some("projects:write projects:read"));
+    let agent = connect_modern(&server, &server.demo.agent).await;
+    let archived = call(&agent, "archive_project", json!({"project_id": "prj_gemini"}))
+        .await
+        .expect("archive_project succeeds with projects:write");
+    assert_eq!(structured(&archived)["archived"], "prj_gemini");
+    let _ = bounded("client shutdown", reader.cancel()).await;
+    let _ = bounded("client shutdown", agent.cancel()).await;
+}
+
+/// A raw 2026-07-28 POST with the given mirrored headers (repeated when listed twice).
+async fn post_modern(server: &Server, token: &str, headers: &[(&str, &str)], body: &Value) -> reqwest::Response {
+    let mut req = server
+        .http
+        .post(&server.resource)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    bounded("raw POST", req.send()).await.expect("request completes")
+}
+
+fn modern_call(tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": tool, "arguments": arguments,
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+    }})
+}
+
+async fn assert_header_mismatch(resp: reqwest::Response, what: &str) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 400, "{what}: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+    assert_eq!(body["error"]["code"], -32020, "{what}: {text}");
+    assert!(!text.contains("archived"), "{what}: the guarded tool ran");
+}
+
+#[tokio::test]
+async fn mirrored_headers_that_disagree_with_the_body_are_refused_with_header_mismatch() {
+    let server = Server::start().await;
+    let reader = server.demo.reader.clone();
+    let v = ("MCP-Protocol-Version", "2026-07-28");
+    let archive = modern_call("archive_project", json!({"project_id": "prj_apollo"}));
+    // The headers name an unguarded tool; the body calls the guarded one.
+    let lying = post_modern(
+        &server,
+        &reader,
+        &[v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "whoami")],
+        &archive,
+    )
+    .await;
+    assert_header_mismatch(lying, "Mcp-Name whoami over an archive_project body").await;
+    for (what, headers) in [
+        (
+            "method differs",
+            vec![v, ("Mcp-Method", "tools/list"), ("Mcp-Name", "archive_project")],
+        ),
+        ("no Mcp-Method", vec![v, ("Mcp-Name", "archive_project")]),
+        ("no Mcp-Name", vec![v, ("Mcp-Method", "tools/call")]),
+        (
+            "bad base64 sentinel",
+            vec![v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "=?base64?d2hvYW1p!?=")],
+        ),
+        (
+            "repeated Mcp-Name",
+            vec![
+                v,
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "whoami"),
+                ("Mcp-Name", "whoami"),
+            ],
+        ),
+        (
+            "repeated Mcp-Method",
+            vec![
+                v,
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "whoami"),
+            ],
+        ),
+        (
+            "repeated MCP-Protocol-Version",
+            vec![
+                v,
+                ("MCP-Protocol-Version", "2025-06-18"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "whoami"),
+            ],
+        ),
+    ] {
+        let whoami = modern_call("whoami", json!({}));
+        let body = if what == "method differs" { &archive } else { &whoami };
+        assert_header_mismatch(post_modern(&server, &reader, &headers, body).await, what).await;
+    }
+    // Headers naming a tool the caller may not call: 403 step-up from the headers alone.
+    let early = post_modern(
+        &server,
+        &reader,
+        &[
+            v,
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "=?base64?YXJjaGl2ZV9wcm9qZWN0?="),
+        ],
+        &modern_call("whoami", json!({})),
+    )
+    .await;
+    assert_eq!(early.status(), 403);
+    assert!(challenge(&early).contains("insufficient_scope"));
+    // A sentinel-encoded name that matches the body passes the guard (rmcp answers).
+    let ok = post_modern(
+        &server,
+        &reader,
+        &[v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "=?base64?d2hvYW1p?=")],
+        &modern_call("whoami", json!({})),
+    )
+    .await;
+    let status = ok.status();
+    let text = ok.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(READER_CLIENT_ID), "{text}");
+    // A legacy request (no version header) is judged from its body: the lying header is
+    // ignored, the body's guarded call refused.
+    let legacy = post_modern(
+        &server,
+        &reader,
+        &[("Mcp-Method", "tools/call"), ("Mcp-Name", "whoami")],
+        &call_body(3, "archive_project", json!({"project_id": "prj_apollo"})),
+    )
+    .await;
+    assert_eq!(legacy.status(), 403);
+}
+
+#[tokio::test]
+async fn server_discover_needs_a_token_like_every_request() {
+    let server = Server::start().await;
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }}});
+    let resp = server.post(None, &discover).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(challenge(&resp), server.no_token_challenge());
+    let resp = post_modern(
+        &server,
+        &server.demo.reader,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "server/discover"),
+        ],
+        &discover,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn the_guard_answers_header_mismatches_itself_whatever_server_is_behind_it() {
+    // Behind the guard, a server that checks nothing and counts what reaches it.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&reached);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resource = format!("http://{addr}/mcp");
+    let demo = mcp_server::demo(&resource).await.unwrap();
+    let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { "ran" }
+            }),
+        )
+        .layer(mcp_server::tool_guard())
+        .layer(auth);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    let server = Server {
+        addr,
+        resource,
+        demo,
+        http: reqwest::Client::new(),
+    };
+    let v = ("MCP-Protocol-Version", "2026-07-28");
+    let agent = server.demo.agent.clone();
+    for (what, headers) in [
+        (
+            "name differs",
+            vec![v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "whoami")],
+        ),
+        (
+            "method differs",
+            vec![v, ("Mcp-Method", "tools/list"), ("Mcp-Name", "archive_project")],
+        ),
+        (
+            "bad sentinel",
+            vec![v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "=?base64?***?=")],
+        ),
+        (
+            "repeated name",
+            vec![
+                v,
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "archive_project"),
+                ("Mcp-Name", "archive_project"),
+            ],
+        ),
+    ] {
+        let resp = post_modern(&server, &agent, &headers, &modern_call("archive_project", json!({}))).await;
+        assert_header_mismatch(resp, what).await;
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "no mismatched request reached the server"
+    );
+    let matching = post_modern(
+        &server,
+        &agent,
+        &[v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "archive_project")],
+        &modern_call("archive_project", json!({})),
+    )
+    .await;
+    assert_eq!(matching.status(), 200);
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+}

@@ -34,30 +34,70 @@ impl BodyError {
     }
 }
 
+/// One JSON-RPC message of a body, as the guard reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    /// `method` of a request or notification; `None` for a response.
+    pub(crate) method: Option<String>,
+    /// What `Mcp-Name` must say for this method (rmcp's rule: `params.name` of `tools/call`
+    /// and `prompts/get`, `params.uri` of `resources/read|subscribe|unsubscribe`,
+    /// `params.taskId` of `tasks/get|update|cancel`), if the method has one.
+    pub(crate) mirrored_name: Option<String>,
+    /// The tool a `tools/call` calls.
+    pub(crate) tool: Option<String>,
+}
+
+/// What a POST body holds: one message, or a batch (legacy protocol versions only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Body {
+    Single(Message),
+    Batch(Vec<Message>),
+}
+
+impl Body {
+    pub(crate) fn messages(&self) -> &[Message] {
+        match self {
+            Body::Single(message) => std::slice::from_ref(message),
+            Body::Batch(batch) => batch,
+        }
+    }
+}
+
+/// Methods whose `Mcp-Name` mirrors `params.name`.
+const NAME_FROM_NAME: [&str; 2] = ["tools/call", "prompts/get"];
+/// Methods whose `Mcp-Name` mirrors `params.uri`.
+const NAME_FROM_URI: [&str; 3] = ["resources/read", "resources/subscribe", "resources/unsubscribe"];
+/// Methods whose `Mcp-Name` mirrors `params.taskId`.
+const NAME_FROM_TASK_ID: [&str; 3] = ["tasks/get", "tasks/update", "tasks/cancel"];
+
 /// The tools a body calls with `tools/call` (one per call, in order; a batch is read element
 /// by element), or why it is refused.
 pub(crate) fn tool_calls(body: &[u8]) -> Result<Vec<String>, BodyError> {
+    Ok(read(body)?.messages().iter().filter_map(|m| m.tool.clone()).collect())
+}
+
+/// Reads and classifies a body, or says why it is refused.
+pub(crate) fn read(body: &[u8]) -> Result<Body, BodyError> {
     let value = parse_strict(body).ok_or(BodyError::Parse)?;
-    let mut calls = Vec::new();
     match &value {
-        Value::Object(message) => calls.extend(classify(message)?),
+        Value::Object(message) => Ok(Body::Single(classify(message)?)),
         Value::Array(batch) if !batch.is_empty() => {
+            let mut messages = Vec::with_capacity(batch.len());
             for element in batch {
                 let Value::Object(message) = element else {
                     return Err(BodyError::Invalid);
                 };
-                calls.extend(classify(message)?);
+                messages.push(classify(message)?);
             }
+            Ok(Body::Batch(messages))
         }
-        _ => return Err(BodyError::Invalid),
+        _ => Err(BodyError::Invalid),
     }
-    Ok(calls)
 }
 
 /// One JSON-RPC 2.0 message: a request or notification (`method`, object `params` if any),
-/// or a response (`id` and exactly one of `result` and `error`). Returns the tool name of a
-/// `tools/call`.
-fn classify(message: &Map<String, Value>) -> Result<Option<String>, BodyError> {
+/// or a response (`id` and exactly one of `result` and `error`).
+fn classify(message: &Map<String, Value>) -> Result<Message, BodyError> {
     if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(BodyError::Invalid);
     }
@@ -74,20 +114,44 @@ fn classify(message: &Map<String, Value>) -> Result<Option<String>, BodyError> {
                 Some(Value::Object(params)) => Some(params),
                 Some(_) => return Err(BodyError::Invalid),
             };
-            if method != "tools/call" {
-                return Ok(None);
-            }
-            let name = params
-                .and_then(|p| p.get("name"))
+            let key = if NAME_FROM_NAME.contains(&method.as_str()) {
+                Some("name")
+            } else if NAME_FROM_URI.contains(&method.as_str()) {
+                Some("uri")
+            } else if NAME_FROM_TASK_ID.contains(&method.as_str()) {
+                Some("taskId")
+            } else {
+                None
+            };
+            let mirrored_name = key
+                .and_then(|key| params?.get(key))
                 .and_then(Value::as_str)
-                .ok_or(BodyError::Invalid)?;
-            Ok(Some(name.to_owned()))
+                .map(str::to_owned);
+            let tool = if method == "tools/call" {
+                // A call without a string name cannot be judged: refused.
+                Some(mirrored_name.clone().ok_or(BodyError::Invalid)?)
+            } else {
+                None
+            };
+            Ok(Message {
+                method: Some(method.clone()),
+                mirrored_name,
+                tool,
+            })
         }
         Some(_) => Err(BodyError::Invalid),
         None => {
             let is_response =
                 message.contains_key("id") && (message.contains_key("result") != message.contains_key("error"));
-            if is_response { Ok(None) } else { Err(BodyError::Invalid) }
+            if is_response {
+                Ok(Message {
+                    method: None,
+                    mirrored_name: None,
+                    tool: None,
+                })
+            } else {
+                Err(BodyError::Invalid)
+            }
         }
     }
 }

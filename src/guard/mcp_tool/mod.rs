@@ -13,6 +13,16 @@
 //! disagree on which repeated key counts), `-32600` when it is not JSON-RPC 2.0 messages the
 //! guard can classify (a `tools/call` without a string `params.name`, for example).
 //!
+//! **MCP 2026-07-28 mirrored headers.** When the request's single `MCP-Protocol-Version` is
+//! `2026-07-28` or later, its `Mcp-Method` and `Mcp-Name` headers are read as rmcp reads them
+//! (at most once each, visible ASCII, `Mcp-Name` decoded from `=?base64?…?=`). A `tools/call`
+//! they name that the caller may not make is refused (403) before the body is read; a call
+//! they let through is still judged from the body, which must say the same: a repeated,
+//! undecodable, missing or differing header, or a batch, is answered 400 with JSON-RPC
+//! [`HEADER_MISMATCH`] (`-32020`) by the guard itself, whatever server sits behind it. Older
+//! or absent versions (legacy clients) are judged from the body alone. A repeated
+//! `MCP-Protocol-Version` is refused the same way: components could disagree on which counts.
+//!
 //! ```
 //! use tower_wacht::{McpToolGuardLayer, Permissions};
 //!
@@ -22,6 +32,7 @@
 //! // Router::new().route_service("/mcp", mcp_service).layer(guard).layer(auth)
 //! ```
 
+mod headers;
 mod message;
 
 use std::collections::HashMap;
@@ -39,10 +50,15 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use self::message::tool_calls;
+use self::headers::{HeaderError, Mirrored};
+use self::message::{Body as JsonRpcBody, tool_calls};
 use super::Permissions;
 use crate::body::ResponseBody;
 use crate::reject::{BodyRefusal, is_grpc, refusal, render};
+
+/// JSON-RPC error code of a request whose mirrored headers disagree with its body (MCP
+/// 2026-07-28 `HeaderMismatch`).
+pub const HEADER_MISMATCH: i32 = -32020;
 
 /// Default upper bound on a JSON-RPC request body the guard reads (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -116,6 +132,20 @@ pub fn classify_mcp_body(body: &[u8]) -> Option<Vec<String>> {
     tool_calls(body).ok()
 }
 
+/// [`classify_mcp_body`] with the request's headers: `None` when the guard refuses the
+/// request (unreadable body, or MCP 2026-07-28 mirrored headers that are repeated, undecodable
+/// or differ from the body). For fuzzing: an accepted 2026-07-28 request's `Mcp-Method` and
+/// `Mcp-Name` say what its body says.
+#[doc(hidden)]
+pub fn classify_mcp_request(headers: &http::HeaderMap, body: &[u8]) -> Option<Vec<String>> {
+    let mirrored = headers::read(headers).ok()?;
+    let body = message::read(body).ok()?;
+    if let Some(mirrored) = &mirrored {
+        same_as_body(mirrored, &body).ok()?;
+    }
+    Some(body.messages().iter().filter_map(|m| m.tool.clone()).collect())
+}
+
 impl<S, ReqB, ResB> Service<Request<ReqB>> for McpToolGuard<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -149,6 +179,30 @@ where
             let (parts, body) = req.into_parts();
             let grpc = is_grpc(parts.version, &parts.headers);
             let refuse = |body: BodyRefusal| Ok(refusal(body, grpc).map(ResponseBody::rejection));
+            let mismatch = |error: HeaderError| {
+                tracing::debug!(?error, "MCP request refused: mirrored headers");
+                refuse(BodyRefusal::JsonRpc {
+                    code: HEADER_MISMATCH,
+                    message: error.message(),
+                })
+            };
+            // MCP 2026-07-28: the headers mirror the body. A call they name that the caller
+            // may not make is refused now; one they let through is still read from the body.
+            let mirrored = match headers::read(&parts.headers) {
+                Ok(mirrored) => mirrored,
+                Err(error) => return mismatch(error),
+            };
+            if let Some(Mirrored {
+                method: Some(method),
+                name: Some(tool),
+            }) = &mirrored
+                && method == "tools/call"
+                && let Some(required) = guard.tools.get(tool.as_str())
+                && let Err((error, challenge)) = super::sealed::Rule::Requires(required).check(&parts.extensions)
+            {
+                tracing::debug!(tool = tool.as_str(), "MCP tool call refused from its Mcp-Name header");
+                return Ok(render(error, &challenge, grpc).map(ResponseBody::rejection));
+            }
             let bytes = match Limited::new(body, guard.max_body_bytes).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -156,8 +210,8 @@ where
                 }
                 Err(_) => return refuse(BodyRefusal::Unreadable),
             };
-            let tools = match tool_calls(&bytes) {
-                Ok(tools) => tools,
+            let body = match message::read(&bytes) {
+                Ok(body) => body,
                 Err(error) => {
                     tracing::debug!(?error, "MCP request refused: body not readable as JSON-RPC");
                     return refuse(BodyRefusal::JsonRpc {
@@ -166,12 +220,17 @@ where
                     });
                 }
             };
-            for tool in tools {
-                let Some(required) = guard.tools.get(tool.as_str()) else {
+            if let Some(mirrored) = &mirrored
+                && let Err(error) = same_as_body(mirrored, &body)
+            {
+                return mismatch(error);
+            }
+            for tool in body.messages().iter().filter_map(|m| m.tool.as_deref()) {
+                let Some(required) = guard.tools.get(tool) else {
                     continue;
                 };
                 if let Err((error, challenge)) = super::sealed::Rule::Requires(required).check(&parts.extensions) {
-                    tracing::debug!(tool = tool.as_str(), "MCP tool call refused: missing permission");
+                    tracing::debug!(tool, "MCP tool call refused: missing permission");
                     let response = render(error, &challenge, grpc);
                     return Ok(response.map(ResponseBody::rejection));
                 }
@@ -184,6 +243,28 @@ where
                 future: Box::pin(checked),
             },
         }
+    }
+}
+
+/// The mirrored headers of a 2026-07-28 request against its body, as rmcp compares them: the
+/// method always (a response has none), the name when the method carries one.
+fn same_as_body(headers: &Mirrored, body: &JsonRpcBody) -> Result<(), HeaderError> {
+    let JsonRpcBody::Single(message) = body else {
+        return Err(HeaderError::Batch);
+    };
+    let Some(method) = &message.method else {
+        return Ok(());
+    };
+    match &headers.method {
+        None => return Err(HeaderError::Missing("Mcp-Method")),
+        Some(header) if header != method => return Err(HeaderError::Mismatch("Mcp-Method")),
+        Some(_) => {}
+    }
+    match (&message.mirrored_name, &headers.name) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(HeaderError::Missing("Mcp-Name")),
+        (Some(body), Some(header)) if body == header => Ok(()),
+        (Some(_), Some(_)) => Err(HeaderError::Mismatch("Mcp-Name")),
     }
 }
 
