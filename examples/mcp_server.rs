@@ -37,6 +37,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
+use tower_wacht::scopes::ScopeHierarchy;
 use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
@@ -213,6 +214,8 @@ pub fn mcp_auth_config(
         .expected_audience(resource)
         .expected_issuer(issuer)
         .challenge_scopes(CHALLENGE_SCOPES)
+        // MCP asks servers to honour scope hierarchies: write access includes read access.
+        .scope_hierarchy(ScopeHierarchy::new().implies("projects:write", ["projects:read"]))
         .build()
 }
 

@@ -77,6 +77,7 @@ pub mod layer;
 pub mod metadata;
 pub mod principal;
 pub mod reject;
+pub mod scopes;
 pub mod telemetry;
 mod timefmt;
 pub mod token;

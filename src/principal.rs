@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::reject::ChallengeParams;
+use crate::scopes::ScopeHierarchy;
 
 macro_rules! numeric_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -398,6 +399,7 @@ impl Grant {
 struct Inner {
     data: Grant,
     challenge: Arc<ChallengeParams>,
+    hierarchy: Arc<ScopeHierarchy>,
 }
 
 /// The verified caller of a request: the OAuth client, what the user granted it, and its
@@ -412,14 +414,18 @@ struct Inner {
 pub struct Principal(Arc<Inner>);
 
 impl Principal {
-    pub(crate) fn new(data: Grant, challenge: Arc<ChallengeParams>) -> Self {
-        Principal(Arc::new(Inner { data, challenge }))
+    pub(crate) fn new(data: Grant, challenge: Arc<ChallengeParams>, hierarchy: Arc<ScopeHierarchy>) -> Self {
+        Principal(Arc::new(Inner {
+            data,
+            challenge,
+            hierarchy,
+        }))
     }
 
     /// Builds a principal from a grant directly, for handler unit tests. Inside a server,
     /// principals come from [`WachtAuthLayer`](crate::WachtAuthLayer).
     pub fn from_grant(grant: Grant) -> Self {
-        Principal::new(grant, ChallengeParams::shared_default())
+        Principal::new(grant, ChallengeParams::shared_default(), Arc::default())
     }
 
     /// The OAuth client id (`identity.key_name`, `x-wacht-oauth-client-id`).
@@ -443,9 +449,13 @@ impl Principal {
         &self.0.data.permissions
     }
 
-    /// True if the principal has this effective permission (exact, case-sensitive).
+    /// True if the principal has this effective permission (exact, case-sensitive), or one
+    /// that implies it in the layer's [`ScopeHierarchy`] (none by default). Every guard judges
+    /// with this.
     pub fn has_permission(&self, permission: &str) -> bool {
-        self.0.data.permissions.contains(permission)
+        let held = &self.0.data.permissions;
+        held.contains(permission)
+            || (!self.0.hierarchy.is_empty() && self.0.hierarchy.grants_any(held.iter(), permission))
     }
 
     /// True if the token carries this scope.

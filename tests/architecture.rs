@@ -15,13 +15,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("timefmt", &[]),
     ("token", &[]),
     ("reject", &[]),
-    ("principal", &["reject", "timefmt"]),
+    ("scopes", &[]),
+    ("principal", &["reject", "scopes", "timefmt"]),
     ("metadata", &["error"]),
     ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
-    ("config", &["error", "fleet", "jwt", "metadata", "principal", "token"]),
+    (
+        "config",
+        &["error", "fleet", "jwt", "metadata", "principal", "scopes", "token"],
+    ),
     ("fleet", &["error", "gateway", "principal", "telemetry", "token"]),
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
-    ("cache", &["config", "principal", "reject", "telemetry", "token"]),
+    (
+        "cache",
+        &["config", "principal", "reject", "scopes", "telemetry", "token"],
+    ),
     (
         "verify",
         &[
@@ -33,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jwt",
             "principal",
             "reject",
+            "scopes",
             "telemetry",
             "token",
         ],

@@ -40,6 +40,7 @@ use self::stale::OutageGrace;
 use crate::config::CacheSettings;
 use crate::principal::{Grant, Principal};
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
+use crate::scopes::ScopeHierarchy;
 use crate::telemetry::Metrics;
 use crate::token::TokenHash;
 
@@ -192,6 +193,7 @@ impl DecisionCache {
         &self,
         grant: Grant,
         challenge: Arc<ChallengeParams>,
+        hierarchy: Arc<ScopeHierarchy>,
         stamp: u64,
         cap: Option<Duration>,
     ) -> Entry {
@@ -199,7 +201,7 @@ impl DecisionCache {
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let principal = Principal::new(self.interner.grant(grant), challenge);
+        let principal = Principal::new(self.interner.grant(grant), challenge, hierarchy);
         let now = Instant::now();
         let lifetime = self.ttl.min(remaining).min(cap.unwrap_or(Duration::MAX));
         // Refresh only entries that end because of the ttl: a token about to expire cannot be

@@ -288,6 +288,15 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Permission implications (`projects:write` implies `projects:read`, optionally
+    /// `projects:*` implies every `projects:…`) that every guard and
+    /// [`Principal::has_permission`](crate::Principal::has_permission) honour; challenges
+    /// still name exactly the permissions an operation needs. See [`scopes`](crate::scopes).
+    pub fn scope_hierarchy(mut self, hierarchy: crate::scopes::ScopeHierarchy) -> Self {
+        self.config.scope_hierarchy = Arc::new(hierarchy);
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// Fails with [`ConfigError::TenantNotPinned`] unless the deployment or the issuer is

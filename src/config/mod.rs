@@ -86,6 +86,7 @@ impl fmt::Display for ApiKey {
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
 /// | `jwt` | off | JWT access tokens get 401 without a gateway call; see [`jwt`](crate::jwt) |
+/// | `scope_hierarchy` | none | permissions match exactly; see [`scopes`](crate::scopes) |
 #[derive(Clone, Debug, Default)]
 pub struct WachtAuthConfig {
     pub(crate) gateway: GatewaySettings,
@@ -98,6 +99,8 @@ pub struct WachtAuthConfig {
     pub(crate) fleet: Option<crate::fleet::FleetConfig>,
     /// Local verification of JWT access tokens.
     pub(crate) jwt: Option<crate::jwt::JwtConfig>,
+    /// Permission implications the guards judge with.
+    pub(crate) scope_hierarchy: Arc<crate::scopes::ScopeHierarchy>,
 }
 
 /// The gateway client and what a miss sends it.

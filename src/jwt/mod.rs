@@ -389,7 +389,7 @@ impl StaticJwtVerifier {
     /// The principal of a valid token; a refusal is always 401 `invalid_token`.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         self.grant(token)
-            .map(|grant| Principal::new(grant, Arc::clone(&self.challenge)))
+            .map(|grant| Principal::new(grant, Arc::clone(&self.challenge), Arc::default()))
             .map_err(|refusal| AuthError::InvalidToken(refusal.reason()))
     }
 

@@ -55,7 +55,13 @@ impl Verifier {
             telemetry::failure(grant.client_id.as_str(), "revoked");
             return Err(self.reject(hash, InvalidTokenReason::Revoked).await);
         }
-        Ok(self.cache.entry(*grant, Arc::clone(&self.challenge), stamp, cap))
+        Ok(self.cache.entry(
+            *grant,
+            Arc::clone(&self.challenge),
+            Arc::clone(&self.hierarchy),
+            stamp,
+            cap,
+        ))
     }
 
     /// The grant of a gateway decision that passes the pins, or the refusal.

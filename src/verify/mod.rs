@@ -81,6 +81,8 @@ pub struct Verifier {
     inflight: AtomicUsize,
     max_token_len: usize,
     challenge: Arc<ChallengeParams>,
+    /// The permission implications every principal of this verifier judges with.
+    hierarchy: Arc<crate::scopes::ScopeHierarchy>,
     /// The shared tier and invalidation channel, in fleet mode.
     #[cfg(feature = "redis")]
     fleet: Option<Arc<crate::fleet::Fleet>>,
@@ -152,6 +154,7 @@ impl Verifier {
             inflight: AtomicUsize::new(0),
             max_token_len: config.requests.max_token_len,
             challenge,
+            hierarchy: Arc::clone(&config.scope_hierarchy),
         })
     }
 

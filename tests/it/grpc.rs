@@ -401,6 +401,24 @@ async fn missing_method_permission_is_permission_denied() {
 }
 
 #[tokio::test]
+async fn a_scope_hierarchy_applies_to_method_permissions() {
+    let admin = "greeter:admin";
+    let mut app =
+        start(|b| b.scope_hierarchy(tower_wacht::scopes::ScopeHierarchy::new().implies(admin, [SHOUT_PERMISSION])))
+            .await;
+    let token = app.token(&[admin]);
+    assert!(
+        app.client.shout(hello(Some(&bearer(&token)))).await.is_ok(),
+        "implied by {admin}"
+    );
+    let other = app.token(&["projects:read"]);
+    refused(
+        app.client.shout(hello(Some(&bearer(&other)))).await,
+        Code::PermissionDenied,
+    );
+}
+
+#[tokio::test]
 async fn method_rules_service_rules_and_deny_unmapped_end_to_end() {
     let gateway = common::start_gateway().await;
     let auth = WachtAuthLayer::new(config(&gateway, |b| b)).expect("layer builds");

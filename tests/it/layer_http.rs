@@ -410,6 +410,52 @@ async fn guards_check_permissions_locally() {
 }
 
 #[tokio::test]
+async fn a_scope_hierarchy_lets_broader_permissions_satisfy_narrower_requirements() {
+    use tower_wacht::scopes::ScopeHierarchy;
+    let app = start(|b| {
+        b.scope_hierarchy(
+            ScopeHierarchy::new()
+                .implies("mcp:admin", ["mcp:invoke"])
+                .implies("org:admin", ["org:projects:read"])
+                .wildcards(),
+        )
+    })
+    .await;
+    let invoke = |token: String| {
+        let req = app.http.post(app.url("/tools/invoke")).bearer_auth(token);
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(invoke(app.token(&["mcp:admin"])).await.status(), 200, "implied");
+    assert_eq!(invoke(app.token(&["mcp:*"])).await.status(), 200, "wildcard");
+    let resp = invoke(app.token(&["projects:read"])).await;
+    assert_eq!(resp.status(), 403);
+    assert!(
+        challenge(&resp).starts_with("Bearer scope=\"mcp:invoke projects:read\""),
+        "the challenge names what the operation needs, not the broader scope: {}",
+        challenge(&resp)
+    );
+    // any-of through a transitive implication.
+    assert_eq!(
+        app.get("/reports", Some(&app.token(&["org:admin"]))).await.status(),
+        200
+    );
+    assert_eq!(
+        app.get("/reports", Some(&app.token(&["mcp:admin"]))).await.status(),
+        403
+    );
+    // Without a hierarchy, the broader scope does not count.
+    let plain = start(|b| b).await;
+    let resp = plain
+        .http
+        .post(plain.url("/tools/invoke"))
+        .bearer_auth(plain.token(&["mcp:admin"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
 async fn concurrent_requests_with_one_new_token_make_one_gateway_call() {
     let app = start(|b| b).await;
     app.gateway.set_fault(Some(Fault::Latency(Duration::from_millis(200))));

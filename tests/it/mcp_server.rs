@@ -1239,3 +1239,22 @@ async fn the_guard_answers_header_mismatches_itself_whatever_server_is_behind_it
     assert_eq!(matching.status(), 200);
     assert_eq!(reached.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_broader_scope_satisfies_a_narrower_tool_through_the_hierarchy() {
+    let server = Server::start().await;
+    // projects:write only (no projects:read): the example's hierarchy says write implies read.
+    let writer = server.token(
+        "oc_writerOnly000000000000000000001",
+        &["projects:write"],
+        Some(&server.resource.clone()),
+    );
+    let client = server.connect(Some(&writer)).await.expect("initialize succeeds");
+    call(&client, "list_projects", json!({}))
+        .await
+        .expect("list_projects (projects:read) with projects:write");
+    call(&client, "archive_project", json!({"project_id": "prj_apollo"}))
+        .await
+        .expect("archive_project (projects:write)");
+    let _ = bounded("client shutdown", client.cancel()).await;
+}
