@@ -109,6 +109,9 @@ pub(crate) enum BodyRefusal {
     TooLarge,
     /// The body could not be read from the connection: 400.
     Unreadable,
+    /// An MCP session created by another principal: 404 with a JSON-RPC error, as for an
+    /// unknown session.
+    ForeignSession,
     /// Read, but not JSON-RPC the guard can classify: 400 with this JSON-RPC error.
     JsonRpc {
         /// `-32700` (parse error) or `-32600` (invalid request).
@@ -127,6 +130,7 @@ pub(crate) fn refusal(refusal: BodyRefusal, grpc_request: bool) -> Response<Full
             "The JSON-RPC request body is larger than this server accepts.",
         ),
         BodyRefusal::Unreadable => (StatusCode::BAD_REQUEST, "The request body could not be read."),
+        BodyRefusal::ForeignSession => (StatusCode::NOT_FOUND, "Session not found"),
         BodyRefusal::JsonRpc { message, .. } => (StatusCode::BAD_REQUEST, message),
     };
     if grpc_request {
@@ -137,6 +141,15 @@ pub(crate) fn refusal(refusal: BodyRefusal, grpc_request: bool) -> Response<Full
         return grpc(code, detail);
     }
     match refusal {
+        BodyRefusal::ForeignSession => http(
+            status,
+            "application/json",
+            &serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": { "code": -32600, "message": detail },
+            }),
+        ),
         BodyRefusal::JsonRpc { code, message } => http(
             status,
             "application/json",

@@ -1258,3 +1258,86 @@ async fn a_broader_scope_satisfies_a_narrower_tool_through_the_hierarchy() {
         .expect("archive_project (projects:write)");
     let _ = bounded("client shutdown", client.cancel()).await;
 }
+
+#[tokio::test]
+async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use std::sync::Arc;
+    // The example's server in rmcp's legacy session mode (sessions handed out on initialize).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resource = format!("http://{addr}/mcp");
+    let demo = mcp_server::demo(&resource).await.unwrap();
+    let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
+    let guard = mcp_server::tool_guard();
+    let tools = mcp_server::ProjectsServer::new(guard.clone());
+    let mcp = rmcp::transport::StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        mcp_server::mcp_config(Some(&resource))
+            .with_legacy_session_mode(true)
+            .with_json_response(true),
+    );
+    let app = axum::Router::new().route_service("/mcp", mcp).layer(guard).layer(auth);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    let server = Server {
+        addr,
+        resource,
+        demo,
+        http: reqwest::Client::new(),
+    };
+    let post = |token: String, session: Option<String>, body: Value| {
+        let mut req = server
+            .http
+            .post(&server.resource)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            req = req.header("mcp-session-id", session);
+        }
+        async move { bounded("raw POST", req.send()).await.expect("request completes") }
+    };
+    let (agent, reader) = (server.demo.agent.clone(), server.demo.reader.clone());
+    let created = post(agent.clone(), None, initialize_body()).await;
+    assert_eq!(created.status(), 200);
+    let session = created
+        .headers()
+        .get("mcp-session-id")
+        .expect("legacy mode hands out a session")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(
+        post(agent.clone(), Some(session.clone()), initialized)
+            .await
+            .status()
+            .is_success()
+    );
+
+    // Another principal presents the session: refused as if it did not exist.
+    let hijack = post(reader.clone(), Some(session.clone()), call_body(2, "whoami", json!({}))).await;
+    assert_eq!(hijack.status(), 404);
+    let body: Value = hijack.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Session not found");
+    // Also for GET (the SSE stream) and DELETE.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let resp = server
+            .http
+            .request(method.clone(), &server.resource)
+            .bearer_auth(&reader)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{method}");
+    }
+    // The owner keeps using it.
+    let own = post(agent.clone(), Some(session.clone()), call_body(3, "whoami", json!({}))).await;
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.unwrap().contains(AGENT_CLIENT_ID));
+}

@@ -23,6 +23,14 @@
 //! or absent versions (legacy clients) are judged from the body alone. A repeated
 //! `MCP-Protocol-Version` is refused the same way: components could disagree on which counts.
 //!
+//! **Sessions bound to their principal.** In rmcp's legacy session mode a session id is handed
+//! out by the response that created the session; the guard records the principal (OAuth
+//! client, user, issuer) it went to, and a later request (POST, GET or DELETE) presenting the
+//! session with another principal's token gets 404 with a JSON-RPC error, as an unknown
+//! session does. The 2026-07-28 protocol has no sessions: its state handles are tool
+//! arguments, which a handler binds to the caller with the [`Principal`] it receives (key
+//! them by client id and user, and refuse a handle presented by anyone else).
+//!
 //! ```
 //! use tower_wacht::{McpToolGuardLayer, Permissions};
 //!
@@ -34,6 +42,7 @@
 
 mod headers;
 mod message;
+mod sessions;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,8 +61,10 @@ use tower_service::Service;
 
 use self::headers::{HeaderError, Mirrored};
 use self::message::{Body as JsonRpcBody, tool_calls};
+use self::sessions::{SESSION_HEADER, SessionBindings, SessionCheck};
 use super::Permissions;
 use crate::body::ResponseBody;
+use crate::principal::Principal;
 use crate::reject::{BodyRefusal, is_grpc, refusal, render};
 
 /// JSON-RPC error code of a request whose mirrored headers disagree with its body (MCP
@@ -70,6 +81,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct McpToolGuardLayer {
     tools: Arc<HashMap<Box<str>, Permissions>>,
     max_body_bytes: usize,
+    /// Legacy MCP sessions and the principals that created them (shared by every clone).
+    sessions: Arc<SessionBindings>,
 }
 
 impl Default for McpToolGuardLayer {
@@ -84,6 +97,7 @@ impl McpToolGuardLayer {
         McpToolGuardLayer {
             tools: Arc::new(HashMap::new()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sessions: Arc::default(),
         }
     }
 
@@ -165,6 +179,33 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let principal = req.extensions().get::<Principal>().cloned();
+        if self.guard.sessions.check(req.headers(), principal.as_ref()) == SessionCheck::Foreign {
+            tracing::info!("MCP request refused: its session was created by another principal");
+            let grpc = is_grpc(req.version(), req.headers());
+            let response = refusal(BodyRefusal::ForeignSession, grpc).map(ResponseBody::rejection);
+            return McpToolGuardFuture {
+                state: McpState::Checking {
+                    future: Box::pin(std::future::ready(Ok(response))),
+                },
+            };
+        }
+        if req.method() == Method::DELETE {
+            let headers = req.headers().clone();
+            let sessions = Arc::clone(&self.guard.sessions);
+            let ended = self.inner.call(req);
+            return McpToolGuardFuture {
+                state: McpState::Checking {
+                    future: Box::pin(async move {
+                        let response = ended.await?;
+                        if response.status().is_success() {
+                            sessions.forget(&headers);
+                        }
+                        Ok(response.map(ResponseBody::inner))
+                    }),
+                },
+            };
+        }
         if req.method() != Method::POST {
             return McpToolGuardFuture {
                 state: McpState::Inner {
@@ -235,7 +276,11 @@ where
                     return Ok(response.map(ResponseBody::rejection));
                 }
             }
+            let had_session = parts.headers.contains_key(SESSION_HEADER);
             let response = inner.call(Request::from_parts(parts, ReqB::from(bytes))).await?;
+            guard
+                .sessions
+                .record(had_session, response.headers(), principal.as_ref());
             Ok(response.map(ResponseBody::inner))
         };
         McpToolGuardFuture {
