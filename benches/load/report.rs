@@ -328,8 +328,13 @@ pub(super) fn report(
     }
     println!();
 
-    println!("| ratio | value | range | how |");
-    println!("|---|---|---|---|");
+    let any_ratio = [pairs, app_pairs, floor_pairs].iter().any(|p| !p.is_empty())
+        || !slow_hit_rps.is_empty()
+        || !uncached_rps.is_empty();
+    if any_ratio {
+        println!("| ratio | value | range | how |");
+        println!("|---|---|---|---|");
+    }
     // 2/4 compares runs measured the same way: separate processes, tokio generator.
     let hit_rps = slow_hit_rps.to_vec();
     let hit_median = median(&mut hit_rps.clone());
@@ -369,7 +374,9 @@ pub(super) fn report(
             median(&mut cold_rps.to_vec()) / u0
         );
     }
-    println!();
+    if any_ratio {
+        println!();
+    }
 
     if !bursts.is_empty() {
         println!("## Stampede\n");
