@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::cpu::{CpuUse, Pinning, cpu_stat, cpu_use, task_cpu_ns, wait_for_quiet};
 use crate::generator::{self, MEASURE, STOP, Tokens};
+use crate::interleaved::Set;
 use crate::process::ServerProc;
 use crate::{Knobs, Mode, Result, bench_token};
 
 pub(super) struct RunResult {
     pub mode: Mode,
-    /// Measured by [`Bench::interleaved`] (slices) rather than as a separate run.
-    pub interleaved: bool,
+    /// Measured by [`Bench::interleaved`] (slices, in this set of servers) rather than as a
+    /// separate run.
+    pub interleaved: Option<Set>,
     pub latency_ms: u64,
     /// Requests completed in the whole run (warm-up included), for calls per request.
     pub sent: u64,
@@ -34,6 +36,15 @@ pub(super) fn percentile(sorted: &[u32], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Duration::from_nanos(u64::from(sorted[rank - 1]))
+}
+
+/// The JWT of connection `c`, from the ones its server minted.
+pub(super) fn conn_jwt(tokens: &[String], c: u64) -> Result<String> {
+    usize::try_from(c)
+        .ok()
+        .and_then(|c| tokens.get(c))
+        .cloned()
+        .ok_or_else(|| "the server minted fewer JWTs than there are connections".into())
 }
 
 pub(super) struct Bench {
@@ -63,15 +74,27 @@ impl Bench {
             limit: cold_tokens,
             exhausted: Arc::clone(&exhausted),
         };
+        // A JWT mode's tokens come from its server: one per connection, or the cold list.
+        let jwts = Arc::new(std::mem::take(&mut server.tokens));
+        let jwt_list = Tokens::List {
+            tokens: Arc::clone(&jwts),
+            next: Arc::new(AtomicU64::new(0)),
+            exhausted: Arc::clone(&exhausted),
+        };
+        let mut conns = Vec::new();
+        for c in 0..k.conns {
+            conns.push(match mode {
+                Mode::Baseline if !k.baseline_token => (None, Tokens::Fixed),
+                Mode::Cold => (Some(bench_token('c', 0)), fresh.clone()),
+                Mode::JwtCold => (None, jwt_list.clone()),
+                _ if mode.jwt() => (Some(conn_jwt(&jwts, c)?), Tokens::Fixed),
+                _ => (Some(bench_token('h', c)), Tokens::Fixed),
+            });
+        }
         let calls_before = server.gateway_calls()?;
         let outcome = self.runtime.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
-            for c in 0..k.conns {
-                let (token, tokens) = match mode {
-                    Mode::Baseline if !k.baseline_token => (None, Tokens::Fixed),
-                    Mode::Cold => (Some(bench_token('c', 0)), fresh.clone()),
-                    _ => (Some(bench_token('h', c)), Tokens::Fixed),
-                };
+            for (token, tokens) in conns {
                 let template = generator::request(addr, token.as_deref());
                 tasks.spawn(generator::connection(addr, template, tokens, Arc::clone(&phase)));
             }
@@ -148,7 +171,7 @@ impl Bench {
         );
         Ok(RunResult {
             mode,
-            interleaved: false,
+            interleaved: None,
             latency_ms,
             sent,
             discarded: false,

@@ -26,7 +26,9 @@ pub(super) fn request(addr: SocketAddr, token: Option<&str>) -> RequestTemplate 
     let mut digits_at = None;
     if let Some(token) = token {
         s.push_str("Authorization: Bearer ");
-        digits_at = Some(s.len() + token.len() - TOKEN_DIGITS);
+        if token.starts_with("oat_") && token.len() >= TOKEN_DIGITS {
+            digits_at = Some(s.len() + token.len() - TOKEN_DIGITS);
+        }
         s.push_str(token);
         s.push_str("\r\n");
     }
@@ -46,6 +48,13 @@ pub(super) enum Tokens {
     Fresh {
         next: Arc<AtomicU64>,
         limit: u64,
+        exhausted: Arc<AtomicBool>,
+    },
+    /// A new token per request from a list (the JWTs of `jwt-cold`, minted by the server):
+    /// `next` is shared by all connections.
+    List {
+        tokens: Arc<Vec<String>>,
+        next: Arc<AtomicU64>,
         exhausted: Arc<AtomicBool>,
     },
 }
@@ -91,14 +100,29 @@ pub(super) async fn connection(
         if phase.load(Ordering::Relaxed) == STOP {
             break;
         }
-        if let Tokens::Fresh { next, limit, exhausted } = &tokens {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= *limit {
-                exhausted.store(true, Ordering::Relaxed);
-                break;
+        match &tokens {
+            Tokens::Fixed => {}
+            Tokens::Fresh { next, limit, exhausted } => {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= *limit {
+                    exhausted.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if let Some(at) = template.digits_at {
+                    write_digits(&mut template.bytes[at..at + TOKEN_DIGITS], i);
+                }
             }
-            if let Some(at) = template.digits_at {
-                write_digits(&mut template.bytes[at..at + TOKEN_DIGITS], i);
+            Tokens::List {
+                tokens,
+                next,
+                exhausted,
+            } => {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = usize::try_from(i).ok().and_then(|i| tokens.get(i)) else {
+                    exhausted.store(true, Ordering::Relaxed);
+                    break;
+                };
+                template = request(addr, Some(token));
             }
         }
         let started = Instant::now();

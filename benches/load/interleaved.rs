@@ -6,12 +6,31 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::bench::{Bench, RunResult, percentile};
+use crate::bench::{Bench, RunResult, conn_jwt, percentile};
 use crate::cpu::{CpuUse, cpu_stat, cpu_use, task_cpu_ns, wait_for_quiet};
 use crate::generator::{self, MEASURE, STOP};
 use crate::process::ServerProc;
 use crate::report::median;
 use crate::{MIN_SATURATED_UTIL, Mode, Result, bench_token};
+
+/// Which set of servers an interleaved run drove (each set is one run, with its own rounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Set {
+    /// Baseline, floor and the two placements of the opaque-token cache hit.
+    Pairs,
+    /// Baseline with opaque tokens and with JWTs, the opaque and the JWT cache hit, and
+    /// JWT verification on every request.
+    Jwt,
+}
+
+impl Set {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Set::Pairs => "pairs",
+            Set::Jwt => "jwt",
+        }
+    }
+}
 
 /// One slice of an interleaved run: one server driven alone for `LOAD_SLICE_MS`.
 struct Slice {
@@ -38,7 +57,7 @@ impl Bench {
     /// one server alone, and every mode is measured seconds apart from the others, under
     /// the same machine conditions: this VM's speed drifts by ±10% over tens of seconds,
     /// which separate multi-second runs cannot tell apart from the effect being measured.
-    pub(super) fn interleaved(&self, modes: &[Mode], rounds: u64) -> Result<Interleaved> {
+    pub(super) fn interleaved(&self, set: Set, modes: &[Mode], rounds: u64) -> Result<Interleaved> {
         use generator::{Gate, PAUSE, WARMUP};
         let k = &self.knobs;
         wait_for_quiet(k, &self.pin);
@@ -60,6 +79,7 @@ impl Bench {
             for c in 0..k.conns {
                 let token = match modes[i] {
                     Mode::Baseline if !k.baseline_token => None,
+                    mode if mode.jwt() => Some(conn_jwt(&server.tokens, c)?),
                     _ => Some(bench_token('h', c)),
                 };
                 targets.push((i, server.addr, generator::request(server.addr, token.as_deref()).bytes));
@@ -181,7 +201,7 @@ impl Bench {
             }
             results.push(RunResult {
                 mode,
-                interleaved: true,
+                interleaved: Some(set),
                 latency_ms: 0,
                 sent: mine.iter().map(|s| s.ok + s.failed).sum(),
                 discarded: false,

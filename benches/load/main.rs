@@ -1,4 +1,5 @@
-//! Loopback load benchmark: the same Axum app served four ways, measured in one run.
+//! Loopback load benchmark: the same Axum app served four ways (and four more with JWT access
+//! tokens), measured in one run.
 //!
 //! ```text
 //! cargo bench --bench load --features test-util
@@ -16,6 +17,19 @@
 //! plus a stampede: many concurrent requests with one new token, which must cause exactly one
 //! gateway call.
 //!
+//! JWT access tokens (`LOAD_ONLY=jwt,jwt-cold`; a `JwksIssuer` in the server process, on the
+//! gateway's thread, mints the tokens and serves the keys):
+//!
+//! * `hit-jwt`: `WachtAuthLayer` with JWT verification on (`Router::layer`), every JWT
+//!   verified before the first request, so requests are cache hits;
+//! * `jwt-every-request`: an Axum middleware that verifies the JWT in full on every request
+//!   (`StaticJwtVerifier::verify`: parse, RS256, claims; keys fetched once, nothing cached)
+//!   and inserts the `Principal`, as `jwt-authorizer` and most JWT middlewares do;
+//! * `baseline-jwt`: no auth layer, the requests carrying the same JWTs (the cost of the
+//!   larger header alone);
+//! * `jwt-cold`: `WachtAuthLayer` with JWT verification on, a new JWT on every request (the
+//!   first-sight cost: parse, RS256 verify, claims, cache insert).
+//!
 //! Layout: this binary is the orchestrator and the load generator. For every run it starts a
 //! fresh copy of itself as the server (`--load-serve <mode> ...`) and talks to it over
 //! 127.0.0.1. When `taskset` works and two CPUs are allowed, the server is pinned to one CPU
@@ -31,7 +45,9 @@
 //! epoll, see `generator::spin` for the difference), `LOAD_SLOW_REPS` (1 run each of cold and
 //! uncached at 0 ms), `LOAD_GATEWAY_LATENCIES_MS` ("5,20": extra uncached runs),
 //! `LOAD_STAMPEDE` (1000 requests, 0 skips), `LOAD_STAMPEDE_LATENCY_MS` (5),
-//! `LOAD_COLD_TOKENS` (default: sized from the uncached run), `LOAD_PIN` (1; 0 disables
+//! `LOAD_COLD_TOKENS` (default: sized from the uncached run), `LOAD_JWT_COLD_TOKENS` (150000
+//! JWTs minted for each `jwt-cold` run, at about a millisecond of CPU each; the run ends early
+//! when they run out), `LOAD_PIN` (1; 0 disables
 //! taskset), `LOAD_SERVER_CPU` / `LOAD_CLIENT_CPU` (first two allowed CPUs),
 //! `LOAD_GATEWAY_CPU` (`client`, default, or `server`), `LOAD_BASELINE_TOKEN` (1: the baseline
 //! requests carry the same `Authorization` header as the others), `LOAD_MAX_OTHER_LOAD` (10:
@@ -40,9 +56,11 @@
 //! 97% busy; the same threshold on either CPU, sampled for 0.4 s, holds each run back until
 //! other programs quiet down), `LOAD_QUIET_WAIT` (30: longest such wait, in
 //! seconds), `LOAD_RETRIES` (4 repeats in total), `LOAD_ONLY` (comma list of `pairs`, `slow`,
-//! `latency`, `stampede`; default all).
+//! `latency`, `stampede`, `jwt` (interleaved: baseline, baseline-jwt, hit, hit-jwt,
+//! jwt-every-request), `jwt-cold` (separate runs of hit-jwt and jwt-cold); default all).
 //!
-//! Baseline and the hit modes are measured interleaved: one server per mode stays up with
+//! Baseline, the hit modes and the JWT modes but `jwt-cold` are measured interleaved, in two
+//! sets (`pairs` and `jwt`), one server per mode stays up with
 //! its connections open, and every round drives each server alone for one slice, in an order
 //! that reverses every round. Each round gives a ratio to the baseline measured seconds
 //! earlier or later; the reported ratio is the median over rounds (see `Bench::interleaved`).
@@ -56,7 +74,8 @@ use std::time::{Duration, Instant};
 
 use bench::{Bench, RunResult};
 use cpu::plan_pinning;
-use report::{loadavg, machine_info, print_run, report};
+use interleaved::Set;
+use report::{JwtResults, loadavg, machine_info, print_run, report};
 
 mod bench;
 mod cpu;
@@ -105,7 +124,8 @@ fn main() {
     }
 }
 
-/// The four app modes, plus the stampede (the `hit` app with one unverified token).
+/// The four app modes, the JWT modes, plus the stampede (the `hit` app with one unverified
+/// token).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     Baseline,
@@ -115,6 +135,10 @@ enum Mode {
     Cold,
     Uncached,
     Stampede,
+    BaselineJwt,
+    HitJwt,
+    JwtEveryRequest,
+    JwtCold,
 }
 
 impl Mode {
@@ -127,6 +151,10 @@ impl Mode {
             Mode::Cold => "cold",
             Mode::Uncached => "uncached",
             Mode::Stampede => "stampede",
+            Mode::BaselineJwt => "baseline-jwt",
+            Mode::HitJwt => "hit-jwt",
+            Mode::JwtEveryRequest => "jwt-every-request",
+            Mode::JwtCold => "jwt-cold",
         }
     }
 
@@ -139,6 +167,10 @@ impl Mode {
             Mode::Cold,
             Mode::Uncached,
             Mode::Stampede,
+            Mode::BaselineJwt,
+            Mode::HitJwt,
+            Mode::JwtEveryRequest,
+            Mode::JwtCold,
         ]
         .into_iter()
         .find(|m| m.arg() == s)
@@ -153,7 +185,19 @@ impl Mode {
             Mode::Cold => "3. tower-wacht, cold (new token per request)",
             Mode::Uncached => "4. uncached gateway call per request (SDK model)",
             Mode::Stampede => "stampede",
+            Mode::BaselineJwt => "1. baseline: no auth layer, requests carrying a JWT",
+            Mode::HitJwt => "2. tower-wacht, JWT cache hit (`Router::layer`)",
+            Mode::JwtEveryRequest => "5. JWT verified on every request (`StaticJwtVerifier` middleware, no cache)",
+            Mode::JwtCold => "3. tower-wacht, JWT first sight (new JWT per request)",
         }
+    }
+
+    /// The requests carry JWTs, minted by the server's `JwksIssuer`.
+    fn jwt(self) -> bool {
+        matches!(
+            self,
+            Mode::BaselineJwt | Mode::HitJwt | Mode::JwtEveryRequest | Mode::JwtCold
+        )
     }
 }
 
@@ -195,6 +239,7 @@ struct Knobs {
     stampede: u64,
     stampede_latency_ms: u64,
     cold_tokens: Option<u64>,
+    jwt_cold_tokens: u64,
     baseline_token: bool,
     gateway_on_server_cpu: bool,
     /// A run is "disturbed" when other programs used more than this fraction of the
@@ -204,7 +249,8 @@ struct Knobs {
     retries: u64,
     /// Longest wait before a run for other programs to leave the CPUs idle.
     quiet_wait_secs: u64,
-    /// Sections to run (`pairs`, `slow`, `latency`, `stampede`); `None`: all.
+    /// Sections to run (`pairs`, `slow`, `latency`, `stampede`, `jwt`, `jwt-cold`); `None`:
+    /// all.
     only: Option<Vec<String>>,
 }
 
@@ -246,6 +292,7 @@ impl Knobs {
                 Ok(_) => Some(env_u64("LOAD_COLD_TOKENS", 0)?),
                 Err(_) => None,
             },
+            jwt_cold_tokens: env_u64("LOAD_JWT_COLD_TOKENS", 150_000)?.max(1),
             baseline_token: env_u64("LOAD_BASELINE_TOKEN", 1)? != 0,
             gateway_on_server_cpu,
             max_other_load: env_u64("LOAD_MAX_OTHER_LOAD", 10)? as f64 / 100.0,
@@ -274,7 +321,7 @@ impl Session {
     /// Other programs took more than the threshold of a CPU, or (baseline and hit, which
     /// must saturate the server) the server was not kept busy.
     fn disturbed(&self, r: &RunResult) -> bool {
-        let starved = matches!(r.mode, Mode::Baseline | Mode::Hit)
+        let starved = matches!(r.mode, Mode::Baseline | Mode::Hit | Mode::HitJwt)
             && self.bench.pin.server_cpu.is_some()
             && r.used.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
         starved || r.used.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
@@ -330,9 +377,11 @@ fn orchestrate() -> Result<()> {
     let mut floor_pairs = Vec::new();
     let mut disturbed_rounds = 0;
     if wants("pairs") {
-        let il = s
-            .bench
-            .interleaved(&[Mode::Baseline, Mode::Floor, Mode::Hit, Mode::HitApp], reps)?;
+        let il = s.bench.interleaved(
+            Set::Pairs,
+            &[Mode::Baseline, Mode::Floor, Mode::Hit, Mode::HitApp],
+            reps,
+        )?;
         for r in il.results {
             print_run(&r);
             s.results.push(r);
@@ -377,6 +426,35 @@ fn orchestrate() -> Result<()> {
     } else {
         Vec::new()
     };
+    // JWT access tokens: the cache hit, no auth and verify-on-every-request, interleaved;
+    // then first sight (a new JWT per request) against a hit run measured the same way.
+    let mut jwt = JwtResults::default();
+    if wants("jwt") {
+        let il = s.bench.interleaved(
+            Set::Jwt,
+            &[
+                Mode::Baseline,
+                Mode::BaselineJwt,
+                Mode::Hit,
+                Mode::HitJwt,
+                Mode::JwtEveryRequest,
+            ],
+            reps,
+        )?;
+        for r in il.results {
+            print_run(&r);
+            s.results.push(r);
+        }
+        jwt.rounds = il.rounds;
+        jwt.disturbed_rounds = il.disturbed_rounds;
+    }
+    if wants("jwt-cold") {
+        for _ in 0..slow_reps {
+            jwt.hit_runs.push(s.run(Mode::HitJwt, 0, 0)?);
+            let tokens = s.bench.knobs.jwt_cold_tokens;
+            jwt.cold_runs.push(s.run(Mode::JwtCold, 0, tokens)?);
+        }
+    }
     report(
         &s,
         &pairs,
@@ -388,6 +466,7 @@ fn orchestrate() -> Result<()> {
         &cold_rps,
         &uncached_slow,
         &bursts,
+        &jwt,
     );
     println!(
         "Total time: {:.0} s; 1-minute load average at the end: {}.",

@@ -16,6 +16,8 @@ pub(super) struct ServerProc {
     lines: mpsc::Receiver<String>,
     pub addr: SocketAddr,
     gateway_tid: u32,
+    /// The JWTs a JWT mode's server minted (one per connection, or the cold set), in order.
+    pub tokens: Vec<String>,
 }
 
 impl ServerProc {
@@ -63,16 +65,23 @@ impl ServerProc {
             lines,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_tid: 0,
+            tokens: Vec::new(),
         };
         let ready = proc
             .lines
-            .recv_timeout(Duration::from_secs(120))
+            // Minting a large set of JWTs (`jwt-cold`) takes a while.
+            .recv_timeout(Duration::from_secs(600))
             .map_err(|_| format!("{} server did not start", mode.arg()))?;
         let mut parts = ready.split_whitespace();
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("READY"), Some(addr), Some(tid)) => {
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("READY"), Some(addr), Some(tid), Some(tokens)) => {
                 proc.addr = addr.parse()?;
                 proc.gateway_tid = tid.parse()?;
+                if tokens != "-" {
+                    let text = std::fs::read_to_string(tokens);
+                    let _ = std::fs::remove_file(tokens);
+                    proc.tokens = text?.lines().map(str::to_owned).collect();
+                }
             }
             _ => return Err(format!("unexpected server line {ready:?}").into()),
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::bench::RunResult;
 use crate::cpu::Pinning;
+use crate::interleaved::Set;
 use crate::stampede::BurstResult;
 use crate::{Knobs, Mode, Session};
 
@@ -61,6 +62,127 @@ pub(super) fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
+}
+
+/// One row of the ratio table from interleaved rounds: (reference, measured) requests/s per
+/// round; the ratio is measured ÷ reference, as a fraction or (`times`) as a multiple.
+fn interleaved_ratio(what: &str, pairs: &[(f64, f64)], times: bool, disturbed_rounds: usize, slice_ms: u64) {
+    if pairs.is_empty() {
+        return;
+    }
+    let ratios: Vec<f64> = pairs.iter().map(|(b, h)| h / b).collect();
+    let (lo, hi) = min_max(&ratios);
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let quartile = |q: f64| sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
+    let fmt = |r: f64| {
+        if times { format!("{r:.1}×") } else { format!("{r:.3}") }
+    };
+    println!(
+        "| {what} | **{}** | {}–{} (middle half {}–{}) | median of {} interleaved rounds of {slice_ms} ms slices ({disturbed_rounds} disturbed rounds left out); per round: {} |",
+        fmt(median(&mut ratios.clone())),
+        fmt(lo),
+        fmt(hi),
+        fmt(quartile(0.25)),
+        fmt(quartile(0.75)),
+        ratios.len(),
+        ratios.iter().map(|&r| fmt(r)).collect::<Vec<_>>().join(", ")
+    );
+}
+
+/// What the JWT sections measured.
+#[derive(Default)]
+pub(super) struct JwtResults {
+    /// Requests/s of every mode of the `jwt` set in each undisturbed round.
+    pub rounds: Vec<BTreeMap<Mode, f64>>,
+    pub disturbed_rounds: usize,
+    /// Indices into the session's results: separate `hit-jwt` runs ...
+    pub hit_runs: Vec<usize>,
+    /// ... and the `jwt-cold` run after each.
+    pub cold_runs: Vec<usize>,
+}
+
+fn jwt_report(s: &Session, jwt: &JwtResults) {
+    if jwt.rounds.is_empty() && jwt.cold_runs.is_empty() {
+        return;
+    }
+    let k = &s.bench.knobs;
+    println!("## JWT access tokens\n");
+    println!("| ratio | value | range | how |");
+    println!("|---|---|---|---|");
+    let of = |reference: Mode, measured: Mode| -> Vec<(f64, f64)> {
+        jwt.rounds
+            .iter()
+            .filter_map(|m| Some((*m.get(&reference)?, *m.get(&measured)?)))
+            .collect()
+    };
+    for (what, reference, measured, times) in [
+        (
+            "JWT cache hit ÷ no auth, both requests carrying the JWT (hit-jwt ÷ baseline-jwt; target ≥ 0.95)",
+            Mode::BaselineJwt,
+            Mode::HitJwt,
+            false,
+        ),
+        (
+            "JWT cache hit ÷ no auth with an opaque token (hit-jwt ÷ baseline)",
+            Mode::Baseline,
+            Mode::HitJwt,
+            false,
+        ),
+        (
+            "opaque cache hit ÷ no auth, same set (hit ÷ baseline)",
+            Mode::Baseline,
+            Mode::Hit,
+            false,
+        ),
+        (
+            "JWT cache hit ÷ opaque cache hit (hit-jwt ÷ hit)",
+            Mode::Hit,
+            Mode::HitJwt,
+            false,
+        ),
+        (
+            "no auth, JWT ÷ opaque token in the header (baseline-jwt ÷ baseline)",
+            Mode::Baseline,
+            Mode::BaselineJwt,
+            false,
+        ),
+        (
+            "verify on every request ÷ no auth with the JWT (jwt-every-request ÷ baseline-jwt)",
+            Mode::BaselineJwt,
+            Mode::JwtEveryRequest,
+            false,
+        ),
+        (
+            "JWT cache hit ÷ verify on every request (hit-jwt ÷ jwt-every-request; target ≥ 10×)",
+            Mode::JwtEveryRequest,
+            Mode::HitJwt,
+            true,
+        ),
+    ] {
+        interleaved_ratio(what, &of(reference, measured), times, jwt.disturbed_rounds, k.slice_ms);
+    }
+    let runs = |indices: &[usize]| -> Vec<&RunResult> { indices.iter().map(|&i| &s.results[i]).collect() };
+    let (hits, colds) = (runs(&jwt.hit_runs), runs(&jwt.cold_runs));
+    let cpu = |r: &&RunResult| r.used.server_us_per_req;
+    let hit_rps = median(&mut hits.iter().map(|r| r.rps).collect::<Vec<_>>());
+    let cold_rps = median(&mut colds.iter().map(|r| r.rps).collect::<Vec<_>>());
+    let hit_cpu: Vec<f64> = hits.iter().filter_map(cpu).collect();
+    let cold_cpu: Vec<f64> = colds.iter().filter_map(cpu).collect();
+    if !colds.is_empty() && !hits.is_empty() {
+        println!(
+            "| JWT first sight ÷ JWT cache hit (jwt-cold ÷ hit-jwt) | {:.2} | | separate runs, tokio generator: jwt-cold {cold_rps:.0} ÷ hit-jwt {hit_rps:.0} req/s |",
+            cold_rps / hit_rps
+        );
+    }
+    if !cold_cpu.is_empty() && !hit_cpu.is_empty() {
+        let (cold_us, hit_us) = (median(&mut cold_cpu.clone()), median(&mut hit_cpu.clone()));
+        println!(
+            "| JWT first sight, server CPU per request beyond a cache hit (jwt-cold − hit-jwt) | **{:.1} µs** | | separate runs: {cold_us:.2} − {hit_us:.2} µs/request (parse, RS256 verify, claims, cache insert, single flight) |",
+            cold_us - hit_us
+        );
+    }
+    println!();
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
@@ -123,7 +245,7 @@ pub(super) fn machine_info(pin: &Pinning, knobs: &Knobs, nproc: usize) -> Vec<St
             }
         ),
         format!(
-            "- load: {} keep-alive HTTP/1.1 connections per server, 1 request in flight each (closed loop), generated in-process on one CPU; baseline/floor/hit modes: {} interleaved rounds of one {} ms slice each (+100 ms ramp) after {} s warm-up each, generator {}; other modes: {} s warm-up + {} s measured per run, generator on a tokio current_thread runtime",
+            "- load: {} keep-alive HTTP/1.1 connections per server, 1 request in flight each (closed loop), generated in-process on one CPU; interleaved sets (baseline/floor/hit; baseline/JWT hit/JWT on every request): {} interleaved rounds of one {} ms slice each (+100 ms ramp) after {} s warm-up each, generator {}; other modes: {} s warm-up + {} s measured per run, generator on a tokio current_thread runtime",
             knobs.conns,
             knobs.reps,
             knobs.slice_ms,
@@ -151,6 +273,7 @@ pub(super) fn report(
     cold_rps: &[f64],
     uncached_slow: &[(u64, f64)],
     bursts: &[BurstResult],
+    jwt: &JwtResults,
 ) {
     let k = &s.bench.knobs;
     let kept: Vec<&RunResult> = s.results.iter().filter(|r| !r.discarded).collect();
@@ -160,14 +283,14 @@ pub(super) fn report(
         "| mode | measured in | gateway latency | runs | requests/s (median) | p50 ms | p99 ms | server CPU µs/req | gateway calls/request |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut groups: BTreeMap<(bool, Mode, u64), Vec<&RunResult>> = BTreeMap::new();
+    let mut groups: BTreeMap<(bool, Option<Set>, Mode, u64), Vec<&RunResult>> = BTreeMap::new();
     for r in &kept {
         groups
-            .entry((!r.interleaved, r.mode, r.latency_ms))
+            .entry((r.interleaved.is_none(), r.interleaved, r.mode, r.latency_ms))
             .or_default()
             .push(r);
     }
-    for ((separate, mode, ms), runs) in &groups {
+    for ((_, set, mode, ms), runs) in &groups {
         let mut rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
         let mut p50: Vec<f64> = runs.iter().map(|r| r.p50.as_secs_f64() * 1e3).collect();
         let mut p99: Vec<f64> = runs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect();
@@ -175,18 +298,18 @@ pub(super) fn report(
         let sent: u64 = runs.iter().map(|r| r.sent).sum();
         let calls: u64 = runs.iter().map(|r| r.gateway_calls).sum();
         let gw = match mode {
-            Mode::Baseline | Mode::Floor => "none".to_owned(),
+            Mode::Baseline | Mode::Floor | Mode::BaselineJwt | Mode::JwtEveryRequest => "none".to_owned(),
             Mode::Hit | Mode::HitApp => "only on ttl expiry".to_owned(),
+            Mode::HitJwt | Mode::JwtCold => "not called (JWTs verified locally)".to_owned(),
             _ => format!("{ms} ms"),
         };
         println!(
             "| {} | {} | {gw} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
             mode.label(),
-            if *separate {
-                "separate runs"
-            } else {
-                "interleaved slices"
-            },
+            set.map_or_else(
+                || "separate runs".to_owned(),
+                |set| format!("interleaved slices (`{}` set)", set.name())
+            ),
             runs.len(),
             median(&mut rps),
             median(&mut p50),
@@ -205,8 +328,13 @@ pub(super) fn report(
     }
     println!();
 
-    println!("| ratio | value | range | how |");
-    println!("|---|---|---|---|");
+    let any_ratio = [pairs, app_pairs, floor_pairs].iter().any(|p| !p.is_empty())
+        || !slow_hit_rps.is_empty()
+        || !uncached_rps.is_empty();
+    if any_ratio {
+        println!("| ratio | value | range | how |");
+        println!("|---|---|---|---|");
+    }
     // 2/4 compares runs measured the same way: separate processes, tokio generator.
     let hit_rps = slow_hit_rps.to_vec();
     let hit_median = median(&mut hit_rps.clone());
@@ -216,23 +344,7 @@ pub(super) fn report(
         ("2/1 cache hit ÷ baseline, layer around the whole app", app_pairs),
         ("floor ÷ baseline (a layer that only inserts a principal)", floor_pairs),
     ] {
-        if pairs.is_empty() {
-            continue;
-        }
-        let ratios: Vec<f64> = pairs.iter().map(|(b, h)| h / b).collect();
-        let (lo, hi) = min_max(&ratios);
-        let mut sorted = ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        let quartile = |q: f64| sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
-        println!(
-            "| {what} | **{:.3}** | {lo:.3}–{hi:.3} (middle half {:.3}–{:.3}) | median of {} interleaved rounds of {} ms slices ({disturbed_rounds} disturbed rounds left out); per round: {} |",
-            median(&mut ratios.clone()),
-            quartile(0.25),
-            quartile(0.75),
-            ratios.len(),
-            k.slice_ms,
-            ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
-        );
+        interleaved_ratio(what, pairs, false, disturbed_rounds, k.slice_ms);
     }
     let u0 = median(&mut uncached_rps.to_vec());
     if !hit_rps.is_empty() && !uncached_rps.is_empty() {
@@ -262,7 +374,9 @@ pub(super) fn report(
             median(&mut cold_rps.to_vec()) / u0
         );
     }
-    println!();
+    if any_ratio {
+        println!();
+    }
 
     if !bursts.is_empty() {
         println!("## Stampede\n");
@@ -295,6 +409,8 @@ pub(super) fn report(
         }
         println!();
     }
+
+    jwt_report(s, jwt);
 
     println!("## Runs\n");
     println!(
@@ -330,7 +446,7 @@ pub(super) fn report(
     println!();
     let least_busy = kept
         .iter()
-        .filter(|r| matches!(r.mode, Mode::Baseline | Mode::Hit))
+        .filter(|r| matches!(r.mode, Mode::Baseline | Mode::Hit | Mode::HitJwt))
         .filter_map(|r| r.used.server_util)
         .fold(f64::INFINITY, f64::min);
     if least_busy.is_finite() && least_busy < 0.9 {

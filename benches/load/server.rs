@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -18,7 +19,8 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use tower_wacht::body::ResponseBody;
-use tower_wacht::testing::{FakeGateway, Fault, TokenGrant};
+use tower_wacht::jwt::{JwtConfig, StaticJwtVerifier};
+use tower_wacht::testing::{AccessTokenClaims, FakeGateway, Fault, JwksIssuer, TokenGrant};
 use tower_wacht::{Principal, WachtAuthConfig, WachtAuthLayer};
 
 use crate::{ANONYMOUS_ID, CHILD_MAX_LIFETIME, CLIENT_ID, Mode, PATH, Result, SERVE_ARG, bench_token};
@@ -54,7 +56,7 @@ impl Opts {
 
 pub(super) fn main(args: &[String]) -> Result<()> {
     let opts = Opts::parse(args)?;
-    let (gateway, gateway_tid) = start_gateway(opts.gateway_cpu)?;
+    let (gateway, issuer, gateway_tid) = start_gateway(opts.gateway_cpu, opts.mode.jwt())?;
     // No rate limiting: one rule with a huge budget over a short window (the window keeps
     // the fake's per-app request log small).
     gateway.set_rate_limit(u32::MAX, Duration::from_secs(1));
@@ -65,9 +67,25 @@ pub(super) fn main(args: &[String]) -> Result<()> {
     for i in 0..opts.hit_tokens {
         gateway.register(&bench_token('h', i), grant.clone());
     }
-    for i in 0..opts.cold_tokens {
-        gateway.register(&bench_token('c', i), grant.clone());
-    }
+    // A JWT mode's tokens are JWTs minted here (the issuer's keys live in this process):
+    // `cold_tokens` new ones for `jwt-cold`, one per connection for the others.
+    let jwts = match &issuer {
+        Some(issuer) => mint(
+            issuer,
+            if opts.mode == Mode::JwtCold {
+                opts.cold_tokens
+            } else {
+                opts.hit_tokens
+            },
+            opts.gateway_cpu,
+        )?,
+        None => {
+            for i in 0..opts.cold_tokens {
+                gateway.register(&bench_token('c', i), grant.clone());
+            }
+            Vec::new()
+        }
+    };
     gateway.register(&bench_token('s', 0), grant);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -75,23 +93,17 @@ pub(super) fn main(args: &[String]) -> Result<()> {
         .thread_name("load-server")
         .enable_all()
         .build()?;
-    runtime.block_on(serve(opts, gateway, gateway_tid))
+    runtime.block_on(serve(opts, gateway, issuer, jwts, gateway_tid))
 }
 
-/// Starts the FakeGateway on its own thread and `current_thread` runtime, pinned to
-/// `cpu` if given. Returns the handle and the thread's id (for CPU accounting).
-fn start_gateway(cpu: Option<usize>) -> Result<(FakeGateway, u32)> {
-    let (tx, rx) = mpsc::channel::<Result<(FakeGateway, u32), String>>();
+/// Starts the FakeGateway (and, for a JWT mode, the JwksIssuer serving the keys) on its own
+/// thread and `current_thread` runtime, pinned to `cpu` if given. Returns the handles and
+/// the thread's id (for CPU accounting).
+fn start_gateway(cpu: Option<usize>, jwt: bool) -> Result<(FakeGateway, Option<JwksIssuer>, u32)> {
+    type Started = (FakeGateway, Option<JwksIssuer>, u32);
+    let (tx, rx) = mpsc::channel::<Result<Started, String>>();
     std::thread::Builder::new().name("fake-gateway".into()).spawn(move || {
-        let tid = current_tid().unwrap_or(0);
-        if let (Some(cpu), true) = (cpu, tid != 0) {
-            // Best effort: the orchestrator reports the plan, and CPU use per thread.
-            let _ = Command::new("taskset")
-                .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        let tid = pin_current_thread(cpu);
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(err) => {
@@ -100,9 +112,20 @@ fn start_gateway(cpu: Option<usize>) -> Result<(FakeGateway, u32)> {
             }
         };
         runtime.block_on(async move {
+            let issuer = if jwt {
+                match JwksIssuer::start().await {
+                    Ok(issuer) => Some(issuer),
+                    Err(err) => {
+                        let _ = tx.send(Err(err.to_string()));
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             match FakeGateway::start().await {
                 Ok(gateway) => {
-                    let _ = tx.send(Ok((gateway, tid)));
+                    let _ = tx.send(Ok((gateway, issuer, tid)));
                     std::future::pending::<()>().await;
                 }
                 Err(err) => {
@@ -114,23 +137,91 @@ fn start_gateway(cpu: Option<usize>) -> Result<(FakeGateway, u32)> {
     Ok(rx.recv()??)
 }
 
+/// Pins the calling thread to `cpu`, if given (best effort: the orchestrator reports the
+/// plan, and CPU use per thread). Returns the thread's kernel id (0 if unknown).
+fn pin_current_thread(cpu: Option<usize>) -> u32 {
+    let tid = current_tid().unwrap_or(0);
+    if let (Some(cpu), true) = (cpu, tid != 0) {
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    tid
+}
+
+/// `n` JWTs of the benchmark's client, each with its own `jti` and `sid`, claims shaped like
+/// Wacht's (the scopes and tenant of the opaque tokens' grant). An RSA signature costs about
+/// a millisecond, so a large set is minted by two threads, the second on `other_cpu` (the
+/// gateway's), before the server listens.
+fn mint(issuer: &JwksIssuer, n: u64, other_cpu: Option<usize>) -> Result<Vec<String>> {
+    let claims = || AccessTokenClaims::new(CLIENT_ID).scopes(["mcp:invoke", "projects:read"]);
+    let started = std::time::Instant::now();
+    let half = n / 2;
+    let (mut first, second) = std::thread::scope(|scope| {
+        let helper = scope.spawn(|| {
+            pin_current_thread(other_cpu);
+            (half..n).map(|_| issuer.mint(&claims())).collect::<Vec<_>>()
+        });
+        let first: Vec<String> = (0..half).map(|_| issuer.mint(&claims())).collect();
+        (first, helper.join())
+    });
+    first.extend(second.map_err(|_| "a minting thread panicked")?);
+    if first.iter().any(String::is_empty) {
+        return Err("minting a JWT failed".into());
+    }
+    if n >= 1000 {
+        eprintln!("  (minted {n} JWTs in {:.1} s)", started.elapsed().as_secs_f64());
+    }
+    Ok(first)
+}
+
+/// Hands the minted JWTs to the orchestrator: one per line in a temporary file, named in
+/// the `READY` line; the orchestrator reads and removes it.
+fn write_tokens(tokens: &[String]) -> Result<Option<PathBuf>> {
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let path = std::env::temp_dir().join(format!("tower-wacht-load-{}.jwt", std::process::id()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for token in tokens {
+        writeln!(out, "{token}")?;
+    }
+    out.flush()?;
+    Ok(Some(path))
+}
+
 /// The calling thread's kernel id, from `/proc/thread-self` (`<pid>/task/<tid>`).
 fn current_tid() -> Option<u32> {
     let link = std::fs::read_link("/proc/thread-self").ok()?;
     link.file_name()?.to_str()?.parse().ok()
 }
 
-async fn serve(opts: Opts, gateway: FakeGateway, gateway_tid: u32) -> Result<()> {
-    let config = WachtAuthConfig::builder()
+async fn serve(
+    opts: Opts,
+    gateway: FakeGateway,
+    issuer: Option<JwksIssuer>,
+    jwts: Vec<String>,
+    gateway_tid: u32,
+) -> Result<()> {
+    let builder = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
-        .api_key("sk_test_loadbench")
-        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
-        .build()?;
+        .api_key("sk_test_loadbench");
+    let config = builder
+        .clone()
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID);
+    // JWT modes: local verification of the issuer's tokens (a JWT names no deployment: the
+    // issuer is the pin).
+    let jwt_config = issuer
+        .as_ref()
+        .map(|issuer| builder.expected_issuer(issuer.url()).jwt(JwtConfig::new()));
+    let config = config.build()?;
     let app = Router::new().route(PATH, get(whoami));
     let mut outer = None;
     let mut floor = None;
     let app = match opts.mode {
-        Mode::Baseline => app,
+        Mode::Baseline | Mode::BaselineJwt => app,
         Mode::Hit | Mode::HitApp | Mode::Cold | Mode::Stampede => {
             let auth = WachtAuthLayer::new(config)?;
             if matches!(opts.mode, Mode::Hit | Mode::HitApp) {
@@ -148,6 +239,36 @@ async fn serve(opts: Opts, gateway: FakeGateway, gateway_tid: u32) -> Result<()>
             } else {
                 app.layer(auth)
             }
+        }
+        Mode::HitJwt | Mode::JwtCold => {
+            let config = jwt_config.ok_or("a JWT mode without its issuer")?.build()?;
+            let auth = WachtAuthLayer::new(config)?;
+            if opts.mode == Mode::HitJwt {
+                // Every JWT verified (and cached) before the first request, as for `hit`.
+                for token in &jwts {
+                    auth.verifier()
+                        .verify(token)
+                        .await
+                        .map_err(|e| format!("pre-verifying a JWT failed: {e}"))?;
+                }
+            }
+            app.layer(auth)
+        }
+        Mode::JwtEveryRequest => {
+            let issuer = issuer.as_ref().ok_or("a JWT mode without its issuer")?;
+            let jwks = reqwest::get(issuer.jwks_url())
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            let verifier = StaticJwtVerifier::new(issuer.url(), &jwks, &JwtConfig::new())
+                .ok_or("the issuer's JWKS did not parse")?;
+            for token in &jwts {
+                verifier
+                    .verify(token)
+                    .map_err(|e| format!("a JWT failed the static verifier: {e}"))?;
+            }
+            app.layer(middleware::from_fn_with_state(Arc::new(verifier), verify_every_request))
         }
         Mode::Floor => {
             // Not tower-wacht: what any layer that hands the handler a principal through
@@ -171,11 +292,14 @@ async fn serve(opts: Opts, gateway: FakeGateway, gateway_tid: u32) -> Result<()>
     }
     gateway.reset_calls();
 
+    let tokens_file = write_tokens(&jwts)?;
+    drop(jwts);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "READY {addr} {gateway_tid}")?;
+        let tokens_file = tokens_file.map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+        writeln!(out, "READY {addr} {gateway_tid} {tokens_file}")?;
         out.flush()?;
     }
     std::thread::Builder::new()
@@ -245,6 +369,30 @@ async fn whoami(wacht: Option<Principal>, sdk: Option<Extension<SdkPrincipal>>) 
         (None, None) => ANONYMOUS_ID,
     };
     format!("{{\"client_id\":\"{id}\"}}\n")
+}
+
+/// `jwt-every-request`: what `jwt-authorizer` and most JWT middlewares do, built from this
+/// crate's own checks: every request's token is verified in full (parse, RS256 signature,
+/// claims) against keys fetched once, nothing is cached, and the principal goes into the
+/// request extensions for the same handler.
+async fn verify_every_request(
+    State(verifier): State<Arc<StaticJwtVerifier>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let verified = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| verifier.verify(token));
+    match verified {
+        Some(Ok(principal)) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        _ => StatusCode::UNAUTHORIZED.into_response(),
+    }
 }
 
 // -----------------------------------------------------------------------------------------
