@@ -24,7 +24,7 @@ use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use tower_wacht::{
+use tower_wacht::token::{
     BearerToken, DEFAULT_MAX_TOKEN_LEN, TokenError, TokenHash, bearer_from_headers, parse_authorization,
 };
 

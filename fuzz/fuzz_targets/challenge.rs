@@ -22,30 +22,26 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
-use tower_wacht::{AuthError, ChallengeParams};
+use tower_wacht::AuthError;
+use tower_wacht::reject::{ChallengeParams, InvalidRequestReason, InvalidTokenReason};
 
-/// `AuthError` carries `&'static str` descriptions: the ones the crate uses, and some that a
-/// future caller could pass and that must still not break the header.
-const DESCRIPTIONS: &[&str] = &[
-    "The access token is malformed.",
-    "The request carries more than one Authorization header.",
-    "The access token is invalid, expired or revoked.",
-    "The access token was issued by another deployment.",
-    "The access token was issued by another issuer.",
-    "The access token was not issued for this resource.",
-    "",
-    "quote \" and backslash \\ inside",
-    "line\r\nInjected: header",
-    "tab\tnul\0del\x7f",
-    "non-ASCII: é ü ✓ 🙂",
-    "\"",
-    "\\",
+/// Every reason an `invalid_token` refusal can give (its description is fixed by the crate).
+const TOKEN_REASONS: &[InvalidTokenReason] = &[
+    InvalidTokenReason::Malformed,
+    InvalidTokenReason::Rejected,
+    InvalidTokenReason::JwtNotAccepted,
+    InvalidTokenReason::WrongDeployment,
+    InvalidTokenReason::WrongIssuer,
+    InvalidTokenReason::WrongAudience,
+    InvalidTokenReason::DeniedClient,
+    InvalidTokenReason::Expired,
+    InvalidTokenReason::Revoked,
 ];
 
 #[derive(Debug)]
 enum Kind {
     MissingCredentials,
-    InvalidRequest(u8),
+    InvalidRequest,
     InvalidToken(u8),
     InsufficientScope {
         required: Vec<String>,
@@ -98,7 +94,7 @@ impl Input {
         let granted = list(&mut fields);
         let kind = match k % 6 {
             0 => Kind::MissingCredentials,
-            1 => Kind::InvalidRequest(d),
+            1 => Kind::InvalidRequest,
             2 => Kind::InvalidToken(d),
             3 => Kind::InsufficientScope { required, granted },
             4 => Kind::RateLimited(u64::from(d) * 1000),
@@ -113,15 +109,15 @@ impl Input {
     }
 }
 
-fn description(i: u8) -> &'static str {
-    DESCRIPTIONS[usize::from(i) % DESCRIPTIONS.len()]
+fn token_reason(i: u8) -> InvalidTokenReason {
+    TOKEN_REASONS[usize::from(i) % TOKEN_REASONS.len()]
 }
 
 fn error_of(kind: &Kind) -> AuthError {
     match kind {
         Kind::MissingCredentials => AuthError::MissingCredentials,
-        Kind::InvalidRequest(i) => AuthError::InvalidRequest(description(*i)),
-        Kind::InvalidToken(i) => AuthError::InvalidToken(description(*i)),
+        Kind::InvalidRequest => AuthError::InvalidRequest(InvalidRequestReason::RepeatedAuthorization),
+        Kind::InvalidToken(i) => AuthError::InvalidToken(token_reason(*i)),
         Kind::InsufficientScope { required, granted } => AuthError::InsufficientScope {
             required: required.clone(),
             granted: granted.clone(),
@@ -276,7 +272,7 @@ fuzz_target!(|data: &[u8]| {
         Some(code) => {
             assert!(matches!(
                 (&input.kind, code),
-                (Kind::InvalidRequest(_), "invalid_request")
+                (Kind::InvalidRequest, "invalid_request")
                     | (Kind::InvalidToken(_), "invalid_token")
                     | (Kind::InsufficientScope { .. }, "insufficient_scope")
             ));
@@ -285,12 +281,20 @@ fuzz_target!(|data: &[u8]| {
             let d = get("error_description").unwrap_or_else(|| panic!("no error_description: {c:?}"));
             assert!(d.raw.chars().all(is_error_char), "error_description charset: {c:?}");
             assert_eq!(d.raw, d.value);
+            let fixed = match &input.kind {
+                Kind::InvalidRequest => Some(InvalidRequestReason::RepeatedAuthorization.description()),
+                Kind::InvalidToken(i) => Some(token_reason(*i).description()),
+                _ => None,
+            };
+            if let Some(fixed) = fixed {
+                assert_eq!(d.value, fixed, "error_description is the reason's: {c:?}");
+            }
         }
         None => {
             assert!(
                 !matches!(
                     input.kind,
-                    Kind::InvalidRequest(_) | Kind::InvalidToken(_) | Kind::InsufficientScope { .. }
+                    Kind::InvalidRequest | Kind::InvalidToken(_) | Kind::InsufficientScope { .. }
                 ),
                 "a kind with an error code has none"
             );

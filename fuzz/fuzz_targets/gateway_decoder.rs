@@ -34,7 +34,9 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tower_wacht::{Decision, GatewayError, Grant, Principal, ResourceUrn};
+use tower_wacht::gateway::{Decision, GatewayError};
+use tower_wacht::principal::Grant;
+use tower_wacht::{Principal, ResourceUrn};
 
 // ---------------------------------------------------------------------------------------------
 // Independent shape probe: what JSON value stands at `allowed` and `identity`. Nested content
@@ -188,7 +190,7 @@ fn check_grant(v: &Value, g: &Grant) {
         .get("deployment_id")
         .and_then(Value::as_str)
         .expect("deployment_id string");
-    assert_eq!(deployment.parse::<i64>(), Ok(g.deployment_id.get()));
+    assert_eq!(deployment.parse::<i64>().ok(), g.deployment_id.map(|d| d.get()));
     match identity.get("owner_user_id") {
         None | Some(Value::Null) => assert_eq!(g.owner_user_id, None),
         Some(o) => {
@@ -225,7 +227,11 @@ fn check_grant(v: &Value, g: &Grant) {
     assert_eq!(permissions, strings_at(v, &["permissions"]));
     assert_eq!(g.oauth_resource.as_deref(), str_at(v, &["metadata", "oauth_resource"]));
     assert_eq!(g.issuer.as_deref(), str_at(v, &["headers", "x-wacht-oauth-issuer"]));
-    assert_eq!(g.request_id.to_string(), str_at(v, &["request_id"]).unwrap_or(""));
+    // A gateway decision always has a request id (empty when the body has none).
+    assert_eq!(
+        g.request_id.as_ref().map(|r| r.to_string()).as_deref(),
+        Some(str_at(v, &["request_id"]).unwrap_or(""))
+    );
 }
 
 fn check_principal(g: &Grant) {
@@ -732,7 +738,7 @@ fn structured(data: &[u8]) {
             },
             Ok(Decision::Allowed(g)),
         ) => {
-            assert_eq!(g.deployment_id.get(), deployment);
+            assert_eq!(g.deployment_id.map(|d| d.get()), Some(deployment));
             assert_eq!(g.client_id.as_str(), client);
             assert_eq!(g.expires_at, expires);
         }
