@@ -20,9 +20,21 @@
 //! `WACHT_OAUTH_ISSUER` (your OAuth app's issuer, advertised to clients as the authorization
 //! server), `WACHT_RESOURCE_URL` (the public URL of the MCP endpoint, e.g.
 //! `https://mcp.example.com/mcp`: tokens must have been issued for exactly it),
-//! `WACHT_DEPLOYMENT_ID` and `BIND`. Without `WACHT_GATEWAY_URL` it starts an embedded
-//! `FakeGateway`, registers demo tokens for `http://<bound address>/mcp` and prints them with
-//! ready-to-paste curl commands, so it runs without a Wacht account.
+//! `WACHT_DEPLOYMENT_ID` and `BIND`.
+//!
+//! Without `WACHT_GATEWAY_URL` it runs without a Wacht account: it starts an embedded
+//! `FakeGateway` and a `DevIssuer` (a loopback OAuth authorization server playing your Wacht
+//! OAuth app, issuing tokens into the fake gateway), names the dev issuer in its metadata, so
+//! an MCP client that knows nothing but `http://<bound address>/mcp` (the MCP Inspector, an
+//! SDK client) registers (dynamic registration or a client ID metadata document), authorizes
+//! with PKCE, gets a token and calls tools, stepping up to `projects:write` when a tool asks
+//! for it. It also prints demo tokens with ready-to-paste curl commands. With
+//! `WACHT_GATEWAY_URL` set, none of this runs.
+//!
+//! Protocol versions: rmcp 3.11 serves MCP 2026-07-28 (no `initialize`; `server/discover`,
+//! the `Mcp-Method` / `Mcp-Name` headers, checked against the body by the tool guard) and the
+//! earlier versions (2025-11-25 back to 2024-11-05: `initialize`, the body alone). The server
+//! runs stateless: every POST stands alone and is authenticated on its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +51,7 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
 use tower_wacht::scopes::ScopeHierarchy;
 use tower_wacht::testing::{
-    EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
+    DevIssuer, DevIssuerConfig, EXAMPLE_DEPLOYMENT_ID, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
 use tower_wacht::{
     ConfigError, McpToolGuardLayer, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
@@ -230,10 +242,14 @@ pub const DEMO_ORGANIZATION: &str = "urn:wacht:organization:427001234567890561";
 /// The resource the foreign demo token was issued for.
 pub const OTHER_RESOURCE: &str = "https://other.example.com/mcp";
 
-/// The embedded gateway, the configuration pointing at it, and the demo tokens.
+/// The embedded gateway and authorization server, the configuration pointing at them, and the
+/// demo tokens.
 pub struct Demo {
     /// The fake gateway (stops when dropped).
     pub gateway: FakeGateway,
+    /// The development authorization server the metadata names; the tokens it issues are
+    /// registered in `gateway` (stops when dropped).
+    pub issuer: DevIssuer,
     /// Layer configuration for `resource`, checking tokens with the fake gateway.
     pub config: WachtAuthConfig,
     /// `projects:read projects:write`, issued for this server.
@@ -246,18 +262,33 @@ pub struct Demo {
     pub calls: Vec<DemoCall>,
 }
 
-/// Starts a fake gateway and registers demo tokens for the MCP server at `resource`.
+/// The development authorization server's settings: the example's scopes, tokens granted for
+/// the demo organization, every requested scope approved at once (so a client asks for
+/// `projects:read` first, as the 401 challenge suggests, and steps up to `projects:write`
+/// when `archive_project` answers 403), and client metadata documents also from loopback
+/// URLs (a client under development serving its document locally).
+pub fn dev_issuer_config() -> DevIssuerConfig {
+    DevIssuerConfig::new(SCOPES_SUPPORTED)
+        .granted_resource(DEMO_ORGANIZATION)
+        .allow_loopback_metadata_documents(true)
+}
+
+/// Starts a fake gateway and a development authorization server, and registers demo tokens
+/// for the MCP server at `resource`.
 pub async fn demo(resource: &str) -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
     gateway.set_scope_definitions(vec![
         ScopeDefinition::organization("projects:read", "org:projects:read"),
         ScopeDefinition::organization("projects:write", "org:projects:write"),
     ]);
+    let issuer = DevIssuer::start(gateway.clone(), dev_issuer_config()).await?;
+    let issuer_url = issuer.url();
     let grant = |client: &str, scopes: &[&str], audience: &str| {
         TokenGrant::new(client)
             .scopes(scopes.iter().copied())
             .granted_resource(DEMO_ORGANIZATION)
             .oauth_resource(audience)
+            .issuer(issuer_url.as_str())
             .expires_in(Duration::from_secs(3600))
     };
     let agent = generate_token();
@@ -271,10 +302,11 @@ pub async fn demo(resource: &str) -> std::io::Result<Demo> {
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID);
-    let config = mcp_auth_config(builder, resource, EXAMPLE_ISSUER).map_err(std::io::Error::other)?;
+    let config = mcp_auth_config(builder, resource, &issuer_url).map_err(std::io::Error::other)?;
     let calls = demo_calls(resource, &agent, &reader, &foreign);
     Ok(Demo {
         gateway,
+        issuer,
         config,
         agent,
         reader,
@@ -438,6 +470,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\nNo WACHT_GATEWAY_URL set: using an embedded fake gateway at {}",
             demo.gateway.url()
         );
+        println!(
+            "and a development authorization server at {} (named in the metadata; it approves \
+             every request at once)",
+            demo.issuer.url()
+        );
+        println!(
+            "\nConnect any MCP client to {resource}: it discovers the dev issuer, registers, \
+             authorizes and calls tools. For example:\n  npx @modelcontextprotocol/inspector\n\
+             then choose Streamable HTTP, enter {resource} and connect."
+        );
         println!("\nDemo tokens (valid for one hour):");
         println!(
             "  agent   ({}, projects:read projects:write): {}",
@@ -451,7 +493,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  foreign ({}, issued for {OTHER_RESOURCE}): {}",
             FOREIGN_CLIENT_ID, demo.foreign
         );
-        println!("\nConnect an MCP client to {resource} with `Authorization: Bearer <token>`, or try these:\n");
+        println!("\nOr send a demo token yourself (`Authorization: Bearer <token>`), as in these:\n");
         for call in &demo.calls {
             println!("# {}\n{}\n", call.what, call.curl());
         }

@@ -18,7 +18,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{InsufficientScopeError, StreamableHttpClientTransportConfig};
 use rmcp::{ServiceError, ServiceExt};
 use serde_json::{Value, json};
-use tower_wacht::testing::{EXAMPLE_ISSUER, TokenGrant, generate_token};
+use tower_wacht::testing::{TokenGrant, generate_token};
 use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 
 use mcp_server::{AGENT_CLIENT_ID, DEMO_ORGANIZATION, Demo, READER_CLIENT_ID, SCOPES_SUPPORTED};
@@ -90,7 +90,8 @@ impl Server {
         let token = generate_token();
         let mut grant = TokenGrant::new(client_id)
             .scopes(scopes.iter().copied())
-            .granted_resource(DEMO_ORGANIZATION);
+            .granted_resource(DEMO_ORGANIZATION)
+            .issuer(self.demo.issuer.url());
         if let Some(audience) = audience {
             grant = grant.oauth_resource(audience);
         }
@@ -235,7 +236,7 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
         ])
     );
     assert_eq!(who["audience"], server.resource);
-    assert_eq!(who["issuer"], EXAMPLE_ISSUER);
+    assert_eq!(who["issuer"], server.demo.issuer.url());
 
     // The guarded tools run for a token holding their permissions.
     let listed = call(&client, "list_projects", json!({}))
@@ -541,7 +542,7 @@ async fn metadata_document_follows_rfc_9728() {
     );
     // Exact code-point equality with the URL clients use (RFC 9728 §3.3, §6).
     assert_eq!(obj["resource"], json!(server.resource));
-    assert_eq!(obj["authorization_servers"], json!([EXAMPLE_ISSUER]));
+    assert_eq!(obj["authorization_servers"], json!([server.demo.issuer.url()]));
     assert_eq!(obj["scopes_supported"], json!(SCOPES_SUPPORTED));
     assert_eq!(obj["bearer_methods_supported"], json!(["header"]));
     assert_eq!(obj["resource_name"], "tower-wacht example MCP server");
@@ -1341,3 +1342,5 @@ async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
     assert_eq!(own.status(), 200);
     assert!(own.text().await.unwrap().contains(AGENT_CLIENT_ID));
 }
+
+mod oauth;
