@@ -520,6 +520,63 @@ impl Principal {
         &self.0.data
     }
 
+    /// An opaque, stable key for who is calling: the issuer, the deployment, the OAuth client
+    /// and the end user who granted it (SHA-256 over those fields, length-prefixed; 64 hex
+    /// digits). Every token of the same client and user gives the same key (a refreshed or
+    /// stepped-up token keeps the caller's state); another client, user, issuer or deployment
+    /// gives another key. It holds nothing secret and no part of the token.
+    ///
+    /// Bind server-side state to the caller with it, as the MCP security best practices ask:
+    /// store an MCP 2026-07-28 state handle under `"{binding_key}:{handle}"` (so a handle
+    /// presented by anyone else is simply not found), and pass it as the associated data when
+    /// sealing and opening MRTR `requestState` (rmcp's `RequestStateCodec` with
+    /// `SealOptions::associated_data`), so state sealed for one caller does not open for
+    /// another. The MCP tool guard binds legacy `Mcp-Session-Id` sessions with the same key.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tower_wacht::Principal;
+    ///
+    /// /// Conversation state a tool hands out as an opaque handle.
+    /// #[derive(Default)]
+    /// struct Handles(HashMap<String, String>);
+    ///
+    /// impl Handles {
+    ///     fn put(&mut self, caller: &Principal, handle: &str, state: String) {
+    ///         self.0.insert(format!("{}:{handle}", caller.binding_key()), state);
+    ///     }
+    ///     /// `None` for an unknown handle and for another caller's handle alike.
+    ///     fn get(&self, caller: &Principal, handle: &str) -> Option<&String> {
+    ///         self.0.get(&format!("{}:{handle}", caller.binding_key()))
+    ///     }
+    /// }
+    /// ```
+    pub fn binding_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let d = &self.0.data;
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        // An absent field is an empty one; a present id is 8 bytes, so the two never meet.
+        field(d.issuer.as_deref().unwrap_or_default().as_bytes());
+        field(
+            d.deployment_id
+                .map(|id| id.get().to_be_bytes())
+                .as_ref()
+                .map_or(&[], |b| b),
+        );
+        field(d.client_id.as_str().as_bytes());
+        field(
+            d.owner_user_id
+                .map(|id| id.get().to_be_bytes())
+                .as_ref()
+                .map_or(&[], |b| b),
+        );
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub(crate) fn challenge(&self) -> &Arc<ChallengeParams> {
         &self.0.challenge
     }
@@ -570,6 +627,47 @@ impl Serialize for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_key_names_the_caller_not_the_token() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000);
+        let grant = |client: &str, user: Option<i64>, issuer: Option<&str>, deployment: Option<i64>| {
+            let mut g = Grant::new(client, at);
+            g.owner_user_id = user.map(UserId);
+            g.issuer = issuer.map(Into::into);
+            g.deployment_id = deployment.map(DeploymentId);
+            g
+        };
+        let key = |g: Grant| Principal::from_grant(g).binding_key();
+        let base = key(grant("oc_a", Some(7), Some("https://a.example"), Some(1)));
+        assert_eq!(base.len(), 64);
+        assert!(base.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Another token of the same caller (other scopes, expiry, session): the same key.
+        let mut again = grant("oc_a", Some(7), Some("https://a.example"), Some(1));
+        again.scopes = StringSet::new(["projects:write"]);
+        again.expires_at = at + std::time::Duration::from_secs(60);
+        again.session_id = Some("sess_2".into());
+        assert_eq!(key(again), base);
+        // Any other client, user, issuer or deployment: another key.
+        for other in [
+            grant("oc_b", Some(7), Some("https://a.example"), Some(1)),
+            grant("oc_a", Some(8), Some("https://a.example"), Some(1)),
+            grant("oc_a", None, Some("https://a.example"), Some(1)),
+            grant("oc_a", Some(7), Some("https://b.example"), Some(1)),
+            grant("oc_a", Some(7), None, Some(1)),
+            grant("oc_a", Some(7), Some("https://a.example"), Some(2)),
+            grant("oc_a", Some(7), Some("https://a.example"), None),
+            // Fields cannot run into each other.
+            grant("a.exampleoc_a", Some(7), Some("https://"), Some(1)),
+        ] {
+            assert_ne!(key(other), base);
+        }
+        // An absent id is not the id 0.
+        assert_ne!(
+            key(grant("oc_a", None, None, None)),
+            key(grant("oc_a", Some(0), None, Some(0)))
+        );
+    }
 
     #[test]
     fn parses_the_three_wacht_urn_forms() {

@@ -3,7 +3,7 @@
 //! A Wacht OAuth client can be set to issue JWT access tokens instead of opaque ones. The
 //! gateway never sees those (it answers 401 for every one), so a server that enables
 //! [`JwtConfig`] verifies them here: the RS256 signature against the issuer's JWKS, then the
-//! claims, into the same [`Principal`](crate::Principal) the gateway path produces. The
+//! claims, into the same [`Principal`] the gateway path produces. The
 //! verified principal is cached by the token's hash like an opaque token's, so repeated use
 //! costs a cache hit.
 //!

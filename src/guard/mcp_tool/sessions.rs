@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::principal::{Principal, UserId};
+use crate::principal::Principal;
 
 /// The session header (case-insensitive).
 pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
@@ -23,21 +23,14 @@ const MAX_SESSIONS: usize = 100_000;
 /// A binding is forgotten this long after it was made.
 const BINDING_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Who a session belongs to.
+/// Who a session belongs to: the principal's [`Principal::binding_key`] (issuer, deployment,
+/// OAuth client, end user).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Owner {
-    client_id: Box<str>,
-    user: Option<UserId>,
-    issuer: Option<Box<str>>,
-}
+struct Owner(String);
 
 impl Owner {
     fn of(principal: &Principal) -> Self {
-        Owner {
-            client_id: principal.client_id().as_str().into(),
-            user: principal.owner_user_id(),
-            issuer: principal.issuer().map(Into::into),
-        }
+        Owner(principal.binding_key())
     }
 }
 
@@ -139,7 +132,7 @@ mod tests {
 
     fn principal(client: &str, user: i64) -> Principal {
         let mut grant = Grant::new(client, SystemTime::now());
-        grant.owner_user_id = Some(UserId(user));
+        grant.owner_user_id = Some(crate::principal::UserId(user));
         Principal::from_grant(grant)
     }
 
