@@ -265,6 +265,8 @@ mod tests {
             WrongIssuer,
             WrongAudience,
             DeniedClient,
+            Expired,
+            Revoked,
         ];
         let descriptions: std::collections::HashSet<_> = all.iter().map(|r| r.description()).collect();
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.label()).collect();

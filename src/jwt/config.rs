@@ -1,0 +1,211 @@
+//! [`JwtConfig`]: which issuers, tenants and clients are trusted, leeway and JWKS refresh.
+
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::ScopeDefinition;
+use crate::error::ConfigError;
+use crate::principal::ResourceUrn;
+
+/// Default leeway on `exp`, `iat` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest leeway accepted.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// Default interval between JWKS refreshes: a withdrawn (compromised) key stops verifying
+/// within it.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// Default least time between two JWKS fetches caused by unknown `kid`s.
+pub const DEFAULT_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
+
+/// Local verification of JWT access tokens, enabled with
+/// [`WachtAuthConfigBuilder::jwt`](crate::WachtAuthConfigBuilder::jwt) (or `WACHT_JWT=on`).
+///
+/// The trusted issuer is the configuration's
+/// [`expected_issuer`](crate::WachtAuthConfigBuilder::expected_issuer) (required), plus any
+/// added with [`also_trust_issuer`](Self::also_trust_issuer). Defaults:
+///
+/// | setting | default | consequence |
+/// | --- | --- | --- |
+/// | `accepted_tenants` | any | a JWT for any organization, workspace or user of the issuer is accepted |
+/// | `allowed_clients` | any | a JWT of any OAuth client of the issuer is accepted |
+/// | `leeway` | 30 s | clock skew tolerated on `exp`, `iat`, `nbf` (at most 5 min) |
+/// | `jwks_refresh` | 5 min | a key withdrawn from the JWKS (compromised) stops verifying within this |
+/// | `unknown_kid_refresh` | 30 s | made-up `kid`s cause at most one JWKS fetch per this interval |
+/// | `scope_definitions` | none | permissions are the scopes alone |
+/// | `accept_tenant_audience` | off | with an `expected_audience` (MCP), JWTs are refused: they name a tenant, not this resource |
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    pub(crate) extra_issuers: Vec<String>,
+    pub(crate) tenants: Vec<String>,
+    pub(crate) clients: Vec<String>,
+    pub(crate) leeway: Duration,
+    pub(crate) jwks_refresh: Duration,
+    pub(crate) unknown_kid_refresh: Duration,
+    pub(crate) definitions: Vec<ScopeDefinition>,
+    pub(crate) accept_tenant_audience: bool,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            extra_issuers: Vec::new(),
+            tenants: Vec::new(),
+            clients: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+            jwks_refresh: DEFAULT_JWKS_REFRESH,
+            unknown_kid_refresh: DEFAULT_UNKNOWN_KID_REFRESH,
+            definitions: Vec::new(),
+            accept_tenant_audience: false,
+        }
+    }
+}
+
+impl JwtConfig {
+    /// JWT verification for the configuration's `expected_issuer`, with every default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts JWTs of another issuer too (another Wacht OAuth app's `https://<fqdn>`, compared
+    /// exactly with `iss`); its keys come from `<issuer>/.well-known/jwks.json`. Opaque tokens
+    /// are still pinned to the configuration's issuer and deployment.
+    pub fn also_trust_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.extra_issuers.push(issuer.into());
+        self
+    }
+
+    /// Accepts only JWTs whose audience is one of these tenant URNs
+    /// (`urn:wacht:organization:<id>`, `urn:wacht:workspace:<id>`, `urn:wacht:user:<id>`).
+    /// A Wacht JWT names the tenant the user granted, not an API: this and
+    /// [`allowed_clients`](Self::allowed_clients) are how a server narrows whom it serves.
+    pub fn accepted_tenants<I, S>(mut self, urns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tenants = urns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accepts only JWTs issued to these OAuth client ids (`client_id`).
+    pub fn allowed_clients<I, S>(mut self, client_ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.clients = client_ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Clock skew tolerated on `exp`, `iat` and `nbf` (default 30 s, at most 5 min).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// How often the JWKS is fetched again (default 5 min). Wacht withdraws a compromised key
+    /// from its JWKS at once and pushes nothing: this interval bounds how long such a key
+    /// keeps verifying here. A refresh that withdraws a key drops every cached decision.
+    pub fn jwks_refresh(mut self, interval: Duration) -> Self {
+        self.jwks_refresh = interval;
+        self
+    }
+
+    /// Least time between two JWKS fetches caused by tokens with an unknown `kid` (default
+    /// 30 s). The first unknown `kid` after a key rotation is fetched at once; a flood of
+    /// made-up kids costs the issuer at most one fetch per interval.
+    pub fn unknown_kid_refresh(mut self, interval: Duration) -> Self {
+        self.unknown_kid_refresh = interval;
+        self
+    }
+
+    /// The OAuth app's scope definitions, so that effective permissions include the
+    /// organization or workspace permissions the scopes map to, as the gateway computes them.
+    /// The gateway reads them live; this copy changes only when you reconfigure.
+    pub fn scope_definitions(mut self, definitions: Vec<ScopeDefinition>) -> Self {
+        self.definitions = definitions;
+        self
+    }
+
+    /// **Weakens audience checking.** Accepts JWTs on a server that pins its RFC 8707
+    /// resource (`expected_audience`, set by MCP resource metadata), although a Wacht JWT's
+    /// `aud` is the tenant URN and never this resource: any JWT of a trusted issuer for an
+    /// accepted tenant and client is then accepted here, including one a client obtained for
+    /// another API. Narrow it with [`allowed_clients`](Self::allowed_clients) and
+    /// [`accepted_tenants`](Self::accepted_tenants). Logged at `warn` when the verifier is built.
+    pub fn accept_tenant_audience(mut self) -> Self {
+        self.accept_tenant_audience = true;
+        self
+    }
+
+    /// Checks the settings against the rest of the configuration (called by `build`).
+    pub(crate) fn validate(&self, expected_issuer: Option<&str>) -> Result<(), ConfigError> {
+        let Some(issuer) = expected_issuer else {
+            return Err(ConfigError::invalid(
+                "jwt",
+                "JWT verification needs `expected_issuer` (WACHT_OAUTH_ISSUER): the issuer whose keys are trusted",
+            ));
+        };
+        for issuer in std::iter::once(issuer).chain(self.extra_issuers.iter().map(String::as_str)) {
+            jwks_url(issuer)?;
+        }
+        for urn in &self.tenants {
+            if !matches!(
+                ResourceUrn::parse(urn),
+                ResourceUrn::Organization(_) | ResourceUrn::Workspace(_) | ResourceUrn::User(_)
+            ) {
+                return Err(ConfigError::invalid(
+                    "jwt accepted_tenants",
+                    format!("`{urn}` is not a Wacht tenant URN"),
+                ));
+            }
+        }
+        if self.clients.iter().any(|c| c.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "jwt allowed_clients",
+                "must not contain an empty id",
+            ));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError::invalid("jwt leeway", "at most 300 s"));
+        }
+        if self.jwks_refresh.is_zero() || self.unknown_kid_refresh.is_zero() {
+            return Err(ConfigError::invalid(
+                "jwt refresh intervals",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `<issuer>/.well-known/jwks.json`, for an https issuer (or http on a loopback host, for
+/// tests): keys fetched over plain HTTP from elsewhere could be swapped in transit.
+pub(super) fn jwks_url(issuer: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(issuer).map_err(|e| ConfigError::invalid("jwt issuer", format!("`{issuer}`: {e}")))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(ConfigError::invalid(
+            "jwt issuer",
+            format!(
+                "`{issuer}` must be https (http only on a loopback host): its JWKS decides which tokens are genuine"
+            ),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            "jwt issuer",
+            format!("`{issuer}` has a query or fragment"),
+        ));
+    }
+    let base = issuer.trim_end_matches('/');
+    Url::parse(&format!("{base}/.well-known/jwks.json"))
+        .map_err(|e| ConfigError::invalid("jwt issuer", format!("`{issuer}`: {e}")))
+}
