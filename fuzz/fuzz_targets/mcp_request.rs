@@ -1,7 +1,10 @@
 //! The MCP tool guard's request classification with MCP 2026-07-28 mirrored headers.
 //!
-//! Properties, for any headers and body:
+//! Input: header lines (`Name: value`) up to the first empty line, then the body (see
+//! `request`). Properties, for any headers and body:
 //! * nothing panics;
+//! * with no `MCP-Protocol-Version`, or one before 2026-07-28, the answer is exactly
+//!   `classify_mcp_body`'s (the body alone decides); a repeated or non-ASCII version is refused;
 //! * a request the guard accepts whose single `MCP-Protocol-Version` is 2026-07-28 or later
 //!   has a body of one message, and its `Mcp-Method` / `Mcp-Name` (decoded independently
 //!   here) say exactly what the body says (read independently with serde_json), so a call
@@ -10,27 +13,30 @@
 
 #![no_main]
 
-use arbitrary::Arbitrary;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use tower_wacht::guard::classify_mcp_body;
 use serde_json::Value;
 
-#[derive(Arbitrary, Debug)]
-struct Input<'a> {
-    versions: Vec<&'a [u8]>,
-    methods: Vec<&'a [u8]>,
-    names: Vec<&'a [u8]>,
-    body: &'a [u8],
-}
-
-fn add(headers: &mut HeaderMap, name: &'static str, values: &[&[u8]]) {
-    for value in values.iter().take(3) {
-        if let Ok(value) = HeaderValue::from_bytes(value) {
-            headers.append(HeaderName::from_static(name), value);
+/// The input as an HTTP request: header lines (`Name: value`, up to the first empty line),
+/// then the body, so seeds stay readable and mutations reach names, values and body alike.
+/// Lines that are not a valid header are skipped.
+fn request(data: &[u8]) -> (HeaderMap, &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &data[data.len()..]),
+    };
+    let mut headers = HeaderMap::new();
+    for line in head.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let value = line[colon + 1..].strip_prefix(b" ").unwrap_or(&line[colon + 1..]);
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
         }
     }
+    (headers, body)
 }
 
 /// rmcp's reading of a sentinel, written again here.
@@ -41,15 +47,27 @@ fn decode(value: &str) -> Option<String> {
     }
 }
 
-fuzz_target!(|input: Input<'_>| {
-    let mut headers = HeaderMap::new();
-    add(&mut headers, "mcp-protocol-version", &input.versions);
-    add(&mut headers, "mcp-method", &input.methods);
-    add(&mut headers, "mcp-name", &input.names);
-    let Some(tools) = tower_wacht::guard::classify_mcp_request(&headers, input.body) else {
+fuzz_target!(|data: &[u8]| {
+    let (headers, body) = request(data);
+    let got = tower_wacht::guard::classify_mcp_request(&headers, body);
+
+    // The version decides how the request is read: a repeated or unreadable one is refused
+    // (components could disagree on which counts); none or one before 2026-07-28 means the
+    // body alone decides, exactly as for a legacy request.
+    let versions: Vec<&HeaderValue> = headers.get_all("mcp-protocol-version").iter().collect();
+    match versions.as_slice() {
+        [] => assert_eq!(got, classify_mcp_body(body), "no version: the body alone"),
+        [v] => match v.to_str() {
+            Err(_) => assert_eq!(got, None, "an unreadable version is refused"),
+            Ok(v) if v < "2026-07-28" => assert_eq!(got, classify_mcp_body(body), "legacy: the body alone"),
+            Ok(_) => {}
+        },
+        _ => assert_eq!(got, None, "a repeated version is refused"),
+    }
+    let Some(tools) = got else {
         return;
     };
-    let body: Value = serde_json::from_slice(input.body).expect("an accepted body is JSON");
+    let body: Value = serde_json::from_slice(body).expect("an accepted body is JSON");
     let messages: Vec<&Value> = match &body {
         Value::Array(batch) => batch.iter().collect(),
         other => vec![other],
