@@ -27,6 +27,11 @@ impl<'a> BearerToken<'a> {
         std::str::from_utf8(self.0).unwrap_or_default()
     }
 
+    /// The raw bytes, to hash.
+    pub(crate) fn secret_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
     /// The SHA-256 of the token, used as the cache key.
     pub fn hash(&self) -> TokenHash {
         TokenHash(Sha256::digest(self.0).into())
@@ -101,6 +106,33 @@ impl fmt::Debug for BearerToken<'_> {
     }
 }
 
+/// A bearer credential as the request carries it: the `Bearer` scheme matched, the token's
+/// bounds found and its length checked, its alphabet not yet. Good only for a cache lookup
+/// by its hash: a hit means these exact bytes were validated and verified before (the key is
+/// their SHA-256, or in fleet mode an HMAC-SHA256, and only validated tokens are ever
+/// stored), so the hit path need not walk the token's bytes twice. Anything else must go
+/// through [`Credential::validate`] first. A secret like the token: `Debug` is redacted.
+#[derive(Clone, Copy)]
+pub(crate) struct Credential<'a>(&'a [u8]);
+
+impl<'a> Credential<'a> {
+    /// The raw bytes, to hash.
+    pub(crate) fn secret_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The token, if it is in the RFC 6750 `b64token` alphabet.
+    pub(crate) fn validate(self) -> Result<BearerToken<'a>, TokenError> {
+        parse_token(self.0, usize::MAX)
+    }
+}
+
+impl fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
 /// SHA-256 of a bearer token: the only form in which a token is kept (cache keys, negative
 /// cache, invalidation). Its `Debug` shows an 8-hex-digit fingerprint, never the token.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,7 +151,12 @@ impl std::hash::Hash for TokenHash {
 impl TokenHash {
     /// Hashes a token with SHA-256.
     pub fn of(token: &str) -> Self {
-        TokenHash(Sha256::digest(token.as_bytes()).into())
+        Self::of_bytes(token.as_bytes())
+    }
+
+    /// Hashes a token's bytes with SHA-256.
+    pub(crate) fn of_bytes(token: &[u8]) -> Self {
+        TokenHash(Sha256::digest(token).into())
     }
 
     /// A key from raw bytes (fleet mode's keyed hash; tests of the cache's collisions).
@@ -179,6 +216,24 @@ pub fn bearer_from_headers(headers: &HeaderMap, max_len: usize) -> Result<Option
     parse_authorization(value.as_bytes(), max_len)
 }
 
+/// [`bearer_from_headers`] for the layer's hit path: the same answers, except that a token
+/// outside the `b64token` alphabet comes back as a [`Credential`] whose
+/// [`validate`](Credential::validate) refuses it (see there for why that is sound).
+pub(crate) fn credential_from_headers(
+    headers: &HeaderMap,
+    max_len: usize,
+) -> Result<Option<Credential<'_>>, TokenError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(TokenError::DuplicateHeader);
+    }
+    let value = value.as_bytes();
+    Ok(credential_range(value, max_len)?.map(|range| Credential(&value[range])))
+}
+
 /// No token passthrough: takes the `Authorization` header off the request (the inner service
 /// never sees it), or with `keep` leaves it there marked sensitive (so `Debug` and HTTP/2
 /// HPACK treat it as a secret). Returns the value, owned, for a verification that needs it.
@@ -199,6 +254,16 @@ pub fn parse_authorization(value: &[u8], max_len: usize) -> Result<Option<Bearer
 
 /// Where the validated token sits in an `Authorization` value; see [`bearer_from_headers`].
 fn bearer_range(value: &[u8], max_len: usize) -> Result<Option<Range<usize>>, TokenError> {
+    let Some(range) = credential_range(value, max_len)? else {
+        return Ok(None);
+    };
+    parse_token(&value[range.clone()], max_len)?;
+    Ok(Some(range))
+}
+
+/// Where the token sits in an `Authorization` value, its length checked (not empty, at most
+/// `max_len`) but not its alphabet.
+fn credential_range(value: &[u8], max_len: usize) -> Result<Option<Range<usize>>, TokenError> {
     const SCHEME: &[u8] = b"bearer";
     if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
         return Ok(None);
@@ -216,8 +281,11 @@ fn bearer_range(value: &[u8], max_len: usize) -> Result<Option<Range<usize>>, To
     while end > start && matches!(value[end - 1], b' ' | b'\t') {
         end -= 1;
     }
-    parse_token(&value[start..end], max_len)?;
-    Ok(Some(start..end))
+    match end - start {
+        0 => Err(TokenError::Malformed),
+        len if len > max_len => Err(TokenError::TooLong),
+        _ => Ok(Some(start..end)),
+    }
 }
 
 /// Validates raw token bytes against the RFC 6750 `b64token` grammar and the length bound.
@@ -293,6 +361,37 @@ mod tests {
             parse(&format!("Bearer {}", "a".repeat(64))).map(|t| t.map(str::len)),
             Ok(Some(64))
         );
+    }
+
+    #[test]
+    fn a_credential_gives_the_same_answers_once_validated() {
+        let cases = [
+            "Bearer abc",
+            "bearer   abc== \t",
+            "Basic dXNlcjpwYXNz",
+            "Bearerabc",
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer ===",
+            "Bearer a=b",
+            "Bearer \"a\"",
+            "Bearer é",
+            "Bearer aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ];
+        for case in cases {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(case.as_bytes()) {
+                headers.insert(AUTHORIZATION, value);
+            }
+            let direct = bearer_from_headers(&headers, 64).map(|t| t.map(|t| t.expose().to_owned()));
+            let via_credential = credential_from_headers(&headers, 64)
+                .and_then(|c| c.map(Credential::validate).transpose())
+                .map(|t| t.map(|t| t.expose().to_owned()));
+            assert_eq!(via_credential, direct, "{case:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::{constant_time, hmac};
 
 use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId, VerifiedBy};
-use crate::token::{BearerToken, TokenHash};
+use crate::token::TokenHash;
 
 /// Format version of entries and events.
 const VERSION: u8 = 1;
@@ -75,11 +75,6 @@ impl Codec {
         let id = hmac::sign(&key, format!("tower-wacht profile\0{profile}").as_bytes());
         let prefix = format!("wacht:{}:", hex(&id.as_ref()[..8]));
         Codec { key, prefix }
-    }
-
-    /// The token's cache key: HMAC-SHA256(secret, token).
-    pub(crate) fn token_key(&self, token: BearerToken<'_>) -> TokenHash {
-        self.hash_of(token.expose().as_bytes())
     }
 
     /// The cache key of a raw token string (for `invalidate(token)`).

@@ -56,7 +56,7 @@ use self::store::{Lookup, Shared};
 use crate::error::ConfigError;
 use crate::gateway::{Decision, GatewayError};
 use crate::telemetry;
-use crate::token::{BearerToken, TokenHash};
+use crate::token::TokenHash;
 
 /// The shortest fleet secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -251,9 +251,9 @@ impl Fleet {
         })
     }
 
-    /// The local cache key of a token: HMAC-SHA256 with the fleet secret.
-    pub(crate) fn hash(&self, token: BearerToken<'_>) -> TokenHash {
-        self.codec.token_key(token)
+    /// The local cache key of a token's bytes: HMAC-SHA256 with the fleet secret.
+    pub(crate) fn hash(&self, token: &[u8]) -> TokenHash {
+        self.codec.hash_of(token)
     }
 
     /// The local cache key of a raw token string.

@@ -12,7 +12,7 @@ use super::Shared;
 use super::future::ResponseFuture;
 use crate::body::ResponseBody;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
-use crate::token::{OwnedBearer, TokenError, bearer_from_headers, strip_authorization};
+use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
 use crate::verify::Authentication;
 
 /// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
@@ -46,8 +46,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        let token = match bearer_from_headers(req.headers(), shared.max_token_len) {
-            Ok(Some(token)) => token,
+        let credential = match credential_from_headers(req.headers(), shared.max_token_len) {
+            Ok(Some(credential)) => credential,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
             Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
                 return self.pass_anonymous(req, false);
@@ -63,7 +63,10 @@ where
                 return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
             }
         };
-        match shared.verifier.authenticate(token, req.headers(), req.extensions()) {
+        match shared
+            .verifier
+            .authenticate(credential, req.headers(), req.extensions())
+        {
             Authentication::Hit(principal) => {
                 strip_authorization(req.headers_mut(), shared.keep_authorization_header);
                 req.extensions_mut().insert(principal.clone());

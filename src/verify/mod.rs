@@ -31,7 +31,7 @@ use crate::error::ConfigError;
 use crate::gateway::{Gateway, HttpGateway};
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
-use crate::token::{BearerToken, OwnedBearer, TokenHash, parse_token};
+use crate::token::{BearerToken, Credential, OwnedBearer, TokenHash, parse_token};
 
 /// What [`Verifier::authenticate`] found for a request's token. Two words: the rare cases
 /// are boxed, so the hit path moves nothing large.
@@ -165,16 +165,20 @@ impl Verifier {
 
     /// The decision for a request's token: a cached principal, a refusal, or a miss to verify.
     /// `headers` and `extensions` give the request context a miss sends the gateway.
+    ///
+    /// The credential's alphabet is checked only when the cache does not have it: a hit means
+    /// the same bytes were validated when they were verified.
     pub(crate) fn authenticate(
         self: &Arc<Self>,
-        token: BearerToken<'_>,
+        credential: Credential<'_>,
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Authentication {
-        let hash = self.key(token);
+        let hash = self.key(credential.secret_bytes());
         if let Some(hit) = self.cache.hit(&hash) {
             if let Some(refresh) = hit.refresh
                 && refresh.claim()
+                && let Ok(token) = credential.validate()
                 && let Some(token) = OwnedBearer::copy_of(token)
             {
                 // Refresh-ahead: this one request hands the token to a background
@@ -183,6 +187,9 @@ impl Verifier {
             }
             return Authentication::Hit(hit.principal);
         }
+        let Ok(token) = credential.validate() else {
+            return Authentication::Refused(Box::new(AuthError::InvalidToken(InvalidTokenReason::Malformed)));
+        };
         if let Err(refusal) = self.acceptable(token) {
             return Authentication::Refused(Box::new(refusal));
         }
@@ -200,7 +207,7 @@ impl Verifier {
         let started = Instant::now();
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken(InvalidTokenReason::Malformed))?;
-        let hash = self.key(token);
+        let hash = self.key(token.secret_bytes());
         if let Some(hit) = self.cache.hit(&hash) {
             return Ok(hit.principal);
         }
@@ -227,13 +234,13 @@ impl Verifier {
         TokenHash::of(token)
     }
 
-    /// [`hash_token`](Self::hash_token) of a parsed token.
-    fn key(&self, token: BearerToken<'_>) -> TokenHash {
+    /// [`hash_token`](Self::hash_token) of a token's bytes.
+    fn key(&self, token: &[u8]) -> TokenHash {
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
             return fleet.hash(token);
         }
-        token.hash()
+        TokenHash::of_bytes(token)
     }
 
     /// The cached principal for a token key (see [`hash_token`](Self::hash_token)), if
