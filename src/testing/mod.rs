@@ -35,6 +35,7 @@ mod body;
 mod dev_issuer;
 mod ids;
 mod jwks;
+mod loopback;
 mod model;
 mod protocol;
 mod server;
@@ -43,12 +44,10 @@ mod state;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use dev_issuer::{
     ClientKind, ConsentPolicy, DEFAULT_GRANTED_RESOURCE, DevIssuer, DevIssuerConfig, GrantType, IssForm, IssuedToken,
@@ -61,6 +60,7 @@ pub use model::{
     ScopeDefinition, TokenGrant,
 };
 
+use loopback::Running;
 use server::Shared;
 
 /// A running fake gateway on `127.0.0.1`.
@@ -76,21 +76,13 @@ pub struct FakeGateway {
 /// The part whose drop stops the server.
 struct Handle {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-    }
+    server: Running,
 }
 
 impl fmt::Debug for FakeGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FakeGateway")
-            .field("addr", &self.handle.addr)
+            .field("addr", &self.handle.server.addr())
             .finish_non_exhaustive()
     }
 }
@@ -105,30 +97,27 @@ impl FakeGateway {
     /// Fails if the loopback listener cannot be bound.
     pub async fn start() -> io::Result<FakeGateway> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), shutdown_rx));
+        let state = Arc::clone(&shared);
+        let server = Running::spawn(listener, "fake gateway", move |req| {
+            let state = Arc::clone(&state);
+            async move { server::route(&state, req).await }
+        })?;
         Ok(FakeGateway {
-            handle: Arc::new(Handle {
-                shared,
-                addr,
-                shutdown,
-                task: Mutex::new(Some(task)),
-            }),
+            handle: Arc::new(Handle { shared, server }),
         })
     }
 
     /// Base URL, `http://127.0.0.1:PORT` (no trailing slash).
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.handle.addr)
+        format!("http://{}", self.handle.server.addr())
     }
 
     /// The bound socket address.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        self.handle.addr
+        self.handle.server.addr()
     }
 
     /// Registers (or replaces, un-revoking) `token` with `grant`. Only the SHA-256 of the
@@ -198,12 +187,6 @@ impl FakeGateway {
     /// Stops the server (even if other handles exist): closes the listener and every open
     /// connection, and waits for the server task to finish.
     pub async fn shutdown(self) {
-        self.handle.shutdown.send_replace(true);
-        let task = self.handle.task.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(task) = task
-            && let Err(err) = task.await
-        {
-            tracing::debug!(error = %err, "fake gateway: server task failed");
-        }
+        self.handle.server.stop().await;
     }
 }

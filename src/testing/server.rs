@@ -1,7 +1,7 @@
 //! The HTTP/1.1 server: accept loop, routing, request parsing and fault injection.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,12 +9,6 @@ use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::body::{FakeBody, Step};
 use super::model::{Fault, RecordedRequest};
@@ -44,47 +38,8 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `shutdown` fires (or its sender is dropped), then aborts every
-/// connection task.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "fake gateway: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
-}
-
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(error = %err, "fake gateway: set_nodelay failed");
-    }
-    let service = service_fn(move |req: Request<Incoming>| {
-        let shared = Arc::clone(&shared);
-        async move { route(&shared, req).await }
-    });
-    let result = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(err) = result {
-        tracing::debug!(error = %err, "fake gateway: connection ended with an error");
-    }
-}
-
-async fn route(shared: &Shared, req: Request<Incoming>) -> io::Result<Response<FakeBody>> {
+/// Answers one request to the fake gateway.
+pub(crate) async fn route(shared: &Shared, req: Request<Incoming>) -> io::Result<Response<FakeBody>> {
     let path = req.uri().path();
     if path == "/health" {
         return Ok(if req.method() == Method::GET || req.method() == Method::HEAD {

@@ -12,16 +12,15 @@ mod state;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use config::{ConsentPolicy, DEFAULT_GRANTED_RESOURCE, DevIssuerConfig, IssForm};
 pub use model::{ClientKind, GrantType, IssuedToken, RegisteredClient};
 
 use super::FakeGateway;
+use super::loopback::Running;
 use server::Inner;
 
 /// A running development authorization server on `127.0.0.1`, issuing access tokens into a
@@ -102,15 +101,7 @@ pub struct DevIssuer {
 /// The part whose drop stops the server.
 struct Handle {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-    }
+    server: Running,
 }
 
 impl fmt::Debug for DevIssuer {
@@ -141,15 +132,13 @@ impl DevIssuer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port)).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner::new(config, format!("http://{addr}"), gateway, http));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&inner), shutdown_rx));
+        let state = Arc::clone(&inner);
+        let server = Running::spawn(listener, "dev issuer", move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok(server::route(&state, req).await) }
+        })?;
         Ok(DevIssuer {
-            handle: Arc::new(Handle {
-                inner,
-                addr,
-                shutdown,
-                task: Mutex::new(Some(task)),
-            }),
+            handle: Arc::new(Handle { inner, server }),
         })
     }
 
@@ -164,7 +153,7 @@ impl DevIssuer {
     /// The bound socket address.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        self.handle.addr
+        self.handle.server.addr()
     }
 
     /// URL of the RFC 8414 metadata document.
@@ -258,12 +247,6 @@ impl DevIssuer {
     /// Stops the server (even if other handles exist): closes the listener and every open
     /// connection, and waits for the server task to finish. The gateway keeps running.
     pub async fn shutdown(self) {
-        self.handle.shutdown.send_replace(true);
-        let task = self.handle.task.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(task) = task
-            && let Err(err) = task.await
-        {
-            tracing::debug!(error = %err, "dev issuer: server task failed");
-        }
+        self.handle.server.stop().await;
     }
 }

@@ -1,7 +1,6 @@
 //! The HTTP/1.1 server: accept loop, routing, CORS and response helpers.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use http::header::{
@@ -12,13 +11,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::super::FakeGateway;
 use super::super::body::FakeBody;
@@ -73,47 +66,8 @@ impl Inner {
     }
 }
 
-/// Accepts connections until `shutdown` fires (or its sender is dropped), then aborts every
-/// connection task.
-pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&inner)));
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "dev issuer: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
-}
-
-async fn serve_connection(stream: TcpStream, inner: Arc<Inner>) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(error = %err, "dev issuer: set_nodelay failed");
-    }
-    let service = service_fn(move |req: Request<Incoming>| {
-        let inner = Arc::clone(&inner);
-        async move { Ok::<_, std::convert::Infallible>(route(&inner, req).await) }
-    });
-    let result = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(err) = result {
-        tracing::debug!(error = %err, "dev issuer: connection ended with an error");
-    }
-}
-
-async fn route(inner: &Inner, req: Request<Incoming>) -> Response<FakeBody> {
+/// Answers one request to the dev issuer.
+pub(super) async fn route(inner: &Inner, req: Request<Incoming>) -> Response<FakeBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let preflight_headers = req.headers().get(ACCESS_CONTROL_REQUEST_HEADERS).cloned();

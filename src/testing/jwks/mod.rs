@@ -23,16 +23,16 @@ mod server;
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use self::keys::SigningKey;
 use super::ids::generate_decimal_id;
+use super::loopback::Running;
 use super::model::EXAMPLE_OWNER_USER_ID;
 
 /// The tenant a minted token is granted for unless told otherwise.
@@ -46,15 +46,8 @@ pub struct JwksIssuer {
 }
 
 struct Inner {
-    addr: SocketAddr,
     state: Arc<Mutex<IssuerState>>,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
-    }
+    server: Running,
 }
 
 /// The keys and switches, shared with the server task.
@@ -116,17 +109,19 @@ impl JwksIssuer {
     /// The listener cannot be bound, or key generation failed.
     pub async fn start() -> io::Result<JwksIssuer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
         let mut state = IssuerState {
             app_id: generate_decimal_id(),
             ..IssuerState::default()
         };
         state.new_key()?;
         let state = Arc::new(Mutex::new(state));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(server::serve(listener, Arc::clone(&state), shutdown_rx));
+        let keys = Arc::clone(&state);
+        let server = Running::spawn(listener, "jwks issuer", move |req| {
+            let response = server::route(&keys, &req);
+            async move { Ok(response) }
+        })?;
         Ok(JwksIssuer {
-            inner: Arc::new(Inner { addr, state, shutdown }),
+            inner: Arc::new(Inner { state, server }),
         })
     }
 
@@ -138,7 +133,7 @@ impl JwksIssuer {
     /// configure as `expected_issuer`.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        format!("http://{}", self.inner.server.addr())
     }
 
     /// `<url>/.well-known/jwks.json`.
@@ -249,7 +244,7 @@ impl JwksIssuer {
 
     /// Stops the server (even if other handles exist).
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.server.signal_stop();
     }
 }
 

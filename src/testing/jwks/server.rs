@@ -1,61 +1,18 @@
 //! The JWKS issuer's HTTP/1.1 server: `GET /.well-known/jwks.json`, nothing else.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::IssuerState;
 use crate::testing::body::FakeBody;
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
-/// Accepts connections until `shutdown` fires, then aborts every connection.
-pub(super) async fn serve(listener: TcpListener, state: Arc<Mutex<IssuerState>>, mut shutdown: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&state)));
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "jwks issuer: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
-}
-
-async fn serve_connection(stream: TcpStream, state: Arc<Mutex<IssuerState>>) {
-    let service = service_fn(move |req: Request<Incoming>| {
-        let response = route(&state, &req);
-        async move { Ok::<_, Infallible>(response) }
-    });
-    if let Err(err) = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(error = %err, "jwks issuer: connection ended with an error");
-    }
-}
-
-fn route(state: &Mutex<IssuerState>, req: &Request<Incoming>) -> Response<FakeBody> {
+/// Answers one request to the JWKS issuer.
+pub(super) fn route(state: &Mutex<IssuerState>, req: &Request<Incoming>) -> Response<FakeBody> {
     if req.uri().path() != JWKS_PATH {
         return status(StatusCode::NOT_FOUND);
     }
