@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::ALLOW;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,6 +19,20 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::body::FakeBody;
+
+/// An empty answer with `status`.
+pub(crate) fn bare(status: StatusCode) -> Response<FakeBody> {
+    let mut response = Response::new(FakeBody::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// `405 Method Not Allowed` naming the methods that are.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<FakeBody> {
+    let mut response = bare(StatusCode::METHOD_NOT_ALLOWED);
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
 
 /// A running server. Dropping it stops the server.
 pub(crate) struct Running {

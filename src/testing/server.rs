@@ -5,12 +5,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::body::{FakeBody, Step};
+use super::loopback::{bare, method_not_allowed};
 use super::model::{Fault, RecordedRequest};
 use super::protocol::{CheckRequest, Decision};
 use super::state::{JSON, Reply, State};
@@ -281,18 +282,6 @@ fn respond(reply: Reply) -> Response<FakeBody> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    response
-}
-
-fn bare(status: StatusCode) -> Response<FakeBody> {
-    let mut response = Response::new(FakeBody::empty());
-    *response.status_mut() = status;
-    response
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<FakeBody> {
-    let mut response = bare(StatusCode::METHOD_NOT_ALLOWED);
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 

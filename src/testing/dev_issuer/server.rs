@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, PRAGMA, WWW_AUTHENTICATE,
+    ACCESS_CONTROL_REQUEST_HEADERS, CACHE_CONTROL, CONTENT_TYPE, LOCATION, PRAGMA, WWW_AUTHENTICATE,
     X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -15,6 +15,8 @@ use serde_json::Value;
 
 use super::super::FakeGateway;
 use super::super::body::FakeBody;
+pub(super) use super::super::loopback::bare;
+use super::super::loopback::method_not_allowed;
 use super::config::DevIssuerConfig;
 use super::endpoints;
 use super::state::{OAuthError, State};
@@ -221,18 +223,6 @@ pub(super) fn redirect(location: &str) -> Response<FakeBody> {
     let headers = response.headers_mut();
     headers.insert(LOCATION, value);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-pub(super) fn bare(status: StatusCode) -> Response<FakeBody> {
-    let mut response = Response::new(FakeBody::empty());
-    *response.status_mut() = status;
-    response
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<FakeBody> {
-    let mut response = bare(StatusCode::METHOD_NOT_ALLOWED);
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 

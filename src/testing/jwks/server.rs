@@ -8,30 +8,25 @@ use hyper::body::Incoming;
 
 use super::IssuerState;
 use crate::testing::body::FakeBody;
+use crate::testing::loopback::bare;
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// Answers one request to the JWKS issuer.
 pub(super) fn route(state: &Mutex<IssuerState>, req: &Request<Incoming>) -> Response<FakeBody> {
     if req.uri().path() != JWKS_PATH {
-        return status(StatusCode::NOT_FOUND);
+        return bare(StatusCode::NOT_FOUND);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
+        return bare(StatusCode::METHOD_NOT_ALLOWED);
     }
     let document = state.lock().unwrap_or_else(PoisonError::into_inner).fetch();
     let Some(document) = document else {
-        return status(StatusCode::SERVICE_UNAVAILABLE);
+        return bare(StatusCode::SERVICE_UNAVAILABLE);
     };
     let mut response = Response::new(FakeBody::full(document.to_string()));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn status(code: StatusCode) -> Response<FakeBody> {
-    let mut response = Response::new(FakeBody::empty());
-    *response.status_mut() = code;
     response
 }
