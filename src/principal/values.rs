@@ -325,7 +325,7 @@ pub enum VerifiedBy {
 }
 
 impl VerifiedBy {
-    /// `gateway` or `jwt_signature` (as serialized in a [`Principal`]).
+    /// `gateway` or `jwt_signature` (as serialized in a [`Principal`](super::Principal)).
     pub fn as_str(self) -> &'static str {
         match self {
             VerifiedBy::Gateway => "gateway",
