@@ -265,12 +265,17 @@ pub struct Demo {
 /// The development authorization server's settings: the example's scopes, tokens granted for
 /// the demo organization, every requested scope approved at once (so a client asks for
 /// `projects:read` first, as the 401 challenge suggests, and steps up to `projects:write`
-/// when `archive_project` answers 403), and client metadata documents also from loopback
-/// URLs (a client under development serving its document locally).
+/// when `archive_project` answers 403), client metadata documents also from loopback URLs (a
+/// client under development serving its document locally), and no refresh tokens: the MCP
+/// Inspector and other clients on the TypeScript SDK 1.x answer a 403 `insufficient_scope`
+/// with a refresh, which cannot add a scope, and give up; without a refresh token they
+/// authorize again with the challenged scopes, so step-up works in them too. Tokens last an
+/// hour; then clients authorize again (approved at once).
 pub fn dev_issuer_config() -> DevIssuerConfig {
     DevIssuerConfig::new(SCOPES_SUPPORTED)
         .granted_resource(DEMO_ORGANIZATION)
         .allow_loopback_metadata_documents(true)
+        .refresh_tokens(false)
 }
 
 /// Starts a fake gateway and a development authorization server, and registers demo tokens

@@ -758,6 +758,39 @@ async fn unsupported_grants_and_scopes_are_refused() {
 }
 
 #[tokio::test]
+async fn without_refresh_tokens_clients_are_registered_and_served_without_them() {
+    let setup = Setup::with(|c| c.refresh_tokens(false)).await;
+    let metadata: Value = setup
+        .http
+        .get(setup.issuer.metadata_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["grant_types_supported"], json!(["authorization_code"]));
+    // A client asking for the refresh_token grant is registered without it (RFC 7591 §3.2.1).
+    let (status, registered) = setup
+        .register(json!({
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }))
+        .await;
+    assert_eq!(status, 201, "{registered}");
+    assert_eq!(registered["grant_types"], json!(["authorization_code"]));
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+    let code = setup.code(&client_id, "projects:read").await;
+    let (status, token) = setup.exchange(&client_id, &code).await;
+    assert_eq!(status, 200, "{token}");
+    assert!(token.get("refresh_token").is_none(), "{token}");
+    assert!(!setup.issuer.issued()[0].with_refresh_token);
+    let app = setup.app().await;
+    assert_eq!(app.get("/whoami", token["access_token"].as_str()).await.status(), 200);
+}
+
+#[tokio::test]
 async fn refresh_tokens_rotate_and_a_replayed_one_ends_the_grant() {
     let setup = Setup::start().await;
     let (client_id, first) = setup.full_flow("projects:read projects:write").await;

@@ -95,6 +95,7 @@ pub struct DevIssuerConfig {
     pub(super) iss_form: IssForm,
     pub(super) allow_loopback_metadata_documents: bool,
     pub(super) dynamic_registration: bool,
+    pub(super) refresh_tokens: bool,
     pub(super) deployment_id: i64,
     pub(super) owner_user_id: i64,
     pub(super) port: u16,
@@ -125,6 +126,7 @@ impl DevIssuerConfig {
             iss_form: IssForm::Issuer,
             allow_loopback_metadata_documents: false,
             dynamic_registration: true,
+            refresh_tokens: true,
             deployment_id: EXAMPLE_DEPLOYMENT_ID,
             owner_user_id: EXAMPLE_OWNER_USER_ID,
             port: 0,
@@ -192,6 +194,23 @@ impl DevIssuerConfig {
     #[must_use]
     pub fn dynamic_registration(mut self, enabled: bool) -> Self {
         self.dynamic_registration = enabled;
+        self
+    }
+
+    /// Whether refresh tokens are issued (default: yes, to clients registered for the
+    /// `refresh_token` grant, rotated at each use). Without them the metadata advertises only
+    /// `authorization_code`, registrations asking for `refresh_token` are answered without it
+    /// (RFC 7591 lets the server register less than asked), and clients authorize again when
+    /// their access token expires.
+    ///
+    /// Turning them off lets clients that refresh instead of re-authorizing on a 403
+    /// `insufficient_scope` step up: the official TypeScript SDK 1.x (1.32.2, used by the MCP
+    /// Inspector) answers the challenge with a refresh, which cannot widen the scope (RFC 6749
+    /// §6), and then gives up ("Server returned 403 after trying upscoping"). Without a refresh
+    /// token it goes through authorization with the challenged scopes, and the call succeeds.
+    #[must_use]
+    pub fn refresh_tokens(mut self, enabled: bool) -> Self {
+        self.refresh_tokens = enabled;
         self
     }
 

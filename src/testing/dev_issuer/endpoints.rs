@@ -31,7 +31,11 @@ pub(super) fn metadata(inner: &Inner) -> Response<FakeBody> {
         "scopes_supported": config.scopes_supported,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": if config.refresh_tokens {
+            vec!["authorization_code", "refresh_token"]
+        } else {
+            vec!["authorization_code"]
+        },
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": config.iss_form != IssForm::Omitted,
@@ -449,6 +453,11 @@ pub(super) fn register(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Resp
         Some(value) if cimd::string_array(Some(value)).is_some_and(|t| t.iter().all(|t| t == "code")) => {}
         Some(_) => return refuse("invalid_client_metadata", "response_types may only be [\"code\"]"),
     }
+    // Without refresh tokens, the client is registered for what it may use (RFC 7591 §3.2.1).
+    let grant_types: Vec<String> = grant_types
+        .into_iter()
+        .filter(|g| inner.config.refresh_tokens || g != "refresh_token")
+        .collect();
     let (client_id, secret) =
         inner
             .lock()

@@ -415,7 +415,7 @@ impl State {
                 .oauth_resource(resource.clone())
                 .expires_at(expires_at),
         );
-        let refresh_token = client.refresh_allowed().then(|| {
+        let refresh_token = (config.refresh_tokens && client.refresh_allowed()).then(|| {
             let token = generate_secret("ort_");
             self.refresh.insert(
                 hash_token(&token),
