@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 
+use super::store::SharedView;
 use super::{Event, Fleet};
 use crate::telemetry;
 
@@ -26,9 +27,9 @@ pub(crate) trait Replica: Send + Sync + 'static {
     /// The channel was lost: invalidations may be missed from now on, so drop everything
     /// cached locally.
     fn channel_lost(&self);
-    /// (Re)subscribed: the shared deny set, and whether the invalidate-all floor moved
-    /// since this replica last applied it.
-    fn resynced(&self, denied: Vec<String>, floor_moved: bool);
+    /// (Re)subscribed: the shared deny set and JWT denials, and whether the invalidate-all
+    /// floor moved since this replica last applied it.
+    fn resynced(&self, view: SharedView, floor_moved: bool);
 }
 
 impl Fleet {
@@ -43,11 +44,11 @@ impl Fleet {
         while replica.strong_count() > 0 {
             match self.subscribe().await {
                 Ok(pubsub) => match tokio::time::timeout(CONNECT_BOUND, self.shared_view()).await {
-                    Ok(Ok((denied, floor))) => {
+                    Ok(Ok(view)) => {
                         backoff = FIRST_BACKOFF;
-                        let moved = self.floor.fetch_max(floor, Ordering::AcqRel) < floor;
+                        let moved = self.floor.fetch_max(view.floor, Ordering::AcqRel) < view.floor;
                         let Some(owner) = replica.upgrade() else { return };
-                        owner.resynced(denied, moved);
+                        owner.resynced(view, moved);
                         drop(owner);
                         self.connected.store(true, Ordering::Release);
                         telemetry::fleet_channel(true);

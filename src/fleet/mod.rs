@@ -23,8 +23,10 @@
 //!   `deny_client` and `allow_client` change the shared state (a void marker stamped with the
 //!   fleet's epoch, so an answer in flight during the invalidation is refused when read; the
 //!   deny set; the invalidate-all floor) and publish an event that every replica applies to
-//!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) publish an event
-//!   only: JWT verdicts are verified on each replica and never shared.
+//!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) add the id to a
+//!   sorted set scored by when the denial ends (a replica that subscribes later reads the live
+//!   ones) and publish an event; there is nothing to void, since JWT verdicts are verified on
+//!   each replica and never shared.
 //! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
 //!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
 //!   a second after a failure. The channel reconnects with capped backoff and resubscribes.
@@ -52,6 +54,7 @@ use std::time::{Duration, Instant};
 pub(crate) use self::channel::Replica;
 use self::codec::Codec;
 pub(crate) use self::codec::Event;
+pub(crate) use self::store::SharedView;
 use self::store::{Lookup, Shared};
 use crate::error::ConfigError;
 use crate::gateway::{Decision, GatewayError};

@@ -19,7 +19,7 @@
 //! marker, the client's marker or the floor is newer: an answer that was in flight during an
 //! invalidation anywhere in the fleet is never served.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 
@@ -48,6 +48,33 @@ pub(crate) enum Shared {
 /// KEYS: answer, rejection, token void, floor, epoch. ARGV: client void key prefix.
 /// Returns: answer value, answer client, rejection, token void, floor, epoch, client void,
 /// answer PTTL (as text).
+/// Key kinds of the JWT session and token-id denials: sorted sets of ids scored by when each
+/// denial ends.
+const DENIED_SESSIONS: &str = "denied-sid";
+const DENIED_TOKEN_IDS: &str = "denied-jti";
+/// How long a JWT session or token-id denial is kept: as long as a replica keeps one (the
+/// longest a Wacht access token lives, plus the largest leeway).
+const JWT_DENIAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60 + 300);
+/// Most denials of each kind kept in Redis (a replica keeps as many); past it the ones that
+/// end soonest go first.
+const MAX_JWT_DENIALS: isize = 100_000;
+
+/// Members of a sorted set with their scores.
+type ScoredIds = Vec<(String, f64)>;
+
+/// What a replica re-reads when it (re)subscribes to the invalidation channel.
+#[derive(Debug, Default)]
+pub(crate) struct SharedView {
+    /// The shared client deny set.
+    pub(crate) denied_clients: Vec<String>,
+    /// The invalidate-all floor.
+    pub(crate) floor: u64,
+    /// Live JWT session denials, each with when it ends.
+    pub(crate) denied_sessions: Vec<(String, SystemTime)>,
+    /// Live JWT token-id denials, each with when it ends.
+    pub(crate) denied_token_ids: Vec<(String, SystemTime)>,
+}
+
 const LOOKUP: &str = r"
 local a = redis.call('HMGET', KEYS[1], 'v', 'c')
 local cv = false
@@ -284,9 +311,45 @@ impl Fleet {
         self.publish(&Event::Deny(client_id.to_owned())).await;
     }
 
-    /// Tells every replica to deny a JWT session or token id (JWT verdicts are not in the
-    /// shared tier, so there is nothing to void here; not kept in Redis).
+    /// Records a JWT session or token-id denial in Redis (so a replica that starts or
+    /// reconnects later knows it) and tells every replica. JWT verdicts are not in the shared
+    /// tier, so there is nothing to void.
     pub(crate) async fn deny_jwt(&self, event: Event) {
+        let (kind, id) = match &event {
+            Event::DenySession(id) => (DENIED_SESSIONS, id.clone()),
+            Event::DenyTokenId(id) => (DENIED_TOKEN_IDS, id.clone()),
+            _ => return self.publish(&event).await,
+        };
+        let key = self.codec.key(kind, "");
+        let now = unix_millis(SystemTime::now());
+        let until = now.saturating_add(millis(JWT_DENIAL_LIFETIME));
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .shared_state("deny", async move {
+                redis::pipe()
+                    .cmd("ZADD")
+                    .arg(&key)
+                    .arg(until)
+                    .arg(id)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now)
+                    .ignore()
+                    .cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-(MAX_JWT_DENIALS + 1))
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(millis(JWT_DENIAL_LIFETIME))
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
         self.publish(&event).await;
     }
 
@@ -303,17 +366,41 @@ impl Fleet {
         self.publish(&Event::Allow(client_id.to_owned())).await;
     }
 
-    /// The shared deny set and the invalidate-all floor, for a replica that (re)subscribes.
-    pub(crate) async fn shared_view(&self) -> redis::RedisResult<(Vec<String>, u64)> {
+    /// The shared deny set, the invalidate-all floor and the live JWT session and token-id
+    /// denials, for a replica that (re)subscribes.
+    pub(crate) async fn shared_view(&self) -> redis::RedisResult<SharedView> {
         let mut conn = self.conn.clone();
-        let (denied, floor): (Vec<String>, Option<u64>) = redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(self.codec.key("denied", ""))
-            .cmd("GET")
-            .arg(self.codec.key("floor", ""))
-            .query_async(&mut conn)
-            .await?;
-        Ok((denied, floor.unwrap_or(0)))
+        let now = unix_millis(SystemTime::now());
+        let (denied_clients, floor, sessions, token_ids): (Vec<String>, Option<u64>, ScoredIds, ScoredIds) =
+            redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(self.codec.key("denied", ""))
+                .cmd("GET")
+                .arg(self.codec.key("floor", ""))
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.codec.key(DENIED_SESSIONS, ""))
+                .arg(now)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.codec.key(DENIED_TOKEN_IDS, ""))
+                .arg(now)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+        // Whatever Redis holds, a denial lasts no longer than one made here would.
+        let latest = SystemTime::now() + JWT_DENIAL_LIFETIME;
+        let until = |(id, score): (String, f64)| {
+            let at = Duration::try_from_secs_f64(score / 1000.0).map_or(latest, |d| UNIX_EPOCH + d);
+            (id, at.min(latest))
+        };
+        Ok(SharedView {
+            denied_clients,
+            floor: floor.unwrap_or(0),
+            denied_sessions: sessions.into_iter().map(until).collect(),
+            denied_token_ids: token_ids.into_iter().map(until).collect(),
+        })
     }
 
     /// Publishes an event on the profile's channel.
@@ -370,6 +457,12 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn millis(d: Duration) -> u64 {

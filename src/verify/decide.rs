@@ -169,14 +169,50 @@ pub(super) struct RevokedIds {
 
 impl RevokedIds {
     pub(super) fn deny_session(&self, id: &str) -> bool {
-        self.insert(&self.sessions, id, "session")
+        self.insert(&self.sessions, id, SystemTime::now() + REVOKED_FOR, "session")
     }
 
     pub(super) fn deny_token_id(&self, id: &str) -> bool {
-        self.insert(&self.token_ids, id, "token id")
+        self.insert(&self.token_ids, id, SystemTime::now() + REVOKED_FOR, "token id")
     }
 
-    fn insert(&self, map: &RwLock<HashMap<Arc<str>, SystemTime>>, id: &str, kind: &'static str) -> bool {
+    /// A session denial made elsewhere (another replica, read from the fleet's Redis), lasting
+    /// until `until`; true if it was not known here yet.
+    #[cfg(feature = "redis")]
+    pub(super) fn deny_session_until(&self, id: &str, until: SystemTime) -> bool {
+        self.insert_new(&self.sessions, id, until, "session")
+    }
+
+    /// [`deny_session_until`](Self::deny_session_until) for a token id.
+    #[cfg(feature = "redis")]
+    pub(super) fn deny_token_id_until(&self, id: &str, until: SystemTime) -> bool {
+        self.insert_new(&self.token_ids, id, until, "token id")
+    }
+
+    /// Inserts a denial unless a live one is known; true if inserted.
+    #[cfg(feature = "redis")]
+    fn insert_new(
+        &self,
+        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
+        id: &str,
+        until: SystemTime,
+        kind: &'static str,
+    ) -> bool {
+        let known = map
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(id)
+            .is_some_and(|known| *known >= until);
+        !known && self.insert(map, id, until, kind)
+    }
+
+    fn insert(
+        &self,
+        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
+        id: &str,
+        until: SystemTime,
+        kind: &'static str,
+    ) -> bool {
         let now = SystemTime::now();
         let mut map = map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if map.len() >= MAX_REVOKED {
@@ -186,7 +222,10 @@ impl RevokedIds {
             tracing::error!(kind, limit = MAX_REVOKED, "deny list full: this denial is not recorded");
             return false;
         }
-        map.insert(Arc::from(id), now + REVOKED_FOR);
+        if until <= now {
+            return false;
+        }
+        map.insert(Arc::from(id), until);
         self.any.store(true, Ordering::Release);
         true
     }

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use super::Verifier;
 use crate::config::WachtAuthConfig;
 use crate::error::ConfigError;
-use crate::fleet::{Event, Fleet, Profile, Replica};
+use crate::fleet::{Event, Fleet, Profile, Replica, SharedView};
 
 /// The fleet tier `config` asks for, if any.
 pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, ConfigError> {
@@ -105,10 +105,20 @@ impl Replica for Verifier {
         self.cache.invalidate_all();
     }
 
-    fn resynced(&self, denied: Vec<String>, floor_moved: bool) {
-        for id in denied {
+    fn resynced(&self, view: SharedView, floor_moved: bool) {
+        for id in view.denied_clients {
             if self.denied.insert_shared(&id) {
                 self.cache.invalidate_client(&id);
+            }
+        }
+        for (id, until) in view.denied_sessions {
+            if self.revoked.deny_session_until(&id, until) {
+                self.cache.invalidate_session(&id);
+            }
+        }
+        for (id, until) in view.denied_token_ids {
+            if self.revoked.deny_token_id_until(&id, until) {
+                self.cache.invalidate_token_id(&id);
             }
         }
         if floor_moved {

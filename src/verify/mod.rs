@@ -308,9 +308,10 @@ impl Verifier {
     /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
     /// drops its cached tokens at once: Wacht cannot revoke a JWT before it expires, so this
     /// is how an incident cuts a session off here. The denial lasts 24 hours (the longest a
-    /// Wacht access token lives). In fleet mode it is sent to the other replicas on the
-    /// invalidation channel (not kept in Redis: a replica that is disconnected at that moment
-    /// does not learn it). Returns false if the list is full (100 000 live denials; logged).
+    /// Wacht access token lives). In fleet mode it is also kept in Redis for as long and sent
+    /// to the other replicas on the invalidation channel, so a replica that was disconnected,
+    /// or starts later, reads it when it subscribes. Returns false if the list is full
+    /// (100 000 live denials; logged).
     pub fn deny_session(&self, session_id: &str) -> bool {
         let recorded = self.revoked.deny_session(session_id);
         self.cache.invalidate_session(session_id);

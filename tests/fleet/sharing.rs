@@ -237,8 +237,7 @@ async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all
     let redis = RedisServer::start();
     let gateway = start_gateway().await;
     let issuer = JwksIssuer::start().await.unwrap();
-    let mut fleet = Vec::new();
-    for _ in 0..3 {
+    let start_replica = || async {
         let config = tower_wacht::WachtAuthConfig::builder()
             .gateway_url(gateway.url())
             .api_key(crate::common::API_KEY)
@@ -252,7 +251,11 @@ async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all
         let addr = crate::common::serve(crate::common::router(auth.clone())).await;
         let replica = crate::harness::Replica { addr, auth };
         crate::harness::wait_connected(&replica).await;
-        fleet.push(replica);
+        replica
+    };
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(start_replica().await);
     }
     let http = reqwest::Client::new();
     let claims = AccessTokenClaims::new("oc_fleetJwt0000000000000000000001");
@@ -266,13 +269,40 @@ async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all
         "JWT verdicts are verified locally, never shared"
     );
     // An incident: cut the session off on replica 0; every replica refuses it.
-    fleet[0].auth.verifier().deny_session(claims.sid().unwrap());
+    let session = claims.sid().unwrap().to_owned();
+    fleet[0].auth.verifier().deny_session(&session);
     for replica in &fleet {
         until(|| async { status(&http, replica, &jwt).await == 401 }).await;
     }
-    // Another session is untouched.
-    let other = issuer.mint(&AccessTokenClaims::new("oc_fleetJwt0000000000000000000001"));
+    // Another session is untouched; then its token id is denied on replica 1.
+    let other_claims = AccessTokenClaims::new("oc_fleetJwt0000000000000000000001");
+    let other = issuer.mint(&other_claims);
     for replica in &fleet {
         assert_eq!(status(&http, replica, &other).await, 200);
+    }
+    fleet[1].auth.verifier().deny_token_id(other_claims.jti());
+    for replica in &fleet {
+        until(|| async { status(&http, replica, &other).await == 401 }).await;
+    }
+    // A replica that starts after both denials (it heard neither event) reads them from
+    // Redis when it subscribes: the stolen tokens are refused there too.
+    let late = start_replica().await;
+    assert_eq!(
+        status(&http, &late, &jwt).await,
+        401,
+        "session denial known to a late replica"
+    );
+    assert_eq!(
+        status(&http, &late, &other).await,
+        401,
+        "token-id denial known to a late replica"
+    );
+    let fresh = issuer.mint(&AccessTokenClaims::new("oc_fleetJwt0000000000000000000001"));
+    assert_eq!(status(&http, &late, &fresh).await, 200);
+    // What Redis holds is ids and when their denial ends, never a token.
+    let stored = redis.keys("wacht:*:denied-*:*");
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    for key in &stored {
+        assert!(!key.contains(&jwt) && !key.contains(&other));
     }
 }
