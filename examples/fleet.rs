@@ -14,7 +14,10 @@
 //! each answering 204:
 //! * `POST /invalidate` with `{"token": "..."}`: drop one token's decision on every replica;
 //! * `POST /invalidate-all`;
-//! * `POST /clients/{id}/invalidate`, `POST /clients/{id}/deny`, `POST /clients/{id}/allow`.
+//! * `POST /clients/{id}/invalidate`, `POST /clients/{id}/deny`, `POST /clients/{id}/allow`;
+//! * `POST /sessions/{sid}/deny`, `POST /token-ids/{jti}/deny`: refuse the JWT access tokens of
+//!   a Wacht session, or one token, for 24 hours (Wacht cannot revoke a JWT early; with
+//!   `WACHT_JWT=on`).
 //!
 //! Configuration: like the quickstart (`WACHT_GATEWAY_URL`, `WACHT_BACKEND_API_KEY`,
 //! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, ...) plus `WACHT_REDIS_URL` and
@@ -118,7 +121,33 @@ pub fn admin(auth: WachtAuthLayer) -> Router {
                 },
             ),
         )
+        .route(
+            "/sessions/{sid}/deny",
+            post(
+                |State(auth): State<WachtAuthLayer>, Path(sid): Path<String>| async move {
+                    deny_answer(auth.verifier().deny_session(&sid))
+                },
+            ),
+        )
+        .route(
+            "/token-ids/{jti}/deny",
+            post(
+                |State(auth): State<WachtAuthLayer>, Path(jti): Path<String>| async move {
+                    deny_answer(auth.verifier().deny_token_id(&jti))
+                },
+            ),
+        )
         .with_state(auth)
+}
+
+/// 204 when a JWT denial was recorded; 507 when the deny list is full (100 000 live denials),
+/// so an operator knows the denial did not take.
+fn deny_answer(recorded: bool) -> StatusCode {
+    if recorded {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::INSUFFICIENT_STORAGE
+    }
 }
 
 /// A fake gateway with two demo tokens; the configuration pointing at it.

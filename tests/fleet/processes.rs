@@ -22,6 +22,10 @@ impl Drop for Instance {
 }
 
 fn start(redis: &RedisServer, gateway_url: &str) -> Instance {
+    start_with(redis, gateway_url, &[])
+}
+
+fn start_with(redis: &RedisServer, gateway_url: &str, extra_env: &[(&str, &str)]) -> Instance {
     // `cargo test` builds the examples next to the test binaries (`target/<profile>/examples`).
     let binary = std::env::current_exe()
         .ok()
@@ -33,7 +37,11 @@ fn start(redis: &RedisServer, gateway_url: &str) -> Instance {
         binary.display()
     );
     let (port, admin) = (free_port(), free_port());
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let child = command
         .env("WACHT_GATEWAY_URL", gateway_url)
         .env("WACHT_BACKEND_API_KEY", crate::common::API_KEY)
         .env(
@@ -103,4 +111,62 @@ async fn two_replica_processes_share_one_gateway_call_and_invalidations() {
         .expect("operator listener answers");
     assert_eq!(resp.status(), 204);
     until(|| async { whoami(&http, &instances[0], &t2).await == Some(401) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_denials_through_the_operator_listener_reach_running_and_later_processes() {
+    use tower_wacht::testing::{AccessTokenClaims, JwksIssuer};
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let issuer = JwksIssuer::start().await.unwrap();
+    let issuer_url = issuer.url();
+    let jwt_env = [("WACHT_JWT", "on"), ("WACHT_OAUTH_ISSUER", issuer_url.as_str())];
+    let instances = [
+        start_with(&redis, &gateway.url(), &jwt_env),
+        start_with(&redis, &gateway.url(), &jwt_env),
+    ];
+    let http = reqwest::Client::new();
+    for instance in &instances {
+        until(|| async { whoami(&http, instance, "oat_probe").await.is_some() }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let session_claims = AccessTokenClaims::new("oc_fleetProcessesJwt0000000000001");
+    let stolen_session = issuer.mint(&session_claims);
+    let token_claims = AccessTokenClaims::new("oc_fleetProcessesJwt0000000000001");
+    let stolen_token = issuer.mint(&token_claims);
+    for instance in &instances {
+        assert_eq!(whoami(&http, instance, &stolen_session).await, Some(200));
+        assert_eq!(whoami(&http, instance, &stolen_token).await, Some(200));
+    }
+    let deny = |path: String| {
+        let http = http.clone();
+        async move {
+            http.post(path)
+                .send()
+                .await
+                .expect("operator listener answers")
+                .status()
+        }
+    };
+    let sid = session_claims.sid().expect("a session id");
+    let answer = deny(format!("http://127.0.0.1:{}/sessions/{sid}/deny", instances[0].admin)).await;
+    assert_eq!(answer, 204);
+    let answer = deny(format!(
+        "http://127.0.0.1:{}/token-ids/{}/deny",
+        instances[1].admin,
+        token_claims.jti()
+    ))
+    .await;
+    assert_eq!(answer, 204);
+    for instance in &instances {
+        until(|| async { whoami(&http, instance, &stolen_session).await == Some(401) }).await;
+        until(|| async { whoami(&http, instance, &stolen_token).await == Some(401) }).await;
+    }
+    // A process started afterwards reads both denials from Redis.
+    let late = start_with(&redis, &gateway.url(), &jwt_env);
+    until(|| async { whoami(&http, &late, "oat_probe").await.is_some() }).await;
+    let fresh = issuer.mint(&AccessTokenClaims::new("oc_fleetProcessesJwt0000000000001"));
+    until(|| async { whoami(&http, &late, &fresh).await == Some(200) }).await;
+    assert_eq!(whoami(&http, &late, &stolen_session).await, Some(401));
+    assert_eq!(whoami(&http, &late, &stolen_token).await, Some(401));
 }
