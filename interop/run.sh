@@ -38,6 +38,7 @@ python3 -m venv "$work/py"
 run python-initialize "$work/py/bin/python" interop/python/client.py "$url"
 run python-2026-07-28 "$work/py/bin/python" interop/python/client.py "$url" --auto
 
+cp interop/typescript-flow.mjs "$work/"
 for sdk in typescript-sdk-1 typescript-client-2; do
     rm -rf "$work/$sdk"; cp -r "interop/$sdk" "$work/$sdk"
     (cd "$work/$sdk" && npm install --silent --no-audit --no-fund > /dev/null)
