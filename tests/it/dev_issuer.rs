@@ -147,15 +147,30 @@ impl Setup {
     }
 
     async fn exchange(&self, client_id: &str, code: &str) -> (u16, Value) {
-        self.token(&[
+        self.exchange_changing(client_id, code, &[]).await
+    }
+
+    /// [`exchange`](Self::exchange) with some parameters changed: `(name, Some(value))`
+    /// replaces one, `(name, None)` leaves it out.
+    async fn exchange_changing(&self, client_id: &str, code: &str, changes: &[(&str, Option<&str>)]) -> (u16, Value) {
+        let standard = [
             ("grant_type", "authorization_code"),
             ("client_id", client_id),
             ("code", code),
             ("redirect_uri", REDIRECT),
             ("code_verifier", VERIFIER),
             ("resource", RESOURCE),
-        ])
-        .await
+        ];
+        let form: Vec<(&str, &str)> = standard
+            .iter()
+            .filter_map(
+                |&(name, value)| match changes.iter().find(|(changed, _)| *changed == name) {
+                    Some((_, replacement)) => replacement.map(|v| (name, v)),
+                    None => Some((name, value)),
+                },
+            )
+            .collect();
+        self.token(&form).await
     }
 
     async fn refresh(&self, client_id: &str, refresh_token: &str) -> (u16, Value) {
@@ -492,14 +507,7 @@ async fn a_wrong_pkce_verifier_is_refused_and_uses_up_the_code() {
     let client_id = setup.register_public(&[REDIRECT]).await;
     let code = setup.code(&client_id, "projects:read").await;
     let wrong = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client_id),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", OTHER_VERIFIER),
-            ("resource", RESOURCE),
-        ])
+        .exchange_changing(&client_id, &code, &[("code_verifier", Some(OTHER_VERIFIER))])
         .await;
     assert_error(&wrong, 400, "invalid_grant");
     // The code does not survive a failed attempt.
@@ -509,13 +517,7 @@ async fn a_wrong_pkce_verifier_is_refused_and_uses_up_the_code() {
     // A missing verifier.
     let code = setup.code(&client_id, "projects:read").await;
     let missing = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client_id),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("resource", RESOURCE),
-        ])
+        .exchange_changing(&client_id, &code, &[("code_verifier", None)])
         .await;
     assert_error(&missing, 400, "invalid_request");
 
@@ -586,14 +588,7 @@ async fn redirect_uris_must_match_exactly() {
     // The token request must name the redirect URI of the authorization.
     let code = setup.code(&client_id, "projects:read").await;
     let answer = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client_id),
-            ("code", &code),
-            ("redirect_uri", other),
-            ("code_verifier", VERIFIER),
-            ("resource", RESOURCE),
-        ])
+        .exchange_changing(&client_id, &code, &[("redirect_uri", Some(other))])
         .await;
     assert_error(&answer, 400, "invalid_grant");
 
@@ -635,27 +630,16 @@ async fn resource_is_required_and_bound_to_the_grant() {
     assert_eq!(redirect.get("error"), Some("invalid_target"));
 
     let code = setup.code(&client_id, "projects:read").await;
-    let missing = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client_id),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ])
-        .await;
+    let missing = setup.exchange_changing(&client_id, &code, &[("resource", None)]).await;
     assert_error(&missing, 400, "invalid_request");
 
     let code = setup.code(&client_id, "projects:read").await;
     let other = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &client_id),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("resource", "https://other.example.com/mcp"),
-        ])
+        .exchange_changing(
+            &client_id,
+            &code,
+            &[("resource", Some("https://other.example.com/mcp"))],
+        )
         .await;
     assert_error(&other, 400, "invalid_target");
     assert!(setup.issuer.issued().is_empty());
@@ -673,16 +657,7 @@ async fn unknown_and_unauthenticated_clients_are_refused() {
         .await;
     assert_error_page(resp, "unknown client_id").await;
 
-    let answer = setup
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", "oc_unknown"),
-            ("code", "oac_x"),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("resource", RESOURCE),
-        ])
-        .await;
+    let answer = setup.exchange("oc_unknown", "oac_x").await;
     assert_error(&answer, 401, "invalid_client");
     assert_error(
         &setup.token(&[("grant_type", "authorization_code")]).await,
