@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_wacht::testing::{
@@ -96,48 +96,39 @@ pub fn admin(auth: WachtAuthLayer) -> Router {
         )
         .route(
             "/clients/{id}/invalidate",
-            post(
-                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
-                    auth.invalidate_client(&id);
-                    StatusCode::NO_CONTENT
-                },
-            ),
+            on_id(|auth, id| {
+                auth.invalidate_client(id);
+                StatusCode::NO_CONTENT
+            }),
         )
         .route(
             "/clients/{id}/deny",
-            post(
-                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
-                    auth.deny_client(&id);
-                    StatusCode::NO_CONTENT
-                },
-            ),
+            on_id(|auth, id| {
+                auth.deny_client(id);
+                StatusCode::NO_CONTENT
+            }),
         )
         .route(
             "/clients/{id}/allow",
-            post(
-                |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move {
-                    auth.allow_client(&id);
-                    StatusCode::NO_CONTENT
-                },
-            ),
+            on_id(|auth, id| {
+                auth.allow_client(id);
+                StatusCode::NO_CONTENT
+            }),
         )
         .route(
-            "/sessions/{sid}/deny",
-            post(
-                |State(auth): State<WachtAuthLayer>, Path(sid): Path<String>| async move {
-                    deny_answer(auth.verifier().deny_session(&sid))
-                },
-            ),
+            "/sessions/{id}/deny",
+            on_id(|auth, sid| deny_answer(auth.verifier().deny_session(sid))),
         )
         .route(
-            "/token-ids/{jti}/deny",
-            post(
-                |State(auth): State<WachtAuthLayer>, Path(jti): Path<String>| async move {
-                    deny_answer(auth.verifier().deny_token_id(&jti))
-                },
-            ),
+            "/token-ids/{id}/deny",
+            on_id(|auth, jti| deny_answer(auth.verifier().deny_token_id(jti))),
         )
         .with_state(auth)
+}
+
+/// A `POST` handler applying `action` to the `{id}` of its path.
+fn on_id(action: fn(&WachtAuthLayer, &str) -> StatusCode) -> MethodRouter<WachtAuthLayer> {
+    post(move |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move { action(&auth, &id) })
 }
 
 /// 204 when a JWT denial was recorded; 507 when the deny list is full (100 000 live denials),
