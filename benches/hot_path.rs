@@ -16,7 +16,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{Extensions, HeaderMap, HeaderValue, Request, Response};
+use http::{Extensions, HeaderMap, HeaderValue, Request};
 use http_body_util::Empty;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
@@ -24,6 +24,9 @@ use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
 use tower_wacht::principal::{DeploymentId, Grant, OrganizationId, StringSet, UserId};
 use tower_wacht::token::{TokenHash, bearer_from_headers};
 use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
+
+mod support;
+use support::Noop;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -93,26 +96,9 @@ fn fill(layer: &WachtAuthLayer, n: usize) {
     });
 }
 
-#[derive(Clone)]
-struct Noop;
-
-impl Service<Request<Empty<Bytes>>> for Noop {
-    type Response = Response<Empty<Bytes>>;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
-        black_box(&req);
-        std::future::ready(Ok(Response::new(Empty::new())))
-    }
-}
-
+/// An empty-bodied request with this `Authorization` header.
 fn request(header: &HeaderValue) -> Request<Empty<Bytes>> {
-    let mut req = Request::new(Empty::new());
-    req.headers_mut().insert(http::header::AUTHORIZATION, header.clone());
-    req
+    support::request(header)
 }
 
 fn call<S>(svc: &mut S, header: &HeaderValue)

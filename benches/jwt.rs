@@ -20,7 +20,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::Empty;
 use tower::{Layer, Service};
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
@@ -29,6 +29,9 @@ use tower_wacht::principal::{Grant, OrganizationId, StringSet, UserId};
 use tower_wacht::testing::{AccessTokenClaims, JwksIssuer};
 use tower_wacht::token::{TokenHash, bearer_from_headers};
 use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
+
+mod support;
+use support::Noop;
 
 /// Tokens minted for the first-sight measurement (minting is an RSA signature each, about a
 /// millisecond: this sets the setup time).
@@ -106,26 +109,9 @@ fn layer(issuer: &JwksIssuer, capacity: u64) -> WachtAuthLayer {
     WachtAuthLayer::with_gateway(config, AllowAll { issuer: issuer.url() }).unwrap()
 }
 
-#[derive(Clone)]
-struct Noop;
-
-impl Service<Request<Empty<Bytes>>> for Noop {
-    type Response = Response<Empty<Bytes>>;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
-        black_box(&req);
-        std::future::ready(Ok(Response::new(Empty::new())))
-    }
-}
-
+/// An empty-bodied request with this `Authorization` header.
 fn request(header: &HeaderValue) -> Request<Empty<Bytes>> {
-    let mut req = Request::new(Empty::new());
-    req.headers_mut().insert(http::header::AUTHORIZATION, header.clone());
-    req
+    support::request(header)
 }
 
 fn bearer(token: &str) -> HeaderValue {

@@ -25,6 +25,9 @@ use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
 use tower_wacht::principal::{Grant, StringSet};
 use tower_wacht::{McpToolGuardLayer, Permissions, WachtAuthConfig, WachtAuthLayer};
 
+mod support;
+use support::Noop;
+
 const TOKEN: &str = "oat_2F1s22P-YJhDkOjojWARDPmrr7Y4Y6NQkbU7flSku_0";
 const BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"list_projects","arguments":{"organization":"urn:wacht:organization:427001234567890561"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
@@ -42,22 +45,6 @@ impl Gateway for Reader {
             grant.permissions = StringSet::new(["projects:read"]);
             Ok(Decision::Allowed(Box::new(grant)))
         })
-    }
-}
-
-#[derive(Clone)]
-struct Noop;
-
-impl Service<Request<Full<Bytes>>> for Noop {
-    type Response = Response<Full<Bytes>>;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        black_box(&req);
-        std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
     }
 }
 
