@@ -2,6 +2,8 @@
 //! `FakeGateway` on loopback.
 #![allow(dead_code)]
 
+pub mod h2;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! and would hide a malformed answer.
 
 use crate::common;
+use crate::common::h2::Raw;
 
 #[allow(dead_code)]
 #[path = "../../examples/grpc_server.rs"]
@@ -15,10 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Method, StatusCode};
+use http_body_util::Full;
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
@@ -160,22 +159,7 @@ fn metadata(status: &Status, key: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP/2, to see what the client libraries would paper over.
 
-/// What came back on the wire for one HTTP/2 request.
-#[derive(Debug)]
-struct Raw {
-    status: StatusCode,
-    headers: HeaderMap,
-    /// The stream ended with the response HEADERS frame (a gRPC Trailers-Only response).
-    ended_with_headers: bool,
-    body: Bytes,
-    trailers: Option<HeaderMap>,
-}
-
 impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
     /// A well-formed gRPC Trailers-Only refusal with this code.
     #[track_caller]
     fn assert_trailers_only(&self, code: Code) {
@@ -212,27 +196,7 @@ fn grpc_frame(name: &str) -> Bytes {
 
 /// Sends one request over a fresh HTTP/2 (prior knowledge) connection and reads everything back.
 async fn raw_h2(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Raw {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("HTTP/2 handshake");
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await.expect("response");
-        let (parts, body) = response.into_parts();
-        let ended_with_headers = body.is_end_stream();
-        let collected = body.collect().await.expect("body");
-        let trailers = collected.trailers().cloned();
-        Raw {
-            status: parts.status,
-            headers: parts.headers,
-            ended_with_headers,
-            body: collected.to_bytes(),
-            trailers,
-        }
-    };
-    tokio::time::timeout(DEADLINE, exchange)
+    tokio::time::timeout(DEADLINE, common::h2::exchange(addr, request))
         .await
         .expect("raw exchange in time")
 }

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
-use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use tonic::transport::Server;
 use tower_wacht::{Principal, RequireMethodPermissionsLayer, WachtAuthLayer};
@@ -98,54 +96,11 @@ pub fn grpc_frame(name: &str) -> Bytes {
     Bytes::from(frame)
 }
 
-/// What came back for one raw HTTP/2 request.
-#[derive(Debug)]
-#[allow(dead_code)] // status and body are read through `Debug` in failure messages
-pub struct Raw {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub trailers: Option<HeaderMap>,
-}
-
-impl Raw {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// `grpc-status`, from the headers (trailers-only) or the trailers.
-    pub fn grpc_status(&self) -> Option<&str> {
-        self.header("grpc-status").or_else(|| {
-            self.trailers
-                .as_ref()
-                .and_then(|t| t.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-        })
-    }
-}
+pub use crate::common::h2::Raw;
 
 /// Sends one request over a fresh HTTP/2 (prior knowledge) connection.
 pub async fn raw_h2(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Raw {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("HTTP/2 handshake");
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await.expect("response");
-        let (parts, body) = response.into_parts();
-        let _ = body.is_end_stream();
-        let collected = body.collect().await.expect("body");
-        let trailers = collected.trailers().cloned();
-        Raw {
-            status: parts.status,
-            headers: parts.headers,
-            body: collected.to_bytes(),
-            trailers,
-        }
-    };
-    tokio::time::timeout(DEADLINE, exchange)
+    tokio::time::timeout(DEADLINE, crate::common::h2::exchange(addr, request))
         .await
         .expect("raw HTTP/2 exchange in time")
 }
