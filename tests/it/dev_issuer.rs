@@ -63,6 +63,13 @@ impl Setup {
         .await
     }
 
+    /// The issuer's RFC 8414 metadata document.
+    async fn metadata(&self) -> Value {
+        let resp = self.http.get(self.issuer.metadata_url()).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
     /// Registers a public client through `POST /oauth/register`.
     async fn register_public(&self, redirect_uris: &[&str]) -> String {
         let (status, body) = self
@@ -346,15 +353,7 @@ async fn metadata_names_the_wacht_endpoints_and_what_mcp_clients_require() {
 #[tokio::test]
 async fn metadata_follows_the_configuration() {
     let setup = Setup::with(|c| c.dynamic_registration(false).iss_form(IssForm::Omitted)).await;
-    let doc: Value = setup
-        .http
-        .get(setup.issuer.metadata_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = setup.metadata().await;
     assert!(doc.get("registration_endpoint").is_none());
     assert_eq!(doc["authorization_response_iss_parameter_supported"], false);
     let (status, _) = {
@@ -735,15 +734,7 @@ async fn unsupported_grants_and_scopes_are_refused() {
 #[tokio::test]
 async fn without_refresh_tokens_clients_are_registered_and_served_without_them() {
     let setup = Setup::with(|c| c.refresh_tokens(false)).await;
-    let metadata: Value = setup
-        .http
-        .get(setup.issuer.metadata_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata = setup.metadata().await;
     assert_eq!(metadata["grant_types_supported"], json!(["authorization_code"]));
     // A client asking for the refresh_token grant is registered without it (RFC 7591 §3.2.1).
     let (status, registered) = setup
