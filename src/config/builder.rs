@@ -12,11 +12,20 @@ use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::DeploymentId;
 
 /// Builder for [`WachtAuthConfig`]; see the defaults there.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WachtAuthConfigBuilder {
     /// Set by [`gateway_url`](Self::gateway_url), checked by [`build`](Self::build).
     pub(super) gateway_url: Option<String>,
     pub(super) config: WachtAuthConfig,
+}
+
+impl Default for WachtAuthConfigBuilder {
+    fn default() -> Self {
+        WachtAuthConfigBuilder {
+            gateway_url: None,
+            config: WachtAuthConfig::unvalidated_defaults(),
+        }
+    }
 }
 
 impl WachtAuthConfigBuilder {

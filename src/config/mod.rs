@@ -87,7 +87,16 @@ impl fmt::Display for ApiKey {
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
 /// | `jwt` | off | JWT access tokens get 401 without a gateway call; see [`jwt`](crate::jwt) |
 /// | `scope_hierarchy` | none | permissions match exactly; see [`scopes`](crate::scopes) |
-#[derive(Clone, Debug, Default)]
+///
+/// There is deliberately no `Default`: a configuration that pins no tenant would accept the
+/// tokens of every Wacht deployment, so the only ways to get one are
+/// [`builder`](Self::builder)`…`[`build`](WachtAuthConfigBuilder::build) and
+/// [`from_env`](Self::from_env), which refuse that.
+///
+/// ```compile_fail
+/// let _unpinned = tower_wacht::WachtAuthConfig::default();
+/// ```
+#[derive(Clone, Debug)]
 pub struct WachtAuthConfig {
     pub(crate) gateway: GatewaySettings,
     pub(crate) cache: CacheSettings,
@@ -216,6 +225,21 @@ impl WachtAuthConfig {
     /// A builder with every default.
     pub fn builder() -> WachtAuthConfigBuilder {
         WachtAuthConfigBuilder::default()
+    }
+
+    /// Every default, not yet validated: only a builder starts from this.
+    pub(crate) fn unvalidated_defaults() -> Self {
+        WachtAuthConfig {
+            gateway: GatewaySettings::default(),
+            cache: CacheSettings::default(),
+            pins: PinSettings::default(),
+            challenge: ChallengeSettings::default(),
+            requests: RequestSettings::default(),
+            #[cfg(feature = "redis")]
+            fleet: None,
+            jwt: None,
+            scope_hierarchy: Arc::default(),
+        }
     }
 
     /// A builder holding this configuration, to adjust it.
