@@ -103,7 +103,7 @@ pub(crate) fn rechallenge<B>(response: &mut Response<B>, challenge: &ChallengePa
 }
 
 /// A refusal that is not about credentials: a request body the MCP tool guard cannot accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BodyRefusal {
     /// Larger than the guard reads: 413.
     TooLarge,
@@ -118,23 +118,27 @@ pub(crate) enum BodyRefusal {
         code: i32,
         /// The JSON-RPC error message.
         message: &'static str,
+        /// The refused request's `id` when its body was read (JSON-RPC 2.0 §5: the error
+        /// answers that id); `None` renders `null`, for a body that could not be read.
+        id: Option<serde_json::Value>,
     },
 }
 
-/// Renders a [`BodyRefusal`]: a JSON-RPC error object (id `null`: the request's could not be
-/// read) or a problem+json body; `INVALID_ARGUMENT` / `RESOURCE_EXHAUSTED` for gRPC.
+/// Renders a [`BodyRefusal`]: a JSON-RPC error object (with the request's id when it was
+/// read, else `null`) or a problem+json body; `INVALID_ARGUMENT` / `RESOURCE_EXHAUSTED` for
+/// gRPC.
 pub(crate) fn refusal(refusal: BodyRefusal, grpc_request: bool) -> Response<Full<Bytes>> {
-    let (status, detail) = match refusal {
+    let (status, detail) = match &refusal {
         BodyRefusal::TooLarge => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "The JSON-RPC request body is larger than this server accepts.",
         ),
         BodyRefusal::Unreadable => (StatusCode::BAD_REQUEST, "The request body could not be read."),
         BodyRefusal::ForeignSession => (StatusCode::NOT_FOUND, "Session not found"),
-        BodyRefusal::JsonRpc { message, .. } => (StatusCode::BAD_REQUEST, message),
+        BodyRefusal::JsonRpc { message, .. } => (StatusCode::BAD_REQUEST, *message),
     };
     if grpc_request {
-        let code = match refusal {
+        let code = match &refusal {
             BodyRefusal::TooLarge => grpc_code::RESOURCE_EXHAUSTED,
             _ => grpc_code::INVALID_ARGUMENT,
         };
@@ -150,12 +154,12 @@ pub(crate) fn refusal(refusal: BodyRefusal, grpc_request: bool) -> Response<Full
                 "error": { "code": -32600, "message": detail },
             }),
         ),
-        BodyRefusal::JsonRpc { code, message } => http(
+        BodyRefusal::JsonRpc { code, message, id } => http(
             status,
             "application/json",
             &serde_json::json!({
                 "jsonrpc": "2.0",
-                "id": null,
+                "id": id,
                 "error": { "code": code, "message": message },
             }),
         ),

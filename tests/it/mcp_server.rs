@@ -1044,6 +1044,8 @@ async fn assert_header_mismatch(resp: reqwest::Response, what: &str) {
     assert_eq!(status, 400, "{what}: {text}");
     let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
     assert_eq!(body["error"]["code"], -32020, "{what}: {text}");
+    // JSON-RPC 2.0 §5: the error answers the request's id (`modern_call` sends 9).
+    assert_eq!(body["id"], 9, "{what}: {text}");
     assert!(!text.contains("archived"), "{what}: the guarded tool ran");
 }
 
@@ -1260,11 +1262,12 @@ async fn a_broader_scope_satisfies_a_narrower_tool_through_the_hierarchy() {
     let _ = bounded("client shutdown", client.cancel()).await;
 }
 
-#[tokio::test]
-async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
+/// The example's server in rmcp's legacy session mode (sessions handed out on `initialize`),
+/// guarded at `/mcp`; `/unguarded` serves the same sessions without the tool guard, as a
+/// server the guard did not see create a session would.
+async fn legacy_session_server() -> Server {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use std::sync::Arc;
-    // The example's server in rmcp's legacy session mode (sessions handed out on initialize).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let resource = format!("http://{addr}/mcp");
@@ -1272,55 +1275,81 @@ async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
     let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
     let guard = mcp_server::tool_guard();
     let tools = mcp_server::ProjectsServer::new(guard.clone());
-    let mcp = rmcp::transport::StreamableHttpService::new(
-        move || Ok(tools.clone()),
-        Arc::new(LocalSessionManager::default()),
-        mcp_server::mcp_config(Some(&resource))
-            .with_legacy_session_mode(true)
-            .with_json_response(true),
-    );
-    let app = axum::Router::new().route_service("/mcp", mcp).layer(guard).layer(auth);
+    let sessions = Arc::new(LocalSessionManager::default());
+    let service = |sessions: Arc<LocalSessionManager>| {
+        let tools = tools.clone();
+        rmcp::transport::StreamableHttpService::new(
+            move || Ok(tools.clone()),
+            sessions,
+            mcp_server::mcp_config(Some(&resource))
+                .with_legacy_session_mode(true)
+                .with_json_response(true),
+        )
+    };
+    let app = axum::Router::new()
+        .route_service("/mcp", service(Arc::clone(&sessions)))
+        .layer(guard)
+        .route_service("/unguarded", service(sessions))
+        .layer(auth);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
-    let server = Server {
+    Server {
         addr,
         resource,
         demo,
         http: reqwest::Client::new(),
-    };
-    let post = |token: String, session: Option<String>, body: Value| {
-        let mut req = server
+    }
+}
+
+impl Server {
+    /// A raw JSON POST to `url` with `token` and, if given, an `Mcp-Session-Id`.
+    async fn post_in_session(&self, url: &str, token: &str, session: Option<&str>, body: Value) -> reqwest::Response {
+        let mut req = self
             .http
-            .post(&server.resource)
+            .post(url)
             .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")
             .json(&body);
         if let Some(session) = session {
             req = req.header("mcp-session-id", session);
         }
-        async move { bounded("raw POST", req.send()).await.expect("request completes") }
-    };
+        bounded("raw POST", req.send()).await.expect("request completes")
+    }
+
+    /// Starts a legacy session at `url` with `token`: `initialize`, then `initialized`.
+    async fn start_session(&self, url: &str, token: &str) -> String {
+        let created = self.post_in_session(url, token, None, initialize_body()).await;
+        assert_eq!(created.status(), 200);
+        let session = created
+            .headers()
+            .get("mcp-session-id")
+            .expect("legacy mode hands out a session")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let acknowledged = self.post_in_session(url, token, Some(&session), initialized).await;
+        assert!(acknowledged.status().is_success());
+        session
+    }
+}
+
+#[tokio::test]
+async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
+    let server = legacy_session_server().await;
     let (agent, reader) = (server.demo.agent.clone(), server.demo.reader.clone());
-    let created = post(agent.clone(), None, initialize_body()).await;
-    assert_eq!(created.status(), 200);
-    let session = created
-        .headers()
-        .get("mcp-session-id")
-        .expect("legacy mode hands out a session")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert!(
-        post(agent.clone(), Some(session.clone()), initialized)
-            .await
-            .status()
-            .is_success()
-    );
+    let session = server.start_session(&server.resource, &agent).await;
 
     // Another principal presents the session: refused as if it did not exist.
-    let hijack = post(reader.clone(), Some(session.clone()), call_body(2, "whoami", json!({}))).await;
+    let hijack = server
+        .post_in_session(
+            &server.resource,
+            &reader,
+            Some(&session),
+            call_body(2, "whoami", json!({})),
+        )
+        .await;
     assert_eq!(hijack.status(), 404);
     let body: Value = hijack.json().await.unwrap();
     assert_eq!(body["error"]["message"], "Session not found");
@@ -1338,9 +1367,48 @@ async fn a_legacy_session_cannot_be_used_with_another_principals_token() {
         assert_eq!(resp.status(), 404, "{method}");
     }
     // The owner keeps using it.
-    let own = post(agent.clone(), Some(session.clone()), call_body(3, "whoami", json!({}))).await;
+    let own = server
+        .post_in_session(
+            &server.resource,
+            &agent,
+            Some(&session),
+            call_body(3, "whoami", json!({})),
+        )
+        .await;
     assert_eq!(own.status(), 200);
     assert!(own.text().await.unwrap().contains(AGENT_CLIENT_ID));
+}
+
+/// Attack: a live session the guard holds no binding for (made where it did not see, forgotten
+/// when an attacker filled its table, or from before a restart) is presented with the
+/// attacker's own valid token. The guard fails closed: 404, and the server never sees it.
+#[tokio::test]
+async fn a_session_the_guard_never_bound_is_refused_even_with_a_valid_token() {
+    let server = legacy_session_server().await;
+    let unguarded = format!("http://{}/unguarded", server.addr);
+    let session = server.start_session(&unguarded, &server.demo.agent).await;
+    // rmcp knows the session: through the unguarded route it serves it.
+    let served = server
+        .post_in_session(
+            &unguarded,
+            &server.demo.reader,
+            Some(&session),
+            call_body(2, "whoami", json!({})),
+        )
+        .await;
+    assert_eq!(served.status(), 200);
+
+    let refused = server
+        .post_in_session(
+            &server.resource,
+            &server.demo.reader,
+            Some(&session),
+            call_body(3, "whoami", json!({})),
+        )
+        .await;
+    assert_eq!(refused.status(), 404);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Session not found");
 }
 
 mod oauth;

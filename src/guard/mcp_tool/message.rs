@@ -39,6 +39,9 @@ impl BodyError {
 pub(crate) struct Message {
     /// `method` of a request or notification; `None` for a response.
     pub(crate) method: Option<String>,
+    /// `id` of a request (a string, a number or `null`); `None` for a notification or a
+    /// response (an error the guard answers is not about a response's id).
+    pub(crate) request_id: Option<Value>,
     /// What `Mcp-Name` must say for this method (rmcp's rule: `params.name` of `tools/call`
     /// and `prompts/get`, `params.uri` of `resources/read|subscribe|unsubscribe`,
     /// `params.taskId` of `tasks/get|update|cancel`), if the method has one.
@@ -59,6 +62,15 @@ impl Body {
         match self {
             Body::Single(message) => std::slice::from_ref(message),
             Body::Batch(batch) => batch,
+        }
+    }
+
+    /// The id an error about this body answers: a single request's; `None` (rendered `null`)
+    /// for a batch, a notification or a response.
+    pub(crate) fn request_id(self) -> Option<Value> {
+        match self {
+            Body::Single(message) => message.request_id,
+            Body::Batch(_) => None,
         }
     }
 }
@@ -135,6 +147,7 @@ fn classify(message: &Map<String, Value>) -> Result<Message, BodyError> {
             };
             Ok(Message {
                 method: Some(method.clone()),
+                request_id: message.get("id").cloned(),
                 mirrored_name,
                 tool,
             })
@@ -146,6 +159,7 @@ fn classify(message: &Map<String, Value>) -> Result<Message, BodyError> {
             if is_response {
                 Ok(Message {
                     method: None,
+                    request_id: None,
                     mirrored_name: None,
                     tool: None,
                 })

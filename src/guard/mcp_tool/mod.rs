@@ -220,23 +220,21 @@ where
             let (parts, body) = req.into_parts();
             let grpc = is_grpc(parts.version, &parts.headers);
             let refuse = |body: BodyRefusal| Ok(refusal(body, grpc).map(ResponseBody::rejection));
-            let mismatch = |error: HeaderError| {
+            let mismatch = |error: HeaderError, id: Option<serde_json::Value>| {
                 tracing::debug!(?error, "MCP request refused: mirrored headers");
                 refuse(BodyRefusal::JsonRpc {
                     code: HEADER_MISMATCH,
                     message: error.message(),
+                    id,
                 })
             };
             // MCP 2026-07-28: the headers mirror the body. A call they name that the caller
             // may not make is refused now; one they let through is still read from the body.
-            let mirrored = match headers::read(&parts.headers) {
-                Ok(mirrored) => mirrored,
-                Err(error) => return mismatch(error),
-            };
-            if let Some(Mirrored {
+            let mirrored = headers::read(&parts.headers);
+            if let Ok(Some(Mirrored {
                 method: Some(method),
                 name: Some(tool),
-            }) = &mirrored
+            })) = &mirrored
                 && method == "tools/call"
                 && let Some(required) = guard.tools.get(tool.as_str())
                 && let Err((error, challenge)) = super::sealed::Rule::Requires(required).check(&parts.extensions)
@@ -251,20 +249,27 @@ where
                 }
                 Err(_) => return refuse(BodyRefusal::Unreadable),
             };
-            let body = match message::read(&bytes) {
+            let body = message::read(&bytes);
+            // Unusable headers are refused first; the error answers the body's id if it has one.
+            let mirrored = match mirrored {
+                Ok(mirrored) => mirrored,
+                Err(error) => return mismatch(error, body.ok().and_then(|body| body.request_id())),
+            };
+            let body = match body {
                 Ok(body) => body,
                 Err(error) => {
                     tracing::debug!(?error, "MCP request refused: body not readable as JSON-RPC");
                     return refuse(BodyRefusal::JsonRpc {
                         code: error.code(),
                         message: error.message(),
+                        id: None,
                     });
                 }
             };
             if let Some(mirrored) = &mirrored
                 && let Err(error) = same_as_body(mirrored, &body)
             {
-                return mismatch(error);
+                return mismatch(error, body.request_id());
             }
             for tool in body.messages().iter().filter_map(|m| m.tool.as_deref()) {
                 let Some(required) = guard.tools.get(tool) else {
