@@ -222,8 +222,9 @@ impl WachtAuthConfigBuilder {
     /// Browsers send no credentials on a preflight, so by default one gets 401 like any request
     /// without a token: put your CORS layer *outside* the auth layer, where it answers
     /// preflights before they reach it. With this on, a request passes without a token only
-    /// when it is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`, and is not
-    /// gRPC; it reaches the inner service without a principal, so anything behind the layer
+    /// when it is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`, and without
+    /// a body, `Content-Type`, `TE` or `Transfer-Encoding` (as browsers send preflights: so
+    /// never a gRPC call); it reaches the inner service without a principal, so anything behind the layer
     /// that does not check for one (an Axum `any()` route, a fallback, a Tonic service, which
     /// routes by path only) runs for it. Logged at warn level when the layer is built.
     pub fn pass_cors_preflight(mut self, on: bool) -> Self {

@@ -33,7 +33,7 @@ impl<S> WachtAuth<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for WachtAuth<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body + Send + 'static,
     ResB: Body<Data = Bytes>,
 {
     type Response = Response<ResponseBody<ResB>>;
@@ -114,14 +114,17 @@ impl<S> WachtAuth<S> {
 }
 
 /// A CORS preflight as a browser sends it: `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`, and no gRPC content type, whatever the HTTP version (a gRPC
-/// method never needs a preflight, and Tonic routes by path alone, so it would run the method).
-fn is_cors_preflight<B>(req: &Request<B>) -> bool {
+/// `Access-Control-Request-Method`, without a body, `Content-Type` or `TE`, whatever the HTTP
+/// version. Anything more is not a preflight: a gRPC call needs none, and Tonic routes by path
+/// alone and reads the body whatever the content type says, so it would run the method.
+fn is_cors_preflight<B: Body>(req: &Request<B>) -> bool {
+    use http::header::{ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, TE, TRANSFER_ENCODING};
     let headers = req.headers();
     req.method() == http::Method::OPTIONS
-        && headers.contains_key(http::header::ORIGIN)
-        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-        && !headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"application/grpc"))
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        && !headers.contains_key(CONTENT_TYPE)
+        && !headers.contains_key(TE)
+        && !headers.contains_key(TRANSFER_ENCODING)
+        && req.body().size_hint().exact() == Some(0)
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// What came back on the wire for one HTTP/2 request.
@@ -38,7 +38,11 @@ impl Raw {
 
 /// Sends one request over a fresh HTTP/2 (prior knowledge) connection and reads everything
 /// back (callers bound it with their own deadline).
-pub async fn exchange(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Raw {
+pub async fn exchange<B>(addr: SocketAddr, request: http::Request<B>) -> Raw
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await

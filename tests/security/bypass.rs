@@ -74,6 +74,47 @@ async fn a_cors_preflight_with_a_grpc_body_never_runs_a_grpc_handler() {
     assert_eq!(gateway.calls(), 0);
 }
 
+/// Attack on the opt-in: a gRPC call dressed as a preflight that leaves out the gRPC content
+/// type, to a Tonic service that relies on the layer alone (Tonic routes by path and reads the
+/// body whatever the content type says). Browsers send a preflight without a body,
+/// `Content-Type` or `TE`: anything else is not a preflight.
+#[tokio::test]
+async fn an_opted_in_preflight_pass_through_never_carries_a_grpc_call_without_its_content_type() {
+    use futures_util::stream;
+    use http_body_util::{Either, StreamBody};
+    use hyper::body::Frame;
+    let gateway = start_gateway().await;
+    let auth = WachtAuthLayer::new(config(&gateway.url(), |b| b.pass_cors_preflight(true))).unwrap();
+    let greeter = RecordingGreeter::default();
+    let addr = crate::harness::serve_grpc_without_guard(auth, greeter.clone()).await;
+    type Unsized = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>>;
+    for (what, te, sized) in [
+        ("te: trailers, body with its length", true, true),
+        ("body with its length only", false, true),
+        ("te: trailers, body without a length", true, false),
+        ("body without a length only", false, false),
+    ] {
+        let frame = grpc_frame("Mallory");
+        let body: Either<Full<Bytes>, Unsized> = if sized {
+            Either::Left(Full::new(frame))
+        } else {
+            Either::Right(StreamBody::new(stream::iter(vec![Ok(Frame::data(frame))])))
+        };
+        let mut request = http::Request::builder()
+            .method(Method::OPTIONS)
+            .uri(format!("http://{addr}{SAY_HELLO}"))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST");
+        if te {
+            request = request.header("te", "trailers");
+        }
+        let raw = raw_h2(addr, request.body(body).expect("request")).await;
+        assert_eq!(greeter.0.total(), 0, "{what}: the handler ran: {raw:?}");
+        assert_eq!(raw.status, 401, "{what}: {raw:?}");
+    }
+    assert_eq!(gateway.calls(), 0);
+}
+
 #[tokio::test]
 async fn a_cors_preflight_reaches_no_axum_any_fallback_or_route_service_handler_by_default() {
     let gateway = start_gateway().await;

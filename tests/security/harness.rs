@@ -86,6 +86,16 @@ pub async fn serve_grpc(
     addr
 }
 
+/// A Tonic server with the auth layer and no method guard (a service that relies on the
+/// layer alone).
+pub async fn serve_grpc_without_guard(auth: WachtAuthLayer, greeter: RecordingGreeter) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = Server::builder().layer(auth).add_service(GreeterServer::new(greeter));
+    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+    addr
+}
+
 /// One gRPC-framed `HelloRequest`.
 pub fn grpc_frame(name: &str) -> Bytes {
     let message = HelloRequest { name: name.into() }.encode_to_vec();
@@ -99,7 +109,11 @@ pub fn grpc_frame(name: &str) -> Bytes {
 pub use crate::common::h2::Raw;
 
 /// Sends one request over a fresh HTTP/2 (prior knowledge) connection.
-pub async fn raw_h2(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Raw {
+pub async fn raw_h2<B>(addr: SocketAddr, request: http::Request<B>) -> Raw
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::time::timeout(DEADLINE, crate::common::h2::exchange(addr, request))
         .await
         .expect("raw HTTP/2 exchange in time")
