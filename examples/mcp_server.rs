@@ -308,7 +308,11 @@ pub async fn demo(resource: &str) -> std::io::Result<Demo> {
         .api_key("demo-backend-key")
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID);
     let config = mcp_auth_config(builder, resource, &issuer_url).map_err(std::io::Error::other)?;
-    let calls = demo_calls(resource, &agent, &reader, &foreign);
+    let metadata_url = config
+        .resource_metadata()
+        .map(|m| m.well_known_url().to_owned())
+        .unwrap_or_default();
+    let calls = demo_calls(resource, &metadata_url, &agent, &reader, &foreign);
     Ok(Demo {
         gateway,
         issuer,
@@ -358,11 +362,7 @@ fn tools_call(id: u32, tool: &str, arguments: serde_json::Value) -> String {
         .to_string()
 }
 
-fn demo_calls(resource: &str, agent: &str, reader: &str, foreign: &str) -> Vec<DemoCall> {
-    let metadata_url = ProtectedResourceMetadata::builder(resource)
-        .build()
-        .map(|m| m.well_known_url().to_owned())
-        .unwrap_or_default();
+fn demo_calls(resource: &str, metadata_url: &str, agent: &str, reader: &str, foreign: &str) -> Vec<DemoCall> {
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}},
@@ -380,7 +380,7 @@ fn demo_calls(resource: &str, agent: &str, reader: &str, foreign: &str) -> Vec<D
         DemoCall {
             what: "protected resource metadata (RFC 9728), no token needed: 200",
             method: "GET",
-            url: metadata_url,
+            url: metadata_url.to_owned(),
             token: None,
             body: None,
             expect_status: 200,

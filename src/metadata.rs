@@ -151,6 +151,14 @@ impl ProtectedResourceMetadataBuilder {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(ConfigError::invalid("resource", "must not have a query or fragment"));
         }
+        if self.authorization_servers.is_empty() {
+            // Optional in RFC 9728, but a client finds where to get a token only here (the MCP
+            // authorization spec requires at least one): without it, clients guess and fail.
+            return Err(ConfigError::invalid(
+                "authorization_servers",
+                "name at least one (your Wacht OAuth issuer); clients find it only here",
+            ));
+        }
         for (name, value) in [
             (
                 "authorization_servers",
@@ -276,7 +284,12 @@ mod tests {
 
     #[test]
     fn well_known_urls_are_path_aware() {
-        let m = |r: &str| ProtectedResourceMetadata::builder(r).build().unwrap();
+        let m = |r: &str| {
+            ProtectedResourceMetadata::builder(r)
+                .authorization_server("https://auth.example.com")
+                .build()
+                .unwrap()
+        };
         assert_eq!(
             m("https://h.example.com").well_known_path(),
             "/.well-known/oauth-protected-resource"
@@ -298,12 +311,25 @@ mod tests {
     #[test]
     fn document_omits_empty_fields() {
         let doc = ProtectedResourceMetadata::builder("https://h.example.com/mcp")
+            .authorization_server("https://auth.example.com")
             .build()
             .unwrap();
         assert_eq!(
             doc.document(),
-            &json!({"resource": "https://h.example.com/mcp", "bearer_methods_supported": ["header"]})
+            &json!({
+                "resource": "https://h.example.com/mcp",
+                "authorization_servers": ["https://auth.example.com"],
+                "bearer_methods_supported": ["header"],
+            })
         );
+    }
+
+    #[test]
+    fn a_document_without_an_authorization_server_is_refused() {
+        let err = ProtectedResourceMetadata::builder("https://h.example.com/mcp")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("authorization_servers"), "{err}");
     }
 
     #[test]
