@@ -205,7 +205,14 @@ pub(super) fn jwks_url(issuer: &str) -> Result<Url, ConfigError> {
             format!("`{issuer}` has a query or fragment"),
         ));
     }
-    let base = issuer.trim_end_matches('/');
-    Url::parse(&format!("{base}/.well-known/jwks.json"))
+    if issuer.ends_with('/') {
+        // `iss` is compared exactly, and Wacht writes it without a trailing slash: pinned
+        // with one, every JWT would be refused as `wrong_issuer`.
+        return Err(ConfigError::invalid(
+            "jwt issuer",
+            format!("`{issuer}` ends with '/': write it as Wacht's tokens carry it, without one"),
+        ));
+    }
+    Url::parse(&format!("{issuer}/.well-known/jwks.json"))
         .map_err(|e| ConfigError::invalid("jwt issuer", format!("`{issuer}`: {e}")))
 }

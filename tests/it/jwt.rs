@@ -584,6 +584,9 @@ async fn jwt_config_is_validated() {
         ("https://auth.example.com", true),
         ("http://127.0.0.1:9", true),
         ("http://auth.example.com", false),
+        // `iss` is compared exactly and Wacht's has no trailing slash: refused at start-up
+        // rather than every JWT refused later.
+        ("https://auth.example.com/", false),
     ] {
         let result = build(WachtAuthConfig::builder().expected_issuer(issuer).jwt(JwtConfig::new()));
         assert_eq!(result.is_ok(), ok, "{issuer}: {result:?}");
