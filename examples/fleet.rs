@@ -199,7 +199,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("operator listener on http://{}", admin_listener.local_addr()?);
     if let Some((gateway, tokens)) = &demo {
         println!(
-            "No WACHT_GATEWAY_URL set: embedded fake gateway at {}; start more replicas with WACHT_GATEWAY_URL={} WACHT_BACKEND_API_KEY=demo-backend-key WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID}",
+            "No WACHT_GATEWAY_URL set: embedded fake gateway at {}; start more replicas (same settings, so that they share) with WACHT_GATEWAY_URL={} WACHT_BACKEND_API_KEY=demo-backend-key WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID} WACHT_OAUTH_ISSUER={EXAMPLE_ISSUER}",
             gateway.url(),
             gateway.url()
         );
