@@ -26,9 +26,12 @@ const TAG_LEN: usize = 32;
 /// More strings than this in one set, or a string longer than this, is not a grant we wrote.
 const MAX_ITEMS: usize = 4096;
 
-/// The fleet secret as an HMAC key, and the profile's key prefix.
+/// Keys derived from the fleet secret, one per job, and the profile's key prefix.
 pub(crate) struct Codec {
-    key: hmac::Key,
+    /// Hashes tokens into cache keys.
+    token_key: hmac::Key,
+    /// Tags stored entries and events.
+    tag_key: hmac::Key,
     prefix: String,
 }
 
@@ -69,17 +72,26 @@ pub(crate) enum Event {
 }
 
 impl Codec {
-    /// `secret` keys every hash and tag; `profile` names the check profile.
+    /// Keys every hash and tag with `secret`; `profile` names the check profile.
+    ///
+    /// Token hashes and entry tags use separate keys derived from the secret: a hash is
+    /// published (in Redis keys and events) for any string passed to `invalidate`, so with
+    /// one key for both, a chosen string's hash would be a valid tag over a forged entry.
     pub(crate) fn new(secret: &[u8], profile: &str) -> Self {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let id = hmac::sign(&key, format!("tower-wacht profile\0{profile}").as_bytes());
+        let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derive = |label: &str| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label.as_bytes()).as_ref());
+        let id = hmac::sign(&root, format!("tower-wacht profile\0{profile}").as_bytes());
         let prefix = format!("wacht:{}:", hex(&id.as_ref()[..8]));
-        Codec { key, prefix }
+        Codec {
+            token_key: derive("tower-wacht token hash key"),
+            tag_key: derive("tower-wacht entry tag key"),
+            prefix,
+        }
     }
 
     /// The cache key of a raw token string (for `invalidate(token)`).
     pub(crate) fn hash_of(&self, token: &[u8]) -> TokenHash {
-        let tag = hmac::sign(&self.key, token);
+        let tag = hmac::sign(&self.token_key, token);
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(tag.as_ref());
         TokenHash::from_bytes(bytes)
@@ -262,7 +274,7 @@ impl Codec {
     }
 
     fn tag(&self, place: &str, record: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.key);
+        let mut ctx = hmac::Context::with_key(&self.tag_key);
         ctx.update(&u32::try_from(place.len()).unwrap_or(u32::MAX).to_be_bytes());
         ctx.update(place.as_bytes());
         ctx.update(record);
@@ -413,6 +425,24 @@ mod tests {
         g.owner_user_id = Some(UserId(432119876543210241));
         g.request_id = Some(RequestId::new("req_593812470012345678"));
         g
+    }
+
+    #[test]
+    fn a_token_hash_is_never_a_valid_tag() {
+        // Attack: pass the bytes a tag covers (length, place, record) to `invalidate`, read
+        // their hash from Redis, and use it as the tag of a forged entry.
+        let codec = Codec::new(b"fleet secret of at least 32 bytes!!", "profile");
+        let place = codec.token_redis_key("a", &codec.hash_of(b"victim token"));
+        let record = b"a forged record";
+        let sealed = codec.seal(&place, record.to_vec());
+        let mut covered = u32::try_from(place.len()).unwrap().to_be_bytes().to_vec();
+        covered.extend_from_slice(place.as_bytes());
+        covered.extend_from_slice(record);
+        let chosen_hash = codec.hash_of(&covered);
+        let mut forged = chosen_hash.as_bytes().to_vec();
+        forged.extend_from_slice(record);
+        assert_eq!(codec.open(&place, &sealed), Some(&record[..]));
+        assert_eq!(codec.open(&place, &forged), None);
     }
 
     #[test]
