@@ -233,15 +233,20 @@ impl Fleet {
                     .ignore();
                 pipe.cmd("PEXPIRE").arg(&key).arg(millis(lifetime)).ignore();
             }
-            Ok(Decision::InvalidToken) if !self.profile.negative_ttl.is_zero() => {
-                let key = self.codec.token_redis_key("n", hash);
-                let value = self.codec.encode_rejection(&key, epoch);
-                pipe.cmd("SET")
-                    .arg(&key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(self.profile.negative_ttl))
-                    .ignore();
+            Ok(Decision::InvalidToken) => {
+                // The newest verdict wins: an approval another replica shared earlier (its
+                // lease waiter then asked the gateway itself) must not outlive this 401.
+                pipe.cmd("DEL").arg(self.codec.token_redis_key("a", hash)).ignore();
+                if !self.profile.negative_ttl.is_zero() {
+                    let key = self.codec.token_redis_key("n", hash);
+                    let value = self.codec.encode_rejection(&key, epoch);
+                    pipe.cmd("SET")
+                        .arg(&key)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(millis(self.profile.negative_ttl))
+                        .ignore();
+                }
             }
             _ => {}
         }

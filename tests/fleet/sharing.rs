@@ -306,3 +306,104 @@ async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all
         assert!(!key.contains(&jwt) && !key.contains(&other));
     }
 }
+
+/// The real gateway client, each call held until the test lets it through: call `n` asks
+/// the gateway only once `released >= n`, so the gateway's state then decides its answer.
+#[derive(Clone)]
+struct InTurn {
+    inner: std::sync::Arc<tower_wacht::gateway::HttpGateway>,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    released: tokio::sync::watch::Receiver<usize>,
+}
+
+impl tower_wacht::gateway::Gateway for InTurn {
+    fn check<'a>(
+        &'a self,
+        request: tower_wacht::gateway::CheckRequest<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<tower_wacht::gateway::Decision, tower_wacht::gateway::GatewayError>>
+    {
+        Box::pin(async move {
+            let n = self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut released = self.released.clone();
+            let _ = released.wait_for(|r| *r >= n).await;
+            self.inner.check(request).await
+        })
+    }
+}
+
+/// Two replicas miss one token at once; the second gives up waiting for the first's lease
+/// and asks the gateway itself. The first is answered before the token is revoked, the second
+/// after: the fleet must keep the newer verdict (the rejection), not the older approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_rejection_replaces_an_older_shared_approval() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let (release, released) = tokio::sync::watch::channel(0usize);
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let build = |gateway_client: Option<InTurn>| {
+        let config = tower_wacht::WachtAuthConfig::builder()
+            .gateway_url(gateway.url())
+            .api_key(crate::common::API_KEY)
+            .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+            .ttl(Duration::from_secs(60))
+            .request_timeout(Duration::from_secs(3))
+            .fleet(fleet_config(&redis).lease_wait(Duration::from_millis(100)))
+            .build()
+            .expect("valid config");
+        let auth = match gateway_client {
+            Some(client) => tower_wacht::WachtAuthLayer::with_gateway(config, client),
+            None => tower_wacht::WachtAuthLayer::new(config),
+        }
+        .expect("layer builds");
+        async move {
+            let addr = crate::common::serve(crate::common::router(auth.clone())).await;
+            crate::harness::Replica { addr, auth }
+        }
+    };
+    let probe = tower_wacht::WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(crate::common::API_KEY)
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+        .build()
+        .expect("valid config");
+    let in_turn = InTurn {
+        inner: Arc::new(tower_wacht::gateway::HttpGateway::new(&probe).expect("client")),
+        arrived: Arc::clone(&arrived),
+        released,
+    };
+    let first = build(Some(in_turn.clone())).await;
+    let second = build(Some(in_turn)).await;
+    let third = build(None).await;
+    for replica in [&first, &second, &third] {
+        crate::harness::wait_connected(replica).await;
+    }
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetNewerVerdict00000000000001");
+
+    let (h1, h2) = (http.clone(), http.clone());
+    let (t1, t2) = (t.clone(), t.clone());
+    let (a1, a2) = (first.addr, second.addr);
+    let whoami = |http: reqwest::Client, addr: std::net::SocketAddr, token: String| async move {
+        let resp = http
+            .get(format!("http://{addr}/whoami"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        resp.expect("request completes").status().as_u16()
+    };
+    let on_first = tokio::spawn(whoami(h1, a1, t1));
+    // The first has taken the lease when its gateway call has arrived.
+    until(|| async { arrived.load(Ordering::SeqCst) >= 1 }).await;
+    let on_second = tokio::spawn(whoami(h2, a2, t2));
+    until(|| async { arrived.load(Ordering::SeqCst) >= 2 }).await;
+    // The lease holder's call: answered while the token is still valid.
+    release.send_replace(1);
+    assert_eq!(on_first.await.unwrap(), 200);
+    gateway.revoke(&t);
+    release.send_replace(2);
+    assert_eq!(on_second.await.unwrap(), 401);
+    // A third replica asks the shared tier: the newer verdict, not the approval.
+    assert_eq!(status(&http, &third, &t).await, 401);
+}
