@@ -48,7 +48,7 @@ mod store;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) use self::channel::Replica;
@@ -210,6 +210,20 @@ pub(crate) struct Fleet {
     connected: AtomicBool,
     /// The invalidate-all floor last applied.
     floor: AtomicU64,
+    /// Invalidations made here whose Redis write has not finished. Until it has, a miss here
+    /// skips the shared tier: it could read an answer that write is about to void, and cache
+    /// it again on the replica that was just told to forget it.
+    voids_in_flight: AtomicUsize,
+}
+
+/// One invalidation of this replica on its way to Redis (see `Fleet::begin_void`); the
+/// shared tier is read again once every such guard is dropped.
+pub(crate) struct VoidInFlight(Arc<Fleet>);
+
+impl Drop for VoidInFlight {
+    fn drop(&mut self) {
+        self.0.voids_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl fmt::Debug for Fleet {
@@ -251,6 +265,7 @@ impl Fleet {
             started: Instant::now(),
             connected: AtomicBool::new(false),
             floor: AtomicU64::new(0),
+            voids_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -264,6 +279,13 @@ impl Fleet {
         self.codec.hash_of(token.as_bytes())
     }
 
+    /// Marks an invalidation of this replica as on its way to Redis: taken before the local
+    /// tiers are cleared, dropped when the Redis write is done.
+    pub(crate) fn begin_void(self: &Arc<Self>) -> VoidInFlight {
+        self.voids_in_flight.fetch_add(1, Ordering::SeqCst);
+        VoidInFlight(Arc::clone(self))
+    }
+
     /// The answer for a token the local tiers did not have: the shared tier's, another
     /// replica's (after waiting on its lease), or `ask`'s (the gateway), written back.
     pub(crate) async fn answer<F>(&self, hash: TokenHash, ask: F) -> Answer
@@ -271,6 +293,15 @@ impl Fleet {
         F: Future<Output = Result<Decision, GatewayError>>,
     {
         let cap = self.disconnected_cap();
+        if self.voids_in_flight.load(Ordering::SeqCst) > 0 {
+            // An invalidation made here has not reached Redis yet: the gateway decides, and
+            // nothing is shared (the answer's epoch could not be compared with it).
+            tracing::debug!("fleet: shared tier skipped while an invalidation is on its way to Redis");
+            return Answer {
+                verdict: ask.await,
+                cap,
+            };
+        }
         let Some(found) = self.lookup(&hash).await else {
             // Redis unavailable: exactly as without fleet mode.
             return Answer {

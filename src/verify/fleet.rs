@@ -46,6 +46,12 @@ impl Verifier {
         }
     }
 
+    /// In fleet mode, marks an invalidation as on its way to Redis: until the guard is
+    /// dropped (after the Redis write), misses here do not read the shared tier.
+    pub(super) fn begin_void(&self) -> Option<crate::fleet::VoidInFlight> {
+        self.fleet.as_ref().map(Fleet::begin_void)
+    }
+
     /// Runs a fleet update in the background (the local effect has already happened).
     pub(super) fn fan_out<F, Fut>(&self, update: F)
     where

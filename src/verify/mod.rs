@@ -254,30 +254,44 @@ impl Verifier {
     /// that a grant was revoked.
     pub async fn invalidate(&self, token: &str) {
         let hash = self.hash_token(token);
+        #[cfg(feature = "redis")]
+        let voiding = self.begin_void();
         self.cache.invalidate_token(hash).await;
         self.cache.forget_rejection(&hash).await;
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
             fleet.invalidate_token(hash).await;
         }
+        #[cfg(feature = "redis")]
+        drop(voiding);
     }
 
     /// Drops every cached decision, answers in flight included.
     pub fn invalidate_all(&self) {
+        #[cfg(feature = "redis")]
+        let voiding = self.begin_void();
         self.cache.invalidate_all();
         #[cfg(feature = "redis")]
-        self.fan_out(|fleet| async move { fleet.invalidate_all().await });
+        self.fan_out(|fleet| async move {
+            fleet.invalidate_all().await;
+            drop(voiding);
+        });
     }
 
     /// Drops every cached token of one OAuth client, so their next use asks the gateway.
     /// (The gateway still allows a deactivated client's tokens: to refuse them, use
     /// [`deny_client`](Self::deny_client).)
     pub fn invalidate_client(&self, client_id: &str) {
+        #[cfg(feature = "redis")]
+        let voiding = self.begin_void();
         self.cache.invalidate_client(client_id);
         #[cfg(feature = "redis")]
         {
             let id = client_id.to_owned();
-            self.fan_out(|fleet| async move { fleet.invalidate_client(&id).await });
+            self.fan_out(|fleet| async move {
+                fleet.invalidate_client(&id).await;
+                drop(voiding);
+            });
         }
     }
 

@@ -407,3 +407,24 @@ async fn a_shared_rejection_replaces_an_older_shared_approval() {
     // A third replica asks the shared tier: the newer verdict, not the approval.
     assert_eq!(status(&http, &third, &t).await, 401);
 }
+
+/// Attack on the replica that was told to forget: right after `invalidate_all()` returns
+/// (its Redis write still on the way), the same replica verifies the revoked token. On this
+/// single-threaded runtime the background write runs only once the test yields, so the
+/// verification reads Redis first: it must not take the approval the write is about to void.
+#[tokio::test]
+async fn the_replica_that_invalidates_does_not_take_the_voided_answer_back_from_redis() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(1, &gateway, &redis, "/").await;
+    let verifier = fleet[0].auth.verifier();
+    let t = token(&gateway, "oc_fleetSameReplicaVoid0000000001");
+    assert!(verifier.verify(&t).await.is_ok());
+    gateway.revoke(&t);
+    verifier.invalidate_all();
+    let after = verifier.verify(&t).await;
+    assert!(after.is_err(), "the revoked token came back from Redis: {after:?}");
+    // And once the write is done, from every tier.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(verifier.verify(&t).await.is_err());
+}
