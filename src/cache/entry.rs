@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::principal::{Principal, ResourceUrn, StringSet};
+use crate::principal::{Principal, RequestId, ResourceUrn, StringSet};
 
 /// A verified token as cached: the principal, when to stop serving it, and (with
 /// refresh-ahead) when to re-verify it in the background.
@@ -65,6 +65,9 @@ fn estimated_bytes(principal: &Principal) -> usize {
         + strings(&grant.permissions)
         + grant.issuer.as_deref().map_or(0, str::len)
         + grant.oauth_resource.as_deref().map_or(0, str::len)
+        + grant.session_id.as_deref().map_or(0, str::len)
+        + grant.token_id.as_deref().map_or(0, str::len)
+        + grant.request_id.as_ref().map_or(0, RequestId::heap_bytes)
         + match &grant.granted_resource {
             Some(ResourceUrn::Other(raw)) => raw.len(),
             _ => 0,
@@ -77,4 +80,38 @@ fn estimated_bytes(principal: &Principal) -> usize {
 pub(crate) fn weight(principal: &Principal, min_weight: u64) -> u32 {
     let bytes = u64::try_from(estimated_bytes(principal)).unwrap_or(u64::MAX);
     u32::try_from(bytes.max(min_weight)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::*;
+    use crate::principal::Grant;
+    use std::time::SystemTime;
+
+    #[test]
+    fn every_string_a_gateway_sends_is_weighed() {
+        let plain = Principal::from_grant(Grant::new("oc_a", SystemTime::now()));
+        let base = estimated_bytes(&plain);
+        let long = "x".repeat(100_000);
+        for (field, grant) in [
+            ("request_id", {
+                let mut g = Grant::new("oc_a", SystemTime::now());
+                g.request_id = Some(RequestId::new(&long));
+                g
+            }),
+            ("session_id", {
+                let mut g = Grant::new("oc_a", SystemTime::now());
+                g.session_id = Some(long.as_str().into());
+                g
+            }),
+            ("token_id", {
+                let mut g = Grant::new("oc_a", SystemTime::now());
+                g.token_id = Some(long.as_str().into());
+                g
+            }),
+        ] {
+            let weighed = estimated_bytes(&Principal::from_grant(grant));
+            assert!(weighed >= base + long.len(), "{field}: {weighed}");
+        }
+    }
 }

@@ -9,6 +9,9 @@ use crate::principal::{ClientId, Grant, StringSet};
 /// Upper bound of distinct values the interner keeps before starting over (values already
 /// handed out stay valid: they are reference counted).
 const INTERNER_LIMIT: usize = 4096;
+/// Larger values are not kept: the table lives outside the cache's byte budget, so it holds
+/// at most `INTERNER_LIMIT` × this per table, whatever a gateway sends.
+const MAX_INTERNED_BYTES: usize = 1024;
 
 /// Shares repeated strings and string sets between principals.
 #[derive(Default)]
@@ -19,10 +22,16 @@ pub(crate) struct Interner {
 
 impl Interner {
     fn string(&self, s: Arc<str>) -> Arc<str> {
+        if s.len() > MAX_INTERNED_BYTES {
+            return s;
+        }
         intern(&self.strings, s)
     }
 
     fn set(&self, s: Arc<[Box<str>]>) -> Arc<[Box<str>]> {
+        if s.iter().map(|item| item.len()).sum::<usize>() > MAX_INTERNED_BYTES {
+            return s;
+        }
         intern(&self.sets, s)
     }
 }
@@ -48,5 +57,24 @@ impl Interner {
         grant.issuer = grant.issuer.map(|s| self.string(s));
         grant.oauth_resource = grant.oauth_resource.map(|s| self.string(s));
         grant
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_values_are_not_kept_outside_the_byte_budget() {
+        let interner = Interner::default();
+        let small: Arc<str> = "projects:read".into();
+        let large: Arc<str> = "x".repeat(MAX_INTERNED_BYTES + 1).into();
+        assert!(Arc::ptr_eq(&interner.string(small.clone()), &small));
+        interner.string(large);
+        let huge_set: Arc<[Box<str>]> = vec!["y".repeat(MAX_INTERNED_BYTES + 1).into_boxed_str()].into();
+        interner.set(huge_set);
+        let strings = interner.strings.lock().unwrap();
+        assert_eq!(strings.len(), 1, "only the small string is kept");
+        assert!(interner.sets.lock().unwrap().is_empty());
     }
 }

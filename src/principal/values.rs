@@ -209,6 +209,14 @@ enum RequestIdRepr {
 }
 
 impl RequestId {
+    /// Bytes it holds on the heap (none in the usual form).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            RequestIdRepr::Numeric(_) => 0,
+            RequestIdRepr::Other(id) => id.len(),
+        }
+    }
+
     /// Wraps a request id as sent by the gateway.
     pub fn new(id: &str) -> Self {
         let numeric = id
