@@ -42,7 +42,14 @@ impl Fleet {
     async fn run_channel(self: Arc<Self>, replica: Weak<dyn Replica>) {
         let mut backoff = FIRST_BACKOFF;
         while replica.strong_count() > 0 {
-            match self.subscribe().await {
+            let subscribed = match self.subscribe().await {
+                // What this replica changed while Redis was away goes first, so that the
+                // state re-read below, and every other replica, includes it.
+                Ok(pubsub) if self.resend_unsent().await => Ok(pubsub),
+                Ok(_) => Err("Redis did not take the changes made while it was away".to_owned()),
+                Err(error) => Err(error),
+            };
+            match subscribed {
                 Ok(pubsub) => match tokio::time::timeout(CONNECT_BOUND, self.shared_view()).await {
                     Ok(Ok(view)) => {
                         backoff = FIRST_BACKOFF;

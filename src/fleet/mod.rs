@@ -26,7 +26,10 @@
 //!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) add the id to a
 //!   sorted set scored by when the denial ends (a replica that subscribes later reads the live
 //!   ones) and publish an event; there is nothing to void, since JWT verdicts are verified on
-//!   each replica and never shared.
+//!   each replica and never shared. A change Redis does not take (down, hung) is kept on the
+//!   replica that made it (in order, bounded) and written and published again when its
+//!   channel is back, before it counts as connected: Redis's own entries, the other replicas
+//!   and replicas started later all learn it.
 //! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
 //!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
 //!   a second after a failure. The channel reconnects with capped backoff and resubscribes.
@@ -214,6 +217,8 @@ pub(crate) struct Fleet {
     /// skips the shared tier: it could read an answer that write is about to void, and cache
     /// it again on the replica that was just told to forget it.
     voids_in_flight: AtomicUsize,
+    /// Changes made here that Redis did not take, sent again when the channel is back.
+    unsent: std::sync::Mutex<std::collections::VecDeque<Event>>,
 }
 
 /// One invalidation of this replica on its way to Redis (see `Fleet::begin_void`); the
@@ -266,6 +271,7 @@ impl Fleet {
             connected: AtomicBool::new(false),
             floor: AtomicU64::new(0),
             voids_in_flight: AtomicUsize::new(0),
+            unsent: std::sync::Mutex::default(),
         })
     }
 

@@ -58,6 +58,8 @@ const JWT_DENIAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60 + 300);
 /// Most denials of each kind kept in Redis (a replica keeps as many); past it the ones that
 /// end soonest go first.
 const MAX_JWT_DENIALS: isize = 100_000;
+/// Most changes kept while Redis does not take them (see `Fleet::share`).
+const MAX_UNSENT: usize = 10_000;
 
 /// Members of a sorted set with their scores.
 type ScoredIds = Vec<(String, f64)>;
@@ -262,27 +264,88 @@ impl Fleet {
         millis(self.profile.ttl + self.profile.call_bound + Duration::from_secs(5))
     }
 
-    /// Voids `hash`'s shared answers fleet-wide and tells every replica.
-    pub(crate) async fn invalidate_token(&self, hash: TokenHash) {
-        let keys = [
-            self.codec.key("epoch", ""),
-            self.codec.token_redis_key("v", &hash),
-            self.codec.token_redis_key("a", &hash),
-            self.codec.token_redis_key("n", &hash),
-        ];
-        self.void(&keys).await;
-        self.publish(&Event::Token(hash)).await;
+    /// Writes a change made on this replica to the shared state and tells every replica.
+    /// A change Redis did not take (down, slow, failing) is kept, in order, and written and
+    /// sent again when this replica's channel is back (`resend_unsent`), so that a replica
+    /// which starts or reconnects later, and Redis's own entries, learn it.
+    pub(crate) async fn share(&self, event: Event) {
+        if !self.write_shared(&event).await {
+            self.keep_unsent(event);
+        }
     }
 
-    /// Voids one client's shared answers fleet-wide and tells every replica.
-    pub(crate) async fn invalidate_client(&self, client_id: &str) {
+    /// Writes and sends again the changes Redis did not take, oldest first, each removed
+    /// only once Redis took it. False if Redis failed again (the rest stays kept). Runs when
+    /// the channel is back, before the replica counts as connected.
+    pub(crate) async fn resend_unsent(&self) -> bool {
+        loop {
+            let Some(event) = self.unsent().front().cloned() else {
+                return true;
+            };
+            if !self.write_shared(&event).await {
+                return false;
+            }
+            let mut unsent = self.unsent();
+            if unsent.front() == Some(&event) {
+                unsent.pop_front();
+            }
+            drop(unsent);
+            tracing::info!("fleet: wrote a change Redis missed while unavailable");
+        }
+    }
+
+    fn unsent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Event>> {
+        self.unsent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn keep_unsent(&self, event: Event) {
+        let mut unsent = self.unsent();
+        if unsent.len() >= MAX_UNSENT {
+            // The oldest token and client invalidations are summed up by one invalidate-all;
+            // denials are kept (lifting one by mistake would fail open).
+            unsent.retain(|e| !matches!(e, Event::Token(_) | Event::Client(_) | Event::All));
+            unsent.push_back(Event::All);
+            tracing::warn!(
+                limit = MAX_UNSENT,
+                "fleet: too many changes waiting for Redis; token and client invalidations summed up as one invalidate-all"
+            );
+        }
+        if unsent.len() < MAX_UNSENT {
+            unsent.push_back(event);
+        }
+    }
+
+    /// The Redis writes of one change, then its event: true if Redis took all of them.
+    async fn write_shared(&self, event: &Event) -> bool {
+        let written = match event {
+            Event::Heartbeat => true,
+            Event::Token(hash) => {
+                let keys = [
+                    self.codec.key("epoch", ""),
+                    self.codec.token_redis_key("v", hash),
+                    self.codec.token_redis_key("a", hash),
+                    self.codec.token_redis_key("n", hash),
+                ];
+                self.void(&keys).await
+            }
+            Event::Client(id) => self.void_client(id).await,
+            Event::All => self.raise_floor().await,
+            Event::Deny(id) => self.deny_set("deny", "SADD", id).await && self.void_client(id).await,
+            Event::Allow(id) => self.deny_set("allow", "SREM", id).await,
+            Event::DenySession(id) => self.record_jwt_denial(DENIED_SESSIONS, id).await,
+            Event::DenyTokenId(id) => self.record_jwt_denial(DENIED_TOKEN_IDS, id).await,
+        };
+        written && self.publish(event).await
+    }
+
+    /// Voids one client's shared answers.
+    async fn void_client(&self, client_id: &str) -> bool {
         let keys = [self.codec.key("epoch", ""), self.codec.key("vc", client_id)];
-        self.void(&keys).await;
-        self.publish(&Event::Client(client_id.to_owned())).await;
+        self.void(&keys).await
     }
 
-    /// Voids every shared answer (the floor) and tells every replica.
-    pub(crate) async fn invalidate_all(&self) {
+    /// Voids every shared answer: raises the floor to a new epoch.
+    async fn raise_floor(&self) -> bool {
         let script = Script::new(FLOOR);
         let mut invocation = script.prepare_invoke();
         invocation
@@ -298,38 +361,31 @@ impl Fleet {
         if let Some(floor) = floor {
             self.floor.fetch_max(floor, std::sync::atomic::Ordering::AcqRel);
         }
-        self.publish(&Event::All).await;
+        floor.is_some()
     }
 
-    /// Adds a client to the shared deny set, voids its answers and tells every replica.
-    pub(crate) async fn deny_client(&self, client_id: &str) {
+    /// Adds a client to the shared deny set (`SADD`) or removes it (`SREM`).
+    async fn deny_set(&self, what: &'static str, command: &'static str, client_id: &str) -> bool {
         let key = self.codec.key("denied", "");
         let id = client_id.to_owned();
         let mut conn = self.conn.clone();
-        let _: Option<()> = self
-            .shared_state("deny", async move {
-                redis::cmd("SADD").arg(key).arg(id).query_async(&mut conn).await
+        let done: Option<()> = self
+            .shared_state(what, async move {
+                redis::cmd(command).arg(key).arg(id).query_async(&mut conn).await
             })
             .await;
-        let keys = [self.codec.key("epoch", ""), self.codec.key("vc", client_id)];
-        self.void(&keys).await;
-        self.publish(&Event::Deny(client_id.to_owned())).await;
+        done.is_some()
     }
 
-    /// Records a JWT session or token-id denial in Redis (so a replica that starts or
-    /// reconnects later knows it) and tells every replica. JWT verdicts are not in the shared
-    /// tier, so there is nothing to void.
-    pub(crate) async fn deny_jwt(&self, event: Event) {
-        let (kind, id) = match &event {
-            Event::DenySession(id) => (DENIED_SESSIONS, id.clone()),
-            Event::DenyTokenId(id) => (DENIED_TOKEN_IDS, id.clone()),
-            _ => return self.publish(&event).await,
-        };
+    /// Records a JWT session or token-id denial in Redis, so that a replica that starts or
+    /// reconnects later knows it. (JWT verdicts are not in the shared tier: nothing to void.)
+    async fn record_jwt_denial(&self, kind: &str, id: &str) -> bool {
         let key = self.codec.key(kind, "");
+        let id = id.to_owned();
         let now = unix_millis(SystemTime::now());
         let until = now.saturating_add(millis(JWT_DENIAL_LIFETIME));
         let mut conn = self.conn.clone();
-        let _: Option<()> = self
+        let done: Option<()> = self
             .shared_state("deny", async move {
                 redis::pipe()
                     .cmd("ZADD")
@@ -355,20 +411,7 @@ impl Fleet {
                     .await
             })
             .await;
-        self.publish(&event).await;
-    }
-
-    /// Removes a client from the shared deny set and tells every replica.
-    pub(crate) async fn allow_client(&self, client_id: &str) {
-        let key = self.codec.key("denied", "");
-        let id = client_id.to_owned();
-        let mut conn = self.conn.clone();
-        let _: Option<()> = self
-            .shared_state("allow", async move {
-                redis::cmd("SREM").arg(key).arg(id).query_async(&mut conn).await
-            })
-            .await;
-        self.publish(&Event::Allow(client_id.to_owned())).await;
+        done.is_some()
     }
 
     /// The shared deny set, the invalidate-all floor and the live JWT session and token-id
@@ -409,7 +452,7 @@ impl Fleet {
     }
 
     /// Publishes an event on the profile's channel.
-    pub(crate) async fn publish(&self, event: &Event) {
+    pub(crate) async fn publish(&self, event: &Event) -> bool {
         let channel = self.codec.channel();
         let message = self.codec.encode_event(&channel, self.replica, event);
         let mut conn = self.conn.clone();
@@ -425,9 +468,10 @@ impl Fleet {
         if sent.is_some() && *event != Event::Heartbeat {
             telemetry::fleet_event("sent");
         }
+        sent.is_some()
     }
 
-    async fn void(&self, keys: &[String]) {
+    async fn void(&self, keys: &[String]) -> bool {
         let script = Script::new(VOID);
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -435,15 +479,15 @@ impl Fleet {
         }
         invocation.arg(self.void_lifetime());
         let mut conn = self.conn.clone();
-        let _: Option<u64> = self
+        let voided: Option<u64> = self
             .shared_state("invalidate", async move { invocation.invoke_async(&mut conn).await })
             .await;
+        voided.is_some()
     }
 
     /// A change of shared state (invalidations, the deny set): not on the request path, so a
     /// longer bound than lookups, and not skipped by the breaker; failures are logged (the
-    /// local effect has happened already; replicas whose channel is lost catch up within
-    /// their disconnected bound).
+    /// local effect has happened already, and `share` keeps the change to send again).
     async fn shared_state<T, Fut>(&self, what: &'static str, op: Fut) -> Option<T>
     where
         Fut: Future<Output = redis::RedisResult<T>>,

@@ -260,7 +260,7 @@ impl Verifier {
         self.cache.forget_rejection(&hash).await;
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
-            fleet.invalidate_token(hash).await;
+            fleet.share(crate::fleet::Event::Token(hash)).await;
         }
         #[cfg(feature = "redis")]
         drop(voiding);
@@ -273,7 +273,7 @@ impl Verifier {
         self.cache.invalidate_all();
         #[cfg(feature = "redis")]
         self.fan_out(|fleet| async move {
-            fleet.invalidate_all().await;
+            fleet.share(crate::fleet::Event::All).await;
             drop(voiding);
         });
     }
@@ -289,7 +289,7 @@ impl Verifier {
         {
             let id = client_id.to_owned();
             self.fan_out(|fleet| async move {
-                fleet.invalidate_client(&id).await;
+                fleet.share(crate::fleet::Event::Client(id)).await;
                 drop(voiding);
             });
         }
@@ -304,7 +304,7 @@ impl Verifier {
         #[cfg(feature = "redis")]
         {
             let id = client_id.to_owned();
-            self.fan_out(|fleet| async move { fleet.deny_client(&id).await });
+            self.fan_out(|fleet| async move { fleet.share(crate::fleet::Event::Deny(id)).await });
         }
     }
 
@@ -315,7 +315,7 @@ impl Verifier {
         #[cfg(feature = "redis")]
         {
             let id = client_id.to_owned();
-            self.fan_out(|fleet| async move { fleet.allow_client(&id).await });
+            self.fan_out(|fleet| async move { fleet.share(crate::fleet::Event::Allow(id)).await });
         }
     }
 
@@ -332,7 +332,7 @@ impl Verifier {
         #[cfg(feature = "redis")]
         {
             let event = crate::fleet::Event::DenySession(session_id.to_owned());
-            self.fan_out(|fleet| async move { fleet.deny_jwt(event).await });
+            self.fan_out(|fleet| async move { fleet.share(event).await });
         }
         recorded
     }
@@ -345,7 +345,7 @@ impl Verifier {
         #[cfg(feature = "redis")]
         {
             let event = crate::fleet::Event::DenyTokenId(token_id.to_owned());
-            self.fan_out(|fleet| async move { fleet.deny_jwt(event).await });
+            self.fan_out(|fleet| async move { fleet.share(event).await });
         }
         recorded
     }

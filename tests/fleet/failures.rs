@@ -121,3 +121,47 @@ async fn a_replica_that_lost_its_channel_keeps_answers_only_briefly() {
     assert!(delay < Duration::from_secs(5), "{delay:?}");
     redis.resume();
 }
+
+/// Changes made while Redis hangs are not lost: an invalidation and a client denial made on
+/// one replica during the outage reach Redis when it is back, so the other replica (which
+/// re-reads Redis after its channel returns) and a replica started afterwards refuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_redis_hangs_reach_it_when_it_is_back() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    let revoked = token(&gateway, "oc_fleetOutageRevoked000000000001");
+    let denied_client = "oc_fleetOutageDenied0000000000001";
+    let denied = token(&gateway, denied_client);
+    for t in [&revoked, &denied] {
+        for replica in &fleet {
+            assert_eq!(status(&http, replica, t).await, 200);
+        }
+    }
+
+    redis.pause();
+    gateway.revoke(&revoked);
+    // Made on the first replica while Redis hangs: its Redis writes fail.
+    fleet[0].auth.verifier().invalidate(&revoked).await;
+    fleet[0].auth.verifier().deny_client(denied_client);
+    until(|| async { fleet.iter().all(|r| !r.auth.verifier().fleet_connected()) }).await;
+    redis.resume();
+    until(|| async { fleet.iter().all(|r| r.auth.verifier().fleet_connected()) }).await;
+
+    // The second replica dropped its cache when its channel was lost and reads Redis again.
+    assert_eq!(
+        status(&http, &fleet[1], &revoked).await,
+        401,
+        "the invalidation was lost"
+    );
+    // The denial arrives as an event (or in the deny set, if its channel came back later).
+    until(|| async { status(&http, &fleet[1], &denied).await == 401 }).await;
+    let later = crate::harness::replica(&gateway, crate::harness::fleet_config(&redis), "/").await;
+    crate::harness::wait_connected(&later).await;
+    assert_eq!(
+        status(&http, &later, &denied).await,
+        401,
+        "a later replica missed the denial"
+    );
+}
