@@ -200,7 +200,13 @@ pub async fn replicas(n: usize, gateway: &FakeGateway, redis: &RedisServer, reso
 }
 
 pub async fn replica(gateway: &FakeGateway, fleet: FleetConfig, resource: &str) -> Replica {
-    let config = tower_wacht::WachtAuthConfig::builder()
+    let auth = WachtAuthLayer::new(replica_config(gateway, fleet, resource)).expect("layer builds");
+    serve(auth).await
+}
+
+/// The configuration every test replica runs with.
+pub fn replica_config(gateway: &FakeGateway, fleet: FleetConfig, resource: &str) -> tower_wacht::WachtAuthConfig {
+    tower_wacht::WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key(common::API_KEY)
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
@@ -209,8 +215,11 @@ pub async fn replica(gateway: &FakeGateway, fleet: FleetConfig, resource: &str) 
         .request_timeout(Duration::from_secs(3))
         .fleet(fleet)
         .build()
-        .expect("valid config");
-    let auth = WachtAuthLayer::new(config).expect("layer builds");
+        .expect("valid config")
+}
+
+/// Serves the test router behind `auth` on loopback.
+pub async fn serve(auth: WachtAuthLayer) -> Replica {
     let addr = common::serve(common::router(auth.clone())).await;
     Replica { addr, auth }
 }

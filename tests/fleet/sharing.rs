@@ -342,36 +342,22 @@ async fn a_shared_rejection_replaces_an_older_shared_approval() {
     let gateway = start_gateway().await;
     let (release, released) = tokio::sync::watch::channel(0usize);
     let arrived = Arc::new(AtomicUsize::new(0));
-    let build = |gateway_client: Option<InTurn>| {
-        let config = tower_wacht::WachtAuthConfig::builder()
-            .gateway_url(gateway.url())
-            .api_key(crate::common::API_KEY)
-            .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
-            .ttl(Duration::from_secs(60))
-            .request_timeout(Duration::from_secs(3))
-            .fleet(fleet_config(&redis).lease_wait(Duration::from_millis(100)))
-            .build()
-            .expect("valid config");
-        let auth = match gateway_client {
-            Some(client) => tower_wacht::WachtAuthLayer::with_gateway(config, client),
-            None => tower_wacht::WachtAuthLayer::new(config),
-        }
-        .expect("layer builds");
-        async move {
-            let addr = crate::common::serve(crate::common::router(auth.clone())).await;
-            crate::harness::Replica { addr, auth }
-        }
-    };
-    let probe = tower_wacht::WachtAuthConfig::builder()
-        .gateway_url(gateway.url())
-        .api_key(crate::common::API_KEY)
-        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
-        .build()
-        .expect("valid config");
+    let config = crate::harness::replica_config(
+        &gateway,
+        fleet_config(&redis).lease_wait(Duration::from_millis(100)),
+        "/",
+    );
     let in_turn = InTurn {
-        inner: Arc::new(tower_wacht::gateway::HttpGateway::new(&probe).expect("client")),
+        inner: Arc::new(tower_wacht::gateway::HttpGateway::new(&config).expect("client")),
         arrived: Arc::clone(&arrived),
         released,
+    };
+    let build = |gateway_client: Option<InTurn>| {
+        let auth = match gateway_client {
+            Some(client) => tower_wacht::WachtAuthLayer::with_gateway(config.clone(), client),
+            None => tower_wacht::WachtAuthLayer::new(config.clone()),
+        };
+        crate::harness::serve(auth.expect("layer builds"))
     };
     let first = build(Some(in_turn.clone())).await;
     let second = build(Some(in_turn)).await;
