@@ -170,9 +170,26 @@ impl TokenHash {
         &self.0
     }
 
-    /// A short, non-reversible fingerprint (first 4 digest bytes in hex) for correlating logs.
+    /// A short fingerprint (8 hex digits) for correlating the log lines of one process: 32
+    /// bits of HMAC-SHA256 of the digest under a key drawn at random when the process first
+    /// needs one. Not the digest itself, so nobody holding a candidate token (or its plain
+    /// SHA-256) can confirm from the logs that it was used; fingerprints differ between
+    /// processes and restarts.
     pub fn fingerprint(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        use aws_lc_rs::hmac;
+        static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new()).unwrap_or_else(|_| {
+                // No system randomness (never seen): a key no log reader knows in advance.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let seed = format!("{now}:{}:{:p}", std::process::id(), &now);
+                hmac::Key::new(hmac::HMAC_SHA256, seed.as_bytes())
+            })
+        });
+        let tag = hmac::sign(key, &self.0);
+        tag.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

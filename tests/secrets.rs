@@ -112,6 +112,12 @@ async fn no_secret_in_logs_debug_or_responses() {
     assert!(logs.len() > 1000, "the run produced logs at trace level");
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
+        // Nor anything of its plain SHA-256 (the cache key) that would confirm a guess.
+        let digest: String = <sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!logs.contains(&digest[..8]), "a token's SHA-256 prefix is in the logs");
         assert!(
             !seen.contains(secret.as_str()),
             "a secret leaked into Debug output or a response"
