@@ -116,12 +116,18 @@ impl Jwks {
     }
 
     /// The key `kid` names, refreshing the set first if it is missing, stale, or does not
-    /// hold `kid` (within the rate limit).
+    /// hold `kid` (within the rate limit). A stale set that holds `kid` is used at once while
+    /// another caller's fetch is in flight: an issuer that hangs holds up one verification,
+    /// not every one (the fetch is bounded by the request timeout, and a key withdrawn from
+    /// the JWKS stops verifying once it ends).
     pub(crate) async fn key(&self, kid: &str) -> Result<Arc<ParsedPublicKey>, JwtFailure> {
         let set = self.snapshot();
         match set.fetched_at {
             None => self.refresh(Cause::Initial).await,
-            Some(at) if at.elapsed() >= self.refresh_every => self.refresh(Cause::Stale).await,
+            Some(at) if at.elapsed() >= self.refresh_every => match set.keys.get(kid) {
+                Some(key) if self.fetch.try_lock().is_err() => return Ok(Arc::clone(key)),
+                _ => self.refresh(Cause::Stale).await,
+            },
             Some(_) => match set.keys.get(kid) {
                 Some(key) => return Ok(Arc::clone(key)),
                 None => self.refresh(Cause::UnknownKid).await,

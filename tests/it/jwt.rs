@@ -455,6 +455,40 @@ async fn an_unreachable_jwks_keeps_the_cached_keys() {
     }
 }
 
+/// An issuer that hangs (its JWKS never answers) while the key set is past its refresh
+/// interval: new tokens by a known key are verified from the cached set at once, not queued
+/// behind the refresh that waits on the issuer (here up to the 60 s request timeout).
+#[tokio::test]
+async fn a_hanging_jwks_holds_up_no_verification_by_a_known_key() {
+    let app = start_jwt(
+        |j| j.jwks_refresh(Duration::from_millis(200)),
+        |b| b.request_timeout(Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(
+        app.get("/whoami", Some(&app.issuer.mint(&claims()))).await.status(),
+        200
+    );
+    app.issuer.set_hanging(true);
+    let fetches = app.issuer.fetches();
+    // The timer's refresh, or a request's, is now waiting on the issuer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.issuer.fetches() == fetches {
+        assert!(Instant::now() < deadline, "no refresh was attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let verified = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.get("/whoami", Some(&app.issuer.mint(&claims()))),
+        )
+        .await
+        .expect("verified from the cached key set while the JWKS hangs");
+        assert_eq!(verified.status(), 200);
+    }
+    app.issuer.set_hanging(false);
+}
+
 #[tokio::test]
 async fn without_any_key_set_jwts_fail_closed_with_503() {
     let issuer = JwksIssuer::start().await.unwrap();

@@ -6,7 +6,7 @@
 //! Wacht's: header `{"typ":"JWT","alg":"RS256","kid":…}`, the claims of
 //! [`AccessTokenClaims`], `iss` = [`JwksIssuer::url`]. Keys rotate (the retired key stays
 //! published) and can be compromised (withdrawn at once), as on the platform; the JWKS can be
-//! made unavailable, and fetches are counted.
+//! made unavailable or hang, and fetches are counted.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -47,6 +47,8 @@ pub struct JwksIssuer {
 
 struct Inner {
     state: Arc<Mutex<IssuerState>>,
+    /// While true, JWKS requests are held without an answer.
+    hanging: tokio::sync::watch::Sender<bool>,
     server: Running,
 }
 
@@ -116,12 +118,17 @@ impl JwksIssuer {
         state.new_key()?;
         let state = Arc::new(Mutex::new(state));
         let keys = Arc::clone(&state);
+        let (hanging, hang) = tokio::sync::watch::channel(false);
         let server = Running::spawn(listener, "jwks issuer", move |req| {
             let response = server::route(&keys, &req);
-            async move { Ok(response) }
+            let mut hang = hang.clone();
+            async move {
+                let _ = hang.wait_for(|hanging| !*hanging).await;
+                Ok(response)
+            }
         })?;
         Ok(JwksIssuer {
-            inner: Arc::new(Inner { state, server }),
+            inner: Arc::new(Inner { state, hanging, server }),
         })
     }
 
@@ -191,6 +198,12 @@ impl JwksIssuer {
     /// While false, the JWKS answers `503`.
     pub fn set_available(&self, available: bool) {
         self.state().unavailable = !available;
+    }
+
+    /// While true, JWKS requests get no answer (the connection stays open, as with an issuer
+    /// that hangs); requests held are answered when it is set back to false.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.inner.hanging.send_replace(hanging);
     }
 
     /// Number of JWKS requests served (any outcome).
