@@ -19,7 +19,7 @@ use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, St
 use crate::token::TokenHash;
 
 /// Format version of entries and events.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_ALLOWED: u8 = 1;
 const KIND_REJECTED: u8 = 2;
 const TAG_LEN: usize = 32;
@@ -48,6 +48,9 @@ impl std::fmt::Debug for Codec {
 pub(crate) struct StoredAnswer {
     pub(crate) grant: Grant,
     pub(crate) epoch: u64,
+    /// When the writer's `PX` ends, sealed with the answer: Redis's own expiry can be
+    /// extended by anyone who can write to it, this cannot.
+    pub(crate) valid_until: SystemTime,
 }
 
 /// An event on the invalidation channel.
@@ -118,11 +121,12 @@ impl Codec {
     }
 
     /// An allowed answer for storage under `key`: tag ‖ record.
-    pub(crate) fn encode_answer(&self, key: &str, grant: &Grant, epoch: u64) -> Vec<u8> {
+    pub(crate) fn encode_answer(&self, key: &str, grant: &Grant, epoch: u64, valid_until: SystemTime) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(VERSION);
         w.u8(KIND_ALLOWED);
         w.u64(epoch);
+        w.i64(millis(valid_until));
         w.i64(millis(grant.expires_at));
         w.u8(match grant.verified_by {
             VerifiedBy::Gateway => 0,
@@ -151,6 +155,7 @@ impl Codec {
             return None;
         }
         let epoch = r.u64()?;
+        let valid_until = from_millis(r.i64()?)?;
         let mut grant = Grant::new("", from_millis(r.i64()?)?);
         grant.verified_by = match r.u8()? {
             0 => VerifiedBy::Gateway,
@@ -171,7 +176,11 @@ impl Codec {
         if !r.0.is_empty() || grant.client_id.as_str().is_empty() {
             return None;
         }
-        Some(StoredAnswer { grant, epoch })
+        Some(StoredAnswer {
+            grant,
+            epoch,
+            valid_until,
+        })
     }
 
     /// A rejection (the gateway's 401) for storage under `key`.
@@ -449,11 +458,13 @@ mod tests {
     fn an_answer_round_trips_and_is_compact() {
         let codec = Codec::new(b"fleet secret of at least thirty-two bytes", "profile");
         let key = codec.key("a", "x");
-        let sealed = codec.encode_answer(&key, &grant(), 7);
-        // 314 bytes for this grant: the 32-byte tag and the record.
+        let valid_until = UNIX_EPOCH + Duration::from_millis(1_782_745_000_000);
+        let sealed = codec.encode_answer(&key, &grant(), 7, valid_until);
+        // 322 bytes for this grant: the 32-byte tag and the record.
         assert!(sealed.len() < 400, "{} bytes", sealed.len());
         let back = codec.decode_answer(&key, &sealed).unwrap_or_else(|| unreachable!());
         assert_eq!(back.epoch, 7);
+        assert_eq!(back.valid_until, valid_until);
         let (a, b) = (grant(), back.grant);
         assert_eq!(a.client_id, b.client_id);
         assert_eq!(a.granted_resource, b.granted_resource);
@@ -476,7 +487,7 @@ mod tests {
         let codec = Codec::new(b"fleet secret of at least thirty-two bytes", "profile");
         let other = Codec::new(b"another secret of at least thirty-two bytes", "profile");
         let key = codec.key("a", "x");
-        let sealed = codec.encode_answer(&key, &grant(), 7);
+        let sealed = codec.encode_answer(&key, &grant(), 7, SystemTime::now());
         assert!(
             codec.decode_answer(&codec.key("a", "y"), &sealed).is_none(),
             "moved to another key"

@@ -6,7 +6,7 @@
 //!
 //! | key | holds | lifetime |
 //! | --- | --- | --- |
-//! | `a:<hash>` | hash: `v` the sealed answer, `c` its client id | `min(ttl, expires_at − now)` |
+//! | `a:<hash>` | hash: `v` the sealed answer (with its own deadline, which wins over the key's expiry), `c` its client id (must match the sealed one) | `min(ttl, expires_at − now)` |
 //! | `n:<hash>` | the sealed rejection | `negative_ttl` |
 //! | `l:<hash>` | the lease of the replica asking the gateway | the longest gateway call |
 //! | `v:<hash>` | the epoch of the token's last invalidation | longer than any answer in flight |
@@ -128,18 +128,28 @@ impl Fleet {
         let values: Vec<Option<Vec<u8>>> = self
             .bounded("lookup", async move { invocation.invoke_async(&mut conn).await })
             .await?;
-        let [answer, _client, rejection, token_void, floor, epoch, client_void, pttl] =
+        let [answer, client, rejection, token_void, floor, epoch, client_void, pttl] =
             <[Option<Vec<u8>>; 8]>::try_from(values).ok()?;
         let epoch_now = epoch_of(epoch.as_deref());
         let newest_void = epoch_of(token_void.as_deref()).max(epoch_of(floor.as_deref()));
         if let Some(value) = answer {
-            match self.codec.decode_answer(&answer_key, &value) {
+            // The client field (which picks the client's void marker) must name the sealed
+            // answer's client: rewritten, it would dodge an `invalidate_client`.
+            let sealed = self
+                .codec
+                .decode_answer(&answer_key, &value)
+                .filter(|stored| client.as_deref() == Some(stored.grant.client_id.as_str().as_bytes()));
+            match sealed {
                 Some(stored) if stored.epoch >= newest_void.max(epoch_of(client_void.as_deref())) => {
-                    let remaining = epoch_of(pttl.as_deref());
-                    if remaining > 0 && stored.grant.expires_at > SystemTime::now() {
+                    // Redis's expiry can be extended by anyone who can write to it; the
+                    // sealed deadline cannot.
+                    let now = SystemTime::now();
+                    let sealed_left = stored.valid_until.duration_since(now).unwrap_or(Duration::ZERO);
+                    let remaining = Duration::from_millis(epoch_of(pttl.as_deref())).min(sealed_left);
+                    if !remaining.is_zero() && stored.grant.expires_at > now {
                         return Some(Lookup::Found(Shared::Allowed {
                             grant: Box::new(stored.grant),
-                            remaining: Duration::from_millis(remaining),
+                            remaining,
                         }));
                     }
                 }
@@ -147,7 +157,7 @@ impl Fleet {
                 None => {
                     tracing::warn!(
                         key = answer_key,
-                        "fleet: ignored a shared answer whose tag does not verify"
+                        "fleet: ignored a shared answer whose tag does not verify, or whose client field was changed"
                     );
                     telemetry::fleet_lookup("bad_mac");
                 }
@@ -225,7 +235,9 @@ impl Fleet {
                     return;
                 }
                 let key = self.codec.token_redis_key("a", hash);
-                let value = self.codec.encode_answer(&key, grant, epoch);
+                let value = self
+                    .codec
+                    .encode_answer(&key, grant, epoch, SystemTime::now() + lifetime);
                 pipe.cmd("HSET")
                     .arg(&key)
                     .arg("v")

@@ -173,6 +173,50 @@ async fn forged_tampered_or_moved_entries_are_ignored() {
     assert_eq!(gateway.calls(), calls + 1, "the tampered answer was not used");
     assert_eq!(status(&http, &fresh, &other).await, 401);
     assert_eq!(gateway.calls(), calls + 2, "the made-up answer was not used");
+
+    // 4. Keeps the real answer but rewrites its client field, which picks the client void
+    //    marker a reader checks (so that an `invalidate_client` would not reach it).
+    let genuine = hget(&redis, &good_key, "v");
+    hset(&redis, &good_key, &genuine, "oc_someoneElse00000000000000000001");
+    let fresh = replica(&gateway, fleet_config(&redis), "/").await;
+    let calls = gateway.calls();
+    assert_eq!(status(&http, &fresh, &good).await, 200);
+    assert_eq!(
+        gateway.calls(),
+        calls + 1,
+        "the answer with a rewritten client field was used"
+    );
+}
+
+/// An attacker with write access to Redis extends a shared answer's expiry (`PEXPIRE`) to
+/// keep a revoked token alive past the ttl: the deadline sealed with the answer wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_kept_in_redis_past_its_ttl_is_not_served() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let config = crate::harness::replica_config(&gateway, fleet_config(&redis), "/")
+        .to_builder()
+        .ttl(Duration::from_secs(1))
+        .build()
+        .expect("valid config");
+    let layer = || tower_wacht::WachtAuthLayer::new(config.clone()).expect("layer builds");
+    let first = crate::harness::serve(layer()).await;
+    crate::harness::wait_connected(&first).await;
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetKeptAlive0000000000000001");
+    assert_eq!(status(&http, &first, &t).await, 200);
+    let key = redis.keys("wacht:*:a:*").pop().expect("the shared answer");
+    assert_eq!(redis.command(&["PEXPIRE", &key, "600000"]).as_deref(), Some(":1"));
+    gateway.revoke(&t);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A replica with nothing cached reads the shared tier: the answer's ttl has ended.
+    let later = crate::harness::serve(layer()).await;
+    crate::harness::wait_connected(&later).await;
+    assert_eq!(
+        status(&http, &later, &t).await,
+        401,
+        "a revoked token was kept alive in Redis"
+    );
 }
 
 fn hget(redis: &RedisServer, key: &str, field: &str) -> Vec<u8> {
