@@ -151,6 +151,12 @@ impl ProtectedResourceMetadataBuilder {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(ConfigError::invalid("resource", "must not have a query or fragment"));
         }
+        if self.scopes_supported.iter().any(|s| s == crate::reject::OFFLINE_ACCESS) {
+            return Err(ConfigError::invalid(
+                "scopes_supported",
+                "must not list offline_access (MCP authorization, \"Refresh Tokens\"): clients ask for it from the authorization server if they want refresh tokens",
+            ));
+        }
         if self.authorization_servers.is_empty() {
             // Optional in RFC 9728, but a client finds where to get a token only here (the MCP
             // authorization spec requires at least one): without it, clients guess and fail.
@@ -322,6 +328,16 @@ mod tests {
                 "bearer_methods_supported": ["header"],
             })
         );
+    }
+
+    #[test]
+    fn offline_access_is_not_a_supported_scope_of_a_resource() {
+        let err = ProtectedResourceMetadata::builder("https://h.example.com/mcp")
+            .authorization_server("https://auth.example.com")
+            .scopes_supported(["projects:read", "offline_access"])
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("offline_access"), "{err}");
     }
 
     #[test]

@@ -356,6 +356,16 @@ impl WachtAuthConfigBuilder {
         if let Some(aud) = &c.pins.expected_audience {
             check_url("expected_audience", aud)?;
         }
+        if c.challenge
+            .challenge_scopes
+            .iter()
+            .any(|s| s == crate::reject::OFFLINE_ACCESS)
+        {
+            return Err(ConfigError::invalid(
+                "challenge_scopes",
+                "must not name offline_access: a challenge should never ask for a refresh token",
+            ));
+        }
         if let Some(iss) = &c.pins.expected_issuer {
             check_url("expected_issuer", iss)?;
         }
@@ -367,5 +377,21 @@ impl WachtAuthConfigBuilder {
             jwt.validate(c.pins.expected_issuer.as_deref())?;
         }
         Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_401_challenge_never_suggests_offline_access() {
+        let err = WachtAuthConfig::builder()
+            .expected_deployment_id(1)
+            .challenge_scopes(["mcp:invoke", "offline_access"])
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("offline_access"), "{err}");
     }
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use super::AuthError;
 
+/// The OpenID Connect scope that asks for a refresh token.
+pub(crate) const OFFLINE_ACCESS: &str = "offline_access";
+
 impl AuthError {
     /// Builds the `WWW-Authenticate: Bearer ...` value for this error.
     ///
@@ -18,9 +21,14 @@ impl AuthError {
             // With nothing to ask for (a method nobody may call), naming scopes would only
             // send the client into a pointless re-authorization.
             AuthError::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
-            AuthError::InsufficientScope { required, granted } => {
-                required.iter().chain(granted).map(String::as_str).collect()
-            }
+            // The granted scopes, so that re-authorizing does not lose them; but not
+            // `offline_access`, which a challenge should never ask for (MCP authorization,
+            // "Refresh Tokens": the client decides whether it wants a refresh token).
+            AuthError::InsufficientScope { required, granted } => required
+                .iter()
+                .chain(granted.iter().filter(|s| s.as_str() != OFFLINE_ACCESS))
+                .map(String::as_str)
+                .collect(),
             _ => params.scopes.iter().map(|s| &**s).collect(),
         };
         // Sanitise first, then keep each scope once (first occurrence wins: required before
@@ -160,6 +168,16 @@ mod tests {
             ),
             "{c}"
         );
+    }
+
+    #[test]
+    fn a_step_up_challenge_never_asks_for_offline_access() {
+        let e = AuthError::InsufficientScope {
+            required: vec!["projects:write".into()],
+            granted: vec!["projects:read".into(), "offline_access".into()],
+        };
+        let c = e.challenge(&ChallengeParams::default());
+        assert!(c.starts_with("Bearer scope=\"projects:write projects:read\", "), "{c}");
     }
 
     #[test]
