@@ -45,7 +45,7 @@ impl Fleet {
             let subscribed = match self.subscribe().await {
                 // What this replica changed while Redis was away goes first, so that the
                 // state re-read below, and every other replica, includes it.
-                Ok(pubsub) if self.resend_unsent().await => Ok(pubsub),
+                Ok(pubsub) if self.resend_unsent(true).await => Ok(pubsub),
                 Ok(_) => Err("Redis did not take the changes made while it was away".to_owned()),
                 Err(error) => Err(error),
             };
@@ -124,7 +124,13 @@ impl Fleet {
                         return;
                     }
                     let fleet = Arc::clone(self);
-                    tokio::spawn(async move { fleet.publish(&Event::Heartbeat).await });
+                    tokio::spawn(async move {
+                        fleet.publish(&Event::Heartbeat).await;
+                        // Changes Redis did not take, while the channel stayed up.
+                        if !fleet.unsent.is_empty() {
+                            fleet.resend_unsent(false).await;
+                        }
+                    });
                 }
             }
         }

@@ -83,7 +83,9 @@ impl Codec {
     pub(crate) fn new(secret: &[u8], profile: &str) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive = |label: &str| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label.as_bytes()).as_ref());
-        let id = hmac::sign(&root, format!("tower-wacht profile\0{profile}").as_bytes());
+        // The format version is part of the namespace: releases that cannot read each
+        // other's entries and events never share a key or the channel.
+        let id = hmac::sign(&root, format!("tower-wacht profile\0v{VERSION}\0{profile}").as_bytes());
         let prefix = format!("wacht:{}:", hex(&id.as_ref()[..8]));
         Codec {
             token_key: derive("tower-wacht token hash key"),

@@ -26,10 +26,15 @@
 //!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) add the id to a
 //!   sorted set scored by when the denial ends (a replica that subscribes later reads the live
 //!   ones) and publish an event; there is nothing to void, since JWT verdicts are verified on
-//!   each replica and never shared. A change Redis does not take (down, hung) is kept on the
-//!   replica that made it (in order, bounded) and written and published again when its
-//!   channel is back, before it counts as connected: Redis's own entries, the other replicas
-//!   and replicas started later all learn it.
+//!   each replica and never shared. A change Redis does not take (down, hung, refusing
+//!   writes) is kept on the replica that made it (in order, bounded) and written and
+//!   published again on its next heartbeat and when its channel is back (before it counts as
+//!   connected): Redis's own entries, the other replicas and replicas started later all learn
+//!   it. Until then, that replica's misses skip the shared tier.
+//! * **One format per fleet.** The key prefix and channel include the format version of
+//!   stored entries: replicas of tower-wacht releases with different formats share nothing
+//!   (each asks the gateway as if alone), so during a rolling upgrade across such a change,
+//!   an invalidation reaches only the replicas of the release it was made on.
 //! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
 //!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
 //!   a second after a failure. The channel reconnects with capped backoff and resubscribes.
@@ -48,6 +53,7 @@
 mod channel;
 mod codec;
 mod store;
+mod unsent;
 
 use std::fmt;
 use std::sync::Arc;
@@ -217,8 +223,10 @@ pub(crate) struct Fleet {
     /// skips the shared tier: it could read an answer that write is about to void, and cache
     /// it again on the replica that was just told to forget it.
     voids_in_flight: AtomicUsize,
-    /// Changes made here that Redis did not take, sent again when the channel is back.
-    unsent: std::sync::Mutex<std::collections::VecDeque<Event>>,
+    /// Changes made here that Redis did not take, sent again later.
+    unsent: unsent::Unsent,
+    /// Held while kept changes are being sent again.
+    resending: tokio::sync::Mutex<()>,
 }
 
 /// One invalidation of this replica on its way to Redis (see `Fleet::begin_void`); the
@@ -271,7 +279,8 @@ impl Fleet {
             connected: AtomicBool::new(false),
             floor: AtomicU64::new(0),
             voids_in_flight: AtomicUsize::new(0),
-            unsent: std::sync::Mutex::default(),
+            unsent: unsent::Unsent::default(),
+            resending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -299,8 +308,8 @@ impl Fleet {
         F: Future<Output = Result<Decision, GatewayError>>,
     {
         let cap = self.disconnected_cap();
-        if self.voids_in_flight.load(Ordering::SeqCst) > 0 {
-            // An invalidation made here has not reached Redis yet: the gateway decides, and
+        if self.voids_in_flight.load(Ordering::SeqCst) > 0 || !self.unsent.is_empty() {
+            // A change made here has not reached Redis yet: the gateway decides, and
             // nothing is shared (the answer's epoch could not be compared with it).
             tracing::debug!("fleet: shared tier skipped while an invalidation is on its way to Redis");
             return Answer {

@@ -58,8 +58,6 @@ const JWT_DENIAL_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60 + 300);
 /// Most denials of each kind kept in Redis (a replica keeps as many); past it the ones that
 /// end soonest go first.
 const MAX_JWT_DENIALS: isize = 100_000;
-/// Most changes kept while Redis does not take them (see `Fleet::share`).
-const MAX_UNSENT: usize = 10_000;
 
 /// Members of a sorted set with their scores.
 type ScoredIds = Vec<(String, f64)>;
@@ -277,54 +275,37 @@ impl Fleet {
     }
 
     /// Writes a change made on this replica to the shared state and tells every replica.
-    /// A change Redis did not take (down, slow, failing) is kept, in order, and written and
-    /// sent again when this replica's channel is back (`resend_unsent`), so that a replica
-    /// which starts or reconnects later, and Redis's own entries, learn it.
+    /// A change Redis does not take (down, slow, refusing writes) is kept, and so is every
+    /// change after it until the kept ones are written (order matters: a later
+    /// `deny_client` must not be undone by an earlier `allow_client` sent after it). Kept
+    /// changes are sent again on the next heartbeat and when the channel is back.
     pub(crate) async fn share(&self, event: Event) {
-        if !self.write_shared(&event).await {
-            self.keep_unsent(event);
+        if self.unsent.is_empty() && self.write_shared(&event).await {
+            return;
         }
+        self.unsent.push(event);
     }
 
-    /// Writes and sends again the changes Redis did not take, oldest first, each removed
-    /// only once Redis took it. False if Redis failed again (the rest stays kept). Runs when
-    /// the channel is back, before the replica counts as connected.
-    pub(crate) async fn resend_unsent(&self) -> bool {
-        loop {
-            let Some(event) = self.unsent().front().cloned() else {
-                return true;
-            };
+    /// Writes and sends again the changes Redis did not take, oldest first, each forgotten
+    /// only once Redis took it. False if Redis failed again (the rest stays kept). One resend
+    /// at a time: the channel's reconnect waits for a running one, a heartbeat skips.
+    pub(crate) async fn resend_unsent(&self, wait: bool) -> bool {
+        let _one_at_a_time = if wait {
+            self.resending.lock().await
+        } else {
+            match self.resending.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return false,
+            }
+        };
+        while let Some(event) = self.unsent.front() {
             if !self.write_shared(&event).await {
                 return false;
             }
-            let mut unsent = self.unsent();
-            if unsent.front() == Some(&event) {
-                unsent.pop_front();
-            }
-            drop(unsent);
-            tracing::info!("fleet: wrote a change Redis missed while unavailable");
+            self.unsent.sent(&event);
+            tracing::info!("fleet: wrote a change Redis had not taken");
         }
-    }
-
-    fn unsent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Event>> {
-        self.unsent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn keep_unsent(&self, event: Event) {
-        let mut unsent = self.unsent();
-        if unsent.len() >= MAX_UNSENT {
-            // The oldest token and client invalidations are summed up by one invalidate-all;
-            // denials are kept (lifting one by mistake would fail open).
-            unsent.retain(|e| !matches!(e, Event::Token(_) | Event::Client(_) | Event::All));
-            unsent.push_back(Event::All);
-            tracing::warn!(
-                limit = MAX_UNSENT,
-                "fleet: too many changes waiting for Redis; token and client invalidations summed up as one invalidate-all"
-            );
-        }
-        if unsent.len() < MAX_UNSENT {
-            unsent.push_back(event);
-        }
+        true
     }
 
     /// The Redis writes of one change, then its event: true if Redis took all of them.

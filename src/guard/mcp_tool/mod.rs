@@ -250,7 +250,9 @@ where
                 Err(_) => return refuse(BodyRefusal::Unreadable),
             };
             let body = message::read(&bytes);
-            // Unusable headers are refused first; the error answers the body's id if it has one.
+            // The body is read first (within its size limit: 413 before anything else); then
+            // unusable headers are refused before the body is judged, answering its id if it
+            // has one.
             let mirrored = match mirrored {
                 Ok(mirrored) => mirrored,
                 Err(error) => return mismatch(error, body.ok().and_then(|body| body.request_id())),
