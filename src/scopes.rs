@@ -11,6 +11,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// The OpenID Connect scope that asks the authorization server for a refresh token. A
+/// resource server never asks for it (MCP authorization, "Refresh Tokens": SHOULD NOT): not
+/// in its metadata's `scopes_supported`, not in a challenge.
+pub(crate) const OFFLINE_ACCESS: &str = "offline_access";
+
 /// Most implication steps followed from one held permission (a guard against a huge table).
 const MAX_STEPS: usize = 1024;
 

@@ -14,10 +14,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("timefmt", &[]),
     ("token", &[]),
-    ("reject", &[]),
     ("scopes", &[]),
+    ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
-    ("metadata", &["error"]),
+    ("metadata", &["error", "scopes"]),
     ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
     (
         "config",

@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::AuthError;
-
-/// The OpenID Connect scope that asks for a refresh token.
-pub(crate) const OFFLINE_ACCESS: &str = "offline_access";
+use crate::scopes::OFFLINE_ACCESS;
 
 impl AuthError {
     /// Builds the `WWW-Authenticate: Bearer ...` value for this error.

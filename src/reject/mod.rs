@@ -11,7 +11,6 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use self::challenge::ChallengeParams;
-pub(crate) use self::challenge::OFFLINE_ACCESS;
 #[cfg(feature = "axum")]
 pub(crate) use self::render::RenderedAuthError;
 pub(crate) use self::render::{Anonymous, BodyRefusal, challenge_of, is_grpc, rechallenge, refusal, render};
