@@ -218,8 +218,16 @@ fn printable(s: &str) -> String {
 fn expected_scopes(input: &Input) -> Vec<String> {
     let raw: Vec<&String> = match &input.kind {
         Kind::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
-        // Required first, then granted.
-        Kind::InsufficientScope { required, granted } => required.iter().chain(granted).collect(),
+        // Required first, then granted, without `offline_access` (a challenge never asks
+        // for a refresh token) once sanitised.
+        Kind::InsufficientScope { required, granted } => required
+            .iter()
+            .chain(
+                granted
+                    .iter()
+                    .filter(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>() != "offline_access"),
+            )
+            .collect(),
         _ => input.scopes.iter().collect(),
     };
     // Sanitised, empties dropped, each distinct token once (first occurrence kept).

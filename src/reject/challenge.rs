@@ -24,7 +24,7 @@ impl AuthError {
             // "Refresh Tokens": the client decides whether it wants a refresh token).
             AuthError::InsufficientScope { required, granted } => required
                 .iter()
-                .chain(granted.iter().filter(|s| s.as_str() != OFFLINE_ACCESS))
+                .chain(granted.iter().filter(|s| scope_token(s) != OFFLINE_ACCESS))
                 .map(String::as_str)
                 .collect(),
             _ => params.scopes.iter().map(|s| &**s).collect(),
