@@ -151,7 +151,11 @@ impl ProtectedResourceMetadataBuilder {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(ConfigError::invalid("resource", "must not have a query or fragment"));
         }
-        if self.scopes_supported.iter().any(|s| s == crate::scopes::OFFLINE_ACCESS) {
+        if self
+            .scopes_supported
+            .iter()
+            .any(|s| s.trim() == crate::scopes::OFFLINE_ACCESS)
+        {
             return Err(ConfigError::invalid(
                 "scopes_supported",
                 "must not list offline_access (MCP authorization, \"Refresh Tokens\"): clients ask for it from the authorization server if they want refresh tokens",

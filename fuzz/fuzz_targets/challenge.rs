@@ -218,25 +218,18 @@ fn printable(s: &str) -> String {
 fn expected_scopes(input: &Input) -> Vec<String> {
     let raw: Vec<&String> = match &input.kind {
         Kind::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
-        // Required first, then granted, without `offline_access` (a challenge never asks
-        // for a refresh token) once sanitised.
-        Kind::InsufficientScope { required, granted } => required
-            .iter()
-            .chain(
-                granted
-                    .iter()
-                    .filter(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>() != "offline_access"),
-            )
-            .collect(),
+        // Required first, then granted.
+        Kind::InsufficientScope { required, granted } => required.iter().chain(granted).collect(),
         _ => input.scopes.iter().collect(),
     };
-    // Sanitised, empties dropped, each distinct token once (first occurrence kept).
+    // Sanitised, empties and `offline_access` (never asked for) dropped, each distinct token
+    // once (first occurrence kept).
     let mut out: Vec<String> = Vec::new();
     for s in raw
         .iter()
         .map(|s| s.chars().filter(|&c| is_scope_char(c)).collect::<String>())
     {
-        if !s.is_empty() && !out.contains(&s) {
+        if !s.is_empty() && s != "offline_access" && !out.contains(&s) {
             out.push(s);
         }
     }

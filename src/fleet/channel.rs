@@ -42,13 +42,15 @@ impl Fleet {
     async fn run_channel(self: Arc<Self>, replica: Weak<dyn Replica>) {
         let mut backoff = FIRST_BACKOFF;
         while replica.strong_count() > 0 {
-            let subscribed = match self.subscribe().await {
-                // What this replica changed while Redis was away goes first, so that the
-                // state re-read below, and every other replica, includes it.
-                Ok(pubsub) if self.resend_unsent(true).await => Ok(pubsub),
-                Ok(_) => Err("Redis did not take the changes made while it was away".to_owned()),
-                Err(error) => Err(error),
-            };
+            let subscribed = self.subscribe().await;
+            if subscribed.is_ok() && !self.drain(true).await {
+                // What this replica changed while Redis was away goes first when Redis takes
+                // it; if it does not, the replica resubscribes anyway (it must hear the other
+                // replicas' changes) and the heartbeat keeps trying.
+                tracing::warn!(
+                    "fleet: Redis did not take the changes made here while it was away; retrying on every heartbeat"
+                );
+            }
             match subscribed {
                 Ok(pubsub) => match tokio::time::timeout(CONNECT_BOUND, self.shared_view()).await {
                     Ok(Ok(view)) => {
@@ -109,6 +111,9 @@ impl Fleet {
                         Some((_, Event::Heartbeat)) => {}
                         Some((from, _)) if from == self.replica => {}
                         Some((_, event)) => {
+                            if let Event::Deny(id) = &event {
+                                self.outbox.denied_elsewhere(id);
+                            }
                             let Some(owner) = replica.upgrade() else { return };
                             owner.apply(event).await;
                             telemetry::fleet_event("applied");
@@ -127,8 +132,8 @@ impl Fleet {
                     tokio::spawn(async move {
                         fleet.publish(&Event::Heartbeat).await;
                         // Changes Redis did not take, while the channel stayed up.
-                        if !fleet.unsent.is_empty() {
-                            fleet.resend_unsent(false).await;
+                        if !fleet.outbox.is_empty() {
+                            fleet.drain(false).await;
                         }
                     });
                 }

@@ -33,6 +33,7 @@ pub(crate) struct Codec {
     /// Tags stored entries and events.
     tag_key: hmac::Key,
     prefix: String,
+    denials_prefix: String,
 }
 
 impl std::fmt::Debug for Codec {
@@ -83,15 +84,22 @@ impl Codec {
     pub(crate) fn new(secret: &[u8], profile: &str) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive = |label: &str| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label.as_bytes()).as_ref());
-        // The format version is part of the namespace: releases that cannot read each
-        // other's entries and events never share a key or the channel.
-        let id = hmac::sign(&root, format!("tower-wacht profile\0v{VERSION}\0{profile}").as_bytes());
-        let prefix = format!("wacht:{}:", hex(&id.as_ref()[..8]));
+        let namespace = |label: String| format!("wacht:{}:", hex(&hmac::sign(&root, label.as_bytes()).as_ref()[..8]));
         Codec {
             token_key: derive("tower-wacht token hash key"),
             tag_key: derive("tower-wacht entry tag key"),
-            prefix,
+            // The format version is part of the namespace of sealed entries, markers and the
+            // channel: releases that cannot read each other's never share them.
+            prefix: namespace(format!("tower-wacht profile\0v{VERSION}\0{profile}")),
+            // Denials are plain ids that every release reads alike: they outlive upgrades.
+            denials_prefix: namespace(format!("tower-wacht profile\0{profile}")),
         }
+    }
+
+    /// The Redis key of a set of denied ids (`denied`, `denied-sid`, `denied-jti`), shared by
+    /// every release of this profile.
+    pub(crate) fn denials_key(&self, kind: &str) -> String {
+        format!("{}{kind}:", self.denials_prefix)
     }
 
     /// The cache key of a raw token string (for `invalidate(token)`).

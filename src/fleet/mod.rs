@@ -31,10 +31,11 @@
 //!   published again on its next heartbeat and when its channel is back (before it counts as
 //!   connected): Redis's own entries, the other replicas and replicas started later all learn
 //!   it. Until then, that replica's misses skip the shared tier.
-//! * **One format per fleet.** The key prefix and channel include the format version of
-//!   stored entries: replicas of tower-wacht releases with different formats share nothing
-//!   (each asks the gateway as if alone), so during a rolling upgrade across such a change,
-//!   an invalidation reaches only the replicas of the release it was made on.
+//! * **One format per fleet.** The keys of sealed entries and markers, and the channel,
+//!   include the format version: replicas of tower-wacht releases with different formats
+//!   share no entries (each asks the gateway as if alone), so during a rolling upgrade across
+//!   such a change an invalidation reaches only the replicas of the release it was made on.
+//!   The deny sets (plain ids) are shared by every release, so denials outlive upgrades.
 //! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
 //!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
 //!   a second after a failure. The channel reconnects with capped backoff and resubscribes.
@@ -52,12 +53,12 @@
 
 mod channel;
 mod codec;
+mod outbox;
 mod store;
-mod unsent;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) use self::channel::Replica;
@@ -219,24 +220,10 @@ pub(crate) struct Fleet {
     connected: AtomicBool,
     /// The invalidate-all floor last applied.
     floor: AtomicU64,
-    /// Invalidations made here whose Redis write has not finished. Until it has, a miss here
-    /// skips the shared tier: it could read an answer that write is about to void, and cache
-    /// it again on the replica that was just told to forget it.
-    voids_in_flight: AtomicUsize,
-    /// Changes made here that Redis did not take, sent again later.
-    unsent: unsent::Unsent,
-    /// Held while kept changes are being sent again.
-    resending: tokio::sync::Mutex<()>,
-}
-
-/// One invalidation of this replica on its way to Redis (see `Fleet::begin_void`); the
-/// shared tier is read again once every such guard is dropped.
-pub(crate) struct VoidInFlight(Arc<Fleet>);
-
-impl Drop for VoidInFlight {
-    fn drop(&mut self) {
-        self.0.voids_in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// The changes this replica made to the shared state, in order, until Redis took them.
+    outbox: outbox::Outbox,
+    /// Held by the one task writing the outbox.
+    draining: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Fleet {
@@ -278,9 +265,8 @@ impl Fleet {
             started: Instant::now(),
             connected: AtomicBool::new(false),
             floor: AtomicU64::new(0),
-            voids_in_flight: AtomicUsize::new(0),
-            unsent: unsent::Unsent::default(),
-            resending: tokio::sync::Mutex::new(()),
+            outbox: outbox::Outbox::default(),
+            draining: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -294,13 +280,6 @@ impl Fleet {
         self.codec.hash_of(token.as_bytes())
     }
 
-    /// Marks an invalidation of this replica as on its way to Redis: taken before the local
-    /// tiers are cleared, dropped when the Redis write is done.
-    pub(crate) fn begin_void(self: &Arc<Self>) -> VoidInFlight {
-        self.voids_in_flight.fetch_add(1, Ordering::SeqCst);
-        VoidInFlight(Arc::clone(self))
-    }
-
     /// The answer for a token the local tiers did not have: the shared tier's, another
     /// replica's (after waiting on its lease), or `ask`'s (the gateway), written back.
     pub(crate) async fn answer<F>(&self, hash: TokenHash, ask: F) -> Answer
@@ -308,7 +287,7 @@ impl Fleet {
         F: Future<Output = Result<Decision, GatewayError>>,
     {
         let cap = self.disconnected_cap();
-        if self.voids_in_flight.load(Ordering::SeqCst) > 0 || !self.unsent.is_empty() {
+        if !self.outbox.is_empty() {
             // A change made here has not reached Redis yet: the gateway decides, and
             // nothing is shared (the answer's epoch could not be compared with it).
             tracing::debug!("fleet: shared tier skipped while an invalidation is on its way to Redis");

@@ -13,7 +13,7 @@
 //! | `vc:<client id>` | the epoch of the client's last invalidation | same |
 //! | `floor` | the epoch of the last invalidate-all | none |
 //! | `epoch` | the fleet's invalidation counter | none |
-//! | `denied` | set of denied client ids | none |
+//! | `denied` | set of denied client ids (under a prefix without the format version: denials outlive upgrades) | none |
 //!
 //! An answer records the epoch read before its gateway call; a reader refuses it when a void
 //! marker, the client's marker or the floor is newer: an answer that was in flight during an
@@ -274,36 +274,31 @@ impl Fleet {
         millis(self.profile.ttl + self.profile.call_bound + Duration::from_secs(5))
     }
 
-    /// Writes a change made on this replica to the shared state and tells every replica.
-    /// A change Redis does not take (down, slow, refusing writes) is kept, and so is every
-    /// change after it until the kept ones are written (order matters: a later
-    /// `deny_client` must not be undone by an earlier `allow_client` sent after it). Kept
-    /// changes are sent again on the next heartbeat and when the channel is back.
-    pub(crate) async fn share(&self, event: Event) {
-        if self.unsent.is_empty() && self.write_shared(&event).await {
-            return;
-        }
-        self.unsent.push(event);
+    /// Queues a change made on this replica for the shared state (see `outbox`): call it
+    /// before the local effect, so that from then on this replica's misses skip the shared
+    /// tier until the change is written; then `drain`.
+    pub(crate) fn enqueue(&self, event: Event) {
+        self.outbox.push(event);
     }
 
-    /// Writes and sends again the changes Redis did not take, oldest first, each forgotten
-    /// only once Redis took it. False if Redis failed again (the rest stays kept). One resend
-    /// at a time: the channel's reconnect waits for a running one, a heartbeat skips.
-    pub(crate) async fn resend_unsent(&self, wait: bool) -> bool {
+    /// Writes the queued changes to Redis and publishes them, oldest first, each forgotten
+    /// once Redis took it. False if Redis failed (the rest stays queued for the next
+    /// heartbeat or reconnect). One drainer at a time: with `wait`, waits for a running one
+    /// (and then writes what is left); without, leaves the work to it.
+    pub(crate) async fn drain(&self, wait: bool) -> bool {
         let _one_at_a_time = if wait {
-            self.resending.lock().await
+            self.draining.lock().await
         } else {
-            match self.resending.try_lock() {
+            match self.draining.try_lock() {
                 Ok(guard) => guard,
                 Err(_) => return false,
             }
         };
-        while let Some(event) = self.unsent.front() {
-            if !self.write_shared(&event).await {
+        while let Some(queued) = self.outbox.front() {
+            if !self.write_shared(&queued.event).await {
                 return false;
             }
-            self.unsent.sent(&event);
-            tracing::info!("fleet: wrote a change Redis had not taken");
+            self.outbox.written(&queued);
         }
         true
     }
@@ -359,7 +354,7 @@ impl Fleet {
 
     /// Adds a client to the shared deny set (`SADD`) or removes it (`SREM`).
     async fn deny_set(&self, what: &'static str, command: &'static str, client_id: &str) -> bool {
-        let key = self.codec.key("denied", "");
+        let key = self.codec.denials_key("denied");
         let id = client_id.to_owned();
         let mut conn = self.conn.clone();
         let done: Option<()> = self
@@ -373,7 +368,7 @@ impl Fleet {
     /// Records a JWT session or token-id denial in Redis, so that a replica that starts or
     /// reconnects later knows it. (JWT verdicts are not in the shared tier: nothing to void.)
     async fn record_jwt_denial(&self, kind: &str, id: &str) -> bool {
-        let key = self.codec.key(kind, "");
+        let key = self.codec.denials_key(kind);
         let id = id.to_owned();
         let now = unix_millis(SystemTime::now());
         let until = now.saturating_add(millis(JWT_DENIAL_LIFETIME));
@@ -415,16 +410,16 @@ impl Fleet {
         let (denied_clients, floor, sessions, token_ids): (Vec<String>, Option<u64>, ScoredIds, ScoredIds) =
             redis::pipe()
                 .cmd("SMEMBERS")
-                .arg(self.codec.key("denied", ""))
+                .arg(self.codec.denials_key("denied"))
                 .cmd("GET")
                 .arg(self.codec.key("floor", ""))
                 .cmd("ZRANGEBYSCORE")
-                .arg(self.codec.key(DENIED_SESSIONS, ""))
+                .arg(self.codec.denials_key(DENIED_SESSIONS))
                 .arg(now)
                 .arg("+inf")
                 .arg("WITHSCORES")
                 .cmd("ZRANGEBYSCORE")
-                .arg(self.codec.key(DENIED_TOKEN_IDS, ""))
+                .arg(self.codec.denials_key(DENIED_TOKEN_IDS))
                 .arg(now)
                 .arg("+inf")
                 .arg("WITHSCORES")

@@ -19,21 +19,19 @@ impl AuthError {
             // With nothing to ask for (a method nobody may call), naming scopes would only
             // send the client into a pointless re-authorization.
             AuthError::InsufficientScope { required, .. } if required.is_empty() => Vec::new(),
-            // The granted scopes, so that re-authorizing does not lose them; but not
-            // `offline_access`, which a challenge should never ask for (MCP authorization,
-            // "Refresh Tokens": the client decides whether it wants a refresh token).
-            AuthError::InsufficientScope { required, granted } => required
-                .iter()
-                .chain(granted.iter().filter(|s| scope_token(s) != OFFLINE_ACCESS))
-                .map(String::as_str)
-                .collect(),
+            // The granted scopes too, so that re-authorizing does not lose them.
+            AuthError::InsufficientScope { required, granted } => {
+                required.iter().chain(granted).map(String::as_str).collect()
+            }
             _ => params.scopes.iter().map(|s| &**s).collect(),
         };
         // Sanitise first, then keep each scope once (first occurrence wins: required before
-        // granted), dropping any that sanitising emptied.
+        // granted), dropping any that sanitising emptied, and `offline_access`, which a
+        // challenge never asks for (MCP authorization, "Refresh Tokens": whether to ask for a
+        // refresh token is the client's choice).
         let mut scopes: Vec<String> = Vec::new();
         for s in candidates.into_iter().map(scope_token) {
-            if !s.is_empty() && !scopes.contains(&s) {
+            if !s.is_empty() && s != OFFLINE_ACCESS && !scopes.contains(&s) {
                 scopes.push(s);
             }
         }

@@ -46,28 +46,26 @@ impl Verifier {
         }
     }
 
-    /// In fleet mode, marks an invalidation as on its way to Redis: until the guard is
-    /// dropped (after the Redis write), misses here do not read the shared tier.
-    pub(super) fn begin_void(&self) -> Option<crate::fleet::VoidInFlight> {
-        self.fleet.as_ref().map(Fleet::begin_void)
+    /// In fleet mode, queues a change for the shared state. Called before the local effect:
+    /// from then on, misses here skip the shared tier until the change is written.
+    pub(super) fn enqueue(&self, event: impl FnOnce() -> Event) {
+        if let Some(fleet) = &self.fleet {
+            fleet.enqueue(event());
+        }
     }
 
-    /// Runs a fleet update in the background (the local effect has already happened).
-    pub(super) fn fan_out<F, Fut>(&self, update: F)
-    where
-        F: FnOnce(Arc<Fleet>) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// Writes the queued changes in the background (the local effect has already happened).
+    /// Without a Tokio runtime here, the channel's next heartbeat writes them.
+    pub(super) fn send_to_fleet(&self) {
         let Some(fleet) = &self.fleet else {
             return;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(update(Arc::clone(fleet)));
+                let fleet = Arc::clone(fleet);
+                runtime.spawn(async move { fleet.drain(true).await });
             }
-            Err(_) => tracing::warn!(
-                "fleet: no Tokio runtime here: this change reaches the other replicas only through their disconnected bound"
-            ),
+            Err(_) => tracing::debug!("fleet: no Tokio runtime here: the next heartbeat sends this change"),
         }
     }
 

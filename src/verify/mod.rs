@@ -255,27 +255,22 @@ impl Verifier {
     pub async fn invalidate(&self, token: &str) {
         let hash = self.hash_token(token);
         #[cfg(feature = "redis")]
-        let voiding = self.begin_void();
+        self.enqueue(|| crate::fleet::Event::Token(hash));
         self.cache.invalidate_token(hash).await;
         self.cache.forget_rejection(&hash).await;
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
-            fleet.share(crate::fleet::Event::Token(hash)).await;
+            fleet.drain(true).await;
         }
-        #[cfg(feature = "redis")]
-        drop(voiding);
     }
 
     /// Drops every cached decision, answers in flight included.
     pub fn invalidate_all(&self) {
         #[cfg(feature = "redis")]
-        let voiding = self.begin_void();
+        self.enqueue(|| crate::fleet::Event::All);
         self.cache.invalidate_all();
         #[cfg(feature = "redis")]
-        self.fan_out(|fleet| async move {
-            fleet.share(crate::fleet::Event::All).await;
-            drop(voiding);
-        });
+        self.send_to_fleet();
     }
 
     /// Drops every cached token of one OAuth client, so their next use asks the gateway.
@@ -283,40 +278,32 @@ impl Verifier {
     /// [`deny_client`](Self::deny_client).)
     pub fn invalidate_client(&self, client_id: &str) {
         #[cfg(feature = "redis")]
-        let voiding = self.begin_void();
+        self.enqueue(|| crate::fleet::Event::Client(client_id.to_owned()));
         self.cache.invalidate_client(client_id);
         #[cfg(feature = "redis")]
-        {
-            let id = client_id.to_owned();
-            self.fan_out(|fleet| async move {
-                fleet.share(crate::fleet::Event::Client(id)).await;
-                drop(voiding);
-            });
-        }
+        self.send_to_fleet();
     }
 
     /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
     /// gateway allows it, and drops its cached tokens at once. Takes effect on every thread
     /// before this returns.
     pub fn deny_client(&self, client_id: &str) {
+        #[cfg(feature = "redis")]
+        self.enqueue(|| crate::fleet::Event::Deny(client_id.to_owned()));
         self.denied.insert(client_id);
         self.cache.invalidate_client(client_id);
         #[cfg(feature = "redis")]
-        {
-            let id = client_id.to_owned();
-            self.fan_out(|fleet| async move { fleet.share(crate::fleet::Event::Deny(id)).await });
-        }
+        self.send_to_fleet();
     }
 
     /// Lifts a [`deny_client`](Self::deny_client). Its tokens rejected within the last
     /// `negative_ttl` stay rejected until that entry ends.
     pub fn allow_client(&self, client_id: &str) {
+        #[cfg(feature = "redis")]
+        self.enqueue(|| crate::fleet::Event::Allow(client_id.to_owned()));
         self.denied.remove(client_id);
         #[cfg(feature = "redis")]
-        {
-            let id = client_id.to_owned();
-            self.fan_out(|fleet| async move { fleet.share(crate::fleet::Event::Allow(id)).await });
-        }
+        self.send_to_fleet();
     }
 
     /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
@@ -327,26 +314,24 @@ impl Verifier {
     /// or starts later, reads it when it subscribes. Returns false if the list is full
     /// (100 000 live denials; logged).
     pub fn deny_session(&self, session_id: &str) -> bool {
+        #[cfg(feature = "redis")]
+        self.enqueue(|| crate::fleet::Event::DenySession(session_id.to_owned()));
         let recorded = self.revoked.deny_session(session_id);
         self.cache.invalidate_session(session_id);
         #[cfg(feature = "redis")]
-        {
-            let event = crate::fleet::Event::DenySession(session_id.to_owned());
-            self.fan_out(|fleet| async move { fleet.share(event).await });
-        }
+        self.send_to_fleet();
         recorded
     }
 
     /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
     /// see [`deny_session`](Self::deny_session) for the duration, scope and bound.
     pub fn deny_token_id(&self, token_id: &str) -> bool {
+        #[cfg(feature = "redis")]
+        self.enqueue(|| crate::fleet::Event::DenyTokenId(token_id.to_owned()));
         let recorded = self.revoked.deny_token_id(token_id);
         self.cache.invalidate_token_id(token_id);
         #[cfg(feature = "redis")]
-        {
-            let event = crate::fleet::Event::DenyTokenId(token_id.to_owned());
-            self.fan_out(|fleet| async move { fleet.share(event).await });
-        }
+        self.send_to_fleet();
         recorded
     }
 

@@ -200,6 +200,12 @@ async fn changes_redis_refused_are_sent_again_while_the_channel_stays_up() {
     // Its void did not reach Redis: this replica must not take the approval back from there.
     assert_eq!(status(&http, &fleet[0], &revoked).await, 401, "read back from Redis");
     a.allow_client(flipped_client);
+    // The channel drops while Redis still refuses the queued changes: the replica must
+    // subscribe again anyway (it has to hear the others), and keep retrying them.
+    assert!(redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until(|| async { a.fleet_connected() }).await;
+    assert_eq!(status(&http, &fleet[0], &revoked).await, 401, "read back from Redis");
     refuse_writes("0");
     // Right away, before the next heartbeat resends the allow: the deny comes after it.
     a.deny_client(flipped_client);
