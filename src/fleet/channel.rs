@@ -43,7 +43,7 @@ impl Fleet {
         let mut backoff = FIRST_BACKOFF;
         while replica.strong_count() > 0 {
             let subscribed = self.subscribe().await;
-            if subscribed.is_ok() && !self.drain(true).await {
+            if subscribed.is_ok() && !self.drain(false).await && !self.outbox.is_empty() {
                 // What this replica changed while Redis was away goes first when Redis takes
                 // it; if it does not, the replica resubscribes anyway (it must hear the other
                 // replicas' changes) and the heartbeat keeps trying.
@@ -53,7 +53,11 @@ impl Fleet {
             }
             match subscribed {
                 Ok(pubsub) => match tokio::time::timeout(CONNECT_BOUND, self.shared_view()).await {
-                    Ok(Ok(view)) => {
+                    Ok(Ok(mut view)) => {
+                        // An `allow_client` made here and not yet written wins over the
+                        // shared deny set it is about to change.
+                        view.denied_clients
+                            .retain(|id| !self.outbox.queued_client_change(id, true));
                         backoff = FIRST_BACKOFF;
                         let moved = self.floor.fetch_max(view.floor, Ordering::AcqRel) < view.floor;
                         let Some(owner) = replica.upgrade() else { return };
@@ -110,6 +114,9 @@ impl Fleet {
                     match self.codec.decode_event(&channel, message.get_payload_bytes()) {
                         Some((_, Event::Heartbeat)) => {}
                         Some((from, _)) if from == self.replica => {}
+                        // A `deny_client` made here and not yet written wins over another
+                        // replica's allow of the same client (a denial wins).
+                        Some((_, Event::Allow(id))) if self.outbox.queued_client_change(&id, false) => {}
                         Some((_, event)) => {
                             if let Event::Deny(id) = &event {
                                 self.outbox.denied_elsewhere(id);

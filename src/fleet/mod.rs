@@ -27,10 +27,11 @@
 //!   sorted set scored by when the denial ends (a replica that subscribes later reads the live
 //!   ones) and publish an event; there is nothing to void, since JWT verdicts are verified on
 //!   each replica and never shared. A change Redis does not take (down, hung, refusing
-//!   writes) is kept on the replica that made it (in order, bounded) and written and
-//!   published again on its next heartbeat and when its channel is back (before it counts as
-//!   connected): Redis's own entries, the other replicas and replicas started later all learn
-//!   it. Until then, that replica's misses skip the shared tier.
+//!   writes) stays in the outbox of the replica that made it (in order, bounded) and is
+//!   written and published again on its next heartbeat and when its channel is back: Redis's
+//!   own entries, the other replicas and replicas started later all learn it. Until then,
+//!   that replica's misses skip the shared tier, and it keeps its own queued change over
+//!   what Redis or another replica says about the same client.
 //! * **One format per fleet.** The keys of sealed entries and markers, and the channel,
 //!   include the format version: replicas of tower-wacht releases with different formats
 //!   share no entries (each asks the gateway as if alone), so during a rolling upgrade across

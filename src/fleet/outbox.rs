@@ -103,6 +103,17 @@ impl Outbox {
         self.any.store(!queue.changes.is_empty(), Ordering::SeqCst);
     }
 
+    /// True if an `allow_client` (`allow`) or `deny_client` of `client_id` made here is
+    /// still queued: this replica keeps it over what Redis or another replica says about the
+    /// client until it is written.
+    pub(crate) fn queued_client_change(&self, client_id: &str, allow: bool) -> bool {
+        self.queue().changes.iter().any(|q| match &q.event {
+            Event::Allow(id) => allow && id == client_id,
+            Event::Deny(id) => !allow && id == client_id,
+            _ => false,
+        })
+    }
+
     /// Another replica denied `client_id`: a queued `allow_client` of it made here is
     /// dropped, so that it cannot lift that denial when it is written later (a denial wins).
     pub(crate) fn denied_elsewhere(&self, client_id: &str) {
@@ -143,7 +154,10 @@ mod tests {
             queued(&outbox),
             [Event::DenySession("s".into()), Event::Allow("a".into()), Event::All]
         );
+        assert!(outbox.queued_client_change("a", true));
+        assert!(!outbox.queued_client_change("a", false));
         outbox.denied_elsewhere("a");
+        assert!(!outbox.queued_client_change("a", true));
         assert_eq!(queued(&outbox), [Event::DenySession("s".into()), Event::All]);
         assert!(!outbox.is_empty());
         while let Some(front) = outbox.front() {

@@ -284,23 +284,29 @@ impl Fleet {
     /// Writes the queued changes to Redis and publishes them, oldest first, each forgotten
     /// once Redis took it. False if Redis failed (the rest stays queued for the next
     /// heartbeat or reconnect). One drainer at a time: with `wait`, waits for a running one
-    /// (and then writes what is left); without, leaves the work to it.
+    /// (then writes what is left); without, leaves the work to it. A drainer that ends looks
+    /// again, so a change queued as it finished is not left behind.
     pub(crate) async fn drain(&self, wait: bool) -> bool {
-        let _one_at_a_time = if wait {
-            self.draining.lock().await
-        } else {
-            match self.draining.try_lock() {
-                Ok(guard) => guard,
-                Err(_) => return false,
+        loop {
+            let one_at_a_time = if wait {
+                self.draining.lock().await
+            } else {
+                match self.draining.try_lock() {
+                    Ok(guard) => guard,
+                    Err(_) => return false,
+                }
+            };
+            while let Some(queued) = self.outbox.front() {
+                if !self.write_shared(&queued.event).await {
+                    return false;
+                }
+                self.outbox.written(&queued);
             }
-        };
-        while let Some(queued) = self.outbox.front() {
-            if !self.write_shared(&queued.event).await {
-                return false;
+            drop(one_at_a_time);
+            if self.outbox.is_empty() {
+                return true;
             }
-            self.outbox.written(&queued);
         }
-        true
     }
 
     /// The Redis writes of one change, then its event: true if Redis took all of them.
@@ -475,7 +481,7 @@ impl Fleet {
 
     /// A change of shared state (invalidations, the deny set): not on the request path, so a
     /// longer bound than lookups, and not skipped by the breaker; failures are logged (the
-    /// local effect has happened already, and `share` keeps the change to send again).
+    /// local effect has happened already, and the outbox keeps the change to send again).
     async fn shared_state<T, Fut>(&self, what: &'static str, op: Fut) -> Option<T>
     where
         Fut: Future<Output = redis::RedisResult<T>>,

@@ -63,7 +63,7 @@ impl Verifier {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let fleet = Arc::clone(fleet);
-                runtime.spawn(async move { fleet.drain(true).await });
+                runtime.spawn(async move { fleet.drain(false).await });
             }
             Err(_) => tracing::debug!("fleet: no Tokio runtime here: the next heartbeat sends this change"),
         }

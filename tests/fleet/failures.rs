@@ -206,6 +206,13 @@ async fn changes_redis_refused_are_sent_again_while_the_channel_stays_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     until(|| async { a.fleet_connected() }).await;
     assert_eq!(status(&http, &fleet[0], &revoked).await, 401, "read back from Redis");
+    // Re-reading Redis's deny set (which still names the client) does not undo the allow
+    // made here and not yet written.
+    assert_eq!(
+        status(&http, &fleet[0], &flipped).await,
+        200,
+        "the queued allow was undone by the resync"
+    );
     refuse_writes("0");
     // Right away, before the next heartbeat resends the allow: the deny comes after it.
     a.deny_client(flipped_client);
