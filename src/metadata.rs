@@ -154,7 +154,7 @@ impl ProtectedResourceMetadataBuilder {
         if self
             .scopes_supported
             .iter()
-            .any(|s| s.trim() == crate::scopes::OFFLINE_ACCESS)
+            .any(|s| crate::scopes::is_offline_access(s))
         {
             return Err(ConfigError::invalid(
                 "scopes_supported",

@@ -14,7 +14,24 @@ use std::collections::{HashMap, HashSet};
 /// The OpenID Connect scope that asks the authorization server for a refresh token. A
 /// resource server never asks for it (MCP authorization, "Refresh Tokens": SHOULD NOT): not
 /// in its metadata's `scopes_supported`, not in a challenge.
-pub(crate) const OFFLINE_ACCESS: &str = "offline_access";
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// True for a character RFC 6750 §3 allows in a scope token: %x21 / %x23-5B / %x5D-7E.
+fn is_scope_char(c: char) -> bool {
+    matches!(c, '!' | '#'..='[' | ']'..='~')
+}
+
+/// A scope as a challenge may carry it: the RFC 6750 scope-token characters of `s`, others
+/// dropped.
+pub(crate) fn scope_token(s: &str) -> String {
+    s.chars().filter(|&c| is_scope_char(c)).collect()
+}
+
+/// True if `scope` is `offline_access` as a challenge would send it (its scope-token
+/// characters): the one check behind every place that keeps it out.
+pub(crate) fn is_offline_access(scope: &str) -> bool {
+    scope.chars().filter(|&c| is_scope_char(c)).eq(OFFLINE_ACCESS.chars())
+}
 
 /// Most implication steps followed from one held permission (a guard against a huge table).
 const MAX_STEPS: usize = 1024;

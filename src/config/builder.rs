@@ -359,7 +359,7 @@ impl WachtAuthConfigBuilder {
         if c.challenge
             .challenge_scopes
             .iter()
-            .any(|s| s.trim() == crate::scopes::OFFLINE_ACCESS)
+            .any(|s| crate::scopes::is_offline_access(s))
         {
             return Err(ConfigError::invalid(
                 "challenge_scopes",

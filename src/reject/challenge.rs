@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::AuthError;
-use crate::scopes::OFFLINE_ACCESS;
+use crate::scopes::{is_offline_access, scope_token};
 
 impl AuthError {
     /// Builds the `WWW-Authenticate: Bearer ...` value for this error.
@@ -31,7 +31,7 @@ impl AuthError {
         // refresh token is the client's choice).
         let mut scopes: Vec<String> = Vec::new();
         for s in candidates.into_iter().map(scope_token) {
-            if !s.is_empty() && s != OFFLINE_ACCESS && !scopes.contains(&s) {
+            if !s.is_empty() && !is_offline_access(&s) && !scopes.contains(&s) {
                 scopes.push(s);
             }
         }
@@ -84,13 +84,6 @@ fn quoted_string(s: &str) -> String {
         }
     }
     out
-}
-
-/// A scope token: %x21 / %x23-5B / %x5D-7E (RFC 6750 §3); other characters dropped.
-fn scope_token(s: &str) -> String {
-    s.chars()
-        .filter(|&c| matches!(c, '!' | '#'..='[' | ']'..='~'))
-        .collect()
 }
 
 /// `error_description` text: %x20-21 / %x23-5B / %x5D-7E; other characters dropped.
