@@ -358,19 +358,22 @@ mod tests {
         assert_eq!(parse(""), Ok(None));
     }
 
+    /// `Authorization` values with a malformed bearer token.
+    const MALFORMED: [&str; 9] = [
+        "Bearer",
+        "Bearer ",
+        "Bearer    ",
+        "Bearer a b",
+        "Bearer a,b",
+        "Bearer ===",
+        "Bearer a=b",
+        "Bearer \"a\"",
+        "Bearer é",
+    ];
+
     #[test]
     fn malformed_tokens_are_rejected() {
-        for bad in [
-            "Bearer",
-            "Bearer ",
-            "Bearer    ",
-            "Bearer a b",
-            "Bearer a,b",
-            "Bearer ===",
-            "Bearer a=b",
-            "Bearer \"a\"",
-            "Bearer é",
-        ] {
+        for bad in MALFORMED {
             assert_eq!(parse(bad), Err(TokenError::Malformed), "{bad:?}");
         }
         assert_eq!(parse(&format!("Bearer {}", "a".repeat(65))), Err(TokenError::TooLong));
@@ -382,23 +385,15 @@ mod tests {
 
     #[test]
     fn a_credential_gives_the_same_answers_once_validated() {
-        let cases = [
+        let others = [
             "Bearer abc",
             "bearer   abc== \t",
             "Basic dXNlcjpwYXNz",
             "Bearerabc",
             "",
-            "Bearer",
-            "Bearer ",
-            "Bearer a b",
-            "Bearer a,b",
-            "Bearer ===",
-            "Bearer a=b",
-            "Bearer \"a\"",
-            "Bearer é",
             "Bearer aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ];
-        for case in cases {
+        for case in others.into_iter().chain(MALFORMED) {
             let mut headers = HeaderMap::new();
             if let Ok(value) = HeaderValue::from_bytes(case.as_bytes()) {
                 headers.insert(AUTHORIZATION, value);
