@@ -157,10 +157,9 @@ async fn changes_made_while_redis_hangs_reach_it_when_it_is_back() {
     );
     // The denial arrives as an event (or in the deny set, if its channel came back later).
     until(|| async { status(&http, &fleet[1], &denied).await == 401 }).await;
-    let later = crate::harness::replica(&gateway, crate::harness::fleet_config(&redis), "/").await;
-    crate::harness::wait_connected(&later).await;
+    let later = &replicas(1, &gateway, &redis, "/").await[0];
     assert_eq!(
-        status(&http, &later, &denied).await,
+        status(&http, later, &denied).await,
         401,
         "a later replica missed the denial"
     );
@@ -228,12 +227,11 @@ async fn changes_redis_refused_are_sent_again_while_the_channel_stays_up() {
         401,
         "the earlier allow won on another replica"
     );
-    let later = crate::harness::replica(&gateway, crate::harness::fleet_config(&redis), "/").await;
-    crate::harness::wait_connected(&later).await;
+    let later = &replicas(1, &gateway, &redis, "/").await[0];
     assert_eq!(
-        status(&http, &later, &flipped).await,
+        status(&http, later, &flipped).await,
         401,
         "the earlier allow won in Redis"
     );
-    assert_eq!(status(&http, &later, &revoked).await, 401);
+    assert_eq!(status(&http, later, &revoked).await, 401);
 }
