@@ -31,13 +31,14 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_wacht::change::RefusalReason;
 use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
-use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{ChangeOutcome, Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 
 /// The application: the quickstart's three routes behind one auth layer.
 pub fn app(auth: WachtAuthLayer) -> Router {
@@ -71,74 +72,79 @@ pub fn app(auth: WachtAuthLayer) -> Router {
         .layer(auth)
 }
 
-/// The operator listener: invalidations and client denials, applied to every replica.
+/// The operator listener: invalidations and denials, applied to every replica. Each route
+/// answers with what became of the change ([`answer`]).
 pub fn admin(auth: WachtAuthLayer) -> Router {
     #[derive(serde::Deserialize)]
     struct Token {
         token: String,
     }
+    type Auth = State<WachtAuthLayer>;
     Router::new()
         .route(
             "/invalidate",
             post(
-                |State(auth): State<WachtAuthLayer>, Json(body): Json<Token>| async move {
-                    auth.invalidate(&body.token).await;
-                    StatusCode::NO_CONTENT
-                },
+                |State(auth): Auth, Json(body): Json<Token>| async move { answer(auth.invalidate(&body.token).await) },
             ),
         )
         .route(
             "/invalidate-all",
-            post(|State(auth): State<WachtAuthLayer>| async move {
-                auth.invalidate_all();
-                StatusCode::NO_CONTENT
-            }),
+            post(|State(auth): Auth| async move { answer(auth.invalidate_all().await) }),
         )
         .route(
             "/clients/{id}/invalidate",
-            on_id(|auth, id| {
-                auth.invalidate_client(id);
-                StatusCode::NO_CONTENT
-            }),
+            post(|State(auth): Auth, Path(id): Path<String>| async move { answer(auth.invalidate_client(&id).await) }),
         )
         .route(
             "/clients/{id}/deny",
-            on_id(|auth, id| {
-                auth.deny_client(id);
-                StatusCode::NO_CONTENT
-            }),
+            post(|State(auth): Auth, Path(id): Path<String>| async move { answer(auth.deny_client(&id).await) }),
         )
         .route(
             "/clients/{id}/allow",
-            on_id(|auth, id| {
-                auth.allow_client(id);
-                StatusCode::NO_CONTENT
-            }),
+            post(|State(auth): Auth, Path(id): Path<String>| async move { answer(auth.allow_client(&id).await) }),
         )
         .route(
             "/sessions/{id}/deny",
-            on_id(|auth, sid| deny_answer(auth.verifier().deny_session(sid))),
+            post(|State(auth): Auth, Path(sid): Path<String>| async move {
+                answer(auth.verifier().deny_session(&sid).await)
+            }),
         )
         .route(
             "/token-ids/{id}/deny",
-            on_id(|auth, jti| deny_answer(auth.verifier().deny_token_id(jti))),
+            post(|State(auth): Auth, Path(jti): Path<String>| async move {
+                answer(auth.verifier().deny_token_id(&jti).await)
+            }),
+        )
+        .route(
+            "/fleet",
+            get(|State(auth): Auth| async move { format!("{:?}\n", auth.verifier().fleet_status()) }),
         )
         .with_state(auth)
 }
 
-/// A `POST` handler applying `action` to the `{id}` of its path.
-fn on_id(action: fn(&WachtAuthLayer, &str) -> StatusCode) -> MethodRouter<WachtAuthLayer> {
-    post(move |State(auth): State<WachtAuthLayer>, Path(id): Path<String>| async move { action(&auth, &id) })
-}
-
-/// 204 when a JWT denial was recorded; 507 when the deny list is full (100 000 live denials),
-/// so an operator knows the denial did not take.
-fn deny_answer(recorded: bool) -> StatusCode {
-    if recorded {
-        StatusCode::NO_CONTENT
+/// The truth about a change, for an operator:
+/// * 204: in force everywhere (written to the fleet's change log; or nothing to change);
+/// * 202: in force here and on the replicas listening now, queued for Redis, which does not
+///   take it yet (the body says why); it is written as soon as Redis does;
+/// * 409: an allow that lifts a denial that is no longer the current one, or not yet written;
+/// * 503: refused (too many changes waiting for Redis on this replica);
+/// * 507: refused (the deny list is full).
+pub fn answer(outcome: ChangeOutcome) -> (StatusCode, String) {
+    let status = match outcome {
+        ChangeOutcome::Applied | ChangeOutcome::Durable | ChangeOutcome::Unchanged => StatusCode::NO_CONTENT,
+        ChangeOutcome::Queued(_) => StatusCode::ACCEPTED,
+        ChangeOutcome::Refused(
+            RefusalReason::NewerDenial | RefusalReason::PendingDenial | RefusalReason::ConfiguredDenial,
+        ) => StatusCode::CONFLICT,
+        ChangeOutcome::Refused(RefusalReason::DenyListFull) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = if status == StatusCode::NO_CONTENT {
+        String::new()
     } else {
-        StatusCode::INSUFFICIENT_STORAGE
-    }
+        format!("{outcome}\n")
+    };
+    (status, body)
 }
 
 /// A fake gateway with two demo tokens; the configuration pointing at it.

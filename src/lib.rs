@@ -65,6 +65,7 @@
 mod axum;
 pub mod body;
 mod cache;
+pub mod change;
 pub mod config;
 mod error;
 #[cfg(feature = "redis")]
@@ -95,6 +96,7 @@ pub mod future {
 
 #[cfg(feature = "axum")]
 pub use crate::axum::PrincipalRejection;
+pub use crate::change::ChangeOutcome;
 pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
 pub use crate::error::ConfigError;
 pub use crate::gateway::ClientIp;

@@ -17,9 +17,10 @@
 //! | `wacht_jwks_fetches_total` | counter | `result`, `cause` | JWKS fetches: `result` is `ok` or `error`; `cause` is `initial`, `stale`, `unknown_kid` or `timer` |
 //! | `wacht_fleet_lookups_total` | counter | `result` | fleet mode, shared-tier lookups: `hit`, `rejected` (a shared 401), `miss`, `bad_mac` (an entry whose tag does not verify, ignored) |
 //! | `wacht_fleet_leases_total` | counter | `result` | fleet-wide single flight: `won` (this replica asks the gateway), `waited` (another replica's answer used), `timed_out` (waited `lease_wait`, then asked itself) |
-//! | `wacht_fleet_errors_total` | counter | `operation` | Redis failures and timeouts, by operation (`lookup`, `lease`, `write`, `invalidate`, `publish`, ...) |
-//! | `wacht_fleet_events_total` | counter | `direction` | invalidation events: `sent`, `applied` (from another replica), `refused` (tag does not verify) |
-//! | `wacht_fleet_channel_connected` | gauge | | 1 while the invalidation channel is subscribed, 0 while it is lost |
+//! | `wacht_fleet_errors_total` | counter | `operation` | Redis failures and timeouts, by operation (`lookup`, `lease`, `write`, `read`, ...) |
+//! | `wacht_fleet_events_total` | counter | `direction` | change-log traffic: `written` (an entry this replica appended), `applied` (a change applied to the local tiers), `announced` (a change Redis has not taken, sent on the channel), `replayed` (a log entry older than what is applied, ignored), `refused` (an entry, record or notice whose tag does not verify, ignored) |
+//! | `wacht_fleet_resyncs_total` | counter | `cause` | times this replica re-read the shared state: `behind` (it fell behind the trimmed log), `state_lost` (Redis lost, rolled back or forked the fleet's state) |
+//! | `wacht_fleet_channel_connected` | gauge | | 1 while this replica follows the fleet (notices heard, log read), 0 while it is lost |
 //!
 //! Labels never carry a token or key: client ids and permission names come from the gateway's
 //! answer for a verified token.
@@ -89,8 +90,10 @@ pub mod names {
     pub const FLEET_LEASES: &str = "wacht_fleet_leases_total";
     /// Fleet mode: Redis errors by `operation`.
     pub const FLEET_ERRORS: &str = "wacht_fleet_errors_total";
-    /// Fleet mode: invalidation events by `direction`.
+    /// Fleet mode: change-log traffic by `direction`.
     pub const FLEET_EVENTS: &str = "wacht_fleet_events_total";
+    /// Fleet mode: re-reads of the shared state by `cause`.
+    pub const FLEET_RESYNCS: &str = "wacht_fleet_resyncs_total";
     /// Fleet mode: 1 while the invalidation channel is subscribed.
     pub const FLEET_CHANNEL: &str = "wacht_fleet_channel_connected";
 }
@@ -230,6 +233,13 @@ pub(crate) fn fleet_event(direction: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::FLEET_EVENTS, "direction" => direction).increment(1);
     let _ = direction;
+}
+
+#[cfg(feature = "redis")]
+pub(crate) fn fleet_resync(cause: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::FLEET_RESYNCS, "cause" => cause).increment(1);
+    let _ = cause;
 }
 
 #[cfg(feature = "redis")]

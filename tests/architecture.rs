@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("timefmt", &[]),
     ("token", &[]),
+    ("change", &["token"]),
     ("scopes", &[]),
     ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
@@ -23,7 +24,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &["error", "fleet", "jwt", "metadata", "principal", "scopes", "token"],
     ),
-    ("fleet", &["error", "gateway", "principal", "telemetry", "token"]),
+    (
+        "fleet",
+        &["change", "error", "gateway", "principal", "telemetry", "token"],
+    ),
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
     (
         "cache",
@@ -33,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "verify",
         &[
             "cache",
+            "change",
             "config",
             "fleet",
             "error",
@@ -50,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "layer",
         &[
             "body",
+            "change",
             "config",
             "error",
             "gateway",

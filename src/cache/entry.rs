@@ -17,6 +17,9 @@ pub(crate) struct Entry {
     /// The invalidation generation when the gateway call that produced it started.
     pub(crate) stamp: u64,
     pub(crate) refresh: Option<Arc<Refresh>>,
+    /// False when the outage grace may not serve it past `deadline` (fleet mode, verified
+    /// while without the fleet: `disconnected_ttl` is the bound).
+    pub(crate) graceful: bool,
 }
 
 /// Refresh-ahead state of one entry: shared by every copy, so one request claims it.

@@ -128,6 +128,7 @@ mod tests {
             deadline,
             stamp: 0,
             refresh: None,
+            graceful: true,
         }
     }
 

@@ -188,7 +188,8 @@ impl DecisionCache {
     /// The cache entry for a verified grant: served until `min(now + ttl, its expiry, now +
     /// cap)` (which is now already when the token has expired by this clock: then it serves
     /// the requests waiting for it and nobody after). `cap` comes from the verdict's source
-    /// (a shared entry's remaining life, fleet mode's disconnected bound).
+    /// (a shared entry's remaining life, fleet mode's disconnected bound); an entry that is
+    /// not `graceful` is never served past it by the outage grace.
     pub(crate) fn entry(
         &self,
         grant: Grant,
@@ -196,6 +197,7 @@ impl DecisionCache {
         hierarchy: Arc<ScopeHierarchy>,
         stamp: u64,
         cap: Option<Duration>,
+        graceful: bool,
     ) -> Entry {
         let remaining = grant
             .expires_at
@@ -215,6 +217,7 @@ impl DecisionCache {
             deadline: now + lifetime,
             stamp,
             refresh,
+            graceful,
         }
     }
 

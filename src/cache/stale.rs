@@ -41,6 +41,9 @@ impl OutageGrace {
     /// Keeps a verified principal until `grace` after its entry ends (never past the token's
     /// own expiry).
     pub(crate) async fn keep(&self, hash: TokenHash, entry: &Entry) {
+        if !entry.graceful {
+            return;
+        }
         let token_left = entry
             .principal
             .expires_at()

@@ -3,15 +3,25 @@
 use super::{WachtAuthConfig, WachtAuthConfigBuilder, check_url};
 use crate::error::ConfigError;
 
-/// Fleet mode from `WACHT_REDIS_URL` and `WACHT_FLEET_SECRET`.
+/// Fleet mode from `WACHT_REDIS_URL`, `WACHT_FLEET_SECRET`, `WACHT_FLEET_FAIL_CLOSED` and
+/// `WACHT_REDIS_CA_FILE`.
 #[cfg(feature = "redis")]
 fn fleet_from_env(
     builder: WachtAuthConfigBuilder,
     url: String,
-    secret: Option<String>,
+    get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<WachtAuthConfigBuilder, ConfigError> {
-    let secret = secret.ok_or(ConfigError::Missing("WACHT_FLEET_SECRET"))?;
-    Ok(builder.fleet(crate::fleet::FleetConfig::new(url, secret)))
+    let secret = get("WACHT_FLEET_SECRET").ok_or(ConfigError::Missing("WACHT_FLEET_SECRET"))?;
+    let mut fleet = crate::fleet::FleetConfig::new(url, secret);
+    if switch("WACHT_FLEET_FAIL_CLOSED", get("WACHT_FLEET_FAIL_CLOSED"))? {
+        fleet = fleet.out_of_sync(crate::fleet::OutOfSync::FailClosed);
+    }
+    if let Some(path) = get("WACHT_REDIS_CA_FILE") {
+        let pem = std::fs::read(&path)
+            .map_err(|e| ConfigError::invalid("WACHT_REDIS_CA_FILE", format!("cannot read {path}: {e}")))?;
+        fleet = fleet.root_certificate_pem(pem);
+    }
+    Ok(builder.fleet(fleet))
 }
 
 /// Without the `redis` feature, a configured Redis is an error, not silently ignored: the
@@ -20,7 +30,7 @@ fn fleet_from_env(
 fn fleet_from_env(
     _builder: WachtAuthConfigBuilder,
     _url: String,
-    _secret: Option<String>,
+    _get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<WachtAuthConfigBuilder, ConfigError> {
     Err(ConfigError::invalid(
         "WACHT_REDIS_URL",
@@ -76,9 +86,12 @@ impl WachtAuthConfig {
     /// * `WACHT_OAUTH_ISSUER`: accept only tokens from this issuer;
     /// * `WACHT_RESOURCE_URL`: this server's resource URL; accept only tokens issued for it.
     ///
-    /// With the `redis` feature, `WACHT_REDIS_URL` turns fleet mode on (`redis://host:port`),
-    /// with `WACHT_FLEET_SECRET` (required then, at least 32 bytes, the same on every
-    /// replica).
+    /// With the `redis` feature, `WACHT_REDIS_URL` turns fleet mode on (`redis://host:port`,
+    /// or `rediss://` for TLS), with `WACHT_FLEET_SECRET` (required then, at least 32 bytes,
+    /// the same on every replica), `WACHT_FLEET_FAIL_CLOSED=on` (answer 503 once without the
+    /// fleet past its bound: [`OutOfSync::FailClosed`](crate::fleet::OutOfSync::FailClosed))
+    /// and `WACHT_REDIS_CA_FILE` (a PEM file: the CA a `rediss://` server's certificate chains
+    /// to, instead of the system's roots).
     ///
     /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
     /// [`jwt`](crate::jwt)), with
@@ -120,7 +133,7 @@ impl WachtAuthConfig {
             b = b.expected_issuer(issuer);
         }
         if let Some(url) = get("WACHT_REDIS_URL") {
-            b = fleet_from_env(b, url, get("WACHT_FLEET_SECRET"))?;
+            b = fleet_from_env(b, url, &get)?;
         }
         if let Some(resource) = get("WACHT_RESOURCE_URL") {
             check_url("WACHT_RESOURCE_URL", &resource)?;

@@ -1,8 +1,9 @@
-//! The invalidation channel: one subscriber task per verifier, reconnecting with capped
-//! backoff, re-reading the shared deny set and invalidate-all floor on every (re)subscription,
-//! and proving the channel alive with heartbeats (every replica publishes one per
-//! `heartbeat`; three silent periods count as a lost channel, which catches a hung Redis
-//! that a TCP connection would not report).
+//! The channel task: one per verifier. It subscribes to the profile's notices, reads the
+//! change log on every notice and every heartbeat, publishes this replica's heartbeat (saying
+//! whether it holds unwritten changes), announces and retries what Redis has not taken, takes
+//! over what silent replicas left, and reconnects with jittered, capped backoff. A watchdog
+//! beside it applies [`OutOfSync`](super::OutOfSync) once the fleet has been unheard for too
+//! long.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -11,78 +12,71 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 
-use super::store::SharedView;
-use super::{Event, Fleet};
+use super::records::{Change, Notice};
+use super::view::Effect;
+use super::{Fleet, OutOfSync};
 use crate::telemetry;
 
-/// How long connecting or subscribing may take before the attempt counts as failed.
+/// How long connecting, subscribing or the first read may take before the attempt counts as
+/// failed.
 const CONNECT_BOUND: Duration = Duration::from_secs(2);
 /// First pause after a failed attempt; doubled up to `max_reconnect_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// How many heartbeats between two checks of the shared-secret marker.
+const MARKER_EVERY: u32 = 30;
 
-/// What the channel does to the replica that owns it.
+/// What the fleet does to the replica that owns it.
 pub(crate) trait Replica: Send + Sync + 'static {
-    /// Applies another replica's event to the local tiers.
-    fn apply(&self, event: Event) -> BoxFuture<'_, ()>;
-    /// The channel was lost: invalidations may be missed from now on, so drop everything
-    /// cached locally.
-    fn channel_lost(&self);
-    /// (Re)subscribed: the shared deny set and JWT denials, and whether the invalidate-all
-    /// floor moved since this replica last applied it.
-    fn resynced(&self, view: SharedView, floor_moved: bool);
+    /// Applies a change to the local tiers.
+    fn apply(&self, effect: Effect) -> BoxFuture<'_, ()>;
+    /// Changes may have been missed: drop everything cached locally.
+    fn drop_local(&self);
+    /// The live JWT session and token-id denials known here (to re-assert them).
+    fn jwt_denials(&self) -> Vec<Change>;
 }
 
 impl Fleet {
-    /// Starts the subscriber task; it ends when `replica` is dropped.
-    pub(crate) fn spawn_channel(self: &Arc<Self>, replica: Weak<dyn Replica>) {
+    /// Starts the channel task and the watchdog; they end when `owner` is dropped.
+    pub(crate) fn spawn_channel(self: &Arc<Self>, owner: Weak<dyn Replica>) {
+        let _ = self.owner.set(owner);
         let fleet = Arc::clone(self);
-        tokio::spawn(async move { fleet.run_channel(replica).await });
+        tokio::spawn(async move { fleet.run_channel().await });
+        let fleet = Arc::downgrade(self);
+        tokio::spawn(watchdog(fleet));
     }
 
-    async fn run_channel(self: Arc<Self>, replica: Weak<dyn Replica>) {
+    fn owner_alive(&self) -> bool {
+        self.owner.get().is_some_and(|o| o.strong_count() > 0)
+    }
+
+    async fn run_channel(self: Arc<Self>) {
         let mut backoff = FIRST_BACKOFF;
-        while replica.strong_count() > 0 {
-            let subscribed = self.subscribe().await;
-            if subscribed.is_ok() && !self.drain(false).await && !self.outbox.is_empty() {
-                // What this replica changed while Redis was away goes first when Redis takes
-                // it; if it does not, the replica resubscribes anyway (it must hear the other
-                // replicas' changes) and the heartbeat keeps trying.
-                tracing::warn!(
-                    "fleet: Redis did not take the changes made here while it was away; retrying on every heartbeat"
-                );
-            }
-            match subscribed {
-                Ok(pubsub) => match tokio::time::timeout(CONNECT_BOUND, self.shared_view()).await {
-                    Ok(Ok(mut view)) => {
-                        // An `allow_client` made here and not yet written wins over the
-                        // shared deny set it is about to change.
-                        view.denied_clients
-                            .retain(|id| !self.outbox.queued_client_change(id, true));
+        while self.owner_alive() {
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    if self.read_log(CONNECT_BOUND).await {
                         backoff = FIRST_BACKOFF;
-                        let moved = self.floor.fetch_max(view.floor, Ordering::AcqRel) < view.floor;
-                        let Some(owner) = replica.upgrade() else { return };
-                        owner.resynced(view, moved);
-                        drop(owner);
+                        self.touch();
                         self.connected.store(true, Ordering::Release);
                         telemetry::fleet_channel(true);
-                        tracing::info!(prefix = self.codec.prefix(), "fleet: invalidation channel subscribed");
-                        self.listen(pubsub, &replica).await;
+                        tracing::info!(prefix = self.codec.prefix(), "fleet: connected; reading the change log");
+                        self.check_secret(true).await;
+                        self.spawn_writer();
+                        self.listen(pubsub).await;
                         self.connected.store(false, Ordering::Release);
                         telemetry::fleet_channel(false);
                         tracing::warn!(
-                            "fleet: invalidation channel lost; local entries dropped, new ones kept at most {:?} until it is back",
+                            "fleet: lost the fleet; local entries dropped, new ones kept at most {:?} until it is back",
                             self.config.disconnected_ttl
                         );
-                        if let Some(owner) = replica.upgrade() {
-                            owner.channel_lost();
+                        if let Some(owner) = self.owner() {
+                            owner.drop_local();
                         }
                     }
-                    Ok(Err(error)) => tracing::debug!(error = %error, "fleet: re-reading the shared state failed"),
-                    Err(_) => tracing::debug!("fleet: re-reading the shared state timed out"),
-                },
+                }
                 Err(error) => tracing::debug!(error, "fleet: subscribing failed"),
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(self.config.max_reconnect_backoff);
         }
     }
@@ -99,52 +93,148 @@ impl Fleet {
         Ok(pubsub)
     }
 
-    /// Applies events until the channel closes or stays silent for three heartbeats.
-    async fn listen(self: &Arc<Self>, mut pubsub: redis::aio::PubSub, replica: &Weak<dyn Replica>) {
-        let channel = self.codec.channel();
+    /// Reads (and applies) the log, within `bound`; true if it was read.
+    async fn read_log(&self, bound: Duration) -> bool {
+        let read = tokio::time::timeout(bound, async {
+            let held = self.protocol.lock().await;
+            self.sync(&held).await
+        })
+        .await;
+        match read {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::debug!(error = ?error, "fleet: reading the change log failed");
+                telemetry::fleet_error("read");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("fleet: reading the change log timed out");
+                telemetry::fleet_error("read");
+                false
+            }
+        }
+    }
+
+    /// The fleet was heard now.
+    fn touch(&self) {
+        self.last_contact.store(self.millis_since_start(), Ordering::Release);
+    }
+
+    /// Follows the fleet until it is lost: nothing heard, or the log unreadable, for three
+    /// heartbeats.
+    async fn listen(self: &Arc<Self>, mut pubsub: redis::aio::PubSub) {
         let mut messages = pubsub.on_message();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let silence = self.config.heartbeat * 3;
-        let mut last = Instant::now();
+        let (mut heard, mut read) = (Instant::now(), Instant::now());
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { return };
-                    last = Instant::now();
-                    match self.codec.decode_event(&channel, message.get_payload_bytes()) {
-                        Some((_, Event::Heartbeat)) => {}
-                        Some((from, _)) if from == self.replica => {}
-                        // A `deny_client` made here and not yet written wins over another
-                        // replica's allow of the same client (a denial wins).
-                        Some((_, Event::Allow(id))) if self.outbox.queued_client_change(&id, false) => {}
-                        Some((_, event)) => {
-                            if let Event::Deny(id) = &event {
-                                self.outbox.denied_elsewhere(id);
-                            }
-                            let Some(owner) = replica.upgrade() else { return };
-                            owner.apply(event).await;
-                            telemetry::fleet_event("applied");
-                        }
-                        None => {
-                            tracing::warn!("fleet: ignored an event whose tag does not verify");
-                            telemetry::fleet_event("refused");
-                        }
+                    heard = Instant::now();
+                    self.hear(message.get_payload_bytes()).await;
+                }
+                () = self.wake.notified() => {
+                    if self.read_log(silence).await {
+                        read = Instant::now();
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if last.elapsed() > silence || replica.strong_count() == 0 {
+                    if !self.owner_alive() || heard.elapsed() > silence {
                         return;
                     }
-                    let fleet = Arc::clone(self);
-                    tokio::spawn(async move {
-                        fleet.publish(&Event::Heartbeat).await;
-                        // Changes Redis did not take, while the channel stayed up.
-                        if !fleet.outbox.is_empty() {
-                            fleet.drain(false).await;
-                        }
-                    });
+                    if self.read_log(silence).await {
+                        read = Instant::now();
+                        self.touch();
+                    } else if read.elapsed() > silence {
+                        return;
+                    }
+                    self.beat(ticks).await;
+                    ticks = ticks.wrapping_add(1);
                 }
             }
         }
     }
+
+    /// One notice from the channel.
+    async fn hear(&self, message: &[u8]) {
+        let Some((from, notice)) = self.codec.decode_notice(message) else {
+            tracing::warn!("fleet: ignored a notice whose tag does not verify");
+            telemetry::fleet_event("refused");
+            return;
+        };
+        if from == self.replica {
+            return;
+        }
+        match notice {
+            Notice::Appended => {
+                self.read_log(self.config.heartbeat * 3).await;
+            }
+            Notice::Heartbeat { pending } => self.view().heartbeat(from, pending, Instant::now()),
+            Notice::Unwritten { id, base, change } => {
+                let effect = self.view().apply_unwritten(from, id, base, change, Instant::now());
+                if let Some(effect) = effect {
+                    tracing::info!("fleet: applied a change another replica could not write to Redis yet");
+                    self.apply_effects(vec![effect]).await;
+                }
+            }
+        }
+    }
+
+    /// Every heartbeat: say this replica is alive (and whether it holds unwritten changes),
+    /// retry and announce those, take over what silent replicas left, check the secret.
+    async fn beat(self: &Arc<Self>, ticks: u32) {
+        let pending = !self.outbox.is_empty();
+        self.publish(&Notice::Heartbeat { pending }).await;
+        let orphans = self.view().orphans(Instant::now(), self.config.heartbeat * 3);
+        self.take_over(orphans);
+        if !self.outbox.is_empty() {
+            self.spawn_writer();
+            if pending {
+                self.announce().await;
+            }
+        }
+        if ticks % MARKER_EVERY == MARKER_EVERY - 1 {
+            self.check_secret(false).await;
+        }
+    }
+}
+
+/// Applies [`OutOfSync`] while the replica runs: checks four times per heartbeat whether the
+/// fleet has been unheard past the bound.
+async fn watchdog(fleet: Weak<Fleet>) {
+    let Some(every) = fleet.upgrade().map(|f| f.config.heartbeat / 4) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        let Some(fleet) = fleet.upgrade() else { return };
+        if !fleet.owner_alive() {
+            return;
+        }
+        let unheard = fleet.millis_since_start()
+            - fleet
+                .last_contact
+                .load(Ordering::Acquire)
+                .min(fleet.millis_since_start());
+        let out = fleet.config.out_of_sync == OutOfSync::FailClosed
+            && unheard > super::millis(fleet.config.out_of_sync_after());
+        let was = fleet.refusing.swap(out, Ordering::AcqRel);
+        if out && !was {
+            tracing::error!(
+                "fleet: without the fleet for longer than 3 × heartbeat + disconnected_ttl; refusing every request (503) until it is back (out_of_sync = FailClosed)"
+            );
+        } else if was && !out {
+            tracing::info!("fleet: back with the fleet; serving again");
+        }
+    }
+}
+
+/// `d` shortened by a random part of up to half, so replicas that lost Redis together do not
+/// come back in step.
+fn jitter(d: Duration) -> Duration {
+    let part = super::random_u64() % 1000;
+    d.mul_f64(0.5 + f64::from(u32::try_from(part).unwrap_or(0)) / 2000.0)
 }

@@ -1,195 +1,83 @@
-//! Fleet mode (feature `redis`): a decision tier and an invalidation channel shared by every
-//! replica of a service, on Redis or Valkey.
+//! Fleet mode (feature `redis`): a decision tier and an ordered, durable change log shared by
+//! every replica of a service, on Redis or Valkey.
 //!
 //! ```text
-//! request ─► per-thread front ─► process (moka) ─► Redis (this module) ─► gateway
+//! request ─► per-thread front ─► process (moka) ─► Redis shared tier ─► gateway
 //!                                                    │ one gateway call per token per ttl, fleet-wide
-//!                                                    └ invalidate / deny ─► every replica (pub/sub)
+//! invalidate / deny / allow ─► outbox ─► one Lua script: records + log entry + notice
+//!                                        └► every replica reads the log in order
 //! ```
 //!
-//! * **Shared tier.** A local miss asks Redis first (one round trip, bounded by
-//!   [`FleetConfig::timeout`]). A hit fills the local cache for the shared entry's remaining
-//!   lifetime. Gateway answers are written back with `PX = min(ttl, expires_at − now)`; the
-//!   gateway's 401s go to a separate namespace for `negative_ttl`. Rate limits and gateway
-//!   errors are never shared.
-//! * **Fleet-wide single flight.** When replicas miss the same token at once, the one that
-//!   takes a short lease (`SET NX PX`) calls the gateway; the others poll Redis for its answer
-//!   for at most [`FleetConfig::lease_wait`], then ask the gateway themselves.
-//! * **Safe to share.** Keys hold a keyed hash of the token, namespaced by the check profile;
-//!   values and events carry an HMAC-SHA256 tag made with the fleet secret, so an entry written
-//!   by anyone without it is ignored (and counted), never turned into a principal. Every
-//!   shared answer still goes through this replica's pins and deny list.
-//! * **Invalidation fan-out.** `invalidate(token)`, `invalidate_all()`, `invalidate_client`,
-//!   `deny_client` and `allow_client` change the shared state (a void marker stamped with the
-//!   fleet's epoch, so an answer in flight during the invalidation is refused when read; the
-//!   deny set; the invalidate-all floor) and publish an event that every replica applies to
-//!   its local tiers. `deny_session` and `deny_token_id` (JWT access tokens) add the id to a
-//!   sorted set scored by when the denial ends (a replica that subscribes later reads the live
-//!   ones) and publish an event; there is nothing to void, since JWT verdicts are verified on
-//!   each replica and never shared. A change Redis does not take (down, hung, refusing
-//!   writes) stays in the outbox of the replica that made it (in order, bounded) and is
-//!   written and published again on its next heartbeat and when its channel is back: Redis's
-//!   own entries, the other replicas and replicas started later all learn it. Until then,
-//!   that replica's misses skip the shared tier, and it keeps its own queued change over
-//!   what Redis or another replica says about the same client.
-//! * **One format per fleet.** The keys of sealed entries and markers, and the channel,
-//!   include the format version: replicas of tower-wacht releases with different formats
-//!   share no entries (each asks the gateway as if alone), so during a rolling upgrade across
-//!   such a change an invalidation reaches only the replicas of the release it was made on.
-//!   The deny sets (plain ids) are shared by every release, so denials outlive upgrades.
-//! * **Redis only speeds things up.** Down, slow or answering garbage, every replica behaves
-//!   as without fleet mode (local cache and gateway), logs and counts it, and skips Redis for
-//!   a second after a failure. The channel reconnects with capped backoff and resubscribes.
-//!
-//! What is guaranteed in each state of a replica's channel:
-//!
-//! | channel | an invalidation on another replica reaches this one | what this replica caches locally |
-//! | --- | --- | --- |
-//! | subscribed | when the event arrives (milliseconds on a LAN) | for `ttl`, as without fleet mode |
-//! | lost (closed, or silent for 3 heartbeats) | not at all: so at the moment it notices, the replica drops everything it cached (entries it serves afterwards were verified after the loss) | for at most [`FleetConfig::disconnected_ttl`], until it has resubscribed and re-read the deny list and the invalidate-all floor |
-//! | never connected yet | not at all | for at most `disconnected_ttl` |
-//!
-//! So an invalidation takes effect everywhere within the event's delivery time, or within
-//! `heartbeat × 3 + disconnected_ttl` on a replica whose channel is lost.
+//! * **Shared tier** ([`store`]). A local miss asks Redis first (one round trip, bounded by
+//!   [`FleetConfig::timeout`]). A shared answer is used only if this replica has read the log
+//!   up to Redis's head and no change logged after the answer's stamp covers it; otherwise
+//!   the gateway decides. Gateway answers are written back for `min(ttl, expires_at − now)`,
+//!   401s for `negative_ttl`; rate limits and errors are never shared. When replicas miss one
+//!   token at once, the one holding a short lease asks the gateway and the others wait for it,
+//!   at most [`FleetConfig::lease_wait`], and no longer than it holds the lease.
+//! * **The change log** ([`log`], [`view`]). Every change (invalidate a token, a client or
+//!   everything; deny or allow a client; deny a JWT session or token id) is one Lua script
+//!   that checks the head it was numbered from, updates the records, appends a sealed entry
+//!   to a Redis Stream and publishes a notice. Entries are numbered without gaps and each
+//!   names the link of the one before, so a replica reading the log applies every change once
+//!   and in order, and tells a replayed, removed or forked entry from the next one. Per
+//!   subject, the newest version wins: an allow lifts only the denial it names.
+//! * **Redis losing state** ([`sync`]). Redis's head carries an incarnation; a replica that
+//!   finds it missing, changed to an older one, gone backwards or forked drops its local
+//!   cache, starts (or adopts) a new incarnation (which voids every shared answer of the old
+//!   one) and re-asserts the denials it knows, with their versions and end times.
+//! * **Changes Redis refuses** ([`writer`], [`outbox`]). A change is applied here and queued
+//!   before it is written; if Redis does not take it, it is announced on the channel (every
+//!   heartbeat) so the replicas listening apply what restricts, heartbeats say changes are
+//!   pending, and every replica skips the shared tier and caps its entries at
+//!   `disconnected_ttl` until it is written. A replica that goes silent with changes pending
+//!   has them taken over by the replicas that heard them.
+//! * **Safe to share** ([`codec`], [`records`]). Keys hold a keyed hash of the token,
+//!   namespaced by the check profile; values, entries, records and notices carry an
+//!   HMAC-SHA256 tag made with the fleet secret: anything written without it is ignored and
+//!   counted. Every shared answer still goes through this replica's pins and deny lists.
+//! * **Without the fleet** ([`channel`]). A replica that has not heard the fleet for three
+//!   heartbeats drops everything it cached and caches for at most `disconnected_ttl`; past
+//!   `3 × heartbeat + disconnected_ttl` it serves through the gateway (default) or answers
+//!   503 ([`OutOfSync::FailClosed`]). It reconnects with jittered, capped backoff.
+//! * **One secret per fleet** ([`marker`]). Replicas of one profile with different secrets
+//!   share nothing; each writes a keyed fingerprint of its secret to a key that does not
+//!   depend on the secret, and logs an error when it finds another.
 
 mod channel;
 mod codec;
+mod config;
+mod log;
+mod marker;
 mod outbox;
+mod records;
 mod store;
+mod sync;
+mod view;
+mod writer;
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use self::channel::Replica;
 use self::codec::Codec;
-pub(crate) use self::codec::Event;
-pub(crate) use self::store::SharedView;
+pub use self::config::{FleetConfig, MIN_SECRET_LEN, OutOfSync};
+pub(crate) use self::records::Change;
 use self::store::{Lookup, Shared};
+use self::view::View;
+pub(crate) use self::view::{ClientState, Effect};
+pub(crate) use self::writer::Submitted;
+use crate::change::QueueReason;
 use crate::error::ConfigError;
 use crate::gateway::{Decision, GatewayError};
 use crate::telemetry;
 use crate::token::TokenHash;
 
-/// The shortest fleet secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 32;
-
-/// Settings of fleet mode: where Redis is, the secret every replica shares, and the bounds.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_wacht::fleet::FleetConfig;
-///
-/// let fleet = FleetConfig::new("redis://127.0.0.1:6379", "a fleet secret of at least 32 bytes!!")
-///     .timeout(Duration::from_millis(20));
-/// # let _ = fleet;
-/// ```
-#[derive(Clone)]
-pub struct FleetConfig {
-    pub(crate) redis_url: String,
-    pub(crate) secret: Arc<[u8]>,
-    pub(crate) timeout: Duration,
-    pub(crate) lease_wait: Duration,
-    pub(crate) heartbeat: Duration,
-    pub(crate) disconnected_ttl: Duration,
-    pub(crate) max_reconnect_backoff: Duration,
-}
-
-impl fmt::Debug for FleetConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may hold a password, the secret is a secret.
-        f.debug_struct("FleetConfig")
-            .field("redis_url", &"<redacted>")
-            .field("secret", &"<redacted>")
-            .field("timeout", &self.timeout)
-            .field("lease_wait", &self.lease_wait)
-            .field("heartbeat", &self.heartbeat)
-            .field("disconnected_ttl", &self.disconnected_ttl)
-            .field("max_reconnect_backoff", &self.max_reconnect_backoff)
-            .finish()
-    }
-}
-
-impl FleetConfig {
-    /// Fleet mode on the Redis (or Valkey) at `redis_url` (`redis://[:password@]host:port[/db]`,
-    /// `rediss://` for TLS is not built in), with `secret` (at least 32 bytes, the same on every
-    /// replica) keying token hashes and authenticating entries and events.
-    ///
-    /// Defaults: `timeout` 30 ms, `lease_wait` 1 s, `heartbeat` 1 s, `disconnected_ttl` 5 s,
-    /// `max_reconnect_backoff` 2 s.
-    pub fn new(redis_url: impl Into<String>, secret: impl AsRef<[u8]>) -> Self {
-        FleetConfig {
-            redis_url: redis_url.into(),
-            secret: Arc::from(secret.as_ref()),
-            timeout: Duration::from_millis(30),
-            lease_wait: Duration::from_secs(1),
-            heartbeat: Duration::from_secs(1),
-            disconnected_ttl: Duration::from_secs(5),
-            max_reconnect_backoff: Duration::from_secs(2),
-        }
-    }
-
-    /// Longest wait for one Redis round trip on the request path (default 30 ms); past it the
-    /// replica goes on without Redis.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Longest a replica waits for another replica's gateway call on the same token before it
-    /// asks the gateway itself (default 1 s).
-    pub fn lease_wait(mut self, wait: Duration) -> Self {
-        self.lease_wait = wait;
-        self
-    }
-
-    /// How often each replica proves its channel alive (default 1 s); three silent periods
-    /// count as a lost channel.
-    pub fn heartbeat(mut self, every: Duration) -> Self {
-        self.heartbeat = every;
-        self
-    }
-
-    /// Longest a replica caches an answer locally while its invalidation channel is lost
-    /// (default 5 s): the bound on how late a missed invalidation can take effect there.
-    pub fn disconnected_ttl(mut self, ttl: Duration) -> Self {
-        self.disconnected_ttl = ttl;
-        self
-    }
-
-    /// Longest wait between reconnection attempts (default 2 s).
-    pub fn max_reconnect_backoff(mut self, backoff: Duration) -> Self {
-        self.max_reconnect_backoff = backoff;
-        self
-    }
-
-    /// Checks the settings.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.secret.len() < MIN_SECRET_LEN {
-            return Err(ConfigError::invalid(
-                "fleet secret",
-                format!("must be at least {MIN_SECRET_LEN} bytes"),
-            ));
-        }
-        redis::Client::open(self.redis_url.as_str()).map_err(|e| ConfigError::invalid("redis URL", e.to_string()))?;
-        for (name, d) in [
-            ("fleet timeout", self.timeout),
-            ("fleet heartbeat", self.heartbeat),
-            ("fleet disconnected_ttl", self.disconnected_ttl),
-            ("fleet max_reconnect_backoff", self.max_reconnect_backoff),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::invalid(name, "must be greater than zero"));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What the verifier knows of its check profile, for fleet mode.
 pub(crate) struct Profile {
-    /// Everything that changes a decision: gateway URL, method, resource, pins.
+    /// Everything that changes a decision: gateway URL, method, resource, pins, ttls.
     pub(crate) id: String,
     pub(crate) ttl: Duration,
     pub(crate) negative_ttl: Duration,
@@ -203,6 +91,28 @@ pub(crate) struct Answer {
     /// Cap on the local entry's lifetime (a shared entry's remaining life, or the
     /// disconnected bound).
     pub(crate) cap: Option<Duration>,
+    /// False while the fleet is unheard or degraded: the outage grace may not extend it.
+    pub(crate) graceful: bool,
+}
+
+/// How this replica stands with the fleet, for health checks and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetStatus {
+    /// Subscribed to the notices and reading the change log.
+    pub connected: bool,
+    /// Some replica (this one included) holds changes Redis has not taken: shared answers
+    /// are not used and local entries last at most `disconnected_ttl`.
+    pub degraded: bool,
+    /// Without the fleet for longer than `3 × heartbeat + disconnected_ttl`.
+    pub out_of_sync: bool,
+    /// Changes made here that Redis has not taken yet.
+    pub pending_changes: usize,
+    /// Other fleet secrets seen recently for this profile on this Redis (replicas that share
+    /// nothing with this one).
+    pub foreign_secrets: usize,
+    /// The last change-log position this replica has applied.
+    pub log_position: u64,
 }
 
 /// The running fleet tier of one verifier.
@@ -212,19 +122,32 @@ pub(crate) struct Fleet {
     client: redis::Client,
     config: FleetConfig,
     profile: Profile,
-    /// This replica, in events (its own are not applied twice).
+    /// This replica, in entries and notices.
     replica: u64,
-    /// Skip Redis until this instant (milliseconds since `started`) after a failure.
+    /// Skip Redis on the request path until this instant (ms since `started`) after a failure.
     failing_until: AtomicU64,
     started: Instant,
-    /// Subscribed and re-synced.
+    /// Subscribed and reading the log.
     connected: AtomicBool,
-    /// The invalidate-all floor last applied.
-    floor: AtomicU64,
-    /// The changes this replica made to the shared state, in order, until Redis took them.
+    /// When the fleet was last heard (ms since `started`): the log read and a notice heard.
+    last_contact: AtomicU64,
+    /// Past the out-of-sync bound with [`OutOfSync::FailClosed`]: every request is refused.
+    refusing: AtomicBool,
+    foreign_secrets: std::sync::atomic::AtomicUsize,
+    /// What this replica has applied of the log.
+    view: Mutex<View>,
+    /// One reader or writer of the log at a time.
+    protocol: tokio::sync::Mutex<()>,
+    /// The changes made here that Redis has not taken yet.
     outbox: outbox::Outbox,
-    /// Held by the one task writing the outbox.
-    draining: tokio::sync::Mutex<()>,
+    /// Why the last write failed (a [`QueueReason`] code).
+    last_error: AtomicU8,
+    /// True while a writer task runs.
+    writing: AtomicBool,
+    /// The verifier this tier serves (set when its channel starts).
+    owner: OnceLock<Weak<dyn Replica>>,
+    /// Asks the channel task to read the log now.
+    wake: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Fleet {
@@ -236,6 +159,9 @@ impl fmt::Debug for Fleet {
     }
 }
 
+/// Held while reading or writing the log.
+pub(crate) type Held<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 impl Fleet {
     /// Connects lazily (nothing is sent until first used). Needs a running Tokio runtime.
     pub(crate) fn new(config: &FleetConfig, profile: Profile) -> Result<Self, ConfigError> {
@@ -246,8 +172,7 @@ impl Fleet {
                 "fleet mode needs a running Tokio runtime when the layer is built",
             ));
         }
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| ConfigError::invalid("redis URL", e.to_string()))?;
+        let client = config.client()?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.timeout.max(Duration::from_millis(250))))
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -255,6 +180,9 @@ impl Fleet {
             .set_number_of_retries(2);
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| ConfigError::invalid("redis", e.to_string()))?;
+        // Answers live at most ttl after their gateway call, which started at most the call
+        // bound before; 5 s covers clock skew between replicas.
+        let keep = profile.ttl + profile.call_bound + Duration::from_secs(5);
         Ok(Fleet {
             codec: Codec::new(&config.secret, &profile.id),
             conn,
@@ -265,10 +193,21 @@ impl Fleet {
             failing_until: AtomicU64::new(0),
             started: Instant::now(),
             connected: AtomicBool::new(false),
-            floor: AtomicU64::new(0),
+            last_contact: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
+            foreign_secrets: std::sync::atomic::AtomicUsize::new(0),
+            view: Mutex::new(View::new(keep)),
+            protocol: tokio::sync::Mutex::new(()),
             outbox: outbox::Outbox::default(),
-            draining: tokio::sync::Mutex::new(()),
+            last_error: AtomicU8::new(0),
+            writing: AtomicBool::new(false),
+            owner: OnceLock::new(),
+            wake: tokio::sync::Notify::new(),
         })
+    }
+
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The local cache key of a token's bytes: HMAC-SHA256 with the fleet secret.
@@ -281,20 +220,30 @@ impl Fleet {
         self.codec.hash_of(token.as_bytes())
     }
 
+    /// What this replica knows of a client's fleet-wide state.
+    pub(crate) fn client_state(&self, client: &str) -> Option<ClientState> {
+        self.view().client(client)
+    }
+
     /// The answer for a token the local tiers did not have: the shared tier's, another
     /// replica's (after waiting on its lease), or `ask`'s (the gateway), written back.
     pub(crate) async fn answer<F>(&self, hash: TokenHash, ask: F) -> Answer
     where
         F: Future<Output = Result<Decision, GatewayError>>,
     {
-        let cap = self.disconnected_cap();
-        if !self.outbox.is_empty() {
-            // A change made here has not reached Redis yet: the gateway decides, and
-            // nothing is shared (the answer's epoch could not be compared with it).
-            tracing::debug!("fleet: shared tier skipped while an invalidation is on its way to Redis");
+        let settled = self.is_connected() && !self.is_degraded();
+        let (cap, graceful) = if settled {
+            (None, true)
+        } else {
+            (Some(self.config.disconnected_ttl), false)
+        };
+        if !settled {
+            // Without the fleet, or with changes not yet in Redis: Redis may hold answers a
+            // change voids that this replica cannot see, so the gateway decides.
             return Answer {
                 verdict: ask.await,
                 cap,
+                graceful,
             };
         }
         let Some(found) = self.lookup(&hash).await else {
@@ -302,21 +251,22 @@ impl Fleet {
             return Answer {
                 verdict: ask.await,
                 cap,
+                graceful,
             };
         };
-        let epoch = match found {
+        let stamp = match found {
             Lookup::Found(shared) => {
                 telemetry::fleet_lookup("hit");
-                return shared_answer(shared, cap);
+                return shared_answer(shared);
             }
-            Lookup::Missing { epoch } => epoch,
+            Lookup::Missing { stamp } => stamp,
         };
         match self.take_lease(&hash).await {
             Some(false) => {
                 // Another replica is asking the gateway: wait for its answer, boundedly.
                 if let Some(shared) = self.wait_for_answer(&hash).await {
                     telemetry::fleet_lease("waited");
-                    return shared_answer(shared, cap);
+                    return shared_answer(shared);
                 }
                 telemetry::fleet_lease("timed_out");
             }
@@ -324,18 +274,40 @@ impl Fleet {
             None => {}
         }
         let verdict = ask.await;
-        self.write_back(&hash, &verdict, epoch).await;
-        Answer { verdict, cap }
+        self.write_back(&hash, &verdict, stamp).await;
+        Answer { verdict, cap, graceful }
     }
 
-    /// The lifetime cap while the invalidation channel is not subscribed.
-    pub(crate) fn disconnected_cap(&self) -> Option<Duration> {
-        (!self.connected.load(Ordering::Acquire)).then_some(self.config.disconnected_ttl)
-    }
-
-    /// True while the invalidation channel is subscribed and re-synced.
+    /// True while subscribed to the notices and reading the change log.
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// True while a change is pending here, or another replica says one is pending there.
+    fn is_degraded(&self) -> bool {
+        !self.outbox.is_empty() || self.view().others_pending(Instant::now(), self.config.heartbeat * 3)
+    }
+
+    /// True while this replica must refuse every request ([`OutOfSync::FailClosed`], past
+    /// the bound).
+    pub(crate) fn refuses_requests(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// How this replica stands with the fleet.
+    pub(crate) fn status(&self) -> FleetStatus {
+        let view = self.view();
+        FleetStatus {
+            connected: self.is_connected(),
+            degraded: !self.outbox.is_empty() || view.others_pending(Instant::now(), self.config.heartbeat * 3),
+            out_of_sync: self
+                .millis_since_start()
+                .saturating_sub(self.last_contact.load(Ordering::Acquire))
+                > millis(self.config.out_of_sync_after()),
+            pending_changes: self.outbox.len(),
+            foreign_secrets: self.foreign_secrets.load(Ordering::Relaxed),
+            log_position: view.seq(),
+        }
     }
 
     /// Runs a Redis operation under the request-path timeout and the failure breaker: `None`
@@ -348,8 +320,7 @@ impl Fleet {
         if now < self.failing_until.load(Ordering::Acquire) {
             return None;
         }
-        let outcome = tokio::time::timeout(self.config.timeout, op).await;
-        match outcome {
+        match tokio::time::timeout(self.config.timeout, op).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
                 self.trip(what, &error.to_string());
@@ -379,25 +350,68 @@ impl Fleet {
     fn millis_since_start(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+
+    /// Records why a write failed.
+    fn set_last_error(&self, reason: QueueReason) {
+        let code = match reason {
+            QueueReason::RedisUnavailable => 0,
+            QueueReason::RedisRefusedWrite => 1,
+            _ => 2,
+        };
+        self.last_error.store(code, Ordering::Relaxed);
+    }
+
+    /// Why the last write failed.
+    fn last_error(&self) -> QueueReason {
+        match self.last_error.load(Ordering::Relaxed) {
+            0 => QueueReason::RedisUnavailable,
+            1 => QueueReason::RedisRefusedWrite,
+            _ => QueueReason::Resyncing,
+        }
+    }
+
+    /// The verifier this tier serves, if it still runs.
+    fn owner(&self) -> Option<std::sync::Arc<dyn Replica>> {
+        self.owner.get().and_then(Weak::upgrade)
+    }
+
+    /// Applies effects to the verifier's local tiers.
+    async fn apply_effects(&self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let Some(owner) = self.owner() else { return };
+        for effect in effects {
+            owner.apply(effect).await;
+            telemetry::fleet_event("applied");
+        }
+    }
 }
 
 /// A shared verdict as the local tiers take it: an allowed grant lives locally no longer than
-/// its shared entry (nor than `cap`).
-fn shared_answer(shared: Shared, cap: Option<Duration>) -> Answer {
+/// its shared entry.
+fn shared_answer(shared: Shared) -> Answer {
     match shared {
         Shared::Allowed { grant, remaining } => Answer {
             verdict: Ok(Decision::Allowed(grant)),
-            cap: Some(cap.map_or(remaining, |c| c.min(remaining))),
+            cap: Some(remaining),
+            graceful: true,
         },
         Shared::Rejected => Answer {
             verdict: Ok(Decision::InvalidToken),
-            cap,
+            cap: None,
+            graceful: true,
         },
     }
 }
 
-/// A random replica id (no new dependency: the standard library's randomly keyed hasher).
-fn random_u64() -> u64 {
+/// Milliseconds of a duration, at least 1.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A random id (no new dependency: the standard library's randomly keyed hasher).
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

@@ -1,34 +1,46 @@
-//! The outbox: every change this replica makes to the shared state (invalidations, denials),
-//! queued in the order it was made and written to Redis by one drainer at a time, so that a
-//! later change is never overtaken by an earlier one (a `deny_client` undone by an
-//! `allow_client` written after it). A change Redis does not take (down, hung, refusing
-//! writes) stays queued and is written again on the next heartbeat and when the channel is
-//! back. While anything is queued, this replica's misses skip the shared tier, which may
-//! still hold answers a queued change voids.
+//! The changes this replica made that Redis has not taken yet, oldest first, each with the
+//! callers waiting to learn its outcome.
+//!
+//! A change is queued synchronously, before its local effect, and written by one writer at a
+//! time in order, so a later change is never overtaken by an earlier one. A change Redis does
+//! not take stays queued (and announced on the channel every heartbeat) until it does.
+//! While anything is queued, this replica's misses skip the shared tier, which may still hold
+//! answers a queued change voids. The queue is bounded: past it, invalidations are summed up
+//! as one invalidate-all and other changes are refused, and their callers told so.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::Event;
+use tokio::sync::oneshot;
+
+use super::records::Change;
+use crate::change::RefusalReason;
 
 /// Most changes queued.
 const MAX_QUEUED: usize = 10_000;
 
-/// A queued change and its place in the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The written-or-refused verdict a waiting caller receives.
+pub(crate) type Settled = Result<(), RefusalReason>;
+
+/// A queued change.
+#[derive(Debug)]
 pub(crate) struct Queued {
-    seq: u64,
-    pub(crate) event: Event,
+    /// Its number on this replica (in the log entry that writes it).
+    pub(crate) id: u64,
+    /// The log position this replica had applied when it was made.
+    pub(crate) base: u64,
+    pub(crate) change: Change,
+    waiters: Vec<oneshot::Sender<Settled>>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     changes: VecDeque<Queued>,
-    next_seq: u64,
+    next_id: u64,
 }
 
-/// The queued changes, oldest first.
+/// The queue (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     queue: Mutex<Queue>,
@@ -41,87 +53,115 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn update_flag(&self, queue: &Queue) {
+        self.any.store(!queue.changes.is_empty(), Ordering::SeqCst);
+    }
+
     /// True when nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         !self.any.load(Ordering::SeqCst)
     }
 
-    /// Queues a change after every change queued before it. A later change about the same
-    /// thing replaces an earlier one still queued (the latest `deny_client` / `allow_client`
-    /// of a client wins), and an invalidate-all replaces every queued token and client
-    /// invalidation.
-    pub(crate) fn push(&self, event: Event) {
+    /// Queues `change` after every change queued before it (the same change still queued
+    /// takes the new caller instead). Returns the receiver of its outcome, or the refusal
+    /// when the queue is full.
+    pub(crate) fn push(&self, change: Change, base: u64) -> Result<oneshot::Receiver<Settled>, RefusalReason> {
+        let (done, outcome) = oneshot::channel();
         let mut queue = self.queue();
-        let changes = &mut queue.changes;
-        match &event {
-            Event::Heartbeat => return,
-            Event::Deny(id) | Event::Allow(id) => {
-                changes.retain(|q| !matches!(&q.event, Event::Deny(other) | Event::Allow(other) if other == id));
-            }
-            Event::All => changes.retain(|q| !matches!(q.event, Event::Token(_) | Event::Client(_) | Event::All)),
-            Event::Token(_) | Event::Client(_) | Event::DenySession(_) | Event::DenyTokenId(_) => {
-                changes.retain(|q| q.event != event);
-            }
+        if let Some(same) = queue.changes.iter_mut().rev().find(|q| q.change == change) {
+            same.waiters.push(done);
+            return Ok(outcome);
         }
-        let mut event = event;
-        if changes.len() >= MAX_QUEUED && matches!(event, Event::Token(_) | Event::Client(_)) {
+        let mut change = change;
+        let mut waiters = vec![done];
+        if queue.changes.len() >= MAX_QUEUED && matches!(change, Change::Token(_) | Change::Client(_)) {
             // Token and client invalidations are summed up by one invalidate-all.
-            changes.retain(|q| !matches!(q.event, Event::Token(_) | Event::Client(_) | Event::All));
-            event = Event::All;
+            let (summed, kept): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut queue.changes)
+                .into_iter()
+                .partition(|q| matches!(q.change, Change::Token(_) | Change::Client(_) | Change::All));
+            queue.changes = kept;
+            waiters.extend(summed.into_iter().flat_map(|q| q.waiters));
+            change = Change::All;
             tracing::warn!(
                 limit = MAX_QUEUED,
                 "fleet: too many changes waiting for Redis; token and client invalidations summed up as one invalidate-all"
             );
         }
-        if changes.len() >= MAX_QUEUED {
-            // Only denials (and at most one invalidate-all) are left: dropping one would let
-            // the other replicas serve what it refuses, so the newest does not join.
+        if queue.changes.len() >= MAX_QUEUED {
             tracing::error!(
                 limit = MAX_QUEUED,
-                "fleet: too many denials waiting for Redis; this change holds on this replica only"
+                "fleet: too many changes waiting for Redis; this one is refused (in force here only)"
             );
-            return;
+            return Err(RefusalReason::OutboxFull);
         }
-        let seq = queue.next_seq;
-        queue.next_seq += 1;
-        queue.changes.push_back(Queued { seq, event });
-        self.any.store(true, Ordering::SeqCst);
+        let id = queue.next_id;
+        queue.next_id += 1;
+        queue.changes.push_back(Queued {
+            id,
+            base,
+            change,
+            waiters,
+        });
+        self.update_flag(&queue);
+        Ok(outcome)
     }
 
-    /// The oldest queued change.
-    pub(crate) fn front(&self) -> Option<Queued> {
-        self.queue().changes.front().cloned()
-    }
-
-    /// Forgets `written` if it is still the oldest (it was not replaced while it was being
-    /// written: a replacement is written next).
-    pub(crate) fn written(&self, written: &Queued) {
+    /// Queues changes nobody waits for (re-assertions, changes taken over from a replica
+    /// gone silent) ahead of what is queued. Past the bound they are not queued (logged).
+    pub(crate) fn push_front(&self, changes: Vec<Change>, base: u64) {
         let mut queue = self.queue();
-        if queue.changes.front().is_some_and(|q| q.seq == written.seq) {
-            queue.changes.pop_front();
+        for change in changes.into_iter().rev() {
+            if queue.changes.iter().any(|q| q.change == change) {
+                continue;
+            }
+            if queue.changes.len() >= MAX_QUEUED {
+                tracing::error!(
+                    limit = MAX_QUEUED,
+                    "fleet: too many changes waiting for Redis; a re-assertion is dropped"
+                );
+                break;
+            }
+            let id = queue.next_id;
+            queue.next_id += 1;
+            queue.changes.push_front(Queued {
+                id,
+                base,
+                change,
+                waiters: Vec::new(),
+            });
         }
-        self.any.store(!queue.changes.is_empty(), Ordering::SeqCst);
+        self.update_flag(&queue);
     }
 
-    /// True if an `allow_client` (`allow`) or `deny_client` of `client_id` made here is
-    /// still queued: this replica keeps it over what Redis or another replica says about the
-    /// client until it is written.
-    pub(crate) fn queued_client_change(&self, client_id: &str, allow: bool) -> bool {
-        self.queue().changes.iter().any(|q| match &q.event {
-            Event::Allow(id) => allow && id == client_id,
-            Event::Deny(id) => !allow && id == client_id,
-            _ => false,
-        })
-    }
-
-    /// Another replica denied `client_id`: a queued `allow_client` of it made here is
-    /// dropped, so that it cannot lift that denial when it is written later (a denial wins).
-    pub(crate) fn denied_elsewhere(&self, client_id: &str) {
-        let mut queue = self.queue();
-        queue
+    /// The oldest `max` changes: (id, base, change).
+    pub(crate) fn oldest(&self, max: usize) -> Vec<(u64, u64, Change)> {
+        self.queue()
             .changes
-            .retain(|q| !matches!(&q.event, Event::Allow(id) if id == client_id));
-        self.any.store(!queue.changes.is_empty(), Ordering::SeqCst);
+            .iter()
+            .take(max)
+            .map(|q| (q.id, q.base, q.change.clone()))
+            .collect()
+    }
+
+    /// Settles the change `id` (written, or refused), telling its callers; false if it is
+    /// not queued (settled before).
+    pub(crate) fn settle(&self, id: u64, outcome: Settled) -> bool {
+        let mut queue = self.queue();
+        let Some(at) = queue.changes.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let settled = queue.changes.remove(at);
+        self.update_flag(&queue);
+        drop(queue);
+        for waiter in settled.into_iter().flat_map(|q| q.waiters) {
+            let _ = waiter.send(outcome);
+        }
+        true
+    }
+
+    /// How many changes are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.queue().changes.len()
     }
 }
 
@@ -129,68 +169,65 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn queued(outbox: &Outbox) -> Vec<Event> {
-        outbox.queue().changes.iter().map(|q| q.event.clone()).collect()
+    fn deny(client: &str) -> Change {
+        Change::Deny {
+            client: client.into(),
+            version: 0,
+        }
     }
 
-    #[test]
-    fn the_latest_change_about_a_client_wins_and_order_is_kept() {
+    #[tokio::test]
+    async fn changes_settle_in_order_and_a_repeat_joins_the_queued_copy() {
         let outbox = Outbox::default();
         assert!(outbox.is_empty());
-        outbox.push(Event::Deny("a".into()));
-        outbox.push(Event::DenySession("s".into()));
-        outbox.push(Event::Allow("a".into()));
-        outbox.push(Event::Client("c".into()));
-        assert_eq!(
-            queued(&outbox),
-            [
-                Event::DenySession("s".into()),
-                Event::Allow("a".into()),
-                Event::Client("c".into())
-            ]
-        );
-        outbox.push(Event::All);
-        assert_eq!(
-            queued(&outbox),
-            [Event::DenySession("s".into()), Event::Allow("a".into()), Event::All]
-        );
-        assert!(outbox.queued_client_change("a", true));
-        assert!(!outbox.queued_client_change("a", false));
-        outbox.denied_elsewhere("a");
-        assert!(!outbox.queued_client_change("a", true));
-        assert_eq!(queued(&outbox), [Event::DenySession("s".into()), Event::All]);
+        let first = outbox.push(deny("a"), 1).unwrap_or_else(|_| unreachable!());
+        let token = outbox.push(Change::All, 1).unwrap_or_else(|_| unreachable!());
+        let repeat = outbox.push(deny("a"), 2).unwrap_or_else(|_| unreachable!());
+        let queued = outbox.oldest(10);
+        assert_eq!(queued.len(), 2, "the repeat joined the queued denial");
+        assert_eq!(queued[0].2, deny("a"));
+        assert!(outbox.settle(queued[0].0, Ok(())));
+        assert!(!outbox.settle(queued[0].0, Ok(())), "settled once");
+        assert_eq!(first.await, Ok(Ok(())));
+        assert_eq!(repeat.await, Ok(Ok(())));
         assert!(!outbox.is_empty());
-        while let Some(front) = outbox.front() {
-            outbox.written(&front);
-        }
+        outbox.settle(queued[1].0, Err(RefusalReason::NewerDenial));
+        assert_eq!(token.await, Ok(Err(RefusalReason::NewerDenial)));
         assert!(outbox.is_empty());
     }
 
-    #[test]
-    fn a_change_repeated_while_its_copy_is_written_is_written_again() {
+    #[tokio::test]
+    async fn past_the_bound_invalidations_are_summed_up_and_denials_refused() {
         let outbox = Outbox::default();
-        outbox.push(Event::Client("c".into()));
-        let in_flight = outbox.front().unwrap_or_else(|| unreachable!());
-        // Repeated while the first copy is being written: replaces it in the queue.
-        outbox.push(Event::Client("c".into()));
-        outbox.written(&in_flight);
-        assert_eq!(
-            queued(&outbox),
-            [Event::Client("c".into())],
-            "the repeat is still queued"
-        );
-    }
-
-    #[test]
-    fn past_the_bound_invalidations_are_summed_up_and_denials_kept() {
-        let outbox = Outbox::default();
-        outbox.push(Event::Deny("kept".into()));
+        let kept = outbox.push(deny("kept"), 0).unwrap_or_else(|_| unreachable!());
+        let mut receivers = Vec::new();
         for i in 0..MAX_QUEUED + 10 {
-            outbox.push(Event::Client(format!("c{i}")));
+            if let Ok(rx) = outbox.push(Change::Client(format!("c{i}")), 0) {
+                receivers.push(rx);
+            }
         }
-        let queue = queued(&outbox);
+        let queue = outbox.oldest(MAX_QUEUED + 20);
         assert!(queue.len() <= MAX_QUEUED);
-        assert_eq!(queue[0], Event::Deny("kept".into()));
-        assert!(queue.contains(&Event::All));
+        assert_eq!(queue[0].2, deny("kept"));
+        assert!(queue.iter().any(|q| q.2 == Change::All));
+        let mut n = 0;
+        while outbox.push(deny(&format!("d{n}")), 0).is_ok() {
+            n += 1;
+        }
+        assert_eq!(
+            outbox.push(deny("one too many"), 0).err(),
+            Some(RefusalReason::OutboxFull)
+        );
+        for q in outbox.oldest(MAX_QUEUED) {
+            outbox.settle(q.0, Ok(()));
+        }
+        assert_eq!(kept.await, Ok(Ok(())));
+        for rx in receivers {
+            assert_eq!(
+                rx.await,
+                Ok(Ok(())),
+                "summed-up invalidations settle with the invalidate-all"
+            );
+        }
     }
 }

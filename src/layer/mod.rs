@@ -17,6 +17,7 @@ mod service;
 use std::sync::Arc;
 
 pub use self::service::WachtAuth;
+use crate::change::ChangeOutcome;
 use crate::config::WachtAuthConfig;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
@@ -127,29 +128,30 @@ impl WachtAuthLayer {
         &self.shared.verifier
     }
 
-    /// Drops one token's cached decision at once (e.g. after revoking its grant).
-    pub async fn invalidate(&self, token: &str) {
-        self.shared.verifier.invalidate(token).await;
+    /// Drops one token's cached decision at once (e.g. after revoking its grant); see
+    /// [`Verifier::invalidate`] for what the outcome says.
+    pub async fn invalidate(&self, token: &str) -> ChangeOutcome {
+        self.shared.verifier.invalidate(token).await
     }
 
-    /// Drops every cached decision.
-    pub fn invalidate_all(&self) {
-        self.shared.verifier.invalidate_all();
+    /// Drops every cached decision (see [`Verifier::invalidate_all`]).
+    pub async fn invalidate_all(&self) -> ChangeOutcome {
+        self.shared.verifier.invalidate_all().await
     }
 
     /// Drops every cached token of one OAuth client (see [`Verifier::invalidate_client`]).
-    pub fn invalidate_client(&self, client_id: &str) {
-        self.shared.verifier.invalidate_client(client_id);
+    pub async fn invalidate_client(&self, client_id: &str) -> ChangeOutcome {
+        self.shared.verifier.invalidate_client(client_id).await
     }
 
     /// Refuses every token of one OAuth client from now on (see [`Verifier::deny_client`]).
-    pub fn deny_client(&self, client_id: &str) {
-        self.shared.verifier.deny_client(client_id);
+    pub async fn deny_client(&self, client_id: &str) -> ChangeOutcome {
+        self.shared.verifier.deny_client(client_id).await
     }
 
     /// Lifts a [`deny_client`](Self::deny_client) (see [`Verifier::allow_client`]).
-    pub fn allow_client(&self, client_id: &str) {
-        self.shared.verifier.allow_client(client_id);
+    pub async fn allow_client(&self, client_id: &str) -> ChangeOutcome {
+        self.shared.verifier.allow_client(client_id).await
     }
 }
 

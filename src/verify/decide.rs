@@ -27,9 +27,13 @@ impl Verifier {
     /// The entry to cache for a verdict, or the refusal to share with every waiting request.
     /// Refusals for good (the gateway's 401, a pin, a denied client) are remembered.
     pub(super) async fn decide(&self, verdict: Verdict, hash: TokenHash, stamp: u64) -> Result<Entry, AuthError> {
-        let (grant, cap) = match verdict {
-            Verdict::Gateway { decision, cap } => (self.gateway_grant(decision, hash).await?, cap),
-            Verdict::Jwt(Ok(grant)) => (Box::new(grant), None),
+        let (grant, cap, graceful) = match verdict {
+            Verdict::Gateway {
+                decision,
+                cap,
+                graceful,
+            } => (self.gateway_grant(decision, hash).await?, cap, graceful),
+            Verdict::Jwt(Ok(grant)) => (Box::new(grant), None, true),
             Verdict::Jwt(Err(JwtFailure::Refused(refusal))) => {
                 tracing::info!(reason = refusal.label(), "JWT access token refused");
                 return Err(self.reject(hash, refusal.reason()).await);
@@ -61,6 +65,7 @@ impl Verifier {
             Arc::clone(&self.hierarchy),
             stamp,
             cap,
+            graceful,
         ))
     }
 
@@ -157,6 +162,10 @@ const MAX_REVOKED: usize = 100_000;
 /// the largest leeway.
 const REVOKED_FOR: Duration = Duration::from_secs(24 * 60 * 60 + 300);
 
+/// A live denial: the id, and when it ends.
+#[cfg(feature = "redis")]
+pub(super) type LiveDenial = (String, SystemTime);
+
 /// JWT sessions (`sid`) and token ids (`jti`) refused on this server, each until no token of
 /// it can still be valid.
 #[derive(Debug, Default)]
@@ -168,6 +177,26 @@ pub(super) struct RevokedIds {
 }
 
 impl RevokedIds {
+    /// How long a denial made now lasts.
+    pub(super) fn lifetime(&self) -> Duration {
+        REVOKED_FOR
+    }
+
+    /// The live denials: sessions, then token ids.
+    #[cfg(feature = "redis")]
+    pub(super) fn live(&self) -> (Vec<LiveDenial>, Vec<LiveDenial>) {
+        let now = SystemTime::now();
+        let live = |map: &RwLock<HashMap<Arc<str>, SystemTime>>| {
+            map.read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(id, until)| (id.to_string(), *until))
+                .collect()
+        };
+        (live(&self.sessions), live(&self.token_ids))
+    }
+
     pub(super) fn deny_session(&self, id: &str) -> bool {
         self.insert(&self.sessions, id, SystemTime::now() + REVOKED_FOR, "session")
     }
@@ -277,26 +306,25 @@ impl DenyList {
         !runtime.is_empty() && runtime.contains(client_id)
     }
 
+    /// Adds a run-time denial (here, or from the fleet).
     pub(super) fn insert(&self, client_id: &str) {
-        self.insert_shared(client_id);
-    }
-
-    /// Adds a run-time denial; true if the client was not denied before.
-    pub(super) fn insert_shared(&self, client_id: &str) -> bool {
-        let fresh = !self.contains(client_id);
         self.runtime
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(Arc::from(client_id));
-        fresh
     }
 
-    /// Lifts a run-time denial (configured ones stay).
-    pub(super) fn remove(&self, client_id: &str) {
+    /// True if the configuration denies the client (for good).
+    pub(super) fn is_configured(&self, client_id: &str) -> bool {
+        self.configured.contains(client_id)
+    }
+
+    /// Lifts a run-time denial (configured ones stay); true if there was one.
+    pub(super) fn remove(&self, client_id: &str) -> bool {
         self.runtime
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(client_id);
+            .remove(client_id)
     }
 
     /// The ids, sorted.

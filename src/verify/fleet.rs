@@ -1,24 +1,27 @@
-//! The verifier's side of fleet mode: building the fleet tier for this check profile, sending
-//! its invalidations to the fleet, and applying the fleet's events to the local tiers.
+//! The verifier's side of fleet mode: building the fleet tier for this check profile, handing
+//! it the changes made here, and applying the fleet's changes to the local tiers.
 
 use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 
 use super::Verifier;
+use crate::change::ChangeOutcome;
 use crate::config::WachtAuthConfig;
 use crate::error::ConfigError;
-use crate::fleet::{Event, Fleet, Profile, Replica, SharedView};
+use crate::fleet::{Change, Effect, Fleet, FleetStatus, Profile, Replica};
 
 /// The fleet tier `config` asks for, if any.
 pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, ConfigError> {
     let Some(fleet) = &config.fleet else {
         return Ok(None);
     };
-    // Everything that changes a decision: replicas that differ in any of it never share.
+    // Everything that changes a decision or how long it is kept: replicas that differ in any
+    // of it never share (a replica with a longer ttl would undo a shorter one's bound).
     let pins = &config.pins;
     let id = format!(
-        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}",
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}",
         config.gateway.gateway_url,
         config.gateway.method,
         config.gateway.resource,
@@ -26,6 +29,8 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
         pins.expected_issuer,
         pins.expected_audience,
         pins.accept_any_deployment,
+        config.cache.ttl,
+        config.cache.negative_ttl,
     );
     let profile = Profile {
         id,
@@ -36,9 +41,15 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
     Ok(Some(Arc::new(Fleet::new(fleet, profile)?)))
 }
 
+/// A change handed to the fleet (or not: no fleet mode).
+pub(super) enum Handed {
+    NoFleet,
+    Fleet(crate::fleet::Submitted),
+}
+
 impl Verifier {
-    /// Starts the invalidation channel (fleet mode): it applies other replicas' events here
-    /// until this verifier is dropped.
+    /// Starts the fleet's channel (fleet mode): it applies the fleet's changes here until
+    /// this verifier is dropped.
     pub(crate) fn start_fleet(self: &Arc<Self>) {
         if let Some(fleet) = &self.fleet {
             let weak: Weak<Verifier> = Arc::downgrade(self);
@@ -46,87 +57,111 @@ impl Verifier {
         }
     }
 
-    /// In fleet mode, queues a change for the shared state. Called before the local effect:
-    /// from then on, misses here skip the shared tier until the change is written.
-    pub(super) fn enqueue(&self, event: impl FnOnce() -> Event) {
-        if let Some(fleet) = &self.fleet {
-            fleet.enqueue(event());
+    /// In fleet mode, queues a change for the fleet. Called before the local effect: from
+    /// then on, misses here skip the shared tier until the change is written.
+    pub(super) fn hand(&self, change: impl FnOnce() -> Change) -> Handed {
+        match &self.fleet {
+            Some(fleet) => Handed::Fleet(fleet.submit(change())),
+            None => Handed::NoFleet,
         }
     }
 
-    /// Writes the queued changes in the background (the local effect has already happened).
-    /// Without a Tokio runtime here, the channel's next heartbeat writes them.
-    pub(super) fn send_to_fleet(&self) {
-        let Some(fleet) = &self.fleet else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let fleet = Arc::clone(fleet);
-                runtime.spawn(async move { fleet.drain(false).await });
+    /// What became of a handed change (waits, boundedly, for Redis to take it).
+    pub(super) async fn settle(&self, handed: Handed) -> ChangeOutcome {
+        match (handed, &self.fleet) {
+            (Handed::Fleet(submitted), Some(fleet)) => fleet.settle(submitted).await,
+            _ => ChangeOutcome::Applied,
+        }
+    }
+
+    /// Lifts a client's denial through the fleet: only the denial this replica knows is
+    /// lifted, and only once the log has it (a newer denial made anywhere wins).
+    pub(super) async fn allow_through_fleet(&self, fleet: &Arc<Fleet>, client_id: &str) -> ChangeOutcome {
+        match fleet.client_state(client_id) {
+            Some(crate::fleet::ClientState::Denied { version }) => {
+                let submitted = fleet.submit(Change::Allow {
+                    client: client_id.to_owned(),
+                    lifts: version,
+                });
+                fleet.settle(submitted).await
             }
-            Err(_) => tracing::debug!("fleet: no Tokio runtime here: the next heartbeat sends this change"),
+            Some(crate::fleet::ClientState::Pending { .. }) => {
+                ChangeOutcome::Refused(crate::change::RefusalReason::PendingDenial)
+            }
+            _ if self.denied.remove(client_id) => ChangeOutcome::Applied,
+            _ => ChangeOutcome::Unchanged,
         }
     }
 
-    /// True while this verifier's invalidation channel is subscribed (always false without
-    /// fleet mode).
+    /// True while this verifier follows its fleet (always false without fleet mode).
     pub fn fleet_connected(&self) -> bool {
         self.fleet.as_ref().is_some_and(|f| f.is_connected())
+    }
+
+    /// How this replica stands with its fleet (`None` without fleet mode): for health
+    /// checks, and to watch a Redis fault from the outside.
+    pub fn fleet_status(&self) -> Option<FleetStatus> {
+        self.fleet.as_ref().map(|f| f.status())
+    }
+
+    /// True while fleet mode refuses every request ([`OutOfSync::FailClosed`](crate::fleet::OutOfSync::FailClosed)).
+    pub(super) fn fleet_refuses(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.refuses_requests())
     }
 }
 
 impl Replica for Verifier {
-    fn apply(&self, event: Event) -> BoxFuture<'_, ()> {
+    fn apply(&self, effect: Effect) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            match event {
-                Event::Heartbeat => {}
-                Event::Token(hash) => {
+            match effect {
+                Effect::Token(hash) => {
                     self.cache.invalidate_token(hash).await;
                     self.cache.forget_rejection(&hash).await;
                 }
-                Event::Client(id) => self.cache.invalidate_client(&id),
-                Event::All => self.cache.invalidate_all(),
-                Event::Deny(id) => {
-                    self.denied.insert_shared(&id);
+                Effect::Client(id) => self.cache.invalidate_client(&id),
+                Effect::All => self.cache.invalidate_all(),
+                Effect::Deny(id) => {
+                    self.denied.insert(&id);
                     self.cache.invalidate_client(&id);
                 }
-                Event::Allow(id) => self.denied.remove(&id),
-                Event::DenySession(id) => {
-                    self.revoked.deny_session(&id);
+                Effect::Allow(id) => {
+                    self.denied.remove(&id);
+                }
+                Effect::DenySession(id, until) => {
+                    // Whatever the fleet says, a denial lasts no longer than one made here.
+                    let until = until.min(SystemTime::now() + self.revoked.lifetime());
+                    self.revoked.deny_session_until(&id, until);
                     self.cache.invalidate_session(&id);
                 }
-                Event::DenyTokenId(id) => {
-                    self.revoked.deny_token_id(&id);
+                Effect::DenyTokenId(id, until) => {
+                    let until = until.min(SystemTime::now() + self.revoked.lifetime());
+                    self.revoked.deny_token_id_until(&id, until);
                     self.cache.invalidate_token_id(&id);
                 }
             }
-            tracing::debug!("fleet: applied an invalidation from another replica");
         })
     }
 
-    fn channel_lost(&self) {
+    fn drop_local(&self) {
         self.cache.invalidate_all();
     }
 
-    fn resynced(&self, view: SharedView, floor_moved: bool) {
-        for id in view.denied_clients {
-            if self.denied.insert_shared(&id) {
-                self.cache.invalidate_client(&id);
-            }
-        }
-        for (id, until) in view.denied_sessions {
-            if self.revoked.deny_session_until(&id, until) {
-                self.cache.invalidate_session(&id);
-            }
-        }
-        for (id, until) in view.denied_token_ids {
-            if self.revoked.deny_token_id_until(&id, until) {
-                self.cache.invalidate_token_id(&id);
-            }
-        }
-        if floor_moved {
-            self.cache.invalidate_all();
-        }
+    fn jwt_denials(&self) -> Vec<Change> {
+        let millis = |at: SystemTime| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let (sessions, token_ids) = self.revoked.live();
+        sessions
+            .into_iter()
+            .map(|(id, until)| Change::DenySession {
+                id,
+                until: millis(until),
+            })
+            .chain(token_ids.into_iter().map(|(id, until)| Change::DenyTokenId {
+                id,
+                until: millis(until),
+            }))
+            .collect()
     }
 }

@@ -18,7 +18,7 @@ mod source;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use http::{Extensions, HeaderMap};
@@ -26,6 +26,7 @@ use http::{Extensions, HeaderMap};
 use self::decide::{DenyList, Pins, RevokedIds};
 use self::miss::MissContext;
 use crate::cache::DecisionCache;
+use crate::change::{Change, ChangeOutcome};
 use crate::config::{GatewaySettings, WachtAuthConfig};
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, HttpGateway};
@@ -174,6 +175,10 @@ impl Verifier {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Authentication {
+        #[cfg(feature = "redis")]
+        if self.fleet_refuses() {
+            return Authentication::Refused(Box::new(self.unavailable()));
+        }
         let hash = self.key(credential.secret_bytes());
         if let Some(hit) = self.cache.hit(&hash) {
             if let Some(refresh) = hit.refresh
@@ -207,6 +212,10 @@ impl Verifier {
         let started = Instant::now();
         let token = parse_token(token.as_bytes(), self.max_token_len)
             .map_err(|_| AuthError::InvalidToken(InvalidTokenReason::Malformed))?;
+        #[cfg(feature = "redis")]
+        if self.fleet_refuses() {
+            return Err(self.unavailable());
+        }
         let hash = self.key(token.secret_bytes());
         if let Some(hit) = self.cache.hit(&hash) {
             return Ok(hit.principal);
@@ -251,88 +260,105 @@ impl Verifier {
 
     /// Drops one token's cached decision everywhere (every tier, every thread), so its next
     /// use asks the gateway again; an answer in flight is voided too. Use it when you learn
-    /// that a grant was revoked.
-    pub async fn invalidate(&self, token: &str) {
+    /// that a grant was revoked. In force here before the first `await` completes; the
+    /// outcome says whether the fleet has it (see [`ChangeOutcome`]).
+    pub async fn invalidate(&self, token: &str) -> ChangeOutcome {
         let hash = self.hash_token(token);
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::Token(hash));
+        let handed = self.hand(|| Change::Token(hash));
         self.cache.invalidate_token(hash).await;
         self.cache.forget_rejection(&hash).await;
-        #[cfg(feature = "redis")]
-        if let Some(fleet) = &self.fleet {
-            fleet.drain(true).await;
-        }
+        self.settle(handed).await
     }
 
     /// Drops every cached decision, answers in flight included.
-    pub fn invalidate_all(&self) {
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::All);
+    pub async fn invalidate_all(&self) -> ChangeOutcome {
+        let handed = self.hand(|| Change::All);
         self.cache.invalidate_all();
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
+        self.settle(handed).await
     }
 
     /// Drops every cached token of one OAuth client, so their next use asks the gateway.
     /// (The gateway still allows a deactivated client's tokens: to refuse them, use
     /// [`deny_client`](Self::deny_client).)
-    pub fn invalidate_client(&self, client_id: &str) {
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::Client(client_id.to_owned()));
+    pub async fn invalidate_client(&self, client_id: &str) -> ChangeOutcome {
+        let handed = self.hand(|| Change::Client(client_id.to_owned()));
         self.cache.invalidate_client(client_id);
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
+        self.settle(handed).await
     }
 
     /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
-    /// gateway allows it, and drops its cached tokens at once. Takes effect on every thread
-    /// before this returns.
-    pub fn deny_client(&self, client_id: &str) {
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::Deny(client_id.to_owned()));
+    /// gateway allows it, and drops its cached tokens at once: in force on every thread here
+    /// before the first `await` completes. In fleet mode every replica refuses it too (see
+    /// the outcome), including replicas started later.
+    pub async fn deny_client(&self, client_id: &str) -> ChangeOutcome {
+        let handed = self.hand(|| Change::Deny {
+            client: client_id.to_owned(),
+            version: 0,
+        });
         self.denied.insert(client_id);
         self.cache.invalidate_client(client_id);
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
+        self.settle(handed).await
     }
 
     /// Lifts a [`deny_client`](Self::deny_client). Its tokens rejected within the last
-    /// `negative_ttl` stay rejected until that entry ends.
-    pub fn allow_client(&self, client_id: &str) {
+    /// `negative_ttl` stay rejected until that entry ends. A client denied in the
+    /// configuration stays denied. In fleet mode the allow lifts only the denial this replica
+    /// knows, and takes effect (here too) once the fleet's log has it: a denial made
+    /// meanwhile on any replica wins ([`RefusalReason::NewerDenial`](crate::change::RefusalReason::NewerDenial)).
+    pub async fn allow_client(&self, client_id: &str) -> ChangeOutcome {
+        if self.denied.is_configured(client_id) {
+            return ChangeOutcome::Refused(crate::change::RefusalReason::ConfiguredDenial);
+        }
         #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::Allow(client_id.to_owned()));
-        self.denied.remove(client_id);
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
+        if let Some(fleet) = &self.fleet {
+            return self.allow_through_fleet(fleet, client_id).await;
+        }
+        if self.denied.remove(client_id) {
+            ChangeOutcome::Applied
+        } else {
+            ChangeOutcome::Unchanged
+        }
     }
 
     /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
     /// drops its cached tokens at once: Wacht cannot revoke a JWT before it expires, so this
     /// is how an incident cuts a session off here. The denial lasts 24 hours (the longest a
-    /// Wacht access token lives). In fleet mode it is also kept in Redis for as long and sent
-    /// to the other replicas on the invalidation channel, so a replica that was disconnected,
-    /// or starts later, reads it when it subscribes. Returns false if the list is full
-    /// (100 000 live denials; logged).
-    pub fn deny_session(&self, session_id: &str) -> bool {
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::DenySession(session_id.to_owned()));
+    /// Wacht access token lives). In fleet mode it is written to the fleet's change log and
+    /// its records (for as long), so every replica, including one that was disconnected or
+    /// starts later, refuses it. Refused when this server's list is full (100 000 live
+    /// denials; logged).
+    pub async fn deny_session(&self, session_id: &str) -> ChangeOutcome {
+        let until = SystemTime::now() + self.revoked.lifetime();
+        let handed = self.hand(|| Change::DenySession {
+            id: session_id.to_owned(),
+            until: unix_millis(until),
+        });
         let recorded = self.revoked.deny_session(session_id);
         self.cache.invalidate_session(session_id);
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
-        recorded
+        let outcome = self.settle(handed).await;
+        if recorded {
+            outcome
+        } else {
+            ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull)
+        }
     }
 
     /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
     /// see [`deny_session`](Self::deny_session) for the duration, scope and bound.
-    pub fn deny_token_id(&self, token_id: &str) -> bool {
-        #[cfg(feature = "redis")]
-        self.enqueue(|| crate::fleet::Event::DenyTokenId(token_id.to_owned()));
+    pub async fn deny_token_id(&self, token_id: &str) -> ChangeOutcome {
+        let until = SystemTime::now() + self.revoked.lifetime();
+        let handed = self.hand(|| Change::DenyTokenId {
+            id: token_id.to_owned(),
+            until: unix_millis(until),
+        });
         let recorded = self.revoked.deny_token_id(token_id);
         self.cache.invalidate_token_id(token_id);
-        #[cfg(feature = "redis")]
-        self.send_to_fleet();
-        recorded
+        let outcome = self.settle(handed).await;
+        if recorded {
+            outcome
+        } else {
+            ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull)
+        }
     }
 
     /// The OAuth client ids currently denied, sorted.
@@ -367,6 +393,27 @@ impl Verifier {
         AuthError::Unavailable {
             retry_after: self.settings.unavailable_retry_after,
         }
+    }
+}
+
+/// Unix milliseconds, saturating.
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Without fleet mode, changes stay on this server.
+#[cfg(not(feature = "redis"))]
+struct Handed;
+
+#[cfg(not(feature = "redis"))]
+impl Verifier {
+    fn hand(&self, _change: impl FnOnce() -> Change) -> Handed {
+        Handed
+    }
+
+    async fn settle(&self, _handed: Handed) -> ChangeOutcome {
+        ChangeOutcome::Applied
     }
 }
 

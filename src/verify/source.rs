@@ -22,6 +22,9 @@ pub(super) enum Verdict {
     Gateway {
         decision: Result<Decision, GatewayError>,
         cap: Option<Duration>,
+        /// False when the outage grace may not keep it past its cap (fleet mode, without
+        /// the fleet).
+        graceful: bool,
     },
     /// Local JWT verification.
     Jwt(Result<Grant, JwtFailure>),
@@ -41,12 +44,14 @@ impl Verifier {
             return Verdict::Gateway {
                 decision: answer.verdict,
                 cap: answer.cap,
+                graceful: answer.graceful,
             };
         }
         let _ = hash;
         Verdict::Gateway {
             decision: self.ask_gateway(token, ctx).await,
             cap: None,
+            graceful: true,
         }
     }
 

@@ -34,16 +34,128 @@ fn redis_binary() -> PathBuf {
     );
 }
 
-/// A `redis-server` on 127.0.0.1, without persistence.
+/// A `redis-server` on 127.0.0.1: without persistence, or with an RDB file that `SAVE`
+/// writes and a restart loads (a restore from a snapshot), or with TLS.
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+    /// The TLS port and the CA certificate (PEM) its certificate chains to.
+    pub tls: Option<(u16, Vec<u8>)>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(vec!["--save".into(), String::new()], None, None)
+    }
+
+    /// Persistence by snapshot only: `SAVE` writes `dump.rdb`, a restart loads it.
+    pub fn start_persistent() -> RedisServer {
+        let dir = temp_dir("rdb");
+        let args = vec![
+            "--save".into(),
+            String::new(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--dbfilename".into(),
+            "dump.rdb".into(),
+        ];
+        Self::start_with(args, Some(dir), None)
+    }
+
+    /// TLS on a second port, with a certificate for `localhost` from a CA made for the test
+    /// (`openssl`); the plain port stays for the harness's own commands.
+    pub fn start_tls() -> RedisServer {
+        let dir = temp_dir("tls");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs (apt-get install -y openssl)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tower-wacht test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        let ca = std::fs::read(dir.join("ca.crt")).expect("the CA certificate");
+        let tls_port = free_port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let args = vec![
+            "--save".into(),
+            String::new(),
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.crt"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        Self::start_with(args, Some(dir), Some((tls_port, ca)))
+    }
+
+    fn start_with(args: Vec<String>, dir: Option<PathBuf>, tls: Option<(u16, Vec<u8>)>) -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            args,
+            dir,
+            tls,
+        };
         server.spawn();
         server
     }
@@ -55,11 +167,10 @@ impl RedisServer {
                 &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
-                "--save",
-                "",
                 "--appendonly",
                 "no",
             ])
+            .args(&self.args)
             .args(["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -74,6 +185,12 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `rediss://` URL of a TLS server.
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://localhost:{port}")
     }
 
     pub fn url(&self) -> String {
@@ -92,7 +209,7 @@ impl RedisServer {
         }
     }
 
-    /// A fresh, empty server on the same port.
+    /// A new server process on the same port: empty, or (persistent) with the last `SAVE`.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -157,7 +274,17 @@ impl Drop for RedisServer {
             signal(child.id(), "CONT");
         }
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A fresh directory under the system's temporary directory.
+fn temp_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tower-wacht-{kind}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }
 
 fn signal(pid: u32, signal: &str) {

@@ -6,7 +6,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chaos;
 mod failures;
 mod harness;
 mod processes;
+mod proxy;
+mod resp;
+mod setup;
 mod sharing;

@@ -590,17 +590,26 @@ async fn a_session_a_token_id_or_a_client_can_be_cut_off_at_once() {
     for t in [&victim_token, &other_token, &same_session] {
         assert_eq!(app.get("/whoami", Some(t)).await.status(), 200);
     }
-    assert!(app.auth.verifier().deny_session(victim.sid().unwrap()));
+    assert_eq!(
+        app.auth.verifier().deny_session(victim.sid().unwrap()).await,
+        tower_wacht::ChangeOutcome::Applied
+    );
     assert_refused(&app, &victim_token, "cached token of a denied session").await;
     assert_refused(&app, &same_session, "another token of the denied session").await;
     assert_eq!(app.get("/whoami", Some(&other_token)).await.status(), 200);
 
-    assert!(app.auth.verifier().deny_token_id(other.jti()));
+    assert_eq!(
+        app.auth.verifier().deny_token_id(other.jti()).await,
+        tower_wacht::ChangeOutcome::Applied
+    );
     assert_refused(&app, &other_token, "denied token id").await;
 
     let third = app.issuer.mint(&claims());
     assert_eq!(app.get("/whoami", Some(&third)).await.status(), 200);
-    app.auth.verifier().deny_client(CLIENT);
+    assert_eq!(
+        app.auth.verifier().deny_client(CLIENT).await,
+        tower_wacht::ChangeOutcome::Applied
+    );
     assert_refused(&app, &third, "denied client").await;
 }
 

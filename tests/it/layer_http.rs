@@ -300,7 +300,7 @@ async fn invalidate_makes_revocation_visible_at_once() {
     assert_eq!(app.gateway.calls(), 3);
 
     app.gateway.revoke(&other);
-    app.auth.invalidate_all();
+    app.auth.invalidate_all().await;
     assert_eq!(app.get("/whoami", Some(&other)).await.status(), 401);
 }
 

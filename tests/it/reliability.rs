@@ -156,7 +156,10 @@ async fn stale_if_error_never_serves_a_denied_client() {
     let app = start(|b| b.ttl(Duration::from_millis(150)).stale_if_error(Duration::from_secs(5))).await;
     let token = app.token(&[]);
     assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
-    app.auth.verifier().deny_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+    app.auth
+        .verifier()
+        .deny_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl")
+        .await;
     app.gateway.set_fault(Some(Fault::Status(500)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.get("/whoami", Some(&token)).await.status(), 503);
@@ -223,7 +226,10 @@ async fn denied_clients_are_refused_even_when_the_gateway_allows() {
     let other = app.token_with(|_| TokenGrant::new("oc_other"));
     assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
     assert_eq!(app.get("/whoami", Some(&other)).await.status(), 200);
-    app.auth.verifier().deny_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+    app.auth
+        .verifier()
+        .deny_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl")
+        .await;
     assert_eq!(app.get("/whoami", Some(&token)).await.status(), 401);
     assert_eq!(
         app.get("/whoami", Some(&other)).await.status(),
@@ -236,7 +242,13 @@ async fn denied_clients_are_refused_even_when_the_gateway_allows() {
     );
 
     // Lifting the deny lets the client's tokens work again.
-    app.auth.verifier().allow_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+    assert_eq!(
+        app.auth
+            .verifier()
+            .allow_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl")
+            .await,
+        tower_wacht::ChangeOutcome::Applied
+    );
     assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
 }
 
@@ -254,7 +266,8 @@ async fn invalidate_client_drops_every_cached_token_of_a_client() {
     app.gateway.revoke(&other);
     app.auth
         .verifier()
-        .invalidate_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
+        .invalidate_client("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl")
+        .await;
     assert_eq!(app.get("/whoami", Some(&a)).await.status(), 401);
     assert_eq!(app.get("/whoami", Some(&b)).await.status(), 401);
     assert_eq!(app.get("/whoami", Some(&other)).await.status(), 200, "still cached");

@@ -524,12 +524,12 @@ async fn a_token_the_gateway_rejected_is_not_served_during_a_later_outage() {
         &moved,
         TokenGrant::new("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl").oauth_resource("https://other.example.com/mcp"),
     );
-    app.auth.verifier().deny_client(denied_client);
+    app.auth.verifier().deny_client(denied_client).await;
     tokio::time::sleep(ttl + Duration::from_millis(50)).await;
     for token in [&revoked, &moved, &denied] {
         assert_eq!(app.get("/whoami", Some(token)).await.status(), 401);
     }
-    app.auth.verifier().allow_client(denied_client);
+    app.auth.verifier().allow_client(denied_client).await;
     // The gateway goes down once the rejections have left the negative cache.
     tokio::time::sleep(negative_ttl + Duration::from_millis(50)).await;
     app.gateway.set_fault(Some(Fault::Status(503)));
