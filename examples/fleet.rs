@@ -3,21 +3,29 @@
 //!
 //! ```text
 //! redis-server --port 6379 &
-//! WACHT_REDIS_URL=redis://127.0.0.1:6379 WACHT_FLEET_SECRET=$(openssl rand -hex 32) \
-//!   cargo run --example fleet --features test-util,redis
+//! export WACHT_REDIS_URL=redis://127.0.0.1:6379
+//! export WACHT_FLEET_SECRET=$(openssl rand -hex 32)   # once: every replica needs the same one
+//! cargo run --example fleet --features test-util,redis
 //! ```
+//!
+//! Start more replicas from the same shell (so they have the same secret) with the command
+//! the first one prints. A replica started with another secret shares nothing with the
+//! others; each replica logs an error when it finds one.
 //!
 //! Routes on `BIND` (default `127.0.0.1:3000`): `GET /public`, `GET /whoami`,
 //! `POST /tools/invoke` (needs `mcp:invoke`), as in the quickstart.
 //!
-//! Operator listener on `ADMIN_BIND` (default `127.0.0.1:3100`, loopback: never expose it),
-//! each answering 204:
+//! Operator listener on `ADMIN_BIND` (default `127.0.0.1:3100`, loopback: never expose it).
+//! Each route answers with what became of the change ([`answer`]): 204 when it is in force
+//! on every replica (written to the fleet's change log), 202 when Redis has not taken it yet
+//! (in force here and on the replicas listening; the body says why; written as soon as Redis
+//! takes it), 409 for an allow that lifts a denial no longer current, 503 when refused.
 //! * `POST /invalidate` with `{"token": "..."}`: drop one token's decision on every replica;
 //! * `POST /invalidate-all`;
 //! * `POST /clients/{id}/invalidate`, `POST /clients/{id}/deny`, `POST /clients/{id}/allow`;
 //! * `POST /sessions/{sid}/deny`, `POST /token-ids/{jti}/deny`: refuse the JWT access tokens of
-//!   a Wacht session, or one token, for 24 hours (Wacht cannot revoke a JWT early; with
-//!   `WACHT_JWT=on`).
+//!   a Wacht session, or one token (Wacht cannot revoke a JWT early; with `WACHT_JWT=on`);
+//! * `GET /fleet`: this replica's standing with the fleet.
 //!
 //! Configuration: like the quickstart (`WACHT_GATEWAY_URL`, `WACHT_BACKEND_API_KEY`,
 //! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, ...) plus `WACHT_REDIS_URL` and
@@ -205,9 +213,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("operator listener on http://{}", admin_listener.local_addr()?);
     if let Some((gateway, tokens)) = &demo {
         println!(
-            "No WACHT_GATEWAY_URL set: embedded fake gateway at {}; start more replicas (same settings, so that they share) with WACHT_GATEWAY_URL={} WACHT_BACKEND_API_KEY=demo-backend-key WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID} WACHT_OAUTH_ISSUER={EXAMPLE_ISSUER}",
-            gateway.url(),
-            gateway.url()
+            "No WACHT_GATEWAY_URL set: embedded fake gateway at {url}. Start more replicas from this shell \
+             (same WACHT_REDIS_URL and WACHT_FLEET_SECRET, so that they share) with:\n  \
+             BIND=127.0.0.1:3001 ADMIN_BIND=127.0.0.1:3101 WACHT_GATEWAY_URL={url} WACHT_BACKEND_API_KEY=demo-backend-key \
+             WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID} WACHT_OAUTH_ISSUER={EXAMPLE_ISSUER} cargo run --example fleet --features test-util,redis",
+            url = gateway.url(),
         );
         for (who, token) in tokens {
             println!("demo token, {who}: {token}");

@@ -1,7 +1,7 @@
 //! Replicas as separate processes: two `examples/fleet.rs` instances on one Redis and one
 //! gateway, driven over loopback, invalidated through the operator listener.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::common::start_gateway;
@@ -12,12 +12,21 @@ struct Instance {
     child: Child,
     port: u16,
     admin: u16,
+    /// Where its output (logs included) goes.
+    log: std::path::PathBuf,
+}
+
+impl Instance {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -37,11 +46,10 @@ fn start_with(redis: &RedisServer, gateway_url: &str, extra_env: &[(&str, &str)]
         binary.display()
     );
     let (port, admin) = (free_port(), free_port());
+    let log = std::env::temp_dir().join(format!("tower-wacht-fleet-example-{}-{port}.log", std::process::id()));
+    let output = std::fs::File::create(&log).expect("a log file");
     let mut command = Command::new(binary);
-    for (name, value) in extra_env {
-        command.env(name, value);
-    }
-    let child = command
+    command
         .env("WACHT_GATEWAY_URL", gateway_url)
         .env("WACHT_BACKEND_API_KEY", crate::common::API_KEY)
         .env(
@@ -52,12 +60,22 @@ fn start_with(redis: &RedisServer, gateway_url: &str, extra_env: &[(&str, &str)]
         .env("WACHT_FLEET_SECRET", SECRET)
         .env("BIND", format!("127.0.0.1:{port}"))
         .env("ADMIN_BIND", format!("127.0.0.1:{admin}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "warn");
+    // After the defaults: they override them.
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let child = command
+        .stdout(output.try_clone().expect("a log file"))
+        .stderr(output)
         .spawn()
         .expect("the fleet example starts");
-    Instance { child, port, admin }
+    Instance {
+        child,
+        port,
+        admin,
+        log,
+    }
 }
 
 async fn whoami(http: &reqwest::Client, instance: &Instance, token: &str) -> Option<u16> {
@@ -169,4 +187,69 @@ async fn jwt_denials_through_the_operator_listener_reach_running_and_later_proce
     until(|| async { whoami(&http, &late, &fresh).await == Some(200) }).await;
     assert_eq!(whoami(&http, &late, &stolen_session).await, Some(401));
     assert_eq!(whoami(&http, &late, &stolen_token).await, Some(401));
+}
+
+/// A new user follows the example's old instructions: a secret generated inline for each
+/// replica. The second replica lands on the same Redis with another secret and shares
+/// nothing; both must say so in their logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_process_with_another_secret_logs_that_it_shares_nothing() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let first = start(&redis, &gateway.url());
+    let http = reqwest::Client::new();
+    until(|| async { whoami(&http, &first, "oat_probe").await.is_some() }).await;
+    let second = start_with(
+        &redis,
+        &gateway.url(),
+        &[("WACHT_FLEET_SECRET", "a second secret, generated in another shell")],
+    );
+    until(|| async { second.output().contains("use another WACHT_FLEET_SECRET") }).await;
+    println!("{}", second.output());
+}
+
+/// The operator learns the truth: while Redis refuses writes, a denial is answered 202 with
+/// the reason (in force, not yet written), an allow of it 409; once Redis takes writes
+/// again, 204.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_listener_says_whether_a_change_was_written() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let instance = start(&redis, &gateway.url());
+    let http = reqwest::Client::new();
+    until(|| async { whoami(&http, &instance, "oat_probe").await.is_some() }).await;
+    until(|| async {
+        let status = http
+            .get(format!("http://127.0.0.1:{}/fleet", instance.admin))
+            .send()
+            .await;
+        status.is_ok_and(|r| r.status() == 200) && whoami(&http, &instance, "oat_probe").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let post = |path: &str| {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{}{path}", instance.admin));
+        async move {
+            let resp = http.post(url).send().await.expect("operator listener answers");
+            (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+        }
+    };
+    let refuse = |on: &str| {
+        assert_eq!(
+            redis
+                .command(&["CONFIG", "SET", "min-replicas-to-write", on])
+                .as_deref(),
+            Some("+OK")
+        );
+    };
+    refuse("1");
+    let (status, body) = post("/clients/oc_fleetOperator00000000000001/deny").await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("Redis refuses writes"), "{body}");
+    let (status, body) = post("/clients/oc_fleetOperator00000000000001/allow").await;
+    assert_eq!(status, 409, "{body}");
+    refuse("0");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(post("/clients/oc_fleetOperator00000000000001/allow").await.0, 204);
+    assert_eq!(post("/clients/oc_fleetOperator00000000000002/deny").await.0, 204);
 }
