@@ -49,21 +49,30 @@ for i = 2, 5 do
   if k ~= 'none' and k ~= want then redis.call('DEL', KEYS[i]) end
 end
 local n = tonumber(ARGV[10])
+-- The client records as the batch leaves them, entry by entry: every condition is checked
+-- before anything is written (all or nothing), against what the entries before it did.
+local records = {}
+local function record(field)
+  if records[field] == nil then records[field] = redis.call('HGET', KEYS[3], field) end
+  return records[field]
+end
 for i = 0, n - 1 do
   local b = 11 + i * 5
-  if ARGV[b + 1] == 'allow' and redis.call('HGET', KEYS[3], ARGV[b + 2]) ~= ARGV[b + 4] then
-    return {'superseded', tostring(i)}
+  local op, field, value, cond = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  if op == 'allow' then
+    if record(field) ~= cond then return {'superseded', tostring(i)} end
+    records[field] = value
+  elseif op == 'deny' then
+    local current = record(field)
+    if not current or string.sub(current, 2, 21) < cond then records[field] = value end
   end
 end
 local id = ''
 for i = 0, n - 1 do
   local b = 11 + i * 5
   local op, field, value, cond = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  if op == 'deny' then
-    local current = redis.call('HGET', KEYS[3], field)
-    if not current or string.sub(current, 2, 21) < cond then redis.call('HSET', KEYS[3], field, value) end
-  elseif op == 'allow' then
-    redis.call('HSET', KEYS[3], field, value)
+  if op == 'deny' or op == 'allow' then
+    if records[field] then redis.call('HSET', KEYS[3], field, records[field]) end
   elseif op == 'sid' or op == 'jti' then
     local key = KEYS[4]
     if op == 'jti' then key = KEYS[5] end

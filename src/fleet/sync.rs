@@ -113,11 +113,14 @@ impl Fleet {
                     return self.recover(held, Some(remote)).await;
                 }
                 let own = entry.replica == self.replica;
-                let effect = self.view().apply_entry(&entry, link, stream_id, now);
+                let mut view = self.view();
+                let effect = view.apply_entry(&entry, link, stream_id, now);
                 if own {
-                    // Written, though the writer may not have heard so.
+                    // Written, though the writer may not have heard so (settled under the
+                    // view's lock, as the writer does).
                     self.outbox.settle(entry.id, Ok(()));
                 }
+                drop(view);
                 effects.extend(effect.filter(|e| !own || matches!(e, Effect::Allow(_))));
                 mine = self.view().head.clone().unwrap_or(mine);
             }
@@ -231,12 +234,12 @@ impl Fleet {
                 view.record_void(&entry.change, entry.seq, now);
             }
         }
-        drop(view);
         for (entry, _) in &window {
             if entry.replica == self.replica {
                 self.outbox.settle(entry.id, Ok(()));
             }
         }
+        drop(view);
         (known, effects)
     }
 

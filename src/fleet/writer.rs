@@ -31,14 +31,16 @@ impl Fleet {
     /// Queues a change made here. Call it before the local effect, so that from then on this
     /// replica's misses skip the shared tier until the change is written.
     pub(crate) fn submit(&self, change: Change) -> Submitted {
-        let base = {
-            let mut view = self.view();
-            if let Change::Deny { client, .. } = &change {
-                view.denied_here(client);
-            }
-            view.seq()
-        };
+        // Under the view's lock, as the writer applies and settles: a denial that joins a
+        // copy being written right now is marked pending before that copy is applied, never
+        // after (which would leave it pending with nothing queued).
+        let mut view = self.view();
+        let base = view.seq();
         let submitted = self.outbox.push(change.clone(), base);
+        if let (Ok(_), Change::Deny { client, .. }) = (&submitted, &change) {
+            view.denied_here(client);
+        }
+        drop(view);
         if submitted.is_err() && change.restricts() {
             // Not kept for Redis: at least the replicas listening now learn it.
             let notice = Notice::Unwritten {
@@ -167,10 +169,12 @@ impl Fleet {
         let now = std::time::Instant::now();
         let mut effects = Vec::new();
         for (entry, link) in entries {
-            let effect = self.view().apply_entry(&entry, link, stream_id.clone(), now);
+            let mut view = self.view();
+            let effect = view.apply_entry(&entry, link, stream_id.clone(), now);
+            self.outbox.settle(entry.id, Ok(()));
+            drop(view);
             // Only an allow waits for the log to take effect here.
             effects.extend(effect.filter(|e| matches!(e, Effect::Allow(_))));
-            self.outbox.settle(entry.id, Ok(()));
             telemetry::fleet_event("written");
         }
         self.apply_effects(effects).await;

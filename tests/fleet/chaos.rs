@@ -405,7 +405,6 @@ async fn concurrent_denials_and_allows_end_in_one_state_everywhere() {
     let fleet = replicas(2, &gateway, &redis, "/").await;
     let http = reqwest::Client::new();
     let client = "oc_fleetRace00000000000000000001";
-    let t = token(&gateway, client);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     let mut random = move || {
         seed ^= seed << 13;
@@ -445,6 +444,8 @@ async fn concurrent_denials_and_allows_end_in_one_state_everywhere() {
         .await;
         let position = |r: &Replica| r.auth.verifier().fleet_status().map(|s| s.log_position);
         until(|| async { position(&fleet[0]) == position(&fleet[1]) }).await;
+        // A fresh token: one refused in an earlier round stays refused for `negative_ttl`.
+        let t = token(&gateway, client);
         let verdicts = join_all(fleet.iter().map(|r| status(&http, r, &t))).await;
         assert_eq!(verdicts[0], verdicts[1], "round {round}: {ops:?} → {outcomes:?}");
         assert_eq!(
@@ -454,11 +455,8 @@ async fn concurrent_denials_and_allows_end_in_one_state_everywhere() {
         );
         if round % 4 == 3 {
             let later = &replicas(1, &gateway, &redis, "/").await[0];
-            assert_eq!(
-                status(&http, later, &t).await,
-                verdicts[0],
-                "round {round}: Redis disagrees"
-            );
+            let got = status(&http, later, &t).await;
+            assert_eq!(got, verdicts[0], "round {round}: Redis disagrees");
         }
     }
 }
