@@ -8,39 +8,39 @@
 //!                                        └► every replica reads the log in order
 //! ```
 //!
-//! * **Shared tier** ([`store`]). A local miss asks Redis first (one round trip, bounded by
+//! * **Shared tier** (`store`). A local miss asks Redis first (one round trip, bounded by
 //!   [`FleetConfig::timeout`]). A shared answer is used only if this replica has read the log
 //!   up to Redis's head and no change logged after the answer's stamp covers it; otherwise
 //!   the gateway decides. Gateway answers are written back for `min(ttl, expires_at − now)`,
 //!   401s for `negative_ttl`; rate limits and errors are never shared. When replicas miss one
 //!   token at once, the one holding a short lease asks the gateway and the others wait for it,
 //!   at most [`FleetConfig::lease_wait`], and no longer than it holds the lease.
-//! * **The change log** ([`log`], [`view`]). Every change (invalidate a token, a client or
+//! * **The change log** (`log`, `view`). Every change (invalidate a token, a client or
 //!   everything; deny or allow a client; deny a JWT session or token id) is one Lua script
 //!   that checks the head it was numbered from, updates the records, appends a sealed entry
 //!   to a Redis Stream and publishes a notice. Entries are numbered without gaps and each
 //!   names the link of the one before, so a replica reading the log applies every change once
 //!   and in order, and tells a replayed, removed or forked entry from the next one. Per
 //!   subject, the newest version wins: an allow lifts only the denial it names.
-//! * **Redis losing state** ([`sync`]). Redis's head carries an incarnation; a replica that
+//! * **Redis losing state** (`sync`). Redis's head carries an incarnation; a replica that
 //!   finds it missing, changed to an older one, gone backwards or forked drops its local
 //!   cache, starts (or adopts) a new incarnation (which voids every shared answer of the old
 //!   one) and re-asserts the denials it knows, with their versions and end times.
-//! * **Changes Redis refuses** ([`writer`], [`outbox`]). A change is applied here and queued
+//! * **Changes Redis refuses** (`writer`, `outbox`). A change is applied here and queued
 //!   before it is written; if Redis does not take it, it is announced on the channel (every
 //!   heartbeat) so the replicas listening apply what restricts, heartbeats say changes are
 //!   pending, and every replica skips the shared tier and caps its entries at
 //!   `disconnected_ttl` until it is written. A replica that goes silent with changes pending
 //!   has them taken over by the replicas that heard them.
-//! * **Safe to share** ([`codec`], [`records`]). Keys hold a keyed hash of the token,
+//! * **Safe to share** (`codec`, `records`). Keys hold a keyed hash of the token,
 //!   namespaced by the check profile; values, entries, records and notices carry an
 //!   HMAC-SHA256 tag made with the fleet secret: anything written without it is ignored and
 //!   counted. Every shared answer still goes through this replica's pins and deny lists.
-//! * **Without the fleet** ([`channel`]). A replica that has not heard the fleet for three
+//! * **Without the fleet** (`channel`). A replica that has not heard the fleet for three
 //!   heartbeats drops everything it cached and caches for at most `disconnected_ttl`; past
 //!   `3 × heartbeat + disconnected_ttl` it serves through the gateway (default) or answers
 //!   503 ([`OutOfSync::FailClosed`]). It reconnects with jittered, capped backoff.
-//! * **One secret per fleet** ([`marker`]). Replicas of one profile with different secrets
+//! * **One secret per fleet** (`marker`). Replicas of one profile with different secrets
 //!   share nothing; each writes a keyed fingerprint of its secret to a key that does not
 //!   depend on the secret, and logs an error when it finds another.
 
