@@ -38,7 +38,7 @@ pub(crate) use self::generations::Generations;
 use self::intern::Interner;
 use self::stale::OutageGrace;
 use crate::config::CacheSettings;
-use crate::principal::{Grant, Principal};
+use crate::principal::{Grant, Principal, VerifiedBy};
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::scopes::ScopeHierarchy;
 use crate::telemetry::Metrics;
@@ -321,7 +321,8 @@ impl DecisionCache {
             self.positive.invalidate_all();
         }
         if let Some(grace) = &self.grace {
-            grace.invalidate_client(client_id);
+            let id = client_id.to_owned();
+            grace.invalidate_where(move |p| p.client_id().as_str() == id);
         }
     }
 
@@ -348,6 +349,18 @@ impl DecisionCache {
             .is_err()
         {
             self.positive.invalidate_all();
+        }
+    }
+
+    /// Voids every answer verified from a JWT signature (a JWKS key was withdrawn), in every
+    /// tier. Opaque tokens' answers and every rejection stay: re-verifying a JWT costs no
+    /// gateway call, re-asking for every opaque token would.
+    pub(crate) fn invalidate_jwt(&self) {
+        self.generations.invalidate_jwt();
+        let is_jwt = |p: &Principal| p.verified_by() == VerifiedBy::JwtSignature;
+        self.invalidate_where(is_jwt);
+        if let Some(grace) = &self.grace {
+            grace.invalidate_where(is_jwt);
         }
     }
 

@@ -55,14 +55,16 @@ impl Verifier {
         self.jwt.as_ref().filter(|_| token.is_jwt_shaped())
     }
 
-    /// After a JWKS refresh withdrew a key, no decision cached before may be served: tokens
-    /// signed by that key must be refused from now on.
+    /// After a JWKS refresh withdrew a key, no JWT decision cached before may be served:
+    /// tokens signed by that key must be refused from now on. Opaque tokens' decisions and
+    /// the negative cache stay (dropping them would send every busy token to the gateway at
+    /// once); JWTs are verified again locally, without a fetch.
     fn sync_key_removals(&self) {
         let Some(jwt) = &self.jwt else { return };
         let removals = jwt.removals();
         if self.key_removals_seen.swap(removals, Ordering::AcqRel) != removals {
-            tracing::warn!("JWKS key withdrawn: every cached decision on this server is dropped");
-            self.cache.invalidate_all();
+            tracing::warn!("JWKS key withdrawn: every cached JWT decision on this server is dropped");
+            self.cache.invalidate_jwt();
         }
     }
 

@@ -663,3 +663,5 @@ async fn the_static_verifier_applies_the_same_rules_without_cache_or_network() {
             .is_err()
     );
 }
+
+mod keysets;
