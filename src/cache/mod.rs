@@ -179,6 +179,11 @@ impl DecisionCache {
         })
     }
 
+    /// How long an entry is served at most.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The stamp of an answer whose verification starts now: an invalidation from here on
     /// voids it.
     pub(crate) fn stamp(&self) -> u64 {

@@ -14,7 +14,7 @@ use super::source::Verdict;
 use crate::cache::Entry;
 use crate::config::PinSettings;
 use crate::gateway::{Decision, GatewayError};
-use crate::jwt::JwtFailure;
+use crate::jwt::{JwtFailure, Unavailable};
 use crate::principal::{DeploymentId, Grant, Principal};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
@@ -29,14 +29,37 @@ impl Verifier {
     pub(super) async fn decide(&self, verdict: Verdict, hash: TokenHash, stamp: u64) -> Result<Entry, AuthError> {
         let (grant, cap) = match verdict {
             Verdict::Gateway { decision, cap } => (self.gateway_grant(decision, hash).await?, cap),
-            Verdict::Jwt(Ok(grant)) => (Box::new(grant), None),
+            Verdict::Jwt(Ok(verified)) => {
+                // The entry ends when the key set that verified it may no longer be trusted (a
+                // cap only when that comes before the ttl: it also turns refresh-ahead off).
+                let cap = (verified.keys_valid_for < self.cache.ttl()).then_some(verified.keys_valid_for);
+                (Box::new(verified.grant), cap)
+            }
             Verdict::Jwt(Err(JwtFailure::Refused(refusal))) => {
                 tracing::info!(reason = refusal.label(), "JWT access token refused");
                 return Err(self.reject(hash, refusal.reason()).await);
             }
-            Verdict::Jwt(Err(JwtFailure::Unavailable)) => {
-                tracing::warn!("no JWKS could be loaded for the token's issuer; failing closed");
-                return Err(self.unavailable());
+            // Nothing is remembered: the same token may verify once a fetch succeeds.
+            Verdict::Jwt(Err(JwtFailure::Unavailable(why))) => {
+                return Err(match why {
+                    Unavailable::NoKeySet => {
+                        tracing::warn!("no JWKS could be loaded for the token's issuer; failing closed");
+                        self.unavailable()
+                    }
+                    // Logged at error level by the key set, once per set and per failed fetch.
+                    Unavailable::KeySetExpired => {
+                        tracing::debug!("the issuer's key set is past jwks_max_stale; failing closed");
+                        self.unavailable()
+                    }
+                    Unavailable::KeyNotFetched { retry_after } => {
+                        tracing::debug!(
+                            "JWT names a kid no key set fetched since its iat holds; 503 until the next fetch"
+                        );
+                        AuthError::Unavailable {
+                            retry_after: retry_after.unwrap_or(self.settings.unavailable_retry_after),
+                        }
+                    }
+                });
             }
         };
         if self.denied.contains(grant.client_id.as_str()) {

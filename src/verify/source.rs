@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use super::Verifier;
 use super::miss::MissContext;
 use crate::gateway::{CheckRequest, Decision, GatewayError};
-use crate::jwt::JwtFailure;
-use crate::principal::Grant;
+use crate::jwt::{JwtFailure, Verified};
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
@@ -24,7 +23,7 @@ pub(super) enum Verdict {
         cap: Option<Duration>,
     },
     /// Local JWT verification.
-    Jwt(Result<Grant, JwtFailure>),
+    Jwt(Result<Verified, JwtFailure>),
 }
 
 impl Verifier {
@@ -80,14 +79,15 @@ impl Verifier {
             self.jwks_timer_started.store(false, Ordering::Release);
             return;
         };
-        let every = jwt.refresh_every();
+        let mut wait = jwt.next_timer_wait();
         let verifier = Arc::downgrade(self);
         runtime.spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(wait).await;
                 let Some(verifier) = verifier.upgrade() else { break };
                 if let Some(jwt) = &verifier.jwt {
                     jwt.refresh_due().await;
+                    wait = jwt.next_timer_wait();
                 }
                 verifier.sync_key_removals();
             }
