@@ -67,6 +67,9 @@ fn jwt_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<crate::jwt::Jwt
     if let Some(max_age) = seconds("WACHT_JWKS_MAX_STALE_SECS")? {
         jwt = jwt.jwks_max_stale(max_age);
     }
+    if let Some(lifetime) = seconds("WACHT_JWT_SESSION_DENIAL_SECS")? {
+        jwt = jwt.session_denial_lifetime(lifetime);
+    }
     if switch(
         "WACHT_JWT_ACCEPT_TENANT_AUDIENCE",
         get("WACHT_JWT_ACCEPT_TENANT_AUDIENCE"),
@@ -99,6 +102,8 @@ impl WachtAuthConfig {
     /// * `WACHT_JWKS_REFRESH_SECS`: JWKS refresh interval (default 300);
     /// * `WACHT_JWKS_MAX_STALE_SECS`: the longest a key set is trusted without a successful
     ///   fetch (default 3600);
+    /// * `WACHT_JWT_SESSION_DENIAL_SECS`: how long a session denial lasts (default 2592000,
+    ///   30 days);
     /// * `WACHT_JWT_ACCEPT_TENANT_AUDIENCE=on`: accept JWTs although `WACHT_RESOURCE_URL` pins
     ///   the resource (see [`JwtConfig::accept_tenant_audience`](crate::jwt::JwtConfig::accept_tenant_audience)).
     ///
@@ -211,6 +216,7 @@ mod tests {
             ("WACHT_JWT_TENANTS", "urn:wacht:organization:5"),
             ("WACHT_JWKS_REFRESH_SECS", "60"),
             ("WACHT_JWKS_MAX_STALE_SECS", "900"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "604800"),
         ]))
         .unwrap();
         let jwt = c.jwt().unwrap();
@@ -218,6 +224,10 @@ mod tests {
         assert_eq!(jwt.tenants, ["urn:wacht:organization:5"]);
         assert_eq!(jwt.jwks_refresh, std::time::Duration::from_secs(60));
         assert_eq!(jwt.jwks_max_stale, std::time::Duration::from_secs(900));
+        assert_eq!(
+            jwt.session_denial_lifetime,
+            std::time::Duration::from_secs(7 * 24 * 3600)
+        );
         let defaults = WachtAuthConfig::from_lookup(env(&[
             ("WACHT_BACKEND_API_KEY", "k"),
             ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
@@ -226,10 +236,16 @@ mod tests {
         .unwrap();
         let defaults = defaults.jwt().unwrap();
         assert_eq!(defaults.jwks_max_stale, crate::jwt::DEFAULT_JWKS_MAX_STALE);
+        assert_eq!(
+            defaults.session_denial_lifetime,
+            std::time::Duration::from_secs(30 * 24 * 3600)
+        );
         for (name, value) in [
             ("WACHT_JWKS_MAX_STALE_SECS", "1h"),
             // Not longer than the refresh interval (300 s by default).
             ("WACHT_JWKS_MAX_STALE_SECS", "300"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "-1"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "0"),
         ] {
             let err = WachtAuthConfig::from_lookup(env(&[
                 ("WACHT_BACKEND_API_KEY", "k"),
@@ -238,8 +254,13 @@ mod tests {
                 (name, value),
             ]))
             .unwrap_err();
+            let expected = if name.contains("MAX_STALE") {
+                "max_stale"
+            } else {
+                "session_denial"
+            };
             assert!(
-                err.to_string().contains(name) || err.to_string().contains("max_stale"),
+                err.to_string().contains(name) || err.to_string().contains(expected),
                 "{name}={value}: {err}"
             );
         }

@@ -1,5 +1,5 @@
 //! [`JwtConfig`]: which issuers, tenants and clients are trusted, leeway, JWKS refresh and
-//! maximum age.
+//! maximum age, and how long session denials last.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 pub const DEFAULT_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
 /// Default maximum age of a key set: past it without a successful fetch, JWTs get 503.
 pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(60 * 60);
+/// Default lifetime of a session denial: as long as a Wacht refresh token lives, which is how
+/// long Wacht keeps minting access tokens for the session.
+pub const DEFAULT_SESSION_DENIAL_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Local verification of JWT access tokens, enabled with
 /// [`WachtAuthConfigBuilder::jwt`](crate::WachtAuthConfigBuilder::jwt) (or `WACHT_JWT=on`).
@@ -36,6 +39,7 @@ pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(60 * 60);
 /// | `jwks_refresh` | 5 min | a key withdrawn from the JWKS (compromised) stops verifying within this plus one fetch (`request_timeout`) |
 /// | `unknown_kid_refresh` | 30 s | made-up `kid`s cause at most one JWKS fetch per this interval |
 /// | `jwks_max_stale` | 1 h | while the JWKS cannot be fetched, its last key set verifies for at most this long, then JWTs get 503 |
+/// | `session_denial_lifetime` | 30 days | [`deny_session`](crate::Verifier::deny_session) lasts this long |
 /// | `scope_definitions` | none | permissions are the scopes alone |
 /// | `accept_tenant_audience` | off | with an `expected_audience` (MCP), JWTs are refused: they name a tenant, not this resource |
 #[derive(Clone, Debug)]
@@ -47,6 +51,7 @@ pub struct JwtConfig {
     pub(crate) jwks_refresh: Duration,
     pub(crate) unknown_kid_refresh: Duration,
     pub(crate) jwks_max_stale: Duration,
+    pub(crate) session_denial_lifetime: Duration,
     pub(crate) definitions: Vec<ScopeDefinition>,
     pub(crate) accept_tenant_audience: bool,
 }
@@ -61,6 +66,7 @@ impl Default for JwtConfig {
             jwks_refresh: DEFAULT_JWKS_REFRESH,
             unknown_kid_refresh: DEFAULT_UNKNOWN_KID_REFRESH,
             jwks_max_stale: DEFAULT_JWKS_MAX_STALE,
+            session_denial_lifetime: DEFAULT_SESSION_DENIAL_LIFETIME,
             definitions: Vec::new(),
             accept_tenant_audience: false,
         }
@@ -142,6 +148,16 @@ impl JwtConfig {
         self
     }
 
+    /// How long [`Verifier::deny_session`](crate::Verifier::deny_session) refuses a session's
+    /// JWTs (default 30 days): Wacht keeps minting access tokens for a session for as long as
+    /// its refresh token lives (30 days), whatever its access-token lifetime. A token-id
+    /// denial ([`deny_token_id`](crate::Verifier::deny_token_id)) names one token and lasts
+    /// as long as that token can be accepted (24 hours plus twice the leeway).
+    pub fn session_denial_lifetime(mut self, lifetime: Duration) -> Self {
+        self.session_denial_lifetime = lifetime;
+        self
+    }
+
     /// The OAuth app's scope definitions, so that effective permissions include the
     /// organization or workspace permissions the scopes map to, as the gateway computes them.
     /// The gateway reads them live; this copy changes only when you reconfigure.
@@ -204,7 +220,19 @@ impl JwtConfig {
                 "must be longer than jwks_refresh: a key set is refreshed every jwks_refresh and must not expire before",
             ));
         }
+        if self.session_denial_lifetime.is_zero() {
+            return Err(ConfigError::invalid(
+                "jwt session_denial_lifetime",
+                "must be greater than zero",
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a token-id denial lasts: as long as a token can be accepted after its id was
+    /// learnt (its lifetime is at most 24 hours; its `iat` and `exp` each get the leeway).
+    pub(crate) fn token_id_denial_lifetime(&self) -> Duration {
+        super::claims::MAX_LIFETIME.saturating_add(self.leeway.saturating_mul(2))
     }
 }
 

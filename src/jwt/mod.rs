@@ -47,7 +47,8 @@ use aws_lc_rs::signature::ParsedPublicKey;
 use self::claims::{ClaimPolicy, Claims};
 use self::config::jwks_url;
 pub use self::config::{
-    DEFAULT_JWKS_MAX_STALE, DEFAULT_JWKS_REFRESH, DEFAULT_LEEWAY, DEFAULT_UNKNOWN_KID_REFRESH, JwtConfig, MAX_LEEWAY,
+    DEFAULT_JWKS_MAX_STALE, DEFAULT_JWKS_REFRESH, DEFAULT_LEEWAY, DEFAULT_SESSION_DENIAL_LIFETIME,
+    DEFAULT_UNKNOWN_KID_REFRESH, JwtConfig, MAX_LEEWAY,
 };
 pub(crate) use self::jwks::Cause;
 use self::jwks::{Jwks, KeySetPolicy};

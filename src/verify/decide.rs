@@ -1,11 +1,11 @@
 //! A verdict → a cache entry or a refusal, in one place: the gateway's decision and the pins
 //! (deployment, issuer, audience: the gateway checks none of them), or a JWT's verification
-//! (which checked its own issuer and audience); then the deny lists.
+//! (which checked its own issuer and audience); then the deny lists (the client deny list
+//! here, the session and token-id denials in [`revoked`](super::revoked)).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Url;
 
@@ -15,7 +15,7 @@ use crate::cache::Entry;
 use crate::config::PinSettings;
 use crate::gateway::{Decision, GatewayError};
 use crate::jwt::{JwtFailure, Unavailable};
-use crate::principal::{DeploymentId, Grant, Principal};
+use crate::principal::{DeploymentId, Grant};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
@@ -171,108 +171,6 @@ impl Pins {
             }
         }
         Ok(())
-    }
-}
-
-/// Most live denials of each kind (sessions, token ids).
-const MAX_REVOKED: usize = 100_000;
-/// How long a session or token-id denial lasts: the longest a Wacht access token lives, plus
-/// the largest leeway.
-const REVOKED_FOR: Duration = Duration::from_secs(24 * 60 * 60 + 300);
-
-/// JWT sessions (`sid`) and token ids (`jti`) refused on this server, each until no token of
-/// it can still be valid.
-#[derive(Debug, Default)]
-pub(super) struct RevokedIds {
-    /// True once anything was denied: the common case takes no lock.
-    any: AtomicBool,
-    sessions: RwLock<HashMap<Arc<str>, SystemTime>>,
-    token_ids: RwLock<HashMap<Arc<str>, SystemTime>>,
-}
-
-impl RevokedIds {
-    pub(super) fn deny_session(&self, id: &str) -> bool {
-        self.insert(&self.sessions, id, SystemTime::now() + REVOKED_FOR, "session")
-    }
-
-    pub(super) fn deny_token_id(&self, id: &str) -> bool {
-        self.insert(&self.token_ids, id, SystemTime::now() + REVOKED_FOR, "token id")
-    }
-
-    /// A session denial made elsewhere (another replica, read from the fleet's Redis), lasting
-    /// until `until`; true if it was not known here yet.
-    #[cfg(feature = "redis")]
-    pub(super) fn deny_session_until(&self, id: &str, until: SystemTime) -> bool {
-        self.insert_new(&self.sessions, id, until, "session")
-    }
-
-    /// [`deny_session_until`](Self::deny_session_until) for a token id.
-    #[cfg(feature = "redis")]
-    pub(super) fn deny_token_id_until(&self, id: &str, until: SystemTime) -> bool {
-        self.insert_new(&self.token_ids, id, until, "token id")
-    }
-
-    /// Inserts a denial unless a live one is known; true if inserted.
-    #[cfg(feature = "redis")]
-    fn insert_new(
-        &self,
-        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
-        id: &str,
-        until: SystemTime,
-        kind: &'static str,
-    ) -> bool {
-        let known = map
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(id)
-            .is_some_and(|known| *known >= until);
-        !known && self.insert(map, id, until, kind)
-    }
-
-    fn insert(
-        &self,
-        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
-        id: &str,
-        until: SystemTime,
-        kind: &'static str,
-    ) -> bool {
-        let now = SystemTime::now();
-        let mut map = map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if map.len() >= MAX_REVOKED {
-            map.retain(|_, until| *until > now);
-        }
-        if map.len() >= MAX_REVOKED && !map.contains_key(id) {
-            tracing::error!(kind, limit = MAX_REVOKED, "deny list full: this denial is not recorded");
-            return false;
-        }
-        if until <= now {
-            return false;
-        }
-        map.insert(Arc::from(id), until);
-        self.any.store(true, Ordering::Release);
-        true
-    }
-
-    /// True if the grant's session or token id is denied.
-    pub(super) fn covers(&self, grant: &Grant) -> bool {
-        if !self.any.load(Ordering::Acquire) {
-            return false;
-        }
-        let now = SystemTime::now();
-        let denied = |map: &RwLock<HashMap<Arc<str>, SystemTime>>, id: Option<&Arc<str>>| {
-            id.is_some_and(|id| {
-                map.read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .get(id)
-                    .is_some_and(|until| *until > now)
-            })
-        };
-        denied(&self.sessions, grant.session_id.as_ref()) || denied(&self.token_ids, grant.token_id.as_ref())
-    }
-
-    /// [`covers`](Self::covers) for a cached principal.
-    pub(super) fn covers_principal(&self, principal: &Principal) -> bool {
-        self.covers(principal.grant())
     }
 }
 
