@@ -1,8 +1,8 @@
 //! [`Generations`]: which cached answers an invalidation has voided.
 //!
 //! Every gateway answer is stamped with the generation current when its gateway call
-//! *started*. An invalidation (of one token, one client, or everything) takes the next
-//! generation and records what it voided; an answer is usable only if no invalidation that
+//! *started*. An invalidation (of one token, one client, every JWT decision, or everything)
+//! takes the next generation and records what it voided; an answer is usable only if no invalidation that
 //! covers it came after its stamp. The check is made on every read of a shared tier (moka,
 //! the outage grace), so an answer that was in flight during an invalidation is never served
 //! from a cache, however the insert and the invalidation interleave. The per-thread front
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::principal::Principal;
+use crate::principal::{Principal, VerifiedBy};
 use crate::token::TokenHash;
 
 /// More records than this and an invalidation voids every older answer instead.
@@ -31,6 +31,9 @@ pub(crate) struct Generations {
     current: AtomicU64,
     /// Answers stamped below this are void (`invalidate_all`, or too many records).
     floor: AtomicU64,
+    /// Answers verified from a JWT signature stamped below this are void (a JWKS key was
+    /// withdrawn); opaque tokens' answers are not.
+    jwt_floor: AtomicU64,
     /// True while `records` may hold something: the common case takes no lock.
     has_records: AtomicBool,
     records: Mutex<Records>,
@@ -114,6 +117,7 @@ impl Generations {
         Generations {
             current: AtomicU64::new(0),
             floor: AtomicU64::new(0),
+            jwt_floor: AtomicU64::new(0),
             has_records: AtomicBool::new(false),
             records: Mutex::new(Records::default()),
             keep,
@@ -127,10 +131,14 @@ impl Generations {
         self.current.load(Ordering::Acquire)
     }
 
-    /// True unless an invalidation of this token, of its client, session or token id, or of
-    /// everything came after `stamp` (the generation when the answer's verification started).
+    /// True unless an invalidation of this token, of its client, session or token id, of
+    /// every JWT decision (for a JWT's answer), or of everything came after `stamp` (the
+    /// generation when the answer's verification started).
     pub(crate) fn is_current(&self, hash: &TokenHash, principal: &Principal, stamp: u64) -> bool {
         if stamp < self.floor.load(Ordering::Acquire) {
+            return false;
+        }
+        if stamp < self.jwt_floor.load(Ordering::Acquire) && principal.verified_by() == VerifiedBy::JwtSignature {
             return false;
         }
         if !self.has_records.load(Ordering::Acquire) {
@@ -181,6 +189,16 @@ impl Generations {
             records.token_ids.insert(Arc::clone(&id), voided);
             Subject::TokenId(id)
         });
+    }
+
+    /// Voids every answer verified from a JWT signature so far; opaque tokens' answers stay.
+    pub(crate) fn invalidate_jwt(&self) {
+        // Under the lock, like every move of the generation; the floor before the generation:
+        // a reader that sees the new generation sees the floor.
+        let _records = self.lock();
+        let next = self.current.load(Ordering::Acquire) + 1;
+        self.jwt_floor.store(next, Ordering::Release);
+        self.current.store(next, Ordering::Release);
     }
 
     /// Voids every answer obtained so far.
@@ -268,6 +286,25 @@ mod tests {
         g.invalidate_token_id("jti_1");
         assert!(!g.is_current(&a, &jwt, before));
         assert!(g.is_current(&a, oc_1, before), "no token id");
+    }
+
+    #[test]
+    fn a_jwt_invalidation_voids_only_older_jwt_answers() {
+        let g = Generations::new(Duration::from_secs(60));
+        let hash = TokenHash::of("oat_a");
+        let opaque = of("oc_1");
+        let mut grant = Grant::new("oc_1", SystemTime::now());
+        grant.verified_by = VerifiedBy::JwtSignature;
+        let jwt = Principal::from_grant(grant);
+        let before = g.current();
+        g.invalidate_jwt();
+        assert!(g.current() > before, "the front cache's generation moves");
+        assert!(!g.is_current(&hash, &jwt, before), "a JWT answer from before");
+        assert!(
+            g.is_current(&hash, &opaque, before),
+            "an opaque token's answer from before"
+        );
+        assert!(g.is_current(&hash, &jwt, g.current()), "a JWT answer from after");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub(crate) use self::generations::Generations;
 use self::intern::Interner;
 use self::stale::OutageGrace;
 use crate::config::CacheSettings;
-use crate::principal::{Grant, Principal};
+use crate::principal::{Grant, Principal, VerifiedBy};
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::scopes::ScopeHierarchy;
 use crate::telemetry::Metrics;
@@ -177,6 +177,11 @@ impl DecisionCache {
             principal: entry.principal,
             refresh,
         })
+    }
+
+    /// How long an entry is served at most.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The stamp of an answer whose verification starts now: an invalidation from here on
@@ -324,7 +329,8 @@ impl DecisionCache {
             self.positive.invalidate_all();
         }
         if let Some(grace) = &self.grace {
-            grace.invalidate_client(client_id);
+            let id = client_id.to_owned();
+            grace.invalidate_where(move |p| p.client_id().as_str() == id);
         }
     }
 
@@ -351,6 +357,18 @@ impl DecisionCache {
             .is_err()
         {
             self.positive.invalidate_all();
+        }
+    }
+
+    /// Voids every answer verified from a JWT signature (a JWKS key was withdrawn), in every
+    /// tier. Opaque tokens' answers and every rejection stay: re-verifying a JWT costs no
+    /// gateway call, re-asking for every opaque token would.
+    pub(crate) fn invalidate_jwt(&self) {
+        self.generations.invalidate_jwt();
+        let is_jwt = |p: &Principal| p.verified_by() == VerifiedBy::JwtSignature;
+        self.invalidate_where(is_jwt);
+        if let Some(grace) = &self.grace {
+            grace.invalidate_where(is_jwt);
         }
     }
 

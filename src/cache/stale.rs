@@ -71,13 +71,12 @@ impl OutageGrace {
         self.cache.invalidate(hash).await;
     }
 
-    /// Drops one client's principals (every read also checks the client's invalidation, so
-    /// this only frees memory sooner).
-    pub(crate) fn invalidate_client(&self, client_id: &str) {
-        let id = client_id.to_owned();
+    /// Drops the principals that match (every read also checks the generations, so this only
+    /// frees memory sooner).
+    pub(crate) fn invalidate_where(&self, matches: impl Fn(&Principal) -> bool + Send + Sync + 'static) {
         if self
             .cache
-            .invalidate_entries_if(move |_, entry| entry.principal.client_id().as_str() == id)
+            .invalidate_entries_if(move |_, entry| matches(&entry.principal))
             .is_err()
         {
             self.cache.invalidate_all();

@@ -62,11 +62,23 @@ fn jwt_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<crate::jwt::Jwt
     if let Some(tenants) = get("WACHT_JWT_TENANTS") {
         jwt = jwt.accepted_tenants(list(tenants));
     }
-    if let Some(secs) = get("WACHT_JWKS_REFRESH_SECS") {
-        let secs: u64 = secs
-            .parse()
-            .map_err(|_| ConfigError::invalid("WACHT_JWKS_REFRESH_SECS", "expected whole seconds"))?;
-        jwt = jwt.jwks_refresh(std::time::Duration::from_secs(secs));
+    let seconds = |name: &'static str| -> Result<Option<std::time::Duration>, ConfigError> {
+        get(name)
+            .map(|secs| {
+                secs.parse()
+                    .map(std::time::Duration::from_secs)
+                    .map_err(|_| ConfigError::invalid(name, "expected whole seconds"))
+            })
+            .transpose()
+    };
+    if let Some(interval) = seconds("WACHT_JWKS_REFRESH_SECS")? {
+        jwt = jwt.jwks_refresh(interval);
+    }
+    if let Some(max_age) = seconds("WACHT_JWKS_MAX_STALE_SECS")? {
+        jwt = jwt.jwks_max_stale(max_age);
+    }
+    if let Some(lifetime) = seconds("WACHT_JWT_SESSION_DENIAL_SECS")? {
+        jwt = jwt.session_denial_lifetime(lifetime);
     }
     if switch(
         "WACHT_JWT_ACCEPT_TENANT_AUDIENCE",
@@ -101,6 +113,10 @@ impl WachtAuthConfig {
     /// * `WACHT_JWT_TENANTS`: accept JWTs for these tenant URNs only (comma- or
     ///   space-separated);
     /// * `WACHT_JWKS_REFRESH_SECS`: JWKS refresh interval (default 300);
+    /// * `WACHT_JWKS_MAX_STALE_SECS`: the longest a key set is trusted without a successful
+    ///   fetch (default 3600);
+    /// * `WACHT_JWT_SESSION_DENIAL_SECS`: how long a session denial lasts (default 2592000,
+    ///   30 days);
     /// * `WACHT_JWT_ACCEPT_TENANT_AUDIENCE=on`: accept JWTs although `WACHT_RESOURCE_URL` pins
     ///   the resource (see [`JwtConfig::accept_tenant_audience`](crate::jwt::JwtConfig::accept_tenant_audience)).
     ///
@@ -212,12 +228,55 @@ mod tests {
             ("WACHT_JWT_ALLOWED_CLIENTS", "oc_a, oc_b"),
             ("WACHT_JWT_TENANTS", "urn:wacht:organization:5"),
             ("WACHT_JWKS_REFRESH_SECS", "60"),
+            ("WACHT_JWKS_MAX_STALE_SECS", "900"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "604800"),
         ]))
         .unwrap();
         let jwt = c.jwt().unwrap();
         assert_eq!(jwt.clients, ["oc_a", "oc_b"]);
         assert_eq!(jwt.tenants, ["urn:wacht:organization:5"]);
         assert_eq!(jwt.jwks_refresh, std::time::Duration::from_secs(60));
+        assert_eq!(jwt.jwks_max_stale, std::time::Duration::from_secs(900));
+        assert_eq!(
+            jwt.session_denial_lifetime,
+            std::time::Duration::from_secs(7 * 24 * 3600)
+        );
+        let defaults = WachtAuthConfig::from_lookup(env(&[
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+            ("WACHT_JWT", "on"),
+        ]))
+        .unwrap();
+        let defaults = defaults.jwt().unwrap();
+        assert_eq!(defaults.jwks_max_stale, crate::jwt::DEFAULT_JWKS_MAX_STALE);
+        assert_eq!(
+            defaults.session_denial_lifetime,
+            std::time::Duration::from_secs(30 * 24 * 3600)
+        );
+        for (name, value) in [
+            ("WACHT_JWKS_MAX_STALE_SECS", "1h"),
+            // Not longer than the refresh interval (300 s by default).
+            ("WACHT_JWKS_MAX_STALE_SECS", "300"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "-1"),
+            ("WACHT_JWT_SESSION_DENIAL_SECS", "0"),
+        ] {
+            let err = WachtAuthConfig::from_lookup(env(&[
+                ("WACHT_BACKEND_API_KEY", "k"),
+                ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+                ("WACHT_JWT", "on"),
+                (name, value),
+            ]))
+            .unwrap_err();
+            let expected = if name.contains("MAX_STALE") {
+                "max_stale"
+            } else {
+                "session_denial"
+            };
+            assert!(
+                err.to_string().contains(name) || err.to_string().contains(expected),
+                "{name}={value}: {err}"
+            );
+        }
         assert!(!jwt.accept_tenant_audience);
         let off = WachtAuthConfig::from_lookup(env(&[
             ("WACHT_BACKEND_API_KEY", "k"),

@@ -44,6 +44,7 @@
 //!   share nothing; each writes a keyed fingerprint of its secret to a key that does not
 //!   depend on the secret, and logs an error when it finds another.
 
+mod bytes;
 mod channel;
 mod codec;
 mod config;

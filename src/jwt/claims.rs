@@ -83,14 +83,12 @@ impl Claims {
         })
     }
 
-    /// Checks the claims of a token whose signature verified, at `now`, and builds its grant.
-    pub(crate) fn into_grant(self, policy: &ClaimPolicy, now: SystemTime) -> Result<Grant, Refusal> {
-        if self.token_use.as_deref() != Some("access_token") {
-            // An id_token (no `token_use`) is signed by the same key: never an access token.
-            return Err(Refusal::WrongTokenUse);
-        }
+    /// The time rules at `now`: not expired, not issued or valid only in the future, a
+    /// lifetime of at most 24 hours. Checked before the signature too: a token that breaks
+    /// them is refused whoever signed it, without looking for its key.
+    pub(crate) fn check_times(&self, leeway: Duration, now: SystemTime) -> Result<(), Refusal> {
         let now = unix_seconds(now);
-        let leeway = i64::try_from(policy.leeway.as_secs()).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
         if now >= self.exp.saturating_add(leeway) {
             return Err(Refusal::Expired);
         }
@@ -101,6 +99,30 @@ impl Claims {
         if self.exp.saturating_sub(self.iat) > max_lifetime {
             return Err(Refusal::LifetimeTooLong);
         }
+        Ok(())
+    }
+
+    /// The latest moment, by this server's clock, at which the token can have been signed:
+    /// its `iat` (whole seconds, so one more second), plus the leeway for the issuer's clock
+    /// running behind this one. A key set fetched from then on holds the token's key, unless
+    /// the issuer withdrew it. `None` if that moment cannot be represented.
+    pub(crate) fn signed_by(&self, leeway: Duration) -> Option<SystemTime> {
+        match u64::try_from(self.iat) {
+            Ok(iat) => UNIX_EPOCH
+                .checked_add(Duration::from_secs(iat.saturating_add(1)))?
+                .checked_add(leeway),
+            // Before 1970: any key set is later.
+            Err(_) => Some(UNIX_EPOCH),
+        }
+    }
+
+    /// Checks the claims of a token whose signature verified, at `now`, and builds its grant.
+    pub(crate) fn into_grant(self, policy: &ClaimPolicy, now: SystemTime) -> Result<Grant, Refusal> {
+        if self.token_use.as_deref() != Some("access_token") {
+            // An id_token (no `token_use`) is signed by the same key: never an access token.
+            return Err(Refusal::WrongTokenUse);
+        }
+        self.check_times(policy.leeway, now)?;
         let sub = canonical_id(&self.sub).ok_or(Refusal::Malformed)?;
         let resource = match self.aud.as_deref().map(ResourceUrn::parse) {
             Some(urn @ (ResourceUrn::Organization(_) | ResourceUrn::Workspace(_))) => urn,

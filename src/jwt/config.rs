@@ -1,4 +1,5 @@
-//! [`JwtConfig`]: which issuers, tenants and clients are trusted, leeway and JWKS refresh.
+//! [`JwtConfig`]: which issuers, tenants and clients are trusted, leeway, JWKS refresh and
+//! maximum age, and how long session denials last.
 
 use std::time::Duration;
 
@@ -17,6 +18,11 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 /// Default least time between two JWKS fetches caused by unknown `kid`s.
 pub const DEFAULT_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
+/// Default maximum age of a key set: past it without a successful fetch, JWTs get 503.
+pub const DEFAULT_JWKS_MAX_STALE: Duration = Duration::from_secs(60 * 60);
+/// Default lifetime of a session denial: as long as a Wacht refresh token lives, which is how
+/// long Wacht keeps minting access tokens for the session.
+pub const DEFAULT_SESSION_DENIAL_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Local verification of JWT access tokens, enabled with
 /// [`WachtAuthConfigBuilder::jwt`](crate::WachtAuthConfigBuilder::jwt) (or `WACHT_JWT=on`).
@@ -30,8 +36,10 @@ pub const DEFAULT_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
 /// | `accepted_tenants` | any | a JWT for any organization, workspace or user of the issuer is accepted |
 /// | `allowed_clients` | any | a JWT of any OAuth client of the issuer is accepted |
 /// | `leeway` | 30 s | clock skew tolerated on `exp`, `iat`, `nbf` (at most 5 min) |
-/// | `jwks_refresh` | 5 min | a key withdrawn from the JWKS (compromised) stops verifying within this |
+/// | `jwks_refresh` | 5 min | a key withdrawn from the JWKS (compromised) stops verifying within this plus one fetch (`request_timeout`) |
 /// | `unknown_kid_refresh` | 30 s | made-up `kid`s cause at most one JWKS fetch per this interval |
+/// | `jwks_max_stale` | 1 h | while the JWKS cannot be fetched, its last key set verifies for at most this long, then JWTs get 503 |
+/// | `session_denial_lifetime` | 30 days | [`deny_session`](crate::Verifier::deny_session) lasts this long |
 /// | `scope_definitions` | none | permissions are the scopes alone |
 /// | `accept_tenant_audience` | off | with an `expected_audience` (MCP), JWTs are refused: they name a tenant, not this resource |
 #[derive(Clone, Debug)]
@@ -42,6 +50,8 @@ pub struct JwtConfig {
     pub(crate) leeway: Duration,
     pub(crate) jwks_refresh: Duration,
     pub(crate) unknown_kid_refresh: Duration,
+    pub(crate) jwks_max_stale: Duration,
+    pub(crate) session_denial_lifetime: Duration,
     pub(crate) definitions: Vec<ScopeDefinition>,
     pub(crate) accept_tenant_audience: bool,
 }
@@ -55,6 +65,8 @@ impl Default for JwtConfig {
             leeway: DEFAULT_LEEWAY,
             jwks_refresh: DEFAULT_JWKS_REFRESH,
             unknown_kid_refresh: DEFAULT_UNKNOWN_KID_REFRESH,
+            jwks_max_stale: DEFAULT_JWKS_MAX_STALE,
+            session_denial_lifetime: DEFAULT_SESSION_DENIAL_LIFETIME,
             definitions: Vec::new(),
             accept_tenant_audience: false,
         }
@@ -105,8 +117,10 @@ impl JwtConfig {
     }
 
     /// How often the JWKS is fetched again (default 5 min). Wacht withdraws a compromised key
-    /// from its JWKS at once and pushes nothing: this interval bounds how long such a key
-    /// keeps verifying here. A refresh that withdraws a key drops every cached decision.
+    /// from its JWKS at once and pushes nothing: while the JWKS answers, such a key stops
+    /// verifying here at most this interval plus one fetch (`request_timeout`) after its
+    /// withdrawal. A refresh that withdraws a key drops every cached JWT decision (opaque
+    /// tokens' decisions stay).
     pub fn jwks_refresh(mut self, interval: Duration) -> Self {
         self.jwks_refresh = interval;
         self
@@ -114,9 +128,33 @@ impl JwtConfig {
 
     /// Least time between two JWKS fetches caused by tokens with an unknown `kid` (default
     /// 30 s). The first unknown `kid` after a key rotation is fetched at once; a flood of
-    /// made-up kids costs the issuer at most one fetch per interval.
+    /// made-up kids costs the issuer at most one fetch per interval. A `kid` is judged unknown
+    /// (401) only against a key set fetched after the token was issued; until one is, the
+    /// token gets 503 with `Retry-After` (a key rotated in while this budget is spent is
+    /// never refused).
     pub fn unknown_kid_refresh(mut self, interval: Duration) -> Self {
         self.unknown_kid_refresh = interval;
+        self
+    }
+
+    /// The longest a key set is trusted without a successful fetch (default 1 h, longer than
+    /// `jwks_refresh`). While the JWKS cannot be fetched (an outage, a hang, or the 404 Wacht
+    /// answers for a deactivated app), its last key set keeps verifying until it is this old
+    /// (counted from the start of the fetch that got it), so a key withdrawn meanwhile keeps
+    /// verifying at most this long; past it, every JWT of the issuer gets 503 with
+    /// `Retry-After` (fail closed, logged at error level) until a fetch succeeds.
+    pub fn jwks_max_stale(mut self, max_age: Duration) -> Self {
+        self.jwks_max_stale = max_age;
+        self
+    }
+
+    /// How long [`Verifier::deny_session`](crate::Verifier::deny_session) refuses a session's
+    /// JWTs (default 30 days): Wacht keeps minting access tokens for a session for as long as
+    /// its refresh token lives (30 days), whatever its access-token lifetime. A token-id
+    /// denial ([`deny_token_id`](crate::Verifier::deny_token_id)) names one token and lasts
+    /// as long as that token can be accepted (24 hours plus twice the leeway).
+    pub fn session_denial_lifetime(mut self, lifetime: Duration) -> Self {
+        self.session_denial_lifetime = lifetime;
         self
     }
 
@@ -176,7 +214,25 @@ impl JwtConfig {
                 "must be greater than zero",
             ));
         }
+        if self.jwks_max_stale <= self.jwks_refresh {
+            return Err(ConfigError::invalid(
+                "jwt jwks_max_stale",
+                "must be longer than jwks_refresh: a key set is refreshed every jwks_refresh and must not expire before",
+            ));
+        }
+        if self.session_denial_lifetime.is_zero() {
+            return Err(ConfigError::invalid(
+                "jwt session_denial_lifetime",
+                "must be greater than zero",
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a token-id denial lasts: as long as a token can be accepted after its id was
+    /// learnt (its lifetime is at most 24 hours; its `iat` and `exp` each get the leeway).
+    pub(crate) fn token_id_denial_lifetime(&self) -> Duration {
+        super::claims::MAX_LIFETIME.saturating_add(self.leeway.saturating_mul(2))
     }
 }
 

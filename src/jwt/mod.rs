@@ -13,13 +13,16 @@
 //!    `HS*`, `ES*`, `PS*` are refused), a `kid`, and none of `jku`, `x5u`, `jwk`, `x5c`,
 //!    `x5t`, `crit` (a token never chooses its own key);
 //! 2. `iss` is one of the trusted issuers, exactly;
-//! 3. the signature, with the issuer's key of that `kid` (an RSA key of 2048 bits or more
-//!    from `<issuer>/.well-known/jwks.json`; an unknown `kid` triggers one rate-limited
-//!    refresh);
-//! 4. `token_use` is `access_token` (an id_token is signed by the same key), `exp` has not
-//!    passed and `iat`/`nbf` are not in the future (both with the leeway), the lifetime is
-//!    at most 24 hours, `aud` is a Wacht tenant URN (for a user URN, the user is `sub`), the
-//!    tenant and client are accepted.
+//! 3. `exp` has not passed and `iat`/`nbf` are not in the future (both with the leeway), the
+//!    lifetime is at most 24 hours (checked again after the signature; a token that fails
+//!    here needs no key);
+//! 4. the signature, with the issuer's key of that `kid` (an RSA key of 2048 bits or more
+//!    from `<issuer>/.well-known/jwks.json`). An unknown `kid` triggers one rate-limited
+//!    refresh, and is refused only against a key set fetched after the token was issued
+//!    (until one exists: 503 with `Retry-After`); a key set older than `jwks_max_stale`
+//!    verifies nothing (503);
+//! 5. `token_use` is `access_token` (an id_token is signed by the same key), `aud` is a Wacht
+//!    tenant URN (for a user URN, the user is `sub`), the tenant and client are accepted.
 //!
 //! Effective permissions are the scopes plus the mapping of the app's
 //! [`ScopeDefinition`]s, computed as the gateway does. Unlike the gateway, nothing here knows
@@ -37,15 +40,18 @@ mod permissions;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::signature::ParsedPublicKey;
 
 use self::claims::{ClaimPolicy, Claims};
 use self::config::jwks_url;
-pub use self::config::{DEFAULT_JWKS_REFRESH, DEFAULT_LEEWAY, DEFAULT_UNKNOWN_KID_REFRESH, JwtConfig, MAX_LEEWAY};
+pub use self::config::{
+    DEFAULT_JWKS_MAX_STALE, DEFAULT_JWKS_REFRESH, DEFAULT_LEEWAY, DEFAULT_SESSION_DENIAL_LIFETIME,
+    DEFAULT_UNKNOWN_KID_REFRESH, JwtConfig, MAX_LEEWAY,
+};
 pub(crate) use self::jwks::Cause;
-use self::jwks::Jwks;
+use self::jwks::{Jwks, KeySetPolicy};
 pub use self::permissions::ScopeDefinition;
 use crate::error::ConfigError;
 use crate::principal::{Grant, Principal};
@@ -132,19 +138,57 @@ impl Refusal {
     }
 }
 
+/// Why a JWT cannot be judged now (503, fail closed, nothing cached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// No key set of its issuer could be loaded yet.
+    NoKeySet,
+    /// The issuer's key set is older than `jwks_max_stale` and no fetch succeeded since.
+    KeySetExpired,
+    /// Its `kid` is not in the key set, and no set was fetched after the token was signed
+    /// (the unknown-`kid` fetch is rate-limited or failed): the key may have been rotated in
+    /// since. `retry_after`: when an unknown `kid` may cause a fetch again.
+    KeyNotFetched { retry_after: Option<Duration> },
+}
+
+impl Unavailable {
+    /// The `reason` label of `wacht_jwt_verifications_total{outcome="unavailable"}`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Unavailable::NoKeySet => "no_jwks",
+            Unavailable::KeySetExpired => "jwks_expired",
+            Unavailable::KeyNotFetched { .. } => "kid_not_fetched",
+        }
+    }
+}
+
 /// Why a JWT did not become a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JwtFailure {
     /// Refused for good: 401.
     Refused(Refusal),
-    /// No key set of its issuer could be loaded yet: 503, fail closed.
-    Unavailable,
+    /// Cannot be judged now: 503, fail closed.
+    Unavailable(Unavailable),
 }
 
 impl From<Refusal> for JwtFailure {
     fn from(refusal: Refusal) -> Self {
         JwtFailure::Refused(refusal)
     }
+}
+
+impl From<Unavailable> for JwtFailure {
+    fn from(why: Unavailable) -> Self {
+        JwtFailure::Unavailable(why)
+    }
+}
+
+/// A verified JWT's grant, and how much longer the key set that verified it may be trusted
+/// (its cache entry must not outlive it).
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) grant: Grant,
+    pub(crate) keys_valid_for: Duration,
 }
 
 /// The grant of a parsed token once its signature verifies with `key`, and its claims with
@@ -240,6 +284,9 @@ pub(crate) struct JwtVerifier {
     refresh_every: Duration,
 }
 
+/// Shortest wait of the refresh timer between two looks at the issuers.
+const MIN_TIMER_WAIT: Duration = Duration::from_millis(10);
+
 impl JwtVerifier {
     /// Builds the verifier (no fetch yet: the first JWT loads its issuer's keys).
     pub(crate) fn new(
@@ -269,8 +316,11 @@ impl JwtVerifier {
                 issuer.to_owned(),
                 jwks_url(issuer)?,
                 client.clone(),
-                config.jwks_refresh,
-                config.unknown_kid_refresh,
+                KeySetPolicy {
+                    refresh_every: config.jwks_refresh,
+                    unknown_kid_every: config.unknown_kid_refresh,
+                    max_stale: config.jwks_max_stale,
+                },
             ));
         }
         let resource_pinned = expected_audience.is_some() && !config.accept_tenant_audience;
@@ -292,17 +342,17 @@ impl JwtVerifier {
     }
 
     /// Verifies a JWT: its grant, or why not. Records the outcome metric.
-    pub(crate) async fn verify(&self, token: &str) -> Result<Grant, JwtFailure> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Verified, JwtFailure> {
         let outcome = self.check(token).await;
         match &outcome {
             Ok(_) => telemetry::jwt_verification("allowed", "none"),
             Err(JwtFailure::Refused(refusal)) => telemetry::jwt_verification("invalid_token", refusal.label()),
-            Err(JwtFailure::Unavailable) => telemetry::jwt_verification("unavailable", "no_jwks"),
+            Err(JwtFailure::Unavailable(why)) => telemetry::jwt_verification("unavailable", why.label()),
         }
         outcome
     }
 
-    async fn check(&self, token: &str) -> Result<Grant, JwtFailure> {
+    async fn check(&self, token: &str) -> Result<Verified, JwtFailure> {
         if self.resource_pinned {
             return Err(Refusal::ResourceAudienceRequired.into());
         }
@@ -314,23 +364,41 @@ impl JwtVerifier {
             .iter()
             .find(|j| j.issuer == claims.iss)
             .ok_or(Refusal::WrongIssuer)?;
-        let key = jwks.key(&jws.kid).await?;
-        Ok(signed_grant(&jws, claims, &key, &self.policy)?)
+        // A token outside its validity is refused whoever signed it: no key is looked up for
+        // it, and an `iat` in the future never holds a `kid` in suspense.
+        claims.check_times(self.policy.leeway, SystemTime::now())?;
+        let key = jwks.key(&jws.kid, claims.signed_by(self.policy.leeway)).await?;
+        let grant = signed_grant(&jws, claims, &key.key, &self.policy)?;
+        Ok(Verified {
+            grant,
+            keys_valid_for: key.valid_for,
+        })
     }
 
     /// Refreshes every issuer's key set that the timer finds due (loaded ones only: an issuer
     /// no token named yet is fetched on first use).
     pub(crate) async fn refresh_due(&self) {
-        for jwks in &self.issuers {
-            if jwks.is_loaded() {
-                jwks.refresh(Cause::Timer).await;
-            }
-        }
+        // Side by side: an issuer that hangs holds up no other issuer's refresh.
+        let due = self
+            .issuers
+            .iter()
+            .filter(|jwks| jwks.is_loaded())
+            .map(|jwks| jwks.refresh(Cause::Timer));
+        futures_util::future::join_all(due).await;
     }
 
-    /// How often the timer runs.
-    pub(crate) fn refresh_every(&self) -> Duration {
-        self.refresh_every
+    /// How long the timer waits before its next look: until the first issuer's key set is
+    /// due (it reaches `jwks_refresh`, or a failed fetch may be retried), or `jwks_refresh`
+    /// while none is loaded. Timed from each set's fetch, a withdrawn key stops verifying at
+    /// most `jwks_refresh` plus one fetch after its withdrawal.
+    pub(crate) fn next_timer_wait(&self) -> Duration {
+        let now = Instant::now();
+        self.issuers
+            .iter()
+            .filter_map(Jwks::next_due)
+            .min()
+            .map_or(self.refresh_every, |due| due.saturating_duration_since(now))
+            .max(MIN_TIMER_WAIT)
     }
 
     /// Changes whenever a refresh withdrew a key.

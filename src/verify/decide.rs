@@ -1,11 +1,11 @@
 //! A verdict → a cache entry or a refusal, in one place: the gateway's decision and the pins
 //! (deployment, issuer, audience: the gateway checks none of them), or a JWT's verification
-//! (which checked its own issuer and audience); then the deny lists.
+//! (which checked its own issuer and audience); then the deny lists (the client deny list
+//! here, the session and token-id denials in [`revoked`](super::revoked)).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Url;
 
@@ -14,8 +14,8 @@ use super::source::Verdict;
 use crate::cache::Entry;
 use crate::config::PinSettings;
 use crate::gateway::{Decision, GatewayError};
-use crate::jwt::JwtFailure;
-use crate::principal::{DeploymentId, Grant, Principal};
+use crate::jwt::{JwtFailure, Unavailable};
+use crate::principal::{DeploymentId, Grant};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
@@ -33,14 +33,37 @@ impl Verifier {
                 cap,
                 graceful,
             } => (self.gateway_grant(decision, hash).await?, cap, graceful),
-            Verdict::Jwt(Ok(grant)) => (Box::new(grant), None, true),
+            Verdict::Jwt(Ok(verified)) => {
+                // The entry ends when the key set that verified it may no longer be trusted (a
+                // cap only when that comes before the ttl: it also turns refresh-ahead off).
+                let cap = (verified.keys_valid_for < self.cache.ttl()).then_some(verified.keys_valid_for);
+                (Box::new(verified.grant), cap, true)
+            }
             Verdict::Jwt(Err(JwtFailure::Refused(refusal))) => {
                 tracing::info!(reason = refusal.label(), "JWT access token refused");
                 return Err(self.reject(hash, refusal.reason()).await);
             }
-            Verdict::Jwt(Err(JwtFailure::Unavailable)) => {
-                tracing::warn!("no JWKS could be loaded for the token's issuer; failing closed");
-                return Err(self.unavailable());
+            // Nothing is remembered: the same token may verify once a fetch succeeds.
+            Verdict::Jwt(Err(JwtFailure::Unavailable(why))) => {
+                return Err(match why {
+                    Unavailable::NoKeySet => {
+                        tracing::warn!("no JWKS could be loaded for the token's issuer; failing closed");
+                        self.unavailable()
+                    }
+                    // Logged at error level by the key set, once per set and per failed fetch.
+                    Unavailable::KeySetExpired => {
+                        tracing::debug!("the issuer's key set is past jwks_max_stale; failing closed");
+                        self.unavailable()
+                    }
+                    Unavailable::KeyNotFetched { retry_after } => {
+                        tracing::debug!(
+                            "JWT names a kid no key set fetched since its iat holds; 503 until the next fetch"
+                        );
+                        AuthError::Unavailable {
+                            retry_after: retry_after.unwrap_or(self.settings.unavailable_retry_after),
+                        }
+                    }
+                });
             }
         };
         if self.denied.contains(grant.client_id.as_str()) {
@@ -153,132 +176,6 @@ impl Pins {
             }
         }
         Ok(())
-    }
-}
-
-/// Most live denials of each kind (sessions, token ids).
-const MAX_REVOKED: usize = 100_000;
-/// How long a session or token-id denial lasts: the longest a Wacht access token lives, plus
-/// the largest leeway.
-const REVOKED_FOR: Duration = Duration::from_secs(24 * 60 * 60 + 300);
-
-/// A live denial: the id, and when it ends.
-#[cfg(feature = "redis")]
-pub(super) type LiveDenial = (String, SystemTime);
-
-/// JWT sessions (`sid`) and token ids (`jti`) refused on this server, each until no token of
-/// it can still be valid.
-#[derive(Debug, Default)]
-pub(super) struct RevokedIds {
-    /// True once anything was denied: the common case takes no lock.
-    any: AtomicBool,
-    sessions: RwLock<HashMap<Arc<str>, SystemTime>>,
-    token_ids: RwLock<HashMap<Arc<str>, SystemTime>>,
-}
-
-impl RevokedIds {
-    /// How long a denial made now lasts.
-    pub(super) fn lifetime(&self) -> Duration {
-        REVOKED_FOR
-    }
-
-    /// The live denials: sessions, then token ids.
-    #[cfg(feature = "redis")]
-    pub(super) fn live(&self) -> (Vec<LiveDenial>, Vec<LiveDenial>) {
-        let now = SystemTime::now();
-        let live = |map: &RwLock<HashMap<Arc<str>, SystemTime>>| {
-            map.read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .iter()
-                .filter(|(_, until)| **until > now)
-                .map(|(id, until)| (id.to_string(), *until))
-                .collect()
-        };
-        (live(&self.sessions), live(&self.token_ids))
-    }
-
-    pub(super) fn deny_session(&self, id: &str) -> bool {
-        self.insert(&self.sessions, id, SystemTime::now() + REVOKED_FOR, "session")
-    }
-
-    pub(super) fn deny_token_id(&self, id: &str) -> bool {
-        self.insert(&self.token_ids, id, SystemTime::now() + REVOKED_FOR, "token id")
-    }
-
-    /// A session denial made elsewhere (another replica, read from the fleet's Redis), lasting
-    /// until `until`; true if it was not known here yet.
-    #[cfg(feature = "redis")]
-    pub(super) fn deny_session_until(&self, id: &str, until: SystemTime) -> bool {
-        self.insert_new(&self.sessions, id, until, "session")
-    }
-
-    /// [`deny_session_until`](Self::deny_session_until) for a token id.
-    #[cfg(feature = "redis")]
-    pub(super) fn deny_token_id_until(&self, id: &str, until: SystemTime) -> bool {
-        self.insert_new(&self.token_ids, id, until, "token id")
-    }
-
-    /// Inserts a denial unless a live one is known; true if inserted.
-    #[cfg(feature = "redis")]
-    fn insert_new(
-        &self,
-        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
-        id: &str,
-        until: SystemTime,
-        kind: &'static str,
-    ) -> bool {
-        let known = map
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(id)
-            .is_some_and(|known| *known >= until);
-        !known && self.insert(map, id, until, kind)
-    }
-
-    fn insert(
-        &self,
-        map: &RwLock<HashMap<Arc<str>, SystemTime>>,
-        id: &str,
-        until: SystemTime,
-        kind: &'static str,
-    ) -> bool {
-        let now = SystemTime::now();
-        let mut map = map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if map.len() >= MAX_REVOKED {
-            map.retain(|_, until| *until > now);
-        }
-        if map.len() >= MAX_REVOKED && !map.contains_key(id) {
-            tracing::error!(kind, limit = MAX_REVOKED, "deny list full: this denial is not recorded");
-            return false;
-        }
-        if until <= now {
-            return false;
-        }
-        map.insert(Arc::from(id), until);
-        self.any.store(true, Ordering::Release);
-        true
-    }
-
-    /// True if the grant's session or token id is denied.
-    pub(super) fn covers(&self, grant: &Grant) -> bool {
-        if !self.any.load(Ordering::Acquire) {
-            return false;
-        }
-        let now = SystemTime::now();
-        let denied = |map: &RwLock<HashMap<Arc<str>, SystemTime>>, id: Option<&Arc<str>>| {
-            id.is_some_and(|id| {
-                map.read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .get(id)
-                    .is_some_and(|until| *until > now)
-            })
-        };
-        denied(&self.sessions, grant.session_id.as_ref()) || denied(&self.token_ids, grant.token_id.as_ref())
-    }
-
-    /// [`covers`](Self::covers) for a cached principal.
-    pub(super) fn covers_principal(&self, principal: &Principal) -> bool {
-        self.covers(principal.grant())
     }
 }
 

@@ -129,12 +129,12 @@ impl Replica for Verifier {
                 }
                 Effect::DenySession(id, until) => {
                     // Whatever the fleet says, a denial lasts no longer than one made here.
-                    let until = until.min(SystemTime::now() + self.revoked.lifetime());
+                    let until = until.min(SystemTime::now() + self.revoked.session_lifetime());
                     self.revoked.deny_session_until(&id, until);
                     self.cache.invalidate_session(&id);
                 }
                 Effect::DenyTokenId(id, until) => {
-                    let until = until.min(SystemTime::now() + self.revoked.lifetime());
+                    let until = until.min(SystemTime::now() + self.revoked.token_id_lifetime());
                     self.revoked.deny_token_id_until(&id, until);
                     self.cache.invalidate_token_id(&id);
                 }

@@ -87,10 +87,15 @@ impl Verifier {
                 Loaded::Allowed(principal) => Ok(principal),
                 Loaded::Stale => continue,
                 Loaded::Refused(refusal) => match &*refusal {
-                    AuthError::Unavailable { .. } => match self.outage_grace(&hash).await {
-                        Some(principal) => return Ok(principal),
-                        None => Err((*refusal).clone()),
-                    },
+                    // The outage grace covers the gateway: a JWT's 503 means its issuer's key
+                    // set is past its maximum age or lacks its `kid`, and nothing serves it
+                    // past that.
+                    AuthError::Unavailable { .. } if self.jwt_for(token).is_none() => {
+                        match self.outage_grace(&hash).await {
+                            Some(principal) => return Ok(principal),
+                            None => Err((*refusal).clone()),
+                        }
+                    }
                     other => Err(other.clone()),
                 },
             };

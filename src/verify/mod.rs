@@ -7,6 +7,7 @@
 //! * [`source`]: where a verdict comes from: the gateway (through the fleet's shared tier in
 //!   fleet mode) for opaque tokens, [`jwt`](crate::jwt) verification for JWTs.
 //! * [`decide`]: a verdict → a cache entry or a refusal, through the pins and the deny list.
+//! * [`revoked`]: the JWT session and token-id denials.
 //! * [`refresh`]: refresh-ahead in the background.
 
 mod decide;
@@ -14,6 +15,7 @@ mod decide;
 mod fleet;
 mod miss;
 mod refresh;
+mod revoked;
 mod source;
 
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::BoxFuture;
 use http::{Extensions, HeaderMap};
 
-use self::decide::{DenyList, Pins, RevokedIds};
+use self::decide::{DenyList, Pins};
 use self::miss::MissContext;
+use self::revoked::RevokedIds;
 use crate::cache::DecisionCache;
 use crate::change::{Change, ChangeOutcome};
 use crate::config::{GatewaySettings, WachtAuthConfig};
@@ -91,7 +94,7 @@ pub struct Verifier {
     jwt: Option<crate::jwt::JwtVerifier>,
     /// JWT sessions and token ids cut off on this server.
     revoked: RevokedIds,
-    /// The JWKS key withdrawals already acted on.
+    /// The JWKS key withdrawals already acted on (each voids the cached JWT decisions).
     key_removals_seen: AtomicU64,
     jwks_timer_started: AtomicBool,
 }
@@ -140,11 +143,17 @@ impl Verifier {
             )?),
             None => None,
         };
+        let defaults = crate::jwt::JwtConfig::default();
+        let jwt_config = config.jwt.as_ref().unwrap_or(&defaults);
+        let revoked = RevokedIds::new(
+            jwt_config.session_denial_lifetime,
+            jwt_config.token_id_denial_lifetime(),
+        );
         Ok(Verifier {
             #[cfg(feature = "redis")]
             fleet: fleet::start(config)?,
             jwt,
-            revoked: RevokedIds::default(),
+            revoked,
             key_removals_seen: AtomicU64::new(0),
             jwks_timer_started: AtomicBool::new(false),
             cache: DecisionCache::new(&config.cache, miss::call_bound(&config.gateway)),
@@ -322,13 +331,14 @@ impl Verifier {
 
     /// Refuses every JWT of this Wacht session (`sid`) from now on (401 `invalid_token`) and
     /// drops its cached tokens at once: Wacht cannot revoke a JWT before it expires, so this
-    /// is how an incident cuts a session off here. The denial lasts 24 hours (the longest a
-    /// Wacht access token lives). In fleet mode it is written to the fleet's change log and
-    /// its records (for as long), so every replica, including one that was disconnected or
-    /// starts later, refuses it. Refused when this server's list is full (100 000 live
-    /// denials; logged).
+    /// is how an incident cuts a session off here. The denial lasts
+    /// [`session_denial_lifetime`](crate::jwt::JwtConfig::session_denial_lifetime) (30 days by
+    /// default: Wacht keeps minting access tokens for the session for as long as its refresh
+    /// token lives). In fleet mode it is written to the fleet's change log and its records
+    /// (for as long), so every replica, including one that was disconnected or starts later,
+    /// refuses it. Refused when this server's list is full (100 000 live denials; logged).
     pub async fn deny_session(&self, session_id: &str) -> ChangeOutcome {
-        let until = SystemTime::now() + self.revoked.lifetime();
+        let until = SystemTime::now() + self.revoked.session_lifetime();
         let handed = self.hand(|| Change::DenySession {
             id: session_id.to_owned(),
             until: unix_millis(until),
@@ -344,9 +354,11 @@ impl Verifier {
     }
 
     /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
-    /// see [`deny_session`](Self::deny_session) for the duration, scope and bound.
+    /// see [`deny_session`](Self::deny_session) for the scope and bound. A token id names one
+    /// token: the denial lasts as long as that token can be accepted (24 hours, its longest
+    /// lifetime, plus twice the leeway).
     pub async fn deny_token_id(&self, token_id: &str) -> ChangeOutcome {
-        let until = SystemTime::now() + self.revoked.lifetime();
+        let until = SystemTime::now() + self.revoked.token_id_lifetime();
         let handed = self.hand(|| Change::DenyTokenId {
             id: token_id.to_owned(),
             until: unix_millis(until),

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use super::Verifier;
 use super::miss::MissContext;
 use crate::gateway::{CheckRequest, Decision, GatewayError};
-use crate::jwt::JwtFailure;
-use crate::principal::Grant;
+use crate::jwt::{JwtFailure, Verified};
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
@@ -27,7 +26,7 @@ pub(super) enum Verdict {
         graceful: bool,
     },
     /// Local JWT verification.
-    Jwt(Result<Grant, JwtFailure>),
+    Jwt(Result<Verified, JwtFailure>),
 }
 
 impl Verifier {
@@ -60,14 +59,16 @@ impl Verifier {
         self.jwt.as_ref().filter(|_| token.is_jwt_shaped())
     }
 
-    /// After a JWKS refresh withdrew a key, no decision cached before may be served: tokens
-    /// signed by that key must be refused from now on.
+    /// After a JWKS refresh withdrew a key, no JWT decision cached before may be served:
+    /// tokens signed by that key must be refused from now on. Opaque tokens' decisions and
+    /// the negative cache stay (dropping them would send every busy token to the gateway at
+    /// once); JWTs are verified again locally, without a fetch.
     fn sync_key_removals(&self) {
         let Some(jwt) = &self.jwt else { return };
         let removals = jwt.removals();
         if self.key_removals_seen.swap(removals, Ordering::AcqRel) != removals {
-            tracing::warn!("JWKS key withdrawn: every cached decision on this server is dropped");
-            self.cache.invalidate_all();
+            tracing::warn!("JWKS key withdrawn: every cached JWT decision on this server is dropped");
+            self.cache.invalidate_jwt();
         }
     }
 
@@ -83,14 +84,15 @@ impl Verifier {
             self.jwks_timer_started.store(false, Ordering::Release);
             return;
         };
-        let every = jwt.refresh_every();
+        let mut wait = jwt.next_timer_wait();
         let verifier = Arc::downgrade(self);
         runtime.spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(wait).await;
                 let Some(verifier) = verifier.upgrade() else { break };
                 if let Some(jwt) = &verifier.jwt {
                     jwt.refresh_due().await;
+                    wait = jwt.next_timer_wait();
                 }
                 verifier.sync_key_removals();
             }

@@ -103,6 +103,9 @@ async fn two_profiles_sharing_one_redis_never_share_an_entry() {
     // Same secret, same Redis, different gateway resource: different check profiles.
     let a = replica(&gateway, fleet_config(&redis), "/a").await;
     let b = replica(&gateway, fleet_config(&redis), "/b").await;
+    // A replica shares only once it follows the fleet's log.
+    crate::harness::wait_connected(&a).await;
+    crate::harness::wait_connected(&b).await;
     let http = reqwest::Client::new();
     let t = token(&gateway, "oc_fleetProfiles00000000000000001");
     assert_eq!(status(&http, &a, &t).await, 200);
@@ -145,6 +148,7 @@ async fn forged_tampered_or_moved_entries_are_ignored() {
     set(&redis, &victim_key, &good_value);
     // A fresh replica has nothing cached locally: it reads the shared tier.
     let fresh = replica(&gateway, fleet_config(&redis), "/").await;
+    crate::harness::wait_connected(&fresh).await;
     let calls = gateway.calls();
     assert_eq!(status(&http, &fresh, &victim).await, 401, "a moved answer was used");
     assert_eq!(gateway.calls(), calls + 1, "the gateway was asked instead");
@@ -166,6 +170,7 @@ async fn forged_tampered_or_moved_entries_are_ignored() {
     redis.command_raw(&[b"DEL".to_vec(), other_key.replacen(":a:", ":n:", 1).into_bytes()]);
     set(&redis, &other_key, &[7u8; 300]);
     let fresh = replica(&gateway, fleet_config(&redis), "/").await;
+    crate::harness::wait_connected(&fresh).await;
     let calls = gateway.calls();
     assert_eq!(
         status(&http, &fresh, &good).await,

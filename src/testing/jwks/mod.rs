@@ -6,7 +6,8 @@
 //! Wacht's: header `{"typ":"JWT","alg":"RS256","kid":…}`, the claims of
 //! [`AccessTokenClaims`], `iss` = [`JwksIssuer::url`]. Keys rotate (the retired key stays
 //! published) and can be compromised (withdrawn at once), as on the platform; the JWKS can be
-//! made unavailable or hang, and fetches are counted.
+//! made unavailable (503), answer 404 as for a deactivated app, or hang, and fetches are
+//! counted.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -62,18 +63,32 @@ pub(crate) struct IssuerState {
     /// Extra JWKS entries published verbatim.
     extra: Vec<Value>,
     unavailable: bool,
+    deactivated: bool,
     fetches: usize,
     next_key: u64,
     /// The OAuth app id in this issuer's `kid`s (random, so two issuers never share a kid).
     app_id: String,
 }
 
+/// What one JWKS request is answered.
+pub(crate) enum JwksAnswer {
+    /// The document.
+    Keys(Value),
+    /// 503.
+    Unavailable,
+    /// 404 with a JSON error body, as Wacht answers for an unknown or deactivated app.
+    Deactivated,
+}
+
 impl IssuerState {
-    /// The JWKS document, or `None` while unavailable. Counts the fetch.
-    pub(crate) fn fetch(&mut self) -> Option<Value> {
+    /// The answer to a JWKS request. Counts the fetch.
+    pub(crate) fn fetch(&mut self) -> JwksAnswer {
         self.fetches += 1;
+        if self.deactivated {
+            return JwksAnswer::Deactivated;
+        }
         if self.unavailable {
-            return None;
+            return JwksAnswer::Unavailable;
         }
         let keys: Vec<Value> = self
             .published
@@ -81,7 +96,7 @@ impl IssuerState {
             .map(|k| k.jwk())
             .chain(self.extra.iter().cloned())
             .collect();
-        Some(json!({ "keys": keys }))
+        JwksAnswer::Keys(json!({ "keys": keys }))
     }
 
     fn new_key(&mut self) -> io::Result<Arc<SigningKey>> {
@@ -200,8 +215,16 @@ impl JwksIssuer {
         self.state().unavailable = !available;
     }
 
+    /// While true, the JWKS answers `404` with a JSON error body, as Wacht does once the
+    /// OAuth app is deactivated (or its host is unknown). Takes precedence over
+    /// [`set_available`](Self::set_available).
+    pub fn set_deactivated(&self, deactivated: bool) {
+        self.state().deactivated = deactivated;
+    }
+
     /// While true, JWKS requests get no answer (the connection stays open, as with an issuer
-    /// that hangs); requests held are answered when it is set back to false.
+    /// that hangs); requests held are answered when it is set back to false. Takes
+    /// precedence over the other switches; a held request counts as a fetch when it arrives.
     pub fn set_hanging(&self, hanging: bool) {
         self.inner.hanging.send_replace(hanging);
     }

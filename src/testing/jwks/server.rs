@@ -5,8 +5,9 @@ use std::sync::{Mutex, PoisonError};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde_json::json;
 
-use super::IssuerState;
+use super::{IssuerState, JwksAnswer};
 use crate::testing::body::FakeBody;
 use crate::testing::loopback::bare;
 
@@ -20,11 +21,17 @@ pub(super) fn route(state: &Mutex<IssuerState>, req: &Request<Incoming>) -> Resp
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return bare(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let document = state.lock().unwrap_or_else(PoisonError::into_inner).fetch();
-    let Some(document) = document else {
-        return bare(StatusCode::SERVICE_UNAVAILABLE);
+    let answer = state.lock().unwrap_or_else(PoisonError::into_inner).fetch();
+    let (status, body) = match answer {
+        JwksAnswer::Keys(document) => (StatusCode::OK, document),
+        JwksAnswer::Unavailable => return bare(StatusCode::SERVICE_UNAVAILABLE),
+        JwksAnswer::Deactivated => (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "not_found", "error_description": "OAuth app not found" }),
+        ),
     };
-    let mut response = Response::new(FakeBody::full(document.to_string()));
+    let mut response = Response::new(FakeBody::full(body.to_string()));
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
