@@ -352,6 +352,29 @@ async fn jwts_are_verified_on_each_replica_and_a_session_denial_reaches_them_all
         assert!(members.contains(':'), "{members}");
         assert!(!members.contains(&jwt) && !members.contains(&other), "{members}");
     }
+    // Kept as long as a replica keeps it: a session denial for 30 days, not the 24 h an
+    // access token lives (Wacht mints new ones for the session as long as it lasts).
+    let sessions = redis.keys("wacht:*:sessions").pop().expect("the session denials");
+    let reply = crate::resp::call(
+        redis.port,
+        &[b"ZRANGE", sessions.as_bytes(), b"0", b"-1", b"WITHSCORES"],
+    )
+    .expect("zrange");
+    let until_ms: u64 = reply
+        .items()
+        .get(1)
+        .and_then(crate::resp::Resp::text)
+        .and_then(|s| s.parse().ok())
+        .expect("a score");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let days = (u128::from(until_ms) - now_ms) as f64 / 86_400_000.0;
+    assert!(
+        (29.9..=30.0).contains(&days),
+        "a session denial kept {days} days in Redis"
+    );
 }
 
 /// The real gateway client, each call held until the test lets it through: call `n` asks
