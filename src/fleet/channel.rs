@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 
-use super::records::{Change, Notice};
+use std::time::SystemTime;
+
+use super::records::{Change, Notice, unix_millis};
 use super::view::Effect;
 use super::{Fleet, OutOfSync};
 use crate::telemetry;
@@ -24,6 +26,8 @@ const CONNECT_BOUND: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// How many heartbeats between two checks of the shared-secret marker.
 const MARKER_EVERY: u32 = 30;
+/// Clock skew allowed between replicas when judging whether a notice is fresh.
+const NOTICE_SKEW: Duration = Duration::from_secs(5);
 
 /// What the fleet does to the replica that owns it.
 pub(crate) trait Replica: Send + Sync + 'static {
@@ -54,7 +58,7 @@ impl Fleet {
         while self.owner_alive() {
             match self.subscribe().await {
                 Ok(pubsub) => {
-                    if self.read_log(CONNECT_BOUND).await {
+                    if self.read_log().await {
                         backoff = FIRST_BACKOFF;
                         self.touch();
                         self.connected.store(true, Ordering::Release);
@@ -93,22 +97,19 @@ impl Fleet {
         Ok(pubsub)
     }
 
-    /// Reads (and applies) the log, within `bound`; true if it was read.
-    async fn read_log(&self, bound: Duration) -> bool {
-        let read = tokio::time::timeout(bound, async {
-            let held = self.protocol.lock().await;
-            self.sync(&held).await
-        })
-        .await;
-        match read {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
+    /// Reads (and applies) the log; true if it was read. Only the wait for another reader or
+    /// writer is bounded (three heartbeats): a read itself is never cancelled half-way, which
+    /// could move the view past changes whose effects were not applied yet (each Redis call
+    /// has its own response timeout).
+    async fn read_log(&self) -> bool {
+        let Ok(held) = tokio::time::timeout(self.config.heartbeat * 3, self.protocol.lock()).await else {
+            tracing::debug!("fleet: the change log is busy (a writer waits on Redis)");
+            return false;
+        };
+        match self.sync(&held).await {
+            Ok(()) => true,
+            Err(error) => {
                 tracing::debug!(error = ?error, "fleet: reading the change log failed");
-                telemetry::fleet_error("read");
-                false
-            }
-            Err(_) => {
-                tracing::debug!("fleet: reading the change log timed out");
                 telemetry::fleet_error("read");
                 false
             }
@@ -136,7 +137,7 @@ impl Fleet {
                     self.hear(message.get_payload_bytes()).await;
                 }
                 () = self.wake.notified() => {
-                    if self.read_log(silence).await {
+                    if self.read_log().await {
                         read = Instant::now();
                     }
                 }
@@ -144,7 +145,7 @@ impl Fleet {
                     if !self.owner_alive() || heard.elapsed() > silence {
                         return;
                     }
-                    if self.read_log(silence).await {
+                    if self.read_log().await {
                         read = Instant::now();
                         self.touch();
                     } else if read.elapsed() > silence {
@@ -164,16 +165,26 @@ impl Fleet {
             telemetry::fleet_event("refused");
             return;
         };
-        if from == self.replica {
+        if from.replica == self.replica {
+            return;
+        }
+        if notice == Notice::Appended {
+            // A wake-up only: reading the log is always safe.
+            self.read_log().await;
+            return;
+        }
+        let now = Instant::now();
+        let window = super::millis(self.config.heartbeat * 3 + NOTICE_SKEW);
+        if !self.view().fresh(from, now, unix_millis(SystemTime::now()), window) {
+            tracing::warn!("fleet: ignored a replayed or stale notice");
+            telemetry::fleet_event("replayed");
             return;
         }
         match notice {
-            Notice::Appended => {
-                self.read_log(self.config.heartbeat * 3).await;
-            }
-            Notice::Heartbeat { pending } => self.view().heartbeat(from, pending, Instant::now()),
-            Notice::Unwritten { id, base, change } => {
-                let effect = self.view().apply_unwritten(from, id, base, change, Instant::now());
+            Notice::Appended => {}
+            Notice::Heartbeat { pending } => self.view().heartbeat(from.replica, pending, now),
+            Notice::Unwritten { id, base: _, change } => {
+                let effect = self.view().apply_unwritten(from.replica, id, change, now);
                 if let Some(effect) = effect {
                     tracing::info!("fleet: applied a change another replica could not write to Redis yet");
                     self.apply_effects(vec![effect]).await;

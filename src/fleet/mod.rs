@@ -125,6 +125,8 @@ pub(crate) struct Fleet {
     profile: Profile,
     /// This replica, in entries and notices.
     replica: u64,
+    /// Notices sent so far (each carries the next number, so a replayed one is told apart).
+    notices_sent: AtomicU64,
     /// Skip Redis on the request path until this instant (ms since `started`) after a failure.
     failing_until: AtomicU64,
     started: Instant,
@@ -145,6 +147,8 @@ pub(crate) struct Fleet {
     last_error: AtomicU8,
     /// True while a writer task runs.
     writing: AtomicBool,
+    /// Where the next round of repeated announcements starts in the outbox.
+    announce_cursor: Mutex<usize>,
     /// The verifier this tier serves (set when its channel starts).
     owner: OnceLock<Weak<dyn Replica>>,
     /// Asks the channel task to read the log now.
@@ -191,6 +195,7 @@ impl Fleet {
             config: config.clone(),
             profile,
             replica: random_u64(),
+            notices_sent: AtomicU64::new(0),
             failing_until: AtomicU64::new(0),
             started: Instant::now(),
             connected: AtomicBool::new(false),
@@ -202,9 +207,19 @@ impl Fleet {
             outbox: outbox::Outbox::default(),
             last_error: AtomicU8::new(0),
             writing: AtomicBool::new(false),
+            announce_cursor: Mutex::new(0),
             owner: OnceLock::new(),
             wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// This replica as the sender of its next notice.
+    fn sender(&self) -> records::Sender {
+        records::Sender {
+            replica: self.replica,
+            counter: self.notices_sent.fetch_add(1, Ordering::Relaxed) + 1,
+            sent_at: records::unix_millis(std::time::SystemTime::now()),
+        }
     }
 
     fn view(&self) -> MutexGuard<'_, View> {
@@ -219,6 +234,20 @@ impl Fleet {
     /// The local cache key of a raw token string.
     pub(crate) fn hash_str(&self, token: &str) -> TokenHash {
         self.codec.hash_of(token.as_bytes())
+    }
+
+    /// True if the fleet denies `client` as far as this replica knows (denied in the log, or
+    /// announced and not yet written).
+    pub(crate) fn denies(&self, client: &str) -> bool {
+        matches!(
+            self.view().client(client),
+            Some(ClientState::Denied { .. } | ClientState::Pending { .. })
+        )
+    }
+
+    /// The clients the fleet denies as far as this replica knows.
+    pub(crate) fn denied_clients(&self) -> Vec<String> {
+        self.view().denied_clients().into_iter().map(|(id, _)| id).collect()
     }
 
     /// What this replica knows of a client's fleet-wide state.

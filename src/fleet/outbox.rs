@@ -32,6 +32,8 @@ pub(crate) struct Queued {
     pub(crate) base: u64,
     pub(crate) change: Change,
     waiters: Vec<oneshot::Sender<Settled>>,
+    /// Announced on the channel at least once.
+    announced: bool,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ impl Outbox {
             base,
             change,
             waiters,
+            announced: false,
         });
         self.update_flag(&queue);
         Ok(outcome)
@@ -128,6 +131,7 @@ impl Outbox {
                 base,
                 change,
                 waiters: Vec::new(),
+                announced: false,
             });
         }
         self.update_flag(&queue);
@@ -141,6 +145,31 @@ impl Outbox {
             .take(max)
             .map(|q| (q.id, q.base, q.change.clone()))
             .collect()
+    }
+
+    /// What to announce now: every change not announced yet, then, in turn, up to `again`
+    /// of those announced before (for replicas that were not listening), starting at
+    /// `cursor` (which moves on). Each as (id, base, change).
+    pub(crate) fn to_announce(&self, again: usize, cursor: &mut usize) -> Vec<(u64, u64, Change)> {
+        let mut queue = self.queue();
+        let mut out = Vec::new();
+        let mut before = Vec::new();
+        for q in &mut queue.changes {
+            if q.announced {
+                before.push(&*q);
+            } else {
+                q.announced = true;
+                out.push((q.id, q.base, q.change.clone()));
+            }
+        }
+        if !before.is_empty() {
+            let start = *cursor % before.len();
+            for q in before.iter().cycle().skip(start).take(again.min(before.len())) {
+                out.push((q.id, q.base, q.change.clone()));
+            }
+            *cursor = start + again.min(before.len());
+        }
+        out
     }
 
     /// Settles the change `id` (written, or refused), telling its callers; false if it is
@@ -157,6 +186,22 @@ impl Outbox {
             let _ = waiter.send(outcome);
         }
         true
+    }
+
+    /// True if a denial of `client` made here is still queued.
+    pub(crate) fn denies(&self, client: &str) -> bool {
+        self.queue()
+            .changes
+            .iter()
+            .any(|q| matches!(&q.change, Change::Deny { client: c, .. } if c == client))
+    }
+
+    /// A number for a change announced without being queued (refused for a full queue).
+    pub(crate) fn take_id(&self) -> u64 {
+        let mut queue = self.queue();
+        let id = queue.next_id;
+        queue.next_id += 1;
+        id
     }
 
     /// How many changes are queued.
@@ -229,5 +274,27 @@ mod tests {
                 "summed-up invalidations settle with the invalidate-all"
             );
         }
+    }
+
+    #[test]
+    fn each_change_is_announced_at_once_then_again_in_turn() {
+        let outbox = Outbox::default();
+        for i in 0..5 {
+            let _ = outbox.push(Change::Client(format!("c{i}")), 0);
+        }
+        let mut cursor = 0;
+        let first = outbox.to_announce(2, &mut cursor);
+        assert_eq!(first.len(), 5, "every new change at once");
+        let _ = outbox.push(deny("late"), 0);
+        let second = outbox.to_announce(2, &mut cursor);
+        assert_eq!(second[0].2, deny("late"), "the new one first");
+        assert_eq!(second.len(), 3, "then two of the others");
+        let mut again = std::collections::HashSet::new();
+        for _ in 0..5 {
+            for (id, _, _) in outbox.to_announce(2, &mut cursor) {
+                again.insert(id);
+            }
+        }
+        assert_eq!(again.len(), 6, "every change comes round again");
     }
 }

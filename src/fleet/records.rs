@@ -79,6 +79,16 @@ pub(crate) enum Notice {
     Unwritten { id: u64, base: u64, change: Change },
 }
 
+/// Who sent a notice, and which of its notices it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sender {
+    pub(crate) replica: u64,
+    /// Increases with every notice the replica sends.
+    pub(crate) counter: u64,
+    /// When it was sent (Unix ms, the sender's clock).
+    pub(crate) sent_at: u64,
+}
+
 /// A shared answer as read back.
 #[derive(Debug)]
 pub(crate) struct StoredAnswer {
@@ -256,12 +266,15 @@ impl Codec {
         link_of(&sealed).unwrap_or([0; LINK_LEN])
     }
 
-    /// A notice from `replica`.
-    pub(crate) fn encode_notice(&self, replica: u64, notice: &Notice) -> Vec<u8> {
+    /// A notice from `replica`: its `counter`-th, sent at `sent_at` (Unix ms). Both are
+    /// sealed, so a captured notice published again is told from a new one.
+    pub(crate) fn encode_notice(&self, from: Sender, notice: &Notice) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(VERSION);
         w.u8(KIND_NOTICE);
-        w.u64(replica);
+        w.u64(from.replica);
+        w.u64(from.counter);
+        w.u64(from.sent_at);
         match notice {
             Notice::Appended => w.u8(0),
             Notice::Heartbeat { pending } => {
@@ -279,12 +292,16 @@ impl Codec {
     }
 
     /// The sender and the notice, if the message verifies.
-    pub(crate) fn decode_notice(&self, message: &[u8]) -> Option<(u64, Notice)> {
+    pub(crate) fn decode_notice(&self, message: &[u8]) -> Option<(Sender, Notice)> {
         let mut r = Reader(self.open(&self.channel(), message)?);
         if r.u8()? != VERSION || r.u8()? != KIND_NOTICE {
             return None;
         }
-        let replica = r.u64()?;
+        let from = Sender {
+            replica: r.u64()?,
+            counter: r.u64()?,
+            sent_at: r.u64()?,
+        };
         let notice = match r.u8()? {
             0 => Notice::Appended,
             1 => Notice::Heartbeat {
@@ -301,7 +318,7 @@ impl Codec {
             },
             _ => return None,
         };
-        r.0.is_empty().then_some((replica, notice))
+        r.0.is_empty().then_some((from, notice))
     }
 }
 
@@ -459,12 +476,17 @@ mod tests {
             base: 77,
             change,
         }));
+        let from = Sender {
+            replica: 42,
+            counter: 7,
+            sent_at: 1_790_000_000_000,
+        };
         for notice in notices {
-            let message = codec.encode_notice(42, &notice);
-            assert_eq!(codec.decode_notice(&message), Some((42, notice)));
+            let message = codec.encode_notice(from, &notice);
+            assert_eq!(codec.decode_notice(&message), Some((from, notice)));
         }
         let other_profile = Codec::new(b"fleet secret of at least thirty-two bytes", "profile 2");
-        let message = codec.encode_notice(1, &Notice::Appended);
+        let message = codec.encode_notice(from, &Notice::Appended);
         assert!(other_profile.decode_notice(&message).is_none());
     }
 

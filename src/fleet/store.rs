@@ -120,13 +120,14 @@ impl Fleet {
             let view = self.view();
             view.head
                 .as_ref()
-                .is_some_and(|mine| mine.incarnation == head.incarnation && mine.seq >= head.seq)
+                .is_some_and(|mine| mine.incarnation == head.incarnation && mine.seq == head.seq)
         };
         if !caught_up {
-            // The log moved on since this replica read it: read it now, and let the gateway
-            // decide this one.
+            // The log moved on since this replica read it (or Redis's head is not one this
+            // replica can vouch for): read it now, let the gateway decide this one, and share
+            // nothing (a stamp is only ever a head this replica has applied).
             self.wake.notify_one();
-            return Lookup::Missing { stamp: Some(head) };
+            return Lookup::Missing { stamp: None };
         }
         if let Some(value) = found.answer {
             let key = self.codec.token_key("a", hash);

@@ -176,7 +176,7 @@ impl Fleet {
             match read_client_record(&self.codec, &clients_key, client, sealed) {
                 Some((denied, version)) => {
                     known.clients.insert(client.clone(), (denied, version));
-                    effects.extend(view.adopt_client(client, denied, version));
+                    effects.extend(view.adopt_client(client, denied, version, self.outbox.denies(client)));
                 }
                 None => {
                     tracing::warn!("fleet: ignored a client record whose tag does not verify");
@@ -246,13 +246,8 @@ impl Fleet {
     /// Redis lost state (see the module docs): drop the local cache, move to a newer
     /// incarnation (started here unless another replica did), re-assert what Redis lacks.
     async fn recover(&self, held: &Held<'_>, seen: Option<RemoteHead>) -> Result<(), SyncFailed> {
+        let _ = held;
         let mine = self.view().head.clone();
-        let newer = match (&seen, &mine) {
-            (Some(remote), _) if remote.restarted => false,
-            (Some(remote), Some(mine)) => remote.incarnation != mine.incarnation && remote.seq > mine.seq,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
         if mine.is_some() {
             tracing::error!(
                 "fleet: Redis lost the fleet's state (flushed, restarted, restored from an older snapshot or failed over); dropping local entries and re-asserting the denials known here"
@@ -262,30 +257,71 @@ impl Fleet {
                 owner.drop_local();
             }
         }
-        if !newer {
-            let seq = mine
-                .as_ref()
-                .map_or(0, |h| h.seq)
-                .max(seen.as_ref().map_or(0, |h| h.seq))
-                .max(unix_micros(SystemTime::now()))
-                + 1;
-            let incarnation = Incarnation::random();
-            if self
-                .start_incarnation(seen.as_ref(), incarnation, seq)
-                .await
-                .map_err(SyncFailed::Redis)?
-            {
-                tracing::info!(seq, "fleet: started a new incarnation of the shared state");
+        let mine_seq = mine.as_ref().map_or(0, |h| h.seq);
+        let mut seen = seen;
+        // A few rounds: another replica may start an incarnation meanwhile, numbered below
+        // what this one knows (its clock behind); then this one starts another past it.
+        for _ in 0..3 {
+            let newer = match (&seen, &mine) {
+                (Some(remote), _) if remote.restarted => false,
+                (Some(remote), Some(mine)) => remote.incarnation != mine.incarnation && remote.seq > mine.seq,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !newer {
+                let seq = mine_seq
+                    .max(seen.as_ref().map_or(0, |h| h.seq))
+                    .max(unix_micros(SystemTime::now()))
+                    .saturating_add(1);
+                let incarnation = Incarnation::random();
+                if self
+                    .start_incarnation(seen.as_ref(), incarnation, seq)
+                    .await
+                    .map_err(SyncFailed::Redis)?
+                {
+                    tracing::info!(seq, "fleet: started a new incarnation of the shared state");
+                }
+            }
+            match self.adopt(false).await? {
+                Taken::Known(known) => {
+                    let adopted = self.view().head.clone();
+                    let behind = adopted.as_ref().is_some_and(|a| {
+                        mine.as_ref()
+                            .is_some_and(|m| a.incarnation != m.incarnation && a.seq <= m.seq)
+                    });
+                    if behind {
+                        seen = adopted.map(|a| RemoteHead {
+                            incarnation: a.incarnation,
+                            seq: a.seq,
+                            link: a.link,
+                            stream_id: a.stream_id,
+                            restarted: false,
+                        });
+                        continue;
+                    }
+                    self.reassert(known);
+                    return Ok(());
+                }
+                Taken::Lost(head) => seen = head,
             }
         }
-        let _ = held;
-        match self.adopt(false).await? {
-            Taken::Known(known) => {
-                self.reassert(known);
-                Ok(())
-            }
-            Taken::Lost(_) => Err(SyncFailed::NoState),
-        }
+        Err(SyncFailed::NoState)
+    }
+
+    /// The log cannot take entries any more (tampered with): start a new incarnation.
+    pub(crate) async fn start_over(&self, held: &Held<'_>) -> Result<(), SyncFailed> {
+        let stream_id = self
+            .view()
+            .head
+            .as_ref()
+            .map(|h| h.stream_id.clone())
+            .unwrap_or_default();
+        let read = self.read_after(&stream_id).await.map_err(SyncFailed::Redis)?;
+        let seen = read.head.map(|mut head| {
+            head.restarted = true;
+            head
+        });
+        self.recover(held, seen).await
     }
 
     /// Queues, ahead of everything else, every denial known here that Redis's records lack.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::Link;
-use super::records::{Change, Entry, Incarnation, Stamp, from_unix_millis};
+use super::records::{Change, Entry, Incarnation, Sender, Stamp, from_unix_millis};
 use crate::token::TokenHash;
 
 /// Most void records kept; past it, older answers are voided wholesale (safe, costlier).
@@ -73,8 +73,43 @@ pub(crate) struct View {
     clients: HashMap<String, ClientState>,
     voids: Voids,
     heard: HashMap<(u64, u64), Heard>,
-    /// When each other replica was last heard, and whether it said it holds unwritten changes.
-    replicas: HashMap<u64, (Instant, bool)>,
+    /// The other replicas heard on the channel.
+    peers: HashMap<u64, Peer>,
+    /// The latest changes read from the log, by replica and change number: an announcement
+    /// of one of them that arrives late is not applied again (the log has the final word).
+    written: Written,
+}
+
+/// The latest (replica, change number) pairs read from the log, bounded.
+#[derive(Debug, Default)]
+struct Written {
+    set: std::collections::HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Written {
+    fn insert(&mut self, key: (u64, u64)) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > MAX_VOIDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// Another replica, as heard on the channel.
+#[derive(Debug)]
+struct Peer {
+    /// When it was last heard.
+    heard: Instant,
+    /// Whether it says it holds changes Redis has not taken.
+    pending: bool,
+    /// The number of the last of its notices taken: a notice numbered at or below it is a
+    /// replay.
+    counter: u64,
 }
 
 impl View {
@@ -85,7 +120,8 @@ impl View {
             clients: HashMap::new(),
             voids: Voids::new(keep),
             heard: HashMap::new(),
-            replicas: HashMap::new(),
+            peers: HashMap::new(),
+            written: Written::default(),
         }
     }
 
@@ -135,6 +171,7 @@ impl View {
         });
         self.heard
             .retain(|_, heard| !same_subject(&heard.change, &entry.change));
+        self.written.insert((entry.replica, entry.id));
         self.apply(&entry.change, entry.seq, now)
     }
 
@@ -184,11 +221,20 @@ impl View {
     }
 
     /// A client record read from Redis's shared state: applied if newer than what is known.
-    pub(crate) fn adopt_client(&mut self, client: &str, denied: bool, version: u64) -> Option<Effect> {
+    /// A client pending here takes the record only once nothing pending denies it any more
+    /// (no change of this replica queued, no announcement watched): then the record is the
+    /// truth, whatever its version.
+    pub(crate) fn adopt_client(
+        &mut self,
+        client: &str,
+        denied: bool,
+        version: u64,
+        own_pending: bool,
+    ) -> Option<Effect> {
         let newer = match self.client(client) {
             None => true,
             Some(ClientState::Denied { version: v } | ClientState::Allowed { version: v }) => v < version,
-            Some(ClientState::Pending { .. }) => false,
+            Some(ClientState::Pending { .. }) => !own_pending && !self.watches(client),
         };
         if !newer {
             return None;
@@ -200,6 +246,13 @@ impl View {
             self.set_client(client, ClientState::Allowed { version });
             Some(Effect::Allow(client.to_owned()))
         }
+    }
+
+    /// True if an announced, unwritten denial of `client` is being watched.
+    fn watches(&self, client: &str) -> bool {
+        self.heard
+            .values()
+            .any(|h| matches!(&h.change, Change::Deny { client: c, .. } if c == client))
     }
 
     /// Moves to a head read from Redis's shared state (first start, after a gap, after
@@ -220,22 +273,48 @@ impl View {
         }
     }
 
+    /// Takes a notice of `from` if it is fresh: sent within `window_ms` of `now_ms` and
+    /// numbered above the last notice taken from it. A captured notice published again is
+    /// not (it would end degraded mode, or bring back a denial lifted since).
+    pub(crate) fn fresh(&mut self, from: Sender, now: Instant, now_ms: u64, window_ms: u64) -> bool {
+        if from.sent_at.saturating_add(window_ms) < now_ms || from.sent_at > now_ms.saturating_add(window_ms) {
+            return false;
+        }
+        if self.peers.len() >= MAX_HEARD && !self.peers.contains_key(&from.replica) {
+            self.peers
+                .retain(|_, p| now.duration_since(p.heard) < Duration::from_secs(600));
+        }
+        let peer = self.peers.entry(from.replica).or_insert(Peer {
+            heard: now,
+            pending: false,
+            counter: 0,
+        });
+        if from.counter <= peer.counter {
+            return false;
+        }
+        peer.counter = from.counter;
+        peer.heard = now;
+        true
+    }
+
     /// An unwritten change another replica announced (`base`: the log position it had
-    /// applied): applied if it restricts and is not older than what this replica knows.
-    /// `None` if it was heard before or does nothing here.
-    pub(crate) fn apply_unwritten(
-        &mut self,
-        from: u64,
-        id: u64,
-        base: u64,
-        change: Change,
-        now: Instant,
-    ) -> Option<Effect> {
+    /// applied when it made it), already taken as fresh: applied if it restricts (a denial
+    /// wins, as when it is written). The sender counts as holding unwritten changes from
+    /// now on, and an invalidation voids the shared answers stamped up to this replica's head
+    /// (Redis may still hold them, and nothing newer can be stamped until the change is
+    /// written). `None` if it was heard before or does nothing here.
+    pub(crate) fn apply_unwritten(&mut self, from: u64, id: u64, change: Change, now: Instant) -> Option<Effect> {
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.pending = true;
+            peer.heard = now;
+        }
         if let Some(heard) = self.heard.get_mut(&(from, id)) {
             heard.last = now;
             return None;
         }
-        if !change.restricts() {
+        if !change.restricts() || self.written.set.contains(&(from, id)) {
+            // An allow waits for the log; a change the log already brought is not applied
+            // again (it may have been lifted since).
             return None;
         }
         if self.heard.len() >= MAX_HEARD {
@@ -252,13 +331,12 @@ impl View {
                 },
             );
         }
+        let next = self.seq().saturating_add(1);
+        self.record_void(&change, next, now);
         match &change {
             Change::Deny { client, .. } => {
-                if matches!(self.client(client), Some(ClientState::Allowed { version }) if version > base) {
-                    // Allowed after the sender last read the log: the allow is newer.
-                    return None;
-                }
                 if !matches!(self.client(client), Some(ClientState::Denied { .. })) {
+                    let base = self.seq();
                     self.set_client(client, ClientState::Pending { base });
                 }
                 Some(Effect::Deny(client.clone()))
@@ -272,33 +350,33 @@ impl View {
         }
     }
 
-    /// A heartbeat of `replica`: alive, and holding unwritten changes or not. A replica that
-    /// holds none has written what it announced (the log brings it).
+    /// A heartbeat of `replica` (already taken as fresh): alive, and holding unwritten
+    /// changes or not. A replica that holds none has written what it announced (the log
+    /// brings it).
     pub(crate) fn heartbeat(&mut self, replica: u64, pending: bool, now: Instant) {
-        self.replicas.insert(replica, (now, pending));
+        if let Some(peer) = self.peers.get_mut(&replica) {
+            peer.pending = pending;
+            peer.heard = now;
+        }
         if !pending {
             self.heard.retain(|(from, _), _| *from != replica);
-        }
-        if self.replicas.len() > MAX_HEARD {
-            self.replicas
-                .retain(|_, (at, _)| now.duration_since(*at) < Duration::from_secs(600));
         }
     }
 
     /// True while another replica said, within `window`, that it holds unwritten changes.
     pub(crate) fn others_pending(&self, now: Instant, window: Duration) -> bool {
-        self.replicas
+        self.peers
             .values()
-            .any(|(at, pending)| *pending && now.duration_since(*at) <= window)
+            .any(|p| p.pending && now.duration_since(p.heard) <= window)
     }
 
     /// Unwritten changes whose senders have been silent for `window`: nobody else will write
     /// them, so this replica takes them over. Removed from the watch.
     pub(crate) fn orphans(&mut self, now: Instant, window: Duration) -> Vec<Change> {
         let silent = |replica: &u64| {
-            self.replicas
+            self.peers
                 .get(replica)
-                .is_none_or(|(at, _)| now.duration_since(*at) > window)
+                .is_none_or(|p| now.duration_since(p.heard) > window)
         };
         let orphaned: Vec<(u64, u64)> = self
             .heard
@@ -486,25 +564,62 @@ mod tests {
         assert_eq!(view.client("x"), Some(ClientState::Denied { version: 3 }));
     }
 
+    fn sender(replica: u64, counter: u64, sent_at: u64) -> Sender {
+        Sender {
+            replica,
+            counter,
+            sent_at,
+        }
+    }
+
     #[test]
-    fn unwritten_denials_older_than_an_allow_are_ignored_and_repeats_applied_once() {
+    fn only_fresh_notices_are_taken() {
+        let mut view = View::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let ms = 1_790_000_000_000;
+        assert!(view.fresh(sender(9, 5, ms), now, ms, 1000));
+        assert!(!view.fresh(sender(9, 5, ms), now, ms, 1000), "the same notice again");
+        assert!(!view.fresh(sender(9, 4, ms), now, ms, 1000), "an older notice");
+        assert!(view.fresh(sender(9, 6, ms - 900), now, ms, 1000));
+        assert!(!view.fresh(sender(8, 1, ms - 1500), now, ms, 1000), "sent too long ago");
+        assert!(
+            !view.fresh(sender(8, 1, ms + 1500), now, ms, 1000),
+            "sent in the future"
+        );
+    }
+
+    #[test]
+    fn announced_changes_restrict_at_once_and_repeats_apply_once() {
         let mut view = View::new(Duration::from_secs(60));
         let now = Instant::now();
         apply(&mut view, 1, deny("x", 0));
         apply(&mut view, 5, allow("x", 1));
-        // A replay of a denial announced when the sender had read up to 3.
-        assert_eq!(view.apply_unwritten(9, 1, 3, deny("x", 0), now), None);
+        assert!(view.fresh(sender(9, 1, 0), now, 0, 1000));
+        // A denial wins, announced as written.
         assert_eq!(
-            view.apply_unwritten(9, 2, 5, deny("x", 0), now),
+            view.apply_unwritten(9, 2, deny("x", 0), now),
             Some(Effect::Deny("x".into()))
         );
-        assert_eq!(view.apply_unwritten(9, 2, 5, deny("x", 0), now), None, "heard before");
+        assert_eq!(view.apply_unwritten(9, 2, deny("x", 0), now), None, "heard before");
         assert_eq!(
-            view.apply_unwritten(9, 3, 5, allow("x", 5), now),
+            view.apply_unwritten(9, 3, allow("x", 5), now),
             None,
             "allows wait for the log"
         );
         assert_eq!(view.client("x"), Some(ClientState::Pending { base: 5 }));
+        assert!(
+            view.others_pending(now, Duration::from_secs(1)),
+            "its sender holds changes"
+        );
+        // An announced invalidation voids what Redis may still share, up to the head.
+        let hash = TokenHash::of("oat_x");
+        let stamp = Stamp {
+            incarnation: Incarnation([1; 16]),
+            seq: 5,
+        };
+        assert!(view.answer_is_current(stamp, &hash, "c"));
+        view.apply_unwritten(9, 4, Change::Token(hash), now);
+        assert!(!view.answer_is_current(stamp, &hash, "c"));
     }
 
     #[test]
@@ -512,9 +627,12 @@ mod tests {
         let mut view = View::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let window = Duration::from_millis(300);
+        for replica in [8, 9] {
+            assert!(view.fresh(sender(replica, 1, 0), t0, 0, 1000));
+        }
         view.heartbeat(9, true, t0);
-        view.apply_unwritten(9, 1, 0, deny("x", 0), t0);
-        view.apply_unwritten(9, 2, 0, Change::All, t0);
+        view.apply_unwritten(9, 1, deny("x", 0), t0);
+        view.apply_unwritten(9, 2, Change::All, t0);
         assert!(view.others_pending(t0, window));
         assert!(view.orphans(t0 + Duration::from_millis(100), window).is_empty());
         let later = t0 + Duration::from_secs(1);
@@ -524,9 +642,25 @@ mod tests {
         assert_eq!(orphans, [Change::All, deny("x", 0)]);
         assert!(view.orphans(later, window).is_empty());
         // Written before the sender went silent: nothing to take over.
-        view.apply_unwritten(8, 1, 0, deny("y", 0), t0);
+        view.apply_unwritten(8, 1, deny("y", 0), t0);
         apply(&mut view, 1, deny("y", 0));
         assert!(view.orphans(later, window).is_empty());
+    }
+
+    #[test]
+    fn a_pending_client_takes_redis_record_once_nothing_pending_denies_it() {
+        let mut view = View::new(Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(view.fresh(sender(9, 1, 0), now, 0, 1000));
+        view.apply_unwritten(9, 1, deny("x", 0), now);
+        assert_eq!(view.adopt_client("x", false, 7, false), None, "still announced");
+        view.heartbeat(9, false, now);
+        assert_eq!(
+            view.adopt_client("x", false, 7, true),
+            None,
+            "a denial of this replica's is queued"
+        );
+        assert_eq!(view.adopt_client("x", false, 7, false), Some(Effect::Allow("x".into())));
     }
 
     #[test]

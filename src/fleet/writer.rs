@@ -44,12 +44,12 @@ impl Fleet {
         if submitted.is_err() && change.restricts() {
             // Not kept for Redis: at least the replicas listening now learn it.
             let notice = Notice::Unwritten {
-                id: u64::MAX,
+                id: self.outbox.take_id(),
                 base,
                 change,
             };
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let message = self.codec.encode_notice(self.replica, &notice);
+                let message = self.codec.encode_notice(self.sender(), &notice);
                 let (mut conn, channel) = (self.conn.clone(), self.codec.channel());
                 runtime.spawn(async move {
                     let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
@@ -123,7 +123,7 @@ impl Fleet {
             let mut prepared = Vec::with_capacity(batch.len());
             let (mut seq, mut prev) = (head.seq, head.link);
             for (id, _, change) in batch {
-                seq += 1;
+                seq = seq.saturating_add(1);
                 let entry = Entry {
                     incarnation: head.incarnation,
                     seq,
@@ -141,6 +141,12 @@ impl Fleet {
             match appended {
                 Ok(Ok(Appended::Written(stream_id))) => self.written(entries, stream_id).await,
                 Ok(Ok(Appended::Stale | Appended::NoHead)) => self.sync(&held).await.map_err(reason_of)?,
+                Ok(Ok(Appended::Unusable)) => {
+                    tracing::error!(
+                        "fleet: the change log cannot take entries (its stream was tampered with); starting anew"
+                    );
+                    self.start_over(&held).await.map_err(reason_of)?;
+                }
                 Ok(Ok(Appended::Superseded(index))) => {
                     if let Some((entry, _)) = entries.get(index) {
                         tracing::info!(
@@ -180,11 +186,41 @@ impl Fleet {
         self.apply_effects(effects).await;
     }
 
-    /// Announces the oldest queued changes on the channel (restricting ones: allows wait for
-    /// the log), for the replicas listening now.
+    /// Announces the queued changes on the channel for the replicas listening now: each as
+    /// soon as it is queued behind a write Redis did not take, then again in turn (at most
+    /// `MAX_ANNOUNCED` a heartbeat), so that a replica that was not listening learns them
+    /// too. Past `MAX_ANNOUNCED` invalidations they are summed up as one invalidate-all.
+    /// Allows wait for the log.
     pub(crate) async fn announce(&self) {
-        for (id, base, change) in self.outbox.oldest(MAX_ANNOUNCED) {
-            if !change.restricts() {
+        let queued = {
+            let mut cursor = self
+                .announce_cursor
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.outbox.to_announce(MAX_ANNOUNCED, &mut cursor)
+        };
+        let invalidations = self
+            .outbox
+            .oldest(usize::MAX)
+            .into_iter()
+            .filter(|(_, _, change)| matches!(change, Change::Token(_) | Change::Client(_) | Change::All))
+            .collect::<Vec<_>>();
+        let summed_up = invalidations.len() > MAX_ANNOUNCED;
+        if summed_up && let Some((id, base, _)) = invalidations.iter().max_by_key(|(id, _, _)| *id) {
+            // Numbered after the newest invalidation it sums up: listeners apply it again
+            // when more are queued.
+            let notice = Notice::Unwritten {
+                id: u64::MAX - id,
+                base: *base,
+                change: Change::All,
+            };
+            if !self.publish(&notice).await {
+                return;
+            }
+        }
+        for (id, base, change) in queued {
+            let invalidation = matches!(change, Change::Token(_) | Change::Client(_) | Change::All);
+            if !change.restricts() || (invalidation && summed_up) {
                 continue;
             }
             if !self.publish(&Notice::Unwritten { id, base, change }).await {
@@ -196,7 +232,7 @@ impl Fleet {
 
     /// Publishes a notice; false if Redis did not take it.
     pub(crate) async fn publish(&self, notice: &Notice) -> bool {
-        let message = self.codec.encode_notice(self.replica, notice);
+        let message = self.codec.encode_notice(self.sender(), notice);
         let mut conn = self.conn.clone();
         let channel = self.codec.channel();
         let sent = tokio::time::timeout(WRITE_BOUND, async move {

@@ -66,7 +66,7 @@ impl Verifier {
                 });
             }
         };
-        if self.denied.contains(grant.client_id.as_str()) {
+        if self.is_denied(grant.client_id.as_str()) {
             tracing::info!(
                 client_id = grant.client_id.as_str(),
                 "token of a denied OAuth client rejected"

@@ -47,6 +47,13 @@ pub(super) enum Handed {
     Fleet(crate::fleet::Submitted),
 }
 
+impl Handed {
+    /// True if the fleet refused to keep it.
+    pub(super) fn refused(&self) -> bool {
+        matches!(self, Handed::Fleet(Err(_)))
+    }
+}
+
 impl Verifier {
     /// Starts the fleet's channel (fleet mode): it applies the fleet's changes here until
     /// this verifier is dropped.
@@ -88,6 +95,7 @@ impl Verifier {
             Some(crate::fleet::ClientState::Pending { .. }) => {
                 ChangeOutcome::Refused(crate::change::RefusalReason::PendingDenial)
             }
+            // Denied here alone (the fleet refused to keep the denial).
             _ if self.denied.remove(client_id) => ChangeOutcome::Applied,
             _ => ChangeOutcome::Unchanged,
         }
@@ -120,13 +128,10 @@ impl Replica for Verifier {
                 }
                 Effect::Client(id) => self.cache.invalidate_client(&id),
                 Effect::All => self.cache.invalidate_all(),
-                Effect::Deny(id) => {
-                    self.denied.insert(&id);
-                    self.cache.invalidate_client(&id);
-                }
-                Effect::Allow(id) => {
-                    self.denied.remove(&id);
-                }
+                // The fleet's view is the record of run-time denials (`is_denied`): a denial
+                // only has cached answers to drop, an allow nothing to do here.
+                Effect::Deny(id) => self.cache.invalidate_client(&id),
+                Effect::Allow(_) => {}
                 Effect::DenySession(id, until) => {
                     // Whatever the fleet says, a denial lasts no longer than one made here.
                     let until = until.min(SystemTime::now() + self.revoked.session_lifetime());

@@ -159,7 +159,7 @@ impl Verifier {
     /// A principal verified before, still inside the outage grace and not denied since.
     async fn outage_grace(&self, hash: &TokenHash) -> Option<Principal> {
         let principal = self.cache.outage_grace(hash).await?;
-        if self.denied.contains(principal.client_id().as_str()) || self.revoked.covers_principal(&principal) {
+        if self.is_denied(principal.client_id().as_str()) || self.revoked.covers_principal(&principal) {
             return None;
         }
         tracing::warn!(

@@ -304,7 +304,11 @@ impl Verifier {
             client: client_id.to_owned(),
             version: 0,
         });
-        self.denied.insert(client_id);
+        if !self.in_fleet() || handed.refused() {
+            // In fleet mode the fleet's view holds it (pending from now on), unless the fleet
+            // refused to keep it: then it holds here alone.
+            self.denied.insert(client_id);
+        }
         self.cache.invalidate_client(client_id);
         self.settle(handed).await
     }
@@ -373,9 +377,38 @@ impl Verifier {
         }
     }
 
-    /// The OAuth client ids currently denied, sorted.
+    /// The OAuth client ids currently denied, sorted: configured, and denied at run time
+    /// (in fleet mode, anywhere in the fleet, as far as this replica knows).
     pub fn denied_clients(&self) -> Vec<String> {
-        self.denied.list()
+        let mut ids = self.denied.list();
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            ids.extend(fleet.denied_clients());
+            ids.sort();
+            ids.dedup();
+        }
+        ids
+    }
+
+    /// True if `client_id`'s tokens are refused: configured, or denied at run time (in fleet
+    /// mode the fleet's view of the log is the one record of run-time denials, so that no
+    /// interleaving of local calls and the fleet's changes can leave two answers).
+    pub(super) fn is_denied(&self, client_id: &str) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet
+            && fleet.denies(client_id)
+        {
+            return true;
+        }
+        self.denied.contains(client_id)
+    }
+
+    /// True in fleet mode.
+    fn in_fleet(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.fleet.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// Number of verified tokens currently cached (approximate, as moka counts).
@@ -417,6 +450,13 @@ fn unix_millis(at: SystemTime) -> u64 {
 /// Without fleet mode, changes stay on this server.
 #[cfg(not(feature = "redis"))]
 struct Handed;
+
+#[cfg(not(feature = "redis"))]
+impl Handed {
+    fn refused(&self) -> bool {
+        false
+    }
+}
 
 #[cfg(not(feature = "redis"))]
 impl Verifier {

@@ -27,7 +27,7 @@ fn config(redis: &RedisServer, on: &[&str]) {
 
 /// Redis takes reads and `PUBLISH` but refuses every write: `min-replicas-to-write` with no
 /// replica attached (what a primary does when its replicas are gone).
-fn refuse_writes_without_replicas(redis: &RedisServer, on: bool) {
+pub fn refuse_writes_without_replicas(redis: &RedisServer, on: bool) {
     config(redis, &["min-replicas-to-write", if on { "1" } else { "0" }]);
 }
 
@@ -216,7 +216,7 @@ async fn a_restore_from_an_older_snapshot_resurrects_no_invalidated_answer_or_li
 }
 
 /// Test fleet settings on the Redis behind `proxy`.
-fn through(proxy: &Proxy) -> tower_wacht::fleet::FleetConfig {
+pub fn through(proxy: &Proxy) -> tower_wacht::fleet::FleetConfig {
     tower_wacht::fleet::FleetConfig::new(proxy.url(), crate::harness::SECRET)
         .timeout(Duration::from_millis(200))
         .heartbeat(Duration::from_millis(200))

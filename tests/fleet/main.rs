@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod announcements;
 mod chaos;
 mod failures;
 mod harness;
