@@ -26,4 +26,5 @@ mod layer_http;
 mod mcp_server;
 mod quickstart;
 mod reliability;
+mod streams;
 mod tower_contract;
