@@ -70,7 +70,9 @@ impl<S: Standing> Watch<S> {
 }
 
 impl<S: Standing + ?Sized> Watch<S> {
-    /// `Body::poll_frame` of the watched `body`.
+    /// `Body::poll_frame` of the watched `body`. Never inlined, so that `ResponseBody`'s own
+    /// `poll_frame` stays small enough to inline for the bodies that are not watched.
+    #[inline(never)]
     pub(crate) fn poll_frame<B>(
         &mut self,
         mut body: Pin<&mut B>,
