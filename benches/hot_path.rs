@@ -8,16 +8,27 @@
 //! Prints, before criterion's timings: allocations per request on a hit (layer minus bare
 //! service, counted by a counting global allocator) and memory per cached principal (bytes
 //! requested from the allocator per entry, measured by filling a cache).
+//!
+//! `stream_chunk`: what one frame of a streamed response costs through the layer's watched
+//! body (which ends the stream with the token) against the same body unwatched and alone, in
+//! one run: a body that always has a frame ready, polled inside a Tokio runtime, in place and
+//! boxed (as Axum and Tonic hold a response body).
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http::{Extensions, HeaderMap, HeaderValue, Request};
+use http::{Extensions, HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
 use http_body_util::Empty;
+use http_body_util::combinators::UnsyncBoxBody;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
@@ -248,6 +259,139 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
+/// A streamed body (unknown length) that always has a frame ready, after waiting once if
+/// `wait_first` (which arms a watched body's timer).
+struct Frames {
+    wait_first: bool,
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.wait_first {
+            self.wait_first = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"event: tick\ndata: 1\n\n")))))
+    }
+}
+
+/// Answers every request with a [`Frames`] body.
+#[derive(Clone)]
+struct Streamer {
+    wait_first: bool,
+}
+
+impl Service<Request<Empty<Bytes>>> for Streamer {
+    type Response = Response<Frames>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Frames>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Empty<Bytes>>) -> Self::Future {
+        ready(Ok(Response::new(Frames {
+            wait_first: self.wait_first,
+        })))
+    }
+}
+
+/// The response body `svc` gives a request with this `Authorization` header.
+fn body_of<S, B>(svc: &mut S, header: Option<&HeaderValue>) -> B
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let req = match header {
+        Some(header) => request(header),
+        None => Request::new(Empty::new()),
+    };
+    match svc.call(req).now_or_never() {
+        Some(Ok(response)) => response.into_body(),
+        _ => panic!("the response is ready at once"),
+    }
+}
+
+/// Polls one frame out of `body`, which always has one (after its one wait), and reads its
+/// length, as a server writing it would.
+fn frame<B: Body<Data = Bytes> + Unpin>(body: &mut B, cx: &mut Context<'_>) {
+    loop {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                black_box(frame.data_ref().map(Bytes::len));
+                return;
+            }
+            Poll::Pending => continue,
+            Poll::Ready(_) => panic!("the stream ended"),
+        }
+    }
+}
+
+fn stream_chunk(c: &mut Criterion) {
+    let rt = runtime();
+    // The watched body arms its timer inside a runtime, as under hyper or tonic.
+    let _runtime = rt.enter();
+    let auth = layer(1_000);
+    fill(&auth, 1);
+    let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
+    let optional = {
+        let config = WachtAuthConfig::builder()
+            .expected_deployment_id(418223109876543489)
+            .optional(true)
+            .build()
+            .unwrap();
+        WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+
+    let mut bare = body_of(&mut Streamer { wait_first: false }, None);
+    // The layer's body for an anonymous caller (optional mode): not watched.
+    let mut unwatched = body_of(&mut optional.layer(Streamer { wait_first: false }), None);
+    // A verified caller's stream that never waited: the clock against the deadline per frame.
+    let mut busy = body_of(&mut auth.clone().layer(Streamer { wait_first: false }), Some(&header));
+    // One that waited once, as a real stream does: its timer is armed, a frame asks the timer.
+    let mut armed = body_of(&mut auth.clone().layer(Streamer { wait_first: true }), Some(&header));
+    frame(&mut armed, &mut cx);
+
+    // The same four bodies boxed, as Axum (`axum::body::Body`) and Tonic (`tonic::body::Body`)
+    // hold a response body: each frame is a call through the box.
+    let boxed = |body: fn(&WachtAuthLayer, &WachtAuthLayer, &HeaderValue) -> UnsyncBoxBody<Bytes, Infallible>| {
+        body(&auth, &optional, &header)
+    };
+    let mut bare_boxed = boxed(|_, _, _| UnsyncBoxBody::new(body_of(&mut Streamer { wait_first: false }, None)));
+    let mut unwatched_boxed =
+        boxed(|_, optional, _| UnsyncBoxBody::new(body_of(&mut optional.layer(Streamer { wait_first: false }), None)));
+    let mut busy_boxed = boxed(|auth, _, header| {
+        UnsyncBoxBody::new(body_of(&mut auth.layer(Streamer { wait_first: false }), Some(header)))
+    });
+    let mut armed_boxed = boxed(|auth, _, header| {
+        UnsyncBoxBody::new(body_of(&mut auth.layer(Streamer { wait_first: true }), Some(header)))
+    });
+    frame(&mut armed_boxed, &mut cx);
+
+    let mut g = c.benchmark_group("stream_chunk");
+    g.bench_function("bare_body", |b| b.iter(|| frame(&mut bare, &mut cx)));
+    g.bench_function("layer_body_not_watched", |b| b.iter(|| frame(&mut unwatched, &mut cx)));
+    g.bench_function("watched_never_waited", |b| b.iter(|| frame(&mut busy, &mut cx)));
+    g.bench_function("watched_timer_armed", |b| b.iter(|| frame(&mut armed, &mut cx)));
+    g.bench_function("boxed/bare_body", |b| b.iter(|| frame(&mut bare_boxed, &mut cx)));
+    g.bench_function("boxed/layer_body_not_watched", |b| {
+        b.iter(|| frame(&mut unwatched_boxed, &mut cx))
+    });
+    g.bench_function("boxed/watched_never_waited", |b| {
+        b.iter(|| frame(&mut busy_boxed, &mut cx))
+    });
+    g.bench_function("boxed/watched_timer_armed", |b| {
+        b.iter(|| frame(&mut armed_boxed, &mut cx))
+    });
+    g.finish();
+}
+
 fn scaling(c: &mut Criterion) {
     let mut g = c.benchmark_group("hit_by_cache_size");
     for n in [1_000usize, 100_000, 1_000_000] {
@@ -317,6 +461,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     stages(&mut c);
+    stream_chunk(&mut c);
     scaling(&mut c);
     c.final_summary();
 }

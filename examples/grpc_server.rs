@@ -7,7 +7,10 @@
 //! The service is `greeter.v1.Greeter` from `proto/greeter/v1/greeter.proto`, so any gRPC
 //! client in any language can call it:
 //! * `SayHello`: any caller with a valid access token; the reply names the caller's client id;
-//! * `Shout`: additionally requires the `greeter:shout` permission (PERMISSION_DENIED otherwise).
+//! * `Shout`: additionally requires the `greeter:shout` permission (PERMISSION_DENIED otherwise);
+//! * `Ticks`: server streaming, one tick a second for any caller with a valid token, until the
+//!   requested count, or until the token expires or is revoked on this server: the layer ends
+//!   the stream with UNAUTHENTICATED in its trailers (the handler knows nothing about it).
 //!
 //! Refusals are gRPC statuses, never bare HTTP errors: UNAUTHENTICATED (no or bad token),
 //! PERMISSION_DENIED, RESOURCE_EXHAUSTED (gateway rate limit), UNAVAILABLE (gateway down).
@@ -23,7 +26,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures_util::Stream;
 
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpConnectInfo, TcpIncoming};
@@ -40,7 +46,7 @@ pub mod pb {
 }
 
 use pb::greeter_server::{Greeter, GreeterServer};
-use pb::{HelloReply, HelloRequest};
+use pb::{HelloReply, HelloRequest, Tick, TicksRequest};
 
 /// The permission the guarded method requires.
 pub const SHOUT_PERMISSION: &str = "greeter:shout";
@@ -50,6 +56,8 @@ pub const SHOUT_PATH: &str = "/greeter.v1.Greeter/Shout";
 pub const DEFAULT_BIND: &str = "127.0.0.1:50051";
 /// The proto file, relative to the crate root (what `grpcurl -import-path proto` needs).
 pub const PROTO_FILE: &str = "greeter/v1/greeter.proto";
+/// How often `Ticks` sends a tick.
+pub const TICK_EVERY: Duration = Duration::from_secs(1);
 
 /// The greeter: both methods reply with the verified caller's client id and permissions.
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,6 +74,35 @@ impl Greeter for GreeterService {
             reply.get_mut().message.make_ascii_uppercase();
             reply
         })
+    }
+
+    type TicksStream = Pin<Box<dyn Stream<Item = Result<Tick, Status>> + Send>>;
+
+    /// One tick every [`TICK_EVERY`], the first at once, until `count` (0: no limit). Nothing
+    /// here watches the token: the auth layer ends the response when it expires or is revoked.
+    async fn ticks(&self, request: Request<TicksRequest>) -> Result<Response<Self::TicksStream>, Status> {
+        let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+            return Err(Status::unauthenticated("no verified caller"));
+        };
+        let count = u64::from(request.get_ref().count);
+        let ticks = futures_util::stream::unfold(0u64, move |sent| {
+            let principal = principal.clone();
+            async move {
+                if count != 0 && sent >= count {
+                    return None;
+                }
+                if sent > 0 {
+                    tokio::time::sleep(TICK_EVERY).await;
+                }
+                let tick = Tick {
+                    seq: sent + 1,
+                    client_id: principal.client_id().to_string(),
+                    expires_at: principal.expires_at_rfc3339(),
+                };
+                Some((Ok(tick), sent + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(ticks)))
     }
 }
 
@@ -128,6 +165,8 @@ pub struct DemoCall {
     pub what: &'static str,
     /// Method name in `greeter.v1.Greeter`.
     pub method: &'static str,
+    /// The request message, as grpcurl's JSON.
+    pub data: &'static str,
     /// Bearer token to send, if any.
     pub token: Option<String>,
     /// The gRPC status the call gets.
@@ -142,20 +181,32 @@ impl DemoCall {
             None => String::new(),
         };
         format!(
-            "grpcurl -plaintext -import-path proto -proto {PROTO_FILE} {auth}-d '{{\"name\":\"Ada\"}}' {addr} greeter.v1.Greeter/{}",
-            self.method
+            "grpcurl -plaintext -import-path proto -proto {PROTO_FILE} {auth}-d '{}' {addr} greeter.v1.Greeter/{}",
+            self.data, self.method
         )
     }
 }
+
+/// The `SayHello` and `Shout` demo request.
+const HELLO: &str = r#"{"name":"Ada"}"#;
 
 /// Client id of the demo token that holds `greeter:shout`.
 pub const DEMO_SHOUTER: &str = "oc_demoShouterWithGreeterShout0001";
 /// Client id of the demo token that lacks `greeter:shout`.
 pub const DEMO_GREETER: &str = "oc_demoGreeterWithoutShout00000002";
 
-/// Starts the embedded fake gateway with two demo tokens; returns it, the layer
+/// How long after the start the short-lived demo token (the one whose `Ticks` stream ends
+/// with it) expires.
+pub const SHORT_LIVED: Duration = Duration::from_secs(120);
+
+/// Starts the embedded fake gateway with the demo tokens; returns it, the layer
 /// configuration pointing at it, and the demo calls.
 pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCall>)> {
+    demo_with(SHORT_LIVED).await
+}
+
+/// [`demo`], with the short-lived token expiring `short_lived` after the start.
+pub async fn demo_with(short_lived: Duration) -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCall>)> {
     let gateway = FakeGateway::start().await?;
     let grant = |client: &str, scopes: &[&str]| {
         TokenGrant::new(client)
@@ -167,6 +218,8 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
     gateway.register(&shouter, grant(DEMO_SHOUTER, &[SHOUT_PERMISSION]));
     let greeter = generate_token();
     gateway.register(&greeter, grant(DEMO_GREETER, &[]));
+    let short = generate_token();
+    gateway.register(&short, grant(DEMO_GREETER, &[]).expires_in(short_lived));
 
     let config = with_client_ip(WachtAuthConfig::builder())
         .gateway_url(gateway.url())
@@ -180,31 +233,50 @@ pub async fn demo() -> std::io::Result<(FakeGateway, WachtAuthConfig, Vec<DemoCa
         DemoCall {
             what: "SayHello with a valid token: OK, the reply names the client",
             method: "SayHello",
+            data: HELLO,
             token: Some(greeter.clone()),
             expect: Code::Ok,
         },
         DemoCall {
             what: "Shout with the greeter:shout permission: OK",
             method: "Shout",
+            data: HELLO,
             token: Some(shouter),
             expect: Code::Ok,
         },
         DemoCall {
             what: "Shout without greeter:shout: PermissionDenied",
             method: "Shout",
-            token: Some(greeter),
+            data: HELLO,
+            token: Some(greeter.clone()),
             expect: Code::PermissionDenied,
         },
         DemoCall {
             what: "no token: Unauthenticated",
             method: "SayHello",
+            data: HELLO,
             token: None,
             expect: Code::Unauthenticated,
         },
         DemoCall {
             what: "unknown token: Unauthenticated",
             method: "SayHello",
+            data: HELLO,
             token: Some(generate_token()),
+            expect: Code::Unauthenticated,
+        },
+        DemoCall {
+            what: "Ticks, three of them, one a second: OK",
+            method: "Ticks",
+            data: r#"{"count":3}"#,
+            token: Some(greeter),
+            expect: Code::Ok,
+        },
+        DemoCall {
+            what: "Ticks with a token that expires soon: one a second until it does, then Unauthenticated",
+            method: "Ticks",
+            data: "{}",
+            token: Some(short),
             expect: Code::Unauthenticated,
         },
     ];
@@ -231,7 +303,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?.to_string();
 
     println!("tower-wacht gRPC example: greeter.v1.Greeter on {addr} (plaintext HTTP/2)");
-    println!("Shout requires the {SHOUT_PERMISSION} permission; SayHello any valid token.");
+    println!(
+        "Shout requires the {SHOUT_PERMISSION} permission; SayHello and Ticks any valid token. A Ticks stream ends \
+         with UNAUTHENTICATED when its token expires (the short-lived demo token: {} s after the start).",
+        SHORT_LIVED.as_secs()
+    );
     if let Some((gateway, calls)) = &demo {
         println!(
             "No WACHT_GATEWAY_URL set: using an embedded fake gateway at {}\n",

@@ -7,19 +7,29 @@
 //! Routes:
 //! * `GET /public`: anonymous callers allowed; says who is calling if a token is sent;
 //! * `GET /whoami`: the caller's principal as JSON (token required);
-//! * `POST /tools/invoke`: requires the `mcp:invoke` permission.
+//! * `POST /tools/invoke`: requires the `mcp:invoke` permission;
+//! * `GET /events`: server-sent events, one a second, for as long as the caller's token stands
+//!   (token required): the stream ends when the token expires, or within `stream_recheck`
+//!   (5 s) after it is revoked here (`invalidate`) or its client is denied (`deny_client`).
 //!
 //! Configuration comes from the environment (`WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
 //! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `WACHT_JWT`, `BIND`).
 //! Without `WACHT_GATEWAY_URL` it starts an embedded `FakeGateway` (opaque tokens) and a
 //! `JwksIssuer` (JWT access tokens, verified locally) with demo tokens and prints
-//! ready-to-paste curl commands, so it runs without a Wacht account.
+//! ready-to-paste curl commands, so it runs without a Wacht account. In that demo mode it also
+//! serves `POST /demo/revoke`, which revokes the demo stream token (at the fake gateway, and
+//! here with `invalidate`) so you can watch its stream end.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::Stream;
 use serde_json::json;
 use tower_wacht::jwt::JwtConfig;
 use tower_wacht::testing::{
@@ -27,15 +37,38 @@ use tower_wacht::testing::{
 };
 use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 
-/// The application: three routes behind one auth layer (optional auth, so `/public` also
+/// The application: four routes behind one auth layer (optional auth, so `/public` also
 /// serves anonymous callers; the other routes still require a token).
 pub fn app(auth: WachtAuthLayer) -> Router {
     Router::new()
         .route("/tools/invoke", post(invoke))
         .route_layer(RequirePermissionsLayer::all(["mcp:invoke"]))
         .route("/whoami", get(whoami))
+        .route("/events", get(events))
         .route("/public", get(public))
         .layer(auth)
+}
+
+/// One event a second, for as long as the layer lets the stream run. The handler knows nothing
+/// about expiry or revocation: the layer ends the response body when the caller's token
+/// expires or is revoked (an SSE client sees the stream end; reconnecting gets the 401 that
+/// says why).
+async fn events(principal: Principal) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = futures_util::stream::unfold(0u64, move |n| {
+        let principal = principal.clone();
+        async move {
+            if n > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let data = json!({
+                "n": n + 1,
+                "client_id": principal.client_id(),
+                "expires_at": principal.expires_at_rfc3339(),
+            });
+            Some((Ok(Event::default().event("tick").data(data.to_string())), n + 1))
+        }
+    });
+    Sse::new(ticks).keep_alive(KeepAlive::default())
 }
 
 async fn public(principal: Option<Principal>) -> String {
@@ -82,6 +115,11 @@ impl DemoCall {
         };
         format!("curl -i {method}{auth}{base}{}", self.path)
     }
+
+    /// The same for a stream: `curl -N` prints each event as it arrives.
+    pub fn curl_stream(&self, base: &str) -> String {
+        self.curl(base).replacen("curl -i ", "curl -N -i ", 1)
+    }
 }
 
 /// The embedded Wacht stand-ins and what the quickstart prints.
@@ -94,10 +132,41 @@ pub struct Demo {
     pub config: WachtAuthConfig,
     /// The demo requests.
     pub calls: Vec<DemoCall>,
+    /// Streams to watch end: with a token that expires soon, and with one to revoke.
+    pub streams: Vec<DemoCall>,
+    /// Revokes the second stream's token (`POST /demo/revoke`, see [`Demo::router`]).
+    pub revoke: DemoCall,
+    /// The token `POST /demo/revoke` revokes (the second stream's).
+    pub revocable: String,
 }
+
+impl Demo {
+    /// `POST /demo/revoke`, outside the auth layer: revokes the demo stream token at the fake
+    /// gateway (so its next request gets 401) and tells the layer (`invalidate`), so that its
+    /// open stream ends. Demo only: a real server keeps such operator routes on a listener
+    /// of their own, behind their own protection (see `examples/fleet.rs`).
+    pub fn router(&self, auth: WachtAuthLayer) -> Router {
+        let state = (self.gateway.clone(), auth, self.revocable.clone());
+        Router::new().route("/demo/revoke", post(revoke)).with_state(state)
+    }
+}
+
+async fn revoke(State((gateway, auth, token)): State<(FakeGateway, WachtAuthLayer, String)>) -> StatusCode {
+    gateway.revoke(&token);
+    auth.invalidate(&token).await;
+    StatusCode::NO_CONTENT
+}
+
+/// How long after the start the short-lived demo stream token expires.
+pub const SHORT_LIVED: Duration = Duration::from_secs(120);
 
 /// Starts the embedded fake gateway and JWT issuer with demo tokens.
 pub async fn demo() -> std::io::Result<Demo> {
+    demo_with(SHORT_LIVED).await
+}
+
+/// [`demo`], with the short-lived stream token expiring `short_lived` after the start.
+pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
     let issuer = JwksIssuer::start().await?;
     let definitions = vec![ScopeDefinition::organization("projects:read", "org:projects:read")];
@@ -116,6 +185,17 @@ pub async fn demo() -> std::io::Result<Demo> {
     );
     let reader = generate_token();
     gateway.register(&reader, grant("oc_demoReaderWithoutInvoke00000002", &["projects:read"]));
+    // Two tokens of the agent for the streams: one that expires soon, one to revoke.
+    let short = generate_token();
+    gateway.register(
+        &short,
+        grant("oc_demoAgentWithInvokeScope00000001", &["mcp:invoke", "projects:read"]).expires_in(short_lived),
+    );
+    let revocable = generate_token();
+    gateway.register(
+        &revocable,
+        grant("oc_demoAgentWithInvokeScope00000001", &["mcp:invoke", "projects:read"]),
+    );
     // The same agent, its OAuth client set to issue JWT access tokens.
     let jwt = issuer
         .mint(&AccessTokenClaims::new("oc_demoAgentWithInvokeScope00000001").scopes(["mcp:invoke", "projects:read"]));
@@ -204,11 +284,37 @@ pub async fn demo() -> std::io::Result<Demo> {
             expect_status: 401,
         },
     ];
+    let streams = vec![
+        DemoCall {
+            what: "events from a token that expires soon: one a second, then the stream ends when the token does",
+            method: "GET",
+            path: "/events",
+            token: Some(short),
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "events from a token to revoke: keep this running and revoke the token with the next command; the stream ends within 5 s (and curl-ing it again gets 401)",
+            method: "GET",
+            path: "/events",
+            token: Some(revocable.clone()),
+            expect_status: 200,
+        },
+    ];
+    let revoke = DemoCall {
+        what: "revoke that token: the fake gateway forgets it and the layer invalidates it (204)",
+        method: "POST",
+        path: "/demo/revoke",
+        token: None,
+        expect_status: 204,
+    };
     Ok(Demo {
         gateway,
         issuer,
         config,
         calls,
+        streams,
+        revoke,
+        revocable,
     })
 }
 
@@ -245,7 +351,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for call in &demo.calls {
             println!("# {}\n{}\n", call.what, call.curl(&base));
         }
+        println!(
+            "Watch a stream end with its token (the first token expires {} s after the start):\n",
+            SHORT_LIVED.as_secs()
+        );
+        for call in &demo.streams {
+            println!("# {}\n{}\n", call.what, call.curl_stream(&base));
+        }
+        println!("# {}\n{}\n", demo.revoke.what, demo.revoke.curl(&base));
     }
-    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    let app = match &demo {
+        Some(demo) => app(auth.clone()).merge(demo.router(auth)),
+        None => app(auth),
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
     Ok(())
 }

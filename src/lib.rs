@@ -41,6 +41,12 @@
 //! | gateway rate limit | 429 | `Retry-After: <seconds>` | 8 RESOURCE_EXHAUSTED |
 //! | gateway down, slow or answering garbage | 503 | `Retry-After: <seconds>` | 14 UNAVAILABLE |
 //!
+//! A response that streams (SSE, an MCP GET stream, a gRPC server stream) ends with its token:
+//! at the token's expiry, and within
+//! [`stream_recheck`](WachtAuthConfigBuilder::stream_recheck) (5 s) of an `invalidate` or a
+//! denial that covers its caller; a gRPC stream then ends with UNAUTHENTICATED in its trailers
+//! (see [`body::ResponseBody`]).
+//!
 //! Features: `axum` (default) makes [`Principal`] an extractor; `test-util` provides
 //! `testing::FakeGateway`, a real loopback server speaking the gateway protocol; `metrics`
 //! records the counters listed in [`telemetry`] through the `metrics` facade.

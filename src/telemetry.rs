@@ -13,6 +13,7 @@
 //! | `wacht_gateway_errors_total` | counter | `kind` | `timeout`, `connect`, `status`, `decode` |
 //! | `wacht_stale_served_total` | counter | | requests answered from the outage grace (`stale_if_error`) |
 //! | `wacht_refresh_total` | counter | `outcome` | background refresh-ahead checks: `allowed`, `invalid_token`, `failed` |
+//! | `wacht_streams_ended_total` | counter | `reason` | streamed responses this crate ended before their body did: `expired` (the token's `expires_at`), `invalidated`, `denied_client`, `revoked` (a denied JWT session or token id) |
 //! | `wacht_jwt_verifications_total` | counter | `outcome`, `reason` | local JWT verifications (cache misses of JWT access tokens): `outcome` is `allowed`, `invalid_token` or `unavailable`; `reason` is `none`, why it is unavailable (`no_jwks`: no key set loaded yet, `jwks_expired`: the key set is past `jwks_max_stale`, `kid_not_fetched`: no key set fetched since the token was issued holds its `kid`) or why the token was refused: `malformed`, `disallowed_alg`, `disallowed_header`, `unknown_kid`, `bad_signature`, `expired`, `not_yet_valid`, `lifetime_too_long`, `wrong_issuer`, `wrong_token_use`, `wrong_audience`, `user_mismatch`, `tenant_not_accepted`, `client_not_allowed`, `resource_audience_required` |
 //! | `wacht_jwks_fetches_total` | counter | `result`, `cause` | JWKS fetches: `result` is `ok` or `error`; `cause` is `initial`, `stale`, `unknown_kid` or `timer` |
 //! | `wacht_fleet_lookups_total` | counter | `result` | fleet mode, shared-tier lookups: `hit`, `rejected` (a shared 401), `miss`, `bad_mac` (an entry whose tag does not verify, ignored) |
@@ -80,6 +81,8 @@ pub mod names {
     pub const STALE_SERVED: &str = "wacht_stale_served_total";
     /// Background refreshes by `outcome`.
     pub const REFRESHES: &str = "wacht_refresh_total";
+    /// Streamed responses ended because their caller no longer stands, by `reason`.
+    pub const STREAMS_ENDED: &str = "wacht_streams_ended_total";
     /// Local JWT verifications by `outcome` and `reason`.
     pub const JWT_VERIFICATIONS: &str = "wacht_jwt_verifications_total";
     /// JWKS fetches by `result` and `cause`.
@@ -193,6 +196,12 @@ pub(crate) fn refresh(outcome: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::REFRESHES, "outcome" => outcome).increment(1);
     let _ = outcome;
+}
+
+pub(crate) fn stream_ended(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::STREAMS_ENDED, "reason" => reason).increment(1);
+    let _ = reason;
 }
 
 pub(crate) fn jwt_verification(outcome: &'static str, reason: &'static str) {

@@ -19,6 +19,26 @@ pub struct HelloReply {
     #[prost(string, repeated, tag = "3")]
     pub permissions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// How many ticks to send.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TicksRequest {
+    /// Ticks to send before the stream ends with OK; 0: no limit (the stream ends with the token).
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+}
+/// One tick of a stream.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Tick {
+    /// 1 for the first tick, then 2, 3, ...
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The OAuth client id (`oc_...`) the stream's access token was issued to.
+    #[prost(string, tag = "2")]
+    pub client_id: ::prost::alloc::string::String,
+    /// When that token expires (RFC 3339, UTC): the stream ends then at the latest.
+    #[prost(string, tag = "3")]
+    pub expires_at: ::prost::alloc::string::String,
+}
 /// Generated client implementations.
 pub mod greeter_client {
     #![allow(
@@ -152,6 +172,29 @@ pub mod greeter_client {
             req.extensions_mut().insert(GrpcMethod::new("greeter.v1.Greeter", "Shout"));
             self.inner.unary(req, path, codec).await
         }
+        /// Server streaming, for any caller with a valid access token: one tick a second, until
+        /// `count` ticks were sent, or until the token expires or is revoked (UNAUTHENTICATED).
+        pub async fn ticks(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TicksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Tick>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/greeter.v1.Greeter/Ticks");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("greeter.v1.Greeter", "Ticks"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -177,6 +220,18 @@ pub mod greeter_server {
             &self,
             request: tonic::Request<super::HelloRequest>,
         ) -> std::result::Result<tonic::Response<super::HelloReply>, tonic::Status>;
+        /// Server streaming response type for the Ticks method.
+        type TicksStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Tick, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Server streaming, for any caller with a valid access token: one tick a second, until
+        /// `count` ticks were sent, or until the token expires or is revoked (UNAUTHENTICATED).
+        async fn ticks(
+            &self,
+            request: tonic::Request<super::TicksRequest>,
+        ) -> std::result::Result<tonic::Response<Self::TicksStream>, tonic::Status>;
     }
     /// Greets the caller and names the OAuth client that made the call.
     #[derive(Debug)]
@@ -337,6 +392,52 @@ pub mod greeter_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/greeter.v1.Greeter/Ticks" => {
+                    #[allow(non_camel_case_types)]
+                    struct TicksSvc<T: Greeter>(pub Arc<T>);
+                    impl<
+                        T: Greeter,
+                    > tonic::server::ServerStreamingService<super::TicksRequest>
+                    for TicksSvc<T> {
+                        type Response = super::Tick;
+                        type ResponseStream = T::TicksStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TicksRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Greeter>::ticks(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TicksSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -9,10 +9,12 @@
 //! cache only holds entries tagged with the current generation, so every invalidation empties
 //! it at once.
 //!
-//! Records are needed only while an answer stamped before them can still be cached: they are
-//! dropped once older than the longest an entry lives (flight + ttl + outage grace). Past a
-//! bounded number of records, an invalidation voids everything older instead (safe, only
-//! costlier).
+//! Records are needed only while an answer stamped before them can still be cached or held by
+//! a streamed response: they are dropped once older than the longest an entry lives (flight +
+//! ttl + outage grace) and than a stream's recheck bound. A stream that was not polled for
+//! longer than that cannot tell whether a dropped record covered it
+//! ([`is_current_since`](Generations::is_current_since) says no). Past a bounded number of
+//! records, an invalidation voids everything older instead (safe, only costlier).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +38,8 @@ pub(crate) struct Generations {
     jwt_floor: AtomicU64,
     /// True while `records` may hold something: the common case takes no lock.
     has_records: AtomicBool,
+    /// The newest generation among the records dropped so far (0: none).
+    dropped: AtomicU64,
     records: Mutex<Records>,
     /// How long a record matters: the longest time from a gateway call's start to the end of
     /// the last cache entry made from its answer.
@@ -49,8 +53,9 @@ struct Records {
     /// JWT sessions (`sid`) and token ids (`jti`) cut off on this server.
     sessions: HashMap<Arc<str>, Voided>,
     token_ids: HashMap<Arc<str>, Voided>,
-    /// Every record in the order made, to drop expired ones from the front.
-    order: VecDeque<(Instant, Subject)>,
+    /// Every record in the order made (when, its generation, what), to drop expired ones from
+    /// the front.
+    order: VecDeque<(Instant, u64, Subject)>,
 }
 
 /// What a record voids.
@@ -75,14 +80,17 @@ impl Records {
         self.order.is_empty()
     }
 
-    /// Drops the records older than `keep` (a later record of the same subject stays).
-    fn prune(&mut self, now: Instant, keep: Duration) {
-        while let Some((at, _)) = self.order.front()
+    /// Drops the records older than `keep` (a later record of the same subject stays), and
+    /// returns the generation of the newest one dropped.
+    fn prune(&mut self, now: Instant, keep: Duration) -> Option<u64> {
+        let mut dropped = None;
+        while let Some((at, _, _)) = self.order.front()
             && now.duration_since(*at) >= keep
         {
-            let Some((at, subject)) = self.order.pop_front() else {
+            let Some((at, generation, subject)) = self.order.pop_front() else {
                 break;
             };
+            dropped = Some(generation);
             match subject {
                 Subject::Token(hash) => {
                     if self.tokens.get(&hash).is_some_and(|v| v.at == at) {
@@ -94,6 +102,7 @@ impl Records {
                 Subject::TokenId(id) => remove_if_at(&mut self.token_ids, &id, at),
             }
         }
+        dropped
     }
 }
 
@@ -119,6 +128,7 @@ impl Generations {
             floor: AtomicU64::new(0),
             jwt_floor: AtomicU64::new(0),
             has_records: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
             records: Mutex::new(Records::default()),
             keep,
         }
@@ -154,6 +164,13 @@ impl Generations {
             || voids(records.clients.get(grant.client_id.as_str()))
             || by_id(&records.sessions, grant.session_id.as_ref())
             || by_id(&records.token_ids, grant.token_id.as_ref()))
+    }
+
+    /// [`is_current`](Self::is_current) for an answer held since `stamp` by a streamed
+    /// response, and false as well when a record made after `stamp` has already been dropped:
+    /// the stream cannot tell whether it covered its answer.
+    pub(crate) fn is_current_since(&self, hash: &TokenHash, principal: &Principal, stamp: u64) -> bool {
+        self.dropped.load(Ordering::Acquire) <= stamp && self.is_current(hash, principal, stamp)
     }
 
     /// Voids every answer for this token obtained so far.
@@ -217,7 +234,9 @@ impl Generations {
         let mut records = self.lock();
         let now = Instant::now();
         let next = self.current.load(Ordering::Acquire) + 1;
-        records.prune(now, self.keep);
+        if let Some(dropped) = records.prune(now, self.keep) {
+            self.dropped.fetch_max(dropped, Ordering::AcqRel);
+        }
         if records.order.len() >= MAX_RECORDS {
             // Too many to track one by one: void everything older instead.
             self.floor.store(next, Ordering::Release);
@@ -230,7 +249,7 @@ impl Generations {
                     at: now,
                 },
             );
-            records.order.push_back((now, subject));
+            records.order.push_back((now, next, subject));
         }
         self.has_records.store(!records.is_empty(), Ordering::Release);
         self.current.store(next, Ordering::Release);
@@ -305,6 +324,26 @@ mod tests {
             "an opaque token's answer from before"
         );
         assert!(g.is_current(&hash, &jwt, g.current()), "a JWT answer from after");
+    }
+
+    #[test]
+    fn a_stream_that_missed_a_dropped_record_is_not_current() {
+        let (oc_1, a) = (&of("oc_1"), TokenHash::of("oat_a"));
+        let g = Generations::new(Duration::ZERO);
+        let before = g.current();
+        // A record about someone else, then another that drops it (it is older than `keep`).
+        g.invalidate_client("oc_2");
+        let checked = g.current();
+        g.invalidate_client("oc_3");
+        assert!(
+            g.is_current(&a, oc_1, before),
+            "a cached answer: the dropped record never covered it"
+        );
+        assert!(
+            !g.is_current_since(&a, oc_1, before),
+            "a stream that did not check since before the dropped record cannot tell"
+        );
+        assert!(g.is_current_since(&a, oc_1, checked), "it checked after that record");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(crate) struct Hit {
     pub(crate) principal: Principal,
     /// Set when this request should start the background refresh (refresh-ahead).
     pub(crate) refresh: Option<Arc<Refresh>>,
+    /// A generation the principal was current at (the stamp a stream of it starts from).
+    pub(crate) generation: u64,
 }
 
 /// What a single flight gave one waiting request.
@@ -80,6 +82,8 @@ pub(crate) struct DecisionCache {
     metrics: Metrics,
     ttl: Duration,
     refresh_ahead: Option<Duration>,
+    /// How often a streamed response asks whether its caller still stands.
+    stream_recheck: Duration,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -128,8 +132,10 @@ impl DecisionCache {
         let grace = settings
             .stale_if_error
             .map(|grace| OutageGrace::new(grace, settings.ttl, settings.max_cache_bytes, min_weight));
-        let keep_records =
-            longest_flight + settings.ttl + settings.stale_if_error.unwrap_or_default() + Duration::from_secs(5);
+        // A record must also outlive the gap between two checks of a streamed response.
+        let keep_records = (longest_flight + settings.ttl + settings.stale_if_error.unwrap_or_default())
+            .max(settings.stream_recheck)
+            .saturating_add(Duration::from_secs(5));
         DecisionCache {
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             positive: builder.build_with_hasher(DigestHasher),
@@ -140,6 +146,7 @@ impl DecisionCache {
             metrics: Metrics::new(),
             ttl: settings.ttl,
             refresh_ahead: settings.refresh_ahead.map(|w| w.min(settings.ttl)),
+            stream_recheck: settings.stream_recheck,
         }
     }
 
@@ -176,6 +183,7 @@ impl DecisionCache {
         Some(Hit {
             principal: entry.principal,
             refresh,
+            generation,
         })
     }
 
@@ -188,6 +196,18 @@ impl DecisionCache {
     /// voids it.
     pub(crate) fn stamp(&self) -> u64 {
         self.generations.current()
+    }
+
+    /// True unless an invalidation that covers this principal came after `stamp` (for a
+    /// streamed response holding it since then); false too when the record that could tell
+    /// has already been dropped.
+    pub(crate) fn still_current(&self, hash: &TokenHash, principal: &Principal, stamp: u64) -> bool {
+        self.generations.is_current_since(hash, principal, stamp)
+    }
+
+    /// How often a streamed response asks whether its caller still stands.
+    pub(crate) fn stream_recheck(&self) -> Duration {
+        self.stream_recheck
     }
 
     /// The cache entry for a verified grant: served until `min(now + ttl, its expiry, now +

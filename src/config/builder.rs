@@ -11,6 +11,9 @@ use crate::error::ConfigError;
 use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::DeploymentId;
 
+/// The longest [`stream_recheck`](WachtAuthConfigBuilder::stream_recheck) allowed.
+const MAX_STREAM_RECHECK: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Builder for [`WachtAuthConfig`]; see the defaults there.
 #[derive(Clone, Debug)]
 pub struct WachtAuthConfigBuilder {
@@ -270,6 +273,19 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// The longest a response that is still streaming (SSE, a chunked body, a gRPC server
+    /// stream; any body of unknown length) outlives an invalidation, a client denial or a
+    /// session / token-id denial that covers its caller, here or from another replica of the
+    /// fleet (default 5 s). Such a body is watched: it ends at the token's `expires_at`
+    /// whatever this says, and asks at most this often, and on a timer while idle, whether
+    /// its caller still stands. A plain HTTP body just ends; a gRPC stream ends with
+    /// `UNAUTHENTICATED` in its trailers. Bodies of known length are not watched. Must be
+    /// greater than zero and at most a day.
+    pub fn stream_recheck(mut self, bound: Duration) -> Self {
+        self.config.cache.stream_recheck = bound;
+        self
+    }
+
     /// OAuth client ids whose tokens are refused with 401 `invalid_token` even when the
     /// gateway allows them (the gateway does not check whether a client is still active). The
     /// list can be changed at run time with [`Verifier::deny_client`](crate::Verifier::deny_client).
@@ -343,10 +359,14 @@ impl WachtAuthConfigBuilder {
             ("max_capacity", c.cache.max_capacity == 0),
             ("connect_timeout", c.gateway.connect_timeout.is_zero()),
             ("request_timeout", c.gateway.request_timeout.is_zero()),
+            ("stream_recheck", c.cache.stream_recheck.is_zero()),
         ] {
             if is_zero {
                 return Err(ConfigError::invalid(name, "must be greater than zero"));
             }
+        }
+        if c.cache.stream_recheck > MAX_STREAM_RECHECK {
+            return Err(ConfigError::invalid("stream_recheck", "must be at most a day"));
         }
         if c.pins.expected_audience.is_none()
             && let Some(m) = &c.challenge.resource_metadata

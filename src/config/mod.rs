@@ -72,6 +72,7 @@ impl fmt::Display for ApiKey {
 /// | `negative_max_capacity` | 10 000 | rejected tokens kept (separate, so junk cannot evict good entries) |
 /// | `stale_if_error` | off | fail closed on gateway outages; opt in to a bounded grace |
 /// | `refresh_ahead` | off | no background re-verification of hot tokens before their entry ends |
+/// | `stream_recheck` | 5 s | a response still streaming (SSE, chunked, a gRPC stream) ends at its token's expiry, and at most this long after an invalidation or denial that covers it |
 /// | `connect_timeout` / `request_timeout` | 1 s / 3 s | a slow gateway gives 503 after this, never a hang |
 /// | `unavailable_retry_after` | 5 s | `Retry-After` on 503 |
 /// | `max_inflight_gateway_calls` | 256 | a miss beyond this many gateway calls in flight gets 503 at once (floods of random tokens) |
@@ -154,6 +155,10 @@ pub(crate) struct CacheSettings {
     pub(crate) negative_max_capacity: u64,
     pub(crate) stale_if_error: Option<Duration>,
     pub(crate) refresh_ahead: Option<Duration>,
+    /// How often a streamed response asks whether its caller still stands (the longest it
+    /// outlives an invalidation or denial): a verdict held by a stream, as `ttl` bounds one
+    /// held by the cache.
+    pub(crate) stream_recheck: Duration,
 }
 
 impl Default for CacheSettings {
@@ -166,6 +171,7 @@ impl Default for CacheSettings {
             negative_max_capacity: 10_000,
             stale_if_error: None,
             refresh_ahead: None,
+            stream_recheck: Duration::from_secs(5),
         }
     }
 }

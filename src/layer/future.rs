@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: the inner service's future, a refusal, or a verification followed by
-//! the inner call. No boxing except the verification of a miss.
+//! the inner call. No boxing except the verification of a miss, and a streamed response's
+//! watch (see [`stream`](super::stream)).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,13 +10,16 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::stream::Caller;
 use crate::body::ResponseBody;
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
+use crate::verify::Ticket;
 
 pin_project! {
     /// Response future of [`WachtAuth`](super::WachtAuth).
@@ -34,8 +38,9 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            // Whose challenge a handler's own `AuthError` response is given.
-            principal: Option<Principal>,
+            // Whose challenge a handler's own `AuthError` response is given, and whose token a
+            // streamed response lives with.
+            caller: Option<Caller>,
         },
         Refused { response: Option<Response<Full<Bytes>>> },
         Verifying {
@@ -43,6 +48,7 @@ pin_project! {
             request: Option<Request<ReqB>>,
             service: Option<S>,
             challenge: Arc<ChallengeParams>,
+            ticket: Option<Ticket>,
         },
     }
 }
@@ -51,9 +57,9 @@ impl<S, ReqB> ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    pub(super) fn inner(future: S::Future, principal: Option<Principal>) -> Self {
+    pub(super) fn inner(future: S::Future, caller: Option<Caller>) -> Self {
         ResponseFuture {
-            state: State::Inner { future, principal },
+            state: State::Inner { future, caller },
         }
     }
 
@@ -70,6 +76,7 @@ where
         request: Request<ReqB>,
         service: S,
         challenge: Arc<ChallengeParams>,
+        ticket: Ticket,
     ) -> Self {
         ResponseFuture {
             state: State::Verifying {
@@ -77,6 +84,7 @@ where
                 request: Some(request),
                 service: Some(service),
                 challenge,
+                ticket: Some(ticket),
             },
         }
     }
@@ -85,6 +93,7 @@ where
 impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
 {
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
@@ -92,15 +101,16 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Inner { future, principal } => {
+                StateProj::Inner { future, caller } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(principal) = principal
-                        && !response.extensions().is_empty()
-                    {
+                    let Some(caller) = caller.take() else {
+                        return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    };
+                    if !response.extensions().is_empty() {
                         // A handler that answered with an `AuthError` gets this layer's challenge.
-                        rechallenge(&mut response, principal.challenge());
+                        rechallenge(&mut response, caller.principal().challenge());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(caller.respond(response)));
                 }
                 StateProj::Refused { response } => return Poll::Ready(Ok(ResponseBody::refused(response))),
                 StateProj::Verifying {
@@ -108,9 +118,11 @@ where
                     request,
                     service,
                     challenge,
+                    ticket,
                 } => {
                     let outcome = ready!(verify.as_mut().poll(cx));
-                    let (Some(mut req), Some(mut svc)) = (request.take(), service.take()) else {
+                    let (Some(mut req), Some(mut svc), Some(ticket)) = (request.take(), service.take(), ticket.take())
+                    else {
                         // Polled again after completion: answer like an unavailable gateway.
                         let error = AuthError::Unavailable {
                             retry_after: std::time::Duration::from_secs(1),
@@ -124,10 +136,11 @@ where
                     match outcome {
                         Ok(principal) => {
                             req.extensions_mut().insert(principal.clone());
+                            let caller = Caller::new(principal, ticket, req.version());
                             let future = svc.call(req);
                             state.set(State::Inner {
                                 future,
-                                principal: Some(principal),
+                                caller: Some(caller),
                             });
                         }
                         Err(error) => {

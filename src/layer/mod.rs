@@ -13,6 +13,7 @@
 
 pub(crate) mod future;
 mod service;
+mod stream;
 
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@ use tower_service::Service;
 
 use super::Shared;
 use super::future::ResponseFuture;
+use super::stream::Caller;
 use crate::body::ResponseBody;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
 use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
@@ -67,10 +68,11 @@ where
             .verifier
             .authenticate(credential, req.headers(), req.extensions())
         {
-            Authentication::Hit(principal) => {
+            Authentication::Hit(principal, ticket) => {
                 strip_authorization(req.headers_mut(), shared.keep_authorization_header);
                 req.extensions_mut().insert(principal.clone());
-                ResponseFuture::inner(self.inner.call(req), Some(principal))
+                let caller = Caller::new(principal, ticket, req.version());
+                ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
             Authentication::Refused(error) => self.refuse(&req, *error),
             Authentication::Miss(miss) => {
@@ -84,7 +86,8 @@ where
                 let fresh = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, fresh);
                 let challenge = Arc::clone(shared.verifier.challenge());
-                ResponseFuture::verifying(miss.verify(token), req, service, challenge)
+                let ticket = miss.ticket();
+                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket)
             }
         }
     }

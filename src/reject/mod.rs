@@ -13,7 +13,9 @@ use http::StatusCode;
 pub use self::challenge::ChallengeParams;
 #[cfg(feature = "axum")]
 pub(crate) use self::render::RenderedAuthError;
-pub(crate) use self::render::{Anonymous, BodyRefusal, challenge_of, is_grpc, rechallenge, refusal, render};
+pub(crate) use self::render::{
+    Anonymous, BodyRefusal, challenge_of, grpc_trailers, is_grpc, rechallenge, refusal, render,
+};
 
 /// Why a request was refused.
 ///

@@ -193,11 +193,26 @@ fn grpc(code: u8, message: &str) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    set_grpc_status(headers, code, message);
+    response
+}
+
+/// `grpc-status` and the percent-encoded `grpc-message`.
+fn set_grpc_status(headers: &mut HeaderMap, code: u8, message: &str) {
     headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
     if let Ok(message) = HeaderValue::from_str(&percent_encode_grpc_message(message)) {
         headers.insert("grpc-message", message);
     }
-    response
+}
+
+/// The trailers that end a gRPC response whose caller no longer stands (a stream cut at its
+/// token's expiry or after a revocation): the refusal's `grpc-status` and `grpc-message`,
+/// and its challenge as `www-authenticate`, like a trailers-only refusal's headers.
+pub(crate) fn grpc_trailers(error: &AuthError, challenge: &ChallengeParams) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(3);
+    set_grpc_status(&mut trailers, error.grpc_code(), &error.to_string());
+    set_challenge(error, challenge, &mut trailers);
+    trailers
 }
 
 /// gRPC `grpc-message` encoding: UTF-8 bytes outside %x20-%x24 / %x26-%x7E are percent-encoded.
@@ -220,6 +235,16 @@ mod tests {
     #[test]
     fn grpc_message_is_percent_encoded() {
         assert_eq!(percent_encode_grpc_message("a b%c\né"), "a b%25c%0A%C3%A9");
+    }
+
+    #[test]
+    fn a_stream_cut_short_ends_with_unauthenticated_trailers() {
+        let error = AuthError::InvalidToken(super::super::InvalidTokenReason::Expired);
+        let trailers = grpc_trailers(&error, &ChallengeParams::default());
+        assert_eq!(trailers["grpc-status"], "16");
+        assert_eq!(trailers["grpc-message"], "invalid token: The access token has expired.");
+        let challenge = trailers[WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""));
     }
 
     #[test]

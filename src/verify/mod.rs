@@ -9,6 +9,7 @@
 //! * [`decide`]: a verdict → a cache entry or a refusal, through the pins and the deny list.
 //! * [`revoked`]: the JWT session and token-id denials.
 //! * [`refresh`]: refresh-ahead in the background.
+//! * [`stream`]: what a streamed response asks, later, about its caller.
 
 mod decide;
 #[cfg(feature = "redis")]
@@ -17,6 +18,7 @@ mod miss;
 mod refresh;
 mod revoked;
 mod source;
+mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -28,6 +30,7 @@ use http::{Extensions, HeaderMap};
 use self::decide::{DenyList, Pins};
 use self::miss::MissContext;
 use self::revoked::RevokedIds;
+pub(crate) use self::stream::Ticket;
 use crate::cache::DecisionCache;
 use crate::change::{Change, ChangeOutcome};
 use crate::config::{GatewaySettings, WachtAuthConfig};
@@ -37,11 +40,11 @@ use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::token::{BearerToken, Credential, OwnedBearer, TokenHash, parse_token};
 
-/// What [`Verifier::authenticate`] found for a request's token. Two words: the rare cases
-/// are boxed, so the hit path moves nothing large.
+/// What [`Verifier::authenticate`] found for a request's token. The rare cases are boxed,
+/// so the hit path moves nothing large (a principal and its stream's ticket).
 pub(crate) enum Authentication {
-    /// A cached principal: serve it now.
-    Hit(Principal),
+    /// A cached principal: serve it now; the ticket is for its response, if streamed.
+    Hit(Principal, Ticket),
     /// Not cached: verify it with [`Miss::verify`].
     Miss(Box<Miss>),
     /// Refused without asking anyone.
@@ -54,6 +57,8 @@ pub(crate) struct Miss {
     hash: TokenHash,
     ctx: MissContext,
     started: Instant,
+    /// The generation when the request began (its stream's [`Ticket`]).
+    stamp: u64,
 }
 
 impl Miss {
@@ -199,7 +204,7 @@ impl Verifier {
                 // re-verification; it is served from the cache like every other.
                 self.spawn_refresh(token, hash, MissContext::of(&self.settings, headers, extensions));
             }
-            return Authentication::Hit(hit.principal);
+            return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
         }
         let Ok(token) = credential.validate() else {
             return Authentication::Refused(Box::new(AuthError::InvalidToken(InvalidTokenReason::Malformed)));
@@ -212,6 +217,7 @@ impl Verifier {
             hash,
             ctx: MissContext::of(&self.settings, headers, extensions),
             started: Instant::now(),
+            stamp: self.cache.stamp(),
         }))
     }
 

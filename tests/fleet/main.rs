@@ -15,3 +15,4 @@ mod proxy;
 mod resp;
 mod setup;
 mod sharing;
+mod streams;

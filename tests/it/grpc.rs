@@ -8,9 +8,7 @@
 use crate::common;
 use crate::common::h2::Raw;
 
-#[allow(dead_code)]
-#[path = "../../examples/grpc_server.rs"]
-mod grpc_server;
+use crate::grpc_server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -650,7 +648,10 @@ async fn concurrent_calls_with_one_new_token_make_one_gateway_call() {
 
 #[tokio::test]
 async fn every_printed_demo_call_answers_as_documented() {
-    let (gateway, config, calls) = grpc_server::demo().await.expect("demo starts");
+    // The short-lived token expires 2 s after the start here (2 minutes in the example).
+    let (gateway, config, calls) = grpc_server::demo_with(Duration::from_secs(2))
+        .await
+        .expect("demo starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(grpc_server::serve(
@@ -659,7 +660,7 @@ async fn every_printed_demo_call_answers_as_documented() {
         std::future::pending(),
     ));
     let mut client = connect(addr).await;
-    assert_eq!(calls.len(), 5);
+    assert_eq!(calls.len(), 7);
     assert!(calls.iter().any(|c| c.method == "Shout" && c.expect == Code::Ok));
     assert!(
         calls
@@ -683,6 +684,38 @@ async fn every_printed_demo_call_answers_as_documented() {
         if let Some(a) = &authorization {
             assert!(command.contains(&format!("-H 'authorization: {a}'")), "{command}");
         }
+        assert!(command.contains(&format!(" -d '{}' ", call.data)), "{command}");
+        if call.method == "Ticks" {
+            let request: grpc_server::pb::TicksRequest = match call.data {
+                "{}" => grpc_server::pb::TicksRequest { count: 0 },
+                r#"{"count":3}"# => grpc_server::pb::TicksRequest { count: 3 },
+                other => panic!("unexpected Ticks request {other}"),
+            };
+            let mut request = tonic::Request::new(request);
+            if let Some(a) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", a.parse().expect("ascii"));
+            }
+            let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+                let mut stream = client.ticks(request).await?.into_inner();
+                let mut ticks = 0;
+                while stream.message().await?.is_some() {
+                    ticks += 1;
+                }
+                Ok::<_, Status>(ticks)
+            })
+            .await
+            .expect("the Ticks stream ends");
+            match outcome {
+                Ok(ticks) => {
+                    assert_eq!(call.expect, Code::Ok, "{}: {command}", call.what);
+                    assert_eq!(ticks, 3, "{}", call.what);
+                }
+                Err(status) => assert_eq!(status.code(), call.expect, "{}: {command}: {status:?}", call.what),
+            }
+            continue;
+        }
         let request = hello(authorization.as_deref());
         let result = match call.method {
             "SayHello" => client.say_hello(request).await,
@@ -704,7 +737,7 @@ async fn every_printed_demo_call_answers_as_documented() {
     }
     assert_eq!(
         gateway.calls(),
-        3,
-        "two demo tokens and one unknown token, each checked once"
+        4,
+        "three demo tokens and one unknown token, each checked once"
     );
 }

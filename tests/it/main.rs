@@ -12,6 +12,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// The gRPC example's server, shared by the `grpc` and `streams` suites.
+#[allow(dead_code)]
+#[path = "../../examples/grpc_server.rs"]
+mod grpc_server;
 
 mod custom_gateway;
 mod dev_issuer;
@@ -22,4 +26,5 @@ mod layer_http;
 mod mcp_server;
 mod quickstart;
 mod reliability;
+mod streams;
 mod tower_contract;

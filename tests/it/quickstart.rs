@@ -6,6 +6,8 @@ use crate::common;
 #[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
+use std::time::Duration;
+
 use tower_wacht::WachtAuthLayer;
 
 #[tokio::test]
@@ -15,6 +17,7 @@ async fn every_printed_demo_call_answers_as_documented() {
         issuer,
         config,
         calls,
+        ..
     } = quickstart::demo().await.unwrap();
     let addr = common::serve(quickstart::app(WachtAuthLayer::new(config).unwrap())).await;
     let base = format!("http://{addr}");
@@ -63,4 +66,67 @@ async fn every_printed_demo_call_answers_as_documented() {
         "opaque tokens only: the JWTs never reach the gateway"
     );
     assert!(issuer.fetches() >= 1, "the JWT was verified against the issuer's JWKS");
+}
+
+/// Reads an SSE response until it ends cleanly (bounded, so a stream that never ends fails);
+/// returns how many events came.
+async fn events_until_end(mut response: reqwest::Response) -> usize {
+    let mut events = 0;
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = response.chunk().await.expect("a clean end, not a broken connection") {
+            events += String::from_utf8_lossy(&chunk).matches("event: tick").count();
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream was not ended ({events} events)");
+    events
+}
+
+#[tokio::test]
+async fn the_printed_streams_end_with_their_tokens() {
+    // The short-lived token expires 2 s after the start here (2 minutes in the example).
+    let demo = quickstart::demo_with(Duration::from_secs(2)).await.unwrap();
+    let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
+    let addr = common::serve(quickstart::app(auth.clone()).merge(demo.router(auth))).await;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    assert_eq!(demo.streams.len(), 2);
+    let mut open = Vec::new();
+    for call in &demo.streams {
+        let curl = call.curl_stream(&base);
+        let token = call.token.as_deref().expect("streams need a token");
+        assert!(
+            curl.starts_with("curl -N -i ") && curl.contains(&format!("Authorization: Bearer {token}")),
+            "{curl}"
+        );
+        let resp = http
+            .get(format!("{base}{}", call.path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), call.expect_status, "{}", call.what);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        open.push(resp);
+    }
+    let revocable = open.pop().expect("the stream to revoke");
+    let short = open.pop().expect("the short-lived stream");
+
+    // The short-lived token's stream ends when the token expires.
+    assert!(events_until_end(short).await >= 1);
+
+    // The revoke command answers 204, and the revoked token's stream ends.
+    let revoke = &demo.revoke;
+    assert_eq!(revoke.curl(&base), format!("curl -i -X POST {base}/demo/revoke"));
+    let resp = http.post(format!("{base}{}", revoke.path)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), revoke.expect_status);
+    assert!(events_until_end(revocable).await >= 1);
+    // Asked again, the revoked token gets 401.
+    let resp = http
+        .get(format!("{base}/events"))
+        .bearer_auth(&demo.revocable)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
 }

@@ -15,7 +15,7 @@ use tonic::transport::Server;
 use tower_wacht::{Principal, RequireMethodPermissionsLayer, WachtAuthLayer};
 
 use crate::grpc_server::pb::greeter_server::{Greeter, GreeterServer};
-use crate::grpc_server::pb::{HelloReply, HelloRequest};
+use crate::grpc_server::pb::{HelloReply, HelloRequest, Tick, TicksRequest};
 
 /// How long any single exchange may take before the test fails instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -66,6 +66,17 @@ impl Greeter for RecordingGreeter {
 
     async fn shout(&self, request: tonic::Request<HelloRequest>) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         self.say_hello(request).await
+    }
+
+    type TicksStream = futures_util::stream::Empty<Result<Tick, tonic::Status>>;
+
+    /// Records the run; no ticks.
+    async fn ticks(
+        &self,
+        request: tonic::Request<TicksRequest>,
+    ) -> Result<tonic::Response<Self::TicksStream>, tonic::Status> {
+        self.0.record(request.extensions().get::<Principal>());
+        Ok(tonic::Response::new(futures_util::stream::empty()))
     }
 }
 

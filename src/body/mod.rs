@@ -1,4 +1,7 @@
-//! [`ResponseBody`]: the inner service's body, or a rejection written by this crate.
+//! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`), or a
+//! rejection written by this crate.
+
+pub(crate) mod watch;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,9 +12,19 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+pub(crate) use self::watch::Standing;
+use self::watch::Watch;
+
 pin_project! {
     /// Response body of [`WachtAuthLayer`](crate::WachtAuthLayer) and the guards: the inner
-    /// service's body on success, or a small in-memory rejection body. No boxing either way.
+    /// service's body on success, or a small in-memory rejection body.
+    ///
+    /// Behind the layer, a body of unknown length (SSE, a chunked body, a gRPC stream) of a
+    /// verified caller is watched: it ends at the token's `expires_at`, and within
+    /// [`stream_recheck`](crate::WachtAuthConfigBuilder::stream_recheck) of an invalidation or
+    /// denial that covers the caller. An HTTP body then just ends; a gRPC response ends with
+    /// `grpc-status: 16` (`UNAUTHENTICATED`) in its trailers. Only a watched body is boxed
+    /// (once, when the response arrives); a frame costs it one comparison.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -22,6 +35,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        Watched { #[pin] body: B, watch: Box<Watch<dyn Standing>> },
         Rejection { #[pin] body: Full<Bytes> },
     }
 }
@@ -30,6 +44,16 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         ResponseBody {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// The inner body, ended when `standing` says its caller no longer stands.
+    pub(crate) fn watched(body: B, standing: impl Standing + 'static) -> Self {
+        ResponseBody {
+            kind: Kind::Watched {
+                body,
+                watch: Box::new(Watch::new(standing)),
+            },
         }
     }
 
@@ -64,6 +88,7 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Watched { body, watch } => watch.poll_frame(body, cx),
             KindProj::Rejection { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -76,6 +101,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
+            Kind::Watched { body, watch } => watch.is_end_stream(body),
             Kind::Rejection { body } => body.is_end_stream(),
         }
     }
@@ -83,6 +109,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
+            Kind::Watched { body, watch } => watch.size_hint(body),
             Kind::Rejection { body } => body.size_hint(),
         }
     }

@@ -1,0 +1,99 @@
+//! [`Caller`]: the verified caller a response is for, and which responses live with its token.
+//!
+//! A response body of unknown length (SSE, a chunked body, a gRPC stream) is a stream: it is
+//! watched ([`ResponseBody::watched`]) and ends at the token's expiry, or once the verifier
+//! says the caller no longer stands (asked at most every `stream_recheck`). A body that is
+//! already over, or whose length is known, answers a request that was authorized and is
+//! passed as it is, with nothing boxed.
+//!
+//! How a stream ends: an HTTP body just ends (a last chunk, an HTTP/2 `END_STREAM`), with no
+//! bytes added: the layer cannot know where the application's framing (an SSE event, an
+//! NDJSON line) stands, and a client that reconnects presents its token again and learns why
+//! from the 401. A gRPC response (HTTP/2, `content-type: application/grpc*`, as `reject`
+//! decides for requests) ends with `grpc-status: 16` (`UNAUTHENTICATED`), `grpc-message` and
+//! `www-authenticate` in its trailers.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Response, Version};
+use http_body::Body;
+
+use crate::body::{ResponseBody, Standing};
+use crate::principal::Principal;
+use crate::reject::{AuthError, grpc_trailers, is_grpc};
+use crate::verify::Ticket;
+
+/// The verified caller of a request, held by its response future until the response arrives.
+pub(crate) struct Caller {
+    principal: Principal,
+    ticket: Ticket,
+    /// The request's HTTP version (a gRPC response needs HTTP/2).
+    version: Version,
+}
+
+impl Caller {
+    pub(crate) fn new(principal: Principal, ticket: Ticket, version: Version) -> Self {
+        Caller {
+            principal,
+            ticket,
+            version,
+        }
+    }
+
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The response, its body watched if it is a stream.
+    pub(crate) fn respond<B: Body>(self, response: Response<B>) -> Response<ResponseBody<B>> {
+        let body = response.body();
+        if body.is_end_stream() || body.size_hint().exact().is_some() {
+            return response.map(ResponseBody::inner);
+        }
+        let grpc = is_grpc(self.version, response.headers());
+        let now = Instant::now();
+        // The token's expiry on the monotonic clock, once: the deadlines never disagree.
+        let expires = self
+            .principal
+            .expires_at()
+            .duration_since(SystemTime::now())
+            .map_or(Some(now), |left| now.checked_add(left));
+        let every = self.ticket.recheck_every();
+        let stream = Stream {
+            principal: self.principal,
+            ticket: self.ticket,
+            expires,
+            every,
+            grpc,
+        };
+        response.map(|body| ResponseBody::watched(body, stream))
+    }
+}
+
+/// What a watched body asks: the verifier, through the ticket, and the token's expiry.
+struct Stream {
+    principal: Principal,
+    ticket: Ticket,
+    /// `None`: further than this clock can say.
+    expires: Option<Instant>,
+    every: Duration,
+    grpc: bool,
+}
+
+impl Standing for Stream {
+    fn check(&mut self) -> Result<Instant, Option<HeaderMap>> {
+        let now = Instant::now();
+        let expired = self.expires.is_some_and(|at| now >= at);
+        match self.ticket.check(&self.principal, expired) {
+            // `every` is at least a nanosecond and at most a day (the builder's rule), and the
+            // expiry is later than now: the next deadline is always in the future.
+            Ok(()) => {
+                let next = now.checked_add(self.every).unwrap_or(now + Duration::from_nanos(1));
+                Ok(self.expires.map_or(next, |expires| expires.min(next)))
+            }
+            Err(reason) => Err(self
+                .grpc
+                .then(|| grpc_trailers(&AuthError::InvalidToken(reason), self.principal.challenge()))),
+        }
+    }
+}
