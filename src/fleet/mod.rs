@@ -55,6 +55,7 @@ mod records;
 mod store;
 mod sync;
 mod view;
+mod voids;
 mod writer;
 
 use std::fmt;

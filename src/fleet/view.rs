@@ -12,10 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::codec::Link;
 use super::records::{Change, Entry, Incarnation, Sender, Stamp, from_unix_millis};
+use super::voids::{MAX_VOIDS, Voids};
 use crate::token::TokenHash;
 
-/// Most void records kept; past it, older answers are voided wholesale (safe, costlier).
-const MAX_VOIDS: usize = 65_536;
 /// Most client records kept (denied and allowed ones; allowed ones are forgotten first).
 const MAX_CLIENTS: usize = 100_000;
 /// Most unwritten changes of other replicas tracked.
@@ -416,95 +415,6 @@ fn same_subject(a: &Change, b: &Change) -> bool {
     }
 }
 
-/// Invalidations by log position, kept while an answer stamped before them can still live.
-#[derive(Debug)]
-struct Voids {
-    tokens: HashMap<TokenHash, u64>,
-    clients: HashMap<String, u64>,
-    /// Answers stamped below this are void (invalidate-all, a reset, or pruning past the
-    /// bound).
-    floor: u64,
-    order: VecDeque<(Instant, u64, Subject)>,
-    keep: Duration,
-}
-
-#[derive(Debug)]
-enum Subject {
-    Token(TokenHash),
-    Client(String),
-}
-
-impl Voids {
-    fn new(keep: Duration) -> Self {
-        Voids {
-            tokens: HashMap::new(),
-            clients: HashMap::new(),
-            floor: 0,
-            order: VecDeque::new(),
-            keep,
-        }
-    }
-
-    fn covers(&self, stamp: u64, hash: &TokenHash, client: &str) -> bool {
-        stamp < self.floor
-            || self.tokens.get(hash).is_some_and(|v| stamp < *v)
-            || self.clients.get(client).is_some_and(|v| stamp < *v)
-    }
-
-    fn token(&mut self, hash: TokenHash, seq: u64, now: Instant) {
-        self.prune(now);
-        self.tokens.insert(hash, seq);
-        self.order.push_back((now, seq, Subject::Token(hash)));
-    }
-
-    fn client(&mut self, client: &str, seq: u64, now: Instant) {
-        self.prune(now);
-        self.clients.insert(client.to_owned(), seq);
-        self.order.push_back((now, seq, Subject::Client(client.to_owned())));
-    }
-
-    fn all(&mut self, seq: u64) {
-        self.reset(seq);
-    }
-
-    fn reset(&mut self, floor: u64) {
-        self.floor = self.floor.max(floor);
-        self.tokens.clear();
-        self.clients.clear();
-        self.order.clear();
-    }
-
-    /// Forgets records older than `keep`; past the bound, voids everything up to the oldest
-    /// record dropped.
-    fn prune(&mut self, now: Instant) {
-        while let Some((at, seq, _)) = self.order.front() {
-            let expired = now.duration_since(*at) >= self.keep;
-            if !expired && self.order.len() < MAX_VOIDS {
-                break;
-            }
-            if !expired {
-                self.floor = self.floor.max(*seq);
-            }
-            let Some((_, seq, subject)) = self.order.pop_front() else {
-                break;
-            };
-            // A later record of the same subject stays.
-            match subject {
-                Subject::Token(hash) => {
-                    if self.tokens.get(&hash) == Some(&seq) {
-                        self.tokens.remove(&hash);
-                    }
-                }
-                Subject::Client(id) => {
-                    if self.clients.get(&id) == Some(&seq) {
-                        self.clients.remove(&id);
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,25 +595,5 @@ mod tests {
             seq: 99,
         };
         assert!(!view.answer_is_current(other_incarnation, &hash, "c"));
-    }
-
-    #[test]
-    fn expired_voids_are_forgotten_and_too_many_raise_the_floor() {
-        let mut voids = Voids::new(Duration::from_millis(10));
-        let t0 = Instant::now();
-        let hash = TokenHash::of("oat_x");
-        voids.token(hash, 5, t0);
-        assert!(voids.covers(4, &hash, "c"));
-        voids.client("c", 6, t0 + Duration::from_millis(20));
-        assert!(!voids.covers(4, &hash, "d"), "the token's record expired");
-        let mut voids = Voids::new(Duration::from_secs(600));
-        for seq in 0..(MAX_VOIDS as u64 + 10) {
-            voids.client(&format!("c{seq}"), seq, t0);
-        }
-        assert!(voids.order.len() <= MAX_VOIDS);
-        assert!(
-            voids.covers(3, &hash, "unrelated"),
-            "pruned past the bound: void wholesale"
-        );
     }
 }
