@@ -5,6 +5,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// The gRPC example's server, for a server stream ended from another replica.
+#[allow(dead_code)]
+#[path = "../../examples/grpc_server.rs"]
+mod grpc_server;
 
 mod announcements;
 mod chaos;

@@ -1,5 +1,6 @@
-//! A stream opened on one replica ends when another replica invalidates its token or denies
-//! its client: the fleet's changes reach open streams as they reach the cache.
+//! A stream opened on one replica (SSE, a gRPC server stream) ends when another replica
+//! invalidates its token or denies its client: the fleet's changes reach open streams as they
+//! reach the cache.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -109,4 +110,69 @@ async fn a_stream_on_one_replica_ends_after_a_change_made_on_another() {
             "an uncovered stream stopped: {chunk:?}"
         );
     }
+}
+
+/// A gRPC server stream (the example's `Ticks`, a real Tonic client) on one replica ends with
+/// `UNAUTHENTICATED` when another replica denies its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_on_one_replica_ends_unauthenticated_after_a_denial_on_another() {
+    use crate::grpc_server::pb::TicksRequest;
+    use crate::grpc_server::pb::greeter_client::GreeterClient;
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let config = replica_config(&gateway, fleet_config(&redis), "/")
+        .to_builder()
+        .stream_recheck(Duration::from_millis(300))
+        .build()
+        .expect("valid config");
+    let auth = WachtAuthLayer::new(config).expect("layer builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(crate::grpc_server::serve(
+        listener,
+        auth.clone(),
+        std::future::pending(),
+    ));
+    let other = crate::harness::replica(&gateway, fleet_config(&redis), "/").await;
+    wait_connected(&other).await;
+    let started = std::time::Instant::now();
+    while !auth.verifier().fleet_connected() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the fleet did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the Tonic client connects");
+    let client = "oc_fleetGrpcStreamDenied0000001";
+    let t = token(&gateway, client);
+    let mut request = tonic::Request::new(TicksRequest { count: 0 });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+    let mut stream = GreeterClient::new(channel)
+        .ticks(request)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("a tick in time");
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+
+    assert_eq!(other.auth.deny_client(client).await, ChangeOutcome::Durable);
+    let status = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended with OK, not UNAUTHENTICATED"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream was not ended");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 }
