@@ -38,8 +38,8 @@ pub enum ChangeOutcome {
     Queued(QueueReason),
     /// Nothing to change (an allow of a client that is not denied).
     Unchanged,
-    /// Not kept for the fleet, for the reason given (a denial is still in force on this
-    /// server and on the replicas that heard it; an allow is nowhere).
+    /// Not kept for the fleet, for the reason given (a denial refused for a full queue is
+    /// still in force on this server alone; an allow is nowhere).
     Refused(RefusalReason),
 }
 
@@ -133,8 +133,9 @@ pub(crate) enum Change {
     /// re-asserted after Redis lost state keeps its first version). `0` in the outbox: the
     /// version is the entry's own sequence number.
     Deny { client: String, version: u64 },
-    /// A client's denial `lifts` is lifted; a newer denial is not.
-    Allow { client: String, lifts: u64 },
+    /// A client's denial `lifts` is lifted; a newer denial is not. `version` as for `Deny`
+    /// (an allow re-asserted after Redis lost state keeps its first version).
+    Allow { client: String, lifts: u64, version: u64 },
     /// A JWT session (`sid`) is denied until `until` (Unix milliseconds).
     DenySession { id: String, until: u64 },
     /// A JWT token id (`jti`) is denied until `until`.

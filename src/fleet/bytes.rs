@@ -107,10 +107,11 @@ impl Writer {
                 self.str(client);
                 self.u64(*version);
             }
-            Change::Allow { client, lifts } => {
+            Change::Allow { client, lifts, version } => {
                 self.u8(5);
                 self.str(client);
                 self.u64(*lifts);
+                self.u64(*version);
             }
             Change::DenySession { id, until } => {
                 self.u8(6);
@@ -198,6 +199,7 @@ impl<'a> Reader<'a> {
             5 => Change::Allow {
                 client: self.str()?.to_owned(),
                 lifts: self.u64()?,
+                version: self.u64()?,
             },
             6 => Change::DenySession {
                 id: self.str()?.to_owned(),

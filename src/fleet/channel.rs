@@ -127,9 +127,10 @@ impl Fleet {
         let mut messages = pubsub.on_message();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let silence = self.config.heartbeat * 3;
-        let (mut heard, mut read) = (Instant::now(), Instant::now());
+        let (mut heard, mut read, mut beat) = (Instant::now(), Instant::now(), Instant::now());
         let mut ticks = 0u32;
         loop {
+            // Time spent reading the log is not silence: notices wait meanwhile.
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { return };
@@ -137,21 +138,29 @@ impl Fleet {
                     self.hear(message.get_payload_bytes()).await;
                 }
                 () = self.wake.notified() => {
+                    let started = Instant::now();
                     if self.read_log().await {
                         read = Instant::now();
                     }
+                    heard = heard.max(started);
                 }
                 _ = heartbeat.tick() => {
                     if !self.owner_alive() || heard.elapsed() > silence {
                         return;
                     }
+                    let started = Instant::now();
                     if self.read_log().await {
                         read = Instant::now();
                         self.touch();
                     } else if read.elapsed() > silence {
                         return;
                     }
-                    self.beat(ticks).await;
+                    heard = heard.max(started);
+                    // Busy since the last beat (a long read): the other replicas were not
+                    // silent, this one was not listening; nothing is taken over this time.
+                    let listening = beat.elapsed() <= self.config.heartbeat * 2;
+                    self.beat(ticks, listening).await;
+                    beat = Instant::now();
                     ticks = ticks.wrapping_add(1);
                 }
             }
@@ -178,6 +187,7 @@ impl Fleet {
         if !self.view().fresh(from, now, unix_millis(SystemTime::now()), window) {
             tracing::warn!("fleet: ignored a replayed or stale notice");
             telemetry::fleet_event("replayed");
+            self.ignored_notices.fetch_add(1, Ordering::Relaxed);
             return;
         }
         match notice {
@@ -195,15 +205,20 @@ impl Fleet {
 
     /// Every heartbeat: say this replica is alive (and whether it holds unwritten changes),
     /// retry and announce those, take over what silent replicas left, check the secret.
-    async fn beat(self: &Arc<Self>, ticks: u32) {
+    async fn beat(self: &Arc<Self>, ticks: u32, listening: bool) {
         let pending = !self.outbox.is_empty();
         self.publish(&Notice::Heartbeat { pending }).await;
-        let orphans = self.view().orphans(Instant::now(), self.config.heartbeat * 3);
-        self.take_over(orphans);
+        if listening {
+            let orphans = self.view().orphans(Instant::now(), self.config.heartbeat * 3);
+            self.take_over(orphans);
+        }
         if !self.outbox.is_empty() {
             self.spawn_writer();
             if pending {
-                self.announce().await;
+                // Beside the channel, never in its way: a long round of announcements must
+                // not silence this replica's reading and heartbeats.
+                let fleet = Arc::clone(self);
+                tokio::spawn(async move { fleet.announce().await });
             }
         }
         if ticks % MARKER_EVERY == MARKER_EVERY - 1 {
@@ -225,11 +240,9 @@ async fn watchdog(fleet: Weak<Fleet>) {
         if !fleet.owner_alive() {
             return;
         }
-        let unheard = fleet.millis_since_start()
-            - fleet
-                .last_contact
-                .load(Ordering::Acquire)
-                .min(fleet.millis_since_start());
+        let unheard = fleet
+            .millis_since_start()
+            .saturating_sub(fleet.last_contact.load(Ordering::Acquire));
         let out = fleet.config.out_of_sync == OutOfSync::FailClosed
             && unheard > super::millis(fleet.config.out_of_sync_after());
         let was = fleet.refusing.swap(out, Ordering::AcqRel);
@@ -237,6 +250,10 @@ async fn watchdog(fleet: Weak<Fleet>) {
             tracing::error!(
                 "fleet: without the fleet for longer than 3 × heartbeat + disconnected_ttl; refusing every request (503) until it is back (out_of_sync = FailClosed)"
             );
+            // Open streams too: a denial made elsewhere may cover them.
+            if let Some(owner) = fleet.owner() {
+                owner.drop_local();
+            }
         } else if was && !out {
             tracing::info!("fleet: back with the fleet; serving again");
         }

@@ -186,13 +186,18 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The bytes of lower-case or upper-case hex, if it is hex of exactly `N` bytes.
+/// The bytes of lower-case hex (the one form this crate writes), if it is hex of exactly `N`
+/// bytes.
 pub(crate) fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let text = text.as_bytes();
     if text.len() != N * 2 {
         return None;
     }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; N];
     for (i, pair) in text.chunks_exact(2).enumerate() {
         out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -256,5 +261,6 @@ mod tests {
         assert_eq!(unhex::<4>(&hex(&bytes)), Some(bytes));
         assert_eq!(unhex::<4>("00"), None);
         assert_eq!(unhex::<1>("zz"), None);
+        assert_eq!(unhex::<1>("AB"), None, "one form only: lower case");
     }
 }

@@ -193,6 +193,12 @@ impl FleetConfig {
                 return Err(ConfigError::invalid(name, "must be greater than zero"));
             }
         }
+        if self.heartbeat > Duration::from_secs(3600) || self.disconnected_ttl > Duration::from_secs(86_400) {
+            return Err(ConfigError::invalid(
+                "fleet heartbeat / disconnected_ttl",
+                "at most an hour / a day (they bound how late a missed change takes effect)",
+            ));
+        }
         if self.max_log_len < 100 {
             return Err(ConfigError::invalid("fleet max_log_len", "must be at least 100"));
         }

@@ -31,6 +31,18 @@ pub(crate) const READ_COUNT: usize = 256;
 /// Most live JWT denials of each kind kept in Redis (a replica keeps as many).
 pub(crate) const MAX_JWT_DENIALS: u64 = 100_000;
 
+/// The one test of a head's form, in every script that reads a head (and in [`remote_head`]):
+/// `inc` 32 lower-case hex digits, `seq` 20 decimal digits, `link` 32 lower-case hex digits,
+/// `id` present. Any other head is no head.
+const CANONICAL: &str = r"
+local function canonical(h)
+  return type(h[1]) == 'string' and #h[1] == 32 and string.find(h[1], '^[0-9a-f]+$') ~= nil
+    and type(h[2]) == 'string' and #h[2] == 20 and string.find(h[2], '^[0-9]+$') ~= nil
+    and type(h[3]) == 'string' and #h[3] == 32 and string.find(h[3], '^[0-9a-f]+$') ~= nil
+    and type(h[4]) == 'string' and #h[4] > 0
+end
+";
+
 /// KEYS: head, log, clients, sessions, token-ids. ARGV: expected incarnation, expected seq,
 /// new seq, new link, max log length, channel, notice, now (ms), max JWT denials, entry
 /// count, then five per entry: sealed entry, op, field, value, condition.
@@ -39,9 +51,8 @@ const APPEND: &str = r"#!lua
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 if kind(KEYS[1]) ~= 'hash' then return {'nohead'} end
-local h = redis.call('HMGET', KEYS[1], 'inc', 'seq', 'run')
-if not h[1] then return {'nohead'} end
-if h[3] ~= run then return {'nohead'} end
+local h = redis.call('HMGET', KEYS[1], 'inc', 'seq', 'link', 'id', 'run')
+if not canonical(h) or h[5] ~= run then return {'nohead'} end
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {'stale'} end
 for i = 2, 5 do
   local want = ({'stream', 'hash', 'zset', 'zset'})[i - 1]
@@ -99,6 +110,7 @@ const READ: &str = r"#!lua flags=no-writes
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false, false, false, {}, 0} end
 local h = redis.call('HMGET', KEYS[1], 'inc', 'seq', 'link', 'id', 'run')
+if not canonical(h) then return {false, false, false, false, {}, 0} end
 local ok, entries = pcall(redis.call, 'XRANGE', KEYS[2], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 if not ok then entries = {} end
 local restarted = 0
@@ -119,6 +131,7 @@ local function read(...)
 end
 local h = {false, false, false, false, false}
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then h = redis.call('HMGET', KEYS[1], 'inc', 'seq', 'link', 'id', 'run') end
+if not canonical(h) then h = {false, false, false, false, false} end
 local restarted = 0
 if h[1] and h[5] ~= run then restarted = 1 end
 local t = redis.call('TIME')
@@ -134,17 +147,16 @@ return {h[1], h[2], h[3], h[4], read('HGETALL', KEYS[3]),
 /// unless another replica already did.
 const NEW_INCARNATION: &str = r"#!lua
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
-local inc, seq = '', ''
+local inc, seq, h = '', '', {}
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
-  local h = redis.call('HMGET', KEYS[1], 'inc', 'seq')
+  h = redis.call('HMGET', KEYS[1], 'inc', 'seq', 'link', 'id')
   inc, seq = h[1] or '', h[2] or ''
 end
 -- A head no replica could have written (its numbering a day past the clock, or unreadable)
 -- is replaced whatever the caller saw.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = tonumber(seq)
-local readable = string.len(inc) == 32 and n ~= nil and n <= now_us + 86400000000
+local readable = canonical(h) and tonumber(h[2]) <= now_us + 86400000000
 if readable and (inc ~= ARGV[1] or seq ~= ARGV[2]) then return 'moved' end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'inc', ARGV[3], 'seq', ARGV[4], 'link', ARGV[5], 'id', '0-0', 'run', run)
@@ -223,10 +235,16 @@ mod scripts {
 
     use redis::Script;
 
-    pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(super::APPEND));
-    pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::new(super::READ));
-    pub(super) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| Script::new(super::SNAPSHOT));
-    pub(super) static NEW_INCARNATION: LazyLock<Script> = LazyLock::new(|| Script::new(super::NEW_INCARNATION));
+    /// A script with the shared head test after its first line (the `#!lua` flags).
+    fn with_canonical(script: &str) -> Script {
+        let (flags, body) = script.split_once('\n').unwrap_or((script, ""));
+        Script::new(&format!("{flags}\n{}{body}", super::CANONICAL))
+    }
+
+    pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| with_canonical(super::APPEND));
+    pub(super) static READ: LazyLock<Script> = LazyLock::new(|| with_canonical(super::READ));
+    pub(super) static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| with_canonical(super::SNAPSHOT));
+    pub(super) static NEW_INCARNATION: LazyLock<Script> = LazyLock::new(|| with_canonical(super::NEW_INCARNATION));
 }
 
 impl Fleet {
@@ -239,8 +257,9 @@ impl Fleet {
                 let value = client_record(&self.codec, &clients, client, true, version);
                 ("deny", client.clone(), value, format!("{version:020}"))
             }
-            Change::Allow { client, lifts } => {
-                let value = client_record(&self.codec, &clients, client, false, entry.seq);
+            Change::Allow { client, lifts, version } => {
+                let version = if *version == 0 { entry.seq } else { *version };
+                let value = client_record(&self.codec, &clients, client, false, version);
                 let current = client_record(&self.codec, &clients, client, true, *lifts);
                 ("allow", client.clone(), value, current)
             }
@@ -390,9 +409,13 @@ impl Fleet {
 fn remote_head(reply: &[Value], restarted: usize) -> Option<RemoteHead> {
     let field = |i: usize| reply.get(i).and_then(text);
     let incarnation = Incarnation::from_hex(&field(0)?)?;
-    let seq = field(1)?.parse().ok().filter(|seq| plausible(*seq))?;
+    let seq = field(1)?;
+    if seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seq = seq.parse().ok().filter(|seq| plausible(*seq))?;
     let link = unhex::<16>(&field(2)?)?;
-    let stream_id = field(3)?;
+    let stream_id = field(3).filter(|id| !id.is_empty())?;
     Some(RemoteHead {
         incarnation,
         seq,

@@ -115,6 +115,10 @@ pub struct FleetStatus {
     pub foreign_secrets: usize,
     /// The last change-log position this replica has applied.
     pub log_position: u64,
+    /// Notices from other replicas ignored as replayed or stale since this replica started
+    /// (someone publishing captured notices again, or clocks more than `3 × heartbeat` + 5 s
+    /// apart).
+    pub ignored_notices: u64,
 }
 
 /// The running fleet tier of one verifier.
@@ -138,6 +142,8 @@ pub(crate) struct Fleet {
     /// Past the out-of-sync bound with [`OutOfSync::FailClosed`]: every request is refused.
     refusing: AtomicBool,
     foreign_secrets: std::sync::atomic::AtomicUsize,
+    /// Notices ignored as replayed or stale.
+    ignored_notices: AtomicU64,
     /// What this replica has applied of the log.
     view: Mutex<View>,
     /// One reader or writer of the log at a time.
@@ -150,6 +156,10 @@ pub(crate) struct Fleet {
     writing: AtomicBool,
     /// Where the next round of repeated announcements starts in the outbox.
     announce_cursor: Mutex<usize>,
+    /// Held while a notice is numbered and sent.
+    publishing: tokio::sync::Mutex<()>,
+    /// True while a round of announcements runs.
+    announcing: AtomicBool,
     /// The verifier this tier serves (set when its channel starts).
     owner: OnceLock<Weak<dyn Replica>>,
     /// Asks the channel task to read the log now.
@@ -203,12 +213,15 @@ impl Fleet {
             last_contact: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             foreign_secrets: std::sync::atomic::AtomicUsize::new(0),
+            ignored_notices: AtomicU64::new(0),
             view: Mutex::new(View::new(keep)),
             protocol: tokio::sync::Mutex::new(()),
             outbox: outbox::Outbox::default(),
             last_error: AtomicU8::new(0),
             writing: AtomicBool::new(false),
             announce_cursor: Mutex::new(0),
+            publishing: tokio::sync::Mutex::new(()),
+            announcing: AtomicBool::new(false),
             owner: OnceLock::new(),
             wake: tokio::sync::Notify::new(),
         })
@@ -338,6 +351,7 @@ impl Fleet {
             pending_changes: self.outbox.len(),
             foreign_secrets: self.foreign_secrets.load(Ordering::Relaxed),
             log_position: view.seq(),
+            ignored_notices: self.ignored_notices.load(Ordering::Relaxed),
         }
     }
 

@@ -20,6 +20,17 @@ use crate::change::RefusalReason;
 /// Most changes queued.
 const MAX_QUEUED: usize = 10_000;
 
+/// What a replica announces on a heartbeat, each as (id, base, change).
+#[derive(Debug, Default)]
+pub(crate) struct Announcements {
+    /// Changes queued since the last announcement, all of them.
+    pub(crate) fresh: Vec<(u64, u64, Change)>,
+    /// Denials announced before, again, in turn (for replicas that were not listening).
+    pub(crate) denials: Vec<(u64, u64, Change)>,
+    /// Invalidations announced before, all of them (the caller sums many up).
+    pub(crate) invalidations: Vec<(u64, u64, Change)>,
+}
+
 /// The written-or-refused verdict a waiting caller receives.
 pub(crate) type Settled = Result<(), RefusalReason>;
 
@@ -147,27 +158,32 @@ impl Outbox {
             .collect()
     }
 
-    /// What to announce now: every change not announced yet, then, in turn, up to `again`
-    /// of those announced before (for replicas that were not listening), starting at
-    /// `cursor` (which moves on). Each as (id, base, change).
-    pub(crate) fn to_announce(&self, again: usize, cursor: &mut usize) -> Vec<(u64, u64, Change)> {
+    /// What to announce now (see [`Announcements`]): at most `budget` changes not announced
+    /// yet, then, within what is left of it, denials announced before, taken in turn from
+    /// `cursor` (which moves on).
+    pub(crate) fn to_announce(&self, budget: usize, cursor: &mut usize) -> Announcements {
         let mut queue = self.queue();
-        let mut out = Vec::new();
-        let mut before = Vec::new();
+        let mut out = Announcements::default();
+        let mut denials = Vec::new();
         for q in &mut queue.changes {
-            if q.announced {
-                before.push(&*q);
-            } else {
-                q.announced = true;
-                out.push((q.id, q.base, q.change.clone()));
+            let item = (q.id, q.base, q.change.clone());
+            if !q.announced {
+                // Past the budget, a new change waits for the next round (still new then).
+                if out.fresh.len() < budget {
+                    q.announced = true;
+                    out.fresh.push(item);
+                }
+            } else if matches!(q.change, Change::Token(_) | Change::Client(_) | Change::All) {
+                out.invalidations.push(item);
+            } else if q.change.restricts() {
+                denials.push(item);
             }
         }
-        if !before.is_empty() {
-            let start = *cursor % before.len();
-            for q in before.iter().cycle().skip(start).take(again.min(before.len())) {
-                out.push((q.id, q.base, q.change.clone()));
-            }
-            *cursor = start + again.min(before.len());
+        let again = budget.saturating_sub(out.fresh.len()).min(denials.len());
+        if again > 0 {
+            let start = *cursor % denials.len();
+            out.denials = denials.into_iter().cycle().skip(start).take(again).collect();
+            *cursor = start + again;
         }
         out
     }
@@ -194,14 +210,6 @@ impl Outbox {
             .changes
             .iter()
             .any(|q| matches!(&q.change, Change::Deny { client: c, .. } if c == client))
-    }
-
-    /// A number for a change announced without being queued (refused for a full queue).
-    pub(crate) fn take_id(&self) -> u64 {
-        let mut queue = self.queue();
-        let id = queue.next_id;
-        queue.next_id += 1;
-        id
     }
 
     /// How many changes are queued.
@@ -282,19 +290,28 @@ mod tests {
         for i in 0..5 {
             let _ = outbox.push(Change::Client(format!("c{i}")), 0);
         }
+        for i in 0..3 {
+            let _ = outbox.push(deny(&format!("d{i}")), 0);
+        }
         let mut cursor = 0;
-        let first = outbox.to_announce(2, &mut cursor);
-        assert_eq!(first.len(), 5, "every new change at once");
+        let first = outbox.to_announce(6, &mut cursor);
+        assert_eq!(first.fresh.len(), 6, "new changes, up to the budget");
         let _ = outbox.push(deny("late"), 0);
-        let second = outbox.to_announce(2, &mut cursor);
-        assert_eq!(second[0].2, deny("late"), "the new one first");
-        assert_eq!(second.len(), 3, "then two of the others");
+        let second = outbox.to_announce(6, &mut cursor);
+        assert_eq!(second.fresh.len(), 3, "the two left over, and the new one");
+        assert_eq!(second.fresh[2].2, deny("late"));
+        assert_eq!(second.invalidations.len(), 5, "every invalidation again");
+        assert_eq!(
+            second.denials.len(),
+            1,
+            "denials announced before, within the budget left"
+        );
         let mut again = std::collections::HashSet::new();
-        for _ in 0..5 {
-            for (id, _, _) in outbox.to_announce(2, &mut cursor) {
+        for _ in 0..4 {
+            for (id, _, _) in outbox.to_announce(2, &mut cursor).denials {
                 again.insert(id);
             }
         }
-        assert_eq!(again.len(), 6, "every change comes round again");
+        assert_eq!(again.len(), 4, "every denial comes round again");
     }
 }

@@ -423,6 +423,7 @@ mod tests {
             Change::Allow {
                 client: "oc_3".into(),
                 lifts: 9,
+                version: 12,
             },
             Change::DenySession {
                 id: "590011223344556677".into(),

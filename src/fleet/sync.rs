@@ -338,6 +338,21 @@ impl Fleet {
             })
             .map(|(client, version)| Change::Deny { client, version })
             .collect();
+        // An allow Redis lost (restored from a snapshot taken before it) is re-asserted too,
+        // lifting the older denial Redis holds, with its first version.
+        changes.extend(
+            self.view()
+                .allowed_clients()
+                .into_iter()
+                .filter_map(|(client, version)| match known.clients.get(&client) {
+                    Some((true, theirs)) if *theirs < version => Some(Change::Allow {
+                        lifts: *theirs,
+                        client,
+                        version,
+                    }),
+                    _ => None,
+                }),
+        );
         let now = unix_millis(SystemTime::now());
         if let Some(owner) = self.owner() {
             changes.extend(owner.jwt_denials().into_iter().filter(|change| match change {
@@ -351,7 +366,10 @@ impl Fleet {
             }));
         }
         if !changes.is_empty() {
-            tracing::info!(count = changes.len(), "fleet: re-asserting the denials Redis lacks");
+            tracing::info!(
+                count = changes.len(),
+                "fleet: re-asserting the denials and allows Redis lacks"
+            );
             let base = self.view().seq();
             self.outbox.push_front(changes, base);
         }

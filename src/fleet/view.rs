@@ -154,6 +154,17 @@ impl View {
             .collect()
     }
 
+    /// Every client this replica holds allowed after a denial, with the allow's version.
+    pub(crate) fn allowed_clients(&self) -> Vec<(String, u64)> {
+        self.clients
+            .iter()
+            .filter_map(|(id, state)| match state {
+                ClientState::Allowed { version } => Some((id.clone(), *version)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A denial made here, before it is written.
     pub(crate) fn denied_here(&mut self, client: &str) {
         let base = self.seq();
@@ -202,18 +213,23 @@ impl View {
                 self.voids.client(client, seq, now);
                 Some(Effect::Deny(client.clone()))
             }
-            Change::Allow { client, lifts } => match self.client(client) {
-                Some(ClientState::Denied { version }) if version == *lifts => {
-                    self.set_client(client, ClientState::Allowed { version: seq });
-                    Some(Effect::Allow(client.clone()))
+            Change::Allow { client, lifts, version } => {
+                let allowed = ClientState::Allowed {
+                    version: if *version == 0 { seq } else { *version },
+                };
+                match self.client(client) {
+                    Some(ClientState::Denied { version }) if version == *lifts => {
+                        self.set_client(client, allowed);
+                        Some(Effect::Allow(client.clone()))
+                    }
+                    None => {
+                        self.set_client(client, allowed);
+                        Some(Effect::Allow(client.clone()))
+                    }
+                    // A newer denial, or one waiting to be written: it stays.
+                    _ => None,
                 }
-                None => {
-                    self.set_client(client, ClientState::Allowed { version: seq });
-                    Some(Effect::Allow(client.clone()))
-                }
-                // A newer denial, or one waiting to be written: it stays.
-                _ => None,
-            },
+            }
             Change::DenySession { id, until } => Some(Effect::DenySession(id.clone(), from_unix_millis(*until))),
             Change::DenyTokenId { id, until } => Some(Effect::DenyTokenId(id.clone(), from_unix_millis(*until))),
         }
@@ -334,10 +350,10 @@ impl View {
         self.record_void(&change, next, now);
         match &change {
             Change::Deny { client, .. } => {
-                if !matches!(self.client(client), Some(ClientState::Denied { .. })) {
-                    let base = self.seq();
-                    self.set_client(client, ClientState::Pending { base });
-                }
+                // Pending even over a written denial: an allow of that one, written before
+                // this denial is, must not lift it meanwhile.
+                let base = self.seq();
+                self.set_client(client, ClientState::Pending { base });
                 Some(Effect::Deny(client.clone()))
             }
             Change::Token(hash) => Some(Effect::Token(*hash)),
@@ -445,6 +461,7 @@ mod tests {
         Change::Allow {
             client: client.into(),
             lifts,
+            version: 0,
         }
     }
 

@@ -18,11 +18,14 @@ use crate::telemetry;
 
 /// Longest a caller waits for its change to be written before it is told "queued".
 const WRITE_BOUND: Duration = Duration::from_secs(2);
-/// Most appends one writer makes before it lets the next heartbeat go on (the head kept
-/// moving under it, or Redis kept losing state).
+/// Most rounds in a row in which a writer writes nothing (the head kept moving under it, or
+/// Redis kept losing state) before it leaves the rest to the next heartbeat.
 const MAX_ROUNDS: usize = 16;
-/// Most unwritten changes announced per heartbeat.
+/// Past this many queued invalidations, they are announced as one invalidate-all.
 const MAX_ANNOUNCED: usize = 64;
+/// Most changes announced per round (a heartbeat, or a write that failed): new ones first,
+/// then denials announced before, in turn.
+const MAX_ANNOUNCED_PER_ROUND: usize = 1024;
 
 /// A change handed to the fleet: its outcome to come, or its refusal.
 pub(crate) type Submitted = Result<oneshot::Receiver<Settled>, RefusalReason>;
@@ -41,25 +44,8 @@ impl Fleet {
             view.denied_here(client);
         }
         drop(view);
-        if submitted.is_err() && change.restricts() {
-            // Not kept for Redis: at least the replicas listening now learn it.
-            let notice = Notice::Unwritten {
-                id: self.outbox.take_id(),
-                base,
-                change,
-            };
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let message = self.codec.encode_notice(self.sender(), &notice);
-                let (mut conn, channel) = (self.conn.clone(), self.codec.channel());
-                runtime.spawn(async move {
-                    let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(message)
-                        .query_async(&mut conn)
-                        .await;
-                });
-            }
-        }
+        // Refused (the queue is full): in force on this replica alone, not announced (no
+        // replica could ever lift it with the log).
         submitted
     }
 
@@ -110,7 +96,12 @@ impl Fleet {
     /// it (or refused as an allow of a superseded denial).
     pub(crate) async fn drain(&self) -> Result<(), QueueReason> {
         let held = self.protocol.lock().await;
-        for _ in 0..MAX_ROUNDS {
+        let mut stale = 0;
+        // Batches written do not count: only rounds that wrote nothing (the head moved,
+        // Redis lost state) are bounded.
+        let mut idle_rounds = 0;
+        while idle_rounds < MAX_ROUNDS {
+            idle_rounds += 1;
             let batch = self.outbox.oldest(MAX_BATCH);
             if batch.is_empty() {
                 return Ok(());
@@ -139,8 +130,22 @@ impl Fleet {
             }
             let appended = tokio::time::timeout(WRITE_BOUND, self.append(&head, &prepared, (seq, prev))).await;
             match appended {
-                Ok(Ok(Appended::Written(stream_id))) => self.written(entries, stream_id).await,
-                Ok(Ok(Appended::Stale | Appended::NoHead)) => self.sync(&held).await.map_err(reason_of)?,
+                Ok(Ok(Appended::Written(stream_id))) => {
+                    self.written(entries, stream_id).await;
+                    idle_rounds = 0;
+                }
+                Ok(Ok(Appended::Stale)) if stale >= MAX_ROUNDS / 2 => {
+                    // The head never matches what reading the log gives: it cannot be
+                    // trusted (tampered with), so the log starts anew.
+                    tracing::error!("fleet: the change log's head keeps disagreeing with its entries; starting anew");
+                    stale = 0;
+                    self.start_over(&held).await.map_err(reason_of)?;
+                }
+                Ok(Ok(Appended::Stale)) => {
+                    stale += 1;
+                    self.sync(&held).await.map_err(reason_of)?;
+                }
+                Ok(Ok(Appended::NoHead)) => self.sync(&held).await.map_err(reason_of)?,
                 Ok(Ok(Appended::Unusable)) => {
                     tracing::error!(
                         "fleet: the change log cannot take entries (its stream was tampered with); starting anew"
@@ -187,42 +192,51 @@ impl Fleet {
     }
 
     /// Announces the queued changes on the channel for the replicas listening now: each as
-    /// soon as it is queued behind a write Redis did not take, then again in turn (at most
-    /// `MAX_ANNOUNCED` a heartbeat), so that a replica that was not listening learns them
-    /// too. Past `MAX_ANNOUNCED` invalidations they are summed up as one invalidate-all.
-    /// Allows wait for the log.
+    /// soon as it is queued behind a write Redis did not take, then again every heartbeat
+    /// (up to `MAX_ANNOUNCED_PER_ROUND` a round, in turn past it), so that a replica that was
+    /// not listening learns them too. One round at a time. Past `MAX_ANNOUNCED` invalidations they are summed up
+    /// as one invalidate-all. Allows wait for the log.
     pub(crate) async fn announce(&self) {
-        let queued = {
+        if self.announcing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.announce_round().await;
+        self.announcing.store(false, Ordering::Release);
+    }
+
+    async fn announce_round(&self) {
+        let announcements = {
             let mut cursor = self
                 .announce_cursor
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.outbox.to_announce(MAX_ANNOUNCED, &mut cursor)
+            self.outbox.to_announce(MAX_ANNOUNCED_PER_ROUND, &mut cursor)
         };
-        let invalidations = self
-            .outbox
-            .oldest(usize::MAX)
-            .into_iter()
-            .filter(|(_, _, change)| matches!(change, Change::Token(_) | Change::Client(_) | Change::All))
-            .collect::<Vec<_>>();
+        let is_invalidation = |change: &Change| matches!(change, Change::Token(_) | Change::Client(_) | Change::All);
+        let invalidations: Vec<&(u64, u64, Change)> = announcements
+            .invalidations
+            .iter()
+            .chain(announcements.fresh.iter().filter(|(_, _, c)| is_invalidation(c)))
+            .collect();
         let summed_up = invalidations.len() > MAX_ANNOUNCED;
-        if summed_up && let Some((id, base, _)) = invalidations.iter().max_by_key(|(id, _, _)| *id) {
-            // Numbered after the newest invalidation it sums up: listeners apply it again
-            // when more are queued.
-            let notice = Notice::Unwritten {
-                id: u64::MAX - id,
-                base: *base,
-                change: Change::All,
-            };
-            if !self.publish(&notice).await {
-                return;
+        let mut notices = Vec::new();
+        if summed_up {
+            if let Some((id, base, _)) = invalidations.iter().max_by_key(|(id, _, _)| *id) {
+                // Numbered after the newest invalidation it sums up: listeners apply it again
+                // when more are queued.
+                notices.push((u64::MAX - id, *base, Change::All));
             }
+        } else {
+            notices.extend(invalidations.into_iter().cloned());
         }
-        for (id, base, change) in queued {
-            let invalidation = matches!(change, Change::Token(_) | Change::Client(_) | Change::All);
-            if !change.restricts() || (invalidation && summed_up) {
-                continue;
-            }
+        notices.extend(
+            announcements
+                .fresh
+                .into_iter()
+                .chain(announcements.denials)
+                .filter(|(_, _, change)| change.restricts() && !is_invalidation(change)),
+        );
+        for (id, base, change) in notices {
             if !self.publish(&Notice::Unwritten { id, base, change }).await {
                 return;
             }
@@ -232,6 +246,9 @@ impl Fleet {
 
     /// Publishes a notice; false if Redis did not take it.
     pub(crate) async fn publish(&self, notice: &Notice) -> bool {
+        // One at a time, numbered inside the turn: notices reach Redis in the order of their
+        // numbers, so a receiver never takes a genuine one for a replay.
+        let _turn = self.publishing.lock().await;
         let message = self.codec.encode_notice(self.sender(), notice);
         let mut conn = self.conn.clone();
         let channel = self.codec.channel();

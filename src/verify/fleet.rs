@@ -84,19 +84,22 @@ impl Verifier {
     /// Lifts a client's denial through the fleet: only the denial this replica knows is
     /// lifted, and only once the log has it (a newer denial made anywhere wins).
     pub(super) async fn allow_through_fleet(&self, fleet: &Arc<Fleet>, client_id: &str) -> ChangeOutcome {
+        // A denial held here alone (the fleet refused to keep it) is lifted whatever the
+        // fleet says.
+        let local = self.denied.remove(client_id);
         match fleet.client_state(client_id) {
             Some(crate::fleet::ClientState::Denied { version }) => {
                 let submitted = fleet.submit(Change::Allow {
                     client: client_id.to_owned(),
                     lifts: version,
+                    version: 0,
                 });
                 fleet.settle(submitted).await
             }
             Some(crate::fleet::ClientState::Pending { .. }) => {
                 ChangeOutcome::Refused(crate::change::RefusalReason::PendingDenial)
             }
-            // Denied here alone (the fleet refused to keep the denial).
-            _ if self.denied.remove(client_id) => ChangeOutcome::Applied,
+            _ if local => ChangeOutcome::Applied,
             _ => ChangeOutcome::Unchanged,
         }
     }

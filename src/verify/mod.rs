@@ -348,19 +348,19 @@ impl Verifier {
     /// (for as long), so every replica, including one that was disconnected or starts later,
     /// refuses it. Refused when this server's list is full (100 000 live denials; logged).
     pub async fn deny_session(&self, session_id: &str) -> ChangeOutcome {
+        // Recorded here first: a denial this server's full list cannot hold is refused, not
+        // handed to the fleet (JWT verdicts are never in the shared tier, so the order does
+        // not matter to it).
+        if !self.revoked.deny_session(session_id) {
+            return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
+        }
         let until = SystemTime::now() + self.revoked.session_lifetime();
         let handed = self.hand(|| Change::DenySession {
             id: session_id.to_owned(),
             until: unix_millis(until),
         });
-        let recorded = self.revoked.deny_session(session_id);
         self.cache.invalidate_session(session_id);
-        let outcome = self.settle(handed).await;
-        if recorded {
-            outcome
-        } else {
-            ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull)
-        }
+        self.settle(handed).await
     }
 
     /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
@@ -368,19 +368,16 @@ impl Verifier {
     /// token: the denial lasts as long as that token can be accepted (24 hours, its longest
     /// lifetime, plus twice the leeway).
     pub async fn deny_token_id(&self, token_id: &str) -> ChangeOutcome {
+        if !self.revoked.deny_token_id(token_id) {
+            return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
+        }
         let until = SystemTime::now() + self.revoked.token_id_lifetime();
         let handed = self.hand(|| Change::DenyTokenId {
             id: token_id.to_owned(),
             until: unix_millis(until),
         });
-        let recorded = self.revoked.deny_token_id(token_id);
         self.cache.invalidate_token_id(token_id);
-        let outcome = self.settle(handed).await;
-        if recorded {
-            outcome
-        } else {
-            ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull)
-        }
+        self.settle(handed).await
     }
 
     /// The OAuth client ids currently denied, sorted: configured, and denied at run time

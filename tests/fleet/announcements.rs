@@ -195,3 +195,142 @@ async fn a_stream_that_takes_no_more_entries_is_replaced() {
     let later = &replicas(1, &gateway, &redis, "/").await[0];
     assert_eq!(status(&http, later, &t).await, 401);
 }
+
+/// Someone with write access rewrites one field of the head (the incarnation in upper case,
+/// not hex at all, or the link deleted): the head no longer has the one form replicas write,
+/// so it is no head; it is replaced, and changes flow again.
+async fn tampered_head(tamper: fn(&RedisServer, &str)) {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let http = reqwest::Client::new();
+    assert_eq!(a.auth.invalidate("some token").await, ChangeOutcome::Durable);
+    let head = redis.keys("wacht:*:head:").pop().expect("the head");
+    tamper(&redis, &head);
+    let client = "oc_fleetTamperedHead00000000001";
+    let t = token(&gateway, client);
+    until(|| async { a.auth.deny_client(client).await == ChangeOutcome::Durable }).await;
+    until(|| async { status(&http, b, &t).await == 401 }).await;
+    let later = &replicas(1, &gateway, &redis, "/").await[0];
+    assert_eq!(status(&http, later, &t).await, 401);
+}
+
+fn head_field(redis: &RedisServer, head: &str, field: &str) -> String {
+    let reply = call(redis.port, &[b"HGET", head.as_bytes(), field.as_bytes()]).expect("hget");
+    reply.text().expect("the field")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_its_incarnation_in_upper_case_is_replaced() {
+    tampered_head(|redis, head| {
+        let inc = head_field(redis, head, "inc").to_uppercase();
+        assert_eq!(redis.command(&["HSET", head, "inc", &inc]).as_deref(), Some(":0"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_an_incarnation_that_is_not_hex_is_replaced() {
+    tampered_head(|redis, head| {
+        assert_eq!(
+            redis
+                .command(&["HSET", head, "inc", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"])
+                .as_deref(),
+            Some(":0")
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_without_its_link_is_replaced() {
+    tampered_head(|redis, head| {
+        assert_eq!(redis.command(&["HDEL", head, "link"]).as_deref(), Some(":1"));
+    })
+    .await;
+}
+
+/// A denial refused for a full queue holds on its replica alone: it is not announced (no
+/// replica could ever lift it from the log), and allowing it there lifts it there; a denial
+/// made and lifted durably afterwards leaves no trace of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_refused_for_a_full_queue_holds_on_its_replica_alone() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let http = reqwest::Client::new();
+    refuse(&redis, true);
+    let clients: Vec<String> = (0..10_000).map(|i| format!("oc_fleetQueueFull{i:0>15}")).collect();
+    let outcomes = join_all(clients.iter().map(|c| a.auth.deny_client(c))).await;
+    assert!(outcomes.iter().all(|o| matches!(o, ChangeOutcome::Queued(_))));
+    let (x, y) = ("oc_fleetRefusedX000000000000001", "oc_fleetRefusedY000000000000001");
+    for client in [x, y] {
+        assert_eq!(
+            a.auth.deny_client(client).await,
+            ChangeOutcome::Refused(tower_wacht::change::RefusalReason::OutboxFull)
+        );
+    }
+    refuse(&redis, false);
+    until(|| async { a.auth.verifier().fleet_status().is_some_and(|s| s.pending_changes == 0) }).await;
+    let (tx, ty) = (token(&gateway, x), token(&gateway, y));
+    assert_eq!(status(&http, a, &tx).await, 401, "in force on its replica");
+    assert_eq!(status(&http, b, &tx).await, 200, "on its replica alone");
+    assert_eq!(a.auth.allow_client(x).await, ChangeOutcome::Applied);
+    assert_eq!(b.auth.allow_client(x).await, ChangeOutcome::Unchanged);
+    let tx = token(&gateway, x);
+    assert_eq!(status(&http, a, &tx).await, 200);
+    // Y: denied again, durably, then allowed, durably: allowed everywhere, A included.
+    assert_eq!(a.auth.deny_client(y).await, ChangeOutcome::Durable);
+    assert_eq!(a.auth.allow_client(y).await, ChangeOutcome::Durable);
+    let ty2 = token(&gateway, y);
+    for r in &fleet {
+        until(|| async { status(&http, r, &ty2).await == 200 }).await;
+    }
+    let _ = ty;
+}
+
+/// With nobody replaying anything, a burst of announcements (and heartbeats, sent by several
+/// tasks at once) is taken whole: no genuine notice is mistaken for a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genuine_notices_are_never_taken_for_replays() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let http = reqwest::Client::new();
+    refuse(&redis, true);
+    let others: Vec<String> = (0..300).map(|i| format!("some-other-token-{i}")).collect();
+    join_all(others.iter().map(|o| a.auth.invalidate(o))).await;
+    let clients: Vec<String> = (0..200).map(|i| format!("oc_fleetBurst{i:0>19}")).collect();
+    join_all(clients.iter().map(|c| a.auth.deny_client(c))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for c in clients.iter().step_by(20) {
+        let t = token(&gateway, c);
+        assert_eq!(status(&http, b, &t).await, 401, "{c} served");
+    }
+    refuse(&redis, false);
+    assert_eq!(b.auth.verifier().fleet_status().map(|s| s.ignored_notices), Some(0));
+}
+
+/// While Redis refuses writes, a replica that starts after a denial was first announced
+/// learns it from the next heartbeat's announcements, however many invalidations are queued
+/// beside it (they are summed up; every denial is announced again each heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_during_the_outage_learns_a_queued_denial_at_the_next_heartbeat() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let a = &replicas(1, &gateway, &redis, "/").await[0];
+    let http = reqwest::Client::new();
+    refuse(&redis, true);
+    let client = "oc_fleetLateListener0000000001";
+    assert!(matches!(a.auth.deny_client(client).await, ChangeOutcome::Queued(_)));
+    let others: Vec<String> = (0..9_000).map(|i| format!("some-other-token-{i}")).collect();
+    join_all(others.iter().map(|o| a.auth.invalidate(o))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = &replicas(1, &gateway, &redis, "/").await[0];
+    let t = token(&gateway, client);
+    until(|| async { status(&http, late, &t).await == 401 }).await;
+    refuse(&redis, false);
+}

@@ -487,3 +487,100 @@ async fn a_full_outbox_refuses_the_next_denial_and_says_so() {
     let kept = token(&gateway, &clients[9_999]);
     assert_eq!(status(&http, later, &kept).await, 401, "a queued denial was lost");
 }
+
+/// Deny, snapshot, allow, then Redis restored from the snapshot (which still holds the
+/// denial): the running replicas re-assert the allow they know, so a replica started after
+/// the restore serves the client too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_an_older_snapshot_brings_back_no_lifted_denial() {
+    let mut redis = RedisServer::start_persistent();
+    let gateway = start_gateway().await;
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    let client = "oc_fleetLiftedBeforeRestore0001";
+    assert_eq!(fleet[0].auth.deny_client(client).await, ChangeOutcome::Durable);
+    assert_eq!(redis.command(&["SAVE"]).as_deref(), Some("+OK"));
+    assert_eq!(fleet[1].auth.allow_client(client).await, ChangeOutcome::Durable);
+    for r in &fleet {
+        let t = token(&gateway, client);
+        until(|| async { status(&http, r, &t).await == 200 }).await;
+    }
+    let positions: Vec<_> = fleet
+        .iter()
+        .map(|r| r.auth.verifier().fleet_status().map(|s| s.log_position))
+        .collect();
+    redis.restart();
+    // The running replicas notice (a new incarnation) and re-assert what Redis lost.
+    until(|| async {
+        fleet.iter().zip(&positions).all(|(r, before)| {
+            let now = r.auth.verifier().fleet_status();
+            now.as_ref().is_some_and(|s| s.connected && s.pending_changes == 0)
+                && now.map(|s| s.log_position) != *before
+        })
+    })
+    .await;
+    let t = token(&gateway, client);
+    for r in &fleet {
+        assert_eq!(status(&http, r, &t).await, 200);
+    }
+    let later = &replicas(1, &gateway, &redis, "/").await[0];
+    until(|| async { status(&http, later, &t).await == 200 }).await;
+}
+
+/// A stream opened on a replica just before it loses the fleet, with `FailClosed`: once the
+/// replica refuses new requests (the bound has passed), the stream ends too (a denial made
+/// elsewhere meanwhile may cover it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_ends_open_streams_too() {
+    use axum::Router;
+    use axum::response::sse::{Event, Sse};
+    use axum::routing::get;
+    use futures_util::StreamExt as _;
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let proxy = Proxy::start(redis.port).await;
+    let config = crate::harness::replica_config(&gateway, through(&proxy).out_of_sync(OutOfSync::FailClosed), "/")
+        .to_builder()
+        .stream_recheck(Duration::from_millis(300))
+        .build()
+        .expect("valid config");
+    let auth = tower_wacht::WachtAuthLayer::new(config).expect("layer");
+    let events = |principal: tower_wacht::Principal| async move {
+        let client = principal.client_id().to_string();
+        Sse::new(futures_util::stream::unfold(0u64, move |n| {
+            let client = client.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, std::convert::Infallible>(Event::default().data(format!("{n} {client}"))),
+                    n + 1,
+                ))
+            }
+        }))
+    };
+    let addr = crate::common::serve(Router::new().route("/events", get(events)).layer(auth.clone())).await;
+    until(|| async { auth.verifier().fleet_connected() }).await;
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetFailClosedStream000001");
+    proxy.cut();
+    until(|| async { !auth.verifier().fleet_connected() }).await;
+    let response = http
+        .get(format!("http://{addr}/events"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("opens");
+    assert_eq!(response.status(), 200, "opened before the fail-closed bound");
+    let mut body = response.bytes_stream();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream kept flowing while the replica refuses every request"
+    );
+    assert!(auth.verifier().fleet_status().is_some_and(|s| s.out_of_sync));
+    proxy.restore();
+}
