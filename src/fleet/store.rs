@@ -38,13 +38,15 @@ pub(crate) enum Shared {
 }
 
 /// KEYS: answer, rejection, lease, head. Returns: answer, rejection, lease held (1/0), the
-/// head's incarnation and seq (none when written by another Redis process: what Redis holds
-/// may be an older snapshot), the answer's PTTL.
+/// head's incarnation and seq, the answer's PTTL. (Whether Redis restarted since the head
+/// was written, so that it may hold an older snapshot, is not asked here: a restart drops
+/// the channel's connection, and the shared tier is not used until the channel has re-read
+/// the log, which asks.)
 const LOOKUP: &str = r"#!lua flags=no-writes
 local inc, seq = false, false
 if redis.call('TYPE', KEYS[4])['ok'] == 'hash' then
-  local h = redis.call('HMGET', KEYS[4], 'inc', 'seq', 'run')
-  if h[3] == string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then inc, seq = h[1], h[2] end
+  local h = redis.call('HMGET', KEYS[4], 'inc', 'seq')
+  inc, seq = h[1], h[2]
 end
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('EXISTS', KEYS[3]),
         inc, seq, redis.call('PTTL', KEYS[1])}
