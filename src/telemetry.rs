@@ -97,7 +97,7 @@ pub mod names {
     pub const FLEET_EVENTS: &str = "wacht_fleet_events_total";
     /// Fleet mode: re-reads of the shared state by `cause`.
     pub const FLEET_RESYNCS: &str = "wacht_fleet_resyncs_total";
-    /// Fleet mode: 1 while the invalidation channel is subscribed.
+    /// Fleet mode: 1 while this replica follows the fleet (notices heard, log read).
     pub const FLEET_CHANNEL: &str = "wacht_fleet_channel_connected";
 }
 

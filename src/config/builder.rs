@@ -298,7 +298,7 @@ impl WachtAuthConfigBuilder {
         self
     }
 
-    /// Fleet mode (feature `redis`): a decision tier and an invalidation channel shared by
+    /// Fleet mode (feature `redis`): a decision tier and an ordered, durable change log shared by
     /// every replica, on Redis or Valkey (see [`fleet`](crate::fleet)). Off by default.
     #[cfg(feature = "redis")]
     pub fn fleet(mut self, fleet: crate::fleet::FleetConfig) -> Self {

@@ -92,7 +92,7 @@ pub struct Verifier {
     challenge: Arc<ChallengeParams>,
     /// The permission implications every principal of this verifier judges with.
     hierarchy: Arc<crate::scopes::ScopeHierarchy>,
-    /// The shared tier and invalidation channel, in fleet mode.
+    /// The shared tier and the change log, in fleet mode.
     #[cfg(feature = "redis")]
     fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Local verification of JWT access tokens, when enabled.
