@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse as _;
 use http::request::Parts;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
@@ -207,6 +208,88 @@ pub fn app(auth: WachtAuthLayer) -> Router {
         .merge(auth.metadata_router())
 }
 
+/// The loopback names of a loopback resource URL, its own first: `http://127.0.0.1:PORT/mcp`
+/// gives it and the same URL with `localhost` and `[::1]`. Empty for any other URL. A client
+/// configured with `http://localhost:PORT/mcp` checks that the metadata names exactly that
+/// URL, so a development server answers for each name.
+pub fn loopback_forms(resource: &str) -> Vec<String> {
+    let Ok(uri) = resource.parse::<http::Uri>() else {
+        return Vec::new();
+    };
+    let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Vec::new();
+    };
+    if !matches!(authority.host(), "127.0.0.1" | "localhost" | "[::1]") {
+        return Vec::new();
+    }
+    let port = authority.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let mut forms = vec![resource.to_owned()];
+    for host in ["127.0.0.1", "localhost", "[::1]"] {
+        let form = format!("http://{host}{port}{path}");
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
+}
+
+/// The example for every loopback name of its URL (development only): one layer per name,
+/// chosen by the request's `Host`. Each names its own URL in its metadata and challenges, and
+/// takes only tokens issued for it (a token for `http://localhost:PORT/mcp` is refused when
+/// sent to `127.0.0.1`). A request for another host goes to the first. A production server
+/// has one canonical resource and uses [`app`].
+pub fn loopback_app(layers: Vec<WachtAuthLayer>) -> Router {
+    let apps: Vec<(String, Router)> = layers
+        .into_iter()
+        .filter_map(|auth| {
+            let resource = auth.resource_metadata()?.resource().to_owned();
+            let host = resource
+                .parse::<http::Uri>()
+                .ok()?
+                .authority()?
+                .as_str()
+                .to_ascii_lowercase();
+            Some((host, app(auth)))
+        })
+        .collect();
+    Router::new().fallback_service(ByHost(Arc::new(apps)))
+}
+
+/// Routes a request to the app of its `Host` (see [`loopback_app`]).
+#[derive(Clone)]
+struct ByHost(Arc<Vec<(String, Router)>>);
+
+impl tower::Service<axum::extract::Request> for ByHost {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let app = self
+            .0
+            .iter()
+            .find(|(name, _)| Some(name.as_str()) == host.as_deref())
+            .or_else(|| self.0.first())
+            .map(|(_, app)| app.clone());
+        Box::pin(async move {
+            match app {
+                Some(app) => tower::ServiceExt::oneshot(app, request).await,
+                None => Ok(http::StatusCode::MISDIRECTED_REQUEST.into_response()),
+            }
+        })
+    }
+}
+
 /// Completes a layer configuration for an MCP server at `resource` whose tokens `issuer`
 /// issues: the RFC 9728 document (advertised in every 401/403 challenge), the required token
 /// audience and issuer, and the scopes suggested in 401 challenges.
@@ -322,6 +405,24 @@ pub async fn demo(resource: &str) -> std::io::Result<Demo> {
         foreign,
         calls,
     })
+}
+
+impl Demo {
+    /// Layer configurations for every loopback name of `resource` (see [`loopback_forms`]),
+    /// its own first: the same gateway and issuer, each pinning its own URL as the audience.
+    pub fn loopback_configs(&self, resource: &str) -> Result<Vec<WachtAuthConfig>, ConfigError> {
+        let issuer = self.issuer.url();
+        loopback_forms(resource)
+            .iter()
+            .map(|form| {
+                let builder = WachtAuthConfig::builder()
+                    .gateway_url(self.gateway.url())
+                    .api_key("demo-backend-key")
+                    .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID);
+                mcp_auth_config(builder, form, &issuer)
+            })
+            .collect()
+    }
 }
 
 /// One demo request: what to send and what the example promises it answers.
@@ -451,6 +552,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let demo = demo(&resource).await?;
         (demo.config.clone(), Some(demo))
     };
+    // Development: one layer per loopback name of the URL (a client may be configured with
+    // `localhost` or `[::1]` as well as `127.0.0.1`); otherwise one canonical resource.
+    let mut aliases = Vec::new();
+    if let Some(demo) = &demo
+        && let Some(resource) = config.resource_metadata().map(|m| m.resource().to_owned())
+    {
+        for alias in demo.loopback_configs(&resource)?.into_iter().skip(1) {
+            aliases.push(WachtAuthLayer::new(alias)?);
+        }
+    }
     let auth = WachtAuthLayer::new(config)?;
     let (resource, metadata_url) = match auth.resource_metadata() {
         Some(m) => (m.resource().to_owned(), m.well_known_url().to_owned()),
@@ -503,6 +614,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("# {}\n{}\n", call.what, call.curl());
         }
     }
-    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    if aliases.is_empty() {
+        axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+        return Ok(());
+    }
+    let also: Vec<String> = aliases
+        .iter()
+        .filter_map(|a| a.resource_metadata().map(|m| m.resource().to_owned()))
+        .collect();
+    println!(
+        "\nAlso answering as {} (each with its own metadata; a token is taken only at the URL it was issued for).",
+        also.join(" and ")
+    );
+    let app = loopback_app(std::iter::once(auth).chain(aliases).collect());
+    // `[::1]` too, when the machine has IPv6 loopback (clients may resolve `localhost` to it).
+    if local.ip().is_ipv4()
+        && let Ok(v6) =
+            tokio::net::TcpListener::bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))).await
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(v6, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+    }
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
     Ok(())
 }

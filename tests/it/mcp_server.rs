@@ -75,6 +75,31 @@ impl Server {
         }
     }
 
+    /// The example for every loopback name of its URL ([`mcp_server::loopback_app`]), with
+    /// `resource` the URL a client configured with `name` (`localhost`, `127.0.0.1`) uses.
+    async fn start_loopback(name: &str) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let canonical = format!("http://{addr}/mcp");
+        let demo = mcp_server::demo(&canonical).await.expect("demo gateway starts");
+        let layers = demo
+            .loopback_configs(&canonical)
+            .expect("configs")
+            .into_iter()
+            .map(|config| WachtAuthLayer::new(config).expect("layer builds"))
+            .collect();
+        let app = mcp_server::loopback_app(layers);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+        Server {
+            addr,
+            resource: format!("http://{name}:{}/mcp", addr.port()),
+            demo,
+            http: reqwest::Client::new(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -1412,3 +1437,63 @@ async fn a_session_the_guard_never_bound_is_refused_even_with_a_valid_token() {
 }
 
 mod oauth;
+
+/// A client configured with `http://localhost:PORT/mcp` (the example's URL says
+/// `127.0.0.1`): the metadata and the challenge it gets name the `localhost` URL, so the
+/// SDKs' resource check passes; a token issued for one name is taken only at that name.
+#[tokio::test]
+async fn every_loopback_name_is_served_and_tokens_stay_bound_to_theirs() {
+    let server = Server::start_loopback("localhost").await;
+    let port = server.addr.port();
+    let at = |host: &str, path: &str| format!("http://{host}:{port}{path}");
+    let localhost = server.resource.clone();
+    let numeric = format!("http://127.0.0.1:{port}/mcp");
+    for (host, resource) in [("localhost", &localhost), ("127.0.0.1", &numeric)] {
+        let metadata: Value = server
+            .http
+            .get(at(host, "/.well-known/oauth-protected-resource/mcp"))
+            .send()
+            .await
+            .expect("metadata")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(metadata["resource"], json!(resource), "{host}");
+        let refused = server
+            .http
+            .post(at(host, "/mcp"))
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(refused.status(), 401);
+        let challenge = refused.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            challenge.contains(&format!(
+                "resource_metadata=\"http://{host}:{port}/.well-known/oauth-protected-resource/mcp\""
+            )),
+            "{challenge}"
+        );
+    }
+    let for_localhost = server.token(AGENT_CLIENT_ID, &["projects:read"], Some(&localhost));
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let ask = |host: &str, token: &str| {
+        server
+            .http
+            .post(at(host, "/mcp"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&list)
+            .send()
+    };
+    assert_eq!(ask("localhost", &for_localhost).await.expect("answers").status(), 200);
+    assert_eq!(
+        ask("127.0.0.1", &for_localhost).await.expect("answers").status(),
+        401,
+        "a token for localhost taken at 127.0.0.1"
+    );
+}

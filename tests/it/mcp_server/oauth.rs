@@ -128,7 +128,10 @@ async fn serve_client_document() -> String {
 }
 
 async fn whole_flow(era: Era, registration: Registration) {
-    let server = Server::start().await;
+    whole_flow_at(Server::start().await, era, registration).await;
+}
+
+async fn whole_flow_at(server: Server, era: Era, registration: Registration) {
     let issuer = server.demo.issuer.clone();
     // The user approves reading only at first (whatever the client asks for).
     issuer.set_consent_policy(ConsentPolicy::only(["projects:read"]));
@@ -309,6 +312,18 @@ async fn legacy_protocol_client_with_a_metadata_document_authorizes_and_steps_up
 /// The token a client obtained for this server is refused by a server at another URL
 /// (RFC 8707 audience), and a token the dev issuer issued for another resource is refused
 /// here: the dev issuer records the resource, the layer enforces it.
+/// The whole flow for a client configured with `http://localhost:PORT/mcp`, against the
+/// example serving every loopback name of its `127.0.0.1` URL.
+#[tokio::test]
+async fn a_client_configured_with_localhost_completes_the_whole_flow() {
+    whole_flow_at(
+        Server::start_loopback("localhost").await,
+        Era::Current,
+        Registration::Dynamic,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_token_issued_for_another_resource_is_refused() {
     let server = Server::start().await;
