@@ -71,6 +71,7 @@ pub const CHALLENGE_SCOPES: [&str; 1] = ["projects:read"];
 pub fn tool_guard() -> McpToolGuardLayer {
     McpToolGuardLayer::new()
         .tool("list_projects", Permissions::all(["projects:read"]))
+        .tool("find_project", Permissions::all(["projects:read"]))
         .tool("archive_project", Permissions::all(["projects:write"]))
 }
 
@@ -85,6 +86,16 @@ pub struct ProjectsServer {
 pub struct ArchiveProject {
     /// Id of the project to archive.
     pub project_id: String,
+}
+
+/// Arguments of `find_project`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct FindProject {
+    /// Name of the project. Mirrored in the `Mcp-Param-Project-Name` header (MCP 2026-07-28,
+    /// `x-mcp-header`), which gateways and load balancers may route on; the server checks
+    /// that the two agree.
+    #[schemars(extend("x-mcp-header" = "Project-Name"))]
+    pub name: String,
 }
 
 /// The principal the auth layer inserted into the HTTP request, which rmcp hands to tools
@@ -139,6 +150,23 @@ impl ProjectsServer {
                 { "id": "prj_apollo", "name": "Apollo" },
                 { "id": "prj_gemini", "name": "Gemini" },
             ],
+        })))
+    }
+
+    #[tool(
+        description = "Find a project by name (requires projects:read). Its name travels in the Mcp-Param-Project-Name header too."
+    )]
+    async fn find_project(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<FindProject>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.authorize("find_project", &parts)?;
+        let found = [("prj_apollo", "Apollo"), ("prj_gemini", "Gemini")]
+            .into_iter()
+            .find(|(_, name)| name.eq_ignore_ascii_case(&args.name));
+        Ok(CallToolResult::structured(json!({
+            "project": found.map(|(id, name)| json!({ "id": id, "name": name })),
         })))
     }
 

@@ -383,12 +383,14 @@ impl Verifier {
     /// The OAuth client ids currently denied, sorted: configured, and denied at run time
     /// (in fleet mode, anywhere in the fleet, as far as this replica knows).
     pub fn denied_clients(&self) -> Vec<String> {
-        let mut ids = self.denied.list();
+        let ids = self.denied.list();
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
+            let mut ids = ids;
             ids.extend(fleet.denied_clients());
             ids.sort();
             ids.dedup();
+            return ids;
         }
         ids
     }
