@@ -241,6 +241,7 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
         names,
         BTreeSet::from([
             "archive_project".to_owned(),
+            "find_project".to_owned(),
             "list_projects".to_owned(),
             "whoami".to_owned()
         ])
