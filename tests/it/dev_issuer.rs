@@ -1,7 +1,7 @@
 //! The `DevIssuer` over real loopback HTTP: metadata, the authorization code flow with PKCE
-//! and `resource` for registered (RFC 7591) and metadata-document (CIMD) clients, the issued
-//! tokens verified by `WachtAuthLayer` through the `FakeGateway`, refusals, refresh rotation
-//! and consent policies.
+//! and `resource` for registered (RFC 7591) and metadata-document (CIMD) clients, loopback
+//! redirect URIs with any port, the issued tokens verified by `WachtAuthLayer` through the
+//! `FakeGateway`, refusals, refresh rotation and consent policies.
 #![cfg(feature = "test-util")]
 
 use crate::common;
@@ -607,6 +607,89 @@ async fn redirect_uris_must_match_exactly() {
         400,
         "invalid_redirect_uri",
     );
+}
+
+/// RFC 8252 §7.3 and OAuth 2.1: a native client listens on whatever port the system gives it,
+/// so a loopback redirect URI matches with any port; only the port.
+#[tokio::test]
+async fn loopback_redirect_uris_match_with_any_port_and_nothing_else_does() {
+    let setup = Setup::start().await;
+    let client_id = setup
+        .register_public(&[
+            "http://127.0.0.1/callback",
+            "http://localhost:33418/cb",
+            "http://[::1]/cb?app=1",
+            "https://app.example.com/cb",
+        ])
+        .await;
+    let app = setup.app().await;
+
+    for ephemeral in [
+        "http://127.0.0.1:54321/callback",
+        "http://127.0.0.1/callback",
+        "http://localhost:40000/cb",
+        "http://[::1]:61000/cb?app=1",
+    ] {
+        // The authorization answers at the port the client listens on.
+        let redirect = setup
+            .authorize(&client_id, "projects:read", &[("redirect_uri", ephemeral)])
+            .await;
+        assert_eq!(redirect.base, ephemeral.split('?').next().unwrap(), "{ephemeral}");
+        assert!(redirect.get("error").is_none(), "{ephemeral}");
+        let code = redirect.get("code").expect("a code").to_owned();
+        // The token request repeats that URI, port included; another port is refused.
+        let other_port = setup
+            .exchange_changing(
+                &client_id,
+                &code,
+                &[("redirect_uri", Some("http://127.0.0.1:1/callback"))],
+            )
+            .await;
+        assert_error(&other_port, 400, "invalid_grant");
+        let redirect = setup
+            .authorize(&client_id, "projects:read", &[("redirect_uri", ephemeral)])
+            .await;
+        let code = redirect.get("code").expect("a code").to_owned();
+        let (status, body) = setup
+            .exchange_changing(&client_id, &code, &[("redirect_uri", Some(ephemeral))])
+            .await;
+        assert_eq!(status, 200, "{ephemeral}: {body}");
+        assert_eq!(
+            app.get("/whoami", body["access_token"].as_str()).await.status(),
+            200,
+            "{ephemeral}"
+        );
+    }
+
+    // Only the port is free, and only on loopback: another host (even another loopback
+    // name), path, query or scheme, user information, or a port on a non-loopback URI is
+    // refused, shown and never redirected to.
+    for refused in [
+        "http://localhost:54321/callback",
+        "http://[::1]:54321/callback",
+        "http://127.0.0.2:54321/callback",
+        "http://127.0.0.1:54321/callback/",
+        "http://127.0.0.1:54321/other",
+        "http://127.0.0.1:54321/callback?x=1",
+        "https://127.0.0.1:54321/callback",
+        "http://127.0.0.1:54321@evil.example.com/callback",
+        "http://127.0.0.1:0/callback",
+        "http://[::1]:61000/cb",
+        "https://app.example.com:8443/cb",
+        "https://evil.example.com/cb",
+    ] {
+        let resp = setup
+            .authorize_raw(&[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", refused),
+                ("code_challenge", CHALLENGE),
+                ("code_challenge_method", "S256"),
+                ("resource", RESOURCE),
+            ])
+            .await;
+        assert_error_page(resp, "redirect_uri").await;
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::model::{ClientKind, RegisteredClient};
-use super::params::{is_loopback, redirect_uri_problem};
+use super::params::is_loopback;
+use super::redirect::redirect_uri_problem;
 
 /// Largest document read; the draft suggests 5 KB, real documents are well below this.
 const DOCUMENT_LIMIT: usize = 64 * 1024;

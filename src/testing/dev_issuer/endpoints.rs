@@ -10,10 +10,8 @@ use super::super::body::FakeBody;
 use super::cimd;
 use super::config::IssForm;
 use super::model::{ClientKind, RegisteredClient};
-use super::params::{
-    Params, basic_credentials, is_valid_resource, is_valid_s256_challenge, redirect_uri_problem, split_scopes,
-    with_query,
-};
+use super::params::{Params, basic_credentials, is_valid_resource, is_valid_s256_challenge, split_scopes};
+use super::redirect::{redirect_uri_matches, redirect_uri_problem, with_query};
 use super::server::{
     AUTHORIZE_PATH, Inner, REGISTER_PATH, TOKEN_PATH, error_page, invalid_client_basic, json, json_no_store,
     oauth_error, redirect,
@@ -74,9 +72,13 @@ pub(super) async fn authorize(inner: &Inner, query: &str) -> Response<FakeBody> 
     let Ok(Some(redirect_uri)) = params.get("redirect_uri") else {
         return error_page(&OAuthError::invalid_request("redirect_uri is required"));
     };
-    if !client.redirect_uris.iter().any(|uri| uri == redirect_uri) || redirect_uri.contains('#') {
+    if !client
+        .redirect_uris
+        .iter()
+        .any(|registered| redirect_uri_matches(registered, redirect_uri))
+    {
         return error_page(&OAuthError::invalid_request(
-            "redirect_uri is not one of the client's registered redirect URIs (compared exactly)",
+            "redirect_uri is not one of the client's registered redirect URIs (compared exactly, but for the port of a loopback http URI)",
         ));
     }
 

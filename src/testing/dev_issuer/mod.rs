@@ -6,6 +6,7 @@ mod config;
 mod endpoints;
 mod model;
 mod params;
+mod redirect;
 mod server;
 mod state;
 
@@ -39,7 +40,13 @@ use server::Inner;
 ///   ID Metadata Documents (a `client_id` that is an `https` URL: the document is fetched at
 ///   each authorization request and its `client_id` must equal the URL; loopback URLs only
 ///   with [`DevIssuerConfig::allow_loopback_metadata_documents`]), and clients registered by
-///   the test ([`DevIssuer::register_public_client`]). Redirect URIs match exactly.
+///   the test ([`DevIssuer::register_public_client`]).
+/// * **Redirect URIs** match exactly, except on loopback: a registered
+///   `http://127.0.0.1/callback`, `http://localhost/callback` or `http://[::1]/callback` (with
+///   or without a port) matches that URI with any port (RFC 8252 §7.3), as native clients
+///   listening on a port the system gives them need (Claude Code's metadata document lists
+///   port-less loopback URIs; VS Code moves off 33418 when it is busy). Scheme, host, path
+///   and query stay exact; the token request must repeat the URI of its authorization.
 /// * **Authorization**: `response_type=code` with PKCE `S256` (plain or missing is refused),
 ///   a required RFC 8707 `resource`, scopes from [`DevIssuerConfig::new`]'s list. There is no
 ///   consent screen: the [`ConsentPolicy`] decides at once, then the browser is sent to
@@ -189,8 +196,8 @@ impl DevIssuer {
 
     /// Registers a public client (`token_endpoint_auth_method: none`, grant types
     /// `authorization_code` and `refresh_token`) with these redirect URIs, as if created in
-    /// the Wacht console, and returns its `client_id`. The URIs are matched exactly and are
-    /// not checked.
+    /// the Wacht console, and returns its `client_id`. The URIs are not checked; they are
+    /// matched exactly, except for the port of a loopback `http` URI (see [`DevIssuer`]).
     pub fn register_public_client<I, S>(&self, redirect_uris: I) -> String
     where
         I: IntoIterator<Item = S>,
