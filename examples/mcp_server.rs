@@ -26,9 +26,10 @@
 //! `FakeGateway` and a `DevIssuer` (a loopback OAuth authorization server playing your Wacht
 //! OAuth app, issuing tokens into the fake gateway), names the dev issuer in its metadata, so
 //! an MCP client that knows nothing but `http://<bound address>/mcp` (the MCP Inspector, an
-//! SDK client) registers (dynamic registration or a client ID metadata document), authorizes
-//! with PKCE, gets a token and calls tools, stepping up to `projects:write` when a tool asks
-//! for it. It also prints demo tokens with ready-to-paste curl commands. With
+//! SDK client) registers (dynamic registration; a client ID metadata document with
+//! `MCP_CIMD=on`, and from a loopback port with `MCP_CIMD_LOOPBACK_PORT`), authorizes with
+//! PKCE, gets a token and calls tools, stepping up to `projects:write` when a tool asks for
+//! it. It also prints demo tokens with ready-to-paste curl commands. With
 //! `WACHT_GATEWAY_URL` set, none of this runs.
 //!
 //! Protocol versions: rmcp 3.11 serves MCP 2026-07-28 (no `initialize`; `server/discover`,
@@ -265,28 +266,64 @@ pub struct Demo {
 /// The development authorization server's settings: the example's scopes, tokens granted for
 /// the demo organization, every requested scope approved at once (so a client asks for
 /// `projects:read` first, as the 401 challenge suggests, and steps up to `projects:write`
-/// when `archive_project` answers 403), client metadata documents also from loopback URLs (a
-/// client under development serving its document locally), and no refresh tokens: the MCP
-/// Inspector and other clients on the TypeScript SDK 1.x answer a 403 `insufficient_scope`
-/// with a refresh, which cannot add a scope, and give up; without a refresh token they
-/// authorize again with the challenged scopes, so step-up works in them too. Tokens last an
-/// hour; then clients authorize again (approved at once).
+/// when `archive_project` answers 403), client ID metadata documents off (clients register
+/// dynamically; [`metadata_documents_from_env`] turns them on), and no refresh tokens: the
+/// MCP Inspector and other clients on the TypeScript SDK 1.x answer a 403
+/// `insufficient_scope` with a refresh, which cannot add a scope, and give up; without a
+/// refresh token they authorize again with the challenged scopes, so step-up works in them
+/// too. Tokens last an hour; then clients authorize again (approved at once).
 pub fn dev_issuer_config() -> DevIssuerConfig {
     DevIssuerConfig::new(SCOPES_SUPPORTED)
         .granted_resource(DEMO_ORGANIZATION)
-        .allow_loopback_metadata_documents(true)
         .refresh_tokens(false)
 }
 
-/// Starts a fake gateway and a development authorization server, and registers demo tokens
-/// for the MCP server at `resource`.
+/// Client ID metadata documents in the dev issuer, as asked by `MCP_CIMD` (`on` or `off`,
+/// the default) and `MCP_CIMD_LOOPBACK_PORT`: with `MCP_CIMD=on` the dev issuer advertises
+/// them and fetches a client's document from its `https` URL (public addresses only: Claude
+/// Code's and VS Code's documents need internet access); `MCP_CIMD_LOOPBACK_PORT=<port>` also
+/// accepts documents served on this machine at that one port (a client under development).
+/// Off, clients that prefer documents register dynamically instead.
+pub fn metadata_documents_from_env(
+    config: DevIssuerConfig,
+    cimd: Option<&str>,
+    loopback_port: Option<&str>,
+) -> Result<DevIssuerConfig, String> {
+    let enabled = match cimd.map(str::trim) {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => return Err(format!("MCP_CIMD must be `on` or `off`, not `{other}`")),
+    };
+    let mut config = config.client_id_metadata_documents(enabled);
+    if let Some(port) = loopback_port {
+        if !enabled {
+            return Err("MCP_CIMD_LOOPBACK_PORT needs MCP_CIMD=on".to_owned());
+        }
+        let port = port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("MCP_CIMD_LOOPBACK_PORT must be a port number, not `{port}`"))?;
+        config = config.allow_loopback_metadata_document_port(port);
+    }
+    Ok(config)
+}
+
+/// Starts a fake gateway and a development authorization server ([`dev_issuer_config`]), and
+/// registers demo tokens for the MCP server at `resource`.
 pub async fn demo(resource: &str) -> std::io::Result<Demo> {
+    demo_with(resource, dev_issuer_config()).await
+}
+
+/// [`demo`] with this development authorization server configuration.
+pub async fn demo_with(resource: &str, issuer_config: DevIssuerConfig) -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
     gateway.set_scope_definitions(vec![
         ScopeDefinition::organization("projects:read", "org:projects:read"),
         ScopeDefinition::organization("projects:write", "org:projects:write"),
     ]);
-    let issuer = DevIssuer::start(gateway.clone(), dev_issuer_config()).await?;
+    let issuer = DevIssuer::start(gateway.clone(), issuer_config).await?;
     let issuer_url = issuer.url();
     let grant = |client: &str, scopes: &[&str], audience: &str| {
         TokenGrant::new(client)
@@ -448,7 +485,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             format!("http://{host}{MCP_PATH}")
         });
-        let demo = demo(&resource).await?;
+        let issuer_config = metadata_documents_from_env(
+            dev_issuer_config(),
+            env("MCP_CIMD").as_deref(),
+            env("MCP_CIMD_LOOPBACK_PORT").as_deref(),
+        )?;
+        let demo = demo_with(&resource, issuer_config).await?;
         (demo.config.clone(), Some(demo))
     };
     let auth = WachtAuthLayer::new(config)?;
