@@ -25,12 +25,12 @@
 //! Without `WACHT_GATEWAY_URL` it runs without a Wacht account: it starts an embedded
 //! `FakeGateway` and a `DevIssuer` (a loopback OAuth authorization server playing your Wacht
 //! OAuth app, issuing tokens into the fake gateway), names the dev issuer in its metadata, so
-//! an MCP client that knows nothing but `http://<bound address>/mcp` (the MCP Inspector, an
-//! SDK client) registers (dynamic registration; a client ID metadata document with
-//! `MCP_CIMD=on`, and from a loopback port with `MCP_CIMD_LOOPBACK_PORT`), authorizes with
-//! PKCE, gets a token and calls tools, stepping up to `projects:write` when a tool asks for
-//! it. It also prints demo tokens with ready-to-paste curl commands. With
-//! `WACHT_GATEWAY_URL` set, none of this runs.
+//! an MCP client that knows nothing but `http://<bound address>/mcp` (Claude Code, VS Code,
+//! the MCP Inspector, an SDK client) registers (dynamic registration; a client ID metadata
+//! document with `MCP_CIMD=on`, and from a loopback port with `MCP_CIMD_LOOPBACK_PORT`),
+//! authorizes with PKCE, gets a token and calls tools, stepping up to `projects:write` when a
+//! tool asks for it. It prints ready configurations for those clients, and demo tokens with
+//! ready-to-paste curl commands. With `WACHT_GATEWAY_URL` set, none of this runs.
 //!
 //! Protocol versions: rmcp 3.11 serves MCP 2026-07-28 (no `initialize`; `server/discover`,
 //! the `Mcp-Method` / `Mcp-Name` headers, checked against the body by the tool guard) and the
@@ -456,6 +456,48 @@ fn demo_calls(resource: &str, metadata_url: &str, agent: &str, reader: &str, for
     ]
 }
 
+/// VS Code's `mcp.json` (`.vscode/mcp.json` in a workspace, or the user configuration) naming
+/// the server at `resource`.
+pub fn vscode_mcp_json(resource: &str) -> String {
+    let config = json!({"servers": {"tower-wacht": {"type": "http", "url": resource}}});
+    serde_json::to_string_pretty(&config).unwrap_or_default()
+}
+
+/// What the example prints in its no-account mode: how to point Claude Code, VS Code and the
+/// MCP Inspector at the server at `resource`, whose dev issuer is at `issuer`, and what they
+/// do then.
+pub fn client_setup(resource: &str, issuer: &str) -> String {
+    let vscode: String = vscode_mcp_json(resource)
+        .lines()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    format!(
+        "Connect an MCP client to {resource} (this exact URL: tokens are issued for it).\n\
+         The client gets 401, finds the dev issuer at {issuer} through the metadata, registers\n\
+         (dynamic registration; its client ID metadata document instead with MCP_CIMD=on) and\n\
+         opens your browser on {issuer}/oauth/authorize. There is no login form: the dev\n\
+         issuer approves at once and sends the browser back to the client, which says it is\n\
+         authorized. archive_project asks for projects:write: the client goes through the\n\
+         browser once more.\n\
+         \n\
+         Claude Code:\n\
+         \x20   claude mcp add --transport http tower-wacht {resource}\n\
+         \x20 then, in Claude Code: /mcp, choose tower-wacht, Authenticate.\n\
+         \n\
+         VS Code: put this in .vscode/mcp.json (or in the user mcp.json,\n\
+         \x20 \"MCP: Open User Configuration\"):\n\
+         {vscode}\
+         \x20 then start the server (\"Start\" above it, or \"MCP: List Servers\") and allow the sign-in.\n\
+         \n\
+         MCP Inspector (npx @modelcontextprotocol/inspector, Node 22.19 or later): add a server\n\
+         \x20 with transport Streamable HTTP and URL {resource}, and connect (its backend calls\n\
+         \x20 the server). In the 1.x Inspector (npx @modelcontextprotocol/inspector@v1-latest):\n\
+         \x20 Transport Type \"Streamable HTTP\", URL {resource}, Connection Type \"Via Proxy\"\n\
+         \x20 (its proxy calls the server) or \"Direct\" (your browser calls the server itself,\n\
+         \x20 cross-origin), then Connect."
+    )
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -522,11 +564,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              every request at once)",
             demo.issuer.url()
         );
-        println!(
-            "\nConnect any MCP client to {resource}: it discovers the dev issuer, registers, \
-             authorizes and calls tools. For example:\n  npx @modelcontextprotocol/inspector\n\
-             then choose Streamable HTTP, enter {resource} and connect."
-        );
+        println!("\n{}", client_setup(&resource, &demo.issuer.url()));
         println!("\nDemo tokens (valid for one hour):");
         println!(
             "  agent   ({}, projects:read projects:write): {}",

@@ -415,3 +415,30 @@ async fn the_examples_dev_issuer_takes_metadata_documents_only_when_asked() {
         assert!(from_env(cimd, port).is_err(), "{cimd:?} {port:?}");
     }
 }
+
+/// The configurations printed for Claude Code, VS Code and the Inspector name the example's
+/// own URLs, and the VS Code one is the `mcp.json` shape VS Code reads.
+#[test]
+fn the_printed_client_configurations_name_the_examples_urls() {
+    let resource = "http://127.0.0.1:3917/mcp";
+    let issuer = "http://127.0.0.1:41000";
+    let text = mcp_server::client_setup(resource, issuer);
+    assert!(
+        text.contains(&format!("claude mcp add --transport http tower-wacht {resource}\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{issuer}/oauth/authorize")), "{text}");
+    assert!(text.contains(&format!("URL {resource}")), "{text}");
+    assert!(!text.contains("localhost"), "{text}");
+    let vscode: Value = serde_json::from_str(&mcp_server::vscode_mcp_json(resource)).unwrap();
+    assert_eq!(
+        vscode,
+        json!({"servers": {"tower-wacht": {"type": "http", "url": resource}}})
+    );
+    let printed: String = text
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(printed.contains("\"url\": \"http://127.0.0.1:3917/mcp\""), "{text}");
+}
