@@ -25,11 +25,12 @@
 //! Without `WACHT_GATEWAY_URL` it runs without a Wacht account: it starts an embedded
 //! `FakeGateway` and a `DevIssuer` (a loopback OAuth authorization server playing your Wacht
 //! OAuth app, issuing tokens into the fake gateway), names the dev issuer in its metadata, so
-//! an MCP client that knows nothing but `http://<bound address>/mcp` (the MCP Inspector, an
-//! SDK client) registers (dynamic registration or a client ID metadata document), authorizes
-//! with PKCE, gets a token and calls tools, stepping up to `projects:write` when a tool asks
-//! for it. It also prints demo tokens with ready-to-paste curl commands. With
-//! `WACHT_GATEWAY_URL` set, none of this runs.
+//! an MCP client that knows nothing but `http://<bound address>/mcp` (Claude Code, VS Code,
+//! the MCP Inspector, an SDK client) registers (dynamic registration; a client ID metadata
+//! document with `MCP_CIMD=on`, and from a loopback port with `MCP_CIMD_LOOPBACK_PORT`),
+//! authorizes with PKCE, gets a token and calls tools, stepping up to `projects:write` when a
+//! tool asks for it. It prints ready configurations for those clients, and demo tokens with
+//! ready-to-paste curl commands. With `WACHT_GATEWAY_URL` set, none of this runs.
 //!
 //! Protocol versions: rmcp 3.11 serves MCP 2026-07-28 (no `initialize`; `server/discover`,
 //! the `Mcp-Method` / `Mcp-Name` headers, checked against the body by the tool guard) and the
@@ -376,28 +377,64 @@ pub struct Demo {
 /// The development authorization server's settings: the example's scopes, tokens granted for
 /// the demo organization, every requested scope approved at once (so a client asks for
 /// `projects:read` first, as the 401 challenge suggests, and steps up to `projects:write`
-/// when `archive_project` answers 403), client metadata documents also from loopback URLs (a
-/// client under development serving its document locally), and no refresh tokens: the MCP
-/// Inspector and other clients on the TypeScript SDK 1.x answer a 403 `insufficient_scope`
-/// with a refresh, which cannot add a scope, and give up; without a refresh token they
-/// authorize again with the challenged scopes, so step-up works in them too. Tokens last an
-/// hour; then clients authorize again (approved at once).
+/// when `archive_project` answers 403), client ID metadata documents off (clients register
+/// dynamically; [`metadata_documents_from_env`] turns them on), and no refresh tokens: the
+/// MCP Inspector and other clients on the TypeScript SDK 1.x answer a 403
+/// `insufficient_scope` with a refresh, which cannot add a scope, and give up; without a
+/// refresh token they authorize again with the challenged scopes, so step-up works in them
+/// too. Tokens last an hour; then clients authorize again (approved at once).
 pub fn dev_issuer_config() -> DevIssuerConfig {
     DevIssuerConfig::new(SCOPES_SUPPORTED)
         .granted_resource(DEMO_ORGANIZATION)
-        .allow_loopback_metadata_documents(true)
         .refresh_tokens(false)
 }
 
-/// Starts a fake gateway and a development authorization server, and registers demo tokens
-/// for the MCP server at `resource`.
+/// Client ID metadata documents in the dev issuer, as asked by `MCP_CIMD` (`on` or `off`,
+/// the default) and `MCP_CIMD_LOOPBACK_PORT`: with `MCP_CIMD=on` the dev issuer advertises
+/// them and fetches a client's document from its `https` URL (public addresses only: Claude
+/// Code's and VS Code's documents need internet access); `MCP_CIMD_LOOPBACK_PORT=<port>` also
+/// accepts documents served on this machine at that one port (a client under development).
+/// Off, clients that prefer documents register dynamically instead.
+pub fn metadata_documents_from_env(
+    config: DevIssuerConfig,
+    cimd: Option<&str>,
+    loopback_port: Option<&str>,
+) -> Result<DevIssuerConfig, String> {
+    let enabled = match cimd.map(str::trim) {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => return Err(format!("MCP_CIMD must be `on` or `off`, not `{other}`")),
+    };
+    let mut config = config.client_id_metadata_documents(enabled);
+    if let Some(port) = loopback_port {
+        if !enabled {
+            return Err("MCP_CIMD_LOOPBACK_PORT needs MCP_CIMD=on".to_owned());
+        }
+        let port = port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("MCP_CIMD_LOOPBACK_PORT must be a port number, not `{port}`"))?;
+        config = config.allow_loopback_metadata_document_port(port);
+    }
+    Ok(config)
+}
+
+/// Starts a fake gateway and a development authorization server ([`dev_issuer_config`]), and
+/// registers demo tokens for the MCP server at `resource`.
 pub async fn demo(resource: &str) -> std::io::Result<Demo> {
+    demo_with(resource, dev_issuer_config()).await
+}
+
+/// [`demo`] with this development authorization server configuration.
+pub async fn demo_with(resource: &str, issuer_config: DevIssuerConfig) -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
     gateway.set_scope_definitions(vec![
         ScopeDefinition::organization("projects:read", "org:projects:read"),
         ScopeDefinition::organization("projects:write", "org:projects:write"),
     ]);
-    let issuer = DevIssuer::start(gateway.clone(), dev_issuer_config()).await?;
+    let issuer = DevIssuer::start(gateway.clone(), issuer_config).await?;
     let issuer_url = issuer.url();
     let grant = |client: &str, scopes: &[&str], audience: &str| {
         TokenGrant::new(client)
@@ -548,6 +585,48 @@ fn demo_calls(resource: &str, metadata_url: &str, agent: &str, reader: &str, for
     ]
 }
 
+/// VS Code's `mcp.json` (`.vscode/mcp.json` in a workspace, or the user configuration) naming
+/// the server at `resource`.
+pub fn vscode_mcp_json(resource: &str) -> String {
+    let config = json!({"servers": {"tower-wacht": {"type": "http", "url": resource}}});
+    serde_json::to_string_pretty(&config).unwrap_or_default()
+}
+
+/// What the example prints in its no-account mode: how to point Claude Code, VS Code and the
+/// MCP Inspector at the server at `resource`, whose dev issuer is at `issuer`, and what they
+/// do then.
+pub fn client_setup(resource: &str, issuer: &str) -> String {
+    let vscode: String = vscode_mcp_json(resource)
+        .lines()
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    format!(
+        "Connect an MCP client to {resource} (this exact URL: tokens are issued for it).\n\
+         The client gets 401, finds the dev issuer at {issuer} through the metadata, registers\n\
+         (dynamic registration; its client ID metadata document instead with MCP_CIMD=on) and\n\
+         opens your browser on {issuer}/oauth/authorize. There is no login form: the dev\n\
+         issuer approves at once and sends the browser back to the client, which says it is\n\
+         authorized. archive_project asks for projects:write: the client goes through the\n\
+         browser once more.\n\
+         \n\
+         Claude Code:\n\
+         \x20   claude mcp add --transport http tower-wacht {resource}\n\
+         \x20 then, in Claude Code: /mcp, choose tower-wacht, Authenticate.\n\
+         \n\
+         VS Code: put this in .vscode/mcp.json (or in the user mcp.json,\n\
+         \x20 \"MCP: Open User Configuration\"):\n\
+         {vscode}\
+         \x20 then start the server (\"Start\" above it, or \"MCP: List Servers\") and allow the sign-in.\n\
+         \n\
+         MCP Inspector (npx @modelcontextprotocol/inspector, Node 22.19 or later): add a server\n\
+         \x20 with transport Streamable HTTP and URL {resource}, and connect (its backend calls\n\
+         \x20 the server). In the 1.x Inspector (npx @modelcontextprotocol/inspector@v1-latest):\n\
+         \x20 Transport Type \"Streamable HTTP\", URL {resource}, Connection Type \"Via Proxy\"\n\
+         \x20 (its proxy calls the server) or \"Direct\" (your browser calls the server itself,\n\
+         \x20 cross-origin), then Connect."
+    )
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -577,7 +656,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             format!("http://{host}{MCP_PATH}")
         });
-        let demo = demo(&resource).await?;
+        let issuer_config = metadata_documents_from_env(
+            dev_issuer_config(),
+            env("MCP_CIMD").as_deref(),
+            env("MCP_CIMD_LOOPBACK_PORT").as_deref(),
+        )?;
+        let demo = demo_with(&resource, issuer_config).await?;
         (demo.config.clone(), Some(demo))
     };
     // Development: one layer per loopback name of the URL (a client may be configured with
@@ -619,11 +703,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              every request at once)",
             demo.issuer.url()
         );
-        println!(
-            "\nConnect any MCP client to {resource}: it discovers the dev issuer, registers, \
-             authorizes and calls tools. For example:\n  npx @modelcontextprotocol/inspector\n\
-             then choose Streamable HTTP, enter {resource} and connect."
-        );
+        println!("\n{}", client_setup(&resource, &demo.issuer.url()));
         println!("\nDemo tokens (valid for one hour):");
         println!(
             "  agent   ({}, projects:read projects:write): {}",

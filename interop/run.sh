@@ -10,7 +10,7 @@ url="http://127.0.0.1:${port}/mcp"
 mkdir -p "$work"
 
 cargo build --quiet --example mcp_server --features test-util
-BIND="127.0.0.1:${port}" RUST_LOG=warn target/debug/examples/mcp_server > "$work/server.log" 2>&1 &
+BIND="127.0.0.1:${port}" RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/debug/examples/mcp_server" > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

@@ -1,17 +1,22 @@
 //! The `DevIssuer` over real loopback HTTP: metadata, the authorization code flow with PKCE
-//! and `resource` for registered (RFC 7591) and metadata-document (CIMD) clients, the issued
-//! tokens verified by `WachtAuthLayer` through the `FakeGateway`, refusals, refresh rotation
-//! and consent policies.
+//! and `resource` for registered (RFC 7591) and metadata-document (CIMD) clients, loopback
+//! redirect URIs with any port, the issued tokens verified by `WachtAuthLayer` through the
+//! `FakeGateway`, refusals, refresh rotation and consent policies. `cimd` has the rules for
+//! fetching metadata documents (the switch, where they may come from, caching).
 #![cfg(feature = "test-util")]
+
+mod cimd;
 
 use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::State;
+use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use tower_wacht::testing::{
     ClientKind, ConsentPolicy, DEFAULT_GRANTED_RESOURCE, DevIssuer, DevIssuerConfig, GrantType, IssForm, hash_token,
@@ -253,17 +258,75 @@ async fn assert_error_page(resp: reqwest::Response, needle: &str) {
     assert!(text.contains(needle), "{text}");
 }
 
-/// Serves `document(url)` at `http://127.0.0.1:PORT/client.json`; returns that URL.
-async fn serve_client_document(document: impl FnOnce(&str) -> Value) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let url = format!("http://{addr}/client.json");
-    let body = document(&url);
-    let app = Router::new().route("/client.json", get(move || async move { axum::Json(body) }));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
+/// A loopback HTTP server of client metadata documents, counting the requests for each path.
+#[derive(Clone)]
+struct DocumentServer {
+    addr: SocketAddr,
+    routes: Arc<Mutex<Routes>>,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// Path → `Cache-Control` value (if any) and document.
+    documents: HashMap<String, (Option<&'static str>, Value)>,
+    /// Path → requests received, served or not.
+    requests: HashMap<String, usize>,
+}
+
+impl DocumentServer {
+    async fn start() -> DocumentServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let app = Router::new().fallback(Self::answer).with_state(Arc::clone(&routes));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        DocumentServer { addr, routes }
+    }
+
+    async fn answer(State(routes): State<Arc<Mutex<Routes>>>, uri: http::Uri) -> axum::response::Response {
+        let mut routes = routes.lock().unwrap();
+        *routes.requests.entry(uri.path().to_owned()).or_default() += 1;
+        match routes.documents.get(uri.path()) {
+            None => http::StatusCode::NOT_FOUND.into_response(),
+            Some((None, document)) => axum::Json(document.clone()).into_response(),
+            Some((Some(cache_control), document)) => {
+                ([("cache-control", *cache_control)], axum::Json(document.clone())).into_response()
+            }
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:PORT<path>`.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Serves `document(url)` at `path` with this `Cache-Control`; returns the URL.
+    fn serve(&self, path: &str, cache_control: Option<&'static str>, document: impl FnOnce(&str) -> Value) -> String {
+        let url = self.url(path);
+        let body = document(&url);
+        self.routes
+            .lock()
+            .unwrap()
+            .documents
+            .insert(path.to_owned(), (cache_control, body));
+        url
+    }
+
+    /// Requests received for `path`.
+    fn requests(&self, path: &str) -> usize {
+        self.routes.lock().unwrap().requests.get(path).copied().unwrap_or(0)
+    }
+}
+
+/// A document for a public client redirecting to [`REDIRECT`].
+fn client_document(url: &str) -> Value {
+    json!({"client_id": url, "client_name": "CIMD test client", "redirect_uris": [REDIRECT]})
 }
 
 #[tokio::test]
@@ -306,7 +369,8 @@ async fn metadata_names_the_wacht_endpoints_and_what_mcp_clients_require() {
     assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(doc["scopes_supported"], json!(SCOPES));
     assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
-    assert_eq!(doc["client_id_metadata_document_supported"], true);
+    // Off unless configured: clients that prefer documents register dynamically instead.
+    assert_eq!(doc["client_id_metadata_document_supported"], false);
 
     // Browser clients preflight their cross-origin calls (the TS SDK adds
     // `mcp-protocol-version` to metadata requests).
@@ -419,8 +483,8 @@ async fn registered_client_completes_the_flow_and_its_token_passes_the_layer() {
 
 #[tokio::test]
 async fn metadata_document_client_completes_the_flow() {
-    let setup = Setup::with(|c| c.allow_loopback_metadata_documents(true)).await;
-    let client_id = serve_client_document(|url| {
+    let documents = DocumentServer::start().await;
+    let client_id = documents.serve("/client.json", None, |url| {
         json!({
             "client_id": url,
             "client_name": "CIMD test client",
@@ -428,11 +492,17 @@ async fn metadata_document_client_completes_the_flow() {
             "grant_types": ["authorization_code", "refresh_token"],
             "token_endpoint_auth_method": "none",
         })
+    });
+    let setup = Setup::with(|c| {
+        c.client_id_metadata_documents(true)
+            .allow_loopback_metadata_document_port(documents.port())
     })
     .await;
+    assert_eq!(setup.metadata().await["client_id_metadata_document_supported"], true);
 
     let code = setup.code(&client_id, "projects:read projects:write").await;
     assert_eq!(setup.issuer.metadata_document_fetches(), 1);
+    assert_eq!(documents.requests("/client.json"), 1);
     assert_eq!(setup.issuer.registrations(), 0);
     let clients = setup.issuer.clients();
     assert_eq!(clients.len(), 1);
@@ -456,15 +526,13 @@ async fn metadata_document_client_completes_the_flow() {
 
 #[tokio::test]
 async fn metadata_documents_are_checked_before_their_redirect_uris_are_trusted() {
-    // Loopback documents are refused by default, without fetching.
-    let setup = Setup::start().await;
-    let client_id = serve_client_document(|url| json!({"client_id": url, "redirect_uris": [REDIRECT]})).await;
-    let resp = setup
-        .authorize_raw(&[("client_id", &client_id), ("redirect_uri", REDIRECT)])
-        .await;
-    assert_error_page(resp, "loopback").await;
-    assert_eq!(setup.issuer.metadata_document_fetches(), 0);
-    // Non-https document URLs elsewhere too.
+    let documents = DocumentServer::start().await;
+    let setup = Setup::with(|c| {
+        c.client_id_metadata_documents(true)
+            .allow_loopback_metadata_document_port(documents.port())
+    })
+    .await;
+    // A URL of the wrong form is refused saying why, without fetching.
     let resp = setup
         .authorize_raw(&[
             ("client_id", "http://app.example.com/client.json"),
@@ -472,19 +540,20 @@ async fn metadata_documents_are_checked_before_their_redirect_uris_are_trusted()
         ])
         .await;
     assert_error_page(resp, "https").await;
+    assert_eq!(setup.issuer.metadata_document_fetches(), 0);
 
-    let setup = Setup::with(|c| c.allow_loopback_metadata_documents(true)).await;
     // A document claiming another client id.
-    let impostor = serve_client_document(
+    let impostor = documents.serve(
+        "/impostor.json",
+        None,
         |_| json!({"client_id": "https://trusted.example.com/client.json", "redirect_uris": [REDIRECT]}),
-    )
-    .await;
+    );
     let resp = setup
         .authorize_raw(&[("client_id", &impostor), ("redirect_uri", REDIRECT)])
         .await;
     assert_error_page(resp, "client_id").await;
     // A redirect URI the document does not list.
-    let client_id = serve_client_document(|url| json!({"client_id": url, "redirect_uris": [REDIRECT]})).await;
+    let client_id = documents.serve("/client.json", None, client_document);
     let resp = setup
         .authorize_raw(&[
             ("client_id", &client_id),
@@ -607,6 +676,89 @@ async fn redirect_uris_must_match_exactly() {
         400,
         "invalid_redirect_uri",
     );
+}
+
+/// RFC 8252 §7.3 and OAuth 2.1: a native client listens on whatever port the system gives it,
+/// so a loopback redirect URI matches with any port; only the port.
+#[tokio::test]
+async fn loopback_redirect_uris_match_with_any_port_and_nothing_else_does() {
+    let setup = Setup::start().await;
+    let client_id = setup
+        .register_public(&[
+            "http://127.0.0.1/callback",
+            "http://localhost:33418/cb",
+            "http://[::1]/cb?app=1",
+            "https://app.example.com/cb",
+        ])
+        .await;
+    let app = setup.app().await;
+
+    for ephemeral in [
+        "http://127.0.0.1:54321/callback",
+        "http://127.0.0.1/callback",
+        "http://localhost:40000/cb",
+        "http://[::1]:61000/cb?app=1",
+    ] {
+        // The authorization answers at the port the client listens on.
+        let redirect = setup
+            .authorize(&client_id, "projects:read", &[("redirect_uri", ephemeral)])
+            .await;
+        assert_eq!(redirect.base, ephemeral.split('?').next().unwrap(), "{ephemeral}");
+        assert!(redirect.get("error").is_none(), "{ephemeral}");
+        let code = redirect.get("code").expect("a code").to_owned();
+        // The token request repeats that URI, port included; another port is refused.
+        let other_port = setup
+            .exchange_changing(
+                &client_id,
+                &code,
+                &[("redirect_uri", Some("http://127.0.0.1:1/callback"))],
+            )
+            .await;
+        assert_error(&other_port, 400, "invalid_grant");
+        let redirect = setup
+            .authorize(&client_id, "projects:read", &[("redirect_uri", ephemeral)])
+            .await;
+        let code = redirect.get("code").expect("a code").to_owned();
+        let (status, body) = setup
+            .exchange_changing(&client_id, &code, &[("redirect_uri", Some(ephemeral))])
+            .await;
+        assert_eq!(status, 200, "{ephemeral}: {body}");
+        assert_eq!(
+            app.get("/whoami", body["access_token"].as_str()).await.status(),
+            200,
+            "{ephemeral}"
+        );
+    }
+
+    // Only the port is free, and only on loopback: another host (even another loopback
+    // name), path, query or scheme, user information, or a port on a non-loopback URI is
+    // refused, shown and never redirected to.
+    for refused in [
+        "http://localhost:54321/callback",
+        "http://[::1]:54321/callback",
+        "http://127.0.0.2:54321/callback",
+        "http://127.0.0.1:54321/callback/",
+        "http://127.0.0.1:54321/other",
+        "http://127.0.0.1:54321/callback?x=1",
+        "https://127.0.0.1:54321/callback",
+        "http://127.0.0.1:54321@evil.example.com/callback",
+        "http://127.0.0.1:0/callback",
+        "http://[::1]:61000/cb",
+        "https://app.example.com:8443/cb",
+        "https://evil.example.com/cb",
+    ] {
+        let resp = setup
+            .authorize_raw(&[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", refused),
+                ("code_challenge", CHALLENGE),
+                ("code_challenge_method", "S256"),
+                ("resource", RESOURCE),
+            ])
+            .await;
+        assert_error_page(resp, "redirect_uri").await;
+    }
 }
 
 #[tokio::test]

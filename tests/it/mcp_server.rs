@@ -18,7 +18,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::{InsufficientScopeError, StreamableHttpClientTransportConfig};
 use rmcp::{ServiceError, ServiceExt};
 use serde_json::{Value, json};
-use tower_wacht::testing::{TokenGrant, generate_token};
+use tower_wacht::testing::{DevIssuerConfig, TokenGrant, generate_token};
 use tower_wacht::{WachtAuthConfig, WachtAuthLayer};
 
 use mcp_server::{AGENT_CLIENT_ID, DEMO_ORGANIZATION, Demo, READER_CLIENT_ID, SCOPES_SUPPORTED};
@@ -49,10 +49,18 @@ impl Server {
 
     /// The demo, advertising `issuer` (instead of the demo issuer) as authorization server.
     async fn start_with_issuer(issuer: Option<&str>) -> Server {
+        Self::start_with(issuer, mcp_server::dev_issuer_config()).await
+    }
+
+    /// The demo with this dev issuer configuration, advertising `issuer` (instead of the demo
+    /// issuer) as authorization server.
+    async fn start_with(issuer: Option<&str>, issuer_config: DevIssuerConfig) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let resource = format!("http://{addr}/mcp");
-        let demo = mcp_server::demo(&resource).await.expect("demo gateway starts");
+        let demo = mcp_server::demo_with(&resource, issuer_config)
+            .await
+            .expect("demo gateway starts");
         let config = match issuer {
             None => demo.config.clone(),
             Some(issuer) => {

@@ -1,6 +1,8 @@
 //! How a [`DevIssuer`](super::DevIssuer) behaves: [`DevIssuerConfig`], [`ConsentPolicy`] and
 //! [`IssForm`].
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::super::model::{EXAMPLE_DEPLOYMENT_ID, EXAMPLE_OWNER_USER_ID};
@@ -93,7 +95,9 @@ pub struct DevIssuerConfig {
     pub(super) refresh_token_ttl: Duration,
     pub(super) code_ttl: Duration,
     pub(super) iss_form: IssForm,
-    pub(super) allow_loopback_metadata_documents: bool,
+    pub(super) metadata_documents: bool,
+    pub(super) loopback_document_ports: Vec<u16>,
+    pub(super) document_hosts: BTreeMap<String, Vec<IpAddr>>,
     pub(super) dynamic_registration: bool,
     pub(super) refresh_tokens: bool,
     pub(super) deployment_id: i64,
@@ -106,8 +110,9 @@ impl DevIssuerConfig {
     /// metadata; any other requested scope is refused with `invalid_scope`), with the
     /// defaults: [`ConsentPolicy::GrantAll`], granted resource
     /// [`DEFAULT_GRANTED_RESOURCE`], access tokens for 1 hour, refresh tokens for 30 days,
-    /// authorization codes for 60 seconds, [`IssForm::Issuer`], client metadata documents
-    /// only from `https` URLs on non-loopback hosts, dynamic client registration on, the
+    /// authorization codes for 60 seconds, [`IssForm::Issuer`], client ID metadata documents
+    /// off (see [`client_id_metadata_documents`](Self::client_id_metadata_documents)),
+    /// dynamic client registration on, the
     /// example deployment and end user ids of [`TokenGrant::new`](super::super::TokenGrant::new),
     /// and a free port.
     #[must_use]
@@ -124,7 +129,9 @@ impl DevIssuerConfig {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             code_ttl: Duration::from_secs(60),
             iss_form: IssForm::Issuer,
-            allow_loopback_metadata_documents: false,
+            metadata_documents: false,
+            loopback_document_ports: Vec::new(),
+            document_hosts: BTreeMap::new(),
             dynamic_registration: true,
             refresh_tokens: true,
             deployment_id: EXAMPLE_DEPLOYMENT_ID,
@@ -178,13 +185,55 @@ impl DevIssuerConfig {
         self
     }
 
-    /// **For tests only.** Also accept Client ID Metadata Document URLs on loopback hosts
-    /// (`localhost`, `127.0.0.0/8`, `[::1]`), over `http` or `https`, so a test can serve the
-    /// document itself. Off by default: client ids must then be `https` URLs on other hosts,
-    /// as the MCP specification requires, and the issuer never fetches from this machine.
+    /// Whether Client ID Metadata Documents are accepted (default: **no**): a `client_id`
+    /// that is an `https` URL names a JSON document describing the client, which the issuer
+    /// fetches at authorization. When on, the metadata advertises
+    /// `client_id_metadata_document_supported: true`, and clients that prefer documents (Claude
+    /// Code, VS Code, the official conformance client) use them; when off, it advertises
+    /// `false`, a URL `client_id` is an unknown client, and those clients fall back to
+    /// dynamic registration.
+    ///
+    /// Off by default because turning it on makes the issuer fetch URLs a browser hands it.
+    /// It fetches only from public addresses, checked after name resolution and connected
+    /// to as checked (no second lookup, no proxy, no redirects), at most 64 KiB within 5
+    /// seconds, and caches a document as its `Cache-Control` allows (`max-age`, at most an
+    /// hour; `no-store` and `no-cache` are not kept), 64 documents at most. Every failure
+    /// after the URL's form was checked (an address refused, no connection, an error status,
+    /// a document that does not describe the client) shows the same page, so the issuer cannot
+    /// be used to tell which internal hosts answer; the reason goes to the debug log.
     #[must_use]
-    pub fn allow_loopback_metadata_documents(mut self, allow: bool) -> Self {
-        self.allow_loopback_metadata_documents = allow;
+    pub fn client_id_metadata_documents(mut self, enabled: bool) -> Self {
+        self.metadata_documents = enabled;
+        self
+    }
+
+    /// **For tests and local development.** Also fetch client metadata documents from this
+    /// port on this machine: `http` or `https` URLs whose host is `localhost` (resolved to
+    /// `127.0.0.1` and `::1` without DNS), an address of `127.0.0.0/8` or `[::1]`, with
+    /// exactly this port, so that a test or a client under development can serve its
+    /// document itself. Call it once per port. Other loopback ports stay refused, as do
+    /// IPv4-mapped forms of loopback (`[::ffff:7f00:1]`) and every other non-public address.
+    /// Takes effect only with [`client_id_metadata_documents`](Self::client_id_metadata_documents)
+    /// on.
+    #[must_use]
+    pub fn allow_loopback_metadata_document_port(mut self, port: u16) -> Self {
+        if !self.loopback_document_ports.contains(&port) {
+            self.loopback_document_ports.push(port);
+        }
+        self
+    }
+
+    /// **For tests.** When fetching a client metadata document, resolve `host` to these
+    /// addresses instead of asking DNS (like curl's `--resolve`). The addresses are checked
+    /// like a DNS answer: a name resolving to a private, link-local or loopback address is
+    /// refused all the same, which is what a test of those rules needs, without a DNS server.
+    #[must_use]
+    pub fn resolve_metadata_document_host<I>(mut self, host: impl Into<String>, addresses: I) -> Self
+    where
+        I: IntoIterator<Item = IpAddr>,
+    {
+        self.document_hosts
+            .insert(host.into().to_ascii_lowercase(), addresses.into_iter().collect());
         self
     }
 

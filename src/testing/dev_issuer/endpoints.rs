@@ -10,10 +10,8 @@ use super::super::body::FakeBody;
 use super::cimd;
 use super::config::IssForm;
 use super::model::{ClientKind, RegisteredClient};
-use super::params::{
-    Params, basic_credentials, is_valid_resource, is_valid_s256_challenge, redirect_uri_problem, split_scopes,
-    with_query,
-};
+use super::params::{Params, basic_credentials, is_valid_resource, is_valid_s256_challenge, split_scopes};
+use super::redirect::{redirect_uri_matches, redirect_uri_problem, with_query};
 use super::server::{
     AUTHORIZE_PATH, Inner, REGISTER_PATH, TOKEN_PATH, error_page, invalid_client_basic, json, json_no_store,
     oauth_error, redirect,
@@ -39,7 +37,7 @@ pub(super) fn metadata(inner: &Inner) -> Response<FakeBody> {
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": config.iss_form != IssForm::Omitted,
-        "client_id_metadata_document_supported": true,
+        "client_id_metadata_document_supported": inner.documents.enabled(),
     });
     if config.dynamic_registration
         && let Some(object) = doc.as_object_mut()
@@ -74,9 +72,13 @@ pub(super) async fn authorize(inner: &Inner, query: &str) -> Response<FakeBody> 
     let Ok(Some(redirect_uri)) = params.get("redirect_uri") else {
         return error_page(&OAuthError::invalid_request("redirect_uri is required"));
     };
-    if !client.redirect_uris.iter().any(|uri| uri == redirect_uri) || redirect_uri.contains('#') {
+    if !client
+        .redirect_uris
+        .iter()
+        .any(|registered| redirect_uri_matches(registered, redirect_uri))
+    {
         return error_page(&OAuthError::invalid_request(
-            "redirect_uri is not one of the client's registered redirect URIs (compared exactly)",
+            "redirect_uri is not one of the client's registered redirect URIs (compared exactly, but for the port of a loopback http URI)",
         ));
     }
 
@@ -114,24 +116,17 @@ pub(super) async fn authorize(inner: &Inner, query: &str) -> Response<FakeBody> 
     }
 }
 
-/// The client `client_id` names: a known one, or one described by the metadata document at
-/// that URL (fetched now, every time, as its document may have changed).
+/// The client `client_id` names: a known one, or, when metadata documents are on, the one
+/// described by the document at that URL (cached, or fetched now).
 async fn resolve_client(inner: &Inner, client_id: &str) -> Result<RegisteredClient, OAuthError> {
-    if !cimd::is_document_url(client_id) {
+    if !(inner.documents.enabled() && cimd::is_document_url(client_id)) {
         return inner
             .lock()
             .client(client_id)
             .map(|c| c.info.clone())
             .ok_or_else(|| OAuthError::invalid_request("unknown client_id"));
     }
-    if let Some(problem) = cimd::url_problem(client_id, inner.config.allow_loopback_metadata_documents) {
-        return Err(OAuthError::invalid_request(problem));
-    }
-    inner.lock().document_fetches += 1;
-    let client = cimd::fetch(&inner.http, client_id).await.map_err(|reason| {
-        tracing::debug!(client_id, reason = %reason, "dev issuer: client metadata document refused");
-        OAuthError::invalid_request(reason)
-    })?;
+    let client = inner.documents.client(client_id).await?;
     inner.lock().put_document_client(client.clone());
     Ok(client)
 }

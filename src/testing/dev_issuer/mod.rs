@@ -6,6 +6,7 @@ mod config;
 mod endpoints;
 mod model;
 mod params;
+mod redirect;
 mod server;
 mod state;
 
@@ -35,11 +36,19 @@ use server::Inner;
 /// What it does, as MCP clients (2026-07-28) expect of an authorization server:
 ///
 /// * **Clients**: dynamic registration (RFC 7591; public clients with
-///   `token_endpoint_auth_method: none`, or confidential ones with a generated secret), Client
-///   ID Metadata Documents (a `client_id` that is an `https` URL: the document is fetched at
-///   each authorization request and its `client_id` must equal the URL; loopback URLs only
-///   with [`DevIssuerConfig::allow_loopback_metadata_documents`]), and clients registered by
-///   the test ([`DevIssuer::register_public_client`]). Redirect URIs match exactly.
+///   `token_endpoint_auth_method: none`, or confidential ones with a generated secret),
+///   clients registered by the test ([`DevIssuer::register_public_client`]), and, when
+///   [`DevIssuerConfig::client_id_metadata_documents`] is on (it is off by default), Client
+///   ID Metadata Documents: a `client_id` that is an `https` URL names the client's document,
+///   fetched at authorization from public addresses only (loopback only on the ports
+///   [`DevIssuerConfig::allow_loopback_metadata_document_port`] names), kept as its
+///   `Cache-Control` allows, and whose `client_id` must equal the URL.
+/// * **Redirect URIs** match exactly, except on loopback: a registered
+///   `http://127.0.0.1/callback`, `http://localhost/callback` or `http://[::1]/callback` (with
+///   or without a port) matches that URI with any port (RFC 8252 §7.3), as native clients
+///   listening on a port the system gives them need (Claude Code's metadata document lists
+///   port-less loopback URIs; VS Code moves off 33418 when it is busy). Scheme, host, path
+///   and query stay exact; the token request must repeat the URI of its authorization.
 /// * **Authorization**: `response_type=code` with PKCE `S256` (plain or missing is refused),
 ///   a required RFC 8707 `resource`, scopes from [`DevIssuerConfig::new`]'s list. There is no
 ///   consent screen: the [`ConsentPolicy`] decides at once, then the browser is sent to
@@ -120,18 +129,11 @@ impl DevIssuer {
     ///
     /// # Errors
     ///
-    /// Fails if the loopback listener cannot be bound, or if the HTTP client that fetches
-    /// client metadata documents cannot be built (no TLS backend).
+    /// Fails if the loopback listener cannot be bound.
     pub async fn start(gateway: FakeGateway, config: DevIssuerConfig) -> io::Result<DevIssuer> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cimd::FETCH_TIMEOUT)
-            .user_agent(concat!("tower-wacht-dev-issuer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(io::Error::other)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port)).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner::new(config, format!("http://{addr}"), gateway, http));
+        let inner = Arc::new(Inner::new(config, format!("http://{addr}"), gateway));
         let state = Arc::clone(&inner);
         let server = Running::spawn(listener, "dev issuer", move |req| {
             let state = Arc::clone(&state);
@@ -189,8 +191,8 @@ impl DevIssuer {
 
     /// Registers a public client (`token_endpoint_auth_method: none`, grant types
     /// `authorization_code` and `refresh_token`) with these redirect URIs, as if created in
-    /// the Wacht console, and returns its `client_id`. The URIs are matched exactly and are
-    /// not checked.
+    /// the Wacht console, and returns its `client_id`. The URIs are not checked; they are
+    /// matched exactly, except for the port of a loopback `http` URI (see [`DevIssuer`]).
     pub fn register_public_client<I, S>(&self, redirect_uris: I) -> String
     where
         I: IntoIterator<Item = S>,
@@ -230,11 +232,13 @@ impl DevIssuer {
         self.handle.inner.lock().registrations
     }
 
-    /// How many client metadata documents were fetched (one per authorization request by a
-    /// metadata-document client whose URL is acceptable, successful or not).
+    /// How many requests for client metadata documents were sent: one per authorization
+    /// request naming a document that is not cached, whose URL has an acceptable form and
+    /// whose host resolved to addresses it may be fetched from, whatever the answer. A URL
+    /// refused before any request left (its form, or where it points) is not counted.
     #[must_use]
     pub fn metadata_document_fetches(&self) -> usize {
-        self.handle.inner.lock().document_fetches
+        self.handle.inner.documents.fetches()
     }
 
     /// The `resource` of the latest authorization or token request that carried a

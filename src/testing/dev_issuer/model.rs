@@ -61,7 +61,7 @@ pub struct RegisteredClient {
     pub client_id: String,
     /// How it was registered.
     pub kind: ClientKind,
-    /// Its redirect URIs (matched exactly).
+    /// Its redirect URIs (matched exactly, except for the port of a loopback `http` URI).
     pub redirect_uris: Vec<String>,
     /// `none` (public client), `client_secret_basic` or `client_secret_post`.
     pub token_endpoint_auth_method: String,

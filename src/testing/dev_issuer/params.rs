@@ -1,5 +1,6 @@
-//! Parsing and checking what requests carry: form and query parameters, scopes, PKCE, URIs
-//! and HTTP Basic client credentials. Pure functions, no state.
+//! Parsing and checking what requests carry: form and query parameters, scopes, PKCE,
+//! resources, loopback hosts and HTTP Basic client credentials. Pure functions, no state.
+//! Redirect URIs have their own module, [`redirect`](super::redirect).
 
 use std::net::IpAddr;
 
@@ -105,45 +106,6 @@ pub(super) fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Schemes never accepted in a redirect URI: plain `http` off loopback (the token would
-/// travel in clear), and schemes that run or embed content.
-const FORBIDDEN_REDIRECT_SCHEMES: [&str; 5] = ["javascript", "data", "file", "vbscript", "about"];
-
-/// Why a redirect URI is refused at registration, or `None` when it is acceptable: absolute,
-/// without fragment, and `https`, `http` on loopback (RFC 8252 §7.3) or a private-use scheme
-/// of a native app (RFC 8252 §7.1).
-pub(super) fn redirect_uri_problem(uri: &str) -> Option<&'static str> {
-    if uri.contains('#') {
-        return Some("a redirect URI must not contain a fragment");
-    }
-    let Ok(url) = Url::parse(uri) else {
-        return Some("a redirect URI must be an absolute URI");
-    };
-    match url.scheme() {
-        "https" => None,
-        "http" if is_loopback(&url) => None,
-        "http" => Some("an http redirect URI must be on a loopback host (localhost, 127.0.0.1, [::1])"),
-        scheme if FORBIDDEN_REDIRECT_SCHEMES.contains(&scheme) => Some("this redirect URI scheme is not allowed"),
-        _ => None,
-    }
-}
-
-/// `redirect_uri` with `params` added to its query, the rest of it kept byte for byte.
-pub(super) fn with_query(redirect_uri: &str, params: &[(&str, &str)]) -> String {
-    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
-    for (name, value) in params {
-        serializer.append_pair(name, value);
-    }
-    let query = serializer.finish();
-    let separator = match redirect_uri.split_once('?') {
-        None => "?",
-        Some((_, "")) => "",
-        Some(_) if redirect_uri.ends_with('&') => "",
-        Some(_) => "&",
-    };
-    format!("{redirect_uri}{separator}{query}")
-}
-
 /// The client id and secret of an `Authorization: Basic` value, each form-urlencoded as
 /// RFC 6749 §2.3.1 requires; `None` when it is not well-formed Basic credentials. Other
 /// schemes are not client authentication: `Some(None)`.
@@ -220,35 +182,6 @@ mod tests {
         assert!(is_valid_resource("http://127.0.0.1:8080/mcp"));
         assert!(!is_valid_resource("/mcp"));
         assert!(!is_valid_resource("https://api.example.com/mcp#x"));
-    }
-
-    #[test]
-    fn redirect_uris() {
-        assert_eq!(redirect_uri_problem("https://app.example.com/callback"), None);
-        assert_eq!(redirect_uri_problem("http://127.0.0.1:33418/callback"), None);
-        assert_eq!(redirect_uri_problem("http://localhost:6274/oauth/callback"), None);
-        assert_eq!(redirect_uri_problem("http://[::1]/cb"), None);
-        assert_eq!(
-            redirect_uri_problem("cursor://anysphere.cursor-retrieval/oauth/callback"),
-            None
-        );
-        assert!(redirect_uri_problem("http://app.example.com/callback").is_some());
-        assert!(redirect_uri_problem("javascript:alert(1)").is_some());
-        assert!(redirect_uri_problem("https://app.example.com/cb#frag").is_some());
-        assert!(redirect_uri_problem("/relative").is_some());
-    }
-
-    #[test]
-    fn query_is_appended_verbatim() {
-        assert_eq!(
-            with_query("http://localhost:1/cb", &[("code", "a b"), ("state", "s&t")]),
-            "http://localhost:1/cb?code=a+b&state=s%26t"
-        );
-        assert_eq!(
-            with_query("https://x/cb?k=v", &[("code", "c")]),
-            "https://x/cb?k=v&code=c"
-        );
-        assert_eq!(with_query("https://x/cb?", &[("code", "c")]), "https://x/cb?code=c");
     }
 
     #[test]

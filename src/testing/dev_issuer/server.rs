@@ -17,6 +17,7 @@ use super::super::FakeGateway;
 use super::super::body::FakeBody;
 pub(super) use super::super::loopback::bare;
 use super::super::loopback::method_not_allowed;
+use super::cimd::Documents;
 use super::config::DevIssuerConfig;
 use super::endpoints;
 use super::state::{OAuthError, State};
@@ -45,19 +46,20 @@ pub(super) struct Inner {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub(super) issuer: String,
     pub(super) gateway: FakeGateway,
-    /// Fetches client metadata documents.
-    pub(super) http: reqwest::Client,
+    /// Client metadata documents: fetched, checked and cached.
+    pub(super) documents: Documents,
     state: Mutex<State>,
 }
 
 impl Inner {
-    pub(super) fn new(config: DevIssuerConfig, issuer: String, gateway: FakeGateway, http: reqwest::Client) -> Self {
+    pub(super) fn new(config: DevIssuerConfig, issuer: String, gateway: FakeGateway) -> Self {
         let state = Mutex::new(State::new(config.consent.clone()));
+        let documents = Documents::new(&config);
         Inner {
             config,
             issuer,
             gateway,
-            http,
+            documents,
             state,
         }
     }

@@ -143,7 +143,6 @@ pub(super) struct State {
     families: Vec<Family>,
     pub(super) issued: Vec<IssuedToken>,
     pub(super) registrations: usize,
-    pub(super) document_fetches: usize,
     pub(super) last_resource: Option<String>,
     next_key_id: i64,
 }
@@ -165,7 +164,6 @@ impl State {
             families: Vec::new(),
             issued: Vec::new(),
             registrations: 0,
-            document_fetches: 0,
             last_resource: None,
             next_key_id: EXAMPLE_CLIENT_KEY_ID,
         }

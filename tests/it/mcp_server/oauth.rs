@@ -22,7 +22,7 @@ use rmcp::{ClientServiceExt as _, ServiceExt};
 use serde_json::{Value, json};
 use tower_wacht::testing::{ConsentPolicy, GrantType};
 
-use super::mcp_server::DEMO_ORGANIZATION;
+use super::mcp_server::{self, DEMO_ORGANIZATION};
 use super::{Server, bounded, call, find_source, structured};
 
 /// The client's redirect URI. Nothing listens there: the test reads the redirect itself.
@@ -108,10 +108,11 @@ fn scopes(value: &str) -> Vec<&str> {
 }
 
 /// Serves a client ID metadata document for a public client redirecting to [`REDIRECT`];
-/// returns its URL (the client id).
-async fn serve_client_document() -> String {
+/// returns its URL (the client id) and the port it is served on.
+async fn serve_client_document() -> (String, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/oauth/client.json", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/oauth/client.json");
     let document = json!({
         "client_id": url,
         "client_name": "rmcp end-to-end test client",
@@ -124,14 +125,31 @@ async fn serve_client_document() -> String {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    url
+    (url, port)
 }
 
 async fn whole_flow(era: Era, registration: Registration) {
-    whole_flow_at(Server::start().await, era, registration).await;
+    // The example's dev issuer takes metadata documents only when asked (`MCP_CIMD=on`, and
+    // `MCP_CIMD_LOOPBACK_PORT` for one served on this machine, as here).
+    let document = match registration {
+        Registration::Dynamic => None,
+        Registration::MetadataDocument => Some(serve_client_document().await),
+    };
+    let issuer_config = match &document {
+        None => mcp_server::dev_issuer_config(),
+        Some((_, port)) => {
+            let port = port.to_string();
+            mcp_server::metadata_documents_from_env(mcp_server::dev_issuer_config(), Some("on"), Some(&port))
+                .expect("MCP_CIMD=on with a loopback port")
+        }
+    };
+    let server = Server::start_with(None, issuer_config).await;
+    whole_flow_at(server, era, registration, document).await;
 }
 
-async fn whole_flow_at(server: Server, era: Era, registration: Registration) {
+/// The whole flow against `server`; `document` is the client ID metadata document (its URL
+/// and port) when the client registers with one.
+async fn whole_flow_at(server: Server, era: Era, registration: Registration, document: Option<(String, u16)>) {
     let issuer = server.demo.issuer.clone();
     // The user approves reading only at first (whatever the client asks for).
     issuer.set_consent_policy(ConsentPolicy::only(["projects:read"]));
@@ -155,14 +173,10 @@ async fn whole_flow_at(server: Server, era: Era, registration: Registration) {
         .with_challenge(challenge)
         .with_client_name("rmcp end-to-end test client")
         .with_initial_scope_selection();
-    let document = match registration {
-        Registration::Dynamic => None,
-        Registration::MetadataDocument => {
-            let url = serve_client_document().await;
-            request = request.with_preregistered_client(url.clone());
-            Some(url)
-        }
-    };
+    let document = document.map(|(url, _)| url);
+    if let Some(url) = &document {
+        request = request.with_preregistered_client(url.clone());
+    }
     bounded("start_authorization", state.start_authorization(request))
         .await
         .expect("discovery and registration succeed");
@@ -320,6 +334,7 @@ async fn a_client_configured_with_localhost_completes_the_whole_flow() {
         Server::start_loopback("localhost").await,
         Era::Current,
         Registration::Dynamic,
+        None,
     )
     .await;
 }
@@ -385,4 +400,64 @@ async fn a_token_issued_for_another_resource_is_refused() {
         .unwrap_or_default()
         .to_owned();
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+/// The example turns client ID metadata documents on only when asked (`MCP_CIMD=on`), and
+/// refuses a setting it does not understand rather than guess.
+#[tokio::test]
+async fn the_examples_dev_issuer_takes_metadata_documents_only_when_asked() {
+    let advertised = |config| async move {
+        let server = Server::start_with(None, config).await;
+        let metadata: Value = reqwest::get(server.demo.issuer.metadata_url())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        metadata["client_id_metadata_document_supported"].clone()
+    };
+    let from_env = |cimd, port| mcp_server::metadata_documents_from_env(mcp_server::dev_issuer_config(), cimd, port);
+    assert_eq!(advertised(mcp_server::dev_issuer_config()).await, false);
+    assert_eq!(advertised(from_env(None, None).unwrap()).await, false);
+    assert_eq!(advertised(from_env(Some("off"), None).unwrap()).await, false);
+    assert_eq!(advertised(from_env(Some("on"), None).unwrap()).await, true);
+    assert_eq!(advertised(from_env(Some("on"), Some("8123")).unwrap()).await, true);
+    for (cimd, port) in [
+        (Some("yes"), None),
+        (Some("ON"), None),
+        (None, Some("8123")),
+        (Some("off"), Some("8123")),
+        (Some("on"), Some("0")),
+        (Some("on"), Some("http")),
+        (Some("on"), Some("70000")),
+    ] {
+        assert!(from_env(cimd, port).is_err(), "{cimd:?} {port:?}");
+    }
+}
+
+/// The configurations printed for Claude Code, VS Code and the Inspector name the example's
+/// own URLs, and the VS Code one is the `mcp.json` shape VS Code reads.
+#[test]
+fn the_printed_client_configurations_name_the_examples_urls() {
+    let resource = "http://127.0.0.1:3917/mcp";
+    let issuer = "http://127.0.0.1:41000";
+    let text = mcp_server::client_setup(resource, issuer);
+    assert!(
+        text.contains(&format!("claude mcp add --transport http tower-wacht {resource}\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{issuer}/oauth/authorize")), "{text}");
+    assert!(text.contains(&format!("URL {resource}")), "{text}");
+    assert!(!text.contains("localhost"), "{text}");
+    let vscode: Value = serde_json::from_str(&mcp_server::vscode_mcp_json(resource)).unwrap();
+    assert_eq!(
+        vscode,
+        json!({"servers": {"tower-wacht": {"type": "http", "url": resource}}})
+    );
+    let printed: String = text
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(printed.contains("\"url\": \"http://127.0.0.1:3917/mcp\""), "{text}");
 }
