@@ -1,5 +1,5 @@
 //! An MCP resource server: an rmcp server over Streamable HTTP at `/mcp`, protected by
-//! `WachtAuthLayer`, with per-tool permissions (`McpToolGuardLayer`) and RFC 9728 metadata.
+//! `WachtAuthLayer`, with per-tool permissions (`McpGuardLayer`) and RFC 9728 metadata.
 //!
 //! ```text
 //! cargo run --example mcp_server --features test-util
@@ -56,7 +56,7 @@ use tower_wacht::testing::{
     DevIssuer, DevIssuerConfig, EXAMPLE_DEPLOYMENT_ID, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
 use tower_wacht::{
-    ConfigError, McpToolGuardLayer, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
+    ConfigError, McpGuardLayer, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
     WachtAuthConfigBuilder, WachtAuthLayer,
 };
 
@@ -68,9 +68,12 @@ pub const SCOPES_SUPPORTED: [&str; 2] = ["projects:read", "projects:write"];
 pub const CHALLENGE_SCOPES: [&str; 1] = ["projects:read"];
 
 /// Which tool needs which permission. The guard answers 403 `insufficient_scope` before the
-/// tool runs; the tools check again, so removing the layer by mistake fails closed.
-pub fn tool_guard() -> McpToolGuardLayer {
-    McpToolGuardLayer::new()
+/// tool runs; the tools check again, so removing the layer by mistake fails closed. A tool no
+/// rule lists is refused (JSON-RPC `-32602`, as an unknown tool): `whoami` is open to every
+/// caller with a valid token, so it says so.
+pub fn tool_guard() -> McpGuardLayer {
+    McpGuardLayer::new()
+        .tool("whoami", Permissions::authenticated())
         .tool("list_projects", Permissions::all(["projects:read"]))
         .tool("find_project", Permissions::all(["projects:read"]))
         .tool("archive_project", Permissions::all(["projects:write"]))
@@ -79,7 +82,7 @@ pub fn tool_guard() -> McpToolGuardLayer {
 /// The MCP server: three tools over a fake project list.
 #[derive(Clone)]
 pub struct ProjectsServer {
-    guard: McpToolGuardLayer,
+    guard: McpGuardLayer,
 }
 
 /// Arguments of `archive_project`.
@@ -113,7 +116,7 @@ fn principal(parts: &Parts) -> Result<Principal, ErrorData> {
 #[tool_router]
 impl ProjectsServer {
     /// A server enforcing `guard` inside its tools as well.
-    pub fn new(guard: McpToolGuardLayer) -> Self {
+    pub fn new(guard: McpGuardLayer) -> Self {
         ProjectsServer { guard }
     }
 
@@ -220,9 +223,10 @@ pub fn mcp_config(resource: Option<&str>) -> StreamableHttpServerConfig {
 }
 
 /// The application: the MCP service at `/mcp` behind the tool guard and the auth layer, and
-/// the metadata document outside the layer (clients fetch it before they hold a token).
+/// the metadata document outside the layer (clients fetch it before they hold a token). The
+/// server is stateless, and the guard told so: a stray `Mcp-Session-Id` is ignored.
 pub fn app(auth: WachtAuthLayer) -> Router {
-    let guard = tool_guard();
+    let guard = tool_guard().stateless();
     let server = ProjectsServer::new(guard.clone());
     let resource = auth.resource_metadata().map(|m| m.resource().to_owned());
     let mcp = StreamableHttpService::new(

@@ -51,8 +51,9 @@
 //! `testing::FakeGateway`, a real loopback server speaking the gateway protocol; `metrics`
 //! records the counters listed in [`telemetry`] through the `metrics` facade.
 //!
-//! Integrations: [`ProtectedResourceMetadata`] and [`McpToolGuardLayer`] for MCP servers (RFC
-//! 9728 discovery, per-tool step-up), [`RequireMethodPermissionsLayer`] for per-method gRPC
+//! Integrations: [`ProtectedResourceMetadata`] and [`McpGuardLayer`] for MCP servers (RFC
+//! 9728 discovery; step-up per tool, resource, prompt and for tasks; lists filtered to what the
+//! caller may use), [`RequireMethodPermissionsLayer`] for per-method gRPC
 //! guards; the same layer serves Tonic (`Server::builder().layer(auth)`) and answers gRPC in
 //! gRPC.
 //!
@@ -96,7 +97,9 @@ pub mod testing;
 /// Every response future of the crate's services.
 pub mod future {
     pub use crate::guard::future::GuardFuture;
-    pub use crate::guard::mcp_tool::McpToolGuardFuture;
+    pub use crate::guard::mcp::McpGuardFuture;
+    #[allow(deprecated)]
+    pub use crate::guard::mcp::McpToolGuardFuture;
     pub use crate::layer::future::ResponseFuture;
 }
 
@@ -106,9 +109,11 @@ pub use crate::change::ChangeOutcome;
 pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
 pub use crate::error::ConfigError;
 pub use crate::gateway::ClientIp;
+#[allow(deprecated)]
+pub use crate::guard::McpToolGuardLayer;
 #[doc(hidden)]
 pub use crate::guard::classify_mcp_body;
-pub use crate::guard::{McpToolGuardLayer, Permissions, RequireMethodPermissionsLayer, RequirePermissionsLayer};
+pub use crate::guard::{McpGuardLayer, Permissions, RequireMethodPermissionsLayer, RequirePermissionsLayer};
 pub use crate::layer::WachtAuthLayer;
 pub use crate::metadata::ProtectedResourceMetadata;
 pub use crate::principal::{Principal, ResourceUrn};

@@ -1,4 +1,4 @@
-//! `classify_mcp_body`: what the MCP tool guard reads of a POST body (the tools it calls, or
+//! `classify_mcp_body`: what the MCP guard reads of a POST body (the tools it calls, or
 //! `None` when the guard refuses the body).
 //!
 //! Two modes, chosen by the first byte:
@@ -18,7 +18,11 @@
 //! * JSON without repeated keys that serde_json reads: exactly the oracle's answer, so `None`
 //!   only for bodies that really cannot be classified (jsonrpc `"2.0"`; id absent, string,
 //!   number or null; a request/notification has a string `method` and object `params` if any,
-//!   a `tools/call` a string `params.name`; otherwise a response with `id` and exactly one of
+//!   a `tools/call` and a `prompts/get` a string `params.name`, a `resources/read`,
+//!   `resources/subscribe`, `resources/unsubscribe` and `resources/directory/read` a string
+//!   `params.uri`, a `completion/complete` a `params.ref` naming a prompt or a resource by a
+//!   string, a `subscriptions/listen` no `resourceSubscriptions` in `params.notifications` or
+//!   an array of strings; otherwise a response with `id` and exactly one of
 //!   `result`/`error`; a batch is a non-empty array of such objects);
 //! * `Some(tools)`: serde_json reads the body as an object or a non-empty array of objects,
 //!   each with `"jsonrpc": "2.0"`, and its reading of `params.name` of every element whose
@@ -332,12 +336,37 @@ fn oracle_message(m: &[(String, Node)]) -> Result<Option<String>, ()> {
         Some(Node::Obj(p)) => p.as_slice(),
         Some(_) => return Err(()),
     };
-    if method.as_str() != "tools/call" {
-        return Ok(None);
-    }
-    match member(params, "name") {
-        Some(Node::Str(name)) => Ok(Some(name.clone())),
+    // A method that names what the guard judges must name it as a string.
+    let string = |m: &[(String, Node)], key: &str| match member(m, key) {
+        Some(Node::Str(s)) => Ok(s.clone()),
         _ => Err(()),
+    };
+    match method.as_str() {
+        "tools/call" => string(params, "name").map(Some),
+        "prompts/get" => string(params, "name").map(|_| None),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" | "resources/directory/read" => {
+            string(params, "uri").map(|_| None)
+        }
+        "completion/complete" => {
+            let Some(Node::Obj(reference)) = member(params, "ref") else { return Err(()) };
+            match member(reference, "type") {
+                Some(Node::Str(t)) if t == "ref/prompt" => string(reference, "name").map(|_| None),
+                Some(Node::Str(t)) if t == "ref/resource" => string(reference, "uri").map(|_| None),
+                _ => Err(()),
+            }
+        }
+        "subscriptions/listen" => {
+            let filter = match member(params, "notifications") {
+                Some(Node::Obj(filter)) => filter.as_slice(),
+                _ => &[][..],
+            };
+            match member(filter, "resourceSubscriptions") {
+                None | Some(Node::Null) => Ok(None),
+                Some(Node::Arr(uris)) if uris.iter().all(|u| matches!(u, Node::Str(_))) => Ok(None),
+                Some(_) => Err(()),
+            }
+        }
+        _ => Ok(None),
     }
 }
 
@@ -585,6 +614,12 @@ const WORDS: &[&str] = &[
     "notifications/initialized",
     "ping",
     "resources/read",
+    "resources/subscribe",
+    "prompts/get",
+    "completion/complete",
+    "subscriptions/listen",
+    "tasks/get",
+    "uri",
     "2.0",
     "jsonrpc",
     "id",

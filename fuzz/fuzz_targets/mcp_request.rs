@@ -1,14 +1,16 @@
-//! The MCP tool guard's request classification with MCP 2026-07-28 mirrored headers.
+//! The MCP guard's request classification with MCP 2026-07-28 mirrored headers.
 //!
 //! Input: header lines (`Name: value`) up to the first empty line, then the body (see
 //! `request`). Properties, for any headers and body:
 //! * nothing panics;
-//! * with no `MCP-Protocol-Version`, or one before 2026-07-28, the answer is exactly
-//!   `classify_mcp_body`'s (the body alone decides); a repeated or non-ASCII version is refused;
+//! * with no `MCP-Protocol-Version`, or a `YYYY-MM-DD` one before 2026-07-28, the answer is
+//!   exactly `classify_mcp_body`'s (the body alone decides); a repeated, non-ASCII or otherwise
+//!   malformed version is refused;
 //! * a request the guard accepts whose single `MCP-Protocol-Version` is 2026-07-28 or later
-//!   has a body of one message, and its `Mcp-Method` / `Mcp-Name` (decoded independently
-//!   here) say exactly what the body says (read independently with serde_json), so a call
-//!   can never pass on its headers alone;
+//!   has a body of one message; a request (with an `id`) carries `Mcp-Method`, and
+//!   `Mcp-Name` when it is a `tools/call`, `resources/read` or `prompts/get`; every one of
+//!   them that is sent (decoded independently here) says exactly what the body says (read
+//!   independently with serde_json), so a call can never pass on its headers alone;
 //! * the tools the guard finds are the tools serde_json reads in the body.
 
 #![no_main]
@@ -59,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
         [] => assert_eq!(got, classify_mcp_body(body), "no version: the body alone"),
         [v] => match v.to_str() {
             Err(_) => assert_eq!(got, None, "an unreadable version is refused"),
+            Ok(v) if !is_date(v) => assert_eq!(got, None, "a malformed version is refused"),
             Ok(v) if v < "2026-07-28" => assert_eq!(got, classify_mcp_body(body), "legacy: the body alone"),
             Ok(_) => {}
         },
@@ -80,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(tools, expected_tools);
 
     let versions: Vec<&HeaderValue> = headers.get_all("mcp-protocol-version").iter().collect();
-    let modern = versions.len() == 1 && versions[0].to_str().is_ok_and(|v| v >= "2026-07-28");
+    let modern = versions.len() == 1 && versions[0].to_str().is_ok_and(|v| is_date(v) && v >= "2026-07-28");
     if !modern {
         return;
     }
@@ -95,15 +98,31 @@ fuzz_target!(|data: &[u8]| {
         assert!(values.len() <= 1, "{name} repeated but accepted");
         values.first().map(|v| v.to_str().expect("visible ASCII").to_owned())
     };
-    assert_eq!(header("mcp-method").as_deref(), Some(method), "Mcp-Method differs from the body");
+    // A request carries Mcp-Method; a notification need not, but one it sends must match.
+    let request = message.contains_key("id");
+    match header("mcp-method") {
+        Some(sent) => assert_eq!(sent, method, "Mcp-Method differs from the body"),
+        None => assert!(!request, "a request passed without Mcp-Method"),
+    }
     let key = match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
         "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
+    let required = request && matches!(method, "tools/call" | "resources/read" | "prompts/get");
     if let Some(expected) = key.and_then(|k| message.get("params")?.get(k)?.as_str()) {
-        let name = header("mcp-name").expect("Mcp-Name required");
-        assert_eq!(decode(&name).as_deref(), Some(expected), "Mcp-Name differs from the body");
+        match header("mcp-name") {
+            Some(name) => assert_eq!(decode(&name).as_deref(), Some(expected), "Mcp-Name differs from the body"),
+            None => assert!(!required, "Mcp-Name required on {method}"),
+        }
     }
 });
+
+/// A protocol version is a date: `YYYY-MM-DD`, digits and dashes.
+fn is_date(v: &str) -> bool {
+    v.len() == 10
+        && v.bytes()
+            .enumerate()
+            .all(|(i, c)| if i == 4 || i == 7 { c == b'-' } else { c.is_ascii_digit() })
+}

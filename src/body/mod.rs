@@ -1,6 +1,7 @@
-//! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`), or a
-//! rejection written by this crate.
+//! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`;
+//! rewritten as it passes, see `rewrite`), or a rejection written by this crate.
 
+pub(crate) mod rewrite;
 pub(crate) mod watch;
 
 use std::pin::Pin;
@@ -12,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use self::rewrite::Rewriting;
+pub(crate) use self::rewrite::{Rewrite, Step};
 pub(crate) use self::watch::Standing;
 use self::watch::Watch;
 
@@ -25,6 +28,10 @@ pin_project! {
     /// denial that covers the caller. An HTTP body then just ends; a gRPC response ends with
     /// `grpc-status: 16` (`UNAUTHENTICATED`) in its trailers. Only a watched body is boxed
     /// (once, when the response arrives); a frame costs it one comparison.
+    ///
+    /// Behind [`McpGuardLayer::filter_lists`](crate::guard::McpGuardLayer::filter_lists), the
+    /// answer to an MCP list request is rewritten as it passes: the entries its caller may not
+    /// use are taken out.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -36,6 +43,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Watched { #[pin] body: B, watch: Box<Watch<dyn Standing>> },
+        Rewritten { #[pin] body: B, rewriting: Box<Rewriting> },
         Rejection { #[pin] body: Full<Bytes> },
     }
 }
@@ -53,6 +61,16 @@ impl<B> ResponseBody<B> {
             kind: Kind::Watched {
                 body,
                 watch: Box::new(Watch::new(standing)),
+            },
+        }
+    }
+
+    /// The inner body, its bytes rewritten by `rewrite` as they pass.
+    pub(crate) fn rewritten(body: B, rewrite: impl Rewrite + 'static) -> Self {
+        ResponseBody {
+            kind: Kind::Rewritten {
+                body,
+                rewriting: Box::new(Rewriting::new(rewrite)),
             },
         }
     }
@@ -89,6 +107,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Watched { body, watch } => watch.poll_frame(body, cx),
+            KindProj::Rewritten { body, rewriting } => rewriting.poll_frame(body, cx),
             KindProj::Rejection { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -102,6 +121,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Watched { body, watch } => watch.is_end_stream(body),
+            Kind::Rewritten { rewriting, .. } => rewriting.is_end_stream(),
             Kind::Rejection { body } => body.is_end_stream(),
         }
     }
@@ -110,6 +130,8 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Watched { body, watch } => watch.size_hint(body),
+            // The rewrite changes the length: unknown.
+            Kind::Rewritten { .. } => SizeHint::default(),
             Kind::Rejection { body } => body.size_hint(),
         }
     }

@@ -1,6 +1,7 @@
 //! Permission guards, answered locally from the cached [`Principal`]'s effective permissions
 //! (no extra gateway call): per route ([`RequirePermissionsLayer`]), per gRPC method
-//! ([`RequireMethodPermissionsLayer`]) and per MCP tool ([`McpToolGuardLayer`]).
+//! ([`RequireMethodPermissionsLayer`]) and per MCP tool, resource, prompt and for tasks
+//! ([`McpGuardLayer`]).
 //!
 //! Every guard refuses a request without a principal (401 / `UNAUTHENTICATED` with the auth
 //! layer's challenge), unless the auth layer is in optional mode and the rule admits
@@ -9,7 +10,7 @@
 //! what to ask for.
 
 pub(crate) mod future;
-pub(crate) mod mcp_tool;
+pub(crate) mod mcp;
 mod method;
 mod route;
 
@@ -22,9 +23,12 @@ use http_body::Body;
 use tower_service::Service;
 
 pub(crate) use self::future::GuardFuture;
-pub use self::mcp_tool::{
-    DEFAULT_MAX_BODY_BYTES, HEADER_MISMATCH, McpToolGuard, McpToolGuardLayer, classify_mcp_body, classify_mcp_request,
+pub use self::mcp::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_LIST_RESPONSE_BYTES, HEADER_MISMATCH, McpGuard, McpGuardLayer, McpPrimitive,
+    UNLISTED, classify_mcp_body, classify_mcp_request,
 };
+#[allow(deprecated)]
+pub use self::mcp::{McpToolGuard, McpToolGuardLayer};
 pub use self::method::{RequireMethodPermissions, RequireMethodPermissionsLayer};
 pub use self::route::{RequirePermissions, RequirePermissionsLayer};
 use crate::body::ResponseBody;
@@ -41,7 +45,7 @@ pub enum Requirement {
 }
 
 /// A set of permissions and how to match them; shared by the route guard, the gRPC method
-/// guard and the MCP tool guard.
+/// guard and the MCP guard.
 #[derive(Debug, Clone)]
 pub struct Permissions {
     requirement: Requirement,
@@ -58,13 +62,22 @@ impl Permissions {
         Self::new(Requirement::All, permissions)
     }
 
-    /// Any one of `permissions` is required. An empty list is never satisfied.
+    /// Any one of `permissions` is required. An empty list is never satisfied. A caller
+    /// without any of them is asked for the first (list the cheapest first): asking for
+    /// every alternative would have the client request them all.
     pub fn any<I, S>(permissions: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<Box<str>>,
     {
         Self::new(Requirement::Any, permissions)
+    }
+
+    /// No permission: any verified caller (a principal is still required). For an MCP tool,
+    /// resource or prompt every caller may use, which an
+    /// [`McpGuardLayer`] refuses unless a rule lists it.
+    pub fn authenticated() -> Self {
+        Self::new(Requirement::All, std::iter::empty::<Box<str>>())
     }
 
     fn new<I, S>(requirement: Requirement, permissions: I) -> Self
@@ -97,7 +110,7 @@ impl Permissions {
     }
 
     /// Checks a principal: `Ok` or the 403 `insufficient_scope` error naming the permissions
-    /// needed (the missing ones for all-of, every alternative for any-of) followed by the
+    /// needed (the missing ones for all-of, the first alternative for any-of) followed by the
     /// scopes the token already has.
     pub fn check(&self, principal: &Principal) -> Result<(), AuthError> {
         if self.is_satisfied_by(principal) {
@@ -109,7 +122,9 @@ impl Permissions {
                 .filter(|p| !principal.has_permission(p))
                 .map(str::to_owned)
                 .collect(),
-            Requirement::Any => self.iter().map(str::to_owned).collect(),
+            // The first alternative, not all of them: one is enough, and a client asks for
+            // exactly what the challenge names.
+            Requirement::Any => self.iter().take(1).map(str::to_owned).collect(),
         };
         tracing::debug!(client_id = principal.client_id().as_str(), required = ?required, "permission denied");
         for permission in self.iter().filter(|p| !principal.has_permission(p)) {

@@ -1084,7 +1084,7 @@ async fn assert_header_mismatch(resp: reqwest::Response, what: &str) {
 }
 
 #[tokio::test]
-async fn mirrored_headers_that_disagree_with_the_body_are_refused_with_header_mismatch() {
+async fn mirrored_headers_that_disagree_with_the_body_are_refused_with_header_mismatch_even_on_a_guarded_tool() {
     let server = Server::start().await;
     let reader = server.demo.reader.clone();
     let v = ("MCP-Protocol-Version", "2026-07-28");
@@ -1141,8 +1141,9 @@ async fn mirrored_headers_that_disagree_with_the_body_are_refused_with_header_mi
         let body = if what == "method differs" { &archive } else { &whoami };
         assert_header_mismatch(post_modern(&server, &reader, &headers, body).await, what).await;
     }
-    // Headers naming a tool the caller may not call: 403 step-up from the headers alone.
-    let early = post_modern(
+    // Headers naming a guarded tool the caller may not call over a body calling another:
+    // a mismatch (400 -32020), not a step-up the client would chase in vain.
+    let guarded_header = post_modern(
         &server,
         &reader,
         &[
@@ -1153,8 +1154,8 @@ async fn mirrored_headers_that_disagree_with_the_body_are_refused_with_header_mi
         &modern_call("whoami", json!({})),
     )
     .await;
-    assert_eq!(early.status(), 403);
-    assert!(challenge(&early).contains("insufficient_scope"));
+    assert!(guarded_header.headers().get("www-authenticate").is_none());
+    assert_header_mismatch(guarded_header, "Mcp-Name archive_project over a whoami body").await;
     // A sentinel-encoded name that matches the body passes the guard (rmcp answers).
     let ok = post_modern(
         &server,
@@ -1445,6 +1446,7 @@ async fn a_session_the_guard_never_bound_is_refused_even_with_a_valid_token() {
     assert_eq!(body["error"]["message"], "Session not found");
 }
 
+mod guard;
 mod oauth;
 
 /// A client configured with `http://localhost:PORT/mcp` (the example's URL says

@@ -8,7 +8,7 @@ use axum::Router;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tower_wacht::testing::{Fault, generate_token};
-use tower_wacht::{McpToolGuardLayer, Permissions, Principal};
+use tower_wacht::{McpGuardLayer, Permissions, Principal};
 
 use crate::common::{self, start};
 use crate::harness::Runs;
@@ -170,7 +170,11 @@ async fn the_mcp_tool_guard_refuses_bodies_it_cannot_classify() {
                 }
             }),
         )
-        .layer(McpToolGuardLayer::new().tool("archive_project", Permissions::all(["projects:write"])))
+        .layer(
+            McpGuardLayer::new()
+                .tool("whoami", Permissions::authenticated())
+                .tool("archive_project", Permissions::all(["projects:write"])),
+        )
         .layer(app.auth.clone());
     let addr = common::serve(mcp).await;
     let reader = app.token(&["projects:read"]);

@@ -12,6 +12,11 @@
 //! like a foreign one, and the client starts a new session, as the transport tells it to on a
 //! 404. Otherwise an attacker could make the guard forget a victim's binding (by creating many
 //! sessions) and then use a leaked session id with their own token.
+//!
+//! None of this applies where there are no sessions: on a 2026-07-28 request and on a server
+//! the guard is told is stateless, the service removes `Mcp-Session-Id` before anything reads
+//! it (the transport asks such servers to ignore it), so it is neither checked here nor seen by
+//! the server; a legacy request to a stateful server is always checked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
