@@ -62,11 +62,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "metadata",
             "principal",
             "reject",
+            "stepup",
             "token",
             "verify",
         ],
     ),
-    ("axum", &["principal", "reject"]),
+    ("axum", &["principal", "reject", "stepup"]),
+    ("stepup", &["principal", "reject", "telemetry"]),
     ("testing", &["jwt"]),
 ];
 

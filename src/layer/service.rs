@@ -13,6 +13,7 @@ use super::future::ResponseFuture;
 use super::stream::Caller;
 use crate::body::ResponseBody;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
+use crate::stepup::StepUpSlot;
 use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
 use crate::verify::Authentication;
 
@@ -71,7 +72,10 @@ where
             Authentication::Hit(principal, ticket) => {
                 strip_authorization(req.headers_mut(), shared.keep_authorization_header);
                 req.extensions_mut().insert(principal.clone());
-                let caller = Caller::new(principal, ticket, req.version());
+                let slot = shared
+                    .handler_step_up
+                    .then(|| StepUpSlot::insert_into(req.extensions_mut()));
+                let caller = Caller::new(principal, ticket, req.version(), slot);
                 ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
             Authentication::Refused(error) => self.refuse(&req, *error),
@@ -87,7 +91,8 @@ where
                 let service = std::mem::replace(&mut self.inner, fresh);
                 let challenge = Arc::clone(shared.verifier.challenge());
                 let ticket = miss.ticket();
-                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket)
+                let step_up = shared.handler_step_up;
+                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket, step_up)
             }
         }
     }
