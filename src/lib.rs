@@ -73,6 +73,7 @@ pub mod body;
 mod cache;
 pub mod change;
 pub mod config;
+pub mod cors;
 mod error;
 #[cfg(feature = "redis")]
 pub mod fleet;
@@ -96,6 +97,7 @@ pub mod testing;
 
 /// Every response future of the crate's services.
 pub mod future {
+    pub use crate::cors::McpCorsFuture;
     pub use crate::guard::future::GuardFuture;
     pub use crate::guard::mcp_tool::McpToolGuardFuture;
     pub use crate::layer::future::ResponseFuture;
@@ -105,6 +107,7 @@ pub mod future {
 pub use crate::axum::PrincipalRejection;
 pub use crate::change::ChangeOutcome;
 pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
+pub use crate::cors::McpCorsLayer;
 pub use crate::error::ConfigError;
 pub use crate::gateway::ClientIp;
 #[doc(hidden)]

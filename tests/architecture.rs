@@ -57,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "body",
             "change",
             "config",
+            "cors",
             "error",
             "gateway",
             "metadata",
@@ -68,6 +69,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("axum", &["principal", "reject", "stepup"]),
+    ("cors", &["body", "error"]),
     ("stepup", &["principal", "reject", "telemetry"]),
     ("testing", &["jwt"]),
 ];

@@ -1,5 +1,5 @@
-//! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`), or a
-//! rejection written by this crate.
+//! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`), a
+//! rejection written by this crate, or nothing (a CORS preflight's answer).
 
 pub(crate) mod watch;
 
@@ -16,8 +16,9 @@ pub(crate) use self::watch::Standing;
 use self::watch::Watch;
 
 pin_project! {
-    /// Response body of [`WachtAuthLayer`](crate::WachtAuthLayer) and the guards: the inner
-    /// service's body on success, or a small in-memory rejection body.
+    /// Response body of [`WachtAuthLayer`](crate::WachtAuthLayer), the guards and
+    /// [`McpCorsLayer`](crate::McpCorsLayer): the inner service's body on success, a small
+    /// in-memory rejection body, or none (a preflight's answer).
     ///
     /// Behind the layer, a body of unknown length (SSE, a chunked body, a gRPC stream) of a
     /// verified caller is watched: it ends at the token's `expires_at`, and within
@@ -37,6 +38,7 @@ pin_project! {
         Inner { #[pin] body: B },
         Watched { #[pin] body: B, watch: Box<Watch<dyn Standing>> },
         Rejection { #[pin] body: Full<Bytes> },
+        Empty,
     }
 }
 
@@ -61,6 +63,11 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             kind: Kind::Rejection { body },
         }
+    }
+
+    /// No body at all (the answer to a CORS preflight).
+    pub(crate) fn empty() -> Self {
+        ResponseBody { kind: Kind::Empty }
     }
 
     /// The refusal a response future holds, taken out as a response (an empty one if the
@@ -95,6 +102,7 @@ where
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            KindProj::Empty => Poll::Ready(None),
         }
     }
 
@@ -103,6 +111,7 @@ where
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Watched { body, watch } => watch.is_end_stream(body),
             Kind::Rejection { body } => body.is_end_stream(),
+            Kind::Empty => true,
         }
     }
 
@@ -111,6 +120,7 @@ where
             Kind::Inner { body } => body.size_hint(),
             Kind::Watched { body, watch } => watch.size_hint(body),
             Kind::Rejection { body } => body.size_hint(),
+            Kind::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -12,6 +12,7 @@ use super::Shared;
 use super::future::ResponseFuture;
 use super::stream::Caller;
 use crate::body::ResponseBody;
+use crate::cors::is_preflight;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
 use crate::stepup::StepUpSlot;
 use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
@@ -51,7 +52,7 @@ where
         let credential = match credential_from_headers(req.headers(), shared.max_token_len) {
             Ok(Some(credential)) => credential,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
-            Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
+            Ok(None) if shared.pass_cors_preflight && is_preflight(&req) => {
                 return self.pass_anonymous(req, false);
             }
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
@@ -119,20 +120,4 @@ impl<S> WachtAuth<S> {
         });
         ResponseFuture::inner(self.inner.call(req), None)
     }
-}
-
-/// A CORS preflight as a browser sends it: `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`, without a body, `Content-Type` or `TE`, whatever the HTTP
-/// version. Anything more is not a preflight: a gRPC call needs none, and Tonic routes by path
-/// alone and reads the body whatever the content type says, so it would run the method.
-fn is_cors_preflight<B: Body>(req: &Request<B>) -> bool {
-    use http::header::{ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, TE, TRANSFER_ENCODING};
-    let headers = req.headers();
-    req.method() == http::Method::OPTIONS
-        && headers.contains_key(ORIGIN)
-        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-        && !headers.contains_key(CONTENT_TYPE)
-        && !headers.contains_key(TE)
-        && !headers.contains_key(TRANSFER_ENCODING)
-        && req.body().size_hint().exact() == Some(0)
 }
