@@ -8,6 +8,10 @@
 //! client in any language can call it:
 //! * `SayHello`: any caller with a valid access token; the reply names the caller's client id;
 //! * `Shout`: additionally requires the `greeter:shout` permission (PERMISSION_DENIED otherwise);
+//! * `Whisper`: any caller, but a `secret` whisper also requires `greeter:secret`, which only
+//!   the method can tell from the request: it asks for the permission itself
+//!   (`InsufficientScope::step_up`), and the layer answers PERMISSION_DENIED with the challenge
+//!   naming it in `www-authenticate` metadata, as for a guarded method;
 //! * `Ticks`: server streaming, one tick a second for any caller with a valid token, until the
 //!   requested count, or until the token expires or is revoked on this server: the layer ends
 //!   the stream with UNAUTHENTICATED in its trailers (the handler knows nothing about it).
@@ -37,7 +41,8 @@ use tonic::{Code, Request, Response, Status};
 use tower::layer::util::{Identity, Stack};
 use tower_wacht::testing::{EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, TokenGrant, generate_token};
 use tower_wacht::{
-    Permissions, Principal, RequireMethodPermissionsLayer, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
+    InsufficientScope, Permissions, Principal, RequireMethodPermissionsLayer, WachtAuthConfig, WachtAuthConfigBuilder,
+    WachtAuthLayer,
 };
 
 /// Generated from `proto/greeter/v1/greeter.proto` (see the module docs).
@@ -46,10 +51,12 @@ pub mod pb {
 }
 
 use pb::greeter_server::{Greeter, GreeterServer};
-use pb::{HelloReply, HelloRequest, Tick, TicksRequest};
+use pb::{HelloReply, HelloRequest, Tick, TicksRequest, WhisperRequest};
 
 /// The permission the guarded method requires.
 pub const SHOUT_PERMISSION: &str = "greeter:shout";
+/// The permission a secret `Whisper` requires (asked for by the method itself).
+pub const SECRET_PERMISSION: &str = "greeter:secret";
 /// Full gRPC path of the guarded method.
 pub const SHOUT_PATH: &str = "/greeter.v1.Greeter/Shout";
 /// Default listen address.
@@ -103,6 +110,30 @@ impl Greeter for GreeterService {
             }
         });
         Ok(Response::new(Box::pin(ticks)))
+    }
+
+    /// A whisper; a secret one needs [`SECRET_PERMISSION`], which no method guard can see (it
+    /// depends on the request): the method asks for it, and the auth layer (with
+    /// `handler_step_up(true)`) answers PERMISSION_DENIED with its challenge for it.
+    async fn whisper(&self, request: Request<WhisperRequest>) -> Result<Response<HelloReply>, Status> {
+        let Some(principal) = request.extensions().get::<Principal>() else {
+            return Err(Status::unauthenticated("no verified caller"));
+        };
+        if request.get_ref().secret && !principal.has_permission(SECRET_PERMISSION) {
+            let demand = InsufficientScope::new([SECRET_PERMISSION]);
+            demand.step_up(request.extensions());
+            // The layer replaces this status with its own; without the layer it is the answer.
+            return Err(Status::permission_denied(demand.to_string()));
+        }
+        let name = match request.get_ref().name.as_str() {
+            "" => "world",
+            name => name,
+        };
+        Ok(Response::new(HelloReply {
+            message: format!("psst, {name}. You are {}.", principal.client_id()),
+            client_id: principal.client_id().to_string(),
+            permissions: principal.permissions().iter().map(str::to_owned).collect(),
+        }))
     }
 }
 
@@ -189,8 +220,10 @@ impl DemoCall {
 
 /// The `SayHello` and `Shout` demo request.
 const HELLO: &str = r#"{"name":"Ada"}"#;
+/// The secret `Whisper` demo request.
+const SECRET: &str = r#"{"name":"Ada","secret":true}"#;
 
-/// Client id of the demo token that holds `greeter:shout`.
+/// Client id of the demo token that holds `greeter:shout` and `greeter:secret`.
 pub const DEMO_SHOUTER: &str = "oc_demoShouterWithGreeterShout0001";
 /// Client id of the demo token that lacks `greeter:shout`.
 pub const DEMO_GREETER: &str = "oc_demoGreeterWithoutShout00000002";
@@ -215,7 +248,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<(FakeGateway, W
             .expires_in(Duration::from_secs(3600))
     };
     let shouter = generate_token();
-    gateway.register(&shouter, grant(DEMO_SHOUTER, &[SHOUT_PERMISSION]));
+    gateway.register(&shouter, grant(DEMO_SHOUTER, &[SHOUT_PERMISSION, SECRET_PERMISSION]));
     let greeter = generate_token();
     gateway.register(&greeter, grant(DEMO_GREETER, &[]));
     let short = generate_token();
@@ -227,6 +260,8 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<(FakeGateway, W
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
         .expected_issuer(EXAMPLE_ISSUER)
         .realm("grpc_server")
+        // `Whisper` asks for `greeter:secret` itself.
+        .handler_step_up(true)
         .build()
         .map_err(std::io::Error::other)?;
     let calls = vec![
@@ -241,13 +276,27 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<(FakeGateway, W
             what: "Shout with the greeter:shout permission: OK",
             method: "Shout",
             data: HELLO,
-            token: Some(shouter),
+            token: Some(shouter.clone()),
             expect: Code::Ok,
         },
         DemoCall {
             what: "Shout without greeter:shout: PermissionDenied",
             method: "Shout",
             data: HELLO,
+            token: Some(greeter.clone()),
+            expect: Code::PermissionDenied,
+        },
+        DemoCall {
+            what: "a secret Whisper with greeter:secret: OK",
+            method: "Whisper",
+            data: SECRET,
+            token: Some(shouter),
+            expect: Code::Ok,
+        },
+        DemoCall {
+            what: "a secret Whisper without greeter:secret: PermissionDenied (the method asks for it)",
+            method: "Whisper",
+            data: SECRET,
             token: Some(greeter.clone()),
             expect: Code::PermissionDenied,
         },
@@ -293,7 +342,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bind: SocketAddr = std::env::var("BIND").unwrap_or_else(|_| DEFAULT_BIND.into()).parse()?;
 
     let (config, demo) = if std::env::var_os("WACHT_GATEWAY_URL").is_some() {
-        (WachtAuthConfig::from_env()?, None)
+        let from_env = WachtAuthConfig::from_env()?;
+        (from_env.to_builder().handler_step_up(true).build()?, None)
     } else {
         let (gateway, config, calls) = demo().await?;
         (config, Some((gateway, calls)))
@@ -304,8 +354,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("tower-wacht gRPC example: greeter.v1.Greeter on {addr} (plaintext HTTP/2)");
     println!(
-        "Shout requires the {SHOUT_PERMISSION} permission; SayHello and Ticks any valid token. A Ticks stream ends \
-         with UNAUTHENTICATED when its token expires (the short-lived demo token: {} s after the start).",
+        "Shout requires the {SHOUT_PERMISSION} permission, a secret Whisper {SECRET_PERMISSION}; SayHello and Ticks \
+         any valid token. A Ticks stream ends with UNAUTHENTICATED when its token expires (the short-lived demo \
+         token: {} s after the start).",
         SHORT_LIVED.as_secs()
     );
     if let Some((gateway, calls)) = &demo {

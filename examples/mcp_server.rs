@@ -10,11 +10,19 @@
 //!   from the `Principal` the layer inserted (any valid token);
 //! * `list_projects`: requires the `projects:read` permission;
 //! * `archive_project`: requires `projects:write`. A token without it gets HTTP 403
-//!   `insufficient_scope` naming the scope to ask for, which MCP clients use for step-up.
+//!   `insufficient_scope` naming the scope to ask for, which MCP clients use for step-up;
+//! * `admin-action`: requires `projects:write` too (the tool the official MCP conformance
+//!   suite's step-up scenario calls);
+//! * `read_project`: requires `projects:read`, and for a private project `projects:private`,
+//!   which only the tool can tell (from its arguments): it demands the scope itself
+//!   (`InsufficientScope::step_up`), and the auth layer answers 403 `insufficient_scope` for
+//!   it, exactly as for a guarded tool.
 //!
 //! Routes: `POST /mcp` (the MCP endpoint; every request needs a token) and, without
 //! authentication, the metadata document at `/.well-known/oauth-protected-resource/mcp` and
-//! `/.well-known/oauth-protected-resource`.
+//! `/.well-known/oauth-protected-resource`. Browser pages on loopback origins (the MCP
+//! Inspector in direct mode, a web client under development) may call them: `McpCorsLayer`
+//! answers their preflights and lets them read every answer, the 401 challenge included.
 //!
 //! Configuration comes from the environment: `WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
 //! `WACHT_OAUTH_ISSUER` (your OAuth app's issuer, advertised to clients as the authorization
@@ -28,9 +36,10 @@
 //! an MCP client that knows nothing but `http://<bound address>/mcp` (Claude Code, VS Code,
 //! the MCP Inspector, an SDK client) registers (dynamic registration; a client ID metadata
 //! document with `MCP_CIMD=on`, and from a loopback port with `MCP_CIMD_LOOPBACK_PORT`),
-//! authorizes with PKCE, gets a token and calls tools, stepping up to `projects:write` when a
-//! tool asks for it. It prints ready configurations for those clients, and demo tokens with
-//! ready-to-paste curl commands. With `WACHT_GATEWAY_URL` set, none of this runs.
+//! authorizes with PKCE, gets a token and calls tools, stepping up to `projects:write` or
+//! `projects:private` when a tool asks for it. It prints ready configurations for those
+//! clients, and demo tokens with ready-to-paste curl commands. With `WACHT_GATEWAY_URL` set,
+//! none of this runs.
 //!
 //! Protocol versions: rmcp 3.11 serves MCP 2026-07-28 (no `initialize`; `server/discover`,
 //! the `Mcp-Method` / `Mcp-Name` headers, checked against the body by the tool guard) and the
@@ -56,14 +65,16 @@ use tower_wacht::testing::{
     DevIssuer, DevIssuerConfig, EXAMPLE_DEPLOYMENT_ID, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
 use tower_wacht::{
-    ConfigError, McpGuardLayer, Permissions, Principal, ProtectedResourceMetadata, WachtAuthConfig,
-    WachtAuthConfigBuilder, WachtAuthLayer,
+    ConfigError, InsufficientScope, McpCorsLayer, McpGuardLayer, Permissions, Principal, ProtectedResourceMetadata,
+    WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer,
 };
 
 /// Path of the MCP endpoint.
 pub const MCP_PATH: &str = "/mcp";
 /// Scopes this server understands (`scopes_supported` in the metadata document).
-pub const SCOPES_SUPPORTED: [&str; 2] = ["projects:read", "projects:write"];
+pub const SCOPES_SUPPORTED: [&str; 3] = ["projects:read", "projects:write", "projects:private"];
+/// The scope `read_project` demands for a private project.
+pub const PRIVATE_SCOPE: &str = "projects:private";
 /// Scopes suggested in the 401 challenge: what a client should ask for first.
 pub const CHALLENGE_SCOPES: [&str; 1] = ["projects:read"];
 
@@ -77,12 +88,35 @@ pub fn tool_guard() -> McpGuardLayer {
         .tool("list_projects", Permissions::all(["projects:read"]))
         .tool("find_project", Permissions::all(["projects:read"]))
         .tool("archive_project", Permissions::all(["projects:write"]))
+        .tool("admin-action", Permissions::all(["projects:write"]))
+        .tool("read_project", Permissions::all(["projects:read"]))
+}
+
+/// Browser origins that may call `/mcp` and read its answers (CORS): loopback on any port,
+/// where the MCP Inspector (`http://localhost:6274`) and web clients under development run.
+/// A deployment lists its web apps' origins instead: `McpCorsLayer::new(["https://app.example.com"])`.
+pub fn cors() -> McpCorsLayer {
+    McpCorsLayer::loopback()
 }
 
 /// The MCP server: three tools over a fake project list.
 #[derive(Clone)]
 pub struct ProjectsServer {
     guard: McpGuardLayer,
+}
+
+/// The example's projects: id, name, private.
+pub const PROJECTS: [(&str, &str, bool); 3] = [
+    ("prj_apollo", "Apollo", false),
+    ("prj_gemini", "Gemini", false),
+    ("prj_mercury", "Mercury", true),
+];
+
+/// Arguments of `read_project`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct ReadProject {
+    /// Id of the project to read (`prj_mercury` is private).
+    pub project_id: String,
 }
 
 /// Arguments of `archive_project`.
@@ -186,6 +220,43 @@ impl ProjectsServer {
             "by": p.client_id(),
         })))
     }
+
+    #[tool(
+        description = "Read a project (requires projects:read; a private project, such as prj_mercury, also projects:private)."
+    )]
+    async fn read_project(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(args): Parameters<ReadProject>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let p = self.authorize("read_project", &parts)?;
+        let Some((id, name, private)) = PROJECTS.into_iter().find(|(id, ..)| *id == args.project_id) else {
+            return Err(ErrorData::invalid_params("no such project", None));
+        };
+        if private && !p.has_permission(PRIVATE_SCOPE) {
+            // Only the tool knows this project is private: it asks for the scope itself. The
+            // auth layer answers 403 insufficient_scope instead of this error (clients step up
+            // as for a guarded tool); without the layer, the error is the answer.
+            let demand = InsufficientScope::new([PRIVATE_SCOPE]);
+            demand.step_up(&parts.extensions);
+            return Err(ErrorData::invalid_request(demand.to_string(), None));
+        }
+        Ok(CallToolResult::structured(json!({
+            "id": id,
+            "name": name,
+            "private": private,
+            "organization": p.granted_resource(),
+        })))
+    }
+
+    #[tool(
+        name = "admin-action",
+        description = "An administrative action (requires projects:write); the MCP conformance suite's step-up scenario calls it."
+    )]
+    async fn admin_action(&self, Extension(parts): Extension<Parts>) -> Result<CallToolResult, ErrorData> {
+        let p = self.authorize("admin-action", &parts)?;
+        Ok(CallToolResult::structured(json!({ "done": true, "by": p.client_id() })))
+    }
 }
 
 #[tool_handler(
@@ -195,19 +266,17 @@ impl ProjectsServer {
 impl ServerHandler for ProjectsServer {}
 
 /// rmcp's Streamable HTTP settings: stateless (every request stands alone and is
-/// authenticated on its own, no session to hijack), plain JSON answers, `Host` values
-/// limited to loopback plus the host of the resource URL, and a browser `Origin`, when one is
-/// sent, limited to loopback and the resource URL's own origin (the MCP transport requires
+/// authenticated on its own, no session to hijack), plain JSON answers (a tool's step-up
+/// demand reaches the auth layer before the answer starts), `Host` values limited to loopback
+/// plus the host of the resource URL, and a browser `Origin`, when one is sent, limited to the
+/// CORS origins ([`cors`]) and the resource URL's own origin (the MCP transport requires
 /// servers to validate `Origin`, against DNS rebinding). A request without `Origin` (any
 /// non-browser client) is not affected. rmcp answers a refused origin with 403 after the
 /// auth layer has checked the token.
 pub fn mcp_config(resource: Option<&str>) -> StreamableHttpServerConfig {
     let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let mut origins = vec![
-        "http://localhost:*".to_owned(),
-        "http://127.0.0.1:*".to_owned(),
-        "http://[::1]:*".to_owned(),
-    ];
+    // Every origin whose pages may read answers (CORS) is one rmcp serves.
+    let mut origins = cors().allowed_origins();
     if let Some(uri) = resource.and_then(|r| r.parse::<http::Uri>().ok())
         && let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
     {
@@ -222,9 +291,10 @@ pub fn mcp_config(resource: Option<&str>) -> StreamableHttpServerConfig {
         .enforce_origin_validation()
 }
 
-/// The application: the MCP service at `/mcp` behind the tool guard and the auth layer, and
-/// the metadata document outside the layer (clients fetch it before they hold a token). The
-/// server is stateless, and the guard told so: a stray `Mcp-Session-Id` is ignored.
+/// The application: the MCP service at `/mcp` behind the tool guard and the auth layer, the
+/// metadata document outside the layer (clients fetch it before they hold a token), and CORS
+/// in front of both (preflights are answered before the auth layer, which would refuse them).
+/// The server is stateless, and the guard told so: a stray `Mcp-Session-Id` is ignored.
 pub fn app(auth: WachtAuthLayer) -> Router {
     let guard = tool_guard().stateless();
     let server = ProjectsServer::new(guard.clone());
@@ -239,6 +309,7 @@ pub fn app(auth: WachtAuthLayer) -> Router {
         .layer(guard)
         .layer(auth.clone())
         .merge(auth.metadata_router())
+        .layer(cors())
 }
 
 /// The loopback names of a loopback resource URL, its own first: `http://127.0.0.1:PORT/mcp`
@@ -344,6 +415,8 @@ pub fn mcp_auth_config(
         .challenge_scopes(CHALLENGE_SCOPES)
         // MCP asks servers to honour scope hierarchies: write access includes read access.
         .scope_hierarchy(ScopeHierarchy::new().implies("projects:write", ["projects:read"]))
+        // Tools may ask for more scope themselves (`read_project`, for a private project).
+        .handler_step_up(true)
         .build()
 }
 
@@ -368,7 +441,7 @@ pub struct Demo {
     pub issuer: DevIssuer,
     /// Layer configuration for `resource`, checking tokens with the fake gateway.
     pub config: WachtAuthConfig,
-    /// `projects:read projects:write`, issued for this server.
+    /// `projects:read projects:write projects:private`, issued for this server.
     pub agent: String,
     /// `projects:read`, issued for this server.
     pub reader: String,
@@ -437,6 +510,7 @@ pub async fn demo_with(resource: &str, issuer_config: DevIssuerConfig) -> std::i
     gateway.set_scope_definitions(vec![
         ScopeDefinition::organization("projects:read", "org:projects:read"),
         ScopeDefinition::organization("projects:write", "org:projects:write"),
+        ScopeDefinition::organization(PRIVATE_SCOPE, "org:projects:private"),
     ]);
     let issuer = DevIssuer::start(gateway.clone(), issuer_config).await?;
     let issuer_url = issuer.url();
@@ -581,6 +655,18 @@ fn demo_calls(resource: &str, metadata_url: &str, agent: &str, reader: &str, for
             403,
         ),
         post(
+            "read_project of a private project without projects:private: the tool asks for it, 403 insufficient_scope, scope=\"projects:private ...\"",
+            Some(reader),
+            tools_call(4, "read_project", json!({"project_id": "prj_mercury"})),
+            403,
+        ),
+        post(
+            "read_project of a private project with projects:private: 200",
+            Some(agent),
+            tools_call(4, "read_project", json!({"project_id": "prj_mercury"})),
+            200,
+        ),
+        post(
             "a token issued for another server: 401 invalid_token",
             Some(foreign),
             initialize,
@@ -710,11 +796,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("\n{}", client_setup(&resource, &demo.issuer.url()));
         println!("\nDemo tokens (valid for one hour):");
         println!(
-            "  agent   ({}, projects:read projects:write): {}",
+            "  agent   ({}, projects:read projects:write projects:private): {}",
             AGENT_CLIENT_ID, demo.agent
         );
         println!(
-            "  reader  ({}, projects:read):                {}",
+            "  reader  ({}, projects:read):                                  {}",
             READER_CLIENT_ID, demo.reader
         );
         println!(

@@ -27,6 +27,7 @@ use http::request::Parts;
 
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, RenderedAuthError, challenge_of, is_grpc, render};
+use crate::stepup::InsufficientScope;
 
 /// Rejection of the [`Principal`] extractor: the request has no verified principal. Renders
 /// 401 with the layer's `WWW-Authenticate` challenge (or gRPC UNAUTHENTICATED).
@@ -71,6 +72,18 @@ impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let mut response = render(self.clone(), &ChallengeParams::default(), false).map(axum::body::Body::new);
         response.extensions_mut().insert(RenderedAuthError(self));
+        response
+    }
+}
+
+impl IntoResponse for InsufficientScope {
+    /// `403` `insufficient_scope` naming the demanded scopes, carrying the demand: behind
+    /// [`WachtAuthLayer`](crate::WachtAuthLayer) the layer answers it with its own challenge
+    /// (`resource_metadata`, realm, the scopes the token already has); without one, default
+    /// challenge parameters are used.
+    fn into_response(self) -> Response {
+        let mut response = render(self.clone().into(), &ChallengeParams::default(), false).map(axum::body::Body::new);
+        response.extensions_mut().insert(self);
         response
     }
 }

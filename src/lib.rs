@@ -74,6 +74,7 @@ pub mod body;
 mod cache;
 pub mod change;
 pub mod config;
+pub mod cors;
 mod error;
 #[cfg(feature = "redis")]
 pub mod fleet;
@@ -86,6 +87,7 @@ pub mod metadata;
 pub mod principal;
 pub mod reject;
 pub mod scopes;
+pub mod stepup;
 pub mod telemetry;
 mod timefmt;
 pub mod token;
@@ -96,6 +98,7 @@ pub mod testing;
 
 /// Every response future of the crate's services.
 pub mod future {
+    pub use crate::cors::McpCorsFuture;
     pub use crate::guard::future::GuardFuture;
     pub use crate::guard::mcp::McpGuardFuture;
     #[allow(deprecated)]
@@ -107,6 +110,7 @@ pub mod future {
 pub use crate::axum::PrincipalRejection;
 pub use crate::change::ChangeOutcome;
 pub use crate::config::{WachtAuthConfig, WachtAuthConfigBuilder};
+pub use crate::cors::McpCorsLayer;
 pub use crate::error::ConfigError;
 pub use crate::gateway::ClientIp;
 #[allow(deprecated)]
@@ -118,4 +122,5 @@ pub use crate::layer::WachtAuthLayer;
 pub use crate::metadata::ProtectedResourceMetadata;
 pub use crate::principal::{Principal, ResourceUrn};
 pub use crate::reject::AuthError;
+pub use crate::stepup::InsufficientScope;
 pub use crate::verify::Verifier;

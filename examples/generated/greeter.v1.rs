@@ -6,6 +6,16 @@ pub struct HelloRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
 }
+/// Who to whisper to, and whether it is a secret.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WhisperRequest {
+    /// A name; the reply uses "world" when empty.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// A secret whisper requires the `greeter:secret` permission.
+    #[prost(bool, tag = "2")]
+    pub secret: bool,
+}
 /// The greeting and what the server knows about the caller.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HelloReply {
@@ -195,6 +205,31 @@ pub mod greeter_client {
             req.extensions_mut().insert(GrpcMethod::new("greeter.v1.Greeter", "Ticks"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Any caller with a valid access token; a `secret` whisper also requires the
+        /// `greeter:secret` permission, which only the method can tell from the request: it asks for
+        /// the permission itself, and the server answers PERMISSION_DENIED with the challenge naming
+        /// it in `www-authenticate` metadata.
+        pub async fn whisper(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WhisperRequest>,
+        ) -> std::result::Result<tonic::Response<super::HelloReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/greeter.v1.Greeter/Whisper",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("greeter.v1.Greeter", "Whisper"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -232,6 +267,14 @@ pub mod greeter_server {
             &self,
             request: tonic::Request<super::TicksRequest>,
         ) -> std::result::Result<tonic::Response<Self::TicksStream>, tonic::Status>;
+        /// Any caller with a valid access token; a `secret` whisper also requires the
+        /// `greeter:secret` permission, which only the method can tell from the request: it asks for
+        /// the permission itself, and the server answers PERMISSION_DENIED with the challenge naming
+        /// it in `www-authenticate` metadata.
+        async fn whisper(
+            &self,
+            request: tonic::Request<super::WhisperRequest>,
+        ) -> std::result::Result<tonic::Response<super::HelloReply>, tonic::Status>;
     }
     /// Greets the caller and names the OAuth client that made the call.
     #[derive(Debug)]
@@ -438,6 +481,49 @@ pub mod greeter_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/greeter.v1.Greeter/Whisper" => {
+                    #[allow(non_camel_case_types)]
+                    struct WhisperSvc<T: Greeter>(pub Arc<T>);
+                    impl<T: Greeter> tonic::server::UnaryService<super::WhisperRequest>
+                    for WhisperSvc<T> {
+                        type Response = super::HelloReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WhisperRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Greeter>::whisper(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WhisperSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

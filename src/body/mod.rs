@@ -1,5 +1,6 @@
 //! [`ResponseBody`]: the inner service's body (watched while it streams, see `watch`;
-//! rewritten as it passes, see `rewrite`), or a rejection written by this crate.
+//! rewritten as it passes, see `rewrite`), a rejection written by this crate, or nothing (a
+//! CORS preflight's answer).
 
 pub(crate) mod rewrite;
 pub(crate) mod watch;
@@ -19,8 +20,9 @@ pub(crate) use self::watch::Standing;
 use self::watch::Watch;
 
 pin_project! {
-    /// Response body of [`WachtAuthLayer`](crate::WachtAuthLayer) and the guards: the inner
-    /// service's body on success, or a small in-memory rejection body.
+    /// Response body of [`WachtAuthLayer`](crate::WachtAuthLayer), the guards and
+    /// [`McpCorsLayer`](crate::McpCorsLayer): the inner service's body on success, a small
+    /// in-memory rejection body, or none (a preflight's answer).
     ///
     /// Behind the layer, a body of unknown length (SSE, a chunked body, a gRPC stream) of a
     /// verified caller is watched: it ends at the token's `expires_at`, and within
@@ -45,6 +47,7 @@ pin_project! {
         Watched { #[pin] body: B, watch: Box<Watch<dyn Standing>> },
         Rewritten { #[pin] body: B, rewriting: Box<Rewriting> },
         Rejection { #[pin] body: Full<Bytes> },
+        Empty,
     }
 }
 
@@ -81,6 +84,11 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// No body at all (the answer to a CORS preflight).
+    pub(crate) fn empty() -> Self {
+        ResponseBody { kind: Kind::Empty }
+    }
+
     /// The refusal a response future holds, taken out as a response (an empty one if the
     /// future is polled again after completing).
     pub(crate) fn refused(response: &mut Option<Response<Full<Bytes>>>) -> Response<Self> {
@@ -114,6 +122,7 @@ where
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            KindProj::Empty => Poll::Ready(None),
         }
     }
 
@@ -123,6 +132,7 @@ where
             Kind::Watched { body, watch } => watch.is_end_stream(body),
             Kind::Rewritten { rewriting, .. } => rewriting.is_end_stream(),
             Kind::Rejection { body } => body.is_end_stream(),
+            Kind::Empty => true,
         }
     }
 
@@ -133,6 +143,7 @@ where
             // The rewrite changes the length: unknown.
             Kind::Rewritten { .. } => SizeHint::default(),
             Kind::Rejection { body } => body.size_hint(),
+            Kind::Empty => SizeHint::with_exact(0),
         }
     }
 }

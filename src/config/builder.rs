@@ -245,6 +245,19 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Let handlers that build no response of their own (an rmcp tool, a Tonic method) ask for
+    /// step-up (default: off). With this on, every verified request carries a slot in its
+    /// extensions where [`InsufficientScope::step_up`](crate::InsufficientScope::step_up)
+    /// records a demand; when the handler's response comes back, the layer answers `403`
+    /// `insufficient_scope` (gRPC: `PERMISSION_DENIED`) with its challenge instead: the demanded
+    /// scopes, then the granted ones, `resource_metadata` and realm. It costs every verified
+    /// request two small allocations (the slot and its extension entry), which is why it is
+    /// off. An Axum handler that returns an `InsufficientScope` is answered so either way.
+    pub fn handler_step_up(mut self, on: bool) -> Self {
+        self.config.requests.handler_step_up = on;
+        self
+    }
+
     /// Serve and advertise RFC 9728 metadata: every 401/403 challenge carries
     /// `resource_metadata="<its well-known URL>"`, [`WachtAuthLayer::metadata_router`](crate::WachtAuthLayer::metadata_router)
     /// serves it, and unless [`expected_audience`](Self::expected_audience) is set, the

@@ -83,6 +83,7 @@ impl fmt::Display for ApiKey {
 /// | `optional` | off | requests without a token are refused with 401 |
 /// | `pass_cors_preflight` | off | CORS preflights without a token get 401; answer CORS outside the layer |
 /// | `keep_authorization_header` | off | the token is removed from the request before your handlers (no passthrough) |
+/// | `handler_step_up` | off | a handler's [`InsufficientScope::step_up`](crate::InsufficientScope::step_up) finds no layer (an Axum handler returning `InsufficientScope` is answered either way) |
 /// | `realm` / `challenge_scopes` | none / none | the `realm` and the `scope` suggested in 401 challenges |
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
@@ -200,6 +201,7 @@ pub(crate) struct RequestSettings {
     pub(crate) optional: bool,
     pub(crate) pass_cors_preflight: bool,
     pub(crate) keep_authorization_header: bool,
+    pub(crate) handler_step_up: bool,
     pub(crate) max_token_len: usize,
 }
 
@@ -209,6 +211,7 @@ impl Default for RequestSettings {
             optional: false,
             pass_cors_preflight: false,
             keep_authorization_header: false,
+            handler_step_up: false,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
         }
     }

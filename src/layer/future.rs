@@ -19,6 +19,7 @@ use super::stream::Caller;
 use crate::body::ResponseBody;
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
+use crate::stepup::StepUpSlot;
 use crate::verify::Ticket;
 
 pin_project! {
@@ -49,6 +50,8 @@ pin_project! {
             service: Option<S>,
             challenge: Arc<ChallengeParams>,
             ticket: Option<Ticket>,
+            // Whether the handler gets a step-up slot (`handler_step_up`).
+            handler_step_up: bool,
         },
     }
 }
@@ -77,6 +80,7 @@ where
         service: S,
         challenge: Arc<ChallengeParams>,
         ticket: Ticket,
+        handler_step_up: bool,
     ) -> Self {
         ResponseFuture {
             state: State::Verifying {
@@ -85,6 +89,7 @@ where
                 service: Some(service),
                 challenge,
                 ticket: Some(ticket),
+                handler_step_up,
             },
         }
     }
@@ -106,6 +111,10 @@ where
                     let Some(caller) = caller.take() else {
                         return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                     };
+                    if let Some(refusal) = caller.step_up(&mut response) {
+                        // A handler demanded more scope: this layer's 403 instead of its answer.
+                        return Poll::Ready(Ok(ResponseBody::refused(&mut Some(refusal))));
+                    }
                     if !response.extensions().is_empty() {
                         // A handler that answered with an `AuthError` gets this layer's challenge.
                         rechallenge(&mut response, caller.principal().challenge());
@@ -119,6 +128,7 @@ where
                     service,
                     challenge,
                     ticket,
+                    handler_step_up,
                 } => {
                     let outcome = ready!(verify.as_mut().poll(cx));
                     let (Some(mut req), Some(mut svc), Some(ticket)) = (request.take(), service.take(), ticket.take())
@@ -136,7 +146,8 @@ where
                     match outcome {
                         Ok(principal) => {
                             req.extensions_mut().insert(principal.clone());
-                            let caller = Caller::new(principal, ticket, req.version());
+                            let slot = (*handler_step_up).then(|| StepUpSlot::insert_into(req.extensions_mut()));
+                            let caller = Caller::new(principal, ticket, req.version(), slot);
                             let future = svc.call(req);
                             state.set(State::Inner {
                                 future,

@@ -6,6 +6,10 @@
 //!              │ none / malformed / repeated             ├ Miss(future)  ─► await ─► insert ─► inner.call
 //!              ▼                                         └ Refused(error) ─► refuse
 //!       anonymous (optional mode) or refuse (401 / 400)
+//!
+//! response ─► a handler demanded more scope (InsufficientScope)? ─► this layer's 403 instead
+//!          ─► a handler's own AuthError? ─► this layer's challenge on it
+//!          ─► a stream? ─► watched until the token no longer stands
 //! ```
 //!
 //! A cache hit allocates nothing beyond the extension insert and never boxes; only a miss
@@ -71,6 +75,7 @@ pub(crate) struct Shared {
     pub(crate) optional: bool,
     pub(crate) pass_cors_preflight: bool,
     pub(crate) keep_authorization_header: bool,
+    pub(crate) handler_step_up: bool,
     pub(crate) max_token_len: usize,
     metadata: Option<ProtectedResourceMetadata>,
 }
@@ -101,6 +106,7 @@ impl WachtAuthLayer {
                 optional: requests.optional,
                 pass_cors_preflight: requests.pass_cors_preflight,
                 keep_authorization_header: requests.keep_authorization_header,
+                handler_step_up: requests.handler_step_up,
                 max_token_len: requests.max_token_len,
                 metadata: config.challenge.resource_metadata,
             }),

@@ -12,7 +12,9 @@ use super::Shared;
 use super::future::ResponseFuture;
 use super::stream::Caller;
 use crate::body::ResponseBody;
+use crate::cors::is_preflight;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
+use crate::stepup::StepUpSlot;
 use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
 use crate::verify::Authentication;
 
@@ -50,7 +52,7 @@ where
         let credential = match credential_from_headers(req.headers(), shared.max_token_len) {
             Ok(Some(credential)) => credential,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
-            Ok(None) if shared.pass_cors_preflight && is_cors_preflight(&req) => {
+            Ok(None) if shared.pass_cors_preflight && is_preflight(&req) => {
                 return self.pass_anonymous(req, false);
             }
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
@@ -71,7 +73,10 @@ where
             Authentication::Hit(principal, ticket) => {
                 strip_authorization(req.headers_mut(), shared.keep_authorization_header);
                 req.extensions_mut().insert(principal.clone());
-                let caller = Caller::new(principal, ticket, req.version());
+                let slot = shared
+                    .handler_step_up
+                    .then(|| StepUpSlot::insert_into(req.extensions_mut()));
+                let caller = Caller::new(principal, ticket, req.version(), slot);
                 ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
             Authentication::Refused(error) => self.refuse(&req, *error),
@@ -87,7 +92,8 @@ where
                 let service = std::mem::replace(&mut self.inner, fresh);
                 let challenge = Arc::clone(shared.verifier.challenge());
                 let ticket = miss.ticket();
-                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket)
+                let step_up = shared.handler_step_up;
+                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket, step_up)
             }
         }
     }
@@ -114,20 +120,4 @@ impl<S> WachtAuth<S> {
         });
         ResponseFuture::inner(self.inner.call(req), None)
     }
-}
-
-/// A CORS preflight as a browser sends it: `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`, without a body, `Content-Type` or `TE`, whatever the HTTP
-/// version. Anything more is not a preflight: a gRPC call needs none, and Tonic routes by path
-/// alone and reads the body whatever the content type says, so it would run the method.
-fn is_cors_preflight<B: Body>(req: &Request<B>) -> bool {
-    use http::header::{ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, TE, TRANSFER_ENCODING};
-    let headers = req.headers();
-    req.method() == http::Method::OPTIONS
-        && headers.contains_key(ORIGIN)
-        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-        && !headers.contains_key(CONTENT_TYPE)
-        && !headers.contains_key(TE)
-        && !headers.contains_key(TRANSFER_ENCODING)
-        && req.body().size_hint().exact() == Some(0)
 }

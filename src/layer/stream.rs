@@ -1,4 +1,5 @@
-//! [`Caller`]: the verified caller a response is for, and which responses live with its token.
+//! [`Caller`]: the verified caller a response is for: whether its handler demanded more scope
+//! (answered with this layer's 403 instead), and which responses live with its token.
 //!
 //! A response body of unknown length (SSE, a chunked body, a gRPC stream) is a stream: it is
 //! watched ([`ResponseBody::watched`]) and ends at the token's expiry, or once the verifier
@@ -15,12 +16,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, Response, Version};
 use http_body::Body;
+use http_body_util::Full;
 
 use crate::body::{ResponseBody, Standing};
 use crate::principal::Principal;
-use crate::reject::{AuthError, grpc_trailers, is_grpc};
+use crate::reject::{AuthError, grpc_trailers, is_grpc, render};
+use crate::stepup::{InsufficientScope, StepUpSlot};
 use crate::verify::Ticket;
 
 /// The verified caller of a request, held by its response future until the response arrives.
@@ -29,15 +33,31 @@ pub(crate) struct Caller {
     ticket: Ticket,
     /// The request's HTTP version (a gRPC response needs HTTP/2).
     version: Version,
+    /// Where the handler records a demand for more scope (`handler_step_up`).
+    slot: Option<StepUpSlot>,
 }
 
 impl Caller {
-    pub(crate) fn new(principal: Principal, ticket: Ticket, version: Version) -> Self {
+    pub(crate) fn new(principal: Principal, ticket: Ticket, version: Version, slot: Option<StepUpSlot>) -> Self {
         Caller {
             principal,
             ticket,
             version,
+            slot,
         }
+    }
+
+    /// The layer's refusal for a handler that demanded more scope (recorded in the request's
+    /// slot, or carried by its response): 403 `insufficient_scope`, or `PERMISSION_DENIED` for
+    /// a gRPC response, with this caller's challenge. `None`: answer the response.
+    pub(crate) fn step_up<B>(&self, response: &mut Response<B>) -> Option<Response<Full<Bytes>>> {
+        let demand = InsufficientScope::demanded(self.slot.as_ref(), response)?;
+        let grpc = is_grpc(self.version, response.headers());
+        Some(render(
+            demand.refusal(&self.principal),
+            self.principal.challenge(),
+            grpc,
+        ))
     }
 
     pub(crate) fn principal(&self) -> &Principal {

@@ -26,8 +26,8 @@ use tower_wacht::{
 
 use grpc_server::pb::greeter_client::GreeterClient;
 use grpc_server::pb::greeter_server::GreeterServer;
-use grpc_server::pb::{HelloReply, HelloRequest};
-use grpc_server::{GreeterService, SHOUT_PATH, SHOUT_PERMISSION};
+use grpc_server::pb::{HelloReply, HelloRequest, WhisperRequest};
+use grpc_server::{GreeterService, SECRET_PERMISSION, SHOUT_PATH, SHOUT_PERMISSION};
 
 const CLIENT_ID: &str = "oc_gRPCendToEndTestClient000000001";
 const SAY_HELLO: &str = "/greeter.v1.Greeter/SayHello";
@@ -123,6 +123,20 @@ fn register(gateway: &FakeGateway, scopes: &[&str]) -> String {
 /// A `HelloRequest` carrying `authorization: <authorization>` metadata, if any.
 fn hello(authorization: Option<&str>) -> tonic::Request<HelloRequest> {
     let mut request = tonic::Request::new(HelloRequest { name: "Ada".into() });
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().expect("ascii metadata"));
+    }
+    request
+}
+
+/// A `WhisperRequest` to Ada carrying `authorization: <authorization>` metadata, if any.
+fn whisper(authorization: Option<&str>, secret: bool) -> tonic::Request<WhisperRequest> {
+    let mut request = tonic::Request::new(WhisperRequest {
+        name: "Ada".into(),
+        secret,
+    });
     if let Some(value) = authorization {
         request
             .metadata_mut()
@@ -360,6 +374,78 @@ async fn missing_method_permission_is_permission_denied() {
     assert_eq!(reply.client_id, CLIENT_ID);
     // Guards are answered from the cached principal: one gateway call per token.
     assert_eq!(app.gateway.calls(), 2);
+}
+
+/// Handler-initiated step-up: `Whisper` alone knows that a secret whisper needs
+/// `greeter:secret` (no method guard can see the request), asks for it
+/// (`InsufficientScope::step_up`) and returns its own `PERMISSION_DENIED`; the layer answers
+/// instead, with its challenge in `www-authenticate`, on a first (verified) call and a cached
+/// one alike. A token with the challenged scopes then succeeds.
+#[tokio::test]
+async fn a_method_that_asks_for_more_scope_gets_permission_denied_with_the_layers_challenge() {
+    let mut app = start(|b| b.handler_step_up(true)).await;
+    let without = app.token(&["projects:read"]);
+    let expected = "Bearer scope=\"greeter:secret projects:read\", error=\"insufficient_scope\", \
+                    error_description=\"The access token lacks a permission this operation requires.\", \
+                    realm=\"greeter\"";
+    for call in ["the first call (verified with the gateway)", "a second call (cached)"] {
+        let status = refused(
+            app.client.whisper(whisper(Some(&bearer(&without)), true)).await,
+            Code::PermissionDenied,
+        );
+        assert_eq!(
+            status.message(),
+            "insufficient scope: requires greeter:secret",
+            "{call}"
+        );
+        assert_eq!(
+            metadata(&status, "www-authenticate").as_deref(),
+            Some(expected),
+            "{call}"
+        );
+    }
+    // A whisper that is no secret needs nothing more.
+    let plain = app.client.whisper(whisper(Some(&bearer(&without)), false)).await;
+    assert_eq!(plain.expect("a plain whisper").into_inner().client_id, CLIENT_ID);
+
+    // On the wire: a well-formed trailers-only refusal carrying the challenge.
+    let message = WhisperRequest {
+        name: "Ada".into(),
+        secret: true,
+    }
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/greeter.v1.Greeter/Whisper", app.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", bearer(&without))
+        .body(Full::new(Bytes::from(frame)))
+        .expect("request");
+    let raw = raw_h2(app.addr, request).await;
+    raw.assert_trailers_only(Code::PermissionDenied);
+    assert_eq!(raw.header("www-authenticate"), Some(expected), "{raw:?}");
+    assert_eq!(raw.header("cache-control"), Some("no-store"), "{raw:?}");
+
+    // The client asks for what the challenge names; the new token is served.
+    let scope = expected
+        .split("scope=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a scope parameter");
+    let scopes: Vec<&str> = scope.split(' ').collect();
+    assert_eq!(scopes, [SECRET_PERMISSION, "projects:read"]);
+    let upgraded = app.token(&scopes);
+    let reply = app
+        .client
+        .whisper(whisper(Some(&bearer(&upgraded)), true))
+        .await
+        .expect("OK after step-up")
+        .into_inner();
+    assert_eq!(reply.message, format!("psst, Ada. You are {CLIENT_ID}."));
 }
 
 #[tokio::test]
@@ -660,7 +746,7 @@ async fn every_printed_demo_call_answers_as_documented() {
         std::future::pending(),
     ));
     let mut client = connect(addr).await;
-    assert_eq!(calls.len(), 7);
+    assert_eq!(calls.len(), 9);
     assert!(calls.iter().any(|c| c.method == "Shout" && c.expect == Code::Ok));
     assert!(
         calls
@@ -720,19 +806,30 @@ async fn every_printed_demo_call_answers_as_documented() {
         let result = match call.method {
             "SayHello" => client.say_hello(request).await,
             "Shout" => client.shout(request).await,
+            "Whisper" => {
+                assert_eq!(call.data, r#"{"name":"Ada","secret":true}"#);
+                client.whisper(whisper(authorization.as_deref(), true)).await
+            }
             other => panic!("unknown method {other}"),
         };
         match result {
             Ok(reply) => {
                 assert_eq!(call.expect, Code::Ok, "{}: {command}", call.what);
-                let expected = if call.method == "Shout" {
+                let expected = if call.method != "SayHello" {
                     grpc_server::DEMO_SHOUTER
                 } else {
                     grpc_server::DEMO_GREETER
                 };
                 assert_eq!(reply.get_ref().client_id, expected, "{}", call.what);
             }
-            Err(status) => assert_eq!(status.code(), call.expect, "{}: {command}: {status:?}", call.what),
+            Err(status) => {
+                assert_eq!(status.code(), call.expect, "{}: {command}: {status:?}", call.what);
+                if call.method == "Whisper" {
+                    // The method asked for the permission: the layer's challenge names it.
+                    let challenge = metadata(&status, "www-authenticate").unwrap_or_default();
+                    assert!(challenge.contains("scope=\"greeter:secret"), "{}: {status:?}", call.what);
+                }
+            }
         }
     }
     assert_eq!(

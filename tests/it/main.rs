@@ -26,5 +26,6 @@ mod layer_http;
 mod mcp_server;
 mod quickstart;
 mod reliability;
+mod step_up;
 mod streams;
 mod tower_contract;

@@ -248,9 +248,11 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
     assert_eq!(
         names,
         BTreeSet::from([
+            "admin-action".to_owned(),
             "archive_project".to_owned(),
             "find_project".to_owned(),
             "list_projects".to_owned(),
+            "read_project".to_owned(),
             "whoami".to_owned()
         ])
     );
@@ -259,12 +261,18 @@ async fn valid_token_initializes_lists_tools_and_calls_whoami() {
     let who = structured(&whoami);
     assert_eq!(who["client_id"], AGENT_CLIENT_ID);
     assert_eq!(who["granted_resource"], DEMO_ORGANIZATION);
-    assert_eq!(who["scopes"], json!(SCOPES_SUPPORTED));
+    // Every scope, sorted.
+    assert_eq!(
+        who["scopes"],
+        json!(["projects:private", "projects:read", "projects:write"])
+    );
     assert_eq!(
         who["permissions"],
         json!([
+            "org:projects:private",
             "org:projects:read",
             "org:projects:write",
+            "projects:private",
             "projects:read",
             "projects:write"
         ])
@@ -760,7 +768,7 @@ async fn challenges_follow_rfc_6750_and_read_the_same_in_mcp_clients() {
 async fn every_printed_demo_call_answers_as_documented() {
     let server = Server::start().await;
     let calls = &server.demo.calls;
-    assert_eq!(calls.len(), 7);
+    assert_eq!(calls.len(), 9);
     for call in calls {
         let curl = call.curl();
         assert!(curl.starts_with("curl -i") && curl.ends_with(&call.url), "{curl}");
@@ -797,6 +805,9 @@ async fn every_printed_demo_call_answers_as_documented() {
                         assert_eq!(content["client_id"], READER_CLIENT_ID);
                         assert_eq!(content["granted_resource"], DEMO_ORGANIZATION);
                         assert_eq!(content["scopes"], json!(["projects:read"]));
+                    } else if call.what.starts_with("read_project") {
+                        assert_eq!(content["id"], "prj_mercury");
+                        assert_eq!(content["private"], true);
                     } else {
                         assert_eq!(content["archived"], "prj_apollo");
                     }
@@ -1446,7 +1457,9 @@ async fn a_session_the_guard_never_bound_is_refused_even_with_a_valid_token() {
     assert_eq!(body["error"]["message"], "Session not found");
 }
 
+mod cors;
 mod guard;
+mod handler_step_up;
 mod oauth;
 
 /// A client configured with `http://localhost:PORT/mcp` (the example's URL says

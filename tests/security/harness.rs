@@ -15,7 +15,7 @@ use tonic::transport::Server;
 use tower_wacht::{Principal, RequireMethodPermissionsLayer, WachtAuthLayer};
 
 use crate::grpc_server::pb::greeter_server::{Greeter, GreeterServer};
-use crate::grpc_server::pb::{HelloReply, HelloRequest, Tick, TicksRequest};
+use crate::grpc_server::pb::{HelloReply, HelloRequest, Tick, TicksRequest, WhisperRequest};
 
 /// How long any single exchange may take before the test fails instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -66,6 +66,16 @@ impl Greeter for RecordingGreeter {
 
     async fn shout(&self, request: tonic::Request<HelloRequest>) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         self.say_hello(request).await
+    }
+
+    async fn whisper(
+        &self,
+        request: tonic::Request<WhisperRequest>,
+    ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+        let (metadata, extensions, message) = request.into_parts();
+        let hello = HelloRequest { name: message.name };
+        self.say_hello(tonic::Request::from_parts(metadata, extensions, hello))
+            .await
     }
 
     type TicksStream = futures_util::stream::Empty<Result<Tick, tonic::Status>>;

@@ -7,6 +7,8 @@
 //!   that carry the token away, invalidations undone, stale grace after a rejection.
 //! * `abuse`: floods of random tokens, JWT-shaped tokens, metric label floods, MCP bodies the
 //!   guard cannot read.
+//! * `cors`: requests dressed as CORS preflights from an allowed origin, to get past the auth
+//!   layer through `McpCorsLayer` in front of it.
 //! * `hygiene`: gRPC rendering over HTTP/1.1, `no-store`, the RFC 6750 `invalid_request`
 //!   challenge, token passthrough to handlers, the cache's byte budget.
 
@@ -19,5 +21,6 @@ mod grpc_server;
 
 mod abuse;
 mod bypass;
+mod cors;
 mod harness;
 mod hygiene;

@@ -26,11 +26,11 @@ use super::mcp_server::{self, DEMO_ORGANIZATION};
 use super::{Server, bounded, call, find_source, structured};
 
 /// The client's redirect URI. Nothing listens there: the test reads the redirect itself.
-const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+pub(super) const REDIRECT: &str = "http://127.0.0.1:33418/callback";
 
 /// Which protocol era the client speaks.
 #[derive(Clone, Copy, Debug)]
-enum Era {
+pub(super) enum Era {
     /// MCP 2026-07-28: `server/discover`, no `initialize`, `Mcp-Method` / `Mcp-Name` headers.
     Current,
     /// rmcp's default handshake: `initialize` with a 2025 protocol version, judged by the body.
@@ -49,7 +49,7 @@ enum Registration {
     MetadataDocument,
 }
 
-async fn connect(
+pub(super) async fn connect(
     server: &Server,
     era: Era,
     auth: Option<AuthClient<reqwest::Client>>,
@@ -81,7 +81,7 @@ async fn connect(
 
 /// Opens `authorize_url` as a browser would; the dev issuer approves at once and redirects to
 /// the client's redirect URI. Returns that redirect.
-async fn browse(http: &reqwest::Client, authorize_url: &str) -> String {
+pub(super) async fn browse(http: &reqwest::Client, authorize_url: &str) -> String {
     let resp = bounded("authorization request", http.get(authorize_url).send())
         .await
         .expect("the issuer answers");
@@ -97,11 +97,11 @@ async fn browse(http: &reqwest::Client, authorize_url: &str) -> String {
     location
 }
 
-fn query(url: &str) -> HashMap<String, String> {
+pub(super) fn query(url: &str) -> HashMap<String, String> {
     reqwest::Url::parse(url).unwrap().query_pairs().into_owned().collect()
 }
 
-fn scopes(value: &str) -> Vec<&str> {
+pub(super) fn scopes(value: &str) -> Vec<&str> {
     let mut scopes: Vec<&str> = value.split_whitespace().filter(|s| *s != "offline_access").collect();
     scopes.sort_unstable();
     scopes
