@@ -90,6 +90,16 @@ impl ProtectedResourceMetadata {
     pub fn max_age(&self) -> Duration {
         self.max_age
     }
+
+    /// The document's `scopes_supported` (empty when it has none).
+    pub fn scopes_supported(&self) -> impl Iterator<Item = &str> {
+        self.document
+            .get("scopes_supported")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
 }
 
 impl ProtectedResourceMetadataBuilder {

@@ -168,7 +168,9 @@ impl WachtAuthConfigBuilder {
     }
 
     /// Scopes suggested in the `scope` parameter of 401 challenges (what a client should ask
-    /// for). Default: none.
+    /// for). Default: the `scopes_supported` of the [`resource_metadata`](Self::resource_metadata)
+    /// when it has any (MCP: a 401 SHOULD name a scope, and clients fall back to
+    /// `scopes_supported` otherwise), else none. Name the minimal set a client needs first.
     pub fn challenge_scopes<I, S>(mut self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -388,6 +390,13 @@ impl WachtAuthConfigBuilder {
         }
         if let Some(aud) = &c.pins.expected_audience {
             check_url("expected_audience", aud)?;
+        }
+        if c.challenge.challenge_scopes.is_empty()
+            && let Some(m) = &c.challenge.resource_metadata
+        {
+            // What an MCP client would fall back to anyway; `offline_access` is refused in
+            // `scopes_supported` when the document is built.
+            c.challenge.challenge_scopes = m.scopes_supported().map(str::to_owned).collect();
         }
         if c.challenge
             .challenge_scopes

@@ -84,7 +84,7 @@ impl fmt::Display for ApiKey {
 /// | `pass_cors_preflight` | off | CORS preflights without a token get 401; answer CORS outside the layer |
 /// | `keep_authorization_header` | off | the token is removed from the request before your handlers (no passthrough) |
 /// | `handler_step_up` | off | a handler's [`InsufficientScope::step_up`](crate::InsufficientScope::step_up) finds no layer (an Axum handler returning `InsufficientScope` is answered either way) |
-/// | `realm` / `challenge_scopes` | none / none | the `realm` and the `scope` suggested in 401 challenges |
+/// | `realm` / `challenge_scopes` | none / the metadata's `scopes_supported`, else none | the `realm` and the `scope` suggested in 401 challenges |
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
 /// | `jwt` | off | JWT access tokens get 401 without a gateway call; see [`jwt`](crate::jwt) |

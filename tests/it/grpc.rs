@@ -827,7 +827,11 @@ async fn every_printed_demo_call_answers_as_documented() {
                 if call.method == "Whisper" {
                     // The method asked for the permission: the layer's challenge names it.
                     let challenge = metadata(&status, "www-authenticate").unwrap_or_default();
-                    assert!(challenge.contains("scope=\"greeter:secret"), "{}: {status:?}", call.what);
+                    assert!(
+                        challenge.contains("scope=\"greeter:secret"),
+                        "{}: {status:?}",
+                        call.what
+                    );
                 }
             }
         }

@@ -581,3 +581,47 @@ async fn a_handler_returning_an_auth_error_gets_the_layers_challenge() {
     }
     assert_problem(resp, 403, Some(&token)).await;
 }
+
+/// MCP: a 401 SHOULD name the scopes to ask for. Without `challenge_scopes`, the challenge
+/// names the metadata's `scopes_supported` (what a client would fall back to); an explicit
+/// `challenge_scopes` wins.
+#[tokio::test]
+async fn a_401_names_the_metadatas_scopes_unless_challenge_scopes_says_otherwise() {
+    use tower_wacht::ProtectedResourceMetadata;
+
+    let gateway = start_gateway().await;
+    let metadata = ProtectedResourceMetadata::builder(RESOURCE)
+        .authorization_server("https://auth.example.com")
+        .scopes_supported(["projects:read", "projects:write"])
+        .build()
+        .expect("metadata");
+    let builder = || {
+        tower_wacht::WachtAuthConfig::builder()
+            .gateway_url(gateway.url())
+            .api_key(API_KEY)
+            .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+            .resource_metadata(metadata.clone())
+    };
+    for (config, expected) in [
+        (builder().build(), "scope=\"projects:read projects:write\""),
+        (
+            builder().challenge_scopes(["projects:read"]).build(),
+            "scope=\"projects:read\"",
+        ),
+    ] {
+        let auth = tower_wacht::WachtAuthLayer::new(config.expect("valid config")).expect("layer builds");
+        let app = axum::Router::new()
+            .route("/mcp", axum::routing::post(|| async { "served" }))
+            .layer(auth);
+        let addr = serve(app).await;
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/mcp"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 401);
+        let challenge = challenge(&resp);
+        assert!(challenge.contains(expected), "{challenge}");
+        assert!(!challenge.contains("error="), "no token, no error code: {challenge}");
+    }
+}

@@ -53,10 +53,10 @@ impl ConsentPolicy {
 
 /// The form of the RFC 9207 `iss` parameter added to authorization responses.
 ///
-/// Clients compare it with the `issuer` of the metadata by plain string equality, but read
-/// that `issuer` differently: rmcp keeps the string as published (`http://127.0.0.1:PORT`),
-/// while the Python SDK (2.3.0) parses it as a URL, which adds a trailing slash to a
-/// path-less issuer. The metadata `issuer` itself never changes.
+/// Clients compare it with the `issuer` of the metadata by plain string equality: rmcp and
+/// the Python SDK (2.3.0, which keeps a path-less URL as written) expect exactly the
+/// published `issuer` and refuse the trailing-slash form. A client that normalises the
+/// `issuer` as a URL (adding `/` to an empty path) expects the slash form. The metadata `issuer` itself never changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IssForm {
@@ -64,8 +64,9 @@ pub enum IssForm {
     /// rmcp expect).
     #[default]
     Issuer,
-    /// The issuer with a trailing slash, `http://127.0.0.1:PORT/` (what the Python SDK
-    /// expects).
+    /// The issuer with a trailing slash, `http://127.0.0.1:PORT/` (what a client that
+    /// normalises a path-less URL expects; rmcp and the Python SDK 2.3.0 refuse it, so a
+    /// client that compares exactly must fail the check).
     TrailingSlash,
     /// No `iss` parameter, and `authorization_response_iss_parameter_supported: false` in the
     /// metadata (an authorization server without RFC 9207).
