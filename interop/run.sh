@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 work="${INTEROP_DIR:-/tmp/tower-wacht-interop}"
 port="${INTEROP_PORT:-3917}"
 url="http://127.0.0.1:${port}/mcp"
+# The same server as a client configured with `localhost` sees it (the example answers for
+# every loopback name of its URL in development).
+localhost_url="http://localhost:${port}/mcp"
 mkdir -p "$work"
 
 cargo build --quiet --example mcp_server --features test-util
@@ -37,11 +40,13 @@ python3 -m venv "$work/py"
 "$work/py/bin/pip" install --quiet -r interop/python/requirements.txt
 run python-initialize "$work/py/bin/python" interop/python/client.py "$url"
 run python-2026-07-28 "$work/py/bin/python" interop/python/client.py "$url" --auto
+run python-localhost "$work/py/bin/python" interop/python/client.py "$localhost_url" --auto
 
 cp interop/typescript-flow.mjs "$work/"
 for sdk in typescript-sdk-1 typescript-client-2; do
     rm -rf "$work/$sdk"; cp -r "interop/$sdk" "$work/$sdk"
     (cd "$work/$sdk" && npm install --silent --no-audit --no-fund > /dev/null)
     run "$sdk" node "$work/$sdk/client.mjs" "$url"
+    run "$sdk-localhost" node "$work/$sdk/client.mjs" "$localhost_url"
 done
 exit $failed

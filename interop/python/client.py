@@ -1,7 +1,7 @@
 """Drives the whole MCP OAuth flow with the official Python SDK against `examples/mcp_server.rs`
 (run by `interop/run.sh`): 401, discovery, dynamic registration, authorization (the redirect is
-read without a browser), token, tools, 403 insufficient_scope on archive_project, the SDK's own
-step-up, success. Exits 1 if any step fails. `--auto` uses mcp.Client(mode="auto"), which
+read without a browser), token, tools, 403 insufficient_scope on archive_project (the guard's) and on read_project of a
+private project (the tool's own demand), the SDK's own step-ups, success. Exits 1 if any step fails. `--auto` uses mcp.Client(mode="auto"), which
 speaks MCP 2026-07-28 (server/discover) when the server offers it."""
 
 import asyncio
@@ -116,11 +116,19 @@ async def exercise(session):
     log("STEP list_tools")
     tools = await session.list_tools()
     log(f"OK list_tools: {[t.name for t in tools.tools]}")
-    for name, args in (("whoami", {}), ("list_projects", {}), ("archive_project", {"project_id": "prj_apollo"}), ("whoami", {})):
+    calls = (
+        ("whoami", {}),
+        ("list_projects", {}),
+        ("archive_project", {"project_id": "prj_apollo"}),  # the guard's 403: step-up to projects:write
+        ("read_project", {"project_id": "prj_mercury"}),  # the tool's own 403: step-up to projects:private
+        ("whoami", {}),
+    )
+    for name, args in calls:
         log(f"STEP call_tool {name}")
         try:
             res = await session.call_tool(name, args)
-            log(f"{'OK' if not res.is_error else 'TOOL-ERROR'} {name}: {text_of(res)}")
+            # A step-up the SDK could not complete ends as a tool error: a failure here.
+            log(f"{'OK' if not res.is_error else 'FAIL (tool error)'} {name}: {text_of(res)}")
         except Exception as e:
             log(f"FAIL {name}: {type(e).__name__}: {e}")
 
@@ -162,6 +170,13 @@ async def main():
                         f"{init.server_info.version}; session.protocol_version={session.protocol_version}")
                     await exercise(session)
     log(f"authorization rounds (scope requested): {auth_rounds}")
+    # Three rounds: the challenge's scope, the guard's step-up, the tool's own step-up (the SDK
+    # unions the challenged scopes with those it holds).
+    asked = [" ".join(r or []) for r in auth_rounds]
+    if len(asked) == 3 and "projects:write" in asked[1] and "projects:private" in asked[2]:
+        log(f"OK step-ups: {asked}")
+    else:
+        log(f"FAIL step-ups: expected a round for projects:write, then one for projects:private: {asked}")
 
 
 asyncio.run(main())
