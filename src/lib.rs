@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod api_key;
 #[cfg(feature = "axum")]
 mod axum;
 pub mod body;
@@ -120,7 +121,7 @@ pub use crate::guard::classify_mcp_body;
 pub use crate::guard::{McpGuardLayer, Permissions, RequireMethodPermissionsLayer, RequirePermissionsLayer};
 pub use crate::layer::WachtAuthLayer;
 pub use crate::metadata::ProtectedResourceMetadata;
-pub use crate::principal::{Principal, ResourceUrn};
+pub use crate::principal::{ApiKeyIdentity, CredentialKind, Principal, ResourceUrn};
 pub use crate::reject::AuthError;
 pub use crate::stepup::InsufficientScope;
 pub use crate::verify::Verifier;

@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
 /// Default upper bound on the length of a bearer token, in bytes (4 KiB).
@@ -77,6 +77,14 @@ impl OwnedBearer {
     /// value itself (no copy).
     pub(crate) fn from_header(value: HeaderValue, max_len: usize) -> Option<Self> {
         let token = bearer_range(value.as_bytes(), max_len).ok()??;
+        Some(OwnedBearer { value, token })
+    }
+
+    /// The API key that is a whole header value (the configured API-key header), keeping the
+    /// value itself.
+    pub(crate) fn from_key_header(value: HeaderValue, max_len: usize) -> Option<Self> {
+        parse_token(value.as_bytes(), max_len).ok()?;
+        let token = 0..value.len();
         Some(OwnedBearer { value, token })
     }
 
@@ -249,6 +257,42 @@ pub(crate) fn credential_from_headers(
     }
     let value = value.as_bytes();
     Ok(credential_range(value, max_len)?.map(|range| Credential(&value[range])))
+}
+
+/// The API key in the configured API-key header (the whole value): `None` without one, an
+/// error when it is repeated, empty or longer than `max_len` (its alphabet is checked only
+/// on a miss, as for [`credential_from_headers`]).
+pub(crate) fn credential_from_key_header<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    max_len: usize,
+) -> Result<Option<Credential<'a>>, TokenError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(TokenError::DuplicateHeader);
+    }
+    let value = value.as_bytes();
+    if value.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    if value.len() > max_len {
+        return Err(TokenError::TooLong);
+    }
+    Ok(Some(Credential(value)))
+}
+
+/// Takes the API-key header off the request, as [`strip_authorization`] does `Authorization`.
+pub(crate) fn strip_key_header(headers: &mut HeaderMap, name: &HeaderName, keep: bool) -> Option<HeaderValue> {
+    if keep {
+        let value = headers.get_mut(name)?;
+        value.set_sensitive(true);
+        Some(value.clone())
+    } else {
+        headers.remove(name)
+    }
 }
 
 /// No token passthrough: takes the `Authorization` header off the request (the inner service

@@ -301,6 +301,34 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Accept Wacht API keys: a credential that starts with one of these prefixes and `_`
+    /// (`sk_live` takes `sk_live_…`) is checked by the gateway as an API key
+    /// (`principal.type = "api_key"`), cached, invalidated and denied like a token. Default:
+    /// none, and no credential is taken for a key by its shape (an `oat_` token has the key
+    /// format too). Needs [`expected_deployment_id`](Self::expected_deployment_id) (or
+    /// [`accept_any_deployment`](Self::accept_any_deployment)): a key carries no issuer or
+    /// audience to pin. Restrict routes with
+    /// [`WachtAuthLayer::oauth_only`](crate::WachtAuthLayer::oauth_only) (an MCP endpoint must
+    /// take OAuth tokens only) or [`api_keys_only`](crate::WachtAuthLayer::api_keys_only).
+    pub fn api_key_prefixes<I, S>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.api_keys.prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Also take an API key from this header (e.g. `x-api-key`), besides
+    /// `Authorization: Bearer`. Off by default. A request carrying both is refused (400
+    /// `invalid_request`); what the header carries must be an API key (one of the
+    /// [`api_key_prefixes`](Self::api_key_prefixes)), never an access token. The header is
+    /// removed before the inner service runs, like `Authorization`.
+    pub fn api_key_header(mut self, name: http::HeaderName) -> Self {
+        self.config.api_keys.header = Some(name);
+        self
+    }
+
     /// OAuth client ids whose tokens are refused with 401 `invalid_token` even when the
     /// gateway allows them (the gateway does not check whether a client is still active). The
     /// list can be changed at run time with [`Verifier::deny_client`](crate::Verifier::deny_client).
@@ -414,6 +442,19 @@ impl WachtAuthConfigBuilder {
         if c.pins.expected_deployment_id.is_none() && c.pins.expected_issuer.is_none() && !c.pins.accept_any_deployment
         {
             return Err(ConfigError::TenantNotPinned);
+        }
+        c.api_keys.validate()?;
+        if c.api_keys.header.is_some() && c.api_keys.prefixes.is_empty() {
+            return Err(ConfigError::invalid(
+                "api_key_header",
+                "needs api_key_prefixes: what the header carries must be an API key",
+            ));
+        }
+        if !c.api_keys.prefixes.is_empty() && c.pins.expected_deployment_id.is_none() && !c.pins.accept_any_deployment {
+            return Err(ConfigError::invalid(
+                "api_key_prefixes",
+                "API keys need expected_deployment_id (WACHT_DEPLOYMENT_ID): a key has no issuer to pin",
+            ));
         }
         if let Some(jwt) = &c.jwt {
             jwt.validate(c.pins.expected_issuer.as_deref())?;

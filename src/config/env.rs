@@ -105,6 +105,11 @@ impl WachtAuthConfig {
     /// and `WACHT_REDIS_CA_FILE` (a PEM file: the CA a `rediss://` server's certificate chains
     /// to, instead of the system's roots).
     ///
+    /// `WACHT_API_KEY_PREFIXES` (comma- or space-separated, e.g. `sk_live,sk_test`) accepts
+    /// Wacht API keys with those prefixes, and `WACHT_API_KEY_HEADER` (e.g. `x-api-key`) also
+    /// takes them from that header (see
+    /// [`api_key_prefixes`](crate::WachtAuthConfigBuilder::api_key_prefixes)).
+    ///
     /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
     /// [`jwt`](crate::jwt)), with
     ///
@@ -154,6 +159,19 @@ impl WachtAuthConfig {
         if let Some(resource) = get("WACHT_RESOURCE_URL") {
             check_url("WACHT_RESOURCE_URL", &resource)?;
             b = b.expected_audience(resource);
+        }
+        if let Some(prefixes) = get("WACHT_API_KEY_PREFIXES") {
+            b = b.api_key_prefixes(
+                prefixes
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(header) = get("WACHT_API_KEY_HEADER") {
+            let name = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| ConfigError::invalid("WACHT_API_KEY_HEADER", "not a header name"))?;
+            b = b.api_key_header(name);
         }
         if switch("WACHT_JWT", get("WACHT_JWT"))? {
             b = b.jwt(jwt_from_env(&get)?);

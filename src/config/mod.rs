@@ -112,6 +112,8 @@ pub struct WachtAuthConfig {
     pub(crate) jwt: Option<crate::jwt::JwtConfig>,
     /// Permission implications the guards judge with.
     pub(crate) scope_hierarchy: Arc<crate::scopes::ScopeHierarchy>,
+    /// Which credentials are API keys, and the header they may also come in.
+    pub(crate) api_keys: crate::api_key::ApiKeySettings,
 }
 
 /// The gateway client and what a miss sends it.
@@ -248,6 +250,7 @@ impl WachtAuthConfig {
             fleet: None,
             jwt: None,
             scope_hierarchy: Arc::default(),
+            api_keys: crate::api_key::ApiKeySettings::default(),
         }
     }
 

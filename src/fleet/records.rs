@@ -9,7 +9,10 @@ use super::bytes::{Reader, Writer, from_millis, millis};
 pub(crate) use super::bytes::{from_unix_millis, unix_micros, unix_millis};
 use super::codec::{Codec, LINK_LEN, Link, VERSION, hex, link_of, unhex};
 pub(crate) use crate::change::Change;
-use crate::principal::{ClientId, DeploymentId, Grant, RequestId, ResourceUrn, UserId, VerifiedBy};
+use crate::principal::{
+    ApiKeyId, ApiKeyIdentity, ClientId, DeploymentId, Grant, MembershipId, OrganizationId, RequestId, ResourceUrn,
+    UserId, VerifiedBy, WorkspaceId,
+};
 
 const KIND_ALLOWED: u8 = 1;
 const KIND_REJECTED: u8 = 2;
@@ -159,6 +162,20 @@ impl Codec {
         w.opt_str(grant.token_id.as_deref());
         w.set(&grant.scopes);
         w.set(&grant.permissions);
+        match &grant.api_key {
+            None => w.u8(0),
+            Some(k) => {
+                w.u8(1);
+                w.i64(k.key_id.get());
+                w.str(&k.key_name);
+                w.str(&k.app_slug);
+                w.opt_i64(k.organization_id.map(OrganizationId::get));
+                w.opt_i64(k.workspace_id.map(WorkspaceId::get));
+                w.opt_i64(k.organization_membership_id.map(MembershipId::get));
+                w.opt_i64(k.workspace_membership_id.map(MembershipId::get));
+                w.str(&serde_json::Value::Object(k.metadata.clone()).to_string());
+            }
+        }
         self.seal(key, w.0)
     }
 
@@ -188,6 +205,22 @@ impl Codec {
         grant.token_id = r.opt_str()?.map(Into::into);
         grant.scopes = r.set()?;
         grant.permissions = r.set()?;
+        grant.api_key = match r.u8()? {
+            0 => None,
+            1 => {
+                let mut k = ApiKeyIdentity::new(ApiKeyId(r.i64()?), r.str()?, r.str()?);
+                k.organization_id = r.opt_i64()?.map(OrganizationId);
+                k.workspace_id = r.opt_i64()?.map(WorkspaceId);
+                k.organization_membership_id = r.opt_i64()?.map(MembershipId);
+                k.workspace_membership_id = r.opt_i64()?.map(MembershipId);
+                k.metadata = match serde_json::from_str(r.str()?).ok()? {
+                    serde_json::Value::Object(map) => map,
+                    _ => return None,
+                };
+                Some(std::sync::Arc::new(k))
+            }
+            _ => return None,
+        };
         if !r.0.is_empty() || grant.client_id.as_str().is_empty() {
             return None;
         }

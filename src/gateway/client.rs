@@ -9,6 +9,7 @@ use super::wire::{CheckBody, PrincipalBody, decode_decision};
 use super::{CheckRequest, Decision, Gateway, GatewayError};
 use crate::config::{ApiKey, WachtAuthConfig};
 use crate::error::ConfigError;
+use crate::principal::CredentialKind;
 
 /// Largest gateway response body read, in bytes. A decision is well under 4 KiB; anything much
 /// bigger is a fault, answered as unavailable without buffering it.
@@ -70,7 +71,10 @@ impl HttpGateway {
     async fn check_inner(&self, request: CheckRequest<'_>) -> Result<Decision, GatewayError> {
         let body = CheckBody {
             principal: PrincipalBody {
-                kind: "oauth_access_token",
+                kind: match request.kind {
+                    CredentialKind::ApiKey => "api_key",
+                    _ => "oauth_access_token",
+                },
                 value: request.token.expose(),
             },
             resource: request.resource,
@@ -99,6 +103,11 @@ impl HttpGateway {
             return Err(GatewayError::Status(status));
         }
         if !is_json(response.headers().get(CONTENT_TYPE)) {
+            // An unknown API key is the one answer the gateway gives in plain text:
+            // `401 Invalid API key` (`gateway-protocol.md` §4, step 3).
+            if status == 401 && request.kind == CredentialKind::ApiKey && is_invalid_api_key(&mut response).await {
+                return Ok(Decision::InvalidToken);
+            }
             // The gateway answers every decision, and every 401 for an OAuth token, in JSON. A
             // plain-text 401 comes from something in front of it (or an API-key rejection of our
             // own credentials): the token was not judged, so it must not be called invalid.
@@ -121,15 +130,28 @@ impl HttpGateway {
             buf.extend_from_slice(&chunk);
         }
         if status == 401 {
-            return match decode_decision(&buf) {
+            return match decode_decision(&buf, request.kind) {
                 // The error envelope: `allowed: false` with no reason. That is the gateway
                 // itself saying the token is unknown, expired, revoked or inactive.
                 Err(GatewayError::Decode(_)) if is_error_envelope(&buf) => Ok(Decision::InvalidToken),
                 _ => Err(GatewayError::Status(401)),
             };
         }
-        decode_decision(&buf)
+        decode_decision(&buf, request.kind)
     }
+}
+
+/// True if a plain-text answer says exactly `Invalid API key` (read up to a few bytes).
+async fn is_invalid_api_key(response: &mut reqwest::Response) -> bool {
+    const TEXT: &[u8] = b"Invalid API key";
+    let mut buf = Vec::with_capacity(TEXT.len());
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if buf.len() + chunk.len() > TEXT.len() + 2 {
+            return false;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    buf.trim_ascii() == TEXT
 }
 
 /// The gateway's error envelope (`gateway-protocol.md` §3.4): a JSON object with

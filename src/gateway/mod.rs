@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use self::client::HttpGateway;
-use crate::principal::Grant;
+use crate::principal::{CredentialKind, Grant};
 use crate::token::BearerToken;
 
 /// The caller's IP address, for the gateway's audit log and per-IP rate limits.
@@ -26,8 +26,11 @@ pub struct ClientIp(pub IpAddr);
 /// One authz check: the token and the request context sent with it.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckRequest<'a> {
-    /// The access token (redacted in `Debug`).
+    /// The access token or API key (redacted in `Debug`).
     pub token: BearerToken<'a>,
+    /// What `token` is: [`CredentialKind::OAuthAccessToken`] (sent as
+    /// `oauth_access_token`) or [`CredentialKind::ApiKey`] (sent as `api_key`).
+    pub kind: CredentialKind,
     /// The HTTP method reported to the gateway (the layer's configured method).
     pub method: &'a str,
     /// The resource path reported to the gateway (the layer's configured resource).
@@ -50,7 +53,8 @@ pub enum Decision {
         /// When the client may retry, if the gateway said.
         retry_after: Option<Duration>,
     },
-    /// HTTP 401: unknown, expired, revoked or otherwise inactive token.
+    /// HTTP 401: unknown, expired, revoked or otherwise inactive token (for an API key also
+    /// the gateway's plain-text `Invalid API key`).
     InvalidToken,
 }
 
@@ -63,7 +67,14 @@ impl Decision {
     /// parseable `expires_at`; anything else unusable is a [`GatewayError::Decode`].
     #[doc(hidden)]
     pub fn decode(body: &[u8]) -> Result<Decision, GatewayError> {
-        wire::decode_decision(body)
+        wire::decode_decision(body, CredentialKind::OAuthAccessToken)
+    }
+
+    /// Decodes the body of a gateway `200` answer to an API-key check (`gateway-protocol.md`
+    /// §4). Public for the fuzz targets.
+    #[doc(hidden)]
+    pub fn decode_api_key(body: &[u8]) -> Result<Decision, GatewayError> {
+        wire::decode_decision(body, CredentialKind::ApiKey)
     }
 }
 

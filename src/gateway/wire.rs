@@ -1,12 +1,17 @@
 //! JSON shapes of `POST /v1/authz/check` (`gateway-protocol.md` §2-3) and the decoder that turns
 //! a response into a [`Decision`].
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Decision, GatewayError};
-use crate::principal::{DeploymentId, Grant, RequestId, ResourceUrn, StringSet, UserId};
+use crate::principal::{
+    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, MembershipId, OrganizationId, RequestId,
+    ResourceUrn, StringSet, UserId, WorkspaceId,
+};
 use crate::timefmt::parse_rfc3339;
 
 /// Request body. Only the fields the gateway knows: it rejects unknown keys with 422.
@@ -28,10 +33,17 @@ pub(crate) struct PrincipalBody<'a> {
     pub value: &'a str,
 }
 
-/// The 200 decision body (and the error envelope, which has the same shape). Unknown fields
-/// are ignored; everything the decoder does not need is left out.
+/// How long an API key's decision stands at most: the gateway does not say when a key
+/// expires (it checks that on every call), so a key's grant ends this long after the check,
+/// and the cache's `ttl` (shorter) bounds how long it is used.
+pub(crate) const API_KEY_DECISION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The 200 decision body (and the error envelope, which has the same shape), with the
+/// metadata of an OAuth decision ([`Metadata`]) or of an API key (its own object, verbatim).
+/// Unknown fields are ignored; everything the decoder does not need is left out.
 #[derive(Deserialize)]
-struct DecisionBody {
+#[serde(bound = "M: DeserializeOwned")]
+struct DecisionBody<M> {
     #[serde(default)]
     request_id: Option<String>,
     allowed: bool,
@@ -42,7 +54,7 @@ struct DecisionBody {
     #[serde(default)]
     permissions: Option<Vec<String>>,
     #[serde(default)]
-    metadata: Option<Metadata>,
+    metadata: Option<M>,
     #[serde(default)]
     retry_after: Option<u64>,
     #[serde(default)]
@@ -67,6 +79,29 @@ struct Identity {
     key_name: Option<String>,
     #[serde(default)]
     owner_user_id: Option<String>,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    app_slug: Option<String>,
+    #[serde(default)]
+    organization_id: Option<String>,
+    #[serde(default)]
+    workspace_id: Option<String>,
+    #[serde(default)]
+    organization_membership_id: Option<String>,
+    #[serde(default)]
+    workspace_membership_id: Option<String>,
+}
+
+/// An optional decimal id of the identity: absent is `None`, anything but an integer an error.
+fn id<T>(value: Option<&str>, field: &str, make: impl Fn(i64) -> T) -> Result<Option<T>, GatewayError> {
+    match value {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .map(|v| Some(make(v)))
+            .map_err(|_| GatewayError::Decode(format!("identity.{field} is not an integer"))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,25 +118,39 @@ struct Metadata {
     expires_at: Option<String>,
 }
 
-/// Decodes a 200 response body into a decision.
+/// Decodes a 200 response body into a decision about a credential of this kind.
 ///
 /// Never yields [`Decision::Allowed`] unless the body says `"allowed": true` and carries an
-/// identity with a deployment id and client id, and metadata with a parseable `expires_at`.
-pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
-    let body: DecisionBody = serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
-    if !body.allowed {
-        return Ok(match body.reason.as_deref() {
-            Some("rate_limited") => Decision::RateLimited {
-                // `retry_after` is in milliseconds.
-                retry_after: body.retry_after.map(Duration::from_millis),
-            },
-            Some("permission_denied") => Decision::PermissionDenied,
-            _ => {
-                return Err(GatewayError::Decode(
-                    "200 decision with allowed=false and an unknown reason".into(),
-                ));
-            }
-        });
+/// identity with a deployment id and client id (for an API key: key id, name and app), and
+/// for an OAuth token metadata with a parseable `expires_at`.
+pub(crate) fn decode_decision(body: &[u8], kind: CredentialKind) -> Result<Decision, GatewayError> {
+    match kind {
+        CredentialKind::ApiKey => decode_api_key(body),
+        _ => decode_oauth(body),
+    }
+}
+
+/// The refusal of an `allowed: false` body, or `None` for an allowed one.
+fn refusal<M>(body: &DecisionBody<M>) -> Option<Result<Decision, GatewayError>> {
+    if body.allowed {
+        return None;
+    }
+    Some(match body.reason.as_deref() {
+        Some("rate_limited") => Ok(Decision::RateLimited {
+            // `retry_after` is in milliseconds.
+            retry_after: body.retry_after.map(Duration::from_millis),
+        }),
+        Some("permission_denied") => Ok(Decision::PermissionDenied),
+        _ => Err(GatewayError::Decode(
+            "200 decision with allowed=false and an unknown reason".into(),
+        )),
+    })
+}
+
+fn decode_oauth(body: &[u8]) -> Result<Decision, GatewayError> {
+    let body: DecisionBody<Metadata> = serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
+    if let Some(refused) = refusal(&body) {
+        return refused;
     }
     let identity = body
         .identity
@@ -116,18 +165,8 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
     {
         return Err(GatewayError::Decode("decision is not for an OAuth access token".into()));
     }
-    let deployment_id: DeploymentId = identity
-        .deployment_id
-        .as_deref()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| GatewayError::Decode("identity.deployment_id missing or not an integer".into()))?;
-    let owner_user_id = match identity.owner_user_id.as_deref() {
-        None => None,
-        Some(s) => Some(
-            s.parse::<UserId>()
-                .map_err(|_| GatewayError::Decode("identity.owner_user_id is not an integer".into()))?,
-        ),
-    };
+    let deployment_id = deployment(&identity)?;
+    let owner_user_id = id(identity.owner_user_id.as_deref(), "owner_user_id", UserId)?;
     let headers = body.headers.unwrap_or_default();
     let client_id = identity
         .key_name
@@ -155,6 +194,65 @@ pub(crate) fn decode_decision(body: &[u8]) -> Result<Decision, GatewayError> {
     Ok(Decision::Allowed(Box::new(grant)))
 }
 
+/// An API key's decision (`gateway-protocol.md` §4): the key's identity; its metadata is its
+/// own object (no `principal_type`, no expiry: the gateway checks that on every call).
+fn decode_api_key(body: &[u8]) -> Result<Decision, GatewayError> {
+    let body: DecisionBody<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
+    if let Some(refused) = refusal(&body) {
+        return refused;
+    }
+    let identity = body
+        .identity
+        .ok_or_else(|| GatewayError::Decode("allowed decision without identity".into()))?;
+    let metadata = body.metadata.unwrap_or_default();
+    if metadata.get("principal_type").and_then(|t| t.as_str()) == Some("oauth_access_token") {
+        return Err(GatewayError::Decode(
+            "decision is for an OAuth token, not an API key".into(),
+        ));
+    }
+    let deployment_id = deployment(&identity)?;
+    let key_id = id(identity.key_id.as_deref(), "key_id", ApiKeyId)?
+        .ok_or_else(|| GatewayError::Decode("API key decision without identity.key_id".into()))?;
+    let present = |v: Option<String>, field: &str| {
+        v.filter(|s| !s.is_empty())
+            .ok_or_else(|| GatewayError::Decode(format!("API key decision without identity.{field}")))
+    };
+    let key_name = present(identity.key_name, "key_name")?;
+    let app_slug: Arc<str> = present(identity.app_slug, "app_slug")?.into();
+    let mut key = ApiKeyIdentity::new(key_id, key_name, Arc::clone(&app_slug));
+    key.organization_id = id(identity.organization_id.as_deref(), "organization_id", OrganizationId)?;
+    key.workspace_id = id(identity.workspace_id.as_deref(), "workspace_id", WorkspaceId)?;
+    key.organization_membership_id = id(
+        identity.organization_membership_id.as_deref(),
+        "organization_membership_id",
+        MembershipId,
+    )?;
+    key.workspace_membership_id = id(
+        identity.workspace_membership_id.as_deref(),
+        "workspace_membership_id",
+        MembershipId,
+    )?;
+    key.metadata = metadata;
+    let mut grant = Grant::new(app_slug, SystemTime::now() + API_KEY_DECISION_LIFETIME);
+    grant.granted_resource = key.tenant();
+    grant.permissions = StringSet::new(body.permissions.unwrap_or_default());
+    grant.deployment_id = Some(deployment_id);
+    grant.owner_user_id = id(identity.owner_user_id.as_deref(), "owner_user_id", UserId)?;
+    grant.request_id = Some(RequestId::new(body.request_id.as_deref().unwrap_or_default()));
+    grant.api_key = Some(Arc::new(key));
+    Ok(Decision::Allowed(Box::new(grant)))
+}
+
+fn deployment(identity: &Identity) -> Result<DeploymentId, GatewayError> {
+    identity
+        .deployment_id
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .map(DeploymentId)
+        .ok_or_else(|| GatewayError::Decode("identity.deployment_id missing or not an integer".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,7 +274,7 @@ mod tests {
 
     #[test]
     fn decodes_the_reference_allowed_decision() {
-        let Ok(Decision::Allowed(grant)) = decode_decision(ALLOWED.as_bytes()) else {
+        let Ok(Decision::Allowed(grant)) = decode_decision(ALLOWED.as_bytes(), CredentialKind::OAuthAccessToken) else {
             panic!("not allowed");
         };
         assert_eq!(grant.client_id.as_str(), "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl");
@@ -206,7 +304,7 @@ mod tests {
             "x-wacht-granted-resource": "urn:wacht:workspace:12", "x-wacht-scopes": "a,b",
             "x-wacht-oauth-issuer": "https://auth.example.com"}
         }"#;
-        let Ok(Decision::Allowed(grant)) = decode_decision(body.as_bytes()) else {
+        let Ok(Decision::Allowed(grant)) = decode_decision(body.as_bytes(), CredentialKind::OAuthAccessToken) else {
             panic!("not allowed");
         };
         assert_eq!(grant.client_id.as_str(), "oc_fromHeaders");
@@ -217,11 +315,11 @@ mod tests {
         assert_eq!(grant.issuer.as_deref(), Some("https://auth.example.com"));
         // Without a client id anywhere, nothing is allowed.
         let without = body.replace("x-wacht-oauth-client-id", "x-wacht-other");
-        assert!(decode_decision(without.as_bytes()).is_err());
+        assert!(decode_decision(without.as_bytes(), CredentialKind::OAuthAccessToken).is_err());
         // A repeated entry the decoder reads is ambiguous: refused, like a repeated top-level key.
         let repeated = body.replace("\"x-wacht-scopes\"", "\"x-wacht-oauth-client-id\"");
         assert!(matches!(
-            decode_decision(repeated.as_bytes()),
+            decode_decision(repeated.as_bytes(), CredentialKind::OAuthAccessToken),
             Err(GatewayError::Decode(_))
         ));
     }
@@ -230,7 +328,7 @@ mod tests {
     fn rate_limited_retry_after_is_milliseconds() {
         let body = r#"{"allowed": false, "reason": "rate_limited", "retry_after": 60000, "identity": null}"#;
         assert!(matches!(
-            decode_decision(body.as_bytes()),
+            decode_decision(body.as_bytes(), CredentialKind::OAuthAccessToken),
             Ok(Decision::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(60)
         ));
     }
@@ -248,7 +346,10 @@ mod tests {
             "",
         ] {
             assert!(
-                !matches!(decode_decision(body.as_bytes()), Ok(Decision::Allowed(_))),
+                !matches!(
+                    decode_decision(body.as_bytes(), CredentialKind::OAuthAccessToken),
+                    Ok(Decision::Allowed(_))
+                ),
                 "{body}"
             );
         }

@@ -27,6 +27,7 @@ use crate::config::WachtAuthConfig;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
 use crate::metadata::ProtectedResourceMetadata;
+use crate::reject::ChallengeParams;
 use crate::verify::Verifier;
 
 /// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`](crate::Principal).
@@ -68,8 +69,18 @@ pub struct WachtAuthLayer {
     shared: Arc<Shared>,
 }
 
+/// Which credentials a layer takes (see [`WachtAuthLayer::oauth_only`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepts {
+    /// Whatever the verifier takes: OAuth access tokens, and API keys when prefixes are
+    /// configured.
+    Any,
+    OAuthOnly,
+    ApiKeysOnly,
+}
+
 /// What every service of one layer shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) optional: bool,
@@ -77,6 +88,12 @@ pub(crate) struct Shared {
     pub(crate) keep_authorization_header: bool,
     pub(crate) handler_step_up: bool,
     pub(crate) max_token_len: usize,
+    /// The header API keys may also come in.
+    pub(crate) api_key_header: Option<http::HeaderName>,
+    pub(crate) accepts: Accepts,
+    /// The challenge of an API-keys-only layer: no `resource_metadata` or `scope`, which
+    /// would send an OAuth client to get a token this route does not take.
+    pub(crate) key_challenge: Arc<ChallengeParams>,
     metadata: Option<ProtectedResourceMetadata>,
 }
 
@@ -100,8 +117,16 @@ impl WachtAuthLayer {
         #[cfg(feature = "redis")]
         verifier.start_fleet();
         let requests = config.requests;
+        let key_challenge = Arc::new(ChallengeParams {
+            realm: verifier.challenge().realm.clone(),
+            resource_metadata: None,
+            scopes: Vec::new(),
+        });
         WachtAuthLayer {
             shared: Arc::new(Shared {
+                api_key_header: config.api_keys.header,
+                accepts: Accepts::Any,
+                key_challenge,
                 verifier,
                 optional: requests.optional,
                 pass_cors_preflight: requests.pass_cors_preflight,
@@ -127,6 +152,40 @@ impl WachtAuthLayer {
         match &self.shared.metadata {
             Some(m) => m.router(),
             None => axum::Router::new(),
+        }
+    }
+
+    /// This layer, taking OAuth access tokens only (opaque or JWT): an API key is refused with
+    /// 401 `invalid_token` before any gateway call. Put it on an MCP endpoint (the MCP spec
+    /// has clients authorize with OAuth) and on every route a key must not reach. Shares the
+    /// verifier and cache of `self`.
+    ///
+    /// ```
+    /// # fn f(auth: tower_wacht::WachtAuthLayer) {
+    /// // Router::new().route_service("/mcp", mcp).layer(auth.oauth_only())
+    /// //     .merge(Router::new().route("/v1/reports", get(reports)).layer(auth))
+    /// let mcp_auth = auth.oauth_only();
+    /// # let _ = mcp_auth; }
+    /// ```
+    pub fn oauth_only(&self) -> Self {
+        self.accepting(Accepts::OAuthOnly)
+    }
+
+    /// This layer, taking API keys only (see
+    /// [`api_key_prefixes`](crate::WachtAuthConfigBuilder::api_key_prefixes)): an access
+    /// token is refused with 401 `invalid_token`, and no 401 of this layer names the RFC 9728
+    /// metadata or scopes, so an OAuth client is not sent to get a token the route does not
+    /// take. Shares the verifier and cache of `self`.
+    pub fn api_keys_only(&self) -> Self {
+        self.accepting(Accepts::ApiKeysOnly)
+    }
+
+    fn accepting(&self, accepts: Accepts) -> Self {
+        WachtAuthLayer {
+            shared: Arc::new(Shared {
+                accepts,
+                ..Shared::clone(&self.shared)
+            }),
         }
     }
 

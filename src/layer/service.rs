@@ -8,14 +8,18 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::Shared;
 use super::future::ResponseFuture;
 use super::stream::Caller;
+use super::{Accepts, Shared};
 use crate::body::ResponseBody;
 use crate::cors::is_preflight;
+use crate::principal::CredentialKind;
 use crate::reject::{Anonymous, AuthError, InvalidRequestReason, InvalidTokenReason, is_grpc, render};
 use crate::stepup::StepUpSlot;
-use crate::token::{OwnedBearer, TokenError, credential_from_headers, strip_authorization};
+use crate::token::{
+    Credential, OwnedBearer, TokenError, credential_from_headers, credential_from_key_header, strip_authorization,
+    strip_key_header,
+};
 use crate::verify::Authentication;
 
 /// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
@@ -49,29 +53,21 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        let credential = match credential_from_headers(req.headers(), shared.max_token_len) {
-            Ok(Some(credential)) => credential,
+        let (credential, from) = match find_credential(&req, shared) {
+            Ok(Some(found)) => found,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
             Ok(None) if shared.pass_cors_preflight && is_preflight(&req) => {
                 return self.pass_anonymous(req, false);
             }
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
-            Err(TokenError::DuplicateHeader) => {
-                return self.refuse(
-                    &req,
-                    AuthError::InvalidRequest(InvalidRequestReason::RepeatedAuthorization),
-                );
-            }
-            Err(TokenError::Malformed | TokenError::TooLong) => {
-                return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
-            }
+            Err(refusal) => return self.refuse(&req, refusal),
         };
         match shared
             .verifier
             .authenticate(credential, req.headers(), req.extensions())
         {
             Authentication::Hit(principal, ticket) => {
-                strip_authorization(req.headers_mut(), shared.keep_authorization_header);
+                strip_credential(&mut req, shared, from);
                 req.extensions_mut().insert(principal.clone());
                 let slot = shared
                     .handler_step_up
@@ -81,8 +77,7 @@ where
             }
             Authentication::Refused(error) => self.refuse(&req, *error),
             Authentication::Miss(miss) => {
-                let token = strip_authorization(req.headers_mut(), shared.keep_authorization_header)
-                    .and_then(|value| OwnedBearer::from_header(value, shared.max_token_len));
+                let token = take_credential(&mut req, shared, from);
                 let Some(token) = token else {
                     return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
                 };
@@ -99,12 +94,90 @@ where
     }
 }
 
+/// Where a request's credential came from.
+#[derive(Clone, Copy)]
+enum From {
+    Authorization,
+    KeyHeader,
+}
+
+/// The request's credential, if it carries one this layer takes; or the refusal (a
+/// malformed, repeated or doubled credential; a kind this layer does not take).
+fn find_credential<'r, B>(req: &'r Request<B>, shared: &Shared) -> Result<Option<(Credential<'r>, From)>, AuthError> {
+    let malformed = || AuthError::InvalidToken(InvalidTokenReason::Malformed);
+    let authorization = match credential_from_headers(req.headers(), shared.max_token_len) {
+        Ok(found) => found,
+        Err(TokenError::DuplicateHeader) => {
+            return Err(AuthError::InvalidRequest(InvalidRequestReason::RepeatedAuthorization));
+        }
+        Err(TokenError::Malformed | TokenError::TooLong) => return Err(malformed()),
+    };
+    let key_header = match &shared.api_key_header {
+        None => None,
+        Some(name) => match credential_from_key_header(req.headers(), name, shared.max_token_len) {
+            Ok(found) => found,
+            Err(TokenError::DuplicateHeader) => {
+                return Err(AuthError::InvalidRequest(InvalidRequestReason::TwoCredentials));
+            }
+            Err(TokenError::Malformed | TokenError::TooLong) => return Err(malformed()),
+        },
+    };
+    let found = match (authorization, key_header) {
+        (Some(_), Some(_)) => return Err(AuthError::InvalidRequest(InvalidRequestReason::TwoCredentials)),
+        (Some(credential), None) => (credential, From::Authorization),
+        (None, Some(key)) => {
+            // The key header carries API keys, never an access token.
+            if shared.verifier.kind_of(key.secret_bytes()) != CredentialKind::ApiKey {
+                return Err(AuthError::InvalidToken(InvalidTokenReason::ApiKeyRequired));
+            }
+            (key, From::KeyHeader)
+        }
+        (None, None) => return Ok(None),
+    };
+    match shared.accepts {
+        Accepts::Any => {}
+        Accepts::OAuthOnly => {
+            if shared.verifier.kind_of(found.0.secret_bytes()) == CredentialKind::ApiKey {
+                return Err(AuthError::InvalidToken(InvalidTokenReason::ApiKeyNotAccepted));
+            }
+        }
+        Accepts::ApiKeysOnly => {
+            if shared.verifier.kind_of(found.0.secret_bytes()) != CredentialKind::ApiKey {
+                return Err(AuthError::InvalidToken(InvalidTokenReason::ApiKeyRequired));
+            }
+        }
+    }
+    Ok(Some(found))
+}
+
+/// Takes the credential's header off the request (no credential passthrough), returning its
+/// value.
+fn strip_credential<B>(req: &mut Request<B>, shared: &Shared, from: From) -> Option<http::HeaderValue> {
+    let keep = shared.keep_authorization_header;
+    match (from, &shared.api_key_header) {
+        (From::KeyHeader, Some(name)) => strip_key_header(req.headers_mut(), name, keep),
+        _ => strip_authorization(req.headers_mut(), keep),
+    }
+}
+
+/// [`strip_credential`], keeping the credential for the verification that needs it.
+fn take_credential<B>(req: &mut Request<B>, shared: &Shared, from: From) -> Option<OwnedBearer> {
+    let value = strip_credential(req, shared, from)?;
+    match from {
+        From::KeyHeader => OwnedBearer::from_key_header(value, shared.max_token_len),
+        From::Authorization => OwnedBearer::from_header(value, shared.max_token_len),
+    }
+}
+
 impl<S> WachtAuth<S> {
     fn refuse<ReqB, Svc>(&self, req: &Request<ReqB>, error: AuthError) -> ResponseFuture<Svc, ReqB>
     where
         Svc: Service<Request<ReqB>>,
     {
-        let challenge = self.shared.verifier.challenge();
+        let challenge = match self.shared.accepts {
+            Accepts::ApiKeysOnly => &self.shared.key_challenge,
+            _ => self.shared.verifier.challenge(),
+        };
         ResponseFuture::refused(render(error, challenge, is_grpc(req.version(), req.headers())))
     }
 

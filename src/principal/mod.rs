@@ -12,7 +12,8 @@ use crate::scopes::ScopeHierarchy;
 mod values;
 
 pub use self::values::{
-    ClientId, DeploymentId, OrganizationId, RequestId, ResourceUrn, StringSet, UserId, VerifiedBy, WorkspaceId,
+    ApiKeyId, ClientId, CredentialKind, DeploymentId, MembershipId, OrganizationId, RequestId, ResourceUrn, StringSet,
+    UserId, VerifiedBy, WorkspaceId,
 };
 
 /// What the gateway (or a verified JWT) said about a token: the raw material of a
@@ -51,6 +52,73 @@ pub struct Grant {
     pub token_id: Option<Arc<str>>,
     /// How the token was verified.
     pub verified_by: VerifiedBy,
+    /// What the gateway said about an API key; `None` for an OAuth access token.
+    pub api_key: Option<Arc<ApiKeyIdentity>>,
+}
+
+/// What the gateway says about an API key (`gateway-protocol.md` §4): which key, whose, and
+/// its own metadata. For an API key, the [`Grant`]'s `client_id` is the key's API-auth app
+/// (`app_slug`), its `granted_resource` the key's workspace (else its organization), and its
+/// `owner_user_id` the key's owner.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ApiKeyIdentity {
+    /// The key's id (`identity.key_id`).
+    pub key_id: ApiKeyId,
+    /// The key's name (`identity.key_name`).
+    pub key_name: Arc<str>,
+    /// The API-auth app the key belongs to (`identity.app_slug`).
+    pub app_slug: Arc<str>,
+    /// The organization the key acts for (`identity.organization_id`).
+    pub organization_id: Option<OrganizationId>,
+    /// The workspace the key acts for (`identity.workspace_id`).
+    pub workspace_id: Option<WorkspaceId>,
+    /// `identity.organization_membership_id`.
+    pub organization_membership_id: Option<MembershipId>,
+    /// `identity.workspace_membership_id`.
+    pub workspace_membership_id: Option<MembershipId>,
+    /// The key's own metadata object, verbatim (`{}` when it has none).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiKeyIdentity {
+    /// A key with this id, name and app, and nothing else known; fill in the public fields.
+    pub fn new(key_id: ApiKeyId, key_name: impl Into<Arc<str>>, app_slug: impl Into<Arc<str>>) -> Self {
+        ApiKeyIdentity {
+            key_id,
+            key_name: key_name.into(),
+            app_slug: app_slug.into(),
+            organization_id: None,
+            workspace_id: None,
+            organization_membership_id: None,
+            workspace_membership_id: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// The tenant the key acts for: its workspace, else its organization.
+    pub fn tenant(&self) -> Option<ResourceUrn> {
+        match (self.workspace_id, self.organization_id) {
+            (Some(w), _) => Some(ResourceUrn::Workspace(w)),
+            (None, Some(o)) => Some(ResourceUrn::Organization(o)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Serialize for ApiKeyIdentity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ApiKeyIdentity", 8)?;
+        st.serialize_field("key_id", &self.key_id)?;
+        st.serialize_field("key_name", &*self.key_name)?;
+        st.serialize_field("app_slug", &*self.app_slug)?;
+        st.serialize_field("organization_id", &self.organization_id)?;
+        st.serialize_field("workspace_id", &self.workspace_id)?;
+        st.serialize_field("organization_membership_id", &self.organization_membership_id)?;
+        st.serialize_field("workspace_membership_id", &self.workspace_membership_id)?;
+        st.serialize_field("metadata", &self.metadata)?;
+        st.end()
+    }
 }
 
 impl Grant {
@@ -71,6 +139,18 @@ impl Grant {
             session_id: None,
             token_id: None,
             verified_by: VerifiedBy::Gateway,
+            api_key: None,
+        }
+    }
+
+    /// Which credential this grant is for.
+    pub fn credential_kind(&self) -> CredentialKind {
+        if self.api_key.is_some() {
+            CredentialKind::ApiKey
+        } else if self.verified_by == VerifiedBy::JwtSignature {
+            CredentialKind::JwtAccessToken
+        } else {
+            CredentialKind::OAuthAccessToken
         }
     }
 }
@@ -107,7 +187,8 @@ impl Principal {
         Principal::new(grant, ChallengeParams::shared_default(), Arc::default())
     }
 
-    /// The OAuth client id (`identity.key_name`, `x-wacht-oauth-client-id`).
+    /// The OAuth client id (`identity.key_name`, `x-wacht-oauth-client-id`); for an API key,
+    /// its API-auth app (`identity.app_slug`).
     pub fn client_id(&self) -> &ClientId {
         &self.0.data.client_id
     }
@@ -194,6 +275,18 @@ impl Principal {
         self.0.data.verified_by
     }
 
+    /// Which credential the caller presented: an OAuth access token (opaque or JWT) or an
+    /// API key.
+    pub fn credential_kind(&self) -> CredentialKind {
+        self.0.data.credential_kind()
+    }
+
+    /// What the gateway said about the API key, when the caller presented one: its id and
+    /// name, app, organization / workspace and membership ids, and metadata.
+    pub fn api_key(&self) -> Option<&ApiKeyIdentity> {
+        self.0.data.api_key.as_deref()
+    }
+
     /// Everything the gateway said about the token.
     pub fn grant(&self) -> &Grant {
         &self.0.data
@@ -278,6 +371,8 @@ impl fmt::Debug for Principal {
             .field("session_id", &d.session_id)
             .field("token_id", &d.token_id)
             .field("verified_by", &d.verified_by)
+            .field("credential_kind", &d.credential_kind())
+            .field("api_key", &d.api_key)
             .finish()
     }
 }
@@ -285,7 +380,7 @@ impl fmt::Debug for Principal {
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = &self.0.data;
-        let mut st = s.serialize_struct("Principal", 13)?;
+        let mut st = s.serialize_struct("Principal", 15)?;
         st.serialize_field("client_id", &d.client_id)?;
         st.serialize_field("granted_resource", &d.granted_resource)?;
         st.serialize_field("scopes", &d.scopes)?;
@@ -299,6 +394,8 @@ impl Serialize for Principal {
         st.serialize_field("session_id", &d.session_id.as_deref())?;
         st.serialize_field("token_id", &d.token_id.as_deref())?;
         st.serialize_field("verified_by", d.verified_by.as_str())?;
+        st.serialize_field("credential_kind", d.credential_kind().as_str())?;
+        st.serialize_field("api_key", &d.api_key.as_deref())?;
         st.end()
     }
 }

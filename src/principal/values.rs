@@ -59,6 +59,14 @@ numeric_id!(
     /// A Wacht workspace id.
     WorkspaceId
 );
+numeric_id!(
+    /// A Wacht API key id (`identity.key_id` of an API-key decision).
+    ApiKeyId
+);
+numeric_id!(
+    /// A Wacht organization or workspace membership id.
+    MembershipId
+);
 
 /// The public OAuth client id (`oc_...`) of the application that holds the token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -339,5 +347,34 @@ impl VerifiedBy {
             VerifiedBy::Gateway => "gateway",
             VerifiedBy::JwtSignature => "jwt_signature",
         }
+    }
+}
+
+/// Which credential a request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CredentialKind {
+    /// An opaque OAuth access token (`oat_...`), checked by the gateway.
+    OAuthAccessToken,
+    /// A JWT access token, verified here from its signature.
+    JwtAccessToken,
+    /// A Wacht API key (one of the configured prefixes), checked by the gateway.
+    ApiKey,
+}
+
+impl CredentialKind {
+    /// `oauth_access_token`, `jwt_access_token` or `api_key` (as serialized in a
+    /// [`Principal`](super::Principal)).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::OAuthAccessToken => "oauth_access_token",
+            CredentialKind::JwtAccessToken => "jwt_access_token",
+            CredentialKind::ApiKey => "api_key",
+        }
+    }
+
+    /// True for OAuth access tokens, opaque or JWT.
+    pub fn is_oauth(self) -> bool {
+        !matches!(self, CredentialKind::ApiKey)
     }
 }

@@ -84,6 +84,13 @@ pub enum InvalidTokenReason {
     /// ([`Verifier::deny_session`](crate::Verifier::deny_session),
     /// [`deny_token_id`](crate::Verifier::deny_token_id)).
     Revoked,
+    /// An API key on a route that takes OAuth access tokens only
+    /// ([`WachtAuthLayer::oauth_only`](crate::WachtAuthLayer::oauth_only)).
+    ApiKeyNotAccepted,
+    /// An access token on a route that takes API keys only
+    /// ([`WachtAuthLayer::api_keys_only`](crate::WachtAuthLayer::api_keys_only)), or
+    /// something other than an API key in the API-key header.
+    ApiKeyRequired,
 }
 
 impl InvalidTokenReason {
@@ -99,6 +106,8 @@ impl InvalidTokenReason {
             InvalidTokenReason::DeniedClient => "The OAuth client of this access token is not allowed here.",
             InvalidTokenReason::Expired => "The access token has expired.",
             InvalidTokenReason::Revoked => "The access token was revoked.",
+            InvalidTokenReason::ApiKeyNotAccepted => "API keys are not accepted here; use an OAuth access token.",
+            InvalidTokenReason::ApiKeyRequired => "This resource takes API keys only.",
         }
     }
 
@@ -114,6 +123,8 @@ impl InvalidTokenReason {
             InvalidTokenReason::DeniedClient => "denied_client",
             InvalidTokenReason::Expired => "expired",
             InvalidTokenReason::Revoked => "revoked",
+            InvalidTokenReason::ApiKeyNotAccepted => "api_key_not_accepted",
+            InvalidTokenReason::ApiKeyRequired => "api_key_required",
         }
     }
 }
@@ -124,6 +135,9 @@ impl InvalidTokenReason {
 pub enum InvalidRequestReason {
     /// More than one `Authorization` header.
     RepeatedAuthorization,
+    /// Two credentials: an `Authorization` header and the API-key header, or the API-key
+    /// header repeated.
+    TwoCredentials,
 }
 
 impl InvalidRequestReason {
@@ -131,6 +145,7 @@ impl InvalidRequestReason {
     pub fn description(self) -> &'static str {
         match self {
             InvalidRequestReason::RepeatedAuthorization => "The request carries more than one Authorization header.",
+            InvalidRequestReason::TwoCredentials => "The request carries more than one credential.",
         }
     }
 }

@@ -22,6 +22,13 @@ pub fn generate_token() -> String {
     format!("oat_{}", base64url(&random_bytes::<32>()))
 }
 
+/// Returns a new API key shaped like Wacht's: `prefix`, `_`, then 43 base64url characters (32
+/// random bytes). Same randomness caveat as [`generate_token`].
+#[must_use]
+pub fn generate_api_key(prefix: &str) -> String {
+    format!("{prefix}_{}", base64url(&random_bytes::<32>()))
+}
+
 /// Returns a new public OAuth client id shaped like Wacht's: `oc_` followed by 32 base64url
 /// characters (24 random bytes). Same randomness caveat as [`generate_token`].
 #[must_use]

@@ -26,8 +26,11 @@
 //! // Point the code under test at `gateway.url()`.
 //! ```
 //!
-//! Not modelled: API keys (every well-formed key is unknown: `401 Invalid API key`),
-//! organization and workspace memberships and role permissions (assumed present), grant and
+//! API keys ([`FakeGateway::register_api_key`], [`ApiKeyGrant`]) are answered as §4 of the
+//! protocol says: the format check, the plain-text `401 Invalid API key` for an unknown or
+//! revoked key, expiry, the union of the key's and its roles' permissions, its metadata.
+//!
+//! Not modelled: organization and workspace memberships and role permissions (assumed present), grant and
 //! API-auth-app status (use [`FakeGateway::revoke`]), rate-limit schemes (one rule for
 //! everything, mode `per_app`), audit publishing, database errors (use [`Fault::Status`]).
 
@@ -53,11 +56,11 @@ pub use dev_issuer::{
     ClientKind, ConsentPolicy, DEFAULT_GRANTED_RESOURCE, DevIssuer, DevIssuerConfig, GrantType, IssForm, IssuedToken,
     RegisteredClient,
 };
-pub use ids::{generate_client_id, generate_token, hash_token};
+pub use ids::{generate_api_key, generate_client_id, generate_token, hash_token};
 pub use jwks::{AccessTokenClaims, DEFAULT_JWT_AUDIENCE, JwksIssuer};
 pub use model::{
-    EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest,
-    ScopeDefinition, TokenGrant,
+    ApiKeyGrant, EXAMPLE_API_KEY_ID, EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER,
+    EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest, ScopeDefinition, TokenGrant,
 };
 
 use loopback::Running;
@@ -126,8 +129,16 @@ impl FakeGateway {
         self.handle.shared.lock().register(hash_token(token), grant);
     }
 
-    /// Revokes `token`: from now on it gets the `401` error envelope. Unknown tokens are
-    /// ignored (they already get `401`).
+    /// Registers (or replaces, un-revoking) the API key `key` with `grant`. Only the SHA-256
+    /// of the trimmed key is stored. An unregistered key is answered `401` with the plain-text
+    /// body `Invalid API key`, as the gateway does.
+    pub fn register_api_key(&self, key: &str, grant: ApiKeyGrant) {
+        self.handle.shared.lock().register_api_key(hash_token(key), grant);
+    }
+
+    /// Revokes `token` (an access token or an API key): from now on it gets `401` (the error
+    /// envelope; for a key, `Invalid API key`). Unknown ones are ignored (they already get
+    /// `401`).
     pub fn revoke(&self, token: &str) {
         self.handle.shared.lock().revoke(&hash_token(token));
     }

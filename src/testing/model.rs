@@ -130,6 +130,175 @@ impl TokenGrant {
     }
 }
 
+/// Example API-key id.
+pub const EXAMPLE_API_KEY_ID: i64 = 451_002_003_004_005_006;
+
+/// What the gateway knows about one API key: the key row, its API-auth app, and the
+/// permissions of its organization / workspace roles, flattened into one value.
+///
+/// Build one with [`ApiKeyGrant::new`] and the chaining setters, then hand it to
+/// [`FakeGateway::register_api_key`](super::FakeGateway::register_api_key).
+#[derive(Clone, Debug)]
+pub struct ApiKeyGrant {
+    /// The key's id; answered as `identity.key_id`.
+    pub key_id: i64,
+    /// The key's name; answered as `identity.key_name`.
+    pub key_name: String,
+    /// The API-auth app's slug; answered as `identity.app_slug`.
+    pub app_slug: String,
+    /// Deployment; answered as `identity.deployment_id`.
+    pub deployment_id: i64,
+    /// The key's owner, if any; answered as `identity.owner_user_id`.
+    pub owner_user_id: Option<i64>,
+    /// The organization the key acts for, if any.
+    pub organization_id: Option<i64>,
+    /// The workspace the key acts for, if any.
+    pub workspace_id: Option<i64>,
+    /// `identity.organization_membership_id`.
+    pub organization_membership_id: Option<i64>,
+    /// `identity.workspace_membership_id`.
+    pub workspace_membership_id: Option<i64>,
+    /// The key's own permissions.
+    pub permissions: Vec<String>,
+    /// The permissions of its organization role.
+    pub org_role_permissions: Vec<String>,
+    /// The permissions of its workspace role.
+    pub workspace_role_permissions: Vec<String>,
+    /// The key's own metadata object, answered verbatim as `metadata`.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Expiry, if any (checked on every call, like the gateway does).
+    pub expires_at: Option<SystemTime>,
+}
+
+impl ApiKeyGrant {
+    /// A key of `app_slug` with the example key id, the example deployment, no owner,
+    /// tenant, permissions or metadata, and no expiry.
+    #[must_use]
+    pub fn new(app_slug: impl Into<String>) -> Self {
+        ApiKeyGrant {
+            key_id: EXAMPLE_API_KEY_ID,
+            key_name: "example key".to_owned(),
+            app_slug: app_slug.into(),
+            deployment_id: EXAMPLE_DEPLOYMENT_ID,
+            owner_user_id: None,
+            organization_id: None,
+            workspace_id: None,
+            organization_membership_id: None,
+            workspace_membership_id: None,
+            permissions: Vec::new(),
+            org_role_permissions: Vec::new(),
+            workspace_role_permissions: Vec::new(),
+            metadata: serde_json::Map::new(),
+            expires_at: None,
+        }
+    }
+
+    /// Sets the key id.
+    #[must_use]
+    pub fn key_id(mut self, id: i64) -> Self {
+        self.key_id = id;
+        self
+    }
+
+    /// Sets the key's name.
+    #[must_use]
+    pub fn key_name(mut self, name: impl Into<String>) -> Self {
+        self.key_name = name.into();
+        self
+    }
+
+    /// Sets the deployment.
+    #[must_use]
+    pub fn deployment_id(mut self, id: i64) -> Self {
+        self.deployment_id = id;
+        self
+    }
+
+    /// Sets the owner.
+    #[must_use]
+    pub fn owner_user_id(mut self, id: i64) -> Self {
+        self.owner_user_id = Some(id);
+        self
+    }
+
+    /// The key acts for this organization, as this membership.
+    #[must_use]
+    pub fn organization(mut self, organization_id: i64, membership_id: i64) -> Self {
+        self.organization_id = Some(organization_id);
+        self.organization_membership_id = Some(membership_id);
+        self
+    }
+
+    /// The key acts for this workspace, as this membership.
+    #[must_use]
+    pub fn workspace(mut self, workspace_id: i64, membership_id: i64) -> Self {
+        self.workspace_id = Some(workspace_id);
+        self.workspace_membership_id = Some(membership_id);
+        self
+    }
+
+    /// Sets the key's own permissions.
+    #[must_use]
+    pub fn permissions<I, S>(mut self, permissions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.permissions = permissions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the permissions its organization role gives.
+    #[must_use]
+    pub fn org_role_permissions<I, S>(mut self, permissions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.org_role_permissions = permissions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the permissions its workspace role gives.
+    #[must_use]
+    pub fn workspace_role_permissions<I, S>(mut self, permissions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.workspace_role_permissions = permissions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets one metadata entry.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+
+    /// Sets the expiry.
+    #[must_use]
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// The sorted union of its own and its roles' permissions (what the gateway answers).
+    pub(crate) fn effective_permissions(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .permissions
+            .iter()
+            .chain(&self.org_role_permissions)
+            .chain(&self.workspace_role_permissions)
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
 /// One entry of the OAuth app's `scope_definitions` (the same type local JWT verification
 /// is configured with).
 pub use crate::jwt::ScopeDefinition;

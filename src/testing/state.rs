@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::StatusCode;
 
-use super::model::{Fault, RecordedRequest, SYNTHETIC_CLIENT_ID, ScopeDefinition, TokenGrant};
+use super::model::{ApiKeyGrant, Fault, RecordedRequest, SYNTHETIC_CLIENT_ID, ScopeDefinition, TokenGrant};
 use super::protocol::{self, CheckRequest, Decision, PrincipalType, RateLimitEntry, RateOutcome, Verdict};
 
 /// How many recorded requests are kept.
@@ -26,6 +26,13 @@ struct TokenEntry {
     revoked: bool,
 }
 
+/// A registered API key.
+#[derive(Debug)]
+struct ApiKeyEntry {
+    grant: ApiKeyGrant,
+    revoked: bool,
+}
+
 /// The single configured rate-limit rule.
 #[derive(Clone, Copy, Debug)]
 struct Rule {
@@ -37,6 +44,7 @@ struct Rule {
 #[derive(Debug)]
 pub(crate) struct State {
     tokens: HashMap<String, TokenEntry>,
+    api_keys: HashMap<String, ApiKeyEntry>,
     scope_definitions: Vec<ScopeDefinition>,
     rule: Rule,
     /// Sliding-window log per counter key: instants of the counted requests.
@@ -51,6 +59,7 @@ impl Default for State {
     fn default() -> Self {
         Self {
             tokens: HashMap::new(),
+            api_keys: HashMap::new(),
             scope_definitions: Vec::new(),
             rule: Rule {
                 max_requests: DEFAULT_MAX_REQUESTS,
@@ -100,8 +109,16 @@ impl State {
         self.tokens.insert(hash, TokenEntry { grant, revoked: false });
     }
 
+    pub(crate) fn register_api_key(&mut self, hash: String, grant: ApiKeyGrant) {
+        self.api_keys.insert(hash, ApiKeyEntry { grant, revoked: false });
+    }
+
+    /// Revokes a token or an API key.
     pub(crate) fn revoke(&mut self, hash: &str) {
         if let Some(entry) = self.tokens.get_mut(hash) {
+            entry.revoked = true;
+        }
+        if let Some(entry) = self.api_keys.get_mut(hash) {
             entry.revoked = true;
         }
     }
@@ -157,11 +174,7 @@ impl State {
             return envelope(StatusCode::UNAUTHORIZED, request_id);
         }
         if req.principal.kind == PrincipalType::ApiKey {
-            // API keys are not modelled: every well-formed key is unknown.
-            if !protocol::api_key_format_ok(value) {
-                return envelope(StatusCode::UNAUTHORIZED, request_id);
-            }
-            return Reply::plain(StatusCode::UNAUTHORIZED, "Invalid API key");
+            return self.check_api_key(request_id, value, req, forced_retry_ms);
         }
 
         let hash = super::ids::hash_token(value);
@@ -173,6 +186,45 @@ impl State {
         }
         let grant = entry.grant.clone();
         let decision = self.decide(request_id, &grant, req, forced_retry_ms);
+        Reply {
+            is_decision: true,
+            ..Reply::json(StatusCode::OK, &decision)
+        }
+    }
+
+    /// `gateway-protocol.md` §4: the format, the look-up (unknown, revoked or deactivated:
+    /// the plain-text `401 Invalid API key`), the expiry (the JSON envelope), then
+    /// permissions and rate limiting as for a token (`per_app`: the key's app).
+    fn check_api_key(
+        &mut self,
+        request_id: String,
+        value: &str,
+        req: &CheckRequest,
+        forced_retry_ms: Option<u64>,
+    ) -> Reply {
+        if !protocol::api_key_format_ok(value) {
+            return Reply::json(StatusCode::UNAUTHORIZED, &Decision::envelope(request_id));
+        }
+        let hash = super::ids::hash_token(value);
+        let key = match self.api_keys.get(&hash) {
+            Some(entry) if !entry.revoked => entry.grant.clone(),
+            _ => return Reply::plain(StatusCode::UNAUTHORIZED, "Invalid API key"),
+        };
+        if key.expires_at.is_some_and(|at| at <= SystemTime::now()) {
+            return Reply::json(StatusCode::UNAUTHORIZED, &Decision::envelope(request_id));
+        }
+        let permissions = key.effective_permissions();
+        let expression = protocol::permission_expression(req.required_permissions.as_deref());
+        let permitted = expression
+            .as_deref()
+            .is_none_or(|expr| protocol::evaluate_permissions(expr, &permissions));
+        let verdict = if !permitted {
+            Verdict::PermissionDenied
+        } else {
+            let counter = format!("{}:{}", key.deployment_id, key.app_slug);
+            Verdict::Rated(self.rate_limit(&counter, forced_retry_ms))
+        };
+        let decision = protocol::api_key_decision(request_id, &key, permissions, verdict);
         Reply {
             is_decision: true,
             ..Reply::json(StatusCode::OK, &decision)

@@ -160,6 +160,12 @@ impl Pins {
         {
             return Err(InvalidTokenReason::WrongDeployment);
         }
+        if grant.api_key.is_some() {
+            // A key has no issuer or audience: its deployment is its pin (required by the
+            // builder when keys are accepted). Routes that must take OAuth tokens only say so
+            // (`WachtAuthLayer::oauth_only`).
+            return Ok(());
+        }
         if let Some(expected) = &self.issuer
             && !grant.issuer.as_deref().is_some_and(|iss| same_url(iss, expected))
         {

@@ -21,7 +21,7 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
     // of it never share (a replica with a longer ttl would undo a shorter one's bound).
     let pins = &config.pins;
     let id = format!(
-        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}",
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}\0api_keys={:?}",
         config.gateway.gateway_url,
         config.gateway.method,
         config.gateway.resource,
@@ -31,6 +31,8 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
         pins.accept_any_deployment,
         config.cache.ttl,
         config.cache.negative_ttl,
+        // Which credentials are keys decides how the gateway is asked about them.
+        config.api_keys.prefixes,
     );
     let profile = Profile {
         id,

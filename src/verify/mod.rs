@@ -102,6 +102,8 @@ pub struct Verifier {
     /// The JWKS key withdrawals already acted on (each voids the cached JWT decisions).
     key_removals_seen: AtomicU64,
     jwks_timer_started: AtomicBool,
+    /// Which credentials are API keys.
+    api_keys: crate::api_key::ApiKeys,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -170,7 +172,15 @@ impl Verifier {
             max_token_len: config.requests.max_token_len,
             challenge,
             hierarchy: Arc::clone(&config.scope_hierarchy),
+            api_keys: crate::api_key::ApiKeys::new(&config.api_keys),
         })
+    }
+
+    /// Which credential these bytes are, by the configured API-key prefixes (a JWT is an
+    /// OAuth access token here: what sends it to the gateway or to the JWT verifier is its
+    /// shape).
+    pub(crate) fn kind_of(&self, credential: &[u8]) -> crate::principal::CredentialKind {
+        self.api_keys.kind_of(credential)
     }
 
     /// The challenge parameters of this verifier's refusals.
@@ -241,6 +251,14 @@ impl Verifier {
 
     /// Refuses a token that can never pass, without a gateway call.
     fn acceptable(&self, token: BearerToken<'_>) -> Result<(), AuthError> {
+        if self.api_keys.kind_of(token.secret_bytes()) == crate::principal::CredentialKind::ApiKey {
+            // The gateway refuses a key of another form without a lookup: so do we.
+            return if crate::api_key::well_formed(token.secret_bytes()) {
+                Ok(())
+            } else {
+                Err(AuthError::InvalidToken(InvalidTokenReason::Malformed))
+            };
+        }
         if token.is_jwt_shaped() && self.jwt.is_none() {
             // The gateway answers 401 for every JWT access token: never send it one.
             return Err(AuthError::InvalidToken(InvalidTokenReason::JwtNotAccepted));

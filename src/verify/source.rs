@@ -104,6 +104,7 @@ impl Verifier {
     async fn ask_gateway(&self, token: BearerToken<'_>, ctx: &MissContext) -> Result<Decision, GatewayError> {
         let request = CheckRequest {
             token,
+            kind: self.kind_of(token.secret_bytes()),
             method: &self.settings.method,
             resource: &self.settings.resource,
             client_ip: ctx.client_ip.as_deref(),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 mod permissions;
 
 pub(crate) use self::permissions::{effective_permissions, evaluate_permissions, permission_expression};
-use super::model::TokenGrant;
+use super::model::{ApiKeyGrant, TokenGrant};
 
 // ---------------------------------------------------------------------------------------
 // Request schema (protocol section 2)
@@ -158,7 +158,7 @@ pub(crate) struct Decision {
     pub(crate) blocked_rule: Option<String>,
     pub(crate) identity: Option<Identity>,
     pub(crate) permissions: Vec<String>,
-    pub(crate) metadata: Option<Metadata>,
+    pub(crate) metadata: Option<DecisionMetadata>,
     pub(crate) rate_limits: Vec<RateLimitEntry>,
     pub(crate) retry_after: Option<u64>,
     pub(crate) headers: BTreeMap<String, String>,
@@ -201,6 +201,14 @@ pub(crate) struct Identity {
     workspace_id: Option<String>,
     organization_membership_id: Option<String>,
     workspace_membership_id: Option<String>,
+}
+
+/// `metadata`: an OAuth token's [`Metadata`] (keys in wire order), or an API key's own object.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum DecisionMetadata {
+    OAuth(Metadata),
+    ApiKey(serde_json::Map<String, serde_json::Value>),
 }
 
 /// `metadata` for OAuth principals, keys in wire order.
@@ -274,45 +282,7 @@ pub(crate) fn oauth_decision(
         }
     }
 
-    let (allowed, reason, blocked_rule, rate_limits, retry_after) = match verdict {
-        Verdict::PermissionDenied => {
-            put_header(&mut headers, "x-wacht-permission-denied", "true");
-            (
-                false,
-                Some("permission_denied"),
-                Some("permission_denied".to_owned()),
-                Vec::new(),
-                None,
-            )
-        }
-        Verdict::Rated(outcome) => {
-            let w = &outcome.window_label;
-            put_header(
-                &mut headers,
-                &format!("x-ratelimit-{w}-limit"),
-                &outcome.entry.limit.to_string(),
-            );
-            put_header(
-                &mut headers,
-                &format!("x-ratelimit-{w}-remaining"),
-                &outcome.entry.remaining.to_string(),
-            );
-            match outcome.blocked {
-                Some(retry) => {
-                    put_header(&mut headers, &format!("x-ratelimit-{w}-reset"), &retry.to_string());
-                    (
-                        false,
-                        Some("rate_limited"),
-                        Some(outcome.entry.rule.clone()),
-                        vec![outcome.entry],
-                        Some(retry),
-                    )
-                }
-                None => (true, None, None, vec![outcome.entry], None),
-            }
-        }
-    };
-
+    let (allowed, reason, blocked_rule, rate_limits, retry_after) = apply_verdict(&mut headers, verdict);
     Decision {
         request_id,
         allowed,
@@ -330,13 +300,124 @@ pub(crate) fn oauth_decision(
             workspace_membership_id: None,
         }),
         permissions,
-        metadata: Some(Metadata {
+        metadata: Some(DecisionMetadata::OAuth(Metadata {
             principal_type: "oauth_access_token",
             scopes: grant.scopes.clone(),
             oauth_resource: grant.oauth_resource.clone(),
             granted_resource: grant.granted_resource.clone(),
             expires_at: format_rfc3339_micros(grant.expires_at),
+        })),
+        rate_limits,
+        retry_after,
+        headers,
+    }
+}
+
+/// What a verdict makes of a decision: `allowed`, `reason`, `blocked_rule`, `rate_limits`,
+/// `retry_after`, and its header entries.
+type VerdictFields = (
+    bool,
+    Option<&'static str>,
+    Option<String>,
+    Vec<RateLimitEntry>,
+    Option<u64>,
+);
+
+fn apply_verdict(headers: &mut BTreeMap<String, String>, verdict: Verdict) -> VerdictFields {
+    let headers = &mut *headers;
+    match verdict {
+        Verdict::PermissionDenied => {
+            put_header(headers, "x-wacht-permission-denied", "true");
+            (
+                false,
+                Some("permission_denied"),
+                Some("permission_denied".to_owned()),
+                Vec::new(),
+                None,
+            )
+        }
+        Verdict::Rated(outcome) => {
+            let w = &outcome.window_label;
+            put_header(
+                headers,
+                &format!("x-ratelimit-{w}-limit"),
+                &outcome.entry.limit.to_string(),
+            );
+            put_header(
+                headers,
+                &format!("x-ratelimit-{w}-remaining"),
+                &outcome.entry.remaining.to_string(),
+            );
+            match outcome.blocked {
+                Some(retry) => {
+                    put_header(headers, &format!("x-ratelimit-{w}-reset"), &retry.to_string());
+                    (
+                        false,
+                        Some("rate_limited"),
+                        Some(outcome.entry.rule.clone()),
+                        vec![outcome.entry],
+                        Some(retry),
+                    )
+                }
+                None => (true, None, None, vec![outcome.entry], None),
+            }
+        }
+    }
+}
+
+/// Builds the 200 decision for an active API key (`gateway-protocol.md` §4).
+pub(crate) fn api_key_decision(
+    request_id: String,
+    key: &ApiKeyGrant,
+    permissions: Vec<String>,
+    verdict: Verdict,
+) -> Decision {
+    let mut headers = BTreeMap::new();
+    let id = |v: Option<i64>| v.map(|v| v.to_string());
+    put_header(&mut headers, "x-wacht-key-id", &key.key_id.to_string());
+    put_header(&mut headers, "x-wacht-deployment-id", &key.deployment_id.to_string());
+    put_header(&mut headers, "x-wacht-app-slug", &key.app_slug);
+    put_header(&mut headers, "x-wacht-key-name", &key.key_name);
+    for (name, value) in [
+        ("x-wacht-organization-id", id(key.organization_id)),
+        ("x-wacht-workspace-id", id(key.workspace_id)),
+        ("x-wacht-organization-membership-id", id(key.organization_membership_id)),
+        ("x-wacht-workspace-membership-id", id(key.workspace_membership_id)),
+    ] {
+        if let Some(value) = value {
+            put_header(&mut headers, name, &value);
+        }
+    }
+    if !permissions.is_empty() {
+        put_header(&mut headers, "x-wacht-permissions", &permissions.join(","));
+    }
+    let strings: Vec<String> = key
+        .metadata
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+        .collect();
+    if !strings.is_empty() {
+        put_header(&mut headers, "x-wacht-metadata", &strings.join(","));
+    }
+    let (allowed, reason, blocked_rule, rate_limits, retry_after) = apply_verdict(&mut headers, verdict);
+    Decision {
+        request_id,
+        allowed,
+        reason,
+        blocked_rule,
+        identity: Some(Identity {
+            key_id: key.key_id.to_string(),
+            deployment_id: key.deployment_id.to_string(),
+            app_slug: key.app_slug.clone(),
+            key_name: key.key_name.clone(),
+            owner_user_id: id(key.owner_user_id),
+            organization_id: id(key.organization_id),
+            workspace_id: id(key.workspace_id),
+            organization_membership_id: id(key.organization_membership_id),
+            workspace_membership_id: id(key.workspace_membership_id),
         }),
+        permissions,
+        metadata: Some(DecisionMetadata::ApiKey(key.metadata.clone())),
         rate_limits,
         retry_after,
         headers,

@@ -72,7 +72,7 @@ async fn method_and_resource_are_validated_first() {
 }
 
 #[tokio::test]
-async fn api_keys_are_not_modelled() {
+async fn unknown_api_keys_get_the_plain_text_401() {
     let gw = FakeGateway::start().await.unwrap();
     let mut body = check_body(&format!("sk_live_{}", "a".repeat(43)), None);
     body["principal"]["type"] = json!("api_key");
@@ -168,4 +168,51 @@ async fn oversized_body_gets_413() {
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 * 1024 * 1024 + 10));
     let answer = post_raw(&gw, Some("application/json"), &huge).await;
     assert_eq!(answer.status, 413);
+}
+
+/// A registered key is answered as `gateway-protocol.md` §4 says: its identity (ids as
+/// strings, org / workspace and membership ids), the sorted union of its own and its roles'
+/// permissions, its own metadata verbatim (no `principal_type`), the key's header entries.
+#[tokio::test]
+async fn registered_api_keys_get_the_api_key_decision() {
+    let gw = FakeGateway::start().await.unwrap();
+    let key = generate_api_key("sk_live");
+    gw.register_api_key(
+        &key,
+        ApiKeyGrant::new("billing")
+            .key_id(77)
+            .key_name("export")
+            .owner_user_id(5)
+            .workspace(12, 34)
+            .permissions(["b:write"])
+            .workspace_role_permissions(["a:read", "b:write"])
+            .metadata("team", json!("finance"))
+            .metadata("tier", json!(3)),
+    );
+    let mut body = check_body(&key, None);
+    body["principal"]["type"] = json!("api_key");
+    let answer = post_json(&gw, &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let decision: serde_json::Value = serde_json::from_str(&answer.text).unwrap();
+    assert_eq!(decision["allowed"], true);
+    assert_eq!(decision["identity"]["key_id"], "77");
+    assert_eq!(decision["identity"]["app_slug"], "billing");
+    assert_eq!(decision["identity"]["key_name"], "export");
+    assert_eq!(decision["identity"]["owner_user_id"], "5");
+    assert_eq!(decision["identity"]["workspace_id"], "12");
+    assert_eq!(decision["identity"]["workspace_membership_id"], "34");
+    assert_eq!(decision["identity"]["organization_id"], serde_json::Value::Null);
+    assert_eq!(decision["permissions"], json!(["a:read", "b:write"]));
+    assert_eq!(decision["metadata"], json!({"team": "finance", "tier": 3}));
+    assert_eq!(decision["headers"]["x-wacht-key-id"], "77");
+    assert_eq!(decision["headers"]["x-wacht-metadata"], "team=finance");
+    assert!(decision["headers"].get("x-wacht-principal-type").is_none());
+    // Revoked: the plain-text 401, as for an unknown key; expired: the envelope.
+    gw.revoke(&key);
+    assert_eq!(post_json(&gw, &body).await.text, "Invalid API key");
+    gw.register_api_key(
+        &key,
+        ApiKeyGrant::new("billing").expires_at(SystemTime::now() - Duration::from_secs(1)),
+    );
+    assert_envelope(&post_json(&gw, &body).await, 401);
 }
