@@ -17,6 +17,7 @@ mod common;
 #[path = "../../examples/grpc_server.rs"]
 mod grpc_server;
 
+mod allow_lists;
 mod custom_gateway;
 mod dev_issuer;
 mod fake_gateway;
