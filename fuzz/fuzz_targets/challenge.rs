@@ -34,6 +34,8 @@ const TOKEN_REASONS: &[InvalidTokenReason] = &[
     InvalidTokenReason::WrongIssuer,
     InvalidTokenReason::WrongAudience,
     InvalidTokenReason::DeniedClient,
+    InvalidTokenReason::ClientNotAllowed,
+    InvalidTokenReason::TenantNotAccepted,
     InvalidTokenReason::Expired,
     InvalidTokenReason::Revoked,
 ];

@@ -9,7 +9,7 @@ use http::{Extensions, HeaderMap};
 use super::{ApiKey, ClientIpFn, WachtAuthConfig, check_url};
 use crate::error::ConfigError;
 use crate::metadata::ProtectedResourceMetadata;
-use crate::principal::DeploymentId;
+use crate::principal::{DeploymentId, ResourceUrn};
 
 /// The longest [`stream_recheck`](WachtAuthConfigBuilder::stream_recheck) allowed.
 const MAX_STREAM_RECHECK: Duration = Duration::from_secs(24 * 60 * 60);
@@ -341,6 +341,55 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Serve only tokens of these OAuth client ids (default: any client). For an API key, the
+    /// client is its API-auth app.
+    ///
+    /// Any user of your deployment can register an OAuth client and consent for their own
+    /// organization, workspace or user, and the gateway calls that token valid: the pins
+    /// (deployment, issuer, audience) do not tell your clients from theirs. This list, and
+    /// [`accepted_tenants`](Self::accepted_tenants), do. They apply to every credential, however
+    /// it was verified: an opaque token the gateway checked, a JWT verified here, an answer
+    /// another replica shared through the fleet's Redis, one kept by the outage grace. A token
+    /// of another client gets 401 `invalid_token` ("The access token was issued to a client
+    /// this server does not serve."), whatever its format, and is remembered in the negative
+    /// cache like a pin failure. Checked once, when a verdict enters the cache: a cached token
+    /// pays nothing for it.
+    ///
+    /// An empty list allows any client. [`build`](Self::build) refuses an empty id or one
+    /// with whitespace. Environment: `WACHT_ALLOWED_CLIENTS` (comma- or whitespace-separated).
+    /// Replaces [`JwtConfig::allowed_clients`](crate::jwt::JwtConfig::allowed_clients)
+    /// (deprecated, which bound JWTs only): setting both to different lists is refused.
+    pub fn allowed_clients<I, S>(mut self, client_ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.pins.allowed_clients = client_ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Serve only tokens granted for these tenants (default: any tenant): Wacht tenant URNs,
+    /// `urn:wacht:organization:<id>`, `urn:wacht:workspace:<id>` or `urn:wacht:user:<id>`,
+    /// compared with the token's granted resource (a JWT's `aud`; for an API key, its
+    /// organization or workspace). A token for another tenant, or one that names none, gets
+    /// 401 `invalid_token` ("The access token was granted for a tenant this server does not
+    /// serve."); see [`allowed_clients`](Self::allowed_clients) for why, and for where it
+    /// applies (every credential, whatever its format or source).
+    ///
+    /// An empty list accepts any tenant. [`build`](Self::build) refuses anything that is not
+    /// one of those URNs (ids in canonical decimal). Environment: `WACHT_ACCEPTED_TENANTS`
+    /// (comma- or whitespace-separated). Replaces
+    /// [`JwtConfig::accepted_tenants`](crate::jwt::JwtConfig::accepted_tenants) (deprecated,
+    /// which bound JWTs only): setting both to different lists is refused.
+    pub fn accepted_tenants<I, S>(mut self, urns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.pins.accepted_tenants = urns.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Fleet mode (feature `redis`): a decision tier and an ordered, durable change log shared by
     /// every replica, on Redis or Valkey (see [`fleet`](crate::fleet)). Off by default.
     #[cfg(feature = "redis")]
@@ -456,11 +505,96 @@ impl WachtAuthConfigBuilder {
                 "API keys need expected_deployment_id (WACHT_DEPLOYMENT_ID): a key has no issuer to pin",
             ));
         }
+        if let Some(jwt) = &mut c.jwt {
+            // The deprecated JWT-only lists are the verifier's lists now.
+            adopt_deprecated(
+                &mut c.pins.allowed_clients,
+                std::mem::take(&mut jwt.clients),
+                "allowed_clients",
+            )?;
+            adopt_deprecated(
+                &mut c.pins.accepted_tenants,
+                std::mem::take(&mut jwt.tenants),
+                "accepted_tenants",
+            )?;
+        }
+        check_allow_lists(
+            &c.pins.allowed_clients,
+            &c.pins.accepted_tenants,
+            ["allowed_clients", "accepted_tenants"],
+        )?;
         if let Some(jwt) = &c.jwt {
             jwt.validate(c.pins.expected_issuer.as_deref())?;
         }
         Ok(self.config)
     }
+}
+
+/// Takes in a list given through its deprecated `JwtConfig` name (`name`): alone, it becomes
+/// the list; beside the list given by its own name, both must name the same ids (in any order),
+/// else the configuration is refused: silently preferring one would serve clients or tenants
+/// the operator meant to leave out, and a union would serve more than either says.
+fn adopt_deprecated(list: &mut Vec<String>, deprecated: Vec<String>, name: &'static str) -> Result<(), ConfigError> {
+    if deprecated.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        "`JwtConfig::{name}` is deprecated: it now applies to every token, opaque or JWT; call `WachtAuthConfigBuilder::{name}` instead"
+    );
+    if list.is_empty() {
+        *list = deprecated;
+        return Ok(());
+    }
+    if same_entries(list, &deprecated) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        name,
+        format!(
+            "`WachtAuthConfigBuilder::{name}` and the deprecated `JwtConfig::{name}` name different lists; set only `WachtAuthConfigBuilder::{name}` (it applies to every token)"
+        ),
+    ))
+}
+
+/// True if both lists hold the same entries, whatever their order and repeats.
+pub(super) fn same_entries(a: &[String], b: &[String]) -> bool {
+    fn set(list: &[String]) -> std::collections::BTreeSet<&str> {
+        list.iter().map(String::as_str).collect()
+    }
+    set(a) == set(b)
+}
+
+/// The allow lists hold client ids and Wacht tenant URNs: anything else could never match a
+/// token (a typo would refuse every one, or a URN of another kind would look like a pin).
+/// `names`: the settings (or environment variables) to name in the error.
+pub(super) fn check_allow_lists(
+    clients: &[String],
+    tenants: &[String],
+    names: [&'static str; 2],
+) -> Result<(), ConfigError> {
+    if let Some(bad) = clients
+        .iter()
+        .find(|c| c.is_empty() || c.chars().any(char::is_whitespace))
+    {
+        return Err(ConfigError::invalid(
+            names[0],
+            format!("`{bad}` is not a client id: ids are not empty and hold no whitespace"),
+        ));
+    }
+    for urn in tenants {
+        if !matches!(
+            ResourceUrn::parse(urn),
+            ResourceUrn::Organization(_) | ResourceUrn::Workspace(_) | ResourceUrn::User(_)
+        ) {
+            return Err(ConfigError::invalid(
+                names[1],
+                format!(
+                    "`{urn}` is not a Wacht tenant URN (urn:wacht:organization:<id>, urn:wacht:workspace:<id> or urn:wacht:user:<id>)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,55 @@
 //! [`WachtAuthConfig::from_env`]: the configuration from `WACHT_*` environment variables.
 
+use super::builder::{check_allow_lists, same_entries};
 use super::{WachtAuthConfig, WachtAuthConfigBuilder, check_url};
 use crate::error::ConfigError;
+
+/// A comma- or whitespace-separated list.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `WACHT_ALLOWED_CLIENTS` and `WACHT_ACCEPTED_TENANTS`, for every token (whether or not
+/// `WACHT_JWT` is on), or their deprecated names `WACHT_JWT_ALLOWED_CLIENTS` and
+/// `WACHT_JWT_TENANTS`.
+fn allow_lists_from_env(
+    builder: WachtAuthConfigBuilder,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<WachtAuthConfigBuilder, ConfigError> {
+    let (clients, clients_from) = allow_list(get, "WACHT_ALLOWED_CLIENTS", "WACHT_JWT_ALLOWED_CLIENTS")?;
+    let (tenants, tenants_from) = allow_list(get, "WACHT_ACCEPTED_TENANTS", "WACHT_JWT_TENANTS")?;
+    check_allow_lists(&clients, &tenants, [clients_from, tenants_from])?;
+    Ok(builder.allowed_clients(clients).accepted_tenants(tenants))
+}
+
+/// The list in `name`, or in its deprecated alias `deprecated` (logged at warn level, naming
+/// `name`), and the variable it came from. Both set: they must name the same entries, else
+/// the configuration is refused, naming both.
+fn allow_list(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    deprecated: &'static str,
+) -> Result<(Vec<String>, &'static str), ConfigError> {
+    let current = get(name).map(|v| list(&v));
+    let Some(old) = get(deprecated).map(|v| list(&v)) else {
+        return Ok((current.unwrap_or_default(), name));
+    };
+    tracing::warn!("{deprecated} is deprecated: it now applies to every token, opaque or JWT; rename it {name}");
+    match current {
+        None => Ok((old, deprecated)),
+        Some(current) if same_entries(&current, &old) => Ok((current, name)),
+        Some(_) => Err(ConfigError::invalid(
+            name,
+            format!(
+                "{name} and the deprecated {deprecated} name different lists; set only {name} (it applies to every token)"
+            ),
+        )),
+    }
+}
 
 /// Fleet mode from `WACHT_REDIS_URL`, `WACHT_FLEET_SECRET`, `WACHT_FLEET_FAIL_CLOSED` and
 /// `WACHT_REDIS_CA_FILE`.
@@ -49,19 +97,7 @@ fn switch(name: &'static str, value: Option<String>) -> Result<bool, ConfigError
 
 /// The JWT settings from `WACHT_JWT_*`.
 fn jwt_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<crate::jwt::JwtConfig, ConfigError> {
-    let list = |v: String| -> Vec<String> {
-        v.split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
     let mut jwt = crate::jwt::JwtConfig::new();
-    if let Some(clients) = get("WACHT_JWT_ALLOWED_CLIENTS") {
-        jwt = jwt.allowed_clients(list(clients));
-    }
-    if let Some(tenants) = get("WACHT_JWT_TENANTS") {
-        jwt = jwt.accepted_tenants(list(tenants));
-    }
     let seconds = |name: &'static str| -> Result<Option<std::time::Duration>, ConfigError> {
         get(name)
             .map(|secs| {
@@ -96,7 +132,19 @@ impl WachtAuthConfig {
     /// * `WACHT_GATEWAY_URL`: gateway base URL (default `https://gateway.wacht.dev`);
     /// * `WACHT_DEPLOYMENT_ID`: accept only tokens of this deployment;
     /// * `WACHT_OAUTH_ISSUER`: accept only tokens from this issuer;
-    /// * `WACHT_RESOURCE_URL`: this server's resource URL; accept only tokens issued for it.
+    /// * `WACHT_RESOURCE_URL`: this server's resource URL; accept only tokens issued for it;
+    /// * `WACHT_ALLOWED_CLIENTS`: serve only tokens of these OAuth client ids (for an API key,
+    ///   its app), comma- or whitespace-separated (see
+    ///   [`allowed_clients`](WachtAuthConfigBuilder::allowed_clients));
+    /// * `WACHT_ACCEPTED_TENANTS`: serve only tokens granted for these tenant URNs (for an API
+    ///   key, its organization or workspace), comma- or whitespace-separated (see
+    ///   [`accepted_tenants`](WachtAuthConfigBuilder::accepted_tenants)).
+    ///
+    /// Both lists apply to every token, opaque or JWT. Their former names
+    /// `WACHT_JWT_ALLOWED_CLIENTS` and `WACHT_JWT_TENANTS` are deprecated aliases, read whether
+    /// or not `WACHT_JWT` is on and applied to every token too (logged at warn level, naming
+    /// the new variable); set beside the new name, both must name the same entries, else
+    /// [`ConfigError`] naming both.
     ///
     /// With the `redis` feature, `WACHT_REDIS_URL` turns fleet mode on (`redis://host:port`,
     /// or `rediss://` for TLS), with `WACHT_FLEET_SECRET` (required then, at least 32 bytes,
@@ -113,10 +161,6 @@ impl WachtAuthConfig {
     /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
     /// [`jwt`](crate::jwt)), with
     ///
-    /// * `WACHT_JWT_ALLOWED_CLIENTS`: accept JWTs of these OAuth client ids only (comma- or
-    ///   space-separated);
-    /// * `WACHT_JWT_TENANTS`: accept JWTs for these tenant URNs only (comma- or
-    ///   space-separated);
     /// * `WACHT_JWKS_REFRESH_SECS`: JWKS refresh interval (default 300);
     /// * `WACHT_JWKS_MAX_STALE_SECS`: the longest a key set is trusted without a successful
     ///   fetch (default 3600);
@@ -173,6 +217,7 @@ impl WachtAuthConfig {
                 .map_err(|_| ConfigError::invalid("WACHT_API_KEY_HEADER", "not a header name"))?;
             b = b.api_key_header(name);
         }
+        b = allow_lists_from_env(b, &get)?;
         if switch("WACHT_JWT", get("WACHT_JWT"))? {
             b = b.jwt(jwt_from_env(&get)?);
         }
@@ -251,8 +296,10 @@ mod tests {
         ]))
         .unwrap();
         let jwt = c.jwt().unwrap();
-        assert_eq!(jwt.clients, ["oc_a", "oc_b"]);
-        assert_eq!(jwt.tenants, ["urn:wacht:organization:5"]);
+        // The deprecated names are the verifier's lists, for every token.
+        assert_eq!(c.pins.allowed_clients, ["oc_a", "oc_b"]);
+        assert_eq!(c.pins.accepted_tenants, ["urn:wacht:organization:5"]);
+        assert!(jwt.clients.is_empty() && jwt.tenants.is_empty());
         assert_eq!(jwt.jwks_refresh, std::time::Duration::from_secs(60));
         assert_eq!(jwt.jwks_max_stale, std::time::Duration::from_secs(900));
         assert_eq!(
@@ -316,6 +363,59 @@ mod tests {
             ("WACHT_JWT", "on"),
         ]));
         assert!(plain_http.is_err(), "keys over plain HTTP from a remote host");
+    }
+
+    #[test]
+    fn the_allow_lists_are_read_under_either_name_for_every_token() {
+        let base = [
+            ("WACHT_BACKEND_API_KEY", "k"),
+            ("WACHT_OAUTH_ISSUER", "https://auth.example.com"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let pairs: Vec<_> = base.iter().chain(extra).copied().collect();
+            WachtAuthConfig::from_lookup(env(&pairs))
+        };
+        // JWT verification off: the lists still apply, under the new names and the old ones.
+        for (clients, tenants) in [
+            ("WACHT_ALLOWED_CLIENTS", "WACHT_ACCEPTED_TENANTS"),
+            ("WACHT_JWT_ALLOWED_CLIENTS", "WACHT_JWT_TENANTS"),
+        ] {
+            let c = with(&[
+                (clients, "oc_a oc_b"),
+                (tenants, "urn:wacht:workspace:4401,urn:wacht:user:7"),
+            ])
+            .unwrap();
+            assert!(c.jwt().is_none());
+            assert_eq!(c.pins.allowed_clients, ["oc_a", "oc_b"], "{clients}");
+            assert_eq!(
+                c.pins.accepted_tenants,
+                ["urn:wacht:workspace:4401", "urn:wacht:user:7"],
+                "{tenants}"
+            );
+        }
+        // Both names: the same entries (any order) are accepted, different ones refused.
+        let same = with(&[
+            ("WACHT_ALLOWED_CLIENTS", "oc_a,oc_b"),
+            ("WACHT_JWT_ALLOWED_CLIENTS", "oc_b oc_a"),
+        ])
+        .unwrap();
+        assert_eq!(same.pins.allowed_clients, ["oc_a", "oc_b"]);
+        for (new, old) in [
+            ("WACHT_ALLOWED_CLIENTS", "WACHT_JWT_ALLOWED_CLIENTS"),
+            ("WACHT_ACCEPTED_TENANTS", "WACHT_JWT_TENANTS"),
+        ] {
+            let err = with(&[(new, "urn:wacht:workspace:1"), (old, "urn:wacht:workspace:2")]).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(new) && text.contains(old), "{text}");
+        }
+        for (name, value) in [
+            ("WACHT_ACCEPTED_TENANTS", "urn:wacht:team:5"),
+            ("WACHT_ACCEPTED_TENANTS", "urn:wacht:workspace:05"),
+            ("WACHT_JWT_TENANTS", "workspace:5"),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ impl fmt::Display for ApiKey {
 /// | `api_key` | none | sent to the gateway as `Authorization: Bearer` |
 /// | `expected_deployment_id` / `expected_issuer` | required, one or both | tokens of other Wacht deployments get 401; [`accept_any_deployment`](WachtAuthConfigBuilder::accept_any_deployment) opts out (logged) |
 /// | `expected_audience` | none (the metadata `resource` when one is set) | tokens issued for other resources get 401 |
+/// | `allowed_clients` | any | a token of any OAuth client (for an API key: any app) that passes the pins is served |
+/// | `accepted_tenants` | any | a token for any organization, workspace or user that passes the pins is served |
 /// | `denied_clients` | none | OAuth clients refused even when the gateway allows them |
 /// | `ttl` | 30 s | a revoked token keeps working on this server for at most this long (never past its expiry) |
 /// | `negative_ttl` | 5 s | a token the gateway rejected is rejected locally for this long (zero: not remembered) |
@@ -187,6 +189,11 @@ pub(crate) struct PinSettings {
     pub(crate) expected_audience: Option<String>,
     pub(crate) accept_any_deployment: bool,
     pub(crate) denied_clients: Vec<String>,
+    /// The OAuth clients served (empty: any). Validated by `build`, which also takes in the
+    /// deprecated `JwtConfig` list.
+    pub(crate) allowed_clients: Vec<String>,
+    /// The tenant URNs served (empty: any). As `allowed_clients`.
+    pub(crate) accepted_tenants: Vec<String>,
 }
 
 /// What 401 and 403 challenges carry.

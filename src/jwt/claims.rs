@@ -1,6 +1,7 @@
 //! The claims of a Wacht JWT access token: read strictly, then checked against the policy
-//! (token use, lifetime, tenant, client) and turned into the same [`Grant`] the gateway path
-//! produces.
+//! (token use, lifetime, audience) and turned into the same [`Grant`] the gateway path
+//! produces. Which clients and tenants are served is not a JWT rule: the verifier checks it
+//! for every grant, whatever its source.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,10 +40,6 @@ pub(crate) struct Claims {
 #[derive(Debug, Default)]
 pub(crate) struct ClaimPolicy {
     pub(crate) leeway: Duration,
-    /// Accepted tenants; empty: any tenant of the issuer.
-    pub(crate) tenants: Vec<ResourceUrn>,
-    /// Accepted OAuth clients; empty: any client of the issuer.
-    pub(crate) clients: Vec<String>,
     pub(crate) definitions: Vec<ScopeDefinition>,
 }
 
@@ -50,8 +47,6 @@ impl ClaimPolicy {
     pub(crate) fn from_config(config: &super::JwtConfig) -> Self {
         ClaimPolicy {
             leeway: config.leeway,
-            tenants: config.tenants.iter().map(|t| ResourceUrn::parse(t)).collect(),
-            clients: config.clients.clone(),
             definitions: config.definitions.clone(),
         }
     }
@@ -130,14 +125,8 @@ impl Claims {
             Some(ResourceUrn::User(_)) => return Err(Refusal::UserMismatch),
             _ => return Err(Refusal::WrongAudience),
         };
-        if !policy.tenants.is_empty() && !policy.tenants.contains(&resource) {
-            return Err(Refusal::TenantNotAccepted);
-        }
         if self.client_id.is_empty() {
             return Err(Refusal::Malformed);
-        }
-        if !policy.clients.is_empty() && !policy.clients.contains(&self.client_id) {
-            return Err(Refusal::ClientNotAllowed);
         }
         let scopes: Vec<&str> = self.scope.split_ascii_whitespace().collect();
         let permissions = effective_permissions(&scopes, &resource, &policy.definitions);

@@ -1,5 +1,6 @@
-//! [`JwtConfig`]: which issuers, tenants and clients are trusted, leeway, JWKS refresh and
-//! maximum age, and how long session denials last.
+//! [`JwtConfig`]: which issuers are trusted, leeway, JWKS refresh and maximum age, and how
+//! long session denials last. (Which clients and tenants are served is the verifier's, for
+//! every token: [`WachtAuthConfigBuilder::allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients).)
 
 use std::time::Duration;
 
@@ -7,7 +8,6 @@ use reqwest::Url;
 
 use super::ScopeDefinition;
 use crate::error::ConfigError;
-use crate::principal::ResourceUrn;
 
 /// Default leeway on `exp`, `iat` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -33,8 +33,6 @@ pub const DEFAULT_SESSION_DENIAL_LIFETIME: Duration = Duration::from_secs(30 * 2
 ///
 /// | setting | default | consequence |
 /// | --- | --- | --- |
-/// | `accepted_tenants` | any | a JWT for any organization, workspace or user of the issuer is accepted |
-/// | `allowed_clients` | any | a JWT of any OAuth client of the issuer is accepted |
 /// | `leeway` | 30 s | clock skew tolerated on `exp`, `iat`, `nbf` (at most 5 min) |
 /// | `jwks_refresh` | 5 min | a key withdrawn from the JWKS (compromised) stops verifying within this plus one fetch (`request_timeout`) |
 /// | `unknown_kid_refresh` | 30 s | made-up `kid`s cause at most one JWKS fetch per this interval |
@@ -42,10 +40,18 @@ pub const DEFAULT_SESSION_DENIAL_LIFETIME: Duration = Duration::from_secs(30 * 2
 /// | `session_denial_lifetime` | 30 days | [`deny_session`](crate::Verifier::deny_session) lasts this long |
 /// | `scope_definitions` | none | permissions are the scopes alone |
 /// | `accept_tenant_audience` | off | with an `expected_audience` (MCP), JWTs are refused: they name a tenant, not this resource |
+///
+/// Which OAuth clients and tenants are served is set on the configuration, for every token
+/// whatever its format: [`WachtAuthConfigBuilder::allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients)
+/// and [`accepted_tenants`](crate::WachtAuthConfigBuilder::accepted_tenants) (by default, any
+/// client and tenant of the issuer). This type's [`allowed_clients`](Self::allowed_clients)
+/// and [`accepted_tenants`](Self::accepted_tenants) are deprecated aliases of them.
 #[derive(Clone, Debug)]
 pub struct JwtConfig {
     pub(crate) extra_issuers: Vec<String>,
+    /// The deprecated alias of the configuration's `accepted_tenants`, taken in by `build`.
     pub(crate) tenants: Vec<String>,
+    /// The deprecated alias of the configuration's `allowed_clients`, taken in by `build`.
     pub(crate) clients: Vec<String>,
     pub(crate) leeway: Duration,
     pub(crate) jwks_refresh: Duration,
@@ -87,10 +93,13 @@ impl JwtConfig {
         self
     }
 
-    /// Accepts only JWTs whose audience is one of these tenant URNs
-    /// (`urn:wacht:organization:<id>`, `urn:wacht:workspace:<id>`, `urn:wacht:user:<id>`).
-    /// A Wacht JWT names the tenant the user granted, not an API: this and
-    /// [`allowed_clients`](Self::allowed_clients) are how a server narrows whom it serves.
+    /// **Deprecated**: use [`WachtAuthConfigBuilder::accepted_tenants`](crate::WachtAuthConfigBuilder::accepted_tenants),
+    /// which applies to every token. This alias now does the same (it no longer binds JWTs
+    /// only: an opaque token for another tenant is refused too), and
+    /// [`build`](crate::WachtAuthConfigBuilder::build) logs a warning naming the new setting.
+    /// Given both, `build` accepts them when they name the same URNs and refuses them
+    /// ([`ConfigError`](crate::ConfigError) naming both) otherwise.
+    #[deprecated(note = "use WachtAuthConfigBuilder::accepted_tenants, which applies to every token (opaque or JWT)")]
     pub fn accepted_tenants<I, S>(mut self, urns: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -100,7 +109,13 @@ impl JwtConfig {
         self
     }
 
-    /// Accepts only JWTs issued to these OAuth client ids (`client_id`).
+    /// **Deprecated**: use [`WachtAuthConfigBuilder::allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients),
+    /// which applies to every token. This alias now does the same (it no longer binds JWTs
+    /// only: an opaque token of another client is refused too), and
+    /// [`build`](crate::WachtAuthConfigBuilder::build) logs a warning naming the new setting.
+    /// Given both, `build` accepts them when they name the same ids and refuses them
+    /// ([`ConfigError`](crate::ConfigError) naming both) otherwise.
+    #[deprecated(note = "use WachtAuthConfigBuilder::allowed_clients, which applies to every token (opaque or JWT)")]
     pub fn allowed_clients<I, S>(mut self, client_ids: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -170,8 +185,10 @@ impl JwtConfig {
     /// resource (`expected_audience`, set by MCP resource metadata), although a Wacht JWT's
     /// `aud` is the tenant URN and never this resource: any JWT of a trusted issuer for an
     /// accepted tenant and client is then accepted here, including one a client obtained for
-    /// another API. Narrow it with [`allowed_clients`](Self::allowed_clients) and
-    /// [`accepted_tenants`](Self::accepted_tenants). Logged at `warn` when the verifier is built.
+    /// another API. Narrow it with
+    /// [`WachtAuthConfigBuilder::allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients)
+    /// and [`accepted_tenants`](crate::WachtAuthConfigBuilder::accepted_tenants). Logged at
+    /// `warn` when the verifier is built.
     pub fn accept_tenant_audience(mut self) -> Self {
         self.accept_tenant_audience = true;
         self
@@ -187,23 +204,6 @@ impl JwtConfig {
         };
         for issuer in std::iter::once(issuer).chain(self.extra_issuers.iter().map(String::as_str)) {
             jwks_url(issuer)?;
-        }
-        for urn in &self.tenants {
-            if !matches!(
-                ResourceUrn::parse(urn),
-                ResourceUrn::Organization(_) | ResourceUrn::Workspace(_) | ResourceUrn::User(_)
-            ) {
-                return Err(ConfigError::invalid(
-                    "jwt accepted_tenants",
-                    format!("`{urn}` is not a Wacht tenant URN"),
-                ));
-            }
-        }
-        if self.clients.iter().any(|c| c.trim().is_empty()) {
-            return Err(ConfigError::invalid(
-                "jwt allowed_clients",
-                "must not contain an empty id",
-            ));
         }
         if self.leeway > MAX_LEEWAY {
             return Err(ConfigError::invalid("jwt leeway", "at most 300 s"));

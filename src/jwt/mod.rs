@@ -22,7 +22,11 @@
 //!    (until one exists: 503 with `Retry-After`); a key set older than `jwks_max_stale`
 //!    verifies nothing (503);
 //! 5. `token_use` is `access_token` (an id_token is signed by the same key), `aud` is a Wacht
-//!    tenant URN (for a user URN, the user is `sub`), the tenant and client are accepted.
+//!    tenant URN (for a user URN, the user is `sub`).
+//!
+//! Then, as for every token whatever its format, the verifier's pins and allow lists
+//! ([`allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients),
+//! [`accepted_tenants`](crate::WachtAuthConfigBuilder::accepted_tenants)) and deny lists.
 //!
 //! Effective permissions are the scopes plus the mapping of the app's
 //! [`ScopeDefinition`]s, computed as the gateway does. Unlike the gateway, nothing here knows
@@ -85,10 +89,6 @@ pub(crate) enum Refusal {
     WrongAudience,
     /// A user URN audience of another user than `sub`.
     UserMismatch,
-    /// The tenant is not an accepted one.
-    TenantNotAccepted,
-    /// The OAuth client is not an allowed one.
-    ClientNotAllowed,
     /// The server pins its RFC 8707 resource and JWTs name a tenant.
     ResourceAudienceRequired,
 }
@@ -109,8 +109,6 @@ impl Refusal {
             Refusal::WrongTokenUse => "wrong_token_use",
             Refusal::WrongAudience => "wrong_audience",
             Refusal::UserMismatch => "user_mismatch",
-            Refusal::TenantNotAccepted => "tenant_not_accepted",
-            Refusal::ClientNotAllowed => "client_not_allowed",
             Refusal::ResourceAudienceRequired => "resource_audience_required",
         }
     }
@@ -122,11 +120,9 @@ impl Refusal {
             Refusal::Malformed => InvalidTokenReason::Malformed,
             Refusal::Expired => InvalidTokenReason::Expired,
             Refusal::WrongIssuer => InvalidTokenReason::WrongIssuer,
-            Refusal::WrongAudience
-            | Refusal::UserMismatch
-            | Refusal::TenantNotAccepted
-            | Refusal::ResourceAudienceRequired => InvalidTokenReason::WrongAudience,
-            Refusal::ClientNotAllowed => InvalidTokenReason::DeniedClient,
+            Refusal::WrongAudience | Refusal::UserMismatch | Refusal::ResourceAudienceRequired => {
+                InvalidTokenReason::WrongAudience
+            }
             Refusal::DisallowedAlgorithm
             | Refusal::DisallowedHeader
             | Refusal::UnknownKey
@@ -207,7 +203,8 @@ fn signed_grant(
 /// One JWT checked against a fixed key set, with no cache, no network and no `Verifier`:
 /// every step of [`jwt`](self) verification, synchronously. It is the entry point of the
 /// `jwt` fuzz target and the verify-on-every-request baseline of the benchmarks; a server
-/// uses [`JwtConfig`] through the layer instead.
+/// uses [`JwtConfig`] through the layer instead. The allow lists are the verifier's, not a JWT
+/// rule: they are not applied here (nor the deprecated `JwtConfig` aliases of them).
 #[doc(hidden)]
 pub struct StaticJwtVerifier {
     issuer: String,

@@ -78,6 +78,13 @@ pub enum InvalidTokenReason {
     WrongAudience,
     /// Its OAuth client is denied on this server.
     DeniedClient,
+    /// Its OAuth client (for an API key, its app) is not in this server's
+    /// [`allowed_clients`](crate::WachtAuthConfigBuilder::allowed_clients).
+    ClientNotAllowed,
+    /// Its tenant (the granted resource: an organization, workspace or user; for an API key,
+    /// its organization or workspace) is not in this server's
+    /// [`accepted_tenants`](crate::WachtAuthConfigBuilder::accepted_tenants), or it names none.
+    TenantNotAccepted,
     /// A JWT whose `exp` has passed.
     Expired,
     /// A JWT of a session or with a token id denied on this server
@@ -104,6 +111,12 @@ impl InvalidTokenReason {
             InvalidTokenReason::WrongIssuer => "The access token was issued by another issuer.",
             InvalidTokenReason::WrongAudience => "The access token was not issued for this resource.",
             InvalidTokenReason::DeniedClient => "The OAuth client of this access token is not allowed here.",
+            InvalidTokenReason::ClientNotAllowed => {
+                "The access token was issued to a client this server does not serve."
+            }
+            InvalidTokenReason::TenantNotAccepted => {
+                "The access token was granted for a tenant this server does not serve."
+            }
             InvalidTokenReason::Expired => "The access token has expired.",
             InvalidTokenReason::Revoked => "The access token was revoked.",
             InvalidTokenReason::ApiKeyNotAccepted => "API keys are not accepted here; use an OAuth access token.",
@@ -121,6 +134,8 @@ impl InvalidTokenReason {
             InvalidTokenReason::WrongIssuer => "wrong_issuer",
             InvalidTokenReason::WrongAudience => "wrong_audience",
             InvalidTokenReason::DeniedClient => "denied_client",
+            InvalidTokenReason::ClientNotAllowed => "client_not_allowed",
+            InvalidTokenReason::TenantNotAccepted => "tenant_not_accepted",
             InvalidTokenReason::Expired => "expired",
             InvalidTokenReason::Revoked => "revoked",
             InvalidTokenReason::ApiKeyNotAccepted => "api_key_not_accepted",
@@ -282,6 +297,8 @@ mod tests {
             WrongIssuer,
             WrongAudience,
             DeniedClient,
+            ClientNotAllowed,
+            TenantNotAccepted,
             Expired,
             Revoked,
         ];

@@ -1,7 +1,9 @@
 //! A verdict → a cache entry or a refusal, in one place: the gateway's decision and the pins
 //! (deployment, issuer, audience: the gateway checks none of them), or a JWT's verification
-//! (which checked its own issuer and audience); then the deny lists (the client deny list
-//! here, the session and token-id denials in [`revoked`](super::revoked)).
+//! (which checked its own issuer and audience); then, for every grant whatever its source, the
+//! allow lists (client, tenant) and the deny lists (the client deny list here, the session
+//! and token-id denials in [`revoked`](super::revoked)). A grant enters the cache (and so the
+//! outage grace) only through here: a cache hit pays for none of these checks.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -15,7 +17,7 @@ use crate::cache::Entry;
 use crate::config::PinSettings;
 use crate::gateway::{Decision, GatewayError};
 use crate::jwt::{JwtFailure, Unavailable};
-use crate::principal::{DeploymentId, Grant};
+use crate::principal::{DeploymentId, Grant, ResourceUrn};
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
@@ -66,6 +68,17 @@ impl Verifier {
                 });
             }
         };
+        // Every grant, whatever its source (the gateway, the fleet's shared tier, a JWT): the
+        // same grant gets the same answer whatever its format.
+        if let Err(reason) = self.pins.admits(&grant) {
+            tracing::info!(
+                client_id = grant.client_id.as_str(),
+                reason = reason.label(),
+                "token refused by the allow lists"
+            );
+            telemetry::foreign_failure(reason.label());
+            return Err(self.reject(hash, reason).await);
+        }
         if self.is_denied(grant.client_id.as_str()) {
             tracing::info!(
                 client_id = grant.client_id.as_str(),
@@ -135,12 +148,17 @@ impl Verifier {
     }
 }
 
-/// What a token must match besides being valid.
+/// What a token must match besides being valid: the pins (checked on gateway grants; a JWT's
+/// verifier checks its own issuer and audience) and the allow lists (checked on every grant).
 #[derive(Debug)]
 pub(super) struct Pins {
     deployment_id: Option<DeploymentId>,
     issuer: Option<String>,
     audience: Option<Url>,
+    /// The OAuth clients served; empty: any.
+    clients: HashSet<Box<str>>,
+    /// The tenants served; empty: any.
+    tenants: HashSet<ResourceUrn>,
 }
 
 impl Pins {
@@ -150,7 +168,31 @@ impl Pins {
             issuer: settings.expected_issuer.clone(),
             // Validated by the builder: a configured audience always parses.
             audience: settings.expected_audience.as_deref().and_then(|a| Url::parse(a).ok()),
+            clients: settings.allowed_clients.iter().map(|c| Box::from(c.as_str())).collect(),
+            // Validated by the builder: every configured tenant is a tenant URN.
+            tenants: settings
+                .accepted_tenants
+                .iter()
+                .map(|t| ResourceUrn::parse(t))
+                .collect(),
         }
+    }
+
+    /// `Ok` when the grant's client and tenant are served here (each list, when not empty,
+    /// names them). A grant that names no tenant is refused once tenants are listed.
+    pub(super) fn admits(&self, grant: &Grant) -> Result<(), InvalidTokenReason> {
+        if !self.clients.is_empty() && !self.clients.contains(grant.client_id.as_str()) {
+            return Err(InvalidTokenReason::ClientNotAllowed);
+        }
+        if !self.tenants.is_empty()
+            && !grant
+                .granted_resource
+                .as_ref()
+                .is_some_and(|tenant| self.tenants.contains(tenant))
+        {
+            return Err(InvalidTokenReason::TenantNotAccepted);
+        }
+        Ok(())
     }
 
     /// `Ok` when the grant matches every configured pin.

@@ -485,3 +485,51 @@ async fn the_replica_that_invalidates_does_not_take_the_voided_answer_back_from_
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(verifier.verify(&t).await.is_err());
 }
+
+/// The allow lists bind a grant read back from Redis too. Replica A serves every client and
+/// writes the gateway's answer for a stranger's token into the shared tier; replica B serves
+/// one client only and reads that answer instead of asking the gateway: it must still refuse
+/// it. B's refusal is its own (kept in its local negative cache, never written to Redis), so A
+/// keeps serving the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_from_the_shared_tier_is_refused_by_a_replica_whose_allow_lists_exclude_it() {
+    use tower_wacht::WachtAuthLayer;
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let open = replica(&gateway, fleet_config(&redis), "/").await;
+    let config = crate::harness::replica_config(&gateway, fleet_config(&redis), "/")
+        .to_builder()
+        .allowed_clients(["oc_fleetAllowed00000000000000001"])
+        .build()
+        .expect("valid config");
+    let narrow = crate::harness::serve(WachtAuthLayer::new(config).expect("layer builds")).await;
+    crate::harness::wait_connected(&open).await;
+    crate::harness::wait_connected(&narrow).await;
+    let http = reqwest::Client::new();
+
+    let stranger = token(&gateway, "oc_fleetStranger0000000000000001");
+    assert_eq!(status(&http, &open, &stranger).await, 200);
+    assert_eq!(gateway.calls(), 1);
+    let resp = http
+        .get(format!("http://{}/whoami", narrow.addr))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .expect("request completes");
+    assert_eq!(resp.status(), 401, "a shared grant of a client not allowed here");
+    let challenge = crate::common::challenge(&resp);
+    assert!(
+        challenge.contains(r#"error="invalid_token""#) && challenge.contains("client this server does not serve"),
+        "{challenge}"
+    );
+    assert_eq!(gateway.calls(), 1, "the narrow replica judged the shared answer");
+    assert_eq!(status(&http, &narrow, &stranger).await, 401, "remembered");
+    assert_eq!(status(&http, &open, &stranger).await, 200, "the refusal is not shared");
+
+    // An allowed client's shared grant is served by both.
+    let allowed = token(&gateway, "oc_fleetAllowed00000000000000001");
+    assert_eq!(status(&http, &open, &allowed).await, 200);
+    assert_eq!(status(&http, &narrow, &allowed).await, 200);
+    assert_eq!(gateway.calls(), 2, "one gateway call per token for the whole fleet");
+}

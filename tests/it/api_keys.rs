@@ -269,3 +269,29 @@ async fn keys_need_a_pinned_deployment_and_sane_prefixes() {
     );
     let _ = RESOURCE;
 }
+
+/// The allow lists bind keys like tokens: a key's client is its app, its tenant its
+/// organization / workspace.
+#[tokio::test]
+async fn the_allow_lists_bind_api_keys_too() {
+    let app = start(|b| {
+        b.api_key_prefixes(["sk_live"])
+            .allowed_clients([APP])
+            .accepted_tenants(["urn:wacht:organization:427001234567890561"])
+    })
+    .await;
+    let ours = register(&app, billing());
+    let other_tenant = register(&app, billing().organization(999, 1));
+    let other_app = register(&app, ApiKeyGrant::new("stranger").organization(427001234567890561, 1));
+    let no_tenant = register(&app, ApiKeyGrant::new(APP));
+    assert_eq!(app.get("/whoami", Some(&ours)).await.status(), 200);
+    for (what, key) in [
+        ("another tenant", other_tenant),
+        ("another app", other_app),
+        ("no tenant", no_tenant),
+    ] {
+        let resp = app.get("/whoami", Some(&key)).await;
+        assert_eq!(resp.status(), 401, "{what}");
+        assert!(challenge(&resp).contains("invalid_token"), "{what}");
+    }
+}

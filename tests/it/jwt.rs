@@ -572,11 +572,11 @@ async fn a_resource_pinned_server_refuses_jwts_unless_it_accepts_the_tenant_audi
 #[tokio::test]
 async fn allowed_clients_and_accepted_tenants_narrow_who_is_served() {
     let app = start_jwt(
-        |j| {
-            j.allowed_clients([CLIENT])
+        |j| j,
+        |b| {
+            b.allowed_clients([CLIENT])
                 .accepted_tenants([ORG_URN, "urn:wacht:workspace:9"])
         },
-        |b| b,
     )
     .await;
     assert_eq!(
@@ -655,7 +655,18 @@ async fn jwt_config_is_validated() {
     let err = build(
         WachtAuthConfig::builder()
             .expected_issuer("https://auth.example.com")
-            .jwt(JwtConfig::new().accepted_tenants(["urn:wacht:team:1"])),
+            .accepted_tenants(["urn:wacht:team:1"])
+            .jwt(JwtConfig::new()),
+    )
+    .unwrap_err();
+    assert!(err.contains("tenant"), "{err}");
+    // Through the deprecated alias too.
+    #[allow(deprecated)]
+    let jwt = JwtConfig::new().accepted_tenants(["urn:wacht:team:1"]);
+    let err = build(
+        WachtAuthConfig::builder()
+            .expected_issuer("https://auth.example.com")
+            .jwt(jwt),
     )
     .unwrap_err();
     assert!(err.contains("tenant"), "{err}");

@@ -17,6 +17,7 @@ mod common;
 #[path = "../../examples/grpc_server.rs"]
 mod grpc_server;
 
+mod allow_lists;
 mod api_keys;
 mod custom_gateway;
 mod dev_issuer;
