@@ -307,7 +307,7 @@ pub fn app(auth: WachtAuthLayer) -> Router {
     Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(guard)
-        .layer(auth.clone())
+        .layer(auth.oauth_only()) // MCP clients authorize with OAuth: never an API key here
         .merge(auth.metadata_router())
         .layer(cors())
 }

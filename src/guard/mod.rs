@@ -50,6 +50,15 @@ pub enum Requirement {
 pub struct Permissions {
     requirement: Requirement,
     permissions: Arc<[Box<str>]>,
+    /// The credentials that may hold them (`None`: any the auth layer takes).
+    credentials: Option<Credentials>,
+}
+
+/// Which credentials a rule admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    OAuth,
+    ApiKeys,
 }
 
 impl Permissions {
@@ -88,6 +97,39 @@ impl Permissions {
         Permissions {
             requirement,
             permissions: permissions.into_iter().map(Into::into).collect(),
+            credentials: None,
+        }
+    }
+
+    /// These permissions, held by an OAuth access token (opaque or JWT) only: an API key is
+    /// refused with 401 `invalid_token`, whatever its permissions. For one gRPC method or MCP
+    /// tool of a layer that also takes keys; a whole route says it with
+    /// [`WachtAuthLayer::oauth_only`](crate::WachtAuthLayer::oauth_only).
+    #[must_use]
+    pub fn oauth_only(mut self) -> Self {
+        self.credentials = Some(Credentials::OAuth);
+        self
+    }
+
+    /// These permissions, held by an API key only: an access token is refused with 401
+    /// `invalid_token`.
+    #[must_use]
+    pub fn api_keys_only(mut self) -> Self {
+        self.credentials = Some(Credentials::ApiKeys);
+        self
+    }
+
+    /// The refusal of a principal holding a credential this rule does not admit.
+    fn credential_refusal(&self, principal: &Principal) -> Option<AuthError> {
+        let is_key = principal.credential_kind() == crate::principal::CredentialKind::ApiKey;
+        match (self.credentials?, is_key) {
+            (Credentials::OAuth, true) => Some(AuthError::InvalidToken(
+                crate::reject::InvalidTokenReason::ApiKeyNotAccepted,
+            )),
+            (Credentials::ApiKeys, false) => Some(AuthError::InvalidToken(
+                crate::reject::InvalidTokenReason::ApiKeyRequired,
+            )),
+            _ => None,
         }
     }
 
@@ -101,18 +143,27 @@ impl Permissions {
         self.requirement
     }
 
-    /// True if the principal satisfies the requirement (exact, case-sensitive membership).
+    /// True if the principal satisfies the requirement (exact, case-sensitive membership), with
+    /// a credential the rule admits.
     pub fn is_satisfied_by(&self, principal: &Principal) -> bool {
+        if self.credential_refusal(principal).is_some() {
+            return false;
+        }
         match self.requirement {
             Requirement::All => self.iter().all(|p| principal.has_permission(p)),
             Requirement::Any => self.iter().any(|p| principal.has_permission(p)),
         }
     }
 
-    /// Checks a principal: `Ok` or the 403 `insufficient_scope` error naming the permissions
+    /// Checks a principal: `Ok`; 401 `invalid_token` for a credential the rule does not admit
+    /// ([`oauth_only`](Self::oauth_only), [`api_keys_only`](Self::api_keys_only)); or the 403
+    /// `insufficient_scope` error naming the permissions
     /// needed (the missing ones for all-of, the first alternative for any-of) followed by the
     /// scopes the token already has.
     pub fn check(&self, principal: &Principal) -> Result<(), AuthError> {
+        if let Some(refusal) = self.credential_refusal(principal) {
+            return Err(refusal);
+        }
         if self.is_satisfied_by(principal) {
             return Ok(());
         }

@@ -295,3 +295,52 @@ async fn the_allow_lists_bind_api_keys_too() {
         assert!(challenge(&resp).contains("invalid_token"), "{what}");
     }
 }
+
+/// One gRPC method (or route, or MCP tool) of a layer that takes both can say which
+/// credential holds its permissions: `Permissions::oauth_only()` / `api_keys_only()`.
+#[tokio::test]
+async fn a_method_rule_can_admit_one_credential_kind() {
+    use tower_wacht::{Permissions, RequireMethodPermissionsLayer};
+    let app = keys_app().await;
+    let key = register(&app, billing());
+    let token = app.token(&["projects:read"]);
+    let guard = RequireMethodPermissionsLayer::new()
+        .route(
+            "/billing.v1.Billing/Approve",
+            Permissions::all(["org:projects:read"]).oauth_only(),
+        )
+        .route(
+            "/billing.v1.Billing/Export",
+            Permissions::all(["org:projects:read"]).api_keys_only(),
+        );
+    let router = Router::new()
+        .route(
+            "/billing.v1.Billing/Approve",
+            axum::routing::post(|| async { "approved" }),
+        )
+        .route(
+            "/billing.v1.Billing/Export",
+            axum::routing::post(|| async { "exported" }),
+        )
+        .layer(guard)
+        .layer(app.auth.clone());
+    let addr = serve(router).await;
+    let call = |path: &str, credential: &str| {
+        app.http
+            .post(format!("http://{addr}{path}"))
+            .bearer_auth(credential)
+            .send()
+    };
+    let approve = "/billing.v1.Billing/Approve";
+    let export = "/billing.v1.Billing/Export";
+    assert_eq!(call(approve, &token).await.unwrap().status(), 200);
+    let resp = call(approve, &key).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        401,
+        "a key holds the permission, but not for this method"
+    );
+    assert!(challenge(&resp).contains("API keys are not accepted"));
+    assert_eq!(call(export, &key).await.unwrap().status(), 200);
+    assert_eq!(call(export, &token).await.unwrap().status(), 401);
+}
