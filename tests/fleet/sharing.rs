@@ -533,3 +533,74 @@ async fn a_grant_from_the_shared_tier_is_refused_by_a_replica_whose_allow_lists_
     assert_eq!(status(&http, &narrow, &allowed).await, 200);
     assert_eq!(gateway.calls(), 2, "one gateway call per token for the whole fleet");
 }
+
+/// An API key is shared like a token: one gateway call for the whole fleet, its identity
+/// (key id, app, tenant, metadata) read back intact from Redis; replicas that take other
+/// prefixes never share with these (the prefixes are part of the check profile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_is_shared_across_the_fleet_with_its_identity() {
+    use serde_json::json;
+    use tower_wacht::WachtAuthLayer;
+    use tower_wacht::testing::{ApiKeyGrant, generate_api_key};
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let with_keys = |prefixes: &'static [&'static str]| {
+        crate::harness::replica_config(&gateway, fleet_config(&redis), "/")
+            .to_builder()
+            .api_key_prefixes(prefixes.iter().copied())
+            .build()
+            .expect("valid config")
+    };
+    let a = crate::harness::serve(WachtAuthLayer::new(with_keys(&["sk_live"])).expect("layer")).await;
+    let b = crate::harness::serve(WachtAuthLayer::new(with_keys(&["sk_live"])).expect("layer")).await;
+    let other = crate::harness::serve(WachtAuthLayer::new(with_keys(&["sk_test"])).expect("layer")).await;
+    for r in [&a, &b, &other] {
+        crate::harness::wait_connected(r).await;
+    }
+    let key = generate_api_key("sk_live");
+    gateway.register_api_key(
+        &key,
+        ApiKeyGrant::new("billing")
+            .key_id(8080)
+            .workspace(55, 66)
+            .permissions(["reports:read"])
+            .metadata("team", json!("finance")),
+    );
+    let http = reqwest::Client::new();
+    let whoami = |addr: std::net::SocketAddr| {
+        let http = http.clone();
+        let key = key.clone();
+        async move {
+            let resp = http
+                .get(format!("http://{addr}/whoami"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request completes");
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.ok())
+        }
+    };
+    let (status_a, body_a) = whoami(a.addr).await;
+    assert_eq!(status_a, 200);
+    let (status_b, body_b) = whoami(b.addr).await;
+    assert_eq!(status_b, 200);
+    assert_eq!(gateway.calls(), 1, "B read A's answer from Redis");
+    let (mut body_a, mut body_b) = (body_a.expect("json"), body_b.expect("json"));
+    // Redis keeps times in milliseconds.
+    for body in [&mut body_a, &mut body_b] {
+        body.as_object_mut().expect("object").remove("expires_at");
+    }
+    assert_eq!(body_b, body_a, "the same principal on both replicas");
+    assert_eq!(body_b["credential_kind"], "api_key");
+    assert_eq!(body_b["api_key"]["key_id"], "8080");
+    assert_eq!(body_b["api_key"]["workspace_membership_id"], "66");
+    assert_eq!(body_b["api_key"]["metadata"]["team"], "finance");
+    assert_eq!(body_b["granted_resource"], "urn:wacht:workspace:55");
+    // A replica that does not take `sk_live` keys asks as a token and is refused; it never
+    // reads the key's shared answer.
+    let (status_other, _) = whoami(other.addr).await;
+    assert_eq!(status_other, 401);
+    assert_eq!(gateway.calls(), 2);
+    assert_eq!(gateway.requests()[1].principal_type, "oauth_access_token");
+}
