@@ -13,6 +13,11 @@
 //! body (which ends the stream with the token) against the same body unwatched and alone, in
 //! one run: a body that always has a frame ready, polled inside a Tokio runtime, in place and
 //! boxed (as Axum and Tonic hold a response body).
+//!
+//! `credential`: a hit per credential kind, in one run: an opaque token through a layer
+//! without API keys (the baseline), the same token through a layer taking `sk_live` keys, an
+//! API key in `Authorization` and in `x-api-key`, and the token through `oauth_only()`; then
+//! the same cases interleaved in rounds, as ratios to the baseline.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -32,7 +37,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
-use tower_wacht::principal::{DeploymentId, Grant, OrganizationId, StringSet, UserId};
+use tower_wacht::principal::{
+    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, OrganizationId, StringSet, UserId,
+};
 use tower_wacht::token::{TokenHash, bearer_from_headers};
 use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
 
@@ -65,8 +72,20 @@ fn grant(client: &str) -> Grant {
 }
 
 impl Gateway for AllowAll {
-    fn check<'a>(&'a self, _r: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
-        Box::pin(async {
+    fn check<'a>(&'a self, r: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
+        let kind = r.kind;
+        Box::pin(async move {
+            if kind == CredentialKind::ApiKey {
+                // What the gateway answers for a key: its app, tenant and identity.
+                let mut g = grant("billing-service");
+                g.scopes = StringSet::default();
+                g.oauth_resource = None;
+                g.issuer = None;
+                let mut key = ApiKeyIdentity::new(ApiKeyId(7001), "nightly export", "billing-service");
+                key.organization_id = Some(OrganizationId(427001234567890561));
+                g.api_key = Some(std::sync::Arc::new(key));
+                return Ok(Decision::Allowed(Box::new(g)));
+            }
             Ok(Decision::Allowed(Box::new(grant(
                 "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl",
             ))))
@@ -257,6 +276,90 @@ fn stages(c: &mut Criterion) {
     let mut wrapped = auth.clone().layer(Noop);
     g.bench_function("layer_cache_hit", |b| b.iter(|| call(&mut wrapped, &header)));
     g.finish();
+}
+
+/// A hit per credential kind (see the module docs), criterion then interleaved rounds.
+fn credential(c: &mut Criterion) {
+    const KEY: &str = "sk_live_2F1s22P-YJhDkOjojWARDPmrr7Y4Y6NQkbU7flSku_0";
+    let plain = layer(10_000);
+    let config = WachtAuthConfig::builder()
+        .max_capacity(10_000)
+        .ttl(Duration::from_secs(3600))
+        .expected_deployment_id(418223109876543489)
+        .api_key_prefixes(["sk_live", "sk_test"])
+        .api_key_header(http::HeaderName::from_static("x-api-key"))
+        .build()
+        .unwrap();
+    let keys = WachtAuthLayer::with_gateway(config, AllowAll).unwrap();
+    let tok = token(0);
+    let rt = runtime();
+    rt.block_on(async {
+        plain.verifier().verify(&tok).await.unwrap();
+        keys.verifier().verify(&tok).await.unwrap();
+        let key = keys.verifier().verify(KEY).await.unwrap();
+        assert_eq!(key.credential_kind(), CredentialKind::ApiKey);
+    });
+    let token_header = HeaderValue::from_str(&format!("Bearer {tok}")).unwrap();
+    let key_header = HeaderValue::from_str(&format!("Bearer {KEY}")).unwrap();
+    let x_api_key = HeaderValue::from_static(KEY);
+    let mut token_plain = plain.clone().layer(Noop);
+    let mut token_keys = keys.clone().layer(Noop);
+    let mut key_keys = keys.clone().layer(Noop);
+    let mut key_x = keys.clone().layer(Noop);
+    let mut token_oauth_only = keys.oauth_only().layer(Noop);
+    let by_x_api_key = |svc: &mut _| {
+        let mut req: Request<Empty<Bytes>> = Request::new(Empty::new());
+        req.headers_mut().insert("x-api-key", x_api_key.clone());
+        let fut = Service::call(svc, req);
+        black_box(fut.now_or_never());
+    };
+    type Case<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+    let mut cases: Vec<Case<'_>> = vec![
+        (
+            "token, layer without API keys (baseline)",
+            Box::new(|| call(&mut token_plain, &token_header)),
+        ),
+        (
+            "token, layer taking API keys",
+            Box::new(|| call(&mut token_keys, &token_header)),
+        ),
+        (
+            "API key in Authorization",
+            Box::new(|| call(&mut key_keys, &key_header)),
+        ),
+        ("API key in x-api-key", Box::new(|| by_x_api_key(&mut key_x))),
+        (
+            "token, oauth_only() layer",
+            Box::new(|| call(&mut token_oauth_only, &token_header)),
+        ),
+    ];
+    let mut g = c.benchmark_group("credential");
+    for (name, run) in cases.iter_mut() {
+        g.bench_function(*name, |b| b.iter(&mut *run));
+    }
+    g.finish();
+
+    const ROUNDS: usize = 15;
+    const CALLS: usize = 20_000;
+    let mut samples = vec![Vec::with_capacity(ROUNDS); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, run)) in cases.iter_mut().enumerate() {
+            let started = std::time::Instant::now();
+            for _ in 0..CALLS {
+                run();
+            }
+            samples[i].push(started.elapsed().as_nanos() as f64 / CALLS as f64);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
+    println!("\ncredential hits, {ROUNDS} interleaved rounds of {CALLS} calls (median per call, ratio to the baseline):");
+    for ((name, _), m) in cases.iter().zip(&medians) {
+        println!("  {name:<45} {m:>7.0} ns  {:.2}", m / medians[0]);
+    }
 }
 
 /// A streamed body (unknown length) that always has a frame ready, after waiting once if
@@ -461,6 +564,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
     stages(&mut c);
+    credential(&mut c);
     stream_chunk(&mut c);
     scaling(&mut c);
     c.final_summary();
