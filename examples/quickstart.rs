@@ -33,7 +33,8 @@ use futures_util::Stream;
 use serde_json::json;
 use tower_wacht::jwt::JwtConfig;
 use tower_wacht::testing::{
-    AccessTokenClaims, EXAMPLE_DEPLOYMENT_ID, FakeGateway, JwksIssuer, ScopeDefinition, TokenGrant, generate_token,
+    AccessTokenClaims, ApiKeyGrant, EXAMPLE_DEPLOYMENT_ID, FakeGateway, JwksIssuer, ScopeDefinition, TokenGrant,
+    generate_api_key, generate_token,
 };
 use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
 
@@ -86,6 +87,8 @@ async fn whoami(principal: Principal) -> Json<serde_json::Value> {
         "permissions": principal.permissions(),
         "expires_at": principal.expires_at_rfc3339(),
         "verified_by": principal.verified_by().as_str(),
+        "credential_kind": principal.credential_kind().as_str(),
+        "api_key": principal.api_key(),
     }))
 }
 
@@ -99,6 +102,9 @@ pub struct DemoCall {
     pub method: &'static str,
     pub path: &'static str,
     pub token: Option<String>,
+    /// The header the credential goes in: `Authorization` (as `Bearer`), or the API-key
+    /// header.
+    pub header: &'static str,
     pub expect_status: u16,
 }
 
@@ -109,9 +115,10 @@ impl DemoCall {
         } else {
             format!("-X {} ", self.method)
         };
-        let auth = match &self.token {
-            Some(t) => format!("-H 'Authorization: Bearer {t}' "),
-            None => String::new(),
+        let auth = match (&self.token, self.header) {
+            (Some(t), "Authorization") => format!("-H 'Authorization: Bearer {t}' "),
+            (Some(t), header) => format!("-H '{header}: {t}' "),
+            (None, _) => String::new(),
         };
         format!("curl -i {method}{auth}{base}{}", self.path)
     }
@@ -132,6 +139,8 @@ pub struct Demo {
     pub config: WachtAuthConfig,
     /// The demo requests.
     pub calls: Vec<DemoCall>,
+    /// The API-key demo requests.
+    pub api_keys: Vec<DemoCall>,
     /// Streams to watch end: with a token that expires soon, and with one to revoke.
     pub streams: Vec<DemoCall>,
     /// Revokes the second stream's token (`POST /demo/revoke`, see [`Demo::router`]).
@@ -206,9 +215,22 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             .claim("iss", serde_json::Value::String(issuer.url())),
     );
 
+    // An API key of the demo's billing service (an API-auth app), for its organization.
+    let api_key = generate_api_key("sk_live");
+    gateway.register_api_key(
+        &api_key,
+        ApiKeyGrant::new("billing-service")
+            .key_name("nightly export")
+            .organization(427001234567890561, 7)
+            .permissions(["mcp:invoke"]),
+    );
+
     let config = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key("demo-backend-key")
+        // Wacht API keys of these prefixes, in Authorization or x-api-key.
+        .api_key_prefixes(["sk_live", "sk_test"])
+        .api_key_header(http::HeaderName::from_static("x-api-key"))
         // The demo tenant: tokens of any other deployment or issuer are refused.
         .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
         .expected_issuer(issuer.url())
@@ -225,6 +247,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/public",
             token: None,
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -232,6 +255,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/public",
             token: Some(agent.clone()),
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -239,6 +263,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/whoami",
             token: Some(agent.clone()),
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -246,6 +271,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/whoami",
             token: None,
+            header: "Authorization",
             expect_status: 401,
         },
         DemoCall {
@@ -253,6 +279,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/whoami",
             token: Some(generate_token()),
+            header: "Authorization",
             expect_status: 401,
         },
         DemoCall {
@@ -260,6 +287,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "POST",
             path: "/tools/invoke",
             token: Some(agent),
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -267,6 +295,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "POST",
             path: "/tools/invoke",
             token: Some(reader),
+            header: "Authorization",
             expect_status: 403,
         },
         DemoCall {
@@ -274,6 +303,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/whoami",
             token: Some(jwt),
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -281,6 +311,33 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/whoami",
             token: Some(forged),
+            header: "Authorization",
+            expect_status: 401,
+        },
+    ];
+    let api_keys = vec![
+        DemoCall {
+            what: "who am I with an API key (checked by the gateway as an api_key): 200, credential_kind api_key",
+            method: "GET",
+            path: "/whoami",
+            token: Some(api_key.clone()),
+            header: "Authorization",
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "the same key in x-api-key: 200, from the cache",
+            method: "POST",
+            path: "/tools/invoke",
+            token: Some(api_key),
+            header: "x-api-key",
+            expect_status: 200,
+        },
+        DemoCall {
+            what: "an unknown API key: 401 invalid_token (the gateway's Invalid API key)",
+            method: "GET",
+            path: "/whoami",
+            token: Some(generate_api_key("sk_test")),
+            header: "x-api-key",
             expect_status: 401,
         },
     ];
@@ -290,6 +347,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/events",
             token: Some(short),
+            header: "Authorization",
             expect_status: 200,
         },
         DemoCall {
@@ -297,6 +355,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
             method: "GET",
             path: "/events",
             token: Some(revocable.clone()),
+            header: "Authorization",
             expect_status: 200,
         },
     ];
@@ -305,6 +364,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
         method: "POST",
         path: "/demo/revoke",
         token: None,
+        header: "Authorization",
         expect_status: 204,
     };
     Ok(Demo {
@@ -312,6 +372,7 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
         issuer,
         config,
         calls,
+        api_keys,
         streams,
         revoke,
         revocable,
@@ -359,6 +420,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("# {}\n{}\n", call.what, call.curl_stream(&base));
         }
         println!("# {}\n{}\n", demo.revoke.what, demo.revoke.curl(&base));
+        println!("API keys (prefixes sk_live, sk_test; in Authorization or x-api-key):\n");
+        for call in &demo.api_keys {
+            println!("# {}\n{}\n", call.what, call.curl(&base));
+        }
     }
     let app = match &demo {
         Some(demo) => app(auth.clone()).merge(demo.router(auth)),

@@ -130,3 +130,45 @@ async fn the_printed_streams_end_with_their_tokens() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// The printed API-key commands: a key in `Authorization` and in `x-api-key` is served with
+/// its principal saying so (one gateway call, sent as an API key), an unknown key gets 401.
+#[tokio::test]
+async fn the_printed_api_key_calls_answer_as_documented() {
+    let quickstart::Demo {
+        gateway,
+        config,
+        api_keys,
+        ..
+    } = quickstart::demo().await.unwrap();
+    let addr = common::serve(quickstart::app(WachtAuthLayer::new(config).unwrap())).await;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    assert_eq!(api_keys.len(), 3);
+    for call in &api_keys {
+        let key = call.token.as_deref().expect("every key call carries a key");
+        let curl = call.curl(&base);
+        let mut req = http.request(call.method.parse().unwrap(), format!("{base}{}", call.path));
+        if call.header == "Authorization" {
+            assert!(curl.contains(&format!("-H 'Authorization: Bearer {key}'")), "{curl}");
+            req = req.bearer_auth(key);
+        } else {
+            assert!(curl.contains(&format!("-H 'x-api-key: {key}'")), "{curl}");
+            req = req.header(call.header, key);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), call.expect_status, "{}: {curl}", call.what);
+        if call.path == "/whoami" && call.expect_status == 200 {
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(v["credential_kind"], "api_key");
+            assert_eq!(v["client_id"], "billing-service");
+            assert_eq!(v["api_key"]["key_name"], "nightly export");
+        }
+    }
+    let sent: Vec<String> = gateway.requests().into_iter().map(|r| r.principal_type).collect();
+    assert_eq!(
+        sent,
+        ["api_key", "api_key"],
+        "the known key once (then cached), the unknown one"
+    );
+}
