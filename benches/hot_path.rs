@@ -330,7 +330,10 @@ fn credential(c: &mut Criterion) {
             "API key in Authorization",
             Box::new(|| call(&mut key_keys, &key_header)),
         ),
-        ("API key in x-api-key", Box::new(|| call_x_api_key(&mut key_x, &x_api_key))),
+        (
+            "API key in x-api-key",
+            Box::new(|| call_x_api_key(&mut key_x, &x_api_key)),
+        ),
         (
             "token, oauth_only() layer",
             Box::new(|| call(&mut token_oauth_only, &token_header)),

@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("timefmt", &[]),
     ("token", &[]),
+    ("api_key", &["error", "principal"]),
     ("change", &["token"]),
     ("scopes", &[]),
     ("reject", &["scopes"]),
@@ -22,7 +23,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
     (
         "config",
-        &["error", "fleet", "jwt", "metadata", "principal", "scopes", "token"],
+        &[
+            "api_key",
+            "error",
+            "fleet",
+            "jwt",
+            "metadata",
+            "principal",
+            "scopes",
+            "token",
+        ],
     ),
     (
         "fleet",
@@ -38,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "cache",
             "change",
+            "api_key",
             "config",
             "fleet",
             "error",
