@@ -126,13 +126,23 @@ async fn unknown_expired_revoked_and_malformed_keys_are_refused() {
 }
 
 #[tokio::test]
-async fn a_rate_limited_key_gets_429_and_a_denied_permission_403() {
+async fn a_rate_limited_key_gets_429_and_a_denied_app_401() {
     let app = keys_app().await;
     let key = register(&app, billing());
     app.gateway.set_fault(Some(Fault::RateLimited { retry_after_ms: 1500 }));
     let resp = app.get("/whoami", Some(&key)).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "2", "milliseconds rounded up to seconds");
+    app.gateway.set_fault(None);
+    assert_eq!(app.get("/whoami", Some(&key)).await.status(), 200);
+    // deny_client names a key's app: its keys are refused at once, cached or not.
+    app.auth.deny_client(APP).await;
+    let resp = app.get("/whoami", Some(&key)).await;
+    assert_eq!(resp.status(), 401);
+    assert!(challenge(&resp).contains("invalid_token"));
+    app.auth.allow_client(APP).await;
+    let other = register(&app, billing().key_id(7002));
+    assert_eq!(app.get("/whoami", Some(&other)).await.status(), 200, "allowed again");
 }
 
 #[tokio::test]
