@@ -21,6 +21,10 @@
 //!   RFC 3339 expiry reads back to the same instant.
 //! * The granted resource displays exactly as sent (the leading-zero finding shared with
 //!   `resource_urn` is fixed: see `regressions/`).
+//! * `Decision::decode_api_key` (an API key's answer, §4) on the same bytes: `Allowed(g)` only
+//!   for `allowed: true` with an identity whose `key_id` is a decimal id and whose `app_slug`
+//!   (the grant's client id) and `key_name` are non-empty, never for a body whose metadata says
+//!   `principal_type: oauth_access_token`; the grant carries the key; its principal serialises.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -176,6 +180,36 @@ fn check(body: &[u8]) -> Result<Decision, GatewayError> {
         Err(other) => panic!("decoding failed with a non-decode error {other:?}"),
     }
     decision
+}
+
+fn check_api_key(body: &[u8]) {
+    match Decision::decode_api_key(body) {
+        Ok(Decision::Allowed(g)) => {
+            let probe: Probe = serde_json::from_slice(body).expect("Allowed from a body that is not an object");
+            assert_eq!(probe.allowed, Some(Shape::Bool(true)), "a key Allowed without `allowed: true`");
+            assert_eq!(probe.identity, Some(Shape::Object), "a key Allowed without an identity object");
+            let key = g.api_key.as_deref().expect("a key's grant carries the key");
+            assert!(!g.client_id.as_str().is_empty() && g.client_id.as_str() == &*key.app_slug);
+            assert!(!key.key_name.is_empty());
+            if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                assert_eq!(
+                    str_at(&v, &["identity", "key_id"]).and_then(|k| k.parse::<i64>().ok()),
+                    Some(key.key_id.get())
+                );
+                assert_ne!(
+                    str_at(&v, &["metadata", "principal_type"]),
+                    Some("oauth_access_token"),
+                    "an OAuth answer taken for a key's"
+                );
+            }
+            let p = Principal::from_grant(*g);
+            let _ = format!("{p:?}");
+            serde_json::to_value(&p).expect("a key's principal serialises");
+        }
+        Ok(Decision::InvalidToken) => panic!("a 200 body decoded as InvalidToken"),
+        Ok(_) | Err(GatewayError::Decode(_)) => {}
+        Err(other) => panic!("decoding failed with a non-decode error {other:?}"),
+    }
 }
 
 fn check_grant(v: &Value, g: &Grant) {
@@ -754,6 +788,7 @@ fuzz_target!(|data: &[u8]| {
         Some(&b) if b >= 0x80 => structured(&data[1..]),
         _ => {
             let _ = check(data);
+            check_api_key(data);
         }
     }
 });
