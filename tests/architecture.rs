@@ -20,9 +20,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("principal", &["reject", "scopes", "timefmt"]),
     ("metadata", &["error", "scopes"]),
     ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
+    ("api_key", &["error", "principal"]),
     (
         "config",
-        &["error", "fleet", "jwt", "metadata", "principal", "scopes", "token"],
+        &[
+            "api_key",
+            "error",
+            "fleet",
+            "jwt",
+            "metadata",
+            "principal",
+            "scopes",
+            "token",
+        ],
     ),
     (
         "fleet",
@@ -36,6 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "verify",
         &[
+            "api_key",
             "cache",
             "change",
             "config",
