@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &[]),
     ("timefmt", &[]),
     ("token", &[]),
-    ("change", &["token"]),
+    ("change", &["principal", "token"]),
     ("scopes", &[]),
     ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
@@ -41,7 +41,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
     (
         "cache",
-        &["config", "principal", "reject", "scopes", "telemetry", "token"],
+        &[
+            "change",
+            "config",
+            "principal",
+            "reject",
+            "scopes",
+            "telemetry",
+            "token",
+        ],
     ),
     (
         "verify",

@@ -14,6 +14,7 @@ mod announcements;
 mod chaos;
 mod failures;
 mod harness;
+mod owners;
 mod processes;
 mod proxy;
 mod resp;

@@ -22,6 +22,7 @@ mod custom_gateway;
 mod dev_issuer;
 mod fake_gateway;
 mod grpc;
+mod invalidate_by_owner;
 mod jwt;
 mod layer_http;
 mod mcp_server;
