@@ -93,6 +93,7 @@ pub mod telemetry;
 mod timefmt;
 pub mod token;
 mod verify;
+pub mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -105,6 +106,7 @@ pub mod future {
     #[allow(deprecated)]
     pub use crate::guard::mcp::McpToolGuardFuture;
     pub use crate::layer::future::ResponseFuture;
+    pub use crate::webhooks::WachtWebhooksFuture;
 }
 
 #[cfg(feature = "axum")]
@@ -125,3 +127,4 @@ pub use crate::principal::{ApiKeyIdentity, CredentialKind, Principal, ResourceUr
 pub use crate::reject::AuthError;
 pub use crate::stepup::InsufficientScope;
 pub use crate::verify::Verifier;
+pub use crate::webhooks::WachtWebhooks;

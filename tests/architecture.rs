@@ -90,6 +90,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("axum", &["principal", "reject", "stepup"]),
     ("cors", &["body", "error"]),
     ("stepup", &["principal", "reject", "telemetry"]),
+    ("webhooks", &["change", "error", "json", "layer", "telemetry", "verify"]),
     ("testing", &["jwt"]),
 ];
 

@@ -195,6 +195,11 @@ impl WachtAuthLayer {
         &self.shared.verifier
     }
 
+    /// The verifier, shared (for the webhook receiver).
+    pub(crate) fn shared_verifier(&self) -> Arc<Verifier> {
+        Arc::clone(&self.shared.verifier)
+    }
+
     /// Drops one token's cached decision at once (e.g. after revoking its grant); see
     /// [`Verifier::invalidate`] for what the outcome says.
     pub async fn invalidate(&self, token: &str) -> ChangeOutcome {

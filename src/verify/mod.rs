@@ -437,6 +437,23 @@ impl Verifier {
         self.settle(handed).await
     }
 
+    /// [`deny_session`](Self::deny_session) for a session Wacht itself ended (deleted or
+    /// expired): Wacht mints no more access tokens for it, so the denial lasts as long as one
+    /// it already minted can be accepted (the token-id lifetime: 24 hours plus twice the
+    /// leeway), not `session_denial_lifetime`, and never shortens a longer denial known here.
+    pub(crate) async fn deny_ended_session(&self, session_id: &str) -> ChangeOutcome {
+        let until = SystemTime::now() + self.revoked.token_id_lifetime();
+        if !self.revoked.deny_session_at_least(session_id, until) {
+            return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
+        }
+        let handed = self.hand(|| Change::DenySession {
+            id: session_id.to_owned(),
+            until: unix_millis(until),
+        });
+        self.cache.invalidate_session(session_id);
+        self.settle(handed).await
+    }
+
     /// Refuses the JWT with this token id (`jti`) from now on and drops it from the cache;
     /// see [`deny_session`](Self::deny_session) for the scope and bound. A token id names one
     /// token: the denial lasts as long as that token can be accepted (24 hours, its longest

@@ -31,3 +31,4 @@ mod reliability;
 mod step_up;
 mod streams;
 mod tower_contract;
+mod webhooks;
