@@ -21,3 +21,4 @@ mod resp;
 mod setup;
 mod sharing;
 mod streams;
+mod webhooks;
