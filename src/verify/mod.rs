@@ -326,7 +326,8 @@ impl Verifier {
     /// covered too (every tier, every thread); in force here before the first `await`
     /// completes, and in fleet mode written to the change log, so every replica drops them
     /// (see the outcome). Use it when a user is deleted, changes their password or loses a
-    /// second factor. The gateway decides what their next use gets: a deleted user's tokens are
+    /// second factor ([`WachtWebhooks`](crate::WachtWebhooks) does, on Wacht's webhooks). The
+    /// gateway decides what their next use gets: a deleted user's tokens are
     /// refused there.
     ///
     /// Ids are the decimal ids Wacht's webhooks and the gateway name
