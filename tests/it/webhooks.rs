@@ -285,6 +285,8 @@ async fn forged_stale_and_malformed_deliveries_are_refused_and_change_nothing() 
         repeated.append(header, value);
         assert_eq!(hooks.post(repeated, body.clone()).await, 400, "{header} twice");
     }
+    // An id with a dot (the signed string is `{id}.{timestamp}.{body}`), genuinely signed.
+    assert_eq!(hooks.post(signed("msg.1", now), body.clone()).await, 400);
     let mut no_v1 = signed("msg_1", now);
     no_v1.insert("webhook-signature", "v2,abc".parse().unwrap());
     assert_eq!(hooks.post(no_v1, body.clone()).await, 401);
