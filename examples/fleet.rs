@@ -25,7 +25,20 @@
 //! * `POST /clients/{id}/invalidate`, `POST /clients/{id}/deny`, `POST /clients/{id}/allow`;
 //! * `POST /sessions/{sid}/deny`, `POST /token-ids/{jti}/deny`: refuse the JWT access tokens of
 //!   a Wacht session, or one token (Wacht cannot revoke a JWT early; with `WACHT_JWT=on`);
+//! * `POST /users/{id}/invalidate`, `POST /api-keys/{id}/invalidate`,
+//!   `POST /organizations/{id}/invalidate`, `POST /workspaces/{id}/invalidate`: drop every
+//!   cached answer of a Wacht user (their tokens and API keys), of one API key, or granted for
+//!   a tenant (400 for an id that is not a decimal Wacht id);
 //! * `GET /fleet`: this replica's standing with the fleet.
+//!
+//! Wacht's webhooks, with `WACHT_WEBHOOK_SECRET` set (the app's signing secret, `whsec_...`;
+//! two separated by a space or a comma while rotating it): `POST /webhooks/wacht` on `BIND`,
+//! outside the auth layer (Wacht signs its deliveries, it sends no token; the route must be
+//! reachable by Wacht, the operator listener must not). A delivery received by any replica
+//! ends access on every replica: `user.deleted` drops the user's tokens and keys everywhere,
+//! `session.deleted` refuses the session's JWTs, and so on (see `WachtWebhooks`); it is
+//! answered 200 once written to the fleet's log, 503 while Redis does not take it (Wacht
+//! delivers it again).
 //!
 //! Configuration: like the quickstart (`WACHT_GATEWAY_URL`, `WACHT_BACKEND_API_KEY`,
 //! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, ...) plus `WACHT_REDIS_URL` and
@@ -43,10 +56,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_wacht::change::RefusalReason;
+use tower_wacht::principal::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
-use tower_wacht::{ChangeOutcome, Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{ChangeOutcome, Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer, WachtWebhooks};
 
 /// The application: the quickstart's three routes behind one auth layer.
 pub fn app(auth: WachtAuthLayer) -> Router {
@@ -124,10 +138,62 @@ pub fn admin(auth: WachtAuthLayer) -> Router {
             }),
         )
         .route(
+            "/users/{id}/invalidate",
+            post(|State(auth): Auth, Path(id): Path<String>| async move {
+                match id.parse::<UserId>() {
+                    Ok(id) => answer(auth.invalidate_user(id).await),
+                    Err(_) => not_an_id(),
+                }
+            }),
+        )
+        .route(
+            "/api-keys/{id}/invalidate",
+            post(|State(auth): Auth, Path(id): Path<String>| async move {
+                match id.parse::<ApiKeyId>() {
+                    Ok(id) => answer(auth.invalidate_api_key(id).await),
+                    Err(_) => not_an_id(),
+                }
+            }),
+        )
+        .route(
+            "/organizations/{id}/invalidate",
+            post(|State(auth): Auth, Path(id): Path<String>| async move {
+                match id.parse::<OrganizationId>() {
+                    Ok(id) => answer(auth.invalidate_organization(id).await),
+                    Err(_) => not_an_id(),
+                }
+            }),
+        )
+        .route(
+            "/workspaces/{id}/invalidate",
+            post(|State(auth): Auth, Path(id): Path<String>| async move {
+                match id.parse::<WorkspaceId>() {
+                    Ok(id) => answer(auth.invalidate_workspace(id).await),
+                    Err(_) => not_an_id(),
+                }
+            }),
+        )
+        .route(
             "/fleet",
             get(|State(auth): Auth| async move { format!("{:?}\n", auth.verifier().fleet_status()) }),
         )
         .with_state(auth)
+}
+
+/// 400 for a path id that is not a decimal Wacht id.
+fn not_an_id() -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, "not a Wacht id (decimal digits)\n".to_owned())
+}
+
+/// The receiver of Wacht's webhooks (`POST /webhooks/wacht`), if `secrets` (from
+/// `WACHT_WEBHOOK_SECRET`: one signing secret, or two separated by a space or a comma while
+/// rotating it) names any.
+pub fn webhooks(auth: &WachtAuthLayer, secrets: Option<&str>) -> Result<Option<Router>, tower_wacht::ConfigError> {
+    let Some(secrets) = secrets else {
+        return Ok(None);
+    };
+    let secrets: Vec<&str> = secrets.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+    Ok(Some(WachtWebhooks::new(auth, secrets)?.router("/webhooks/wacht")))
 }
 
 /// The truth about a change, for an operator:
@@ -223,12 +289,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("demo token, {who}: {token}");
         }
     }
+    let webhooks = webhooks(&auth, env("WACHT_WEBHOOK_SECRET").as_deref())?;
+    if webhooks.is_some() {
+        println!("Wacht webhooks on http://{}/webhooks/wacht", listener.local_addr()?);
+    }
     let admin_app = admin(auth.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin_listener, admin_app).await {
             eprintln!("operator listener failed: {error}");
         }
     });
-    axum::serve(listener, app(auth).into_make_service_with_connect_info::<SocketAddr>()).await?;
+    let routes = match webhooks {
+        // Outside the auth layer: Wacht signs its deliveries, it sends no token.
+        Some(webhooks) => app(auth).merge(webhooks),
+        None => app(auth),
+    };
+    axum::serve(listener, routes.into_make_service_with_connect_info::<SocketAddr>()).await?;
     Ok(())
 }

@@ -12,13 +12,20 @@
 //!   (token required): the stream ends when the token expires, or within `stream_recheck`
 //!   (5 s) after it is revoked here (`invalidate`) or its client is denied (`deny_client`).
 //!
+//! * `POST /webhooks/wacht`: Wacht's webhooks (`WachtWebhooks`, outside the auth layer: Wacht
+//!   signs its deliveries and sends no token), with the signing secret in
+//!   `WACHT_WEBHOOK_SECRET` (`whsec_...`). A `session.deleted` refuses that session's JWTs, a
+//!   `user.deleted` drops the user's cached tokens and API keys, and so on.
+//!
 //! Configuration comes from the environment (`WACHT_BACKEND_API_KEY`, `WACHT_GATEWAY_URL`,
-//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `WACHT_JWT`, `BIND`).
-//! Without `WACHT_GATEWAY_URL` it starts an embedded `FakeGateway` (opaque tokens) and a
-//! `JwksIssuer` (JWT access tokens, verified locally) with demo tokens and prints
-//! ready-to-paste curl commands, so it runs without a Wacht account. In that demo mode it also
-//! serves `POST /demo/revoke`, which revokes the demo stream token (at the fake gateway, and
-//! here with `invalidate`) so you can watch its stream end.
+//! `WACHT_DEPLOYMENT_ID`, `WACHT_OAUTH_ISSUER`, `WACHT_RESOURCE_URL`, `WACHT_JWT`,
+//! `WACHT_WEBHOOK_SECRET`, `BIND`). Without `WACHT_GATEWAY_URL` it starts an embedded
+//! `FakeGateway` (opaque tokens) and a `JwksIssuer` (JWT access tokens, verified locally) with
+//! demo tokens and prints ready-to-paste curl commands, so it runs without a Wacht account. In
+//! that demo mode it also serves `POST /demo/revoke`, which revokes the demo stream token (at
+//! the fake gateway, and here with `invalidate`) so you can watch its stream end, and prints a
+//! correctly signed `session.deleted` webhook (signed with `WACHT_WEBHOOK_SECRET`, or a secret
+//! made up at start) that ends a demo JWT's access.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,9 +41,9 @@ use serde_json::json;
 use tower_wacht::jwt::JwtConfig;
 use tower_wacht::testing::{
     AccessTokenClaims, ApiKeyGrant, EXAMPLE_DEPLOYMENT_ID, FakeGateway, JwksIssuer, ScopeDefinition, TokenGrant,
-    generate_api_key, generate_token,
+    WebhookSigner, generate_api_key, generate_token,
 };
-use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer};
+use tower_wacht::{Principal, RequirePermissionsLayer, WachtAuthConfig, WachtAuthLayer, WachtWebhooks};
 
 /// The application: four routes behind one auth layer (optional auth, so `/public` also
 /// serves anonymous callers; the other routes still require a token).
@@ -129,6 +136,61 @@ impl DemoCall {
     }
 }
 
+/// Where Wacht's webhooks are received.
+pub const WEBHOOK_PATH: &str = "/webhooks/wacht";
+
+/// The webhook receiver for `auth`, signed with `secret` (one `whsec_...` secret, or two
+/// separated by a space or a comma while rotating it).
+pub fn webhooks(auth: &WachtAuthLayer, secret: &str) -> Result<Router, tower_wacht::ConfigError> {
+    let secrets = secret.split([' ', ',']).filter(|s| !s.is_empty());
+    Ok(WachtWebhooks::new(auth, secrets)?.router(WEBHOOK_PATH))
+}
+
+/// A signed webhook delivery the quickstart prints, and what it does.
+pub struct DemoWebhook {
+    pub what: &'static str,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    pub headers: [(&'static str, String); 3],
+    /// The raw body (JSON, without single quotes).
+    pub body: String,
+}
+
+impl DemoWebhook {
+    /// A delivery of `event` with `data`, signed by `signer` now.
+    pub fn signed(what: &'static str, signer: &WebhookSigner, id: &str, event: &str, data: serde_json::Value) -> Self {
+        let body = WebhookSigner::event(event, data);
+        let headers = signer.sign_now(id, body.as_bytes());
+        let value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        DemoWebhook {
+            what,
+            headers: [
+                ("webhook-id", value("webhook-id")),
+                ("webhook-timestamp", value("webhook-timestamp")),
+                ("webhook-signature", value("webhook-signature")),
+            ],
+            body,
+        }
+    }
+
+    pub fn curl(&self, base: &str) -> String {
+        let headers: String = self
+            .headers
+            .iter()
+            .map(|(name, value)| format!("-H '{name}: {value}' "))
+            .collect();
+        format!(
+            "curl -i -X POST {headers}-H 'content-type: application/json' -d '{}' {base}{WEBHOOK_PATH}",
+            self.body
+        )
+    }
+}
+
 /// The embedded Wacht stand-ins and what the quickstart prints.
 pub struct Demo {
     /// Verifies the opaque demo tokens.
@@ -147,6 +209,14 @@ pub struct Demo {
     pub revoke: DemoCall,
     /// The token `POST /demo/revoke` revokes (the second stream's).
     pub revocable: String,
+    /// Signs the demo webhook (the receiver takes its secret).
+    pub signer: WebhookSigner,
+    /// A JWT of a session, before and after `webhook`.
+    pub session_jwt: DemoCall,
+    /// Wacht saying that session was deleted.
+    pub webhook: DemoWebhook,
+    /// The same JWT, refused now.
+    pub session_jwt_after: DemoCall,
 }
 
 impl Demo {
@@ -169,13 +239,15 @@ async fn revoke(State((gateway, auth, token)): State<(FakeGateway, WachtAuthLaye
 /// How long after the start the short-lived demo stream token expires.
 pub const SHORT_LIVED: Duration = Duration::from_secs(120);
 
-/// Starts the embedded fake gateway and JWT issuer with demo tokens.
+/// Starts the embedded fake gateway and JWT issuer with demo tokens; the demo webhook is
+/// signed with a secret made up now.
 pub async fn demo() -> std::io::Result<Demo> {
-    demo_with(SHORT_LIVED).await
+    demo_with(SHORT_LIVED, WebhookSigner::generate()).await
 }
 
-/// [`demo`], with the short-lived stream token expiring `short_lived` after the start.
-pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
+/// [`demo`], with the short-lived stream token expiring `short_lived` after the start, and the
+/// demo webhook signed by `signer`.
+pub async fn demo_with(short_lived: Duration, signer: WebhookSigner) -> std::io::Result<Demo> {
     let gateway = FakeGateway::start().await?;
     let issuer = JwksIssuer::start().await?;
     let definitions = vec![ScopeDefinition::organization("projects:read", "org:projects:read")];
@@ -367,6 +439,33 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
         header: "Authorization",
         expect_status: 204,
     };
+    // A JWT of one Wacht session, and Wacht's webhook saying the session was deleted.
+    let session = AccessTokenClaims::new("oc_demoAgentWithInvokeScope00000001").scopes(["mcp:invoke"]);
+    let sid = session.sid().unwrap_or_default().to_owned();
+    let session_token = issuer.mint(&session);
+    let session_jwt = DemoCall {
+        what: "who am I with a JWT of a Wacht session: 200",
+        method: "GET",
+        path: "/whoami",
+        token: Some(session_token.clone()),
+        header: "Authorization",
+        expect_status: 200,
+    };
+    let webhook = DemoWebhook::signed(
+        "Wacht's webhook that the session was deleted, signed as Wacht signs them (valid for 5 minutes after the start: the replay window): 200, and the session's JWTs are refused from now on",
+        &signer,
+        "msg_quickstart_session_deleted",
+        "session.deleted",
+        json!({ "entity_id": sid, "entity_type": "session" }),
+    );
+    let session_jwt_after = DemoCall {
+        what: "the same JWT after the webhook: 401 invalid_token (its session is denied; still validly signed)",
+        method: "GET",
+        path: "/whoami",
+        token: Some(session_token),
+        header: "Authorization",
+        expect_status: 401,
+    };
     Ok(Demo {
         gateway,
         issuer,
@@ -376,6 +475,10 @@ pub async fn demo_with(short_lived: Duration) -> std::io::Result<Demo> {
         streams,
         revoke,
         revocable,
+        signer,
+        session_jwt,
+        webhook,
+        session_jwt_after,
     })
 }
 
@@ -390,14 +493,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()?;
 
+    let secret = std::env::var("WACHT_WEBHOOK_SECRET")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
     let (config, demo) = if std::env::var_os("WACHT_GATEWAY_URL").is_some() {
         let config = WachtAuthConfig::from_env()?;
         (config.to_builder().optional(true).build()?, None)
     } else {
-        let demo = demo().await?;
+        // The demo webhook is signed with the configured secret (the first, while rotating),
+        // or one made up now.
+        let first = secret
+            .as_deref()
+            .and_then(|s| s.split([' ', ',']).find(|s| !s.is_empty()));
+        let signer = match first {
+            Some(secret) => WebhookSigner::new(secret).ok_or("WACHT_WEBHOOK_SECRET is not whsec_ and base64")?,
+            None => WebhookSigner::generate(),
+        };
+        let demo = demo_with(SHORT_LIVED, signer).await?;
         (demo.config.clone(), Some(demo))
     };
     let auth = WachtAuthLayer::new(config)?;
+    let secret = secret.or_else(|| demo.as_ref().map(|d| d.signer.secret().to_owned()));
+    let webhooks = secret.map(|secret| webhooks(&auth, &secret)).transpose()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let base = format!("http://{}", listener.local_addr()?);
 
@@ -424,11 +541,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for call in &demo.api_keys {
             println!("# {}\n{}\n", call.what, call.curl(&base));
         }
+        println!("Wacht's webhooks end access too (POST {WEBHOOK_PATH}):\n");
+        println!("# {}\n{}\n", demo.session_jwt.what, demo.session_jwt.curl(&base));
+        println!("# {}\n{}\n", demo.webhook.what, demo.webhook.curl(&base));
+        println!(
+            "# {}\n{}\n",
+            demo.session_jwt_after.what,
+            demo.session_jwt_after.curl(&base)
+        );
+    } else if webhooks.is_some() {
+        println!("Wacht webhooks on {base}{WEBHOOK_PATH}");
     }
-    let app = match &demo {
+    let mut app = match &demo {
         Some(demo) => app(auth.clone()).merge(demo.router(auth)),
         None => app(auth),
     };
+    if let Some(webhooks) = webhooks {
+        // Outside the auth layer: Wacht signs its deliveries, it sends no token.
+        app = app.merge(webhooks);
+    }
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
     Ok(())
 }

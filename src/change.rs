@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::principal::Grant;
 use crate::token::TokenHash;
 
 /// What became of [`invalidate`](crate::Verifier::invalidate),
@@ -140,6 +141,8 @@ pub(crate) enum Change {
     DenySession { id: String, until: u64 },
     /// A JWT token id (`jti`) is denied until `until`.
     DenyTokenId { id: String, until: u64 },
+    /// The answers of one user, API key, tenant or membership are void.
+    Target(Target),
 }
 
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -147,5 +150,62 @@ impl Change {
     /// True if applying it only ever refuses more (everything but `Allow`).
     pub(crate) fn restricts(&self) -> bool {
         !matches!(self, Change::Allow { .. })
+    }
+
+    /// True if it voids answers and does nothing else (no record to keep: a later answer
+    /// stands).
+    pub(crate) fn is_invalidation(&self) -> bool {
+        matches!(
+            self,
+            Change::Token(_) | Change::Client(_) | Change::All | Change::Target(_)
+        )
+    }
+}
+
+/// Whose answers an invalidation by owner voids: every answer whose grant names this user,
+/// API key, organization, workspace or membership (see [`Target::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    /// A Wacht user: the grant's `owner_user_id` (a JWT's `sub`, an API key's owner), or a
+    /// `urn:wacht:user:<id>` granted resource.
+    User(i64),
+    /// An API key (`identity.key_id`).
+    ApiKey(i64),
+    /// A tenant: a grant for `urn:wacht:organization:<id>`, or an API key acting for it.
+    Organization(i64),
+    /// A tenant: a grant for `urn:wacht:workspace:<id>`, or an API key acting for it.
+    Workspace(i64),
+    /// An organization membership (only API-key answers carry one).
+    OrganizationMembership(i64),
+    /// A workspace membership (only API-key answers carry one).
+    WorkspaceMembership(i64),
+}
+
+/// How many targets one grant can belong to (see [`Target::of`]).
+pub(crate) const TARGETS_PER_GRANT: usize = 7;
+
+impl Target {
+    /// Every target an answer for `grant` belongs to (repeats possible), without allocating.
+    pub(crate) fn of(grant: &Grant) -> [Option<Target>; TARGETS_PER_GRANT] {
+        use crate::principal::ResourceUrn;
+        let resource = match &grant.granted_resource {
+            Some(ResourceUrn::User(id)) => Some(Target::User(id.get())),
+            Some(ResourceUrn::Organization(id)) => Some(Target::Organization(id.get())),
+            Some(ResourceUrn::Workspace(id)) => Some(Target::Workspace(id.get())),
+            _ => None,
+        };
+        let key = grant.api_key.as_deref();
+        [
+            grant.owner_user_id.map(|id| Target::User(id.get())),
+            resource,
+            key.map(|k| Target::ApiKey(k.key_id.get())),
+            key.and_then(|k| k.organization_id)
+                .map(|id| Target::Organization(id.get())),
+            key.and_then(|k| k.workspace_id).map(|id| Target::Workspace(id.get())),
+            key.and_then(|k| k.organization_membership_id)
+                .map(|id| Target::OrganizationMembership(id.get())),
+            key.and_then(|k| k.workspace_membership_id)
+                .map(|id| Target::WorkspaceMembership(id.get())),
+        ]
     }
 }

@@ -51,6 +51,10 @@
 //! `testing::FakeGateway`, a real loopback server speaking the gateway protocol; `metrics`
 //! records the counters listed in [`telemetry`] through the `metrics` facade.
 //!
+//! [`WachtWebhooks`] receives Wacht's webhooks (signed deliveries: a session deleted, a user
+//! deleted, an API key rotated, ...) and ends the cached access they name, on every replica in
+//! fleet mode.
+//!
 //! Integrations: [`ProtectedResourceMetadata`] and [`McpGuardLayer`] for MCP servers (RFC
 //! 9728 discovery; step-up per tool, resource, prompt and for tasks; lists filtered to what the
 //! caller may use), [`RequireMethodPermissionsLayer`] for per-method gRPC
@@ -61,7 +65,7 @@
 //! [`layer`] (the service and [`ClientIp`]), [`guard`] (guards and their services),
 //! [`future`] (every response future), [`body`], [`reject`] (refusal reasons and rendering
 //! parameters), [`principal`] (ids and the grant), [`token`] (parsing and hashing),
-//! [`gateway`] (the gateway seam and its wire types), [`metadata`], [`telemetry`] and, with
+//! [`gateway`] (the gateway seam and its wire types), [`metadata`], [`webhooks`], [`telemetry`] and, with
 //! `test-util`, [`testing`]. `ARCHITECTURE.md` maps the modules.
 
 #![forbid(unsafe_code)]
@@ -93,6 +97,7 @@ pub mod telemetry;
 mod timefmt;
 pub mod token;
 mod verify;
+pub mod webhooks;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -105,6 +110,7 @@ pub mod future {
     #[allow(deprecated)]
     pub use crate::guard::mcp::McpToolGuardFuture;
     pub use crate::layer::future::ResponseFuture;
+    pub use crate::webhooks::WachtWebhooksFuture;
 }
 
 #[cfg(feature = "axum")]
@@ -125,3 +131,4 @@ pub use crate::principal::{ApiKeyIdentity, CredentialKind, Principal, ResourceUr
 pub use crate::reject::AuthError;
 pub use crate::stepup::InsufficientScope;
 pub use crate::verify::Verifier;
+pub use crate::webhooks::WachtWebhooks;

@@ -22,9 +22,10 @@
 //! | `wacht_fleet_events_total` | counter | `direction` | change-log traffic: `written` (an entry this replica appended), `applied` (a change applied to the local tiers), `announced` (a change Redis has not taken, sent on the channel), `replayed` (a log entry older than what is applied, ignored), `refused` (an entry, record or notice whose tag does not verify, ignored) |
 //! | `wacht_fleet_resyncs_total` | counter | `cause` | times this replica re-read the shared state: `behind` (it fell behind the trimmed log), `state_lost` (Redis lost, rolled back or forked the fleet's state) |
 //! | `wacht_fleet_channel_connected` | gauge | | 1 while this replica follows the fleet (notices heard, log read), 0 while it is lost |
+//! | `wacht_webhooks_total` | counter | `event`, `result` | deliveries to [`WachtWebhooks`](crate::WachtWebhooks): `event` is the Wacht event name of a known event, `unknown` for any other, `none` when refused before the body was read; `result` is `acted`, `ignored` (a known event with no action), `unknown`, `duplicate` (a `webhook-id` handled before), `unsettled` (answered 503: the fleet has not taken the change), or why it was refused: `method`, `too_large`, `malformed`, `bad_signature`, `stale` |
 //!
 //! Labels never carry a token or key: client ids and permission names come from the gateway's
-//! answer for a verified token.
+//! answer for a verified token; webhook event names are the crate's own list.
 //!
 //! **Bounded cardinality.** Client ids come from tokens, and anyone can obtain tokens for
 //! new clients (dynamic registration; with client ID metadata documents a client id is any
@@ -99,6 +100,8 @@ pub mod names {
     pub const FLEET_RESYNCS: &str = "wacht_fleet_resyncs_total";
     /// Fleet mode: 1 while this replica follows the fleet (notices heard, log read).
     pub const FLEET_CHANNEL: &str = "wacht_fleet_channel_connected";
+    /// Wacht webhook deliveries by `event` and `result`.
+    pub const WEBHOOKS: &str = "wacht_webhooks_total";
 }
 
 /// Pre-registered handles for the per-request counters.
@@ -256,4 +259,11 @@ pub(crate) fn fleet_channel(connected: bool) {
     #[cfg(feature = "metrics")]
     metrics::gauge!(names::FLEET_CHANNEL).set(if connected { 1.0 } else { 0.0 });
     let _ = connected;
+}
+
+/// A Wacht webhook delivery: `event` from the receiver's own list, `result` a fixed word.
+pub(crate) fn webhook(event: &'static str, result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::WEBHOOKS, "event" => event, "result" => result).increment(1);
+    let _ = (event, result);
 }

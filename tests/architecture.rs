@@ -15,12 +15,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("timefmt", &[]),
     ("token", &[]),
     ("api_key", &["error", "principal"]),
-    ("change", &["token"]),
+    ("change", &["principal", "token"]),
     ("scopes", &[]),
     ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
     ("metadata", &["error", "scopes"]),
     ("jwt", &["error", "json", "principal", "reject", "telemetry"]),
+    ("api_key", &["error", "principal"]),
     (
         "config",
         &[
@@ -41,14 +42,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gateway", &["config", "error", "principal", "timefmt", "token"]),
     (
         "cache",
-        &["config", "principal", "reject", "scopes", "telemetry", "token"],
+        &[
+            "change",
+            "config",
+            "principal",
+            "reject",
+            "scopes",
+            "telemetry",
+            "token",
+        ],
     ),
     (
         "verify",
         &[
+            "api_key",
             "cache",
             "change",
-            "api_key",
             "config",
             "fleet",
             "error",
@@ -82,6 +91,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("axum", &["principal", "reject", "stepup"]),
     ("cors", &["body", "error"]),
     ("stepup", &["principal", "reject", "telemetry"]),
+    ("webhooks", &["change", "error", "json", "layer", "telemetry", "verify"]),
     ("testing", &["jwt"]),
 ];
 

@@ -55,6 +55,33 @@ async fn documented_metrics_move() {
     assert_eq!(app.get("/whoami", Some(&app.token(&[]))).await.status(), 503);
     app.gateway.set_fault(None);
     app.auth.verifier().run_pending_tasks().await;
+    // Webhooks: one acted on, the same again, an unknown event, a forged one.
+    let signer = tower_wacht::testing::WebhookSigner::generate();
+    let receiver = serve(
+        tower_wacht::WachtWebhooks::new(&app.auth, [signer.secret()])
+            .unwrap()
+            .router("/hooks"),
+    )
+    .await;
+    let deleted = tower_wacht::testing::WebhookSigner::event("user.deleted", serde_json::json!({"entity_id": "42"}));
+    let unknown = tower_wacht::testing::WebhookSigner::event("invitation.created", serde_json::json!({}));
+    let stranger = tower_wacht::testing::WebhookSigner::generate();
+    for (id, body, signer, status) in [
+        ("msg_1", &deleted, &signer, 200),
+        ("msg_1", &deleted, &signer, 200),
+        ("msg_2", &unknown, &signer, 200),
+        ("msg_3", &deleted, &stranger, 401),
+    ] {
+        let resp = app
+            .http
+            .post(format!("http://{receiver}/hooks"))
+            .headers(signer.sign_now(id, body.as_bytes()))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+    }
 
     let snapshot = snapshotter.snapshot().into_vec();
     let total = |name: &str, label: Option<(&str, &str)>| -> f64 {
@@ -87,6 +114,24 @@ async fn documented_metrics_move() {
     assert!(total(names::STALE_SERVED, None) >= 1.0);
     assert!(total(names::REFRESHES, Some(("outcome", "allowed"))) >= 1.0);
     assert!(total(names::CACHE_EVICTIONS, None) >= 1.0);
+    let webhook = |event: &str, result: &str| {
+        snapshot
+            .iter()
+            .filter(|(key, _, _, _)| key.key().name() == names::WEBHOOKS)
+            .filter(|(key, _, _, _)| {
+                let labels: Vec<(&str, &str)> = key.key().labels().map(|l| (l.key(), l.value())).collect();
+                labels.contains(&("event", event)) && labels.contains(&("result", result))
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(c) => *c as f64,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(webhook("user.deleted", "acted"), 1.0);
+    assert_eq!(webhook("user.deleted", "duplicate"), 1.0);
+    assert_eq!(webhook("unknown", "unknown"), 1.0);
+    assert_eq!(webhook("none", "bad_signature"), 1.0);
     // No label anywhere carries a token.
     for (key, _, _, _) in &snapshot {
         for label in key.key().labels() {

@@ -1,5 +1,5 @@
-//! No token or API key in logs (any level, any crate), `Debug` output, errors or responses
-//! during a full run through every outcome.
+//! No token, API key or webhook secret, signature or body in logs (any level, any crate),
+//! `Debug` output, errors or responses during a full run through every outcome.
 
 mod common;
 
@@ -107,7 +107,54 @@ async fn no_secret_in_logs_debug_or_responses() {
         .unwrap();
     seen.push_str(&format!("{parsed:?} {:?}", parsed.hash()));
 
+    // Webhook deliveries: genuine, forged, stale and not an event. Neither the signing secret,
+    // nor a signature, nor anything of a body reaches the logs or an answer.
+    let signer = tower_wacht::testing::WebhookSigner::generate();
+    let webhooks = tower_wacht::WachtWebhooks::new(&app.auth, [signer.secret()]).unwrap();
+    let receiver = serve(webhooks.router("/webhooks/wacht")).await;
+    secrets.push(signer.secret().trim_start_matches("whsec_").to_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let marker = "body-marker-0b7d31c2";
+    let event = |kind: &str| {
+        tower_wacht::testing::WebhookSigner::event(kind, serde_json::json!({"entity_id": "42", "note": marker}))
+    };
+    let stranger = tower_wacht::testing::WebhookSigner::generate();
+    for (n, (signer, at, body)) in [
+        (&signer, now, event("user.deleted")),
+        (&stranger, now, event("user.deleted")),
+        (&signer, now - 3600, event("user.deleted")),
+        (&signer, now, format!("not an event {marker}")),
+        (&signer, now, event("something.new")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("msg_{n}");
+        let headers = signer.sign(&id, at, body.as_bytes());
+        secrets.push(
+            signer
+                .signature(&id, at, body.as_bytes())
+                .trim_start_matches("v1,")
+                .to_owned(),
+        );
+        let resp = app
+            .http
+            .post(format!("http://{receiver}/webhooks/wacht"))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        record(&mut seen, resp).await;
+    }
+    seen.push_str(&format!("{webhooks:?} {signer:?}"));
+    secrets.push(marker.to_owned());
+
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("Wacht webhook"), "webhook deliveries were logged");
     assert!(logs.contains("wacht.verify"), "verification spans were captured");
     assert!(logs.len() > 1000, "the run produced logs at trace level");
     for secret in &secrets {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::change::Target;
 use crate::principal::{Principal, VerifiedBy};
 use crate::token::TokenHash;
 
@@ -53,6 +54,8 @@ struct Records {
     /// JWT sessions (`sid`) and token ids (`jti`) cut off on this server.
     sessions: HashMap<Arc<str>, Voided>,
     token_ids: HashMap<Arc<str>, Voided>,
+    /// Users, API keys, tenants and memberships (`invalidate_user` and its kin).
+    targets: HashMap<Target, Voided>,
     /// Every record in the order made (when, its generation, what), to drop expired ones from
     /// the front.
     order: VecDeque<(Instant, u64, Subject)>,
@@ -65,10 +68,12 @@ enum Subject {
     Client(Arc<str>),
     Session(Arc<str>),
     TokenId(Arc<str>),
+    Target(Target),
 }
 
 impl Records {
     fn clear(&mut self) {
+        self.targets.clear();
         self.tokens.clear();
         self.clients.clear();
         self.sessions.clear();
@@ -100,6 +105,11 @@ impl Records {
                 Subject::Client(id) => remove_if_at(&mut self.clients, &id, at),
                 Subject::Session(id) => remove_if_at(&mut self.sessions, &id, at),
                 Subject::TokenId(id) => remove_if_at(&mut self.token_ids, &id, at),
+                Subject::Target(target) => {
+                    if self.targets.get(&target).is_some_and(|v| v.at == at) {
+                        self.targets.remove(&target);
+                    }
+                }
             }
         }
         dropped
@@ -141,8 +151,9 @@ impl Generations {
         self.current.load(Ordering::Acquire)
     }
 
-    /// True unless an invalidation of this token, of its client, session or token id, of
-    /// every JWT decision (for a JWT's answer), or of everything came after `stamp` (the
+    /// True unless an invalidation of this token, of its client, session or token id, of a
+    /// user, API key, tenant or membership its grant names ([`Target::of`]), of every JWT
+    /// decision (for a JWT's answer), or of everything came after `stamp` (the
     /// generation when the answer's verification started).
     pub(crate) fn is_current(&self, hash: &TokenHash, principal: &Principal, stamp: u64) -> bool {
         if stamp < self.floor.load(Ordering::Acquire) {
@@ -160,10 +171,18 @@ impl Generations {
         let by_id = |map: &HashMap<Arc<str>, Voided>, id: Option<&Arc<str>>| {
             !map.is_empty() && voids(id.and_then(|id| map.get(id)))
         };
+        let by_target = || {
+            !records.targets.is_empty()
+                && Target::of(grant)
+                    .iter()
+                    .flatten()
+                    .any(|target| voids(records.targets.get(target)))
+        };
         !(voids(records.tokens.get(hash))
             || voids(records.clients.get(grant.client_id.as_str()))
             || by_id(&records.sessions, grant.session_id.as_ref())
-            || by_id(&records.token_ids, grant.token_id.as_ref()))
+            || by_id(&records.token_ids, grant.token_id.as_ref())
+            || by_target())
     }
 
     /// [`is_current`](Self::is_current) for an answer held since `stamp` by a streamed
@@ -205,6 +224,14 @@ impl Generations {
             let id: Arc<str> = Arc::from(token_id);
             records.token_ids.insert(Arc::clone(&id), voided);
             Subject::TokenId(id)
+        });
+    }
+
+    /// Voids every answer whose grant names `target` obtained so far.
+    pub(crate) fn invalidate_target(&self, target: Target) {
+        self.record(|records, voided| {
+            records.targets.insert(target, voided);
+            Subject::Target(target)
         });
     }
 
@@ -305,6 +332,53 @@ mod tests {
         g.invalidate_token_id("jti_1");
         assert!(!g.is_current(&a, &jwt, before));
         assert!(g.is_current(&a, oc_1, before), "no token id");
+    }
+
+    #[test]
+    fn a_target_voids_only_the_answers_whose_grant_names_it() {
+        use crate::principal::{ApiKeyId, ApiKeyIdentity, MembershipId, ResourceUrn, UserId, WorkspaceId};
+        let g = Generations::new(Duration::from_secs(60));
+        let hash = TokenHash::of("oat_a");
+        let mut grant = Grant::new("oc_1", SystemTime::now());
+        grant.owner_user_id = Some(UserId(42));
+        let token = Principal::from_grant(grant);
+        let mut grant = Grant::new("billing", SystemTime::now());
+        grant.owner_user_id = Some(UserId(42));
+        let mut key = ApiKeyIdentity::new(ApiKeyId(7), "export", "billing");
+        key.workspace_id = Some(WorkspaceId(5));
+        key.workspace_membership_id = Some(MembershipId(77));
+        grant.api_key = Some(Arc::new(key));
+        let api_key = Principal::from_grant(grant);
+        let mut grant = Grant::new("oc_1", SystemTime::now());
+        grant.granted_resource = Some(ResourceUrn::User(UserId(43)));
+        let own_data = Principal::from_grant(grant);
+
+        let before = g.current();
+        g.invalidate_target(Target::User(41));
+        assert!(g.is_current(&hash, &token, before), "another user");
+        g.invalidate_target(Target::User(42));
+        assert!(!g.is_current(&hash, &token, before), "the user's token");
+        assert!(!g.is_current(&hash, &api_key, before), "the user's API key");
+        assert!(g.is_current(&hash, &own_data, before), "a token of another user");
+        assert!(g.is_current(&hash, &token, g.current()), "asked after");
+        let before = g.current();
+        g.invalidate_target(Target::User(43));
+        assert!(
+            !g.is_current(&hash, &own_data, before),
+            "granted for the user's own data"
+        );
+        let before = g.current();
+        g.invalidate_target(Target::ApiKey(8));
+        assert!(g.is_current(&hash, &api_key, before), "another key");
+        g.invalidate_target(Target::ApiKey(7));
+        assert!(!g.is_current(&hash, &api_key, before));
+        assert!(g.is_current(&hash, &token, before), "a token is no key");
+        for target in [Target::Workspace(5), Target::WorkspaceMembership(77)] {
+            let before = g.current();
+            g.invalidate_target(target);
+            assert!(!g.is_current(&hash, &api_key, before), "{target:?}");
+            assert!(g.is_current(&hash, &token, before), "{target:?}");
+        }
     }
 
     #[test]

@@ -368,6 +368,20 @@ impl DecisionCache {
         self.invalidate_where(move |p| p.token_id() == Some(id.as_str()));
     }
 
+    /// Voids every answer whose grant names `target` (a user, an API key, a tenant, a
+    /// membership), in every tier, answers in flight and open streams included.
+    ///
+    /// Only the generation record: every read of moka and of the outage grace checks it, and
+    /// the front cache empties with the generation's move. The voided entries are not
+    /// searched for: `invalidate_entries_if` leaves its predicate to be evaluated on every
+    /// moka read until a scan of the whole cache has passed it, and these invalidations come
+    /// in bursts (webhooks), so each would tax the hit path. A voided entry is removed when
+    /// its token is next used (the miss path drops it) or at its ttl, within the cache's
+    /// bounds meanwhile.
+    pub(crate) fn invalidate_target(&self, target: crate::change::Target) {
+        self.generations.invalidate_target(target);
+    }
+
     /// Drops the positive entries whose principal matches (every read also checks the
     /// generations, so this frees memory and nothing else).
     fn invalidate_where(&self, matches: impl Fn(&Principal) -> bool + Send + Sync + 'static) {

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::records::{Change, Incarnation, Stamp};
+use crate::change::Target;
 use crate::principal::StringSet;
 use crate::token::TokenHash;
 
@@ -123,6 +124,19 @@ impl Writer {
                 self.str(id);
                 self.u64(*until);
             }
+            Change::Target(target) => {
+                self.u8(8);
+                let (kind, id) = match *target {
+                    Target::User(id) => (1, id),
+                    Target::ApiKey(id) => (2, id),
+                    Target::Organization(id) => (3, id),
+                    Target::Workspace(id) => (4, id),
+                    Target::OrganizationMembership(id) => (5, id),
+                    Target::WorkspaceMembership(id) => (6, id),
+                };
+                self.u8(kind);
+                self.i64(id);
+            }
         }
     }
 }
@@ -209,6 +223,19 @@ impl<'a> Reader<'a> {
                 id: self.str()?.to_owned(),
                 until: self.u64()?,
             },
+            8 => {
+                let kind = self.u8()?;
+                let id = self.i64()?;
+                Change::Target(match kind {
+                    1 => Target::User(id),
+                    2 => Target::ApiKey(id),
+                    3 => Target::Organization(id),
+                    4 => Target::Workspace(id),
+                    5 => Target::OrganizationMembership(id),
+                    6 => Target::WorkspaceMembership(id),
+                    _ => return None,
+                })
+            }
             _ => return None,
         })
     }

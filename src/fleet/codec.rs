@@ -18,7 +18,9 @@ use crate::token::TokenHash;
 
 /// Format version of sealed records, log entries and notices. Part of the namespace of
 /// everything sealed: releases that cannot read each other's records never share them.
-pub(crate) const VERSION: u8 = 3;
+/// (4: invalidations by user, API key, tenant and membership, which a release reading
+/// version 3 would skip, keeping shared answers they void.)
+pub(crate) const VERSION: u8 = 4;
 /// Length of a full tag.
 pub(crate) const TAG_LEN: usize = 32;
 /// Length of the tag prefix that chains log entries and seals text records.

@@ -271,7 +271,9 @@ impl Fleet {
                 let member = jwt_denial_member(&self.codec, &self.codec.records_key("token-ids"), id, *until);
                 ("jti", String::new(), member, until.to_string())
             }
-            Change::Token(_) | Change::Client(_) | Change::All => ("", String::new(), String::new(), String::new()),
+            Change::Token(_) | Change::Client(_) | Change::All | Change::Target(_) => {
+                ("", String::new(), String::new(), String::new())
+            }
         };
         Prepared {
             sealed,

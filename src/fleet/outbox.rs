@@ -87,17 +87,17 @@ impl Outbox {
         }
         let mut change = change;
         let mut waiters = vec![done];
-        if queue.changes.len() >= MAX_QUEUED && matches!(change, Change::Token(_) | Change::Client(_)) {
-            // Token and client invalidations are summed up by one invalidate-all.
+        if queue.changes.len() >= MAX_QUEUED && change.is_invalidation() {
+            // Invalidations are summed up by one invalidate-all.
             let (summed, kept): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut queue.changes)
                 .into_iter()
-                .partition(|q| matches!(q.change, Change::Token(_) | Change::Client(_) | Change::All));
+                .partition(|q| q.change.is_invalidation());
             queue.changes = kept;
             waiters.extend(summed.into_iter().flat_map(|q| q.waiters));
             change = Change::All;
             tracing::warn!(
                 limit = MAX_QUEUED,
-                "fleet: too many changes waiting for Redis; token and client invalidations summed up as one invalidate-all"
+                "fleet: too many changes waiting for Redis; invalidations summed up as one invalidate-all"
             );
         }
         if queue.changes.len() >= MAX_QUEUED {
@@ -173,7 +173,7 @@ impl Outbox {
                     q.announced = true;
                     out.fresh.push(item);
                 }
-            } else if matches!(q.change, Change::Token(_) | Change::Client(_) | Change::All) {
+            } else if q.change.is_invalidation() {
                 out.invalidations.push(item);
             } else if q.change.restricts() {
                 denials.push(item);

@@ -466,6 +466,12 @@ mod tests {
                 id: "593812470098765432".into(),
                 until: 1_790_000_000_000,
             },
+            Change::Target(crate::change::Target::User(432119876543210241)),
+            Change::Target(crate::change::Target::ApiKey(7001)),
+            Change::Target(crate::change::Target::Organization(427001234567890561)),
+            Change::Target(crate::change::Target::Workspace(-1)),
+            Change::Target(crate::change::Target::OrganizationMembership(9001)),
+            Change::Target(crate::change::Target::WorkspaceMembership(i64::MAX)),
         ]
     }
 

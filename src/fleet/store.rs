@@ -134,11 +134,7 @@ impl Fleet {
         if let Some(value) = found.answer {
             let key = self.codec.token_key("a", hash);
             match self.codec.decode_answer(&key, &value) {
-                Some(stored)
-                    if self
-                        .view()
-                        .answer_is_current(stored.stamp, hash, stored.grant.client_id.as_str()) =>
-                {
+                Some(stored) if self.view().answer_is_current(stored.stamp, hash, Some(&stored.grant)) => {
                     // Redis's expiry can be extended by anyone who can write to it; the
                     // sealed deadline cannot.
                     let now = SystemTime::now();
@@ -162,7 +158,7 @@ impl Fleet {
         if let Some(value) = found.rejection {
             let key = self.codec.token_key("n", hash);
             match self.codec.decode_rejection(&key, &value) {
-                Some(stamp) if self.view().answer_is_current(stamp, hash, "") => {
+                Some(stamp) if self.view().answer_is_current(stamp, hash, None) => {
                     return Lookup::Found(Shared::Rejected);
                 }
                 Some(_) => {}

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::codec::Link;
 use super::records::{Change, Entry, Incarnation, Sender, Stamp, from_unix_millis};
 use super::voids::{MAX_VOIDS, Voids};
+use crate::change::Target;
+use crate::principal::Grant;
 use crate::token::TokenHash;
 
 /// Most client records kept (denied and allowed ones; allowed ones are forgotten first).
@@ -56,6 +58,7 @@ pub(crate) enum Effect {
     Allow(String),
     DenySession(String, SystemTime),
     DenyTokenId(String, SystemTime),
+    Target(Target),
 }
 
 /// An unwritten change another replica announced.
@@ -129,11 +132,11 @@ impl View {
         self.head.as_ref().map_or(0, |h| h.seq)
     }
 
-    /// True if an answer stamped `stamp`, for `client`, is still good by this view: same
-    /// incarnation, and no invalidation that covers it was logged after it.
-    pub(crate) fn answer_is_current(&self, stamp: Stamp, hash: &TokenHash, client: &str) -> bool {
+    /// True if an answer stamped `stamp` (for `grant`; `None` for a rejection) is still good
+    /// by this view: same incarnation, and no invalidation that covers it was logged after it.
+    pub(crate) fn answer_is_current(&self, stamp: Stamp, hash: &TokenHash, grant: Option<&Grant>) -> bool {
         self.head.as_ref().is_some_and(|h| h.incarnation == stamp.incarnation)
-            && !self.voids.covers(stamp.seq, hash, client)
+            && !self.voids.covers(stamp.seq, hash, grant)
     }
 
     /// What this replica knows of `client`.
@@ -232,6 +235,10 @@ impl View {
             }
             Change::DenySession { id, until } => Some(Effect::DenySession(id.clone(), from_unix_millis(*until))),
             Change::DenyTokenId { id, until } => Some(Effect::DenyTokenId(id.clone(), from_unix_millis(*until))),
+            Change::Target(target) => {
+                self.voids.target(*target, seq, now);
+                Some(Effect::Target(*target))
+            }
         }
     }
 
@@ -284,6 +291,7 @@ impl View {
             Change::Token(hash) => self.voids.token(*hash, seq, now),
             Change::Client(client) | Change::Deny { client, .. } => self.voids.client(client, seq, now),
             Change::All => self.voids.all(seq),
+            Change::Target(target) => self.voids.target(*target, seq, now),
             Change::Allow { .. } | Change::DenySession { .. } | Change::DenyTokenId { .. } => {}
         }
     }
@@ -361,6 +369,7 @@ impl View {
             Change::All => Some(Effect::All),
             Change::DenySession { id, until } => Some(Effect::DenySession(id.clone(), from_unix_millis(*until))),
             Change::DenyTokenId { id, until } => Some(Effect::DenyTokenId(id.clone(), from_unix_millis(*until))),
+            Change::Target(target) => Some(Effect::Target(*target)),
             Change::Allow { .. } => None,
         }
     }
@@ -434,6 +443,10 @@ fn same_subject(a: &Change, b: &Change) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant(client: &str) -> Grant {
+        Grant::new(client, std::time::SystemTime::now())
+    }
 
     fn entry(seq: u64, change: Change) -> Entry {
         Entry {
@@ -544,9 +557,9 @@ mod tests {
             incarnation: Incarnation([1; 16]),
             seq: 5,
         };
-        assert!(view.answer_is_current(stamp, &hash, "c"));
+        assert!(view.answer_is_current(stamp, &hash, Some(&grant("c"))));
         view.apply_unwritten(9, 4, Change::Token(hash), now);
-        assert!(!view.answer_is_current(stamp, &hash, "c"));
+        assert!(!view.answer_is_current(stamp, &hash, Some(&grant("c"))));
     }
 
     #[test]
@@ -599,18 +612,18 @@ mod tests {
             incarnation: Incarnation([1; 16]),
             seq,
         };
-        assert!(!view.answer_is_current(stamp(9), &hash, "c"));
-        assert!(view.answer_is_current(stamp(10), &hash, "c"));
-        assert!(view.answer_is_current(stamp(9), &TokenHash::of("other"), "c"));
+        assert!(!view.answer_is_current(stamp(9), &hash, Some(&grant("c"))));
+        assert!(view.answer_is_current(stamp(10), &hash, Some(&grant("c"))));
+        assert!(view.answer_is_current(stamp(9), &TokenHash::of("other"), Some(&grant("c"))));
         apply(&mut view, 11, Change::Client("c".into()));
-        assert!(!view.answer_is_current(stamp(10), &TokenHash::of("other"), "c"));
+        assert!(!view.answer_is_current(stamp(10), &TokenHash::of("other"), Some(&grant("c"))));
         apply(&mut view, 12, Change::All);
-        assert!(!view.answer_is_current(stamp(11), &TokenHash::of("other"), "d"));
-        assert!(view.answer_is_current(stamp(12), &hash, "c"));
+        assert!(!view.answer_is_current(stamp(11), &TokenHash::of("other"), Some(&grant("d"))));
+        assert!(view.answer_is_current(stamp(12), &hash, Some(&grant("c"))));
         let other_incarnation = Stamp {
             incarnation: Incarnation([2; 16]),
             seq: 99,
         };
-        assert!(!view.answer_is_current(other_incarnation, &hash, "c"));
+        assert!(!view.answer_is_current(other_incarnation, &hash, Some(&grant("c"))));
     }
 }

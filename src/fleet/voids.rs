@@ -4,6 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::change::Target;
+use crate::principal::Grant;
 use crate::token::TokenHash;
 
 /// Most void records kept; past it, older answers are voided wholesale (safe, costlier).
@@ -14,6 +16,8 @@ pub(crate) const MAX_VOIDS: usize = 65_536;
 pub(crate) struct Voids {
     tokens: HashMap<TokenHash, u64>,
     clients: HashMap<String, u64>,
+    /// Users, API keys, tenants and memberships.
+    targets: HashMap<Target, u64>,
     /// Answers stamped below this are void (invalidate-all, a reset, or pruning past the
     /// bound).
     floor: u64,
@@ -25,6 +29,7 @@ pub(crate) struct Voids {
 enum Subject {
     Token(TokenHash),
     Client(String),
+    Target(Target),
 }
 
 impl Voids {
@@ -32,16 +37,27 @@ impl Voids {
         Voids {
             tokens: HashMap::new(),
             clients: HashMap::new(),
+            targets: HashMap::new(),
             floor: 0,
             order: VecDeque::new(),
             keep,
         }
     }
 
-    pub(crate) fn covers(&self, stamp: u64, hash: &TokenHash, client: &str) -> bool {
+    /// True if an answer stamped `stamp` for `hash` (and `grant`, for an approval; `None`
+    /// for a rejection) is void.
+    pub(crate) fn covers(&self, stamp: u64, hash: &TokenHash, grant: Option<&Grant>) -> bool {
+        let after = |v: Option<&u64>| v.is_some_and(|v| stamp < *v);
         stamp < self.floor
-            || self.tokens.get(hash).is_some_and(|v| stamp < *v)
-            || self.clients.get(client).is_some_and(|v| stamp < *v)
+            || after(self.tokens.get(hash))
+            || grant.is_some_and(|grant| {
+                after(self.clients.get(grant.client_id.as_str()))
+                    || (!self.targets.is_empty()
+                        && Target::of(grant)
+                            .iter()
+                            .flatten()
+                            .any(|target| after(self.targets.get(target))))
+            })
     }
 
     pub(crate) fn token(&mut self, hash: TokenHash, seq: u64, now: Instant) {
@@ -56,6 +72,12 @@ impl Voids {
         self.order.push_back((now, seq, Subject::Client(client.to_owned())));
     }
 
+    pub(crate) fn target(&mut self, target: Target, seq: u64, now: Instant) {
+        self.prune(now);
+        self.targets.insert(target, seq);
+        self.order.push_back((now, seq, Subject::Target(target)));
+    }
+
     pub(crate) fn all(&mut self, seq: u64) {
         self.reset(seq);
     }
@@ -64,6 +86,7 @@ impl Voids {
         self.floor = self.floor.max(floor);
         self.tokens.clear();
         self.clients.clear();
+        self.targets.clear();
         self.order.clear();
     }
 
@@ -93,6 +116,11 @@ impl Voids {
                         self.clients.remove(&id);
                     }
                 }
+                Subject::Target(target) => {
+                    if self.targets.get(&target) == Some(&seq) {
+                        self.targets.remove(&target);
+                    }
+                }
             }
         }
     }
@@ -108,17 +136,48 @@ mod tests {
         let t0 = Instant::now();
         let hash = TokenHash::of("oat_x");
         voids.token(hash, 5, t0);
-        assert!(voids.covers(4, &hash, "c"));
+        assert!(voids.covers(4, &hash, None));
         voids.client("c", 6, t0 + Duration::from_millis(20));
-        assert!(!voids.covers(4, &hash, "d"), "the token's record expired");
+        assert!(!voids.covers(4, &hash, Some(&grant("d"))), "the token's record expired");
         let mut voids = Voids::new(Duration::from_secs(600));
         for seq in 0..(MAX_VOIDS as u64 + 10) {
             voids.client(&format!("c{seq}"), seq, t0);
         }
         assert!(voids.order.len() <= MAX_VOIDS);
         assert!(
-            voids.covers(3, &hash, "unrelated"),
+            voids.covers(3, &hash, Some(&grant("unrelated"))),
             "pruned past the bound: void wholesale"
         );
+    }
+
+    fn grant(client: &str) -> Grant {
+        Grant::new(client, std::time::SystemTime::now())
+    }
+
+    #[test]
+    fn a_target_voids_the_answers_whose_grant_names_it() {
+        use crate::principal::{ApiKeyId, ApiKeyIdentity, OrganizationId, ResourceUrn, UserId};
+        let mut voids = Voids::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        let hash = TokenHash::of("oat_x");
+        let mut token = grant("c");
+        token.owner_user_id = Some(UserId(42));
+        let mut key = grant("app");
+        let mut identity = ApiKeyIdentity::new(ApiKeyId(7), "k", "app");
+        identity.organization_id = Some(OrganizationId(9));
+        key.api_key = Some(std::sync::Arc::new(identity));
+        let mut tenant = grant("c");
+        tenant.granted_resource = Some(ResourceUrn::Organization(OrganizationId(9)));
+        voids.target(Target::User(42), 10, t0);
+        assert!(voids.covers(9, &hash, Some(&token)), "the user's token");
+        assert!(!voids.covers(10, &hash, Some(&token)), "stamped after the invalidation");
+        assert!(!voids.covers(9, &hash, Some(&key)), "another user's key");
+        assert!(!voids.covers(9, &hash, None), "a rejection names no user");
+        voids.target(Target::ApiKey(7), 11, t0);
+        assert!(voids.covers(10, &hash, Some(&key)));
+        voids.target(Target::Organization(9), 12, t0);
+        assert!(voids.covers(11, &hash, Some(&key)), "a key acting for the tenant");
+        assert!(voids.covers(11, &hash, Some(&tenant)), "a grant for the tenant");
+        assert!(!voids.covers(11, &hash, Some(&token)), "a grant for no tenant");
     }
 }

@@ -212,7 +212,7 @@ impl Fleet {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.outbox.to_announce(MAX_ANNOUNCED_PER_ROUND, &mut cursor)
         };
-        let is_invalidation = |change: &Change| matches!(change, Change::Token(_) | Change::Client(_) | Change::All);
+        let is_invalidation = Change::is_invalidation;
         let invalidations: Vec<&(u64, u64, Change)> = announcements
             .invalidations
             .iter()

@@ -27,6 +27,7 @@ use crate::config::WachtAuthConfig;
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
 use crate::metadata::ProtectedResourceMetadata;
+use crate::principal::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use crate::reject::ChallengeParams;
 use crate::verify::Verifier;
 
@@ -194,6 +195,11 @@ impl WachtAuthLayer {
         &self.shared.verifier
     }
 
+    /// The verifier, shared (for the webhook receiver).
+    pub(crate) fn shared_verifier(&self) -> Arc<Verifier> {
+        Arc::clone(&self.shared.verifier)
+    }
+
     /// Drops one token's cached decision at once (e.g. after revoking its grant); see
     /// [`Verifier::invalidate`] for what the outcome says.
     pub async fn invalidate(&self, token: &str) -> ChangeOutcome {
@@ -208,6 +214,29 @@ impl WachtAuthLayer {
     /// Drops every cached token of one OAuth client (see [`Verifier::invalidate_client`]).
     pub async fn invalidate_client(&self, client_id: &str) -> ChangeOutcome {
         self.shared.verifier.invalidate_client(client_id).await
+    }
+
+    /// Drops every cached answer for one Wacht user's tokens and API keys (see
+    /// [`Verifier::invalidate_user`]).
+    pub async fn invalidate_user(&self, user_id: UserId) -> ChangeOutcome {
+        self.shared.verifier.invalidate_user(user_id).await
+    }
+
+    /// Drops every cached answer for one API key (see [`Verifier::invalidate_api_key`]).
+    pub async fn invalidate_api_key(&self, key_id: ApiKeyId) -> ChangeOutcome {
+        self.shared.verifier.invalidate_api_key(key_id).await
+    }
+
+    /// Drops every cached answer granted for one organization (see
+    /// [`Verifier::invalidate_organization`]).
+    pub async fn invalidate_organization(&self, organization_id: OrganizationId) -> ChangeOutcome {
+        self.shared.verifier.invalidate_organization(organization_id).await
+    }
+
+    /// Drops every cached answer granted for one workspace (see
+    /// [`Verifier::invalidate_workspace`]).
+    pub async fn invalidate_workspace(&self, workspace_id: WorkspaceId) -> ChangeOutcome {
+        self.shared.verifier.invalidate_workspace(workspace_id).await
     }
 
     /// Refuses every token of one OAuth client from now on (see [`Verifier::deny_client`]).

@@ -26,6 +26,9 @@
 //! // Point the code under test at `gateway.url()`.
 //! ```
 //!
+//! [`WebhookSigner`] signs webhook deliveries as Wacht does, to test a
+//! [`WachtWebhooks`](crate::WachtWebhooks) endpoint (or your own).
+//!
 //! API keys ([`FakeGateway::register_api_key`], [`ApiKeyGrant`]) are answered as §4 of the
 //! protocol says: the format check, the plain-text `401 Invalid API key` for an unknown or
 //! revoked key, expiry, the union of the key's and its roles' permissions, its metadata.
@@ -43,6 +46,7 @@ mod model;
 mod protocol;
 mod server;
 mod state;
+mod webhooks;
 
 use std::fmt;
 use std::io;
@@ -62,6 +66,7 @@ pub use model::{
     ApiKeyGrant, EXAMPLE_API_KEY_ID, EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER,
     EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest, ScopeDefinition, TokenGrant,
 };
+pub use webhooks::WebhookSigner;
 
 use loopback::Running;
 use server::Shared;

@@ -132,6 +132,7 @@ impl Replica for Verifier {
                     self.cache.forget_rejection(&hash).await;
                 }
                 Effect::Client(id) => self.cache.invalidate_client(&id),
+                Effect::Target(target) => self.cache.invalidate_target(target),
                 Effect::All => self.cache.invalidate_all(),
                 // The fleet's view is the record of run-time denials (`is_denied`): a denial
                 // only has cached answers to drop, an allow nothing to do here.

@@ -32,11 +32,11 @@ use self::miss::MissContext;
 use self::revoked::RevokedIds;
 pub(crate) use self::stream::Ticket;
 use crate::cache::DecisionCache;
-use crate::change::{Change, ChangeOutcome};
+use crate::change::{Change, ChangeOutcome, Target};
 use crate::config::{GatewaySettings, WachtAuthConfig};
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, HttpGateway};
-use crate::principal::Principal;
+use crate::principal::{ApiKeyId, OrganizationId, Principal, UserId, WorkspaceId};
 use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::token::{BearerToken, Credential, OwnedBearer, TokenHash, parse_token};
 
@@ -319,6 +319,63 @@ impl Verifier {
         self.settle(handed).await
     }
 
+    /// Drops every cached answer for one Wacht user's credentials, so their next use asks
+    /// again: OAuth access tokens the user granted (opaque ones by the gateway's
+    /// `owner_user_id`, JWTs by their `sub`), tokens granted for `urn:wacht:user:<id>`, and the
+    /// API keys the user owns. Answers in flight, the outage grace and open streams are
+    /// covered too (every tier, every thread); in force here before the first `await`
+    /// completes, and in fleet mode written to the change log, so every replica drops them
+    /// (see the outcome). Use it when a user is deleted, changes their password or loses a
+    /// second factor ([`WachtWebhooks`](crate::WachtWebhooks) does, on Wacht's webhooks). The
+    /// gateway decides what their next use gets: a deleted user's tokens are
+    /// refused there.
+    ///
+    /// Ids are the decimal ids Wacht's webhooks and the gateway name
+    /// (`"432119876543210241".parse::<UserId>()`).
+    ///
+    /// ```
+    /// # async fn f(verifier: &tower_wacht::Verifier) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_wacht::principal::UserId;
+    ///
+    /// let outcome = verifier.invalidate_user("432119876543210241".parse::<UserId>()?).await;
+    /// assert!(outcome.is_settled());
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_user(&self, user_id: UserId) -> ChangeOutcome {
+        self.invalidate_target(Target::User(user_id.get())).await
+    }
+
+    /// Drops every cached answer for one API key (`Principal::api_key().key_id`), as
+    /// [`invalidate_user`](Self::invalidate_user) does for a user: use it when a key is
+    /// deleted or rotated.
+    pub async fn invalidate_api_key(&self, key_id: ApiKeyId) -> ChangeOutcome {
+        self.invalidate_target(Target::ApiKey(key_id.get())).await
+    }
+
+    /// Drops every cached answer granted for one organization (`urn:wacht:organization:<id>`)
+    /// and every API key acting for it, as [`invalidate_user`](Self::invalidate_user) does for
+    /// a user. A grant for one of its workspaces names only the workspace: see
+    /// [`invalidate_workspace`](Self::invalidate_workspace).
+    pub async fn invalidate_organization(&self, organization_id: OrganizationId) -> ChangeOutcome {
+        self.invalidate_target(Target::Organization(organization_id.get()))
+            .await
+    }
+
+    /// Drops every cached answer granted for one workspace (`urn:wacht:workspace:<id>`) and
+    /// every API key acting for it, as [`invalidate_user`](Self::invalidate_user) does for a
+    /// user.
+    pub async fn invalidate_workspace(&self, workspace_id: WorkspaceId) -> ChangeOutcome {
+        self.invalidate_target(Target::Workspace(workspace_id.get())).await
+    }
+
+    /// Voids every answer whose grant names `target`, here and (in fleet mode) on every
+    /// replica.
+    pub(crate) async fn invalidate_target(&self, target: Target) -> ChangeOutcome {
+        let handed = self.hand(|| Change::Target(target));
+        self.cache.invalidate_target(target);
+        self.settle(handed).await
+    }
+
     /// Refuses every token of `client_id` from now on (401 `invalid_token`), even when the
     /// gateway allows it, and drops its cached tokens at once: in force on every thread here
     /// before the first `await` completes. In fleet mode every replica refuses it too (see
@@ -373,6 +430,23 @@ impl Verifier {
             return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
         }
         let until = SystemTime::now() + self.revoked.session_lifetime();
+        let handed = self.hand(|| Change::DenySession {
+            id: session_id.to_owned(),
+            until: unix_millis(until),
+        });
+        self.cache.invalidate_session(session_id);
+        self.settle(handed).await
+    }
+
+    /// [`deny_session`](Self::deny_session) for a session Wacht itself ended (deleted or
+    /// expired): Wacht mints no more access tokens for it, so the denial lasts as long as one
+    /// it already minted can be accepted (the token-id lifetime: 24 hours plus twice the
+    /// leeway), not `session_denial_lifetime`, and never shortens a longer denial known here.
+    pub(crate) async fn deny_ended_session(&self, session_id: &str) -> ChangeOutcome {
+        let until = SystemTime::now() + self.revoked.token_id_lifetime();
+        if !self.revoked.deny_session_at_least(session_id, until) {
+            return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
+        }
         let handed = self.hand(|| Change::DenySession {
             id: session_id.to_owned(),
             until: unix_millis(until),

@@ -103,6 +103,18 @@ impl RevokedIds {
         self.insert_new(&self.sessions, id, until, "session")
     }
 
+    /// Denies a session until at least `until` (a denial known here that lasts longer is
+    /// kept as it is); false only when the list is full.
+    pub(super) fn deny_session_at_least(&self, id: &str, until: SystemTime) -> bool {
+        let known = self
+            .sessions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(id)
+            .is_some_and(|known| *known >= until);
+        known || self.insert(&self.sessions, id, Some(until), SystemTime::now(), "session")
+    }
+
     /// [`deny_session_until`](Self::deny_session_until) for a token id.
     #[cfg(feature = "redis")]
     pub(super) fn deny_token_id_until(&self, id: &str, until: SystemTime) -> bool {
@@ -255,6 +267,18 @@ mod tests {
         // A day later the old denials have ended and make room.
         assert!(revoked.deny_session_at("sid_new", now + DAY));
         assert!(revoked.covers_at(&jwt("sid_new", "jti"), now + DAY));
+    }
+
+    #[test]
+    fn an_ended_sessions_denial_never_shortens_a_longer_one() {
+        let revoked = RevokedIds::new(30 * DAY, DAY);
+        let now = SystemTime::now();
+        assert!(revoked.deny_session_at_least("sid_1", now + DAY));
+        assert!(revoked.covers_at(&jwt("sid_1", "jti"), now + DAY - Duration::from_secs(1)));
+        assert!(!revoked.covers_at(&jwt("sid_1", "jti"), now + DAY));
+        assert!(revoked.deny_session_at("sid_2", now));
+        assert!(revoked.deny_session_at_least("sid_2", now + DAY), "known for longer");
+        assert!(revoked.covers_at(&jwt("sid_2", "jti"), now + 7 * DAY), "still 30 days");
     }
 
     #[test]

@@ -259,3 +259,74 @@ async fn the_operator_listener_says_whether_a_change_was_written() {
     assert_eq!(post("/clients/oc_fleetOperator00000000000001/allow").await.0, 204);
     assert_eq!(post("/clients/oc_fleetOperator00000000000002/deny").await.0, 204);
 }
+
+/// The example wired to Wacht's webhooks (`WACHT_WEBHOOK_SECRET`, two while rotating): a
+/// `user.deleted` delivered to one process ends the user's access on the other; its operator
+/// listener invalidates a user and an API key by id too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivered_to_one_process_ends_access_on_the_other() {
+    use tower_wacht::testing::{TokenGrant, WebhookSigner, generate_token};
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let (old, signer) = (WebhookSigner::generate(), WebhookSigner::generate());
+    let secrets = format!("{} {}", old.secret(), signer.secret());
+    let env = [("WACHT_WEBHOOK_SECRET", secrets.as_str())];
+    let instances = [
+        start_with(&redis, &gateway.url(), &env),
+        start_with(&redis, &gateway.url(), &env),
+    ];
+    let http = reqwest::Client::new();
+    for instance in &instances {
+        until(|| async { whoami(&http, instance, "oat_probe").await.is_some() }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let of_user = |user: i64| {
+        let token = generate_token();
+        gateway.register(
+            &token,
+            TokenGrant::new("oc_fleetProcessesHooks00000000001")
+                .granted_resource(crate::common::ORG_URN)
+                .owner_user_id(user)
+                .expires_in(Duration::from_secs(3600)),
+        );
+        token
+    };
+    let (deleted, invalidated) = (of_user(42), of_user(43));
+    for instance in &instances {
+        assert_eq!(whoami(&http, instance, &deleted).await, Some(200));
+        assert_eq!(whoami(&http, instance, &invalidated).await, Some(200));
+    }
+    gateway.revoke(&deleted);
+    gateway.revoke(&invalidated);
+    let body = WebhookSigner::event("user.deleted", serde_json::json!({"entity_id": "42"}));
+    let deliver = |signer: &WebhookSigner, id: &str| {
+        http.post(format!("http://127.0.0.1:{}/webhooks/wacht", instances[0].port))
+            .headers(signer.sign_now(id, body.as_bytes()))
+            .body(body.clone())
+            .send()
+    };
+    let resp = deliver(&WebhookSigner::generate(), "msg_forged")
+        .await
+        .expect("answers");
+    assert_eq!(resp.status(), 401, "a delivery signed with another secret");
+    let resp = deliver(&old, "msg_1").await.expect("answers");
+    assert_eq!(resp.status(), 200);
+    until(|| async { whoami(&http, &instances[1], &deleted).await == Some(401) }).await;
+    // The operator listener, by id.
+    let resp = http
+        .post(format!("http://127.0.0.1:{}/users/43/invalidate", instances[1].admin))
+        .send()
+        .await
+        .expect("operator listener answers");
+    assert_eq!(resp.status(), 204);
+    until(|| async { whoami(&http, &instances[0], &invalidated).await == Some(401) }).await;
+    let resp = http
+        .post(format!(
+            "http://127.0.0.1:{}/api-keys/not-an-id/invalidate",
+            instances[1].admin
+        ))
+        .send()
+        .await
+        .expect("operator listener answers");
+    assert_eq!(resp.status(), 400);
+}

@@ -9,6 +9,7 @@ mod quickstart;
 use std::time::Duration;
 
 use tower_wacht::WachtAuthLayer;
+use tower_wacht::testing::WebhookSigner;
 
 #[tokio::test]
 async fn every_printed_demo_call_answers_as_documented() {
@@ -85,7 +86,9 @@ async fn events_until_end(mut response: reqwest::Response) -> usize {
 #[tokio::test]
 async fn the_printed_streams_end_with_their_tokens() {
     // The short-lived token expires 2 s after the start here (2 minutes in the example).
-    let demo = quickstart::demo_with(Duration::from_secs(2)).await.unwrap();
+    let demo = quickstart::demo_with(Duration::from_secs(2), WebhookSigner::generate())
+        .await
+        .unwrap();
     let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
     let addr = common::serve(quickstart::app(auth.clone()).merge(demo.router(auth))).await;
     let base = format!("http://{addr}");
@@ -171,4 +174,82 @@ async fn the_printed_api_key_calls_answer_as_documented() {
         ["api_key", "api_key"],
         "the known key once (then cached), the unknown one"
     );
+}
+
+/// The printed webhook: a JWT of a session is served, the signed `session.deleted` delivery
+/// (exactly as printed) is acknowledged, and the JWT is refused from then on; delivered again,
+/// it is acknowledged once more; forged (another secret), it is refused.
+#[tokio::test]
+async fn the_printed_webhook_ends_the_sessions_access() {
+    let demo = quickstart::demo().await.unwrap();
+    let auth = WachtAuthLayer::new(demo.config.clone()).unwrap();
+    let webhooks = quickstart::webhooks(&auth, demo.signer.secret()).unwrap();
+    let addr = common::serve(quickstart::app(auth.clone()).merge(demo.router(auth)).merge(webhooks)).await;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let whoami = |call: &quickstart::DemoCall| {
+        let curl = call.curl(&base);
+        let token = call.token.clone().expect("a token");
+        assert!(curl.contains(&format!("Authorization: Bearer {token}")), "{curl}");
+        let request = http.get(format!("{base}{}", call.path)).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(whoami(&demo.session_jwt).await, demo.session_jwt.expect_status);
+    assert_eq!(demo.session_jwt.expect_status, 200);
+
+    let webhook = &demo.webhook;
+    let curl = webhook.curl(&base);
+    assert!(
+        curl.starts_with("curl -i -X POST ") && curl.ends_with(&format!("{base}/webhooks/wacht")),
+        "{curl}"
+    );
+    assert!(curl.contains(&format!("-d '{}'", webhook.body)), "{curl}");
+    assert!(!webhook.body.contains('\''), "the body fits in single quotes");
+    let deliver = |headers: &[(&str, String)]| {
+        let mut request = http
+            .post(format!("{base}/webhooks/wacht"))
+            .header("content-type", "application/json")
+            .body(webhook.body.clone());
+        for (name, value) in headers {
+            assert!(curl.contains(&format!("-H '{name}: {value}'")), "{curl}");
+            request = request.header(*name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(deliver(&webhook.headers).await, 200);
+    assert_eq!(
+        whoami(&demo.session_jwt_after).await,
+        demo.session_jwt_after.expect_status
+    );
+    assert_eq!(demo.session_jwt_after.expect_status, 401);
+    assert_eq!(deliver(&webhook.headers).await, 200, "delivered again: acknowledged");
+    // The other demo JWT (another session) is still served.
+    let jwt = demo
+        .calls
+        .iter()
+        .find(|c| c.token.as_deref().is_some_and(|t| t.starts_with("ey")) && c.expect_status == 200);
+    assert_eq!(whoami(jwt.expect("the demo JWT")).await, 200);
+    // Signed with a secret the server does not have: refused.
+    let forged = quickstart::DemoWebhook::signed(
+        "forged",
+        &WebhookSigner::generate(),
+        "msg_forged",
+        "session.deleted",
+        serde_json::json!({"entity_id": "1"}),
+    );
+    let status = http
+        .post(format!("{base}/webhooks/wacht"))
+        .headers(
+            forged
+                .headers
+                .iter()
+                .map(|(n, v)| (http::HeaderName::from_static(n), v.parse().unwrap()))
+                .collect(),
+        )
+        .body(forged.body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
 }

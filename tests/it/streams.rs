@@ -199,6 +199,27 @@ async fn an_sse_stream_ends_after_deny_client() {
 }
 
 #[tokio::test]
+async fn an_sse_stream_ends_after_invalidate_user() {
+    let app = sse_app().await;
+    let of_user = |user: i64| {
+        let token = generate_token();
+        app.gateway.register(
+            &token,
+            TokenGrant::new(CLIENT_A)
+                .granted_resource(common::ORG_URN)
+                .owner_user_id(user)
+                .expires_in(Duration::from_secs(3600)),
+        );
+        token
+    };
+    let mut invalidated = app.open(&of_user(42)).await;
+    let mut other = app.open(&of_user(43)).await;
+    app.auth.invalidate_user(tower_wacht::principal::UserId(42)).await;
+    invalidated.until_end().await;
+    other.keeps_flowing().await;
+}
+
+#[tokio::test]
 async fn a_silent_sse_stream_ends_too() {
     let app = sse_app().await;
     let mut expiring = app.open_path("/quiet", &token(&app.gateway, CLIENT_A, SHORT)).await;
