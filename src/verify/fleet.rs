@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 
 use super::Verifier;
 use crate::change::ChangeOutcome;
-use crate::config::WachtAuthConfig;
+use crate::config::{RouteReporting, WachtAuthConfig};
 use crate::error::ConfigError;
 use crate::fleet::{Change, Effect, Fleet, FleetStatus, Profile, Replica};
 
@@ -17,14 +17,37 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
     let Some(fleet) = &config.fleet else {
         return Ok(None);
     };
-    // Everything that changes a decision or how long it is kept: replicas that differ in any
-    // of it never share (a replica with a longer ttl would undo a shorter one's bound).
+    let id = profile_id(config);
+    let profile = Profile {
+        id,
+        ttl: config.cache.ttl,
+        negative_ttl: config.cache.negative_ttl,
+        call_bound: super::miss::call_bound(&config.gateway),
+    };
+    Ok(Some(Arc::new(Fleet::new(fleet, profile)?)))
+}
+
+/// The check profile's id: everything that changes a decision or how long it is kept, so that
+/// replicas that differ in any of it never share (a replica with a longer ttl would undo a
+/// shorter one's bound).
+fn profile_id(config: &WachtAuthConfig) -> String {
+    // The route a miss reports changes none of the answers the tier keeps (the gateway's
+    // allow or 401 does not depend on it; a rate limit, which may, is never shared), so answers
+    // are shared by credential whatever route asked first: the profile names the reporting
+    // mode, never a request's route. The fixed mode keeps its method and resource where they
+    // always were, so a fleet configured with them keeps its profile (and its denial records)
+    // across the change that brought request routes.
+    let (method, resource) = match &config.gateway.route {
+        RouteReporting::Fixed => (config.gateway.method.clone(), config.gateway.resource.clone()),
+        // Never a method (one of the gateway's seven), never a resource (not empty).
+        other => (format!("route={}", other.name()), String::new()),
+    };
     let pins = &config.pins;
-    let id = format!(
+    format!(
         "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}\0api_keys={:?}",
         config.gateway.gateway_url,
-        config.gateway.method,
-        config.gateway.resource,
+        method,
+        resource,
         pins.expected_deployment_id.map(|d| d.get()),
         pins.expected_issuer,
         pins.expected_audience,
@@ -33,14 +56,7 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
         config.cache.negative_ttl,
         // Which credentials are keys decides how the gateway is asked about them.
         config.api_keys.prefixes,
-    );
-    let profile = Profile {
-        id,
-        ttl: config.cache.ttl,
-        negative_ttl: config.cache.negative_ttl,
-        call_bound: super::miss::call_bound(&config.gateway),
-    };
-    Ok(Some(Arc::new(Fleet::new(fleet, profile)?)))
+    )
 }
 
 /// A change handed to the fleet (or not: no fleet mode).
@@ -173,5 +189,43 @@ impl Replica for Verifier {
                 until: millis(until),
             }))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        configure: impl FnOnce(crate::WachtAuthConfigBuilder) -> crate::WachtAuthConfigBuilder,
+    ) -> WachtAuthConfig {
+        configure(WachtAuthConfig::builder().expected_deployment_id(418223109876543489))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fixed_mode_keeps_the_profile_it_had_before_request_routes() {
+        let fixed = config(|b| b.report_fixed(http::Method::POST, "/mcp"));
+        let before = format!(
+            "{}\0POST\0/mcp\0Some(418223109876543489)\0None\0None\0false\0ttl={:?}\0negative_ttl={:?}\0api_keys=[]",
+            fixed.gateway.gateway_url, fixed.cache.ttl, fixed.cache.negative_ttl
+        );
+        assert_eq!(profile_id(&fixed), before);
+    }
+
+    #[test]
+    fn the_profile_names_the_reporting_mode_not_a_route() {
+        let request = profile_id(&config(|b| b));
+        let fixed = profile_id(&config(|b| b.report_fixed(http::Method::GET, "/")));
+        let mapped = profile_id(&config(|b| b.report_route(|_| None)));
+        assert_ne!(request, fixed);
+        assert_ne!(request, mapped);
+        assert_ne!(fixed, mapped);
+        // The fixed values are not the request mode's: two request-mode replicas share
+        // whatever their fixed values (used by `Verifier::verify` only).
+        let other = profile_id(&config(|b| b.resource("/other").report_request_route()));
+        assert_eq!(request, other);
+        assert!(request.contains("\0route=request\0\0"), "{request}");
     }
 }
