@@ -60,8 +60,10 @@ impl WachtAuthConfigBuilder {
     /// Report the same method and resource on every miss, whatever the request (the fixed
     /// mode; before request routes, the only one, with `GET` and `/`). `method` must be one
     /// of the gateway's GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS and `resource` must not
-    /// be empty, or [`build`](Self::build) fails. The gateway matches rate-limit rules on the
-    /// resource (exact string or `*`), so every request then counts against the same rules.
+    /// be empty, or [`build`](Self::build) fails; the resource is sent bounded like every
+    /// reported one (see [`route`](crate::route): no query, at most 256 bytes). The gateway
+    /// matches rate-limit rules on the resource (exact string or `*`), so every request then
+    /// counts against the same rules.
     ///
     /// ```
     /// use http::Method;

@@ -86,11 +86,11 @@ impl MissContext {
     }
 }
 
-/// The configured fixed method and resource (validated by the builder: the method is one of
-/// the gateway's).
+/// The configured fixed method and resource (the method validated by the builder: one of the
+/// gateway's), bounded as every reported route is.
 fn fixed(settings: &GatewaySettings) -> (Method, String) {
     let method = Method::from_bytes(settings.method.as_bytes()).unwrap_or(route::FALLBACK_METHOD);
-    (route::allowed(&method).clone(), settings.resource.clone())
+    (route::allowed(&method).clone(), route::bounded(&settings.resource))
 }
 
 /// The longest a gateway call may take: the configured request timeout (which bounds

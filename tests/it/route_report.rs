@@ -192,7 +192,8 @@ async fn a_method_outside_the_gateways_list_is_reported_as_post_and_served() {
 
 #[tokio::test]
 async fn the_fixed_mode_reports_its_values_whatever_the_request() {
-    let app = start(Placement::Layer, |b| b.report_fixed(Method::PUT, "/fixed")).await;
+    // Bounded like any reported route: the query is never sent.
+    let app = start(Placement::Layer, |b| b.report_fixed(Method::PUT, "/fixed?key=s3cret")).await;
     assert_eq!(
         app.send(Method::GET, "/projects/42").await,
         (200, "PUT /fixed".to_owned())
