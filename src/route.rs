@@ -45,13 +45,24 @@ const MCP_MAX_PART: usize = 128;
 ///
 /// Its headers are the request's as it arrived, its credential included: report nothing
 /// taken from `Authorization` or the API-key header.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct RouteRequest<'a> {
     method: &'a Method,
     uri: &'a Uri,
     version: Version,
     headers: &'a HeaderMap,
     extensions: &'a Extensions,
+}
+
+/// The method, path and version only: never the headers (the credential) or the query.
+impl std::fmt::Debug for RouteRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteRequest")
+            .field("method", self.method)
+            .field("path", &self.path())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> RouteRequest<'a> {
@@ -337,6 +348,16 @@ mod tests {
         // A trailing slash on the endpoint is not doubled.
         let req = request("POST", "/mcp/", &[v, call, ("mcp-name", "x")]);
         assert_eq!(route(&req).1, "/mcp/tools/call/x");
+    }
+
+    #[test]
+    fn debug_shows_neither_the_credential_nor_the_query() {
+        let req = request("GET", "/a?key=s3cret", &[("authorization", "Bearer tok3n")]);
+        let shown = format!("{:?}", RouteRequest::of(&req));
+        assert!(
+            shown.contains("/a") && !shown.contains("s3cret") && !shown.contains("tok3n"),
+            "{shown}"
+        );
     }
 
     #[test]
