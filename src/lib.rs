@@ -64,8 +64,9 @@
 //! The crate root holds what most users name. The rest lives in modules: [`config`],
 //! [`layer`] (the service and [`ClientIp`]), [`guard`] (guards and their services),
 //! [`future`] (every response future), [`body`], [`reject`] (refusal reasons and rendering
-//! parameters), [`principal`] (ids and the grant), [`token`] (parsing and hashing),
-//! [`gateway`] (the gateway seam and its wire types), [`metadata`], [`webhooks`], [`telemetry`] and, with
+//! parameters), [`principal`] (ids and the grant), [`route`] (what the gateway is told a request
+//! accesses), [`token`] (parsing and hashing), [`gateway`] (the gateway seam and its wire types),
+//! [`metadata`], [`webhooks`], [`telemetry`] and, with
 //! `test-util`, [`testing`]. `ARCHITECTURE.md` maps the modules.
 
 #![forbid(unsafe_code)]
@@ -91,6 +92,7 @@ pub mod layer;
 pub mod metadata;
 pub mod principal;
 pub mod reject;
+pub mod route;
 pub mod scopes;
 pub mod stepup;
 pub mod telemetry;

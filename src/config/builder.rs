@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use http::{Extensions, HeaderMap};
 
-use super::{ApiKey, ClientIpFn, WachtAuthConfig, check_url};
+use super::{ApiKey, ClientIpFn, RouteReporting, WachtAuthConfig, check_url};
 use crate::error::ConfigError;
 use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::{DeploymentId, ResourceUrn};
+use crate::route::RouteRequest;
 
 /// The longest [`stream_recheck`](WachtAuthConfigBuilder::stream_recheck) allowed.
 const MAX_STREAM_RECHECK: Duration = Duration::from_secs(24 * 60 * 60);
@@ -44,15 +45,90 @@ impl WachtAuthConfigBuilder {
         self
     }
 
-    /// HTTP method reported to the gateway (default `GET`; one of GET, POST, PUT, PATCH,
-    /// DELETE, HEAD, OPTIONS). The gateway uses it for audit only.
+    /// Report the request's own method and route to the gateway on a miss: the default.
+    /// Exactly what is reported is [`RouteRequest::automatic`]: the HTTP method (outside the
+    /// gateway's allow-list, [`FALLBACK_METHOD`](crate::route::FALLBACK_METHOD)), and the
+    /// gRPC method path, the MCP method and tool, the Axum route template or the path, never
+    /// the query, at most [`MAX_RESOURCE_LEN`](crate::route::MAX_RESOURCE_LEN) bytes.
+    /// Selects this mode again after [`report_fixed`](Self::report_fixed) or
+    /// [`report_route`](Self::report_route).
+    pub fn report_request_route(mut self) -> Self {
+        self.config.gateway.route = RouteReporting::Request;
+        self
+    }
+
+    /// Report the same method and resource on every miss, whatever the request (the fixed
+    /// mode; before request routes, the only one, with `GET` and `/`). `method` must be one
+    /// of the gateway's GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS and `resource` must not
+    /// be empty, or [`build`](Self::build) fails; the resource is sent bounded like every
+    /// reported one (see [`route`](crate::route): no query, at most 256 bytes). The gateway
+    /// matches rate-limit rules on the resource (exact string or `*`), so every request then
+    /// counts against the same rules.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_wacht::WachtAuthConfig;
+    ///
+    /// let config = WachtAuthConfig::builder()
+    ///     .expected_issuer("https://auth.example.com")
+    ///     .report_fixed(Method::GET, "/") // what every miss reported before request routes
+    ///     .build();
+    /// # assert!(config.is_ok());
+    /// ```
+    pub fn report_fixed(mut self, method: http::Method, resource: impl Into<String>) -> Self {
+        self.config.gateway.route = RouteReporting::Fixed;
+        self.config.gateway.method = method.as_str().to_owned();
+        self.config.gateway.resource = resource.into();
+        self
+    }
+
+    /// Report what `map` says of each missed request; where it says `None`, the request's own
+    /// route ([`RouteRequest::automatic`]). Its answer is bounded like every reported route:
+    /// a method outside the gateway's allow-list is sent as
+    /// [`FALLBACK_METHOD`](crate::route::FALLBACK_METHOD); the resource is cut before any
+    /// `?` or `#`, given a leading `/` and cut to
+    /// [`MAX_RESOURCE_LEN`](crate::route::MAX_RESOURCE_LEN) bytes. It runs on cache misses
+    /// only, before the gateway call: keep it cheap, and report nothing secret or without
+    /// bound (an id, a credential header).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_wacht::WachtAuthConfig;
+    ///
+    /// let config = WachtAuthConfig::builder()
+    ///     .expected_issuer("https://auth.example.com")
+    ///     // A router without templates: name the tenant routes yourself.
+    ///     .report_route(|request| {
+    ///         let path = request.path();
+    ///         path.starts_with("/tenants/").then(|| (request.method().clone(), "/tenants/*".to_owned()))
+    ///     })
+    ///     .build();
+    /// # assert!(config.is_ok());
+    /// ```
+    pub fn report_route<F>(mut self, map: F) -> Self
+    where
+        F: Fn(&RouteRequest<'_>) -> Option<(http::Method, String)> + Send + Sync + 'static,
+    {
+        self.config.gateway.route = RouteReporting::Mapped(Arc::new(map));
+        self
+    }
+
+    /// The fixed mode's HTTP method (default `GET`; one of GET, POST, PUT, PATCH, DELETE,
+    /// HEAD, OPTIONS): selects the fixed mode, as [`report_fixed`](Self::report_fixed) does,
+    /// keeping the fixed resource (default `/`). Also what [`Verifier::verify`](crate::Verifier::verify),
+    /// which has no request, reports in every mode. The gateway uses it for audit only.
     pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.config.gateway.route = RouteReporting::Fixed;
         self.config.gateway.method = method.into();
         self
     }
 
-    /// Resource path reported to the gateway (default `/`); it selects gateway rate-limit rules.
+    /// The fixed mode's resource path (default `/`); it selects gateway rate-limit rules.
+    /// Selects the fixed mode, as [`report_fixed`](Self::report_fixed) does, keeping the
+    /// fixed method (default `GET`). Also what [`Verifier::verify`](crate::Verifier::verify)
+    /// reports in every mode.
     pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.config.gateway.route = RouteReporting::Fixed;
         self.config.gateway.resource = resource.into();
         self
     }

@@ -13,13 +13,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Extensions, HeaderMap};
+use http::{Extensions, HeaderMap, Method};
 use reqwest::Url;
 
 pub use self::builder::WachtAuthConfigBuilder;
 use crate::error::ConfigError;
 use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::DeploymentId;
+use crate::route::RouteRequest;
 use crate::token::DEFAULT_MAX_TOKEN_LEN;
 
 /// Default gateway base URL.
@@ -78,7 +79,8 @@ impl fmt::Display for ApiKey {
 /// | `connect_timeout` / `request_timeout` | 1 s / 3 s | a slow gateway gives 503 after this, never a hang |
 /// | `unavailable_retry_after` | 5 s | `Retry-After` on 503 |
 /// | `max_inflight_gateway_calls` | 256 | a miss beyond this many gateway calls in flight gets 503 at once (floods of random tokens) |
-/// | `method` / `resource` | `GET` / `/` | what is reported to the gateway for rate limits and audit |
+/// | route reporting | from the request | what a miss reports to the gateway as `method` and `resource` (its per-endpoint rate limits, its audit line): the request's method and route template, bounded (see [`route`](crate::route)); [`report_fixed`](WachtAuthConfigBuilder::report_fixed) (or `method` / `resource`) reports fixed values, [`report_route`](WachtAuthConfigBuilder::report_route) your mapping |
+/// | `method` / `resource` | `GET` / `/` | the fixed values: reported in the fixed mode, and by [`Verifier::verify`](crate::Verifier::verify) (no request) |
 /// | `forward_user_agent` | on | the caller's `User-Agent` goes to the gateway on misses (its audit log) |
 /// | `client_ip` | none | how to find the caller's IP on misses (else [`ClientIp`](crate::ClientIp), then Axum's `ConnectInfo`) |
 /// | `max_token_len` | 4096 | longer tokens get 401 without a gateway call |
@@ -123,6 +125,10 @@ pub struct WachtAuthConfig {
 pub(crate) struct GatewaySettings {
     pub(crate) gateway_url: Url,
     pub(crate) api_key: Option<ApiKey>,
+    /// How a miss reports the request's method and resource.
+    pub(crate) route: RouteReporting,
+    /// The fixed method and resource: reported in [`RouteReporting::Fixed`] mode, and by
+    /// [`Verifier::verify`](crate::Verifier::verify), which has no request, in every mode.
     pub(crate) method: String,
     pub(crate) resource: String,
     pub(crate) connect_timeout: Duration,
@@ -138,6 +144,7 @@ impl Default for GatewaySettings {
         GatewaySettings {
             gateway_url: Url::parse(DEFAULT_GATEWAY_URL).unwrap_or_else(|_| unreachable!("constant URL parses")),
             api_key: None,
+            route: RouteReporting::Request,
             method: "GET".into(),
             resource: "/".into(),
             connect_timeout: Duration::from_secs(1),
@@ -223,6 +230,37 @@ impl Default for RequestSettings {
             handler_step_up: false,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
         }
+    }
+}
+
+/// What a miss reports to the gateway as the request's method and resource (see
+/// [`route`](crate::route)).
+#[derive(Clone)]
+pub(crate) enum RouteReporting {
+    /// The request's own route ([`RouteRequest::automatic`]).
+    Request,
+    /// The configured `method` and `resource`, whatever the request.
+    Fixed,
+    /// The application's mapping; the request's own route where it says `None`.
+    Mapped(Arc<MapRoute>),
+}
+
+type MapRoute = dyn Fn(&RouteRequest<'_>) -> Option<(Method, String)> + Send + Sync;
+
+impl RouteReporting {
+    /// The mode's name, as the fleet's check profile and `Debug` show it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            RouteReporting::Request => "request",
+            RouteReporting::Fixed => "fixed",
+            RouteReporting::Mapped(_) => "mapped",
+        }
+    }
+}
+
+impl fmt::Debug for RouteReporting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -61,10 +61,12 @@ impl Fleet {
                     if self.read_log().await {
                         backoff = FIRST_BACKOFF;
                         self.touch();
+                        // Before `connected`: a status that says connected has checked the
+                        // shared-secret marker (`foreign_secrets` is current).
+                        self.check_secret(true).await;
                         self.connected.store(true, Ordering::Release);
                         telemetry::fleet_channel(true);
                         tracing::info!(prefix = self.codec.prefix(), "fleet: connected; reading the change log");
-                        self.check_secret(true).await;
                         self.spawn_writer();
                         self.listen(pubsub).await;
                         self.connected.store(false, Ordering::Release);

@@ -31,9 +31,11 @@ pub struct CheckRequest<'a> {
     /// What `token` is: [`CredentialKind::OAuthAccessToken`] (sent as
     /// `oauth_access_token`) or [`CredentialKind::ApiKey`] (sent as `api_key`).
     pub kind: CredentialKind,
-    /// The HTTP method reported to the gateway (the layer's configured method).
+    /// The HTTP method reported to the gateway: one of its allow-list (see
+    /// [`route`](crate::route): the request's, or the configured one).
     pub method: &'a str,
-    /// The resource path reported to the gateway (the layer's configured resource).
+    /// The resource path reported to the gateway (see [`route`](crate::route): the request's
+    /// route, bounded, or the configured one).
     pub resource: &'a str,
     /// The caller's IP address, if known (audit and per-IP rate limits).
     pub client_ip: Option<&'a str>,

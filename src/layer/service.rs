@@ -62,10 +62,7 @@ where
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
             Err(refusal) => return self.refuse(&req, refusal),
         };
-        match shared
-            .verifier
-            .authenticate(credential, req.headers(), req.extensions())
-        {
+        match shared.verifier.authenticate(credential, &req) {
             Authentication::Hit(principal, ticket) => {
                 strip_credential(&mut req, shared, from);
                 req.extensions_mut().insert(principal.clone());

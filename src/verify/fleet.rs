@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 
 use super::Verifier;
 use crate::change::ChangeOutcome;
-use crate::config::WachtAuthConfig;
+use crate::config::{RouteReporting, WachtAuthConfig};
 use crate::error::ConfigError;
 use crate::fleet::{Change, Effect, Fleet, FleetStatus, Profile, Replica};
 
@@ -17,23 +17,7 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
     let Some(fleet) = &config.fleet else {
         return Ok(None);
     };
-    // Everything that changes a decision or how long it is kept: replicas that differ in any
-    // of it never share (a replica with a longer ttl would undo a shorter one's bound).
-    let pins = &config.pins;
-    let id = format!(
-        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}\0api_keys={:?}",
-        config.gateway.gateway_url,
-        config.gateway.method,
-        config.gateway.resource,
-        pins.expected_deployment_id.map(|d| d.get()),
-        pins.expected_issuer,
-        pins.expected_audience,
-        pins.accept_any_deployment,
-        config.cache.ttl,
-        config.cache.negative_ttl,
-        // Which credentials are keys decides how the gateway is asked about them.
-        config.api_keys.prefixes,
-    );
+    let id = profile_id(config);
     let profile = Profile {
         id,
         ttl: config.cache.ttl,
@@ -41,6 +25,42 @@ pub(super) fn start(config: &WachtAuthConfig) -> Result<Option<Arc<Fleet>>, Conf
         call_bound: super::miss::call_bound(&config.gateway),
     };
     Ok(Some(Arc::new(Fleet::new(fleet, profile)?)))
+}
+
+/// The check profile's id: everything that changes a decision or how long it is kept, so that
+/// replicas that differ in any of it never share (a replica with a longer ttl would undo a
+/// shorter one's bound).
+fn profile_id(config: &WachtAuthConfig) -> String {
+    // The route a miss reports changes none of the answers the tier keeps (the gateway's
+    // allow or 401 does not depend on it; a rate limit, which may, is never shared), so answers
+    // are shared by credential whatever route asked first. Reporting the request's route (or
+    // a mapped one) takes the place of the former default, `GET /`, in the profile: a fleet
+    // upgraded from that default keeps its profile and so its denial records. The fixed mode
+    // keeps its method and resource where they always were.
+    let (method, resource) = match &config.gateway.route {
+        RouteReporting::Fixed => (config.gateway.method.as_str(), config.gateway.resource.as_str()),
+        _ => ("GET", "/"),
+    };
+    let pins = &config.pins;
+    let mut id = format!(
+        "{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{}\0ttl={:?}\0negative_ttl={:?}",
+        config.gateway.gateway_url,
+        method,
+        resource,
+        pins.expected_deployment_id.map(|d| d.get()),
+        pins.expected_issuer,
+        pins.expected_audience,
+        pins.accept_any_deployment,
+        config.cache.ttl,
+        config.cache.negative_ttl,
+    );
+    if !config.api_keys.prefixes.is_empty() {
+        // Which credentials are keys decides how the gateway is asked about them: replicas
+        // that classify differently never share. (Appended only when set, so a fleet without
+        // keys keeps its profile.)
+        id.push_str(&format!("\0api_keys={:?}", config.api_keys.prefixes));
+    }
+    id
 }
 
 /// A change handed to the fleet (or not: no fleet mode).
@@ -174,5 +194,57 @@ impl Replica for Verifier {
                 until: millis(until),
             }))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        configure: impl FnOnce(crate::WachtAuthConfigBuilder) -> crate::WachtAuthConfigBuilder,
+    ) -> WachtAuthConfig {
+        configure(WachtAuthConfig::builder().expected_deployment_id(418223109876543489))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fixed_mode_keeps_the_profile_it_had_before_request_routes() {
+        let fixed = config(|b| b.report_fixed(http::Method::POST, "/mcp"));
+        let before = format!(
+            "{}\0POST\0/mcp\0Some(418223109876543489)\0None\0None\0false\0ttl={:?}\0negative_ttl={:?}",
+            fixed.gateway.gateway_url, fixed.cache.ttl, fixed.cache.negative_ttl
+        );
+        assert_eq!(profile_id(&fixed), before);
+    }
+
+    #[test]
+    fn request_routes_keep_the_former_defaults_profile_and_never_name_a_route() {
+        let request = profile_id(&config(|b| b));
+        let former_default = profile_id(&config(|b| b.report_fixed(http::Method::GET, "/")));
+        let mapped = profile_id(&config(|b| b.report_route(|_| None)));
+        // Upgraded from `GET /` (the former default), a fleet keeps its profile, its denial
+        // records with it.
+        assert_eq!(request, former_default);
+        assert_eq!(request, mapped);
+        // The fixed values are not the request mode's: two request-mode replicas share
+        // whatever their fixed values (used by `Verifier::verify` only).
+        let other = profile_id(&config(|b| b.resource("/other").report_request_route()));
+        assert_eq!(request, other);
+        // Another fixed route is another profile, as before.
+        assert_ne!(
+            request,
+            profile_id(&config(|b| b.report_fixed(http::Method::GET, "/other")))
+        );
+    }
+
+    #[test]
+    fn api_key_prefixes_are_in_the_profile_only_when_set() {
+        let plain = profile_id(&config(|b| b));
+        let keys = profile_id(&config(|b| b.api_key_prefixes(["sk_live"])));
+        assert!(!plain.contains("api_keys"), "{plain}");
+        assert_ne!(plain, keys);
+        assert_ne!(keys, profile_id(&config(|b| b.api_key_prefixes(["sk_test"]))));
     }
 }

@@ -5,15 +5,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::USER_AGENT;
-use http::{Extensions, HeaderMap};
+use http::{Method, Request};
 use tracing::Instrument as _;
 
 use super::{CALL_SLACK, Verifier};
 use crate::cache::{Entry, Loaded};
-use crate::config::GatewaySettings;
+use crate::config::{GatewaySettings, RouteReporting};
 use crate::gateway::ClientIp;
 use crate::principal::Principal;
 use crate::reject::AuthError;
+use crate::route::{self, RouteRequest};
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
@@ -21,17 +22,24 @@ use crate::token::{BearerToken, TokenHash};
 /// gives up with 503.
 const MAX_ROUNDS: usize = 3;
 
-/// Request context sent to the gateway on a miss (its audit log, per-IP rate limits).
-#[derive(Debug, Default, Clone)]
+/// Request context sent to the gateway on a miss (its audit log, per-IP rate limits, and the
+/// route its per-endpoint rate limits match).
+#[derive(Debug, Clone)]
 pub(crate) struct MissContext {
     pub(crate) user_agent: Option<String>,
     pub(crate) client_ip: Option<String>,
+    /// The method reported: one of the gateway's allow-list.
+    pub(crate) method: Method,
+    /// The resource reported: bounded ([`route::bounded`]), or the configured fixed one.
+    pub(crate) resource: String,
 }
 
 impl MissContext {
-    /// What `settings` say to forward of this request: its `User-Agent`, and the caller's IP
-    /// from a [`ClientIp`] extension, the configured hook, or Axum's `ConnectInfo`.
-    pub(crate) fn of(settings: &GatewaySettings, headers: &HeaderMap, extensions: &Extensions) -> Self {
+    /// What `settings` say to forward of this request: its `User-Agent`, the caller's IP
+    /// from a [`ClientIp`] extension, the configured hook, or Axum's `ConnectInfo`, and its
+    /// route as the configured mode reports it. Worked out on a miss only.
+    pub(crate) fn of<B>(settings: &GatewaySettings, req: &Request<B>) -> Self {
+        let (headers, extensions) = (req.headers(), req.extensions());
         let user_agent = settings
             .forward_user_agent
             .then(|| headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned))
@@ -46,11 +54,43 @@ impl MissContext {
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip())
         });
+        let (method, resource) = match &settings.route {
+            RouteReporting::Fixed => fixed(settings),
+            RouteReporting::Request => RouteRequest::of(req).automatic(),
+            RouteReporting::Mapped(map) => {
+                let request = RouteRequest::of(req);
+                match map(&request) {
+                    Some((method, resource)) => (route::allowed(&method).clone(), route::bounded(&resource)),
+                    None => request.automatic(),
+                }
+            }
+        };
         MissContext {
             user_agent,
             client_ip: client_ip.map(|ip| ip.to_string()),
+            method,
+            resource,
         }
     }
+
+    /// The context of a verification without a request ([`Verifier::verify`]): nothing
+    /// forwarded, the fixed method and resource.
+    pub(crate) fn without_request(settings: &GatewaySettings) -> Self {
+        let (method, resource) = fixed(settings);
+        MissContext {
+            user_agent: None,
+            client_ip: None,
+            method,
+            resource,
+        }
+    }
+}
+
+/// The configured fixed method and resource (the method validated by the builder: one of the
+/// gateway's), bounded as every reported route is.
+fn fixed(settings: &GatewaySettings) -> (Method, String) {
+    let method = Method::from_bytes(settings.method.as_bytes()).unwrap_or(route::FALLBACK_METHOD);
+    (route::allowed(&method).clone(), route::bounded(&settings.resource))
 }
 
 /// The longest a gateway call may take: the configured request timeout (which bounds

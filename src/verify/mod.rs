@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
-use http::{Extensions, HeaderMap};
+use http::Request;
 
 use self::decide::{DenyList, Pins};
 use self::miss::MissContext;
@@ -75,7 +75,7 @@ impl Miss {
     }
 }
 
-/// Verifies tokens for one check profile (gateway, method, resource, pins). Every
+/// Verifies tokens for one check profile (gateway, route reporting, pins). Every
 /// [`WachtAuthLayer`](crate::WachtAuthLayer) clone shares one; reach it with
 /// [`WachtAuthLayer::verifier`](crate::WachtAuthLayer::verifier) to verify tokens outside HTTP
 /// or to control the cache.
@@ -109,6 +109,7 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
+            .field("route", &self.settings.route)
             .field("method", &self.settings.method)
             .field("resource", &self.settings.resource)
             .field("cache", &self.cache)
@@ -189,16 +190,12 @@ impl Verifier {
     }
 
     /// The decision for a request's token: a cached principal, a refusal, or a miss to verify.
-    /// `headers` and `extensions` give the request context a miss sends the gateway.
+    /// `req` gives the context a miss sends the gateway (its route among it), worked out on a
+    /// miss (or a refresh-ahead) only: a hit reads nothing of it.
     ///
     /// The credential's alphabet is checked only when the cache does not have it: a hit means
     /// the same bytes were validated when they were verified.
-    pub(crate) fn authenticate(
-        self: &Arc<Self>,
-        credential: Credential<'_>,
-        headers: &HeaderMap,
-        extensions: &Extensions,
-    ) -> Authentication {
+    pub(crate) fn authenticate<B>(self: &Arc<Self>, credential: Credential<'_>, req: &Request<B>) -> Authentication {
         #[cfg(feature = "redis")]
         if self.fleet_refuses() {
             return Authentication::Refused(Box::new(self.unavailable()));
@@ -212,7 +209,7 @@ impl Verifier {
             {
                 // Refresh-ahead: this one request hands the token to a background
                 // re-verification; it is served from the cache like every other.
-                self.spawn_refresh(token, hash, MissContext::of(&self.settings, headers, extensions));
+                self.spawn_refresh(token, hash, MissContext::of(&self.settings, req));
             }
             return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
         }
@@ -225,14 +222,18 @@ impl Verifier {
         Authentication::Miss(Box::new(Miss {
             verifier: Arc::clone(self),
             hash,
-            ctx: MissContext::of(&self.settings, headers, extensions),
+            ctx: MissContext::of(&self.settings, req),
             started: Instant::now(),
             stamp: self.cache.stamp(),
         }))
     }
 
     /// Verifies a raw token (without the `Bearer ` prefix), through the cache. For callers
-    /// outside HTTP (WebSocket upgrades, queues); the layer uses the same path.
+    /// outside HTTP (WebSocket upgrades, queues); the layer uses the same path. Without a
+    /// request there is no route: a miss reports the fixed
+    /// [`method`](crate::WachtAuthConfigBuilder::method) and
+    /// [`resource`](crate::WachtAuthConfigBuilder::resource) (default `GET` `/`), whatever the
+    /// reporting mode.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let started = Instant::now();
         let token = parse_token(token.as_bytes(), self.max_token_len)
@@ -246,7 +247,8 @@ impl Verifier {
             return Ok(hit.principal);
         }
         self.acceptable(token)?;
-        self.verify_miss(token, hash, MissContext::default(), started).await
+        self.verify_miss(token, hash, MissContext::without_request(&self.settings), started)
+            .await
     }
 
     /// Refuses a token that can never pass, without a gateway call.

@@ -105,8 +105,8 @@ impl Verifier {
         let request = CheckRequest {
             token,
             kind: self.kind_of(token.secret_bytes()),
-            method: &self.settings.method,
-            resource: &self.settings.resource,
+            method: ctx.method.as_str(),
+            resource: &ctx.resource,
             client_ip: ctx.client_ip.as_deref(),
             user_agent: ctx.user_agent.as_deref(),
         };

@@ -9,7 +9,9 @@ use tower_wacht::ChangeOutcome;
 use tower_wacht::testing::Fault;
 
 use crate::common::start_gateway;
-use crate::harness::{RedisServer, fleet_config, replica, replicas, status, token};
+use tower_wacht::WachtAuthLayer;
+
+use crate::harness::{RedisServer, Replica, fleet_config, replica, replica_config, replicas, serve, status, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_used_on_three_replicas_costs_one_gateway_call() {
@@ -120,6 +122,56 @@ async fn two_profiles_sharing_one_redis_never_share_an_entry() {
     for key in redis.keys("*") {
         assert!(!key.contains(&t) && !key.contains(&sha), "{key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_routes_share_answers_by_credential_and_other_fixed_routes_never_share() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let request_mode = || async {
+        let config = replica_config(&gateway, fleet_config(&redis), "/")
+            .to_builder()
+            .report_request_route()
+            .build()
+            .expect("valid config");
+        let replica = serve(WachtAuthLayer::new(config).expect("layer builds")).await;
+        crate::harness::wait_connected(&replica).await;
+        replica
+    };
+    let (a, b) = (request_mode().await, request_mode().await);
+    // The former default, pinned: `GET /` on every miss; and another fixed route.
+    let fixed = replica(&gateway, fleet_config(&redis), "/").await;
+    let other_fixed = replica(&gateway, fleet_config(&redis), "/other").await;
+    crate::harness::wait_connected(&fixed).await;
+    crate::harness::wait_connected(&other_fixed).await;
+    let http = reqwest::Client::new();
+    let t = token(&gateway, "oc_fleetRoutes0000000000000000001");
+    let get = |replica: &Replica, path: &str| {
+        http.get(format!("http://{}{path}", replica.addr))
+            .bearer_auth(&t)
+            .send()
+    };
+    assert_eq!(get(&a, "/whoami").await.unwrap().status(), 200);
+    // Another route on another replica: the answer is the credential's, shared.
+    assert_eq!(get(&b, "/public").await.unwrap().status(), 200);
+    let sent: Vec<_> = gateway.requests().into_iter().map(|r| (r.method, r.resource)).collect();
+    assert_eq!(
+        sent,
+        [("GET".to_owned(), "/whoami".to_owned())],
+        "one call, the first route"
+    );
+    // A replica of the former default (`GET /`) has the request mode's profile (so a fleet
+    // upgraded from it keeps its denial records): it shares the answer.
+    assert_eq!(status(&http, &fixed, &t).await, 200);
+    assert_eq!(
+        gateway.calls(),
+        1,
+        "the former default shares the request mode's answer"
+    );
+    // Another fixed route is another profile.
+    assert_eq!(status(&http, &other_fixed, &t).await, 200);
+    assert_eq!(gateway.calls(), 2, "another fixed route did not use the shared answer");
+    assert_eq!(gateway.requests()[1].resource, "/other");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

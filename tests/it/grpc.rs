@@ -287,6 +287,45 @@ async fn the_layer_works_on_a_bare_tonic_server_with_no_adapter() {
 }
 
 #[tokio::test]
+async fn a_call_reports_post_and_its_method_path_to_the_gateway() {
+    // The example's server: Tonic routes the call, no template anywhere.
+    let mut app = start(|b| b).await;
+    let token = app.token(&[]);
+    app.client.say_hello(hello(Some(&bearer(&token)))).await.expect("OK");
+    let requests = app.gateway.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].resource.as_str()),
+        ("POST", SAY_HELLO)
+    );
+
+    // Tonic's routes as an Axum router with the layer inside it: the route matched there is
+    // the service's template (`/greeter.v1.Greeter/{*rest}`), yet the method path is reported.
+    let gateway = common::start_gateway().await;
+    let auth = WachtAuthLayer::new(config(&gateway, |b| b)).expect("layer builds");
+    let router = tonic::service::Routes::new(GreeterServer::new(GreeterService))
+        .into_axum_router()
+        .layer(auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(
+        Server::builder()
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming(incoming),
+    );
+    let mut client = connect(addr).await;
+    let token = register(&gateway, &[]);
+    client.say_hello(hello(Some(&bearer(&token)))).await.expect("OK");
+    let requests = gateway.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].resource.as_str()),
+        ("POST", SAY_HELLO)
+    );
+}
+
+#[tokio::test]
 async fn missing_and_invalid_tokens_are_unauthenticated() {
     let mut app = start(|b| b).await;
 

@@ -29,6 +29,7 @@ mod layer_http;
 mod mcp_server;
 mod quickstart;
 mod reliability;
+mod route_report;
 mod step_up;
 mod streams;
 mod tower_contract;

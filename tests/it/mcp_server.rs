@@ -1059,6 +1059,34 @@ async fn a_2026_07_28_client_is_judged_by_headers_and_body_and_gets_the_same_ste
     let _ = bounded("client shutdown", agent.cancel()).await;
 }
 
+#[tokio::test]
+async fn a_2026_07_28_tool_call_reports_the_tool_to_the_gateway() {
+    let server = Server::start().await;
+    let token = server.token(READER_CLIENT_ID, &["projects:read"], Some(&server.resource));
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "whoami"),
+    ];
+    let resp = post_modern(&server, &token, &headers, &modern_call("whoami", json!({}))).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains(READER_CLIENT_ID));
+    let requests = server.demo.gateway.requests();
+    let last = requests.last().expect("the miss asked the gateway");
+    assert_eq!(
+        (last.method.as_str(), last.resource.as_str()),
+        ("POST", "/mcp/tools/call/whoami"),
+        "the endpoint's route, the MCP method, the tool"
+    );
+    // A legacy request (no mirrored headers) reports the endpoint alone: the body is not read.
+    let legacy = server.token(READER_CLIENT_ID, &["projects:read"], Some(&server.resource));
+    let resp = server.post(Some(&legacy), &call_body(1, "whoami", json!({}))).await;
+    assert_eq!(resp.status(), 200);
+    let requests = server.demo.gateway.requests();
+    let last = requests.last().expect("the miss asked the gateway");
+    assert_eq!((last.method.as_str(), last.resource.as_str()), ("POST", "/mcp"));
+}
+
 /// A raw 2026-07-28 POST with the given mirrored headers (repeated when listed twice).
 async fn post_modern(server: &Server, token: &str, headers: &[(&str, &str)], body: &Value) -> reqwest::Response {
     let mut req = server
