@@ -20,6 +20,9 @@ pub(crate) struct Entry {
     /// False when the outage grace may not serve it past `deadline` (fleet mode, verified
     /// while without the fleet: `disconnected_ttl` is the bound).
     pub(crate) graceful: bool,
+    /// When the answer was asked for (before the call), if known: `None` for a copy of the
+    /// fleet's shared tier, whose age is not known here (read by `max_cache_age` layers only).
+    pub(crate) verified_at: Option<Instant>,
 }
 
 /// Refresh-ahead state of one entry: shared by every copy, so one request claims it.

@@ -124,6 +124,7 @@ mod tests {
     fn entry(client: &str, deadline: Instant) -> Entry {
         let principal = Principal::from_grant(Grant::new(client, SystemTime::now() + Duration::from_secs(60)));
         Entry {
+            verified_at: None,
             principal,
             deadline,
             stamp: 0,

@@ -187,6 +187,60 @@ impl DecisionCache {
         })
     }
 
+    /// [`hit`](Self::hit) for a `max_cache_age` layer: only an entry verified at most
+    /// `max_age` ago (one of unknown age, a copy of the fleet's shared tier, never).
+    pub(crate) fn hit_within(&self, hash: &TokenHash, max_age: Duration) -> Option<Hit> {
+        let generation = self.generations.current();
+        let now = Instant::now();
+        let young = |e: &Entry| {
+            e.verified_at
+                .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
+        };
+        let entry = match front::get(self.id, generation, hash, now).filter(young) {
+            Some(entry) => entry,
+            None => {
+                let entry = self
+                    .positive
+                    .get(hash)
+                    .now_or_never()
+                    .flatten()
+                    .filter(|e| now < e.deadline && self.is_current(hash, e) && young(e));
+                let Some(entry) = entry else {
+                    self.metrics.cache_miss();
+                    return None;
+                };
+                front::put(self.id, generation, *hash, entry.clone());
+                entry
+            }
+        };
+        self.metrics.cache_hit();
+        let refresh = entry.refresh_due(now).cloned();
+        Some(Hit {
+            principal: entry.principal,
+            refresh,
+            generation,
+        })
+    }
+
+    /// Removes the token's entry if it was verified more than `max_age` ago (or at an unknown
+    /// time), so the next flight asks again; a younger answer stored meanwhile stays.
+    pub(crate) async fn drop_older(&self, hash: TokenHash, max_age: Duration) {
+        self.positive
+            .entry(hash)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    Some(e) if e.value().verified_at.is_none_or(|at| at.elapsed() > max_age) => Op::Remove,
+                    _ => Op::Nop,
+                })
+            })
+            .await;
+    }
+
+    /// True if a verified answer for the token is cached here (any tier but the grace).
+    pub(crate) fn has_answer(&self, hash: &TokenHash) -> bool {
+        self.positive.contains_key(hash)
+    }
+
     /// How long an entry is served at most.
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
@@ -243,6 +297,7 @@ impl DecisionCache {
             stamp,
             refresh,
             graceful,
+            verified_at: Some(now),
         }
     }
 

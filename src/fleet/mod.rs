@@ -271,6 +271,17 @@ impl Fleet {
 
     /// The answer for a token the local tiers did not have: the shared tier's, another
     /// replica's (after waiting on its lease), or `ask`'s (the gateway), written back.
+    /// The cap and grace of a gateway answer asked for outside the shared tier: none while
+    /// the fleet is settled, the disconnected bound (and no grace) otherwise, as
+    /// [`answer`](Self::answer) gives.
+    pub(crate) fn unshared_bounds(&self) -> (Option<Duration>, bool) {
+        if self.is_connected() && !self.is_degraded() {
+            (None, true)
+        } else {
+            (Some(self.config.disconnected_ttl), false)
+        }
+    }
+
     pub(crate) async fn answer<F>(&self, hash: TokenHash, ask: F) -> Answer
     where
         F: Future<Output = Result<Decision, GatewayError>>,

@@ -29,7 +29,7 @@ use crate::gateway::Gateway;
 use crate::metadata::ProtectedResourceMetadata;
 use crate::principal::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use crate::reject::ChallengeParams;
-use crate::verify::Verifier;
+use crate::verify::{Freshness, Verifier};
 
 /// Tower layer that verifies Wacht OAuth access tokens and inserts a [`Principal`](crate::Principal).
 ///
@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// The header API keys may also come in.
     pub(crate) api_key_header: Option<http::HeaderName>,
     pub(crate) accepts: Accepts,
+    /// How fresh an answer this layer takes (see [`WachtAuthLayer::always_live`]).
+    pub(crate) freshness: Freshness,
     /// The challenge of an API-keys-only layer: no `resource_metadata` or `scope`, which
     /// would send an OAuth client to get a token this route does not take.
     pub(crate) key_challenge: Arc<ChallengeParams>,
@@ -127,6 +129,7 @@ impl WachtAuthLayer {
             shared: Arc::new(Shared {
                 api_key_header: config.api_keys.header,
                 accepts: Accepts::Any,
+                freshness: Freshness::Cached,
                 key_challenge,
                 verifier,
                 optional: requests.optional,
@@ -179,6 +182,60 @@ impl WachtAuthLayer {
     /// take. Shares the verifier and cache of `self`.
     pub fn api_keys_only(&self) -> Self {
         self.accepting(Accepts::ApiKeysOnly)
+    }
+
+    /// This layer, asking the gateway on every request: never answered from a cache tier
+    /// (the per-thread front, the shared cache, the fleet's shared tier, the negative cache)
+    /// nor from the outage grace (`stale_if_error`): a gateway outage is a 503 here. So a
+    /// revocation is in force at once, and Wacht counts and audits every request. Shares the
+    /// verifier and cache of `self`; its cost is a gateway round trip per request (and a
+    /// place under [`max_inflight_gateway_calls`](crate::WachtAuthConfigBuilder::max_inflight_gateway_calls)).
+    ///
+    /// * Concurrent requests with one token each make their own call (no single flight).
+    /// * A JWT access token is verified again locally on every request (signature, claims,
+    ///   the session and token-id denials): the gateway does not check JWTs.
+    /// * An allowance is not cached for other layers (it would restart the ttl they serve it
+    ///   for). A refusal for good (401) is: it goes to the negative cache, and voids the
+    ///   token's cached answer on this server, so the verifier's other layers refuse it too.
+    ///
+    /// Put it on the routes where a revoked token must stop at once (payments, admin,
+    /// deletion) and keep the cached layer everywhere else:
+    ///
+    /// ```
+    /// # fn f(auth: tower_wacht::WachtAuthLayer) {
+    /// // Router::new().route("/v1/payouts", post(payout)).layer(auth.always_live())
+    /// //     .merge(Router::new().route("/v1/reports", get(reports)).layer(auth))
+    /// let live = auth.always_live();
+    /// # let _ = live; }
+    /// ```
+    ///
+    /// For one gRPC method or MCP tool, give it a route (and so a layer clone) of its own:
+    /// with Axum, `Router::route_service("/pkg.Service/Method", svc)` under
+    /// `auth.always_live()`; Tonic's `Server::builder().layer()` wraps every service of a
+    /// server, so a live method needs its own service behind its own layer. A per-method
+    /// setting inside one layer is not offered.
+    pub fn always_live(&self) -> Self {
+        self.fresh(Freshness::Live)
+    }
+
+    /// This layer, serving a cached answer only if it was verified at most `max_age` ago;
+    /// an older one is verified again through the usual miss path (one gateway call however
+    /// many requests wait) and the fresh answer is cached for every layer. A copy of the
+    /// fleet's shared tier is of unknown age here: it is never served by such a layer, whose
+    /// misses ask the gateway directly. `max_age` at or above the cache ttl changes nothing.
+    /// Shares the verifier and cache of `self`; a layer without it does no extra work on a
+    /// hit.
+    pub fn max_cache_age(&self, max_age: std::time::Duration) -> Self {
+        self.fresh(Freshness::MaxAge(max_age))
+    }
+
+    fn fresh(&self, freshness: Freshness) -> Self {
+        WachtAuthLayer {
+            shared: Arc::new(Shared {
+                freshness,
+                ..Shared::clone(&self.shared)
+            }),
+        }
     }
 
     fn accepting(&self, accepts: Accepts) -> Self {

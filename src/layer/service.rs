@@ -20,7 +20,7 @@ use crate::token::{
     Credential, OwnedBearer, TokenError, credential_from_headers, credential_from_key_header, strip_authorization,
     strip_key_header,
 };
-use crate::verify::Authentication;
+use crate::verify::{Authentication, Freshness};
 
 /// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
 /// token, then calls the inner service with the [`Principal`](crate::Principal) in the
@@ -62,7 +62,11 @@ where
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
             Err(refusal) => return self.refuse(&req, refusal),
         };
-        match shared.verifier.authenticate(credential, &req) {
+        let authentication = match shared.freshness {
+            Freshness::Cached => shared.verifier.authenticate(credential, &req),
+            freshness => shared.verifier.authenticate_fresh(credential, &req, freshness),
+        };
+        match authentication {
             Authentication::Hit(principal, ticket) => {
                 strip_credential(&mut req, shared, from);
                 req.extensions_mut().insert(principal.clone());

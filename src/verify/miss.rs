@@ -122,7 +122,7 @@ impl Verifier {
                 outcome = tracing::field::Empty,
                 gateway_ms = tracing::field::Empty,
             );
-            let flight = self.flight(token, hash, &ctx).instrument(span);
+            let flight = self.flight(token, hash, &ctx, true).instrument(span);
             let outcome = match self.cache.load(hash, started, flight).await {
                 Loaded::Allowed(principal) => Ok(principal),
                 Loaded::Stale => continue,
@@ -158,6 +158,7 @@ impl Verifier {
         token: BearerToken<'_>,
         hash: TokenHash,
         ctx: &MissContext,
+        shared_tier: bool,
     ) -> Result<Entry, AuthError> {
         // A flight that just ended may have rejected this token after our caller looked at
         // the negative cache. Look again rather than ask twice.
@@ -180,8 +181,21 @@ impl Verifier {
         };
         // Stamped before the call: an invalidation from now on voids this answer.
         let stamp = self.cache.stamp();
-        let verdict = self.answer(token, hash, ctx).await;
-        let outcome = self.decide(verdict, hash, stamp).await;
+        let asked = Instant::now();
+        let verdict = self.answer(token, hash, ctx, shared_tier).await;
+        // A copy of the fleet's shared tier (capped, graceful) is of unknown age here.
+        let copied = matches!(
+            verdict,
+            super::source::Verdict::Gateway {
+                cap: Some(_),
+                graceful: true,
+                ..
+            }
+        );
+        let outcome = self.decide(verdict, hash, stamp).await.map(|mut entry| {
+            entry.verified_at = (!copied).then_some(asked);
+            entry
+        });
         let span = tracing::Span::current();
         match &outcome {
             Ok(entry) => {
@@ -194,6 +208,119 @@ impl Verifier {
         }
         tracing::debug!("gateway check finished");
         outcome
+    }
+
+    /// [`verify_miss`](Self::verify_miss) for a `max_cache_age` layer: an entry verified
+    /// more than `max_age` ago is dropped first, so the single flight asks again (the
+    /// gateway itself, never the fleet's shared tier, whose answers' age is unknown here);
+    /// the fresh answer is cached for every layer.
+    pub(super) async fn verify_miss_within(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: MissContext,
+        started: Instant,
+        max_age: Duration,
+    ) -> Result<Principal, AuthError> {
+        for _ in 0..MAX_ROUNDS {
+            if let Some(reason) = self.cache.rejected(&hash).await {
+                telemetry::verification("invalid_token", "negative_cache");
+                return Err(AuthError::InvalidToken(reason));
+            }
+            self.cache.drop_older(hash, max_age).await;
+            let span = tracing::debug_span!(
+                "wacht.verify",
+                token = ?hash,
+                cache = "max_age",
+                client_id = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                gateway_ms = tracing::field::Empty,
+            );
+            let flight = self.flight(token, hash, &ctx, false).instrument(span);
+            let outcome = match self.cache.load(hash, started, flight).await {
+                Loaded::Allowed(principal) => Ok(principal),
+                Loaded::Stale => continue,
+                Loaded::Refused(refusal) => match &*refusal {
+                    AuthError::Unavailable { .. } if self.jwt_for(token).is_none() => {
+                        match self.outage_grace(&hash).await {
+                            Some(principal) => return Ok(principal),
+                            None => Err((*refusal).clone()),
+                        }
+                    }
+                    other => Err(other.clone()),
+                },
+            };
+            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
+            return outcome;
+        }
+        Err(self.unavailable())
+    }
+
+    /// An always-live layer's verification: the gateway asked for this one request (a JWT
+    /// verified again locally), never a cache tier, the negative cache, a shared flight or
+    /// the outage grace (an outage is a 503). A refusal for good is remembered for the other
+    /// layers (the negative cache), and voids the token's cached answer here if it has one;
+    /// an allowance is not stored (it would restart the ttl other routes serve it for).
+    pub(super) async fn verify_live(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: &MissContext,
+    ) -> Result<Principal, AuthError> {
+        let span = tracing::debug_span!(
+            "wacht.verify",
+            token = ?hash,
+            cache = "live",
+            client_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            gateway_ms = tracing::field::Empty,
+        );
+        let outcome = self.live_flight(token, hash, ctx).instrument(span).await;
+        let source = if self.jwt_for(token).is_some() {
+            "jwt"
+        } else {
+            "gateway"
+        };
+        telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), source);
+        outcome
+    }
+
+    async fn live_flight(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: &MissContext,
+    ) -> Result<Principal, AuthError> {
+        for _ in 0..MAX_ROUNDS {
+            let _permit = match self.jwt_for(token) {
+                Some(_) => None,
+                None => match InflightPermit::acquire(&self.inflight, self.settings.max_inflight_gateway_calls) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        telemetry::verification("unavailable", "overload");
+                        return Err(self.unavailable());
+                    }
+                },
+            };
+            let stamp = self.cache.stamp();
+            let verdict = self.answer(token, hash, ctx, false).await;
+            match self.decide(verdict, hash, stamp).await {
+                Ok(entry) if self.cache.still_current(&hash, &entry.principal, stamp) => {
+                    tracing::Span::current().record("outcome", "allowed");
+                    return Ok(entry.principal);
+                }
+                // Voided while in flight (it may predate a revocation): ask again.
+                Ok(_) => continue,
+                Err(refusal) => {
+                    if matches!(refusal, AuthError::InvalidToken(_)) && self.cache.has_answer(&hash) {
+                        self.cache.invalidate_token(hash).await;
+                    }
+                    tracing::Span::current().record("outcome", refusal.label());
+                    return Err(refusal);
+                }
+            }
+        }
+        Err(self.unavailable())
     }
 
     /// A principal verified before, still inside the outage grace and not denied since.

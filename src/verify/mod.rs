@@ -51,8 +51,21 @@ pub(crate) enum Authentication {
     Refused(Box<AuthError>),
 }
 
+/// How fresh an answer a layer takes (see [`WachtAuthLayer::always_live`](crate::WachtAuthLayer::always_live)
+/// and [`WachtAuthLayer::max_cache_age`](crate::WachtAuthLayer::max_cache_age)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Any answer the cache tiers hold.
+    Cached,
+    /// Only an answer verified at most this long ago.
+    MaxAge(Duration),
+    /// Every request asks the gateway (a JWT: verified again locally).
+    Live,
+}
+
 /// A token the cache did not have, and the request context its verification sends.
 pub(crate) struct Miss {
+    freshness: Freshness,
     verifier: Arc<Verifier>,
     hash: TokenHash,
     ctx: MissContext,
@@ -68,9 +81,19 @@ impl Miss {
             self.verifier.start_jwks_timer();
         }
         Box::pin(async move {
-            self.verifier
-                .verify_miss(token.token(), self.hash, self.ctx, self.started)
-                .await
+            match self.freshness {
+                Freshness::Live => self.verifier.verify_live(token.token(), self.hash, &self.ctx).await,
+                Freshness::MaxAge(max_age) => {
+                    self.verifier
+                        .verify_miss_within(token.token(), self.hash, self.ctx, self.started, max_age)
+                        .await
+                }
+                Freshness::Cached => {
+                    self.verifier
+                        .verify_miss(token.token(), self.hash, self.ctx, self.started)
+                        .await
+                }
+            }
         })
     }
 }
@@ -213,6 +236,39 @@ impl Verifier {
             }
             return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
         }
+        self.miss(credential, hash, req, Freshness::Cached)
+    }
+
+    /// [`authenticate`](Self::authenticate) for a layer that takes only fresh answers: a
+    /// `Live` one never reads a cache tier; a `MaxAge` one reads only young entries.
+    pub(crate) fn authenticate_fresh<B>(
+        self: &Arc<Self>,
+        credential: Credential<'_>,
+        req: &Request<B>,
+        freshness: Freshness,
+    ) -> Authentication {
+        #[cfg(feature = "redis")]
+        if self.fleet_refuses() {
+            return Authentication::Refused(Box::new(self.unavailable()));
+        }
+        let hash = self.key(credential.secret_bytes());
+        if let Freshness::MaxAge(max_age) = freshness
+            && let Some(hit) = self.cache.hit_within(&hash, max_age)
+        {
+            // Refresh-ahead is the plain layers' business.
+            return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
+        }
+        self.miss(credential, hash, req, freshness)
+    }
+
+    /// A token to verify (its alphabet and form checked first).
+    fn miss<B>(
+        self: &Arc<Self>,
+        credential: Credential<'_>,
+        hash: TokenHash,
+        req: &Request<B>,
+        freshness: Freshness,
+    ) -> Authentication {
         let Ok(token) = credential.validate() else {
             return Authentication::Refused(Box::new(AuthError::InvalidToken(InvalidTokenReason::Malformed)));
         };
@@ -220,6 +276,7 @@ impl Verifier {
             return Authentication::Refused(Box::new(refusal));
         }
         Authentication::Miss(Box::new(Miss {
+            freshness,
             verifier: Arc::clone(self),
             hash,
             ctx: MissContext::of(&self.settings, req),

@@ -33,7 +33,7 @@ impl Verifier {
     }
 
     async fn refresh(&self, token: &OwnedBearer, hash: TokenHash, ctx: MissContext) {
-        match self.flight(token.token(), hash, &ctx).await {
+        match self.flight(token.token(), hash, &ctx, true).await {
             Ok(entry) => {
                 self.cache.store(hash, entry).await;
                 telemetry::refresh("allowed");

@@ -30,8 +30,16 @@ pub(super) enum Verdict {
 }
 
 impl Verifier {
-    /// The verdict on a token the local tiers do not have.
-    pub(super) async fn answer(&self, token: BearerToken<'_>, hash: TokenHash, ctx: &MissContext) -> Verdict {
+    /// The verdict on a token the local tiers do not have. Without `shared_tier`, the
+    /// fleet's shared tier is skipped: the gateway itself answers (a `max_cache_age` or live
+    /// layer's verification, whose answer's age must be known).
+    pub(super) async fn answer(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: &MissContext,
+        shared_tier: bool,
+    ) -> Verdict {
         if let Some(jwt) = self.jwt_for(token) {
             let verdict = jwt.verify(token.expose()).await;
             self.sync_key_removals();
@@ -39,6 +47,14 @@ impl Verifier {
         }
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
+            if !shared_tier {
+                let (cap, graceful) = fleet.unshared_bounds();
+                return Verdict::Gateway {
+                    decision: self.ask_gateway(token, ctx).await,
+                    cap,
+                    graceful,
+                };
+            }
             let answer = fleet.answer(hash, self.ask_gateway(token, ctx)).await;
             return Verdict::Gateway {
                 decision: answer.verdict,
@@ -46,7 +62,7 @@ impl Verifier {
                 graceful: answer.graceful,
             };
         }
-        let _ = hash;
+        let _ = (hash, shared_tier);
         Verdict::Gateway {
             decision: self.ask_gateway(token, ctx).await,
             cap: None,

@@ -26,6 +26,7 @@ mod grpc;
 mod invalidate_by_owner;
 mod jwt;
 mod layer_http;
+mod live_routes;
 mod mcp_server;
 mod quickstart;
 mod reliability;
