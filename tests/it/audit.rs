@@ -179,6 +179,16 @@ async fn a_jwt_is_recorded_as_verified_here() {
 
     assert_eq!(app.get("/whoami", Some(&jwt)).await.status(), 200);
     assert_eq!(only(&mut records).source, DecisionSource::Cache);
+
+    // Signed by a key the issuer never published: refused here, by the JWT verifier.
+    let stranger = JwksIssuer::start().await.expect("issuer starts");
+    let forged = stranger.mint(&AccessTokenClaims::new(CLIENT).claim("iss", serde_json::json!(issuer.url())));
+    assert_eq!(app.get("/whoami", Some(&forged)).await.status(), 401);
+    let refused = only(&mut records);
+    assert_eq!(refused.source, DecisionSource::Jwt);
+    assert_eq!(refused.credential_kind, Some(CredentialKind::JwtAccessToken));
+    assert_eq!(refused.outcome, AuditOutcome::Refused);
+    assert_secret_free(&refused, &forged);
 }
 
 #[tokio::test]
