@@ -292,14 +292,12 @@ impl Pending {
             (DecisionSource::Gateway, crate::principal::VerifiedBy::JwtSignature) => DecisionSource::Jwt,
             (source, _) => source,
         };
-        let record = AuditRecord {
-            credential_kind: Some(principal.credential_kind()),
-            client_id: Some(principal.client_id().to_string()),
-            user_id: principal.owner_user_id().map(|id| id.to_string()),
-            tenant: principal.granted_resource().map(ToString::to_string),
-            ..self.record(source, AuditOutcome::Allowed, None)
-        };
-        self.auditor.emit(record);
+        let (auditor, mut record) = self.into_record(source, AuditOutcome::Allowed, None);
+        record.credential_kind = Some(principal.credential_kind());
+        record.client_id = Some(principal.client_id().to_string());
+        record.user_id = principal.owner_user_id().map(|id| id.to_string());
+        record.tenant = principal.granted_resource().map(ToString::to_string);
+        auditor.emit(record);
     }
 
     /// The request was refused with `error`.
@@ -310,25 +308,32 @@ impl Pending {
             AuthError::InvalidToken(reason) => (AuditOutcome::Refused, Some(reason.label())),
             other => (AuditOutcome::Refused, Some(other.label())),
         };
-        let record = self.record(source, outcome, reason);
-        self.auditor.emit(record);
+        let (auditor, record) = self.into_record(source, outcome, reason);
+        auditor.emit(record);
     }
 
-    fn record(&self, source: DecisionSource, outcome: AuditOutcome, reason: Option<&'static str>) -> AuditRecord {
-        AuditRecord {
+    /// The record, without a principal's fields yet; the auditor it goes to.
+    fn into_record(
+        self,
+        source: DecisionSource,
+        outcome: AuditOutcome,
+        reason: Option<&'static str>,
+    ) -> (Arc<Auditor>, AuditRecord) {
+        let record = AuditRecord {
             source,
             credential_kind: self.kind,
             client_id: None,
             user_id: None,
             tenant: None,
-            method: self.method.clone(),
-            route: self.route.clone(),
-            mcp_method: self.mcp_method.clone(),
-            mcp_tool: self.mcp_tool.clone(),
+            method: self.method,
+            route: self.route,
+            mcp_method: self.mcp_method,
+            mcp_tool: self.mcp_tool,
             outcome,
             reason,
             duration: self.started.elapsed(),
             rate_limit_remaining: None,
-        }
+        };
+        (self.auditor, record)
     }
 }
