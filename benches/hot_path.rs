@@ -275,6 +275,20 @@ fn stages(c: &mut Criterion) {
     g.bench_function("bare_noop_service", |b| b.iter(|| call(&mut bare, &header)));
     let mut wrapped = auth.clone().layer(Noop);
     g.bench_function("layer_cache_hit", |b| b.iter(|| call(&mut wrapped, &header)));
+    // The audit trail on, to a sink nobody reads (full after one record: every later
+    // record is built, offered and dropped), tracing off.
+    let (sink, _records) = tower_wacht::audit::AuditSink::channel(1);
+    let config = WachtAuthConfig::builder()
+        .max_capacity(10_000)
+        .ttl(Duration::from_secs(3600))
+        .expected_deployment_id(418223109876543489)
+        .audit(tower_wacht::audit::AuditConfig::new().sink(sink))
+        .build()
+        .unwrap();
+    let audited = WachtAuthLayer::with_gateway(config, AllowAll).unwrap();
+    fill(&audited, 1);
+    let mut wrapped = audited.layer(Noop);
+    g.bench_function("layer_cache_hit_audited", |b| b.iter(|| call(&mut wrapped, &header)));
     g.finish();
 }
 

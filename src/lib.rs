@@ -74,6 +74,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api_key;
+pub mod audit;
 #[cfg(feature = "axum")]
 mod axum;
 pub mod body;

@@ -164,6 +164,18 @@ impl<'a> RouteRequest<'a> {
 
     /// `/<method>[/<name>]` of an MCP 2026-07-28 request, from its mirrored headers.
     fn mcp_suffix(&self) -> Option<String> {
+        let (method, name) = self.mcp_parts()?;
+        let mut suffix = format!("/{method}");
+        if let Some(name) = name {
+            suffix.push('/');
+            suffix.push_str(name);
+        }
+        Some(suffix)
+    }
+
+    /// The MCP method and, for `tools/call` and `prompts/get`, the tool or prompt name of an
+    /// MCP 2026-07-28 request, as its automatic route names them.
+    pub(crate) fn mcp_parts(&self) -> Option<(&'a str, Option<&'a str>)> {
         if self.method != Method::POST {
             return None;
         }
@@ -172,14 +184,12 @@ impl<'a> RouteRequest<'a> {
             return None;
         }
         let method = single(self.headers, "mcp-method").filter(|m| is_mcp_part(m, true))?;
-        let mut suffix = format!("/{method}");
-        if matches!(method, "tools/call" | "prompts/get")
-            && let Some(name) = single(self.headers, "mcp-name").filter(|n| is_mcp_part(n, false))
-        {
-            suffix.push('/');
-            suffix.push_str(name);
-        }
-        Some(suffix)
+        let name = if matches!(method, "tools/call" | "prompts/get") {
+            single(self.headers, "mcp-name").filter(|n| is_mcp_part(n, false))
+        } else {
+            None
+        };
+        Some((method, name))
     }
 }
 

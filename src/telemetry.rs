@@ -23,6 +23,7 @@
 //! | `wacht_fleet_resyncs_total` | counter | `cause` | times this replica re-read the shared state: `behind` (it fell behind the trimmed log), `state_lost` (Redis lost, rolled back or forked the fleet's state) |
 //! | `wacht_fleet_channel_connected` | gauge | | 1 while this replica follows the fleet (notices heard, log read), 0 while it is lost |
 //! | `wacht_webhooks_total` | counter | `event`, `result` | deliveries to [`WachtWebhooks`](crate::WachtWebhooks): `event` is the Wacht event name of a known event, `unknown` for any other, `none` when refused before the body was read; `result` is `acted`, `ignored` (a known event with no action), `unknown`, `duplicate` (a `webhook-id` handled before), `unsettled` (answered 503: the fleet has not taken the change), or why it was refused: `method`, `too_large`, `malformed`, `bad_signature`, `stale` |
+//! | `wacht_audit_dropped_total` | counter | | audit records dropped because the [`AuditSink`](crate::audit::AuditSink)'s queue was full (or its receiver gone) |
 //!
 //! Labels never carry a token or key: client ids and permission names come from the gateway's
 //! answer for a verified token; webhook event names are the crate's own list.
@@ -102,6 +103,8 @@ pub mod names {
     pub const FLEET_CHANNEL: &str = "wacht_fleet_channel_connected";
     /// Wacht webhook deliveries by `event` and `result`.
     pub const WEBHOOKS: &str = "wacht_webhooks_total";
+    /// Audit records dropped because the sink's queue was full (or its receiver gone).
+    pub const AUDIT_DROPPED: &str = "wacht_audit_dropped_total";
 }
 
 /// Pre-registered handles for the per-request counters.
@@ -143,6 +146,11 @@ impl Metrics {
         #[cfg(feature = "metrics")]
         self.misses.increment(1);
     }
+}
+
+pub(crate) fn audit_dropped() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(names::AUDIT_DROPPED).increment(1);
 }
 
 pub(crate) fn verification(outcome: &'static str, source: &'static str) {

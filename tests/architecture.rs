@@ -18,6 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("change", &["principal", "token"]),
     ("scopes", &[]),
     ("route", &[]),
+    ("audit", &["principal", "reject", "route", "telemetry"]),
     ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
     ("metadata", &["error", "scopes"]),
@@ -27,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &[
             "api_key",
+            "audit",
             "error",
             "fleet",
             "jwt",
@@ -77,6 +79,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "layer",
         &[
+            "audit",
             "body",
             "change",
             "config",

@@ -40,7 +40,12 @@ async fn no_secret_in_logs_debug_or_responses() {
         .with_ansi(false)
         .init();
 
-    let app = start(|b| b.ttl(Duration::from_millis(200)).expected_audience(RESOURCE)).await;
+    let app = start(|b| {
+        b.ttl(Duration::from_millis(200))
+            .expected_audience(RESOURCE)
+            .audit(tower_wacht::audit::AuditConfig::new().tracing(true))
+    })
+    .await;
     let mut secrets = vec![API_KEY.to_owned()];
     let mut seen = String::new();
 
@@ -157,6 +162,24 @@ async fn no_secret_in_logs_debug_or_responses() {
     assert!(logs.contains("Wacht webhook"), "webhook deliveries were logged");
     assert!(logs.contains("wacht.verify"), "verification spans were captured");
     assert!(logs.len() > 1000, "the run produced logs at trace level");
+    // The audit trail's events, with their attributes (README "Audit trail").
+    for attribute in [
+        "tower_wacht::audit",
+        "wacht.decision.source=\"gateway\"",
+        "wacht.decision.source=\"cache\"",
+        "wacht.credential.kind=\"oauth_access_token\"",
+        "wacht.client.id=",
+        "enduser.id=",
+        "wacht.tenant=",
+        "http.request.method=\"GET\"",
+        "http.route=\"/whoami\"",
+        "wacht.outcome=\"refused\"",
+        "wacht.outcome.reason=\"rejected\"",
+        "wacht.outcome=\"unavailable\"",
+        "wacht.decision.duration_ms=",
+    ] {
+        assert!(logs.contains(attribute), "no audit attribute {attribute}");
+    }
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
         // Nor anything of its plain SHA-256 (the cache key) that would confirm a guess.

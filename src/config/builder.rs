@@ -336,6 +336,16 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// Record every decision the layer makes (default: off): as an `INFO` event on the
+    /// `tracing` target `tower_wacht::audit` and/or to an
+    /// [`AuditSink`](crate::audit::AuditSink) (see [`audit`](crate::audit) for the fields).
+    /// Off, the request path only tests one flag; on, a request also works out its route and
+    /// builds its record.
+    pub fn audit(mut self, audit: crate::audit::AuditConfig) -> Self {
+        self.config.requests.audit = audit;
+        self
+    }
+
     /// Serve and advertise RFC 9728 metadata: every 401/403 challenge carries
     /// `resource_metadata="<its well-known URL>"`, [`WachtAuthLayer::metadata_router`](crate::WachtAuthLayer::metadata_router)
     /// serves it, and unless [`expected_audience`](Self::expected_audience) is set, the

@@ -158,6 +158,9 @@ impl WachtAuthConfig {
     /// takes them from that header (see
     /// [`api_key_prefixes`](crate::WachtAuthConfigBuilder::api_key_prefixes)).
     ///
+    /// `WACHT_AUDIT=on` emits the [audit trail](crate::audit) as `INFO` events on the
+    /// `tracing` target `tower_wacht::audit` (a sink is configured in code).
+    ///
     /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
     /// [`jwt`](crate::jwt)), with
     ///
@@ -221,6 +224,9 @@ impl WachtAuthConfig {
         if switch("WACHT_JWT", get("WACHT_JWT"))? {
             b = b.jwt(jwt_from_env(&get)?);
         }
+        if switch("WACHT_AUDIT", get("WACHT_AUDIT"))? {
+            b = b.audit(crate::audit::AuditConfig::new().tracing(true));
+        }
         b.build()
     }
 }
@@ -273,6 +279,16 @@ mod tests {
         bad("WACHT_RESOURCE_URL", "https://x/y#frag");
         bad("WACHT_GATEWAY_URL", "not a url");
         bad("WACHT_JWT", "maybe");
+        bad("WACHT_AUDIT", "maybe");
+    }
+
+    #[test]
+    fn audit_from_env_turns_the_tracing_target_on() {
+        let base = [("WACHT_BACKEND_API_KEY", "k"), ("WACHT_DEPLOYMENT_ID", "1")];
+        let off = WachtAuthConfig::from_lookup(env(&base)).unwrap();
+        assert!(!off.requests.audit.is_enabled(), "off by default");
+        let on = WachtAuthConfig::from_lookup(env(&[base[0], base[1], ("WACHT_AUDIT", "on")])).unwrap();
+        assert!(on.requests.audit.is_enabled());
     }
 
     #[test]

@@ -219,6 +219,8 @@ pub(crate) struct RequestSettings {
     pub(crate) keep_authorization_header: bool,
     pub(crate) handler_step_up: bool,
     pub(crate) max_token_len: usize,
+    /// Where the audit trail goes (default: nowhere).
+    pub(crate) audit: crate::audit::AuditConfig,
 }
 
 impl Default for RequestSettings {
@@ -229,6 +231,7 @@ impl Default for RequestSettings {
             keep_authorization_header: false,
             handler_step_up: false,
             max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            audit: crate::audit::AuditConfig::new(),
         }
     }
 }

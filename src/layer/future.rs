@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::stream::Caller;
+use crate::audit::Pending;
 use crate::body::ResponseBody;
 use crate::principal::Principal;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
@@ -52,6 +53,8 @@ pin_project! {
             ticket: Option<Ticket>,
             // Whether the handler gets a step-up slot (`handler_step_up`).
             handler_step_up: bool,
+            // The request's audit record, when auditing is on.
+            audit: Option<Box<Pending>>,
         },
     }
 }
@@ -81,6 +84,7 @@ where
         challenge: Arc<ChallengeParams>,
         ticket: Ticket,
         handler_step_up: bool,
+        audit: Option<Box<Pending>>,
     ) -> Self {
         ResponseFuture {
             state: State::Verifying {
@@ -90,6 +94,7 @@ where
                 challenge,
                 ticket: Some(ticket),
                 handler_step_up,
+                audit,
             },
         }
     }
@@ -129,8 +134,16 @@ where
                     challenge,
                     ticket,
                     handler_step_up,
+                    audit,
                 } => {
                     let outcome = ready!(verify.as_mut().poll(cx));
+                    if let Some(audit) = audit.take() {
+                        let source = audit.miss_source();
+                        match &outcome {
+                            Ok(principal) => audit.allowed(source, principal),
+                            Err(error) => audit.refused(source, error),
+                        }
+                    }
                     let (Some(mut req), Some(mut svc), Some(ticket)) = (request.take(), service.take(), ticket.take())
                     else {
                         // Polled again after completion: answer like an unavailable gateway.

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     /// The challenge of an API-keys-only layer: no `resource_metadata` or `scope`, which
     /// would send an OAuth client to get a token this route does not take.
     pub(crate) key_challenge: Arc<ChallengeParams>,
+    /// The audit trail, when enabled.
+    pub(crate) audit: Option<Arc<crate::audit::Auditor>>,
     metadata: Option<ProtectedResourceMetadata>,
 }
 
@@ -137,6 +139,7 @@ impl WachtAuthLayer {
                 keep_authorization_header: requests.keep_authorization_header,
                 handler_step_up: requests.handler_step_up,
                 max_token_len: requests.max_token_len,
+                audit: crate::audit::Auditor::of(&requests.audit),
                 metadata: config.challenge.resource_metadata,
             }),
         }

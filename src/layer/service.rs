@@ -11,6 +11,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::stream::Caller;
 use super::{Accepts, Shared};
+use crate::audit::{DecisionSource, Pending};
 use crate::body::ResponseBody;
 use crate::cors::is_preflight;
 use crate::principal::CredentialKind;
@@ -53,21 +54,30 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
+        // Off, auditing costs this one test.
+        let mut audit = shared.audit.as_ref().map(|auditor| auditor.begin(&req));
         let (credential, from) = match find_credential(&req, shared) {
             Ok(Some(found)) => found,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true),
             Ok(None) if shared.pass_cors_preflight && is_preflight(&req) => {
                 return self.pass_anonymous(req, false);
             }
-            Ok(None) => return self.refuse(&req, AuthError::MissingCredentials),
-            Err(refusal) => return self.refuse(&req, refusal),
+            Ok(None) => return self.refuse(&req, AuthError::MissingCredentials, audit),
+            Err(refusal) => return self.refuse(&req, refusal, audit),
         };
+        if let Some(audit) = &mut audit {
+            let secret = credential.secret_bytes();
+            audit.credential(shared.verifier.kind_of(secret), secret);
+        }
         let authentication = match shared.freshness {
             Freshness::Cached => shared.verifier.authenticate(credential, &req),
             freshness => shared.verifier.authenticate_fresh(credential, &req, freshness),
         };
         match authentication {
             Authentication::Hit(principal, ticket) => {
+                if let Some(audit) = audit {
+                    audit.allowed(DecisionSource::Cache, &principal);
+                }
                 strip_credential(&mut req, shared, from);
                 req.extensions_mut().insert(principal.clone());
                 let slot = shared
@@ -76,11 +86,11 @@ where
                 let caller = Caller::new(principal, ticket, req.version(), slot);
                 ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
-            Authentication::Refused(error) => self.refuse(&req, *error),
+            Authentication::Refused(error) => self.refuse(&req, *error, audit),
             Authentication::Miss(miss) => {
                 let token = take_credential(&mut req, shared, from);
                 let Some(token) = token else {
-                    return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed));
+                    return self.refuse(&req, AuthError::InvalidToken(InvalidTokenReason::Malformed), audit);
                 };
                 // The service that was made ready goes with the verification; a fresh clone
                 // stays behind for the next request.
@@ -89,7 +99,7 @@ where
                 let challenge = Arc::clone(shared.verifier.challenge());
                 let ticket = miss.ticket();
                 let step_up = shared.handler_step_up;
-                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket, step_up)
+                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket, step_up, audit)
             }
         }
     }
@@ -171,10 +181,18 @@ fn take_credential<B>(req: &mut Request<B>, shared: &Shared, from: From) -> Opti
 }
 
 impl<S> WachtAuth<S> {
-    fn refuse<ReqB, Svc>(&self, req: &Request<ReqB>, error: AuthError) -> ResponseFuture<Svc, ReqB>
+    fn refuse<ReqB, Svc>(
+        &self,
+        req: &Request<ReqB>,
+        error: AuthError,
+        audit: Option<Box<Pending>>,
+    ) -> ResponseFuture<Svc, ReqB>
     where
         Svc: Service<Request<ReqB>>,
     {
+        if let Some(audit) = audit {
+            audit.refused(DecisionSource::Local, &error);
+        }
         let challenge = match self.shared.accepts {
             Accepts::ApiKeysOnly => &self.shared.key_challenge,
             _ => self.shared.verifier.challenge(),

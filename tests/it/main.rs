@@ -19,6 +19,7 @@ mod grpc_server;
 
 mod allow_lists;
 mod api_keys;
+mod audit;
 mod custom_gateway;
 mod dev_issuer;
 mod fake_gateway;

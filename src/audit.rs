@@ -1,0 +1,339 @@
+//! The audit trail: one [`AuditRecord`] per decision the layer makes (a hit, a miss after its
+//! verification, a refusal), emitted as a `tracing` event on the target
+//! [`TRACING_TARGET`] and/or handed to an [`AuditSink`]. Off by default; enable it with
+//! [`WachtAuthConfigBuilder::audit`](crate::WachtAuthConfigBuilder::audit) (or
+//! `WACHT_AUDIT=on` for the tracing event).
+//!
+//! A record never holds the credential, nor its hash: who the caller is comes from the
+//! verified principal (client id, user id, tenant), the rest from the request's method and
+//! route.
+//!
+//! The tracing event is at `INFO` with these attributes (OpenTelemetry semantic conventions
+//! where one exists):
+//!
+//! | attribute | record field | value |
+//! | --- | --- | --- |
+//! | `wacht.decision.source` | [`source`](AuditRecord::source) | `cache`, `gateway`, `jwt` or `local` |
+//! | `wacht.credential.kind` | [`credential_kind`](AuditRecord::credential_kind) | `oauth_access_token`, `jwt_access_token`, `api_key` (absent without a credential) |
+//! | `wacht.client.id` | [`client_id`](AuditRecord::client_id) | the OAuth client (an API key's app) |
+//! | `enduser.id` | [`user_id`](AuditRecord::user_id) | the user who granted the token or owns the key |
+//! | `wacht.tenant` | [`tenant`](AuditRecord::tenant) | the granted resource (`urn:wacht:...`) |
+//! | `http.request.method` | [`method`](AuditRecord::method) | as [`RouteRequest::automatic`](crate::route::RouteRequest::automatic) reports it |
+//! | `http.route` | [`route`](AuditRecord::route) | as [`RouteRequest::automatic`](crate::route::RouteRequest::automatic) reports it |
+//! | `mcp.method.name` | [`mcp_method`](AuditRecord::mcp_method) | the 2026-07-28 `Mcp-Method` header |
+//! | `gen_ai.tool.name` | [`mcp_tool`](AuditRecord::mcp_tool) | the `Mcp-Name` of a `tools/call` or `prompts/get` |
+//! | `wacht.outcome` | [`outcome`](AuditRecord::outcome) | `allowed`, `refused`, `rate_limited`, `unavailable` |
+//! | `wacht.outcome.reason` | [`reason`](AuditRecord::reason) | a refusal's label (`rejected`, `malformed`, `missing_credentials`, ...) |
+//! | `wacht.decision.duration_ms` | [`duration`](AuditRecord::duration) | from the request's arrival to the decision, in milliseconds (fractional) |
+//!
+//! The remaining rate-limit budget is not known yet ([`rate_limit_remaining`](AuditRecord::rate_limit_remaining)
+//! is always `None`, and the event has no attribute for it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request};
+use tokio::sync::mpsc;
+
+use crate::principal::{CredentialKind, Principal};
+use crate::reject::AuthError;
+use crate::route::RouteRequest;
+
+/// The `tracing` target of audit events.
+pub const TRACING_TARGET: &str = "tower_wacht::audit";
+
+/// Where a verdict came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecisionSource {
+    /// This process's cache (the per-thread front cache or the shared one).
+    Cache,
+    /// The Wacht gateway (in fleet mode, possibly through the fleet's shared tier; a refusal
+    /// remembered from an earlier gateway answer is reported so too).
+    Gateway,
+    /// Local verification of a JWT access token.
+    Jwt,
+    /// Refused here without asking anyone (no credential, a malformed one, a kind this layer
+    /// does not take, a fleet out of sync).
+    Local,
+}
+
+impl DecisionSource {
+    /// `cache`, `gateway`, `jwt` or `local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionSource::Cache => "cache",
+            DecisionSource::Gateway => "gateway",
+            DecisionSource::Jwt => "jwt",
+            DecisionSource::Local => "local",
+        }
+    }
+}
+
+/// What the layer decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditOutcome {
+    /// The request went on to the service.
+    Allowed,
+    /// Refused (401, 400 or 403); [`AuditRecord::reason`] says why.
+    Refused,
+    /// Refused with 429.
+    RateLimited,
+    /// Refused with 503: the credential could not be verified now.
+    Unavailable,
+}
+
+impl AuditOutcome {
+    /// `allowed`, `refused`, `rate_limited` or `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Allowed => "allowed",
+            AuditOutcome::Refused => "refused",
+            AuditOutcome::RateLimited => "rate_limited",
+            AuditOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One decision of the layer. Never holds the credential or its hash.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// Where the verdict came from.
+    pub source: DecisionSource,
+    /// The credential's kind; `None` when the request carried none.
+    pub credential_kind: Option<CredentialKind>,
+    /// The verified OAuth client id (an API key's app); `None` when refused.
+    pub client_id: Option<String>,
+    /// The verified user (the grant's owner, the key's owner); `None` when refused or unknown.
+    pub user_id: Option<String>,
+    /// The granted resource (tenant URN), when the grant has one.
+    pub tenant: Option<String>,
+    /// The request's method, as [`RouteRequest::automatic`] reports it.
+    pub method: Method,
+    /// The request's route, as [`RouteRequest::automatic`] reports it (a template, a gRPC
+    /// method path or an MCP method and tool; never a query).
+    pub route: String,
+    /// The MCP method of a 2026-07-28 request (`Mcp-Method`), when its route names it.
+    pub mcp_method: Option<String>,
+    /// The tool or prompt of a `tools/call` or `prompts/get` (`Mcp-Name`), when its route names it.
+    pub mcp_tool: Option<String>,
+    /// What the layer decided.
+    pub outcome: AuditOutcome,
+    /// A refusal's label ([`InvalidTokenReason::label`](crate::reject::InvalidTokenReason::label)
+    /// for an invalid token, else [`AuthError::label`]); `None` when allowed.
+    pub reason: Option<&'static str>,
+    /// From the request's arrival at the layer to the decision.
+    pub duration: Duration,
+    /// The remaining rate-limit budget: always `None` for now (not reported by the gateway yet).
+    pub rate_limit_remaining: Option<u64>,
+}
+
+/// A bounded queue of [`AuditRecord`]s to a consumer of yours. The request path never waits
+/// on it: when the queue is full (or its receiver gone) the record is dropped and counted
+/// ([`dropped`](Self::dropped), and the metric `wacht_audit_dropped_total`).
+#[derive(Clone, Debug)]
+pub struct AuditSink {
+    sender: mpsc::Sender<AuditRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// A sink holding at most `capacity` records (at least 1) until the receiver takes them.
+    pub fn channel(capacity: usize) -> (AuditSink, mpsc::Receiver<AuditRecord>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let sink = AuditSink {
+            sender,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (sink, receiver)
+    }
+
+    /// Records dropped so far because the queue was full or its receiver gone.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn offer(&self, record: AuditRecord) {
+        if self.sender.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::audit_dropped();
+        }
+    }
+}
+
+/// Where the audit trail goes (default: nowhere).
+#[derive(Clone, Debug, Default)]
+pub struct AuditConfig {
+    tracing: bool,
+    sink: Option<AuditSink>,
+}
+
+impl AuditConfig {
+    /// No audit trail (the default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Emit each record as an `INFO` event on the target [`TRACING_TARGET`].
+    pub fn tracing(mut self, on: bool) -> Self {
+        self.tracing = on;
+        self
+    }
+
+    /// Hand each record to `sink`.
+    pub fn sink(mut self, sink: AuditSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// True when records go anywhere.
+    pub fn is_enabled(&self) -> bool {
+        self.tracing || self.sink.is_some()
+    }
+}
+
+/// An enabled audit trail, shared by a layer's services.
+#[derive(Debug)]
+pub(crate) struct Auditor {
+    config: AuditConfig,
+}
+
+impl Auditor {
+    /// The auditor of `config`, if it is enabled.
+    pub(crate) fn of(config: &AuditConfig) -> Option<Arc<Auditor>> {
+        config
+            .is_enabled()
+            .then(|| Arc::new(Auditor { config: config.clone() }))
+    }
+
+    /// Starts a request's record: its arrival, its route.
+    pub(crate) fn begin<B>(self: &Arc<Self>, req: &Request<B>) -> Box<Pending> {
+        let started = Instant::now();
+        let view = RouteRequest::of(req);
+        let (method, route) = view.automatic();
+        let (mcp_method, mcp_tool) = match view.mcp_parts() {
+            Some((method, tool)) => (Some(method.to_owned()), tool.map(str::to_owned)),
+            None => (None, None),
+        };
+        Box::new(Pending {
+            auditor: Arc::clone(self),
+            started,
+            method,
+            route,
+            mcp_method,
+            mcp_tool,
+            kind: None,
+        })
+    }
+
+    fn emit(&self, record: AuditRecord) {
+        if self.config.tracing {
+            tracing::event!(
+                target: TRACING_TARGET,
+                tracing::Level::INFO,
+                wacht.decision.source = record.source.as_str(),
+                wacht.credential.kind = record.credential_kind.map(CredentialKind::as_str),
+                wacht.client.id = record.client_id.as_deref(),
+                enduser.id = record.user_id.as_deref(),
+                wacht.tenant = record.tenant.as_deref(),
+                http.request.method = record.method.as_str(),
+                http.route = record.route.as_str(),
+                mcp.method.name = record.mcp_method.as_deref(),
+                gen_ai.tool.name = record.mcp_tool.as_deref(),
+                wacht.outcome = record.outcome.as_str(),
+                wacht.outcome.reason = record.reason,
+                wacht.decision.duration_ms = record.duration.as_secs_f64() * 1000.0,
+                "wacht auth decision"
+            );
+        }
+        if let Some(sink) = &self.config.sink {
+            sink.offer(record);
+        }
+    }
+}
+
+/// A request's record until its decision is known.
+pub(crate) struct Pending {
+    auditor: Arc<Auditor>,
+    started: Instant,
+    method: Method,
+    route: String,
+    mcp_method: Option<String>,
+    mcp_tool: Option<String>,
+    kind: Option<CredentialKind>,
+}
+
+impl Pending {
+    /// The request's credential: its kind by the configured API-key prefixes (`kind`), a JWT
+    /// by its shape.
+    pub(crate) fn credential(&mut self, kind: CredentialKind, secret: &[u8]) {
+        let jwt_shaped = secret.iter().filter(|b| **b == b'.').count() == 2;
+        self.kind = Some(match kind {
+            CredentialKind::OAuthAccessToken if jwt_shaped => CredentialKind::JwtAccessToken,
+            other => other,
+        });
+    }
+
+    /// Where a miss's verdict comes from: the JWT verifier for a JWT, else the gateway.
+    pub(crate) fn miss_source(&self) -> DecisionSource {
+        if self.kind == Some(CredentialKind::JwtAccessToken) {
+            DecisionSource::Jwt
+        } else {
+            DecisionSource::Gateway
+        }
+    }
+
+    /// The request was allowed: `principal` is its caller.
+    pub(crate) fn allowed(self, source: DecisionSource, principal: &Principal) {
+        let source = match (source, principal.verified_by()) {
+            (DecisionSource::Gateway, crate::principal::VerifiedBy::JwtSignature) => DecisionSource::Jwt,
+            (source, _) => source,
+        };
+        let (auditor, mut record) = self.into_record(source, AuditOutcome::Allowed, None);
+        record.credential_kind = Some(principal.credential_kind());
+        record.client_id = Some(principal.client_id().to_string());
+        record.user_id = principal.owner_user_id().map(|id| id.to_string());
+        record.tenant = principal.granted_resource().map(ToString::to_string);
+        auditor.emit(record);
+    }
+
+    /// The request was refused with `error`.
+    pub(crate) fn refused(self, source: DecisionSource, error: &AuthError) {
+        let (outcome, reason) = match error {
+            AuthError::RateLimited { .. } => (AuditOutcome::RateLimited, None),
+            AuthError::Unavailable { .. } => (AuditOutcome::Unavailable, None),
+            AuthError::InvalidToken(reason) => (AuditOutcome::Refused, Some(reason.label())),
+            other => (AuditOutcome::Refused, Some(other.label())),
+        };
+        let (auditor, record) = self.into_record(source, outcome, reason);
+        auditor.emit(record);
+    }
+
+    /// The record, without a principal's fields yet; the auditor it goes to.
+    fn into_record(
+        self,
+        source: DecisionSource,
+        outcome: AuditOutcome,
+        reason: Option<&'static str>,
+    ) -> (Arc<Auditor>, AuditRecord) {
+        let record = AuditRecord {
+            source,
+            credential_kind: self.kind,
+            client_id: None,
+            user_id: None,
+            tenant: None,
+            method: self.method,
+            route: self.route,
+            mcp_method: self.mcp_method,
+            mcp_tool: self.mcp_tool,
+            outcome,
+            reason,
+            duration: self.started.elapsed(),
+            rate_limit_remaining: None,
+        };
+        (self.auditor, record)
+    }
+}
