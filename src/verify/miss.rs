@@ -108,21 +108,53 @@ impl Verifier {
         ctx: MissContext,
         started: Instant,
     ) -> Result<Principal, AuthError> {
+        self.verify_rounds(token, hash, ctx, started, None).await
+    }
+
+    /// [`verify_miss`](Self::verify_miss) for a `max_cache_age` layer: an entry verified
+    /// more than `max_age` ago is dropped first, so the single flight asks again (the
+    /// gateway itself, never the fleet's shared tier, whose answers' age is unknown here);
+    /// the fresh answer is cached for every layer.
+    pub(super) async fn verify_miss_within(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: MissContext,
+        started: Instant,
+        max_age: Duration,
+    ) -> Result<Principal, AuthError> {
+        self.verify_rounds(token, hash, ctx, started, Some(max_age)).await
+    }
+
+    /// The rounds of a miss (both kinds): the negative entry, or the single flight's outcome
+    /// (an answer voided meanwhile asks again, up to [`MAX_ROUNDS`]); with `max_age`, older
+    /// entries dropped first and the fleet's shared tier skipped.
+    async fn verify_rounds(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: MissContext,
+        started: Instant,
+        max_age: Option<Duration>,
+    ) -> Result<Principal, AuthError> {
         for _ in 0..MAX_ROUNDS {
             if let Some(reason) = self.cache.rejected(&hash).await {
                 tracing::debug!(token = ?hash, cache = "negative", outcome = "invalid_token", "token rejected from the negative cache");
                 telemetry::verification("invalid_token", "negative_cache");
                 return Err(AuthError::InvalidToken(reason));
             }
+            if let Some(max_age) = max_age {
+                self.cache.drop_older(hash, max_age).await;
+            }
             let span = tracing::debug_span!(
                 "wacht.verify",
                 token = ?hash,
-                cache = "miss",
+                cache = if max_age.is_some() { "max_age" } else { "miss" },
                 client_id = tracing::field::Empty,
                 outcome = tracing::field::Empty,
                 gateway_ms = tracing::field::Empty,
             );
-            let flight = self.flight(token, hash, &ctx, true).instrument(span);
+            let flight = self.flight(token, hash, &ctx, max_age.is_none()).instrument(span);
             let outcome = match self.cache.load(hash, started, flight).await {
                 Loaded::Allowed(principal) => Ok(principal),
                 Loaded::Stale => continue,
@@ -208,52 +240,6 @@ impl Verifier {
         }
         tracing::debug!("gateway check finished");
         outcome
-    }
-
-    /// [`verify_miss`](Self::verify_miss) for a `max_cache_age` layer: an entry verified
-    /// more than `max_age` ago is dropped first, so the single flight asks again (the
-    /// gateway itself, never the fleet's shared tier, whose answers' age is unknown here);
-    /// the fresh answer is cached for every layer.
-    pub(super) async fn verify_miss_within(
-        &self,
-        token: BearerToken<'_>,
-        hash: TokenHash,
-        ctx: MissContext,
-        started: Instant,
-        max_age: Duration,
-    ) -> Result<Principal, AuthError> {
-        for _ in 0..MAX_ROUNDS {
-            if let Some(reason) = self.cache.rejected(&hash).await {
-                telemetry::verification("invalid_token", "negative_cache");
-                return Err(AuthError::InvalidToken(reason));
-            }
-            self.cache.drop_older(hash, max_age).await;
-            let span = tracing::debug_span!(
-                "wacht.verify",
-                token = ?hash,
-                cache = "max_age",
-                client_id = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                gateway_ms = tracing::field::Empty,
-            );
-            let flight = self.flight(token, hash, &ctx, false).instrument(span);
-            let outcome = match self.cache.load(hash, started, flight).await {
-                Loaded::Allowed(principal) => Ok(principal),
-                Loaded::Stale => continue,
-                Loaded::Refused(refusal) => match &*refusal {
-                    AuthError::Unavailable { .. } if self.jwt_for(token).is_none() => {
-                        match self.outage_grace(&hash).await {
-                            Some(principal) => return Ok(principal),
-                            None => Err((*refusal).clone()),
-                        }
-                    }
-                    other => Err(other.clone()),
-                },
-            };
-            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
-            return outcome;
-        }
-        Err(self.unavailable())
     }
 
     /// An always-live layer's verification: the gateway asked for this one request (a JWT
