@@ -34,6 +34,10 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<FakeBody> {
     response
 }
 
+/// The TCP peer of the connection a request came on, in the request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
 /// A running server. Dropping it stops the server.
 pub(crate) struct Running {
     name: &'static str,
@@ -101,8 +105,8 @@ where
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, name, handler.clone()));
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, name, handler.clone()));
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, server = name, "test server: accept failed");
@@ -116,7 +120,7 @@ where
     connections.shutdown().await;
 }
 
-async fn serve_connection<H, Fut>(stream: TcpStream, name: &'static str, handler: H)
+async fn serve_connection<H, Fut>(stream: TcpStream, peer: SocketAddr, name: &'static str, handler: H)
 where
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = io::Result<Response<FakeBody>>> + Send + 'static,
@@ -126,7 +130,13 @@ where
     }
     let result = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service_fn(handler))
+        .serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                handler(req)
+            }),
+        )
         .await;
     if let Err(err) = result {
         tracing::debug!(error = %err, server = name, "test server: connection ended with an error");

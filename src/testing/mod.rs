@@ -33,17 +33,25 @@
 //! protocol says: the format check, the plain-text `401 Invalid API key` for an unknown or
 //! revoked key, expiry, the union of the key's and its roles' permissions, its metadata.
 //!
+//! Rate limiting follows Wacht's rule semantics (§3.2 step 9): one scheme of
+//! [`RateLimitRule`]s ([`FakeGateway::set_rate_limit_rules`]) filtered by endpoint, sorted by
+//! priority, every rule evaluated and counted per its [`RateLimitMode`]; by default Wacht's
+//! 1000 requests per minute, `per_app`.
+//!
 //! Not modelled: organization and workspace memberships and role permissions (assumed present), grant and
-//! API-auth-app status (use [`FakeGateway::revoke`]), rate-limit schemes (one rule for
-//! everything, mode `per_app`), audit publishing, database errors (use [`Fault::Status`]).
+//! API-auth-app status (use [`FakeGateway::revoke`]), per-app and per-key rate-limit schemes
+//! (one scheme applies to every principal), the gateway's bucketed sliding windows (an
+//! exact sliding log here), audit publishing, database errors (use [`Fault::Status`]).
 
 mod body;
 mod dev_issuer;
 mod ids;
 mod jwks;
+mod limiter;
 mod loopback;
 mod model;
 mod protocol;
+mod rate_limits;
 mod server;
 mod state;
 mod webhooks;
@@ -66,6 +74,7 @@ pub use model::{
     ApiKeyGrant, EXAMPLE_API_KEY_ID, EXAMPLE_CLIENT_KEY_ID, EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER,
     EXAMPLE_OWNER_USER_ID, Fault, RecordedRequest, ScopeDefinition, TokenGrant,
 };
+pub use rate_limits::{RateLimitMode, RateLimitRule, RateLimitUnit};
 pub use webhooks::WebhookSigner;
 
 use loopback::Running;
@@ -160,14 +169,36 @@ impl FakeGateway {
         self.handle.shared.lock().set_scope_definitions(defs);
     }
 
-    /// Replaces the rate-limit rule (default: 1000 requests per 60 s) and clears all
-    /// counters. The rule is a sliding window, mode `per_app`: one counter per deployment
-    /// and app slug (`oauth_<owner_user_id>`), so all tokens of one end user share it.
+    /// Replaces the rate-limit scheme with one rule of `max_requests` per `window` (whole
+    /// milliseconds: unit `millisecond`) for every resource, and clears all counters. The
+    /// rule is a sliding window, mode `per_app`: one counter per deployment and app slug
+    /// (`oauth_<owner_user_id>`), so all tokens of one end user share it.
     pub fn set_rate_limit(&self, max_requests: u32, window: Duration) {
         self.handle.shared.lock().set_rate_limit(max_requests, window);
     }
 
-    /// Clears all rate-limit counters, keeping the rule.
+    /// Replaces the rate-limit scheme with `rules` and clears all counters.
+    ///
+    /// As on Wacht, a check evaluates the rules whose endpoints match its normalised resource
+    /// (absent endpoints or `*` match everything), by priority ascending; each counts the
+    /// request if it allows it, even after an earlier rule blocked. An empty `rules` (or one
+    /// where no rule matches a resource) is a scheme that limits nothing: `rate_limits` is
+    /// `[]`. [`FakeGateway::clear_rate_limit_rules`] restores the default rule.
+    ///
+    /// Counter keys use the credential `P` (for a token `token:<its SHA-256>`, since a
+    /// [`TokenGrant`] has no grant id; for an API key `key:<key id>`) and the client IP: the
+    /// body's `client_ip`, else the `x-original-client-ip` header, else the TCP peer's IP.
+    pub fn set_rate_limit_rules(&self, rules: Vec<RateLimitRule>) {
+        self.handle.shared.lock().set_rate_limit_rules(Some(rules));
+    }
+
+    /// Restores Wacht's default scheme (1000 requests per minute, `per_app`, every resource)
+    /// and clears all counters.
+    pub fn clear_rate_limit_rules(&self) {
+        self.handle.shared.lock().set_rate_limit_rules(None);
+    }
+
+    /// Clears all rate-limit counters, keeping the rules.
     pub fn reset_rate_limits(&self) {
         self.handle.shared.lock().reset_rate_limits();
     }

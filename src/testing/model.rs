@@ -374,10 +374,11 @@ pub enum Fault {
     DropConnection,
     /// Never answer (until the gateway shuts down).
     Hang,
-    /// Checks of active known tokens whose permission check passes answer the `200`
-    /// `rate_limited` decision with this `retry_after` (and `x-ratelimit-*` header entries
-    /// whose `-reset` is this value) as if the configured rule blocked them. Other requests
-    /// are answered normally.
+    /// Checks of active known tokens (and API keys) whose permission check passes answer the
+    /// `200` `rate_limited` decision with this `retry_after` (and `x-ratelimit-*` header
+    /// entries whose `-reset` is this value) as if every rule applying to the resource (the
+    /// default rule when none applies) blocked them, with `remaining` 0; nothing is counted.
+    /// Other requests are answered normally.
     RateLimited {
         /// Value of `retry_after` (milliseconds).
         retry_after_ms: u64,

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::body::{FakeBody, Step};
-use super::loopback::{bare, method_not_allowed};
+use super::loopback::{PeerAddr, bare, method_not_allowed};
 use super::model::{Fault, RecordedRequest};
 use super::protocol::{CheckRequest, Decision};
 use super::state::{JSON, Reply, State};
@@ -83,8 +83,10 @@ async fn check(shared: &Shared, req: Request<Incoming>) -> io::Result<Response<F
     if let Some(Ok(request)) = &parsed {
         shared.lock().record(recorded(request, &parts.headers));
     }
+    let fallback_ip = fallback_client_ip(&parts);
     let ctx = Ctx {
         shared,
+        fallback_ip: &fallback_ip,
         body: &body,
         json_content_type,
         parsed: parsed.as_ref(),
@@ -175,6 +177,8 @@ async fn check(shared: &Shared, req: Request<Incoming>) -> io::Result<Response<F
 /// What a check request brought, for computing the normal answer.
 struct Ctx<'a> {
     shared: &'a Shared,
+    /// The client IP when the body has none.
+    fallback_ip: &'a str,
     body: &'a ReadBody,
     json_content_type: bool,
     parsed: Option<&'a Result<CheckRequest, serde_json::Error>>,
@@ -196,7 +200,7 @@ impl Ctx<'_> {
             );
         }
         match self.parsed {
-            Some(Ok(request)) => self.shared.lock().check(request, forced_retry_ms),
+            Some(Ok(request)) => self.shared.lock().check(request, self.fallback_ip, forced_retry_ms),
             Some(Err(err)) => match err.classify() {
                 serde_json::error::Category::Data => Reply::plain(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -242,6 +246,22 @@ fn recorded(request: &CheckRequest, headers: &HeaderMap) -> RecordedRequest {
         authorization: header(AUTHORIZATION),
         content_type: header(CONTENT_TYPE),
         headers: headers.clone(),
+    }
+}
+
+/// The client IP when the body has none (`gateway-protocol.md` §2): the
+/// `x-original-client-ip` header (trimmed, non-empty), else the TCP peer's IP, else `unknown`.
+fn fallback_client_ip(parts: &http::request::Parts) -> String {
+    let header = parts
+        .headers
+        .get("x-original-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    match (header, parts.extensions.get::<PeerAddr>()) {
+        (Some(ip), _) => ip.to_owned(),
+        (None, Some(peer)) => peer.0.ip().to_string(),
+        (None, None) => "unknown".to_owned(),
     }
 }
 

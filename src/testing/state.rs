@@ -1,20 +1,18 @@
 //! Mutable gateway state and the check pipeline that runs under its lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::StatusCode;
 
+use super::limiter::{self, Limiter, Subject};
 use super::model::{ApiKeyGrant, Fault, RecordedRequest, SYNTHETIC_CLIENT_ID, ScopeDefinition, TokenGrant};
-use super::protocol::{self, CheckRequest, Decision, PrincipalType, RateLimitEntry, RateOutcome, Verdict};
+use super::protocol::{self, CheckRequest, Decision, PrincipalType, Verdict};
+use super::rate_limits::RateLimitRule;
 
 /// How many recorded requests are kept.
 pub(crate) const RECORDED_REQUESTS_CAP: usize = 1000;
-
-/// Default rule: 1000 requests per minute, `per_app`.
-const DEFAULT_MAX_REQUESTS: u32 = 1000;
-const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) const JSON: &str = "application/json";
 pub(crate) const PLAIN: &str = "text/plain; charset=utf-8";
@@ -33,11 +31,14 @@ struct ApiKeyEntry {
     revoked: bool,
 }
 
-/// The single configured rate-limit rule.
-#[derive(Clone, Copy, Debug)]
-struct Rule {
-    max_requests: u32,
-    window: Duration,
+/// One schema-valid check request and what the handler derived from it.
+struct Call<'a> {
+    req: &'a CheckRequest,
+    /// The normalised resource.
+    resource: &'a str,
+    /// The client IP after the fallbacks.
+    client_ip: &'a str,
+    forced_retry_ms: Option<u64>,
 }
 
 /// Everything the fake gateway knows; guarded by one mutex, never held across an await.
@@ -46,9 +47,7 @@ pub(crate) struct State {
     tokens: HashMap<String, TokenEntry>,
     api_keys: HashMap<String, ApiKeyEntry>,
     scope_definitions: Vec<ScopeDefinition>,
-    rule: Rule,
-    /// Sliding-window log per counter key: instants of the counted requests.
-    counters: HashMap<String, VecDeque<Instant>>,
+    limiter: Limiter,
     pub(crate) fault: Option<Fault>,
     pub(crate) calls: usize,
     pub(crate) requests: VecDeque<RecordedRequest>,
@@ -61,11 +60,7 @@ impl Default for State {
             tokens: HashMap::new(),
             api_keys: HashMap::new(),
             scope_definitions: Vec::new(),
-            rule: Rule {
-                max_requests: DEFAULT_MAX_REQUESTS,
-                window: DEFAULT_WINDOW,
-            },
-            counters: HashMap::new(),
+            limiter: Limiter::default(),
             fault: None,
             calls: 0,
             requests: VecDeque::new(),
@@ -128,12 +123,17 @@ impl State {
     }
 
     pub(crate) fn set_rate_limit(&mut self, max_requests: u32, window: Duration) {
-        self.rule = Rule { max_requests, window };
-        self.counters.clear();
+        self.limiter
+            .set_rules(Some(vec![limiter::single_rule(max_requests, window)]));
+    }
+
+    /// `None`: back to the default rule.
+    pub(crate) fn set_rate_limit_rules(&mut self, rules: Option<Vec<RateLimitRule>>) {
+        self.limiter.set_rules(rules);
     }
 
     pub(crate) fn reset_rate_limits(&mut self) {
-        self.counters.clear();
+        self.limiter.reset();
     }
 
     pub(crate) fn record(&mut self, request: RecordedRequest) {
@@ -158,23 +158,36 @@ impl State {
     /// Handler logic (section 3.1 checks 1 to 9) for a schema-valid request.
     ///
     /// `forced_retry_ms` makes the rate-limit step block with that retry-after value
-    /// ([`Fault::RateLimited`]).
-    pub(crate) fn check(&mut self, req: &CheckRequest, forced_retry_ms: Option<u64>) -> Reply {
+    /// ([`Fault::RateLimited`]). `fallback_ip` is the client IP when the body has none (the
+    /// `x-original-client-ip` header, else the TCP peer, else `unknown`).
+    pub(crate) fn check(&mut self, req: &CheckRequest, fallback_ip: &str, forced_retry_ms: Option<u64>) -> Reply {
         let request_id = self.next_request_id();
         let envelope = |status: StatusCode, id: String| Reply::json(status, &Decision::envelope(id));
 
         if protocol::normalize_method(&req.method).is_none() {
             return envelope(StatusCode::BAD_REQUEST, request_id);
         }
-        if protocol::normalize_resource(&req.resource).is_none() {
+        let Some(resource) = protocol::normalize_resource(&req.resource) else {
             return envelope(StatusCode::BAD_REQUEST, request_id);
-        }
+        };
+        let client_ip = req
+            .client_ip
+            .as_deref()
+            .map(str::trim)
+            .filter(|ip| !ip.is_empty())
+            .unwrap_or(fallback_ip);
+        let call = Call {
+            req,
+            resource: &resource,
+            client_ip,
+            forced_retry_ms,
+        };
         let value = req.principal.value.trim();
         if value.is_empty() {
             return envelope(StatusCode::UNAUTHORIZED, request_id);
         }
         if req.principal.kind == PrincipalType::ApiKey {
-            return self.check_api_key(request_id, value, req, forced_retry_ms);
+            return self.check_api_key(request_id, value, &call);
         }
 
         let hash = super::ids::hash_token(value);
@@ -185,7 +198,7 @@ impl State {
             return envelope(StatusCode::UNAUTHORIZED, request_id);
         }
         let grant = entry.grant.clone();
-        let decision = self.decide(request_id, &grant, req, forced_retry_ms);
+        let decision = self.decide(request_id, &grant, &format!("token:{hash}"), &call);
         Reply {
             is_decision: true,
             ..Reply::json(StatusCode::OK, &decision)
@@ -195,13 +208,7 @@ impl State {
     /// `gateway-protocol.md` §4: the format, the look-up (unknown, revoked or deactivated:
     /// the plain-text `401 Invalid API key`), the expiry (the JSON envelope), then
     /// permissions and rate limiting as for a token (`per_app`: the key's app).
-    fn check_api_key(
-        &mut self,
-        request_id: String,
-        value: &str,
-        req: &CheckRequest,
-        forced_retry_ms: Option<u64>,
-    ) -> Reply {
+    fn check_api_key(&mut self, request_id: String, value: &str, call: &Call<'_>) -> Reply {
         if !protocol::api_key_format_ok(value) {
             return Reply::json(StatusCode::UNAUTHORIZED, &Decision::envelope(request_id));
         }
@@ -214,16 +221,8 @@ impl State {
             return Reply::json(StatusCode::UNAUTHORIZED, &Decision::envelope(request_id));
         }
         let permissions = key.effective_permissions();
-        let expression = protocol::permission_expression(req.required_permissions.as_deref());
-        let permitted = expression
-            .as_deref()
-            .is_none_or(|expr| protocol::evaluate_permissions(expr, &permissions));
-        let verdict = if !permitted {
-            Verdict::PermissionDenied
-        } else {
-            let counter = format!("{}:{}", key.deployment_id, key.app_slug);
-            Verdict::Rated(self.rate_limit(&counter, forced_retry_ms))
-        };
+        let credential = format!("key:{}", key.key_id);
+        let verdict = self.verdict(&permissions, key.deployment_id, &key.app_slug, &credential, call);
         let decision = protocol::api_key_decision(request_id, &key, permissions, verdict);
         Reply {
             is_decision: true,
@@ -231,71 +230,39 @@ impl State {
         }
     }
 
-    /// Steps 6 to 9 for an active token.
-    fn decide(
-        &mut self,
-        request_id: String,
-        grant: &TokenGrant,
-        req: &CheckRequest,
-        forced_retry_ms: Option<u64>,
-    ) -> Decision {
+    /// Steps 6 to 9 for an active token; `credential` is its counter key part `P`.
+    fn decide(&mut self, request_id: String, grant: &TokenGrant, credential: &str, call: &Call<'_>) -> Decision {
         let permissions = protocol::effective_permissions(grant, &self.scope_definitions);
-        let expression = protocol::permission_expression(req.required_permissions.as_deref());
-        let permitted = expression
-            .as_deref()
-            .is_none_or(|expr| protocol::evaluate_permissions(expr, &permissions));
-        let verdict = if !permitted {
-            Verdict::PermissionDenied
-        } else {
-            let key = format!("{}:{}", grant.deployment_id, protocol::app_slug(grant));
-            Verdict::Rated(self.rate_limit(&key, forced_retry_ms))
-        };
+        let slug = protocol::app_slug(grant);
+        let verdict = self.verdict(&permissions, grant.deployment_id, &slug, credential, call);
         protocol::oauth_decision(request_id, grant, permissions, verdict)
     }
 
-    /// Applies the single sliding-window rule to counter `key` (per_app).
-    fn rate_limit(&mut self, key: &str, forced_retry_ms: Option<u64>) -> RateOutcome {
-        let rule = self.rule;
-        let window_ms = u64::try_from(rule.window.as_millis()).unwrap_or(u64::MAX);
-        let limit = u64::from(rule.max_requests);
-        let label = protocol::window_label(window_ms);
-        let entry = |remaining: u64| RateLimitEntry {
-            rule: format!("{limit}/{label}"),
-            remaining,
-            limit,
+    /// Steps 8 and 9: the permission check, then (if it passed) every applicable rate-limit
+    /// rule.
+    fn verdict(
+        &mut self,
+        permissions: &[String],
+        deployment_id: i64,
+        app_slug: &str,
+        credential: &str,
+        call: &Call<'_>,
+    ) -> Verdict {
+        let expression = protocol::permission_expression(call.req.required_permissions.as_deref());
+        let permitted = expression
+            .as_deref()
+            .is_none_or(|expr| protocol::evaluate_permissions(expr, permissions));
+        if !permitted {
+            return Verdict::PermissionDenied;
+        }
+        let subject = Subject {
+            deployment_id,
+            app_slug,
+            credential,
+            client_ip: call.client_ip,
+            resource: call.resource,
         };
-        if let Some(retry) = forced_retry_ms {
-            return RateOutcome {
-                window_label: label.clone(),
-                entry: entry(0),
-                blocked: Some(retry),
-            };
-        }
-
-        let now = Instant::now();
-        let log = self.counters.entry(key.to_owned()).or_default();
-        while let Some(first) = log.front() {
-            if now.duration_since(*first) >= rule.window {
-                log.pop_front();
-            } else {
-                break;
-            }
-        }
-        let count = u64::try_from(log.len()).unwrap_or(u64::MAX);
-        if count < limit {
-            log.push_back(now);
-            RateOutcome {
-                window_label: label.clone(),
-                entry: entry(limit - count - 1),
-                blocked: None,
-            }
-        } else {
-            RateOutcome {
-                window_label: label.clone(),
-                entry: entry(limit.saturating_sub(count)),
-                blocked: Some(window_ms),
-            }
-        }
+        Verdict::Rated(self.limiter.evaluate(&subject, call.forced_retry_ms))
     }
 
     /// A valid allowed decision for a placeholder token, for faults that need a decision
@@ -304,18 +271,7 @@ impl State {
         let request_id = self.next_request_id();
         let grant = TokenGrant::new(SYNTHETIC_CLIENT_ID);
         let permissions = protocol::effective_permissions(&grant, &self.scope_definitions);
-        let window_ms = u64::try_from(self.rule.window.as_millis()).unwrap_or(u64::MAX);
-        let limit = u64::from(self.rule.max_requests);
-        let label = protocol::window_label(window_ms);
-        let outcome = RateOutcome {
-            entry: RateLimitEntry {
-                rule: format!("{limit}/{label}"),
-                remaining: limit.saturating_sub(1),
-                limit,
-            },
-            window_label: label,
-            blocked: None,
-        };
-        protocol::oauth_decision(request_id, &grant, permissions, Verdict::Rated(outcome)).to_bytes()
+        let outcomes = self.limiter.preview();
+        protocol::oauth_decision(request_id, &grant, permissions, Verdict::Rated(outcomes)).to_bytes()
     }
 }

@@ -229,7 +229,7 @@ pub(crate) struct RateLimitEntry {
     pub(crate) limit: u64,
 }
 
-/// Outcome of evaluating the (single) rate-limit rule.
+/// Outcome of evaluating one rate-limit rule.
 #[derive(Clone, Debug)]
 pub(crate) struct RateOutcome {
     /// Window label `W` (`60s`, `200ms`).
@@ -247,7 +247,8 @@ pub(crate) fn app_slug(grant: &TokenGrant) -> String {
 /// What the permission and rate-limit steps decided.
 pub(crate) enum Verdict {
     PermissionDenied,
-    Rated(RateOutcome),
+    /// One outcome per evaluated rule, in evaluation order (none: no rule applied).
+    Rated(Vec<RateOutcome>),
 }
 
 /// Builds the 200 decision for an active OAuth token.
@@ -336,30 +337,32 @@ fn apply_verdict(headers: &mut BTreeMap<String, String>, verdict: Verdict) -> Ve
                 None,
             )
         }
-        Verdict::Rated(outcome) => {
-            let w = &outcome.window_label;
-            put_header(
-                headers,
-                &format!("x-ratelimit-{w}-limit"),
-                &outcome.entry.limit.to_string(),
-            );
-            put_header(
-                headers,
-                &format!("x-ratelimit-{w}-remaining"),
-                &outcome.entry.remaining.to_string(),
-            );
-            match outcome.blocked {
-                Some(retry) => {
+        Verdict::Rated(outcomes) => {
+            let mut blocked_rule = None;
+            let mut retry_after: Option<u64> = None;
+            let mut rate_limits = Vec::with_capacity(outcomes.len());
+            for outcome in outcomes {
+                let w = &outcome.window_label;
+                put_header(
+                    headers,
+                    &format!("x-ratelimit-{w}-limit"),
+                    &outcome.entry.limit.to_string(),
+                );
+                put_header(
+                    headers,
+                    &format!("x-ratelimit-{w}-remaining"),
+                    &outcome.entry.remaining.to_string(),
+                );
+                if let Some(retry) = outcome.blocked {
                     put_header(headers, &format!("x-ratelimit-{w}-reset"), &retry.to_string());
-                    (
-                        false,
-                        Some("rate_limited"),
-                        Some(outcome.entry.rule.clone()),
-                        vec![outcome.entry],
-                        Some(retry),
-                    )
+                    blocked_rule.get_or_insert_with(|| outcome.entry.rule.clone());
+                    retry_after = Some(retry_after.map_or(retry, |r| r.min(retry)));
                 }
-                None => (true, None, None, vec![outcome.entry], None),
+                rate_limits.push(outcome.entry);
+            }
+            match blocked_rule {
+                Some(rule) => (false, Some("rate_limited"), Some(rule), rate_limits, retry_after),
+                None => (true, None, None, rate_limits, None),
             }
         }
     }
