@@ -7,4 +7,5 @@ mod decisions;
 mod errors;
 mod faults;
 mod observation;
+mod rate_limits;
 mod routes;
