@@ -11,10 +11,14 @@
 //! dashboard's queries use must appear in the exporter's rendered text, and its metric must
 //! be one of `tower_wacht::telemetry::names` and of the module's documentation table.
 //!
-//! Nothing is checked only on paper: every metric the dashboard queries is emitted here. What
-//! this test does not check: label *values* the dashboard filters on beyond
-//! `outcome="rate_limited"` (a filter on a value never emitted would show an empty panel, not
-//! fail), and PromQL beyond the metric names (Grafana and Prometheus parse it).
+//! The labels the queries group by (`by (outcome, source)`) must be on the series they query,
+//! and every label value they filter on exactly (`outcome="rate_limited"`) must have been
+//! exported (`instance`, `job` and `le` excepted: Prometheus and the buckets add them).
+//!
+//! Nothing is checked only on paper: every metric the dashboard queries is emitted here, the
+//! fleet's included. What this test does not check: PromQL syntax and semantics beyond names
+//! and labels (Grafana and Prometheus parse it), label values in legends and descriptions,
+//! and layout beyond panels on the 24-column grid that do not overlap.
 #![cfg(all(feature = "metrics", feature = "redis", feature = "test-util", feature = "axum"))]
 
 mod common;
@@ -117,6 +121,59 @@ fn rendered_series(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The labels of each exported series name, with their values.
+fn rendered_labels(text: &str) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    let mut out: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (name, rest) = line
+            .split_once('{')
+            .unwrap_or((line.split(' ').next().unwrap_or(line), ""));
+        let labels = out.entry(name.to_owned()).or_default();
+        // `k="v",k2="v2"} value`: values hold no quote, comma or brace in this crate's labels.
+        let body = rest.split('}').next().unwrap_or_default();
+        for pair in body.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').expect("label=value");
+            labels.insert((key.to_owned(), value.trim_matches('"').to_owned()));
+        }
+    }
+    out
+}
+
+/// Labels the Prometheus server adds (`instance`, `job`) or a histogram's buckets carry.
+const NOT_EMITTED_LABELS: &[&str] = &["instance", "job", "le"];
+
+/// A label matcher of a query: the metric, the label, and the value of an exact match
+/// (`None` for a regex match).
+type Matcher = (String, String, Option<String>);
+
+/// The labels an expression groups by (`by (a, b)`) and the label matchers it filters on
+/// (`{a="v"}`, with `Some(v)` for an exact match, `None` for a regex), with the metric each
+/// matcher is on.
+fn labels_used(expr: &str) -> (BTreeSet<String>, Vec<Matcher>) {
+    let mut grouped = BTreeSet::new();
+    for part in expr.split("by (").skip(1) {
+        let list = part.split(')').next().unwrap_or_default();
+        grouped.extend(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()));
+    }
+    let mut matchers = Vec::new();
+    for metric in identifiers(expr) {
+        for part in expr.split(&format!("{metric}{{")).skip(1) {
+            let body = part.split('}').next().unwrap_or_default();
+            for matcher in body.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                let (key, exact) = match matcher.split_once("=~") {
+                    Some((key, _)) => (key, None),
+                    None => {
+                        let (key, value) = matcher.split_once('=').expect("a label matcher");
+                        (key, Some(value.trim().trim_matches('"').to_owned()))
+                    }
+                };
+                matchers.push((metric.clone(), key.trim().to_owned(), exact));
+            }
+        }
+    }
+    (grouped, matchers)
+}
+
 /// The dashboard's queries, by panel title; and Grafana basics checked on the way.
 fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
@@ -130,6 +187,7 @@ fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
     assert!(!panels.is_empty());
     let mut ids = BTreeSet::new();
     let mut queries = BTreeMap::new();
+    let mut placed: Vec<(&str, [u64; 4])> = Vec::new();
     for panel in panels {
         let id = panel["id"].as_u64().expect("every panel has a numeric id");
         assert!(ids.insert(id), "panel id {id} used twice");
@@ -138,9 +196,21 @@ fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
             .filter(|t| !t.is_empty())
             .expect("every panel has a title");
         let kind = panel["type"].as_str().expect("every panel has a type");
-        for field in ["h", "w", "x", "y"] {
-            assert!(panel["gridPos"][field].is_u64(), "{title}: gridPos.{field}");
+        let grid = ["x", "y", "w", "h"].map(|field| {
+            panel["gridPos"][field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{field}"))
+        });
+        let [x, y, w, h] = grid;
+        assert!(
+            w > 0 && h > 0 && x + w <= 24,
+            "{title}: gridPos {grid:?} off the 24-column grid"
+        );
+        for (other, [ox, oy, ow, oh]) in &placed {
+            let apart = x + w <= *ox || ox + ow <= x || y + h <= *oy || oy + oh <= y;
+            assert!(apart, "panels {title:?} and {other:?} overlap");
         }
+        placed.push((title, grid));
         if kind == "row" {
             // A row only groups the panels after it: no queries.
             continue;
@@ -353,13 +423,39 @@ async fn every_metric_the_dashboard_queries_is_emitted() {
             }
         }
     }
-    // The rate-limit panel filters on `outcome="rate_limited"`: such a series exists.
-    assert!(
-        rendered
-            .lines()
-            .any(|l| l.starts_with(names::VERIFICATIONS) && l.contains("outcome=\"rate_limited\"")),
-        "{rendered}"
-    );
+    // Every label a query groups by is on the series it queries, and every label value it
+    // filters on exactly (`outcome="rate_limited"`) was exported.
+    let labels = rendered_labels(&rendered);
+    for (panel, exprs) in &queries {
+        for expr in exprs {
+            let (grouped, matchers) = labels_used(expr);
+            let series = identifiers(expr);
+            for label in grouped.iter().filter(|l| !NOT_EMITTED_LABELS.contains(&l.as_str())) {
+                assert!(
+                    series
+                        .iter()
+                        .any(|s| labels.get(s).is_some_and(|ls| ls.iter().any(|(k, _)| k == label))),
+                    "panel {panel:?} groups by {label}, which none of {series:?} carries"
+                );
+            }
+            for (metric, key, exact) in matchers {
+                if NOT_EMITTED_LABELS.contains(&key.as_str()) {
+                    continue;
+                }
+                let exported = labels.get(&metric).cloned().unwrap_or_default();
+                match exact {
+                    Some(value) => assert!(
+                        exported.contains(&(key.clone(), value.clone())),
+                        "panel {panel:?} filters {metric} on {key}=\"{value}\", never exported"
+                    ),
+                    None => assert!(
+                        exported.iter().any(|(k, _)| *k == key),
+                        "panel {panel:?} filters {metric} on {key}, which it does not carry"
+                    ),
+                }
+            }
+        }
+    }
     // The latency quantiles read buckets, not a summary.
     assert!(
         rendered.contains(&format!("{}_bucket{{le=", names::GATEWAY_DURATION)),
