@@ -5,7 +5,7 @@
 //! redis-server --port 6379 &
 //! export WACHT_REDIS_URL=redis://127.0.0.1:6379
 //! export WACHT_FLEET_SECRET=$(openssl rand -hex 32)   # once: every replica needs the same one
-//! cargo run --example fleet --features test-util,redis
+//! cargo run --example fleet --features test-util,redis,metrics
 //! ```
 //!
 //! Start more replicas from the same shell (so they have the same secret) with the command
@@ -29,7 +29,11 @@
 //!   `POST /organizations/{id}/invalidate`, `POST /workspaces/{id}/invalidate`: drop every
 //!   cached answer of a Wacht user (their tokens and API keys), of one API key, or granted for
 //!   a tenant (400 for an id that is not a decimal Wacht id);
-//! * `GET /fleet`: this replica's standing with the fleet.
+//! * `GET /fleet`: this replica's standing with the fleet;
+//! * `GET /metrics`: this replica's metrics (`tower_wacht::telemetry`) in Prometheus' text
+//!   format, for a scrape job; `dashboards/tower-wacht.json` is a Grafana dashboard of them.
+//!   The gateway latency histogram has buckets ([`GATEWAY_LATENCY_BUCKETS`]), so the
+//!   `_bucket` series exist for `histogram_quantile`.
 //!
 //! Wacht's webhooks, with `WACHT_WEBHOOK_SECRET` set (the app's signing secret, `whsec_...`;
 //! two separated by a space or a comma while rotating it): `POST /webhooks/wacht` on `BIND`,
@@ -54,9 +58,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tower_wacht::change::RefusalReason;
 use tower_wacht::principal::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
+use tower_wacht::telemetry::names;
 use tower_wacht::testing::{
     EXAMPLE_DEPLOYMENT_ID, EXAMPLE_ISSUER, FakeGateway, ScopeDefinition, TokenGrant, generate_token,
 };
@@ -94,9 +100,42 @@ pub fn app(auth: WachtAuthLayer) -> Router {
         .layer(auth)
 }
 
+/// Bucket bounds, in seconds, of `wacht_gateway_request_duration_seconds`: from a loopback
+/// answer to the gateway's request timeout. With buckets the exporter renders the histogram as
+/// a Prometheus histogram (`_bucket`, `_sum`, `_count`), which the dashboard aggregates across
+/// replicas with `histogram_quantile`; without them it would render a per-replica summary.
+pub const GATEWAY_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The Prometheus recorder this example installs (tests/dashboard.rs installs the same one).
+pub fn prometheus() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new().set_buckets_for_metric(
+        Matcher::Full(names::GATEWAY_DURATION.to_owned()),
+        GATEWAY_LATENCY_BUCKETS,
+    )
+}
+
+/// `GET /metrics`: the recorder's metrics in Prometheus' text exposition format.
+pub fn metrics_route(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
 /// The operator listener: invalidations and denials, applied to every replica. Each route
-/// answers with what became of the change ([`answer`]).
-pub fn admin(auth: WachtAuthLayer) -> Router {
+/// answers with what became of the change ([`answer`]). With a metrics handle, `GET /metrics`
+/// too.
+pub fn admin(auth: WachtAuthLayer, metrics: Option<PrometheusHandle>) -> Router {
     #[derive(serde::Deserialize)]
     struct Token {
         token: String,
@@ -178,6 +217,7 @@ pub fn admin(auth: WachtAuthLayer) -> Router {
             get(|State(auth): Auth| async move { format!("{:?}\n", auth.verifier().fleet_status()) }),
         )
         .with_state(auth)
+        .merge(metrics.map(metrics_route).unwrap_or_default())
 }
 
 /// 400 for a path id that is not a decimal Wacht id.
@@ -254,6 +294,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env("WACHT_REDIS_URL").is_none() {
         return Err("the fleet example needs WACHT_REDIS_URL (and WACHT_FLEET_SECRET)".into());
     }
+    // Before the layer is built: it registers its hot-path counters at construction.
+    let metrics = prometheus()?.install_recorder()?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        // The exporter drains histogram samples on render; without an HTTP listener of its own
+        // it leaves the periodic upkeep to its caller.
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let (config, demo) = if env("WACHT_GATEWAY_URL").is_some() {
         (WachtAuthConfig::from_env()?, None)
@@ -276,13 +328,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tower-wacht fleet replica listening on http://{}",
         listener.local_addr()?
     );
-    println!("operator listener on http://{}", admin_listener.local_addr()?);
+    println!(
+        "operator listener on http://{0} (Prometheus metrics: http://{0}/metrics)",
+        admin_listener.local_addr()?
+    );
     if let Some((gateway, tokens)) = &demo {
         println!(
             "No WACHT_GATEWAY_URL set: embedded fake gateway at {url}. Start more replicas from this shell \
              (same WACHT_REDIS_URL and WACHT_FLEET_SECRET, so that they share) with:\n  \
              BIND=127.0.0.1:3001 ADMIN_BIND=127.0.0.1:3101 WACHT_GATEWAY_URL={url} WACHT_BACKEND_API_KEY=demo-backend-key \
-             WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID} WACHT_OAUTH_ISSUER={EXAMPLE_ISSUER} cargo run --example fleet --features test-util,redis",
+             WACHT_DEPLOYMENT_ID={EXAMPLE_DEPLOYMENT_ID} WACHT_OAUTH_ISSUER={EXAMPLE_ISSUER} cargo run --example fleet --features test-util,redis,metrics",
             url = gateway.url(),
         );
         for (who, token) in tokens {
@@ -293,7 +348,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if webhooks.is_some() {
         println!("Wacht webhooks on http://{}/webhooks/wacht", listener.local_addr()?);
     }
-    let admin_app = admin(auth.clone());
+    let admin_app = admin(auth.clone(), Some(metrics));
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin_listener, admin_app).await {
             eprintln!("operator listener failed: {error}");

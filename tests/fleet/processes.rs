@@ -105,6 +105,36 @@ async fn two_replica_processes_share_one_gateway_call_and_invalidations() {
         assert_eq!(whoami(&http, instance, &t).await, Some(200));
     }
     assert_eq!(gateway.calls(), 1, "the second process used the first one's answer");
+    // Each process exports its metrics on its operator listener, in Prometheus' text format.
+    for instance in &instances {
+        let resp = http
+            .get(format!("http://127.0.0.1:{}/metrics", instance.admin))
+            .send()
+            .await
+            .expect("operator listener answers");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("text/plain; version=0.0.4")
+        );
+        let text = resp.text().await.expect("a body");
+        assert!(
+            text.contains("# TYPE wacht_verifications_total counter")
+                && text.contains("wacht_verifications_total{outcome=\"allowed\""),
+            "{text}"
+        );
+        assert!(text.contains("wacht_fleet_channel_connected 1"), "{text}");
+    }
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", instances[0].admin))
+            .await
+            .expect("operator listener answers")
+            .text()
+            .await
+            .expect("a body")
+            .contains("wacht_gateway_request_duration_seconds_bucket{le="),
+        "the process that asked the gateway exports the latency histogram's buckets"
+    );
     // Revoke, and invalidate through the first process's operator listener.
     gateway.revoke(&t);
     let resp = http
