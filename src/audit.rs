@@ -13,7 +13,7 @@
 //!
 //! | attribute | record field | value |
 //! | --- | --- | --- |
-//! | `wacht.decision.source` | [`source`](AuditRecord::source) | `cache`, `gateway`, `jwt` or `local` |
+//! | `wacht.decision.source` | [`source`](AuditRecord::source) | `front`, `cache`, `fleet`, `gateway`, `jwt` or `local` |
 //! | `wacht.credential.kind` | [`credential_kind`](AuditRecord::credential_kind) | `oauth_access_token`, `jwt_access_token`, `api_key` (absent without a credential) |
 //! | `wacht.client.id` | [`client_id`](AuditRecord::client_id) | the OAuth client (an API key's app) |
 //! | `enduser.id` | [`user_id`](AuditRecord::user_id) | the user who granted the token or owns the key |
@@ -25,9 +25,7 @@
 //! | `wacht.outcome` | [`outcome`](AuditRecord::outcome) | `allowed`, `refused`, `rate_limited`, `unavailable` |
 //! | `wacht.outcome.reason` | [`reason`](AuditRecord::reason) | a refusal's label (`rejected`, `malformed`, `missing_credentials`, ...) |
 //! | `wacht.decision.duration_ms` | [`duration`](AuditRecord::duration) | from the request's arrival to the decision, in milliseconds (fractional) |
-//!
-//! The remaining rate-limit budget is not known yet ([`rate_limit_remaining`](AuditRecord::rate_limit_remaining)
-//! is always `None`, and the event has no attribute for it).
+//! | `wacht.rate_limit.remaining` | [`rate_limit_remaining`](AuditRecord::rate_limit_remaining) | the tightest rule's budget left (absent when no rule applied) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +45,13 @@ pub const TRACING_TARGET: &str = "tower_wacht::audit";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecisionSource {
-    /// This process's cache (the per-thread front cache or the shared one).
+    /// This thread's front cache.
+    Front,
+    /// This process's shared cache (an answer verified here; also a 429 of the rate-limit
+    /// meters).
     Cache,
+    /// This process's shared cache holding a copy of the fleet's shared tier.
+    Fleet,
     /// The Wacht gateway (in fleet mode, possibly through the fleet's shared tier; a refusal
     /// remembered from an earlier gateway answer is reported so too).
     Gateway,
@@ -60,10 +63,12 @@ pub enum DecisionSource {
 }
 
 impl DecisionSource {
-    /// `cache`, `gateway`, `jwt` or `local`.
+    /// `front`, `cache`, `fleet`, `gateway`, `jwt` or `local`.
     pub fn as_str(self) -> &'static str {
         match self {
+            DecisionSource::Front => "front",
             DecisionSource::Cache => "cache",
+            DecisionSource::Fleet => "fleet",
             DecisionSource::Gateway => "gateway",
             DecisionSource::Jwt => "jwt",
             DecisionSource::Local => "local",
@@ -127,7 +132,8 @@ pub struct AuditRecord {
     pub reason: Option<&'static str>,
     /// From the request's arrival at the layer to the decision.
     pub duration: Duration,
-    /// The remaining rate-limit budget: always `None` for now (not reported by the gateway yet).
+    /// The remaining budget of the tightest rate-limit rule that applied (after this
+    /// request); `None` when no rule applied or metering is off.
     pub rate_limit_remaining: Option<u64>,
 }
 
@@ -226,6 +232,7 @@ impl Auditor {
             mcp_method,
             mcp_tool,
             kind: None,
+            remaining: None,
         })
     }
 
@@ -246,6 +253,7 @@ impl Auditor {
                 wacht.outcome = record.outcome.as_str(),
                 wacht.outcome.reason = record.reason,
                 wacht.decision.duration_ms = record.duration.as_secs_f64() * 1000.0,
+                wacht.rate_limit.remaining = record.rate_limit_remaining,
                 "wacht auth decision"
             );
         }
@@ -264,6 +272,7 @@ pub(crate) struct Pending {
     mcp_method: Option<String>,
     mcp_tool: Option<String>,
     kind: Option<CredentialKind>,
+    remaining: Option<u64>,
 }
 
 impl Pending {
@@ -284,6 +293,11 @@ impl Pending {
         } else {
             DecisionSource::Gateway
         }
+    }
+
+    /// The rate-limit budget left after this request, if a rule applied.
+    pub(crate) fn remaining(&mut self, usage: Option<&crate::rate_limit::Usage>) {
+        self.remaining = usage.map(|u| u.remaining);
     }
 
     /// The request was allowed: `principal` is its caller.
@@ -332,7 +346,7 @@ impl Pending {
             outcome,
             reason,
             duration: self.started.elapsed(),
-            rate_limit_remaining: None,
+            rate_limit_remaining: self.remaining,
         };
         (self.auditor, record)
     }

@@ -92,6 +92,7 @@ pub mod jwt;
 pub mod layer;
 pub mod metadata;
 pub mod principal;
+pub mod rate_limit;
 pub mod reject;
 pub mod route;
 pub mod scopes;

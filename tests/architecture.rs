@@ -18,7 +18,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("change", &["principal", "token"]),
     ("scopes", &[]),
     ("route", &[]),
-    ("audit", &["principal", "reject", "route", "telemetry"]),
+    ("audit", &["principal", "rate_limit", "reject", "route", "telemetry"]),
+    ("rate_limit", &["principal", "token"]),
     ("reject", &["scopes"]),
     ("principal", &["reject", "scopes", "timefmt"]),
     ("metadata", &["error", "scopes"]),
@@ -34,6 +35,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "jwt",
             "metadata",
             "principal",
+            "rate_limit",
             "route",
             "scopes",
             "token",
@@ -50,6 +52,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "change",
             "config",
             "principal",
+            "rate_limit",
             "reject",
             "scopes",
             "telemetry",
@@ -60,6 +63,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "verify",
         &[
             "api_key",
+            "audit",
             "cache",
             "change",
             "config",
@@ -68,6 +72,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gateway",
             "jwt",
             "principal",
+            "rate_limit",
             "reject",
             "route",
             "scopes",
@@ -88,6 +93,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gateway",
             "metadata",
             "principal",
+            "rate_limit",
             "reject",
             "stepup",
             "token",
@@ -98,7 +104,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cors", &["body", "error"]),
     ("stepup", &["principal", "reject", "telemetry"]),
     ("webhooks", &["change", "error", "json", "layer", "telemetry", "verify"]),
-    ("testing", &["jwt"]),
+    ("testing", &["jwt", "rate_limit"]),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

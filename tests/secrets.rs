@@ -166,7 +166,6 @@ async fn no_secret_in_logs_debug_or_responses() {
     for attribute in [
         "tower_wacht::audit",
         "wacht.decision.source=\"gateway\"",
-        "wacht.decision.source=\"cache\"",
         "wacht.credential.kind=\"oauth_access_token\"",
         "wacht.client.id=",
         "enduser.id=",
@@ -180,6 +179,15 @@ async fn no_secret_in_logs_debug_or_responses() {
     ] {
         assert!(logs.contains(attribute), "no audit attribute {attribute}");
     }
+    // A hit's source is the tier that had it: this thread's front cache or the shared one.
+    assert!(
+        logs.contains("wacht.decision.source=\"front\"") || logs.contains("wacht.decision.source=\"cache\""),
+        "no audit record of a hit"
+    );
+    assert!(
+        logs.contains("wacht.rate_limit.remaining="),
+        "no audit attribute for the budget left"
+    );
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
         // Nor anything of its plain SHA-256 (the cache key) that would confirm a guess.

@@ -23,6 +23,10 @@ pub(crate) struct Entry {
     /// When the answer was asked for (before the call), if known: `None` for a copy of the
     /// fleet's shared tier, whose age is not known here (read by `max_cache_age` layers only).
     pub(crate) verified_at: Option<Instant>,
+    /// What the credential counts against, route by route (see [`rate_limit`](crate::rate_limit));
+    /// `None` when not metered (metering off, a JWT). Shared by every copy, and handed on to
+    /// the credential's next entry.
+    pub(crate) meters: Option<Arc<crate::rate_limit::RouteMeters>>,
 }
 
 /// Refresh-ahead state of one entry: shared by every copy, so one request claims it.

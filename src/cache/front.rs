@@ -130,6 +130,7 @@ mod tests {
             stamp: 0,
             refresh: None,
             graceful: true,
+            meters: None,
         }
     }
 

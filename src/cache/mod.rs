@@ -53,10 +53,48 @@ static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 /// A cache hit on the request path.
 pub(crate) struct Hit {
     pub(crate) principal: Principal,
+    /// What the credential counts against (rate-limit metering), if metered.
+    pub(crate) meters: Option<Arc<crate::rate_limit::RouteMeters>>,
+    /// Which tier had it.
+    pub(crate) tier: HitTier,
+    /// When it was looked up.
+    pub(crate) now: Instant,
+    /// The token key it was found under.
+    pub(crate) hash: TokenHash,
     /// Set when this request should start the background refresh (refresh-ahead).
     pub(crate) refresh: Option<Arc<Refresh>>,
     /// A generation the principal was current at (the stamp a stream of it starts from).
     pub(crate) generation: u64,
+}
+
+impl Hit {
+    fn of(entry: Entry, hash: TokenHash, front: bool, now: Instant, generation: u64) -> Hit {
+        let tier = match (front, entry.verified_at) {
+            (true, _) => HitTier::Front,
+            (false, Some(_)) => HitTier::Shared,
+            (false, None) => HitTier::Fleet,
+        };
+        Hit {
+            refresh: entry.refresh_due(now).cloned(),
+            principal: entry.principal,
+            meters: entry.meters,
+            tier,
+            now,
+            hash,
+            generation,
+        }
+    }
+}
+
+/// Which tier a hit came from (the audit trail's `front`, `cache` and `fleet` sources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HitTier {
+    /// This thread's front cache.
+    Front,
+    /// The shared in-process cache, holding an answer verified here.
+    Shared,
+    /// The shared in-process cache, holding a copy of the fleet's shared tier.
+    Fleet,
 }
 
 /// What a single flight gave one waiting request.
@@ -154,8 +192,8 @@ impl DecisionCache {
     pub(crate) fn hit(&self, hash: &TokenHash) -> Option<Hit> {
         let generation = self.generations.current();
         let now = Instant::now();
-        let entry = match front::get(self.id, generation, hash, now) {
-            Some(entry) => entry,
+        let (entry, front) = match front::get(self.id, generation, hash, now) {
+            Some(entry) => (entry, true),
             None => {
                 // moka's `get` completes on its first poll unless it must wait for maintenance;
                 // if it would wait, the miss path asks again properly.
@@ -170,7 +208,7 @@ impl DecisionCache {
                     return None;
                 };
                 front::put(self.id, generation, *hash, entry.clone());
-                entry
+                (entry, false)
             }
         };
         self.metrics.cache_hit();
@@ -179,12 +217,7 @@ impl DecisionCache {
             cache = "hit",
             outcome = "allowed"
         );
-        let refresh = entry.refresh_due(now).cloned();
-        Some(Hit {
-            principal: entry.principal,
-            refresh,
-            generation,
-        })
+        Some(Hit::of(entry, *hash, front, now, generation))
     }
 
     /// [`hit`](Self::hit) for a `max_cache_age` layer: only an entry verified at most
@@ -196,8 +229,8 @@ impl DecisionCache {
             e.verified_at
                 .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
         };
-        let entry = match front::get(self.id, generation, hash, now).filter(young) {
-            Some(entry) => entry,
+        let (entry, front) = match front::get(self.id, generation, hash, now).filter(young) {
+            Some(entry) => (entry, true),
             None => {
                 let entry = self
                     .positive
@@ -210,16 +243,11 @@ impl DecisionCache {
                     return None;
                 };
                 front::put(self.id, generation, *hash, entry.clone());
-                entry
+                (entry, false)
             }
         };
         self.metrics.cache_hit();
-        let refresh = entry.refresh_due(now).cloned();
-        Some(Hit {
-            principal: entry.principal,
-            refresh,
-            generation,
-        })
+        Some(Hit::of(entry, *hash, front, now, generation))
     }
 
     /// Removes the token's entry if it was verified more than `max_age` ago (or at an unknown
@@ -298,7 +326,13 @@ impl DecisionCache {
             refresh,
             graceful,
             verified_at: Some(now),
+            meters: None,
         }
+    }
+
+    /// The meters of the token's cached entry, if it has one (without waiting).
+    pub(crate) fn meters_of(&self, hash: &TokenHash) -> Option<Arc<crate::rate_limit::RouteMeters>> {
+        self.positive.get(hash).now_or_never().flatten()?.meters
     }
 
     /// Why the token was refused, if it was within the negative ttl.

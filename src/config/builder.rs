@@ -346,6 +346,14 @@ impl WachtAuthConfigBuilder {
         self
     }
 
+    /// How Wacht's rate limits are kept on the requests served from cache (default: metered,
+    /// rules counted `per_app`, `RateLimit-Policy` / `RateLimit` headers); see
+    /// [`rate_limit`](crate::rate_limit).
+    pub fn rate_limits(mut self, limits: crate::rate_limit::RateLimitConfig) -> Self {
+        self.config.rate_limits = limits;
+        self
+    }
+
     /// Serve and advertise RFC 9728 metadata: every 401/403 challenge carries
     /// `resource_metadata="<its well-known URL>"`, [`WachtAuthLayer::metadata_router`](crate::WachtAuthLayer::metadata_router)
     /// serves it, and unless [`expected_audience`](Self::expected_audience) is set, the

@@ -161,6 +161,12 @@ impl WachtAuthConfig {
     /// `WACHT_AUDIT=on` emits the [audit trail](crate::audit) as `INFO` events on the
     /// `tracing` target `tower_wacht::audit` (a sink is configured in code).
     ///
+    /// Wacht's rate limits are metered on cached hits (see [`rate_limit`](crate::rate_limit)):
+    /// `WACHT_RATE_LIMIT_MODE` (`per_app`, the default, `per_key`, `per_key_and_ip`,
+    /// `per_app_and_ip`) and `WACHT_RATE_LIMIT_RULE_MODES` (`100/60s=per_key,...`) say how
+    /// rules count; `WACHT_RATE_LIMIT_HEADERS` is `standard` (default), `standard_and_wacht`
+    /// or `off`; `WACHT_RATE_LIMIT_METERING=off_unsafe` turns metering off (logged).
+    ///
     /// `WACHT_JWT=on` verifies JWT access tokens of `WACHT_OAUTH_ISSUER` locally (see
     /// [`jwt`](crate::jwt)), with
     ///
@@ -227,8 +233,62 @@ impl WachtAuthConfig {
         if switch("WACHT_AUDIT", get("WACHT_AUDIT"))? {
             b = b.audit(crate::audit::AuditConfig::new().tracing(true));
         }
+        b = b.rate_limits(rate_limits_from_env(&get)?);
         b.build()
     }
+}
+
+/// `WACHT_RATE_LIMIT_MODE`, `WACHT_RATE_LIMIT_RULE_MODES`, `WACHT_RATE_LIMIT_HEADERS` and
+/// `WACHT_RATE_LIMIT_METERING` (see [`WachtAuthConfig::from_env`]).
+fn rate_limits_from_env(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::rate_limit::RateLimitConfig, ConfigError> {
+    use crate::rate_limit::{RateLimitConfig, RateLimitHeaders, RateLimitMode};
+    let mode = |var: &'static str, value: &str| {
+        RateLimitMode::parse(value)
+            .ok_or_else(|| ConfigError::invalid(var, "expected per_app, per_key, per_key_and_ip or per_app_and_ip"))
+    };
+    let mut limits = RateLimitConfig::default();
+    if let Some(value) = get("WACHT_RATE_LIMIT_MODE") {
+        limits = limits.mode(mode("WACHT_RATE_LIMIT_MODE", &value)?);
+    }
+    if let Some(value) = get("WACHT_RATE_LIMIT_RULE_MODES") {
+        for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (rule, rule_mode) = pair.split_once('=').ok_or_else(|| {
+                ConfigError::invalid(
+                    "WACHT_RATE_LIMIT_RULE_MODES",
+                    "expected <rule>=<mode>, e.g. 100/60s=per_key",
+                )
+            })?;
+            limits = limits.rule_mode(rule.trim(), mode("WACHT_RATE_LIMIT_RULE_MODES", rule_mode)?);
+        }
+    }
+    if let Some(value) = get("WACHT_RATE_LIMIT_HEADERS") {
+        limits = limits.headers(match value.as_str() {
+            "standard" => RateLimitHeaders::Standard,
+            "standard_and_wacht" => RateLimitHeaders::StandardAndWacht,
+            "off" => RateLimitHeaders::None,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "WACHT_RATE_LIMIT_HEADERS",
+                    "expected standard, standard_and_wacht or off",
+                ));
+            }
+        });
+    }
+    if let Some(value) = get("WACHT_RATE_LIMIT_METERING") {
+        match value.as_str() {
+            "on" => {}
+            "off_unsafe" => limits = limits.disable_metering_unsafe(),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "WACHT_RATE_LIMIT_METERING",
+                    "expected on or off_unsafe",
+                ));
+            }
+        }
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -280,6 +340,40 @@ mod tests {
         bad("WACHT_GATEWAY_URL", "not a url");
         bad("WACHT_JWT", "maybe");
         bad("WACHT_AUDIT", "maybe");
+    }
+
+    #[test]
+    fn rate_limits_from_env() {
+        use crate::rate_limit::{RateLimitHeaders, RateLimitMode};
+        let base = [("WACHT_BACKEND_API_KEY", "k"), ("WACHT_DEPLOYMENT_ID", "1")];
+        let default = WachtAuthConfig::from_lookup(env(&base)).unwrap();
+        assert!(default.rate_limits.enabled, "metered by default");
+        let c = WachtAuthConfig::from_lookup(env(&[
+            base[0],
+            base[1],
+            ("WACHT_RATE_LIMIT_MODE", "per_key"),
+            ("WACHT_RATE_LIMIT_RULE_MODES", "10/1s=per_app_and_ip, 5/60s=per_app"),
+            ("WACHT_RATE_LIMIT_HEADERS", "standard_and_wacht"),
+        ]))
+        .unwrap();
+        assert_eq!(c.rate_limits.mode_of("1000/60s"), RateLimitMode::PerKey);
+        assert_eq!(c.rate_limits.mode_of("10/1s"), RateLimitMode::PerAppAndIp);
+        assert_eq!(c.rate_limits.mode_of("5/60s"), RateLimitMode::PerApp);
+        assert_eq!(c.rate_limits.headers, RateLimitHeaders::StandardAndWacht);
+        let off = WachtAuthConfig::from_lookup(env(&[base[0], base[1], ("WACHT_RATE_LIMIT_METERING", "off_unsafe")]))
+            .unwrap();
+        assert!(!off.rate_limits.enabled);
+        for (var, value) in [
+            ("WACHT_RATE_LIMIT_MODE", "per_user"),
+            ("WACHT_RATE_LIMIT_RULE_MODES", "10/1s"),
+            ("WACHT_RATE_LIMIT_HEADERS", "x"),
+            ("WACHT_RATE_LIMIT_METERING", "off"),
+        ] {
+            assert!(
+                WachtAuthConfig::from_lookup(env(&[base[0], base[1], (var, value)])).is_err(),
+                "{var}={value}"
+            );
+        }
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl fmt::Display for ApiKey {
 /// | `handler_step_up` | off | a handler's [`InsufficientScope::step_up`](crate::InsufficientScope::step_up) finds no layer (an Axum handler returning `InsufficientScope` is answered either way) |
 /// | `realm` / `challenge_scopes` | none / the metadata's `scopes_supported`, else none | the `realm` and the `scope` suggested in 401 challenges |
 /// | `resource_metadata` | none | no RFC 9728 document, no `resource_metadata` in challenges |
+/// | `rate_limits` | metered, `per_app`, standard headers | requests served from cache count against the app's Wacht rate limits, and get 429 past them; responses carry `RateLimit-Policy` / `RateLimit`; see [`rate_limit`](crate::rate_limit) |
 /// | `fleet` (feature `redis`) | off | each replica caches alone; see [`fleet`](crate::fleet) |
 /// | `jwt` | off | JWT access tokens get 401 without a gateway call; see [`jwt`](crate::jwt) |
 /// | `scope_hierarchy` | none | permissions match exactly; see [`scopes`](crate::scopes) |
@@ -118,6 +119,8 @@ pub struct WachtAuthConfig {
     pub(crate) scope_hierarchy: Arc<crate::scopes::ScopeHierarchy>,
     /// Which credentials are API keys, and the header they may also come in.
     pub(crate) api_keys: crate::api_key::ApiKeySettings,
+    /// Metering of Wacht's rate limits on cached answers, and the headers it adds.
+    pub(crate) rate_limits: crate::rate_limit::RateLimitConfig,
 }
 
 /// The gateway client and what a miss sends it.
@@ -299,6 +302,7 @@ impl WachtAuthConfig {
             jwt: None,
             scope_hierarchy: Arc::default(),
             api_keys: crate::api_key::ApiKeySettings::default(),
+            rate_limits: crate::rate_limit::RateLimitConfig::default(),
         }
     }
 

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Decision, GatewayError};
 use crate::principal::{
-    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, MembershipId, OrganizationId, RequestId,
-    ResourceUrn, StringSet, UserId, WorkspaceId,
+    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, MembershipId, OrganizationId, RateLimitState,
+    RequestId, ResourceUrn, StringSet, UserId, WorkspaceId,
 };
 use crate::timefmt::parse_rfc3339;
 
@@ -59,6 +59,25 @@ struct DecisionBody<M> {
     retry_after: Option<u64>,
     #[serde(default)]
     headers: Option<WachtHeaders>,
+    #[serde(default)]
+    rate_limits: Option<Vec<RateLimitEntry>>,
+}
+
+/// One `rate_limits[]` entry (`gateway-protocol.md` §3.3).
+#[derive(Deserialize)]
+struct RateLimitEntry {
+    rule: String,
+    limit: u64,
+    remaining: u64,
+}
+
+/// The answer's rate limits (entries of another shape are a decode error, by serde).
+fn rate_limits(entries: Option<Vec<RateLimitEntry>>) -> Vec<RateLimitState> {
+    entries
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| RateLimitState::new(e.rule, e.limit, e.remaining))
+        .collect()
 }
 
 /// The entries of the decision's `headers` map that the decoder reads (keys are lower-case,
@@ -191,6 +210,7 @@ fn decode_oauth(body: &[u8]) -> Result<Decision, GatewayError> {
     grant.deployment_id = Some(deployment_id);
     grant.owner_user_id = owner_user_id;
     grant.request_id = Some(RequestId::new(body.request_id.as_deref().unwrap_or_default()));
+    grant.rate_limits = rate_limits(body.rate_limits);
     Ok(Decision::Allowed(Box::new(grant)))
 }
 
@@ -241,6 +261,7 @@ fn decode_api_key(body: &[u8]) -> Result<Decision, GatewayError> {
     grant.owner_user_id = id(identity.owner_user_id.as_deref(), "owner_user_id", UserId)?;
     grant.request_id = Some(RequestId::new(body.request_id.as_deref().unwrap_or_default()));
     grant.api_key = Some(Arc::new(key));
+    grant.rate_limits = rate_limits(body.rate_limits);
     Ok(Decision::Allowed(Box::new(grant)))
 }
 
@@ -285,6 +306,7 @@ mod tests {
             Some(ResourceUrn::Organization(OrganizationId(427001234567890561)))
         );
         assert_eq!(grant.issuer.as_deref(), Some("https://auth.example.com"));
+        assert_eq!(grant.rate_limits, [RateLimitState::new("1000/60s", 1000, 999)]);
         assert_eq!(grant.oauth_resource.as_deref(), Some("https://api.example.com"));
         assert!(grant.permissions.contains("org:projects:write"));
         assert_eq!(grant.scopes.len(), 2);

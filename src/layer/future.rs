@@ -18,10 +18,10 @@ use tower_service::Service;
 use super::stream::Caller;
 use crate::audit::Pending;
 use crate::body::ResponseBody;
-use crate::principal::Principal;
+use crate::rate_limit::RateLimitHeaders;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
 use crate::stepup::StepUpSlot;
-use crate::verify::Ticket;
+use crate::verify::{Ticket, Verified};
 
 pin_project! {
     /// Response future of [`WachtAuth`](super::WachtAuth).
@@ -46,7 +46,7 @@ pin_project! {
         },
         Refused { response: Option<Response<Full<Bytes>>> },
         Verifying {
-            verify: BoxFuture<'static, Result<Principal, AuthError>>,
+            verify: BoxFuture<'static, Result<Verified, AuthError>>,
             request: Option<Request<ReqB>>,
             service: Option<S>,
             challenge: Arc<ChallengeParams>,
@@ -55,6 +55,8 @@ pin_project! {
             handler_step_up: bool,
             // The request's audit record, when auditing is on.
             audit: Option<Box<Pending>>,
+            // Which rate-limit headers the response carries.
+            rate_headers: RateLimitHeaders,
         },
     }
 }
@@ -77,14 +79,17 @@ where
         }
     }
 
+    // Each argument is a field of the verifying state, moved in once.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn verifying(
-        verify: BoxFuture<'static, Result<Principal, AuthError>>,
+        verify: BoxFuture<'static, Result<Verified, AuthError>>,
         request: Request<ReqB>,
         service: S,
         challenge: Arc<ChallengeParams>,
         ticket: Ticket,
         handler_step_up: bool,
         audit: Option<Box<Pending>>,
+        rate_headers: RateLimitHeaders,
     ) -> Self {
         ResponseFuture {
             state: State::Verifying {
@@ -95,6 +100,7 @@ where
                 ticket: Some(ticket),
                 handler_step_up,
                 audit,
+                rate_headers,
             },
         }
     }
@@ -135,12 +141,16 @@ where
                     ticket,
                     handler_step_up,
                     audit,
+                    rate_headers,
                 } => {
                     let outcome = ready!(verify.as_mut().poll(cx));
-                    if let Some(audit) = audit.take() {
+                    if let Some(mut audit) = audit.take() {
                         let source = audit.miss_source();
                         match &outcome {
-                            Ok(principal) => audit.allowed(source, principal),
+                            Ok(verified) => {
+                                audit.remaining(verified.usage.as_ref());
+                                audit.allowed(source, &verified.principal);
+                            }
                             Err(error) => audit.refused(source, error),
                         }
                     }
@@ -157,10 +167,11 @@ where
                         continue;
                     };
                     match outcome {
-                        Ok(principal) => {
+                        Ok(Verified { principal, usage }) => {
                             req.extensions_mut().insert(principal.clone());
                             let slot = (*handler_step_up).then(|| StepUpSlot::insert_into(req.extensions_mut()));
-                            let caller = Caller::new(principal, ticket, req.version(), slot);
+                            let caller =
+                                Caller::new(principal, ticket, req.version(), slot).with_usage(usage, *rate_headers);
                             let future = svc.call(req);
                             state.set(State::Inner {
                                 future,

@@ -21,7 +21,7 @@ use crate::token::{
     Credential, OwnedBearer, TokenError, credential_from_headers, credential_from_key_header, strip_authorization,
     strip_key_header,
 };
-use crate::verify::{Authentication, Freshness};
+use crate::verify::{Authentication, Freshness, Served};
 
 /// The service produced by [`WachtAuthLayer`](super::WachtAuthLayer): verifies the request's
 /// token, then calls the inner service with the [`Principal`](crate::Principal) in the
@@ -74,18 +74,26 @@ where
             freshness => shared.verifier.authenticate_fresh(credential, &req, freshness),
         };
         match authentication {
-            Authentication::Hit(principal, ticket) => {
-                if let Some(audit) = audit {
-                    audit.allowed(DecisionSource::Cache, &principal);
+            Authentication::Hit(Served {
+                principal,
+                ticket,
+                usage,
+                source,
+            }) => {
+                if let Some(mut audit) = audit {
+                    audit.remaining(usage.as_ref());
+                    audit.allowed(source, &principal);
                 }
                 strip_credential(&mut req, shared, from);
                 req.extensions_mut().insert(principal.clone());
                 let slot = shared
                     .handler_step_up
                     .then(|| StepUpSlot::insert_into(req.extensions_mut()));
-                let caller = Caller::new(principal, ticket, req.version(), slot);
+                let caller = Caller::new(principal, ticket, req.version(), slot)
+                    .with_usage(usage, shared.verifier.rate_limit_headers());
                 ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
+            Authentication::Spent(usage) => self.refuse_spent(&req, &usage, audit),
             Authentication::Refused(error) => self.refuse(&req, *error, audit),
             Authentication::Miss(miss) => {
                 let token = take_credential(&mut req, shared, from);
@@ -99,7 +107,17 @@ where
                 let challenge = Arc::clone(shared.verifier.challenge());
                 let ticket = miss.ticket();
                 let step_up = shared.handler_step_up;
-                ResponseFuture::verifying(miss.verify(token), req, service, challenge, ticket, step_up, audit)
+                let rate_headers = shared.verifier.rate_limit_headers();
+                ResponseFuture::verifying(
+                    miss.verify(token),
+                    req,
+                    service,
+                    challenge,
+                    ticket,
+                    step_up,
+                    audit,
+                    rate_headers,
+                )
             }
         }
     }
@@ -198,6 +216,31 @@ impl<S> WachtAuth<S> {
             _ => self.shared.verifier.challenge(),
         };
         ResponseFuture::refused(render(error, challenge, is_grpc(req.version(), req.headers())))
+    }
+
+    /// 429 from the meters: a rate-limit budget is spent until its window rolls.
+    fn refuse_spent<ReqB, Svc>(
+        &self,
+        req: &Request<ReqB>,
+        usage: &crate::rate_limit::Usage,
+        audit: Option<Box<Pending>>,
+    ) -> ResponseFuture<Svc, ReqB>
+    where
+        Svc: Service<Request<ReqB>>,
+    {
+        let error = AuthError::RateLimited {
+            // Whole seconds, rounded up: never "retry now" while the window lasts.
+            retry_after: std::time::Duration::from_secs(crate::rate_limit::headers::ceil_secs(usage.reset).max(1)),
+        };
+        if let Some(mut audit) = audit {
+            audit.remaining(Some(usage));
+            audit.refused(DecisionSource::Cache, &error);
+        }
+        let challenge = self.shared.verifier.challenge();
+        let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
+        let which = self.shared.verifier.rate_limit_headers();
+        crate::rate_limit::headers::insert(response.headers_mut(), which, usage, true);
+        ResponseFuture::refused(response)
     }
 
     /// Hands a request without credentials to the inner service, marked anonymous.

@@ -35,6 +35,9 @@ pub(crate) struct Caller {
     version: Version,
     /// Where the handler records a demand for more scope (`handler_step_up`).
     slot: Option<StepUpSlot>,
+    /// The rate-limit budget the response reports, and in which headers.
+    usage: Option<crate::rate_limit::Usage>,
+    headers: crate::rate_limit::RateLimitHeaders,
 }
 
 impl Caller {
@@ -44,7 +47,20 @@ impl Caller {
             ticket,
             version,
             slot,
+            usage: None,
+            headers: crate::rate_limit::RateLimitHeaders::None,
         }
+    }
+
+    /// The rate-limit budget to report on the response, in `headers`.
+    pub(crate) fn with_usage(
+        mut self,
+        usage: Option<crate::rate_limit::Usage>,
+        headers: crate::rate_limit::RateLimitHeaders,
+    ) -> Self {
+        self.usage = usage;
+        self.headers = headers;
+        self
     }
 
     /// The layer's refusal for a handler that demanded more scope (recorded in the request's
@@ -65,7 +81,10 @@ impl Caller {
     }
 
     /// The response, its body watched if it is a stream.
-    pub(crate) fn respond<B: Body>(self, response: Response<B>) -> Response<ResponseBody<B>> {
+    pub(crate) fn respond<B: Body>(self, mut response: Response<B>) -> Response<ResponseBody<B>> {
+        if let Some(usage) = &self.usage {
+            crate::rate_limit::headers::insert(response.headers_mut(), self.headers, usage, false);
+        }
         let body = response.body();
         if body.is_end_stream() || body.size_hint().exact().is_some() {
             return response.map(ResponseBody::inner);

@@ -12,8 +12,8 @@ use crate::scopes::ScopeHierarchy;
 mod values;
 
 pub use self::values::{
-    ApiKeyId, ClientId, CredentialKind, DeploymentId, MembershipId, OrganizationId, RequestId, ResourceUrn, StringSet,
-    UserId, VerifiedBy, WorkspaceId,
+    ApiKeyId, ClientId, CredentialKind, DeploymentId, MembershipId, OrganizationId, RateLimitState, RequestId,
+    ResourceUrn, StringSet, UserId, VerifiedBy, WorkspaceId,
 };
 
 /// What the gateway (or a verified JWT) said about a token: the raw material of a
@@ -54,6 +54,10 @@ pub struct Grant {
     pub verified_by: VerifiedBy,
     /// What the gateway said about an API key; `None` for an OAuth access token.
     pub api_key: Option<Arc<ApiKeyIdentity>>,
+    /// The gateway answer's `rate_limits[]`: the app's rules that matched the request it was
+    /// asked about. The layer moves them into its meters (see
+    /// [`rate_limit`](crate::rate_limit)): a cached principal's list is empty.
+    pub rate_limits: Vec<RateLimitState>,
 }
 
 /// What the gateway says about an API key (`gateway-protocol.md` §4): which key, whose, and
@@ -140,6 +144,7 @@ impl Grant {
             token_id: None,
             verified_by: VerifiedBy::Gateway,
             api_key: None,
+            rate_limits: Vec::new(),
         }
     }
 

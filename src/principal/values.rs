@@ -350,6 +350,30 @@ impl VerifiedBy {
     }
 }
 
+/// One entry of a gateway answer's `rate_limits[]`: a rule of the app's scheme that matched
+/// the request, and its budget after counting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitState {
+    /// The rule's label, `<max_requests>/<window>` (`1000/60s`, `20/500ms`).
+    pub rule: Arc<str>,
+    /// Requests allowed per window.
+    pub limit: u64,
+    /// Requests left in the window after this one.
+    pub remaining: u64,
+}
+
+impl RateLimitState {
+    /// A rule's state as a gateway answer reports it.
+    pub fn new(rule: impl Into<Arc<str>>, limit: u64, remaining: u64) -> Self {
+        RateLimitState {
+            rule: rule.into(),
+            limit,
+            remaining,
+        }
+    }
+}
+
 /// Which credential a request presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -62,36 +62,9 @@ impl RateLimitUnit {
     }
 }
 
-/// Whose requests one counter of a rule counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum RateLimitMode {
-    /// One counter per deployment and app slug (for OAuth, `oauth_<end user>`: every token
-    /// of one end user shares it; API keys of the same app slug too). The effective mode
-    /// when a rule has none.
-    #[default]
-    PerApp,
-    /// One counter per credential (OAuth: the grant, here the token's SHA-256; API key: the
-    /// key id) and resource.
-    PerKey,
-    /// One counter per credential, client IP and resource.
-    PerKeyAndIp,
-    /// One counter per deployment, app slug and client IP.
-    PerAppAndIp,
-}
-
-impl RateLimitMode {
-    /// Its name in Wacht's rule JSON (`per_app`, `per_key`, `per_key_and_ip`,
-    /// `per_app_and_ip`).
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::PerApp => "per_app",
-            Self::PerKey => "per_key",
-            Self::PerKeyAndIp => "per_key_and_ip",
-            Self::PerAppAndIp => "per_app_and_ip",
-        }
-    }
-}
+/// Whose requests one counter of a rule counts: the layer's own
+/// [`RateLimitMode`](crate::rate_limit::RateLimitMode), which names Wacht's modes.
+pub use crate::rate_limit::RateLimitMode;
 
 /// One rule of a rate-limit scheme, as Wacht stores it: at most
 /// [`max_requests`](Self::max_requests) requests per window of

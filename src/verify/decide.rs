@@ -22,14 +22,34 @@ use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
 
+/// What a gateway answer teaches the meters (see [`Verifier::decide`]).
+#[derive(Default)]
+pub(super) struct Learn<'a> {
+    /// The request the gateway answered about; `None` for a copy of the fleet's shared tier.
+    pub(super) ctx: Option<&'a super::miss::MissContext>,
+    /// The credential's meters, when the caller holds them.
+    pub(super) meters: Option<Arc<crate::rate_limit::RouteMeters>>,
+}
+
 /// Used when the gateway rate-limits without saying for how long.
 const DEFAULT_RATE_LIMIT_RETRY: Duration = Duration::from_secs(60);
 
 impl Verifier {
     /// The entry to cache for a verdict, or the refusal to share with every waiting request.
     /// Refusals for good (the gateway's 401, a pin, a denied client) are remembered.
-    pub(super) async fn decide(&self, verdict: Verdict, hash: TokenHash, stamp: u64) -> Result<Entry, AuthError> {
-        let (grant, cap, graceful) = match verdict {
+    ///
+    /// A gateway answer is metered (see [`rate_limit`](crate::rate_limit)): `learn.ctx` is
+    /// the request it answered (`None` for a copy of the fleet's shared tier, which reports no
+    /// rate limits), `learn.meters` the credential's meters when known.
+    pub(super) async fn decide(
+        &self,
+        verdict: Verdict,
+        hash: TokenHash,
+        stamp: u64,
+        learn: Learn<'_>,
+    ) -> Result<Entry, AuthError> {
+        let gateway = matches!(verdict, Verdict::Gateway { .. });
+        let (mut grant, cap, graceful) = match verdict {
             Verdict::Gateway {
                 decision,
                 cap,
@@ -95,14 +115,25 @@ impl Verifier {
             telemetry::failure(grant.client_id.as_str(), "revoked");
             return Err(self.reject(hash, InvalidTokenReason::Revoked).await);
         }
-        Ok(self.cache.entry(
+        let limits = std::mem::take(&mut grant.rate_limits);
+        let meters = if gateway {
+            self.learn_rates(&grant, &hash, learn.ctx, &limits, learn.meters)
+                .map_err(|usage| AuthError::RateLimited {
+                    retry_after: usage.reset.max(Duration::from_secs(1)),
+                })?
+        } else {
+            None
+        };
+        let mut entry = self.cache.entry(
             *grant,
             Arc::clone(&self.challenge),
             Arc::clone(&self.hierarchy),
             stamp,
             cap,
             graceful,
-        ))
+        );
+        entry.meters = meters;
+        Ok(entry)
     }
 
     /// The grant of a gateway decision that passes the pins, or the refusal.

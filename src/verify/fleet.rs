@@ -63,6 +63,24 @@ fn profile_id(config: &WachtAuthConfig) -> String {
     id
 }
 
+/// How often a replica adds what its meters served to the fleet's count when no batch filled
+/// (so the others see it within this, plus a round trip).
+const METER_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Adds the meters' unflushed requests to the fleet's count every `every`, until the
+/// verifier is dropped.
+async fn flush_meters_every(verifier: Weak<Verifier>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
+        verifier.flush_meters().await;
+    }
+}
+
 /// A change handed to the fleet (or not: no fleet mode).
 pub(super) enum Handed {
     NoFleet,
@@ -82,7 +100,10 @@ impl Verifier {
     pub(crate) fn start_fleet(self: &Arc<Self>) {
         if let Some(fleet) = &self.fleet {
             let weak: Weak<Verifier> = Arc::downgrade(self);
-            fleet.spawn_channel(weak);
+            fleet.spawn_channel(weak.clone());
+            if self.metering.as_ref().is_some_and(|m| m.is_shared()) {
+                tokio::spawn(flush_meters_every(weak, METER_FLUSH_INTERVAL));
+            }
         }
     }
 

@@ -39,35 +39,19 @@ impl MissContext {
     /// from a [`ClientIp`] extension, the configured hook, or Axum's `ConnectInfo`, and its
     /// route as the configured mode reports it. Worked out on a miss only.
     pub(crate) fn of<B>(settings: &GatewaySettings, req: &Request<B>) -> Self {
-        let (headers, extensions) = (req.headers(), req.extensions());
         let user_agent = settings
             .forward_user_agent
-            .then(|| headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned))
+            .then(|| {
+                req.headers()
+                    .get(USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
             .flatten();
-        let client_ip = extensions.get::<ClientIp>().map(|ip| ip.0).or_else(|| {
-            let find = settings.client_ip.as_ref()?;
-            (find.0)(headers, extensions)
-        });
-        #[cfg(feature = "axum")]
-        let client_ip = client_ip.or_else(|| {
-            extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip())
-        });
-        let (method, resource) = match &settings.route {
-            RouteReporting::Fixed => fixed(settings),
-            RouteReporting::Request => RouteRequest::of(req).automatic(),
-            RouteReporting::Mapped(map) => {
-                let request = RouteRequest::of(req);
-                match map(&request) {
-                    Some((method, resource)) => (route::allowed(&method).clone(), route::bounded(&resource)),
-                    None => request.automatic(),
-                }
-            }
-        };
+        let (method, resource) = reported_route(settings, req);
         MissContext {
             user_agent,
-            client_ip: client_ip.map(|ip| ip.to_string()),
+            client_ip: client_ip(settings, req).map(|ip| ip.to_string()),
             method,
             resource,
         }
@@ -86,9 +70,41 @@ impl MissContext {
     }
 }
 
+/// The caller's IP address: a [`ClientIp`] extension, the configured hook, or Axum's
+/// `ConnectInfo`.
+pub(crate) fn client_ip<B>(settings: &GatewaySettings, req: &Request<B>) -> Option<std::net::IpAddr> {
+    let (headers, extensions) = (req.headers(), req.extensions());
+    let client_ip = extensions.get::<ClientIp>().map(|ip| ip.0).or_else(|| {
+        let find = settings.client_ip.as_ref()?;
+        (find.0)(headers, extensions)
+    });
+    #[cfg(feature = "axum")]
+    let client_ip = client_ip.or_else(|| {
+        extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    client_ip
+}
+
+/// The method and resource a request is reported as, by the configured mode.
+pub(crate) fn reported_route<B>(settings: &GatewaySettings, req: &Request<B>) -> (Method, String) {
+    match &settings.route {
+        RouteReporting::Fixed => fixed(settings),
+        RouteReporting::Request => RouteRequest::of(req).automatic(),
+        RouteReporting::Mapped(map) => {
+            let request = RouteRequest::of(req);
+            match map(&request) {
+                Some((method, resource)) => (route::allowed(&method).clone(), route::bounded(&resource)),
+                None => request.automatic(),
+            }
+        }
+    }
+}
+
 /// The configured fixed method and resource (the method validated by the builder: one of the
 /// gateway's), bounded as every reported route is.
-fn fixed(settings: &GatewaySettings) -> (Method, String) {
+pub(crate) fn fixed(settings: &GatewaySettings) -> (Method, String) {
     let method = Method::from_bytes(settings.method.as_bytes()).unwrap_or(route::FALLBACK_METHOD);
     (route::allowed(&method).clone(), route::bounded(&settings.resource))
 }
@@ -224,7 +240,11 @@ impl Verifier {
                 ..
             }
         );
-        let outcome = self.decide(verdict, hash, stamp).await.map(|mut entry| {
+        let learn = super::decide::Learn {
+            ctx: (!copied).then_some(ctx),
+            meters: None,
+        };
+        let outcome = self.decide(verdict, hash, stamp, learn).await.map(|mut entry| {
             entry.verified_at = (!copied).then_some(asked);
             entry
         });
@@ -261,7 +281,7 @@ impl Verifier {
             outcome = tracing::field::Empty,
             gateway_ms = tracing::field::Empty,
         );
-        let outcome = self.live_flight(token, hash, ctx).instrument(span).await;
+        let outcome = self.live_flight(token, hash, ctx, None).instrument(span).await;
         let source = if self.jwt_for(token).is_some() {
             "jwt"
         } else {
@@ -276,6 +296,7 @@ impl Verifier {
         token: BearerToken<'_>,
         hash: TokenHash,
         ctx: &MissContext,
+        meters: Option<std::sync::Arc<crate::rate_limit::RouteMeters>>,
     ) -> Result<Principal, AuthError> {
         for _ in 0..MAX_ROUNDS {
             let _permit = match self.jwt_for(token) {
@@ -290,7 +311,11 @@ impl Verifier {
             };
             let stamp = self.cache.stamp();
             let verdict = self.answer(token, hash, ctx, false).await;
-            match self.decide(verdict, hash, stamp).await {
+            let learn = super::decide::Learn {
+                ctx: Some(ctx),
+                meters: meters.clone(),
+            };
+            match self.decide(verdict, hash, stamp, learn).await {
                 Ok(entry) if self.cache.still_current(&hash, &entry.principal, stamp) => {
                     tracing::Span::current().record("outcome", "allowed");
                     return Ok(entry.principal);
@@ -307,6 +332,41 @@ impl Verifier {
             }
         }
         Err(self.unavailable())
+    }
+
+    /// A cached credential on a route its meters have not seen: the gateway asked for this
+    /// request (it counts it, and its answer names the route's rules), as a live check does;
+    /// the answer teaches `meters` and is not stored (the cached entry stays).
+    pub(super) async fn verify_learning(
+        &self,
+        token: BearerToken<'_>,
+        hash: TokenHash,
+        ctx: &MissContext,
+        meters: std::sync::Arc<crate::rate_limit::RouteMeters>,
+    ) -> Result<Principal, AuthError> {
+        let span = tracing::debug_span!(
+            "wacht.verify",
+            token = ?hash,
+            cache = "learn_route",
+            client_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            gateway_ms = tracing::field::Empty,
+        );
+        if let Some(outcome) = self.learn_from_fleet(&hash, ctx, &meters).await {
+            return outcome;
+        }
+        let outcome = self.live_flight(token, hash, ctx, Some(meters)).instrument(span).await;
+        if let Err(AuthError::Unavailable { .. }) = &outcome
+            && let Some(principal) = self.cache.peek(&hash)
+        {
+            // The gateway cannot say which rules the route has: the cached answer is still
+            // good, and is served unmetered on this route until the gateway answers again.
+            tracing::debug!(token = ?hash, "route's rate limits unknown (gateway unavailable): served from cache");
+            telemetry::verification("allowed", "cache");
+            return Ok(principal);
+        }
+        telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
+        outcome
     }
 
     /// A principal verified before, still inside the outage grace and not denied since.

@@ -14,6 +14,7 @@
 mod decide;
 #[cfg(feature = "redis")]
 mod fleet;
+mod metered;
 mod miss;
 mod refresh;
 mod revoked;
@@ -41,14 +42,34 @@ use crate::reject::{AuthError, ChallengeParams, InvalidTokenReason};
 use crate::token::{BearerToken, Credential, OwnedBearer, TokenHash, parse_token};
 
 /// What [`Verifier::authenticate`] found for a request's token. The rare cases are boxed,
-/// so the hit path moves nothing large (a principal and its stream's ticket).
+/// so the hit path moves nothing large (a principal, its stream's ticket, its rate-limit
+/// budget).
 pub(crate) enum Authentication {
-    /// A cached principal: serve it now; the ticket is for its response, if streamed.
-    Hit(Principal, Ticket),
+    /// A cached principal: serve it now.
+    Hit(Served),
+    /// Refused with 429 here: a rate-limit budget is spent (the budget for the headers).
+    Spent(Box<crate::rate_limit::Usage>),
     /// Not cached: verify it with [`Miss::verify`].
     Miss(Box<Miss>),
     /// Refused without asking anyone.
     Refused(Box<AuthError>),
+}
+
+/// A request served from cache.
+pub(crate) struct Served {
+    pub(crate) principal: Principal,
+    /// For its response, if streamed.
+    pub(crate) ticket: Ticket,
+    /// The budget its response reports, when a rate limit applies.
+    pub(crate) usage: Option<crate::rate_limit::Usage>,
+    /// Which tier had it (the audit trail's source).
+    pub(crate) source: crate::audit::DecisionSource,
+}
+
+/// A principal verified on a miss, and the budget its response reports.
+pub(crate) struct Verified {
+    pub(crate) principal: Principal,
+    pub(crate) usage: Option<crate::rate_limit::Usage>,
 }
 
 /// How fresh an answer a layer takes (see [`WachtAuthLayer::always_live`](crate::WachtAuthLayer::always_live)
@@ -72,28 +93,45 @@ pub(crate) struct Miss {
     started: Instant,
     /// The generation when the request began (its stream's [`Ticket`]).
     stamp: u64,
+    /// A cached credential on a route its meters have not seen: the gateway is asked (and
+    /// counts it), and teaches these meters the route's rules.
+    learn: Option<Arc<crate::rate_limit::RouteMeters>>,
+    /// A hit whose meters hold a full batch the fleet does not have: served (or refused) once
+    /// the batch is added.
+    waiting: Option<Box<metered::Waiting>>,
 }
 
 impl Miss {
     /// The verification (single flight, gateway), owning the token.
-    pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Principal, AuthError>> {
+    pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Verified, AuthError>> {
         if token.token().is_jwt_shaped() {
             self.verifier.start_jwks_timer();
         }
         Box::pin(async move {
-            match self.freshness {
-                Freshness::Live => self.verifier.verify_live(token.token(), self.hash, &self.ctx).await,
-                Freshness::MaxAge(max_age) => {
+            if let Some(waiting) = self.waiting {
+                return self.verifier.after_flush(*waiting).await;
+            }
+            let route = self.verifier.route_key_of(&self.ctx);
+            let principal = match (self.learn, self.freshness) {
+                (Some(meters), _) => {
+                    self.verifier
+                        .verify_learning(token.token(), self.hash, &self.ctx, meters)
+                        .await
+                }
+                (None, Freshness::Live) => self.verifier.verify_live(token.token(), self.hash, &self.ctx).await,
+                (None, Freshness::MaxAge(max_age)) => {
                     self.verifier
                         .verify_miss_within(token.token(), self.hash, self.ctx, self.started, max_age)
                         .await
                 }
-                Freshness::Cached => {
+                (None, Freshness::Cached) => {
                     self.verifier
                         .verify_miss(token.token(), self.hash, self.ctx, self.started)
                         .await
                 }
-            }
+            }?;
+            let usage = self.verifier.usage_after_miss(&self.hash, route);
+            Ok(Verified { principal, usage })
         })
     }
 }
@@ -127,6 +165,11 @@ pub struct Verifier {
     jwks_timer_started: AtomicBool,
     /// Which credentials are API keys.
     api_keys: crate::api_key::ApiKeys,
+    /// Wacht's rate limits on what the cache serves; `None` when metering is off.
+    metering: Option<crate::rate_limit::Metering>,
+    /// The meters' key of every request's route, when it does not depend on the request
+    /// (fixed reporting, no rule counted per IP).
+    fixed_route_key: Option<u64>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -180,9 +223,28 @@ impl Verifier {
             jwt_config.session_denial_lifetime,
             jwt_config.token_id_denial_lifetime(),
         );
+        #[cfg(feature = "redis")]
+        let fleet = fleet::start(config)?;
+        #[cfg(feature = "redis")]
+        let fleet_key = fleet.as_ref().map(|fleet| {
+            let fleet = Arc::clone(fleet);
+            Box::new(move |meter: &str| fleet.meter_name(meter)) as crate::rate_limit::FleetKey
+        });
+        #[cfg(not(feature = "redis"))]
+        let fleet_key = None;
+        let metering = crate::rate_limit::Metering::new(&config.rate_limits, fleet_key);
+        let fixed_route_key = metering.as_ref().and_then(|m| {
+            let fixed = matches!(config.gateway.route, crate::config::RouteReporting::Fixed) && !m.by_ip();
+            fixed.then(|| {
+                let (_, resource) = miss::fixed(&config.gateway);
+                m.route_key(&resource, None)
+            })
+        });
         Ok(Verifier {
+            metering,
+            fixed_route_key,
             #[cfg(feature = "redis")]
-            fleet: fleet::start(config)?,
+            fleet,
             jwt,
             revoked,
             key_removals_seen: AtomicU64::new(0),
@@ -225,6 +287,14 @@ impl Verifier {
         }
         let hash = self.key(credential.secret_bytes());
         if let Some(hit) = self.cache.hit(&hash) {
+            let usage = match self.meter_hit(&hit, req) {
+                metered::Metered::Pass(usage) => usage,
+                metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
+                metered::Metered::Learn(meters) => {
+                    return self.miss(credential, hash, req, Freshness::Cached, Some(meters));
+                }
+                metered::Metered::Flush(waiting) => return self.wait_for_flush(hash, waiting, hit),
+            };
             if let Some(refresh) = hit.refresh
                 && refresh.claim()
                 && let Ok(token) = credential.validate()
@@ -234,9 +304,14 @@ impl Verifier {
                 // re-verification; it is served from the cache like every other.
                 self.spawn_refresh(token, hash, MissContext::of(&self.settings, req));
             }
-            return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
+            return Authentication::Hit(Served {
+                ticket: Ticket::new(self, hash, hit.generation),
+                principal: hit.principal,
+                usage,
+                source: source_of(hit.tier),
+            });
         }
-        self.miss(credential, hash, req, Freshness::Cached)
+        self.miss(credential, hash, req, Freshness::Cached, None)
     }
 
     /// [`authenticate`](Self::authenticate) for a layer that takes only fresh answers: a
@@ -255,10 +330,41 @@ impl Verifier {
         if let Freshness::MaxAge(max_age) = freshness
             && let Some(hit) = self.cache.hit_within(&hash, max_age)
         {
+            let usage = match self.meter_hit(&hit, req) {
+                metered::Metered::Pass(usage) => usage,
+                metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
+                metered::Metered::Learn(meters) => return self.miss(credential, hash, req, freshness, Some(meters)),
+                metered::Metered::Flush(waiting) => return self.wait_for_flush(hash, waiting, hit),
+            };
             // Refresh-ahead is the plain layers' business.
-            return Authentication::Hit(hit.principal, Ticket::new(self, hash, hit.generation));
+            return Authentication::Hit(Served {
+                ticket: Ticket::new(self, hash, hit.generation),
+                principal: hit.principal,
+                usage,
+                source: source_of(hit.tier),
+            });
         }
-        self.miss(credential, hash, req, freshness)
+        self.miss(credential, hash, req, freshness, None)
+    }
+
+    /// A hit whose meters wait for the fleet's count: served once it is added.
+    fn wait_for_flush(
+        self: &Arc<Self>,
+        hash: TokenHash,
+        mut waiting: Box<metered::Waiting>,
+        hit: crate::cache::Hit,
+    ) -> Authentication {
+        waiting.principal = Some(hit.principal);
+        Authentication::Miss(Box::new(Miss {
+            freshness: Freshness::Cached,
+            verifier: Arc::clone(self),
+            hash,
+            ctx: MissContext::without_request(&self.settings),
+            started: Instant::now(),
+            stamp: hit.generation,
+            learn: None,
+            waiting: Some(waiting),
+        }))
     }
 
     /// A token to verify (its alphabet and form checked first).
@@ -268,6 +374,7 @@ impl Verifier {
         hash: TokenHash,
         req: &Request<B>,
         freshness: Freshness,
+        learn: Option<Arc<crate::rate_limit::RouteMeters>>,
     ) -> Authentication {
         let Ok(token) = credential.validate() else {
             return Authentication::Refused(Box::new(AuthError::InvalidToken(InvalidTokenReason::Malformed)));
@@ -282,6 +389,8 @@ impl Verifier {
             ctx: MissContext::of(&self.settings, req),
             started: Instant::now(),
             stamp: self.cache.stamp(),
+            learn,
+            waiting: None,
         }))
     }
 
@@ -594,6 +703,15 @@ impl Verifier {
         AuthError::Unavailable {
             retry_after: self.settings.unavailable_retry_after,
         }
+    }
+}
+
+/// The audit trail's source of a hit in this tier.
+fn source_of(tier: crate::cache::HitTier) -> crate::audit::DecisionSource {
+    match tier {
+        crate::cache::HitTier::Front => crate::audit::DecisionSource::Front,
+        crate::cache::HitTier::Shared => crate::audit::DecisionSource::Cache,
+        crate::cache::HitTier::Fleet => crate::audit::DecisionSource::Fleet,
     }
 }
 

@@ -14,7 +14,9 @@ use crate::jwt::{JwtFailure, Verified};
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
-/// A verdict on a token, by source.
+/// A verdict on a token, by source. Made and consumed once per miss, never stored: the
+/// JWT's grant is not boxed.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Verdict {
     /// The gateway's decision, and the longest the local cache may keep it (a shared-tier
     /// copy has less time left).

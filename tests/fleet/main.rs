@@ -17,6 +17,7 @@ mod harness;
 mod owners;
 mod processes;
 mod proxy;
+mod rate_limits;
 mod resp;
 mod setup;
 mod sharing;

@@ -372,7 +372,9 @@ async fn optional_mode_lets_anonymous_requests_through_but_not_bad_tokens() {
 
 #[tokio::test]
 async fn guards_check_permissions_locally() {
-    let app = start(|b| b).await;
+    // One reported route: rate-limit metering learns the rules of no second route (which
+    // would ask the gateway once), so every call counted here is a token's first check.
+    let app = start(|b| b.report_fixed(http::Method::GET, "/")).await;
     let invoker = app.token(&["mcp:invoke"]);
     let reader = app.token(&["projects:read"]);
 

@@ -149,7 +149,9 @@ async fn a_live_route_answers_503_in_an_outage_even_with_stale_if_error() {
 #[tokio::test]
 async fn max_cache_age_verifies_again_an_answer_older_than_it() {
     let young = Duration::from_millis(150);
-    let app = start(young, |b| b.ttl(LONG)).await;
+    // One reported route: rate-limit metering learns the rules of no second route (which
+    // would ask the gateway once), so every call counted here is a verification.
+    let app = start(young, |b| b.ttl(LONG).report_fixed(http::Method::GET, "/")).await;
     let token = app.token();
     assert_eq!(app.status("/cached", &token).await, 200);
     assert_eq!(app.gateway.calls(), 1);

@@ -30,6 +30,7 @@ mod layer_http;
 mod live_routes;
 mod mcp_server;
 mod quickstart;
+mod rate_limits;
 mod reliability;
 mod route_report;
 mod step_up;

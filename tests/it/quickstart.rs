@@ -60,10 +60,17 @@ async fn every_printed_demo_call_answers_as_documented() {
             other => panic!("unexpected demo call {other:?}"),
         }
     }
-    // The agent's token (once: then cached), the unknown one and the reader's; never a JWT.
+    // The agent's token (then cached), the unknown one and the reader's, and once per route
+    // whose rate-limit rules the token's app was not yet seen on (metering learns them from
+    // the gateway); never a JWT.
+    let sent = gateway.requests();
+    assert!(
+        sent.iter().all(|r| r.principal_type == "oauth_access_token"),
+        "{sent:?}"
+    );
     assert_eq!(
         gateway.calls(),
-        3,
+        5,
         "opaque tokens only: the JWTs never reach the gateway"
     );
     assert!(issuer.fetches() >= 1, "the JWT was verified against the issuer's JWKS");
@@ -171,8 +178,8 @@ async fn the_printed_api_key_calls_answer_as_documented() {
     let sent: Vec<String> = gateway.requests().into_iter().map(|r| r.principal_type).collect();
     assert_eq!(
         sent,
-        ["api_key", "api_key"],
-        "the known key once (then cached), the unknown one"
+        ["api_key", "api_key", "api_key"],
+        "the known key (then cached, and once more on the second route its app's rate limits are learned on), the unknown one"
     );
 }
 

@@ -1,0 +1,566 @@
+//! Wacht's rate limits, kept on the requests the layer serves from its cache.
+//!
+//! The gateway counts only the calls it sees: a cache miss. Each of its answers reports the
+//! app's rules that matched the request (`rate_limits[]`: the rule's label such as
+//! `1000/60s`, its `limit`, and the `remaining` budget after counting that call). The layer
+//! keeps one meter per rule and subject (whose requests the rule counts together: see
+//! [`RateLimitMode`]) and counts there what it serves from cache. In a window (fixed, aligned
+//! to Unix time), the requests served from cache plus what the gateway reported as used at
+//! its latest answer may not exceed the rule's limit; past it a request gets `429` with
+//! `Retry-After` (to the end of the window) until the window rolls. The gateway's own `429`
+//! on a miss is passed on as before.
+//!
+//! The rules that apply depend on the route (a rule may name endpoints), so the layer learns
+//! them per credential and route: the first request of a credential on a route it has not
+//! seen asks the gateway (counted there), later ones are metered here.
+//!
+//! **The bound.** A replica alone serves at most the rule's limit per window. In fleet mode
+//! (feature `redis`) the replicas add their counts to shared meters in Redis in batches
+//! ([`RateLimitConfig::fleet_batch`]; no Redis call on the request path): the fleet serves
+//! at most the rule's limit plus one batch per replica per window. While Redis is unreachable
+//! each replica meters alone (at most the limit per replica). Windows here are fixed while
+//! the gateway's slide, so a client may get up to twice the limit across a window boundary,
+//! as with any fixed-window limiter.
+
+mod config;
+pub(crate) mod headers;
+mod meter;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use self::config::{DEFAULT_FLEET_BATCH, RateLimitConfig, RateLimitHeaders, RateLimitMode};
+#[cfg(feature = "redis")]
+#[cfg(feature = "redis")]
+pub(crate) use self::meter::Unflushed;
+pub(crate) use self::meter::{Count, Meter, Rule};
+use crate::principal::{Grant, RateLimitState};
+use crate::token::TokenHash;
+
+/// Most routes remembered per credential; past it the credential's routes are learned again.
+const MAX_ROUTES_PER_CREDENTIAL: usize = 64;
+
+/// What a request's credential counts against on one route, as the layer learned it.
+#[derive(Debug, Default)]
+pub(crate) struct RouteMeters {
+    routes: RwLock<HashMap<u64, Arc<[Arc<Meter>]>>>,
+}
+
+impl RouteMeters {
+    fn get(&self, route: u64) -> Option<Arc<[Arc<Meter>]>> {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.get(&route).cloned()
+    }
+
+    fn learn(&self, route: u64, meters: Arc<[Arc<Meter>]>) {
+        let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if routes.len() >= MAX_ROUTES_PER_CREDENTIAL && !routes.contains_key(&route) {
+            routes.clear();
+        }
+        routes.insert(route, meters);
+    }
+}
+
+/// The budget a response reports: its most constrained rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) rule: Arc<str>,
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset: Duration,
+    pub(crate) window: Duration,
+}
+
+impl Usage {
+    fn of(meter: &Meter, count: Count) -> Usage {
+        let (remaining, reset_ms) = match count {
+            Count::Served { remaining, reset_ms } => (remaining, reset_ms),
+            Count::Spent { reset_ms } => (0, reset_ms),
+            Count::Flush => (0, 0),
+        };
+        Usage {
+            rule: Arc::clone(&meter.rule.label),
+            limit: meter.rule.limit,
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            window: meter.rule.window(),
+        }
+    }
+
+    /// The tighter of two: fewer remaining, then the later reset.
+    fn tighter(self, other: Usage) -> Usage {
+        if (other.remaining, std::cmp::Reverse(other.reset)) < (self.remaining, std::cmp::Reverse(self.reset)) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// What the meters say of a request served from cache.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The credential was not seen on this route: ask the gateway (which counts it).
+    Unknown,
+    /// Served: counted by every rule of the route; the tightest budget, if any rule applies.
+    Served(Option<Usage>),
+    /// A rule's budget is spent: 429 until its window rolls (`Usage::reset`; the latest of the
+    /// spent rules).
+    Spent(Usage),
+    /// Not counted: this replica holds a full batch of a rule the fleet shares; add it to the
+    /// fleet's count, then ask again.
+    Flush,
+}
+
+/// Whose requests a meter counts: the parts of a grant and a request the modes key by.
+pub(crate) struct Subject<'a> {
+    /// The API-auth app (`<deployment>:<app slug>`), if the grant names one.
+    pub(crate) app: Option<String>,
+    /// The credential: an API key's id, else the token's cache key.
+    pub(crate) credential: String,
+    /// The route as reported to the gateway.
+    pub(crate) route: &'a str,
+    pub(crate) ip: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// The subject of a verified grant on a route.
+    pub(crate) fn of(grant: &Grant, hash: &TokenHash, route: &'a str, ip: Option<&'a str>) -> Self {
+        let deployment = grant.deployment_id.map_or(0, |d| d.0);
+        let app = match (&grant.api_key, grant.owner_user_id) {
+            (Some(key), _) => Some(format!("{deployment}:{}", key.app_slug)),
+            (None, Some(user)) => Some(format!("{deployment}:oauth_{}", user.get())),
+            (None, None) => None,
+        };
+        let credential = match &grant.api_key {
+            Some(key) => format!("key:{}", key.key_id.get()),
+            None => format!("token:{}", hex(hash.as_bytes())),
+        };
+        Subject {
+            app,
+            credential,
+            route,
+            ip,
+        }
+    }
+
+    /// Whose rules these are: the app's scheme decides them (the credential's, without an
+    /// app).
+    pub(crate) fn book_key(&self) -> &str {
+        self.app.as_deref().unwrap_or(&self.credential)
+    }
+
+    /// The route as a rule book names it: the resource, and the client's IP when a rule
+    /// counts per IP.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn book_route(&self, by_ip: bool) -> String {
+        match (by_ip, self.ip) {
+            (true, Some(ip)) => format!("{}\0{ip}", self.route),
+            _ => self.route.to_owned(),
+        }
+    }
+
+    /// The meter key of `rule` counted in `mode`.
+    fn key(&self, mode: RateLimitMode, rule: &str) -> String {
+        let ip = self.ip.unwrap_or("unknown");
+        // Without an app (a grant that names no owner), a per-app rule counts the credential.
+        let app = self.app.as_deref().unwrap_or(&self.credential);
+        match mode {
+            RateLimitMode::PerApp => format!("app|{app}|{rule}"),
+            RateLimitMode::PerKey => format!("key|{}|{}|{rule}", self.credential, self.route),
+            RateLimitMode::PerKeyAndIp => format!("keyip|{}|{ip}|{}|{rule}", self.credential, self.route),
+            RateLimitMode::PerAppAndIp => format!("appip|{app}|{ip}|{rule}"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Unix milliseconds from a monotonic instant: one wall-clock reading at start, so the hit
+/// path reads only the monotonic clock it already has.
+#[derive(Debug)]
+struct Clock {
+    start: Instant,
+    start_unix_ms: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Clock {
+            start: Instant::now(),
+            start_unix_ms,
+        }
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let since = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        self.start_unix_ms.saturating_add(since)
+    }
+}
+
+/// A meter key as the fleet's store names it (a keyed hash: no credential, no id in clear).
+pub(crate) type FleetKey = Box<dyn Fn(&str) -> Box<str> + Send + Sync>;
+
+/// The fleet's side of metering: how meters are named in its store, and whether it takes
+/// counts now.
+struct Shared {
+    key_of: FleetKey,
+    /// Until then (Unix ms) the store is not asked: it failed, and each replica meters alone.
+    down_until_ms: std::sync::atomic::AtomicU64,
+    /// One flush at a time.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// How long meters count alone after the fleet's store failed a flush.
+const FLEET_RETRY: Duration = Duration::from_secs(1);
+
+/// One verifier's meters.
+pub(crate) struct Metering {
+    config: RateLimitConfig,
+    by_ip: bool,
+    clock: Clock,
+    /// Every live meter by its key; dead ones pruned as the map grows.
+    registry: Mutex<Registry>,
+    routes: std::hash::RandomState,
+    /// In fleet mode: the meters are shared.
+    shared: Option<Shared>,
+}
+
+impl std::fmt::Debug for Metering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metering")
+            .field("config", &self.config)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rules an app's scheme has on a route (by app and route key), and when a gateway
+/// answer named them.
+type RuleBook = HashMap<(Box<str>, u64), (Arc<[Rule]>, Instant)>;
+
+#[derive(Debug, Default)]
+struct Registry {
+    meters: HashMap<String, Weak<Meter>>,
+    prune_at: usize,
+    /// The rules of an app's scheme on a route, as the gateway last named them, and when.
+    book: RuleBook,
+}
+
+impl Registry {
+    /// The live meter of `key`, or a new one (named in the fleet's store by `fleet_key`).
+    fn meter(&mut self, key: String, rule: Rule, fleet_key: Option<&FleetKey>) -> Arc<Meter> {
+        if let Some(meter) = self.meters.get(&key).and_then(Weak::upgrade)
+            && meter.rule == rule
+        {
+            return meter;
+        }
+        let meter = Arc::new(Meter::new(rule, fleet_key.map(|name| name(&key))));
+        self.meters.insert(key, Arc::downgrade(&meter));
+        if self.meters.len() >= self.prune_at {
+            self.meters.retain(|_, m| m.strong_count() > 0);
+            self.prune_at = (self.meters.len() * 2).max(1024);
+        }
+        meter
+    }
+}
+
+/// How long the rules a gateway answer named for an app's route are used for the app's other
+/// credentials before a gateway call names them again.
+const RULE_BOOK_TTL: Duration = Duration::from_secs(600);
+
+/// Most (app, route) rule sets remembered; past it the book starts over.
+const RULE_BOOK_CAP: usize = 50_000;
+
+impl Metering {
+    /// The meters `config` asks for (shared through the fleet's store when `fleet_key` names
+    /// them there); `None` when metering is off.
+    pub(crate) fn new(config: &RateLimitConfig, fleet_key: Option<FleetKey>) -> Option<Self> {
+        if !config.enabled {
+            tracing::warn!(
+                "rate-limit metering disabled (disable_metering_unsafe): requests served from cache are not counted against Wacht's rate limits"
+            );
+            return None;
+        }
+        Some(Metering {
+            config: config.clone(),
+            by_ip: config.by_ip(),
+            clock: Clock::new(),
+            registry: Mutex::new(Registry {
+                meters: HashMap::new(),
+                prune_at: 1024,
+                book: HashMap::new(),
+            }),
+            routes: std::hash::RandomState::new(),
+            shared: fleet_key.map(|key_of| Shared {
+                key_of,
+                down_until_ms: std::sync::atomic::AtomicU64::new(0),
+                flushing: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The batch a shared meter may hold before the fleet's count has it; `None` when the
+    /// meter is not shared or the fleet's store is down.
+    fn batch_of(&self, meter: &Meter, now_ms: u64) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        meter.fleet_key.as_ref()?;
+        let down = shared.down_until_ms.load(std::sync::atomic::Ordering::Relaxed) > now_ms;
+        (!down).then(|| meter.batch(self.config.fleet_batch))
+    }
+
+    /// True when a rule is counted per client IP (so the IP is part of a route's key).
+    pub(crate) fn by_ip(&self) -> bool {
+        self.by_ip
+    }
+
+    /// Which headers responses carry.
+    pub(crate) fn headers(&self) -> RateLimitHeaders {
+        self.config.headers
+    }
+
+    /// The key of a route (the resource reported to the gateway: its rules match endpoints
+    /// by resource alone, whatever the method) and, when a rule counts per IP, the client's
+    /// IP. Keyed with a per-process secret: a request cannot aim at another route's key.
+    pub(crate) fn route_key(&self, resource: &str, ip: Option<&str>) -> u64 {
+        let mut h = self.routes.build_hasher();
+        resource.hash(&mut h);
+        if self.by_ip {
+            ip.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// A request on `route` served from cache at `now`: counted by the route's meters.
+    pub(crate) fn admit(&self, meters: &RouteMeters, route: u64, now: Instant) -> Admission {
+        let Some(route_meters) = meters.get(route) else {
+            return Admission::Unknown;
+        };
+        let now_ms = self.clock.unix_ms(now);
+        if self.shared.is_some()
+            && route_meters.iter().any(|m| {
+                self.batch_of(m, now_ms)
+                    .is_some_and(|batch| m.needs_flush(now_ms, batch))
+            })
+        {
+            return Admission::Flush;
+        }
+        let mut served: Option<Usage> = None;
+        let mut spent: Option<Usage> = None;
+        // Every rule counts the request it allows, even when another refuses it (as the
+        // gateway does).
+        for meter in route_meters.iter() {
+            // A full batch was checked for above; one filled meanwhile is counted anyway.
+            match meter.admit(now_ms, None) {
+                count @ Count::Served { .. } => {
+                    let usage = Usage::of(meter, count);
+                    served = Some(match served {
+                        Some(s) => s.tighter(usage),
+                        None => usage,
+                    });
+                }
+                count @ Count::Spent { .. } => {
+                    let usage = Usage::of(meter, count);
+                    spent = Some(match spent {
+                        Some(s) if s.reset >= usage.reset => s,
+                        _ => usage,
+                    });
+                }
+                Count::Flush => {}
+            }
+        }
+        match spent {
+            Some(usage) => Admission::Spent(usage),
+            None => Admission::Served(served),
+        }
+    }
+
+    /// A gateway answer for `subject` on `route`: the route's rules (what the answer reported)
+    /// recorded for the credential and its app, each meter told what the gateway counted.
+    /// Returns the tightest budget (for the response's headers), or the spent one.
+    pub(crate) fn learn(
+        &self,
+        meters: &RouteMeters,
+        route: u64,
+        subject: &Subject<'_>,
+        limits: &[RateLimitState],
+    ) -> Admission {
+        let now_ms = self.clock.unix_ms(Instant::now());
+        let rules: Vec<Rule> = limits
+            .iter()
+            .filter_map(|state| {
+                let rule = Rule::parse(&state.rule, state.limit);
+                if rule.is_none() {
+                    tracing::debug!(
+                        rule = &*state.rule,
+                        "rate-limit rule label of an unknown form: not metered"
+                    );
+                }
+                rule
+            })
+            .collect();
+        let rules: Arc<[Rule]> = rules.into();
+        let found = self.resolve(subject, route, &rules, true);
+        let mut usage: Option<Usage> = None;
+        let mut spent: Option<Usage> = None;
+        for (meter, state) in found
+            .iter()
+            .zip(limits.iter().filter(|s| Rule::parse(&s.rule, s.limit).is_some()))
+        {
+            let count = meter.observe(now_ms, state.remaining);
+            let this = Usage::of(meter, count);
+            if matches!(count, Count::Spent { .. }) {
+                spent = Some(match spent {
+                    Some(s) if s.reset >= this.reset => s,
+                    _ => this.clone(),
+                });
+            }
+            usage = Some(match usage {
+                Some(u) => u.tighter(this),
+                None => this,
+            });
+        }
+        meters.learn(route, found);
+        match spent {
+            Some(usage) => Admission::Spent(usage),
+            None => Admission::Served(usage),
+        }
+    }
+
+    /// A credential on a route its meters have not seen: counted by the rules its app's
+    /// scheme has there, if a gateway answer named them lately (for any of the app's
+    /// credentials); else [`Admission::Unknown`], and the gateway is asked.
+    pub(crate) fn admit_new_route(
+        &self,
+        meters: &RouteMeters,
+        route: u64,
+        subject: &Subject<'_>,
+        now: Instant,
+    ) -> Admission {
+        let rules = {
+            let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match registry.book.get(&(Box::from(subject.book_key()), route)) {
+                Some((rules, at)) if now.saturating_duration_since(*at) < RULE_BOOK_TTL => Arc::clone(rules),
+                _ => return Admission::Unknown,
+            }
+        };
+        meters.learn(route, self.resolve(subject, route, &rules, false));
+        self.admit(meters, route, now)
+    }
+
+    /// A credential on a route whose rules the fleet's rule book named: the rules recorded
+    /// here (for the app, and for the credential's route), then the request counted.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn admit_with_rules(
+        &self,
+        meters: &RouteMeters,
+        route: u64,
+        subject: &Subject<'_>,
+        rules: &[(String, u64)],
+        now: Instant,
+    ) -> Admission {
+        let rules: Arc<[Rule]> = rules
+            .iter()
+            .filter_map(|(label, limit)| Rule::parse(label, *limit))
+            .collect::<Vec<_>>()
+            .into();
+        meters.learn(route, self.resolve(subject, route, &rules, true));
+        self.admit(meters, route, now)
+    }
+
+    /// The meters of `rules` for `subject` (found or made), and, for rules a gateway answer
+    /// just named (`fresh`), the app's rule book updated.
+    fn resolve(&self, subject: &Subject<'_>, route: u64, rules: &Arc<[Rule]>, fresh: bool) -> Arc<[Arc<Meter>]> {
+        let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fresh {
+            if registry.book.len() >= RULE_BOOK_CAP {
+                registry.book.clear();
+            }
+            registry.book.insert(
+                (Box::from(subject.book_key()), route),
+                (Arc::clone(rules), Instant::now()),
+            );
+        }
+        let fleet_key = self.shared.as_ref().map(|s| &s.key_of);
+        rules
+            .iter()
+            .map(|rule| {
+                let key = subject.key(self.config.mode_of(&rule.label), &rule.label);
+                registry.meter(key, rule.clone(), fleet_key)
+            })
+            .collect()
+    }
+
+    /// The tightest budget on `route` now, counting nothing (a miss's response headers).
+    pub(crate) fn peek(&self, meters: &RouteMeters, route: u64) -> Option<Usage> {
+        let now_ms = self.clock.unix_ms(Instant::now());
+        meters.get(route)?.iter().fold(None, |tightest, meter| {
+            let usage = Usage::of(meter, meter.peek(now_ms));
+            Some(match tightest {
+                Some(t) => usage.tighter(t),
+                None => usage,
+            })
+        })
+    }
+
+    /// The shared meters holding requests the fleet's count does not have, and those
+    /// requests (one flush's worth); empty without the fleet. Holds the flush lock: one flush
+    /// at a time.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn unflushed(&self) -> Option<(tokio::sync::MutexGuard<'_, ()>, Vec<(Arc<Meter>, Unflushed)>)> {
+        let shared = self.shared.as_ref()?;
+        let guard = shared.flushing.lock().await;
+        let now_ms = self.clock.unix_ms(Instant::now());
+        let live: Vec<Arc<Meter>> = {
+            let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            registry.meters.values().filter_map(Weak::upgrade).collect()
+        };
+        let batch = live
+            .into_iter()
+            .filter(|m| m.fleet_key.is_some())
+            .map(|m| {
+                let unflushed = m.unflushed(now_ms);
+                (m, unflushed)
+            })
+            .filter(|(_, u)| u.served > 0)
+            .collect();
+        Some((guard, batch))
+    }
+
+    /// The fleet's store could not take a flush: meters count alone for a while.
+    pub(crate) fn fleet_down(&self) {
+        if let Some(shared) = &self.shared {
+            let until = self
+                .clock
+                .unix_ms(Instant::now())
+                .saturating_add(FLEET_RETRY.as_millis() as u64);
+            shared.down_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The fleet's store took a flush.
+    #[cfg(feature = "redis")]
+    pub(crate) fn fleet_up(&self) {
+        if let Some(shared) = &self.shared {
+            shared.down_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// True when meters are shared through the fleet.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+}

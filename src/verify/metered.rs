@@ -1,0 +1,253 @@
+//! Wacht's rate limits on what this verifier serves (see [`rate_limit`](crate::rate_limit)):
+//! a hit counted by its route's meters, a gateway answer teaching a credential's route its
+//! rules, the budget a response reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+
+use super::miss::{self, MissContext};
+use super::{Verified, Verifier};
+use crate::cache::Hit;
+use crate::principal::Principal;
+use crate::principal::{Grant, RateLimitState};
+use crate::rate_limit::{Admission, Metering, RouteMeters, Subject, Usage};
+use crate::reject::AuthError;
+use crate::token::TokenHash;
+
+/// What metering says of a hit.
+pub(super) enum Metered {
+    /// Serve it; the budget for the response's headers, if a rule applies.
+    Pass(Option<Usage>),
+    /// 429: a rule's budget is spent.
+    Spent(Usage),
+    /// The credential was not seen on this route: ask the gateway, teaching these meters.
+    Learn(Arc<RouteMeters>),
+    /// The route's meters hold a full batch the fleet does not have: add it, then count.
+    Flush(Box<Waiting>),
+}
+
+/// A hit waiting for the fleet's count (see [`Metered::Flush`]).
+pub(crate) struct Waiting {
+    meters: Arc<RouteMeters>,
+    route: u64,
+    /// The cached principal to serve.
+    pub(super) principal: Option<Principal>,
+}
+
+/// Most flushes a waiting hit waits for before it is counted anyway.
+const MAX_FLUSH_WAITS: usize = 3;
+
+impl Verifier {
+    /// Counts a hit against the meters of its request's route.
+    pub(super) fn meter_hit<B>(&self, hit: &Hit, req: &Request<B>) -> Metered {
+        let (Some(metering), Some(meters)) = (&self.metering, &hit.meters) else {
+            return Metered::Pass(None);
+        };
+        let (route, resource, ip) = self.route_of(metering, req);
+        let admission = match metering.admit(meters, route, hit.now) {
+            Admission::Unknown => {
+                // The route's rules may be known from another credential of the same app.
+                let resource = resource.unwrap_or_else(|| miss::fixed(&self.settings).1);
+                let subject = Subject::of(hit.principal.grant(), &hit.hash, &resource, ip.as_deref());
+                metering.admit_new_route(meters, route, &subject, hit.now)
+            }
+            known => known,
+        };
+        match admission {
+            Admission::Served(usage) => Metered::Pass(usage),
+            Admission::Spent(usage) => {
+                crate::telemetry::verification("rate_limited", "meter");
+                tracing::debug!(rule = &*usage.rule, "rate-limit budget spent: 429 from the meter");
+                Metered::Spent(usage)
+            }
+            Admission::Unknown => Metered::Learn(Arc::clone(meters)),
+            Admission::Flush => Metered::Flush(Box::new(Waiting {
+                meters: Arc::clone(meters),
+                route,
+                principal: None,
+            })),
+        }
+    }
+
+    /// A hit that waited for the fleet's count: served, or refused if the count shows the
+    /// budget spent.
+    pub(super) async fn after_flush(&self, waiting: Waiting) -> Result<Verified, AuthError> {
+        let (Some(metering), Some(principal)) = (&self.metering, waiting.principal) else {
+            return Err(self.unavailable());
+        };
+        for _ in 0..MAX_FLUSH_WAITS {
+            self.flush_meters().await;
+            match metering.admit(&waiting.meters, waiting.route, Instant::now()) {
+                Admission::Served(usage) => return Ok(Verified { principal, usage }),
+                Admission::Spent(usage) => {
+                    crate::telemetry::verification("rate_limited", "meter");
+                    return Err(AuthError::RateLimited {
+                        retry_after: usage.reset.max(Duration::from_secs(1)),
+                    });
+                }
+                // Filled again meanwhile, by other requests: add that too.
+                Admission::Flush | Admission::Unknown => {}
+            }
+        }
+        // Counted alone rather than held longer.
+        metering.fleet_down();
+        match metering.admit(&waiting.meters, waiting.route, Instant::now()) {
+            Admission::Spent(usage) => Err(AuthError::RateLimited {
+                retry_after: usage.reset.max(Duration::from_secs(1)),
+            }),
+            Admission::Served(usage) => Ok(Verified { principal, usage }),
+            Admission::Flush | Admission::Unknown => Ok(Verified { principal, usage: None }),
+        }
+    }
+
+    /// Adds this replica's unflushed requests to the fleet's meters (one round trip) and
+    /// takes back the fleet's counts. Without the fleet, nothing.
+    pub(crate) async fn flush_meters(&self) {
+        #[cfg(feature = "redis")]
+        if let (Some(metering), Some(fleet)) = (&self.metering, &self.fleet) {
+            let Some((_flushing, batch)) = metering.unflushed().await else {
+                return;
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let adds: Vec<crate::fleet::MeterAdd<'_>> = batch
+                .iter()
+                .filter_map(|(meter, unflushed)| {
+                    Some(crate::fleet::MeterAdd {
+                        meter: meter.fleet_key.as_deref()?,
+                        window: unflushed.index,
+                        window_ms: meter.rule.window_ms,
+                        served: unflushed.served,
+                        seen: unflushed.seen,
+                    })
+                })
+                .collect();
+            match fleet.add_to_meters(&adds).await {
+                Some(counts) => {
+                    metering.fleet_up();
+                    for ((meter, unflushed), (fleet_count, seen)) in batch.iter().zip(counts) {
+                        meter.flushed(*unflushed, fleet_count, seen);
+                    }
+                }
+                None => metering.fleet_down(),
+            }
+        }
+    }
+
+    /// The meters' key of a request's route (the resource the configured mode reports) and,
+    /// when a rule counts per IP, its client's IP; with the resource and IP when worked out
+    /// (a fixed route's key is known beforehand).
+    fn route_of<B>(&self, metering: &Metering, req: &Request<B>) -> (u64, Option<String>, Option<String>) {
+        if let Some(key) = self.fixed_route_key {
+            return (key, None, None);
+        }
+        let (_, resource) = miss::reported_route(&self.settings, req);
+        let ip = metering
+            .by_ip()
+            .then(|| miss::client_ip(&self.settings, req))
+            .flatten()
+            .map(|ip| ip.to_string());
+        (metering.route_key(&resource, ip.as_deref()), Some(resource), ip)
+    }
+
+    /// The meters' key of the route a miss reported.
+    pub(super) fn route_key_of(&self, ctx: &MissContext) -> Option<u64> {
+        let metering = self.metering.as_ref()?;
+        Some(metering.route_key(&ctx.resource, ctx.client_ip.as_deref()))
+    }
+
+    /// A gateway answer about `grant` for the request `ctx` describes: the credential's
+    /// meters (its cached entry's, or new ones) taught the route's rules. `Err` with the
+    /// budget when one of them is spent by what this layer served.
+    pub(super) fn learn_rates(
+        &self,
+        grant: &Grant,
+        hash: &TokenHash,
+        ctx: Option<&MissContext>,
+        limits: &[RateLimitState],
+        meters: Option<Arc<RouteMeters>>,
+    ) -> Result<Option<Arc<RouteMeters>>, Usage> {
+        let Some(metering) = &self.metering else {
+            return Ok(None);
+        };
+        let meters = meters.or_else(|| self.cache.meters_of(hash)).unwrap_or_default();
+        if let Some(ctx) = ctx {
+            let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+            let subject = Subject::of(grant, hash, &ctx.resource, ctx.client_ip.as_deref());
+            #[cfg(feature = "redis")]
+            self.share_rules(metering, &subject, limits);
+            if let Admission::Spent(usage) = metering.learn(&meters, route, &subject, limits) {
+                crate::telemetry::verification("rate_limited", "meter");
+                return Err(usage);
+            }
+        }
+        Ok(Some(meters))
+    }
+
+    /// Writes the rules a gateway answer named for the subject's app and route to the fleet's
+    /// rule book (in the background: the request does not wait for it).
+    #[cfg(feature = "redis")]
+    fn share_rules(&self, metering: &Metering, subject: &Subject<'_>, limits: &[RateLimitState]) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let (fleet, app, route) = (
+            Arc::clone(fleet),
+            subject.book_key().to_owned(),
+            subject.book_route(metering.by_ip()),
+        );
+        let rules: Vec<(Arc<str>, u64)> = limits.iter().map(|l| (Arc::clone(&l.rule), l.limit)).collect();
+        tokio::spawn(async move { fleet.put_rules(&app, &route, &rules).await });
+    }
+
+    /// A cached credential on a route its meters have not seen, in fleet mode: the rules the
+    /// fleet's rule book holds for its app there, and the request counted by them; `None`
+    /// when the book does not know them (ask the gateway).
+    pub(super) async fn learn_from_fleet(
+        &self,
+        hash: &TokenHash,
+        ctx: &MissContext,
+        meters: &RouteMeters,
+    ) -> Option<Result<Principal, AuthError>> {
+        #[cfg(feature = "redis")]
+        if let (Some(metering), Some(fleet)) = (&self.metering, &self.fleet) {
+            let principal = self.cache.peek(hash)?;
+            let subject = Subject::of(principal.grant(), hash, &ctx.resource, ctx.client_ip.as_deref());
+            let rules = fleet
+                .rules(subject.book_key(), &subject.book_route(metering.by_ip()))
+                .await
+                .flatten()?;
+            let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+            return Some(
+                match metering.admit_with_rules(meters, route, &subject, &rules, Instant::now()) {
+                    Admission::Spent(usage) => {
+                        crate::telemetry::verification("rate_limited", "meter");
+                        Err(AuthError::RateLimited {
+                            retry_after: usage.reset.max(Duration::from_secs(1)),
+                        })
+                    }
+                    _ => Ok(principal),
+                },
+            );
+        }
+        let _ = (hash, ctx, meters);
+        None
+    }
+
+    /// The budget to report on a miss's response.
+    pub(super) fn usage_after_miss(&self, hash: &TokenHash, route: Option<u64>) -> Option<Usage> {
+        let (metering, route) = (self.metering.as_ref()?, route?);
+        let meters = self.cache.meters_of(hash)?;
+        metering.peek(&meters, route)
+    }
+
+    /// Which headers the responses carry (none without metering).
+    pub(crate) fn rate_limit_headers(&self) -> crate::rate_limit::RateLimitHeaders {
+        self.metering
+            .as_ref()
+            .map_or(crate::rate_limit::RateLimitHeaders::None, Metering::headers)
+    }
+}

@@ -1,0 +1,103 @@
+//! Wacht's rate limits kept across replicas: every replica counts what it serves from cache,
+//! adds it to meters shared through Redis in batches (no Redis call per request), and refuses
+//! past the rule's limit. The fleet serves at most the limit plus one batch per replica in a
+//! window; with Redis paused, each replica meters alone (at most the limit each).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tower_wacht::testing::{RateLimitRule, RateLimitUnit};
+
+use crate::common::start_gateway;
+use crate::harness::{RedisServer, Replica, replicas, status, token};
+
+/// Waits until at least `needed` of the current Unix-aligned `window` are left.
+async fn fresh_window(window: Duration, needed: Duration) {
+    let window_ms = window.as_millis() as u64;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left = window_ms - now % window_ms;
+    if Duration::from_millis(left) < needed {
+        tokio::time::sleep(Duration::from_millis(left + 20)).await;
+    }
+}
+
+/// Sends `n` requests round-robin over `fleet`; how many were served (200), and that every
+/// other one was a 429 with `Retry-After`.
+async fn spread(http: &reqwest::Client, fleet: &[Replica], token: &str, n: usize) -> usize {
+    let mut served = 0;
+    for i in 0..n {
+        let replica = &fleet[i % fleet.len()];
+        let resp = http
+            .get(format!("http://{}/whoami", replica.addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request completes");
+        match resp.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry), "{retry}");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_serve_the_limit_plus_at_most_one_batch_each() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    // 60 a minute: a batch is 60 / 20 = 3 requests.
+    gateway.set_rate_limit_rules(vec![RateLimitRule::new(60, RateLimitUnit::Minute, 1)]);
+    let fleet = replicas(3, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    fresh_window(Duration::from_secs(60), Duration::from_secs(25)).await;
+    let t = token(&gateway, "oc_fleetRateLimited00000000000001");
+
+    let served = spread(&http, &fleet, &t, 150).await;
+    println!("served {served} of 150 across 3 replicas (limit 60, batch 3)");
+    assert!(
+        served >= 60,
+        "a replica refused before the fleet spent the budget: {served}"
+    );
+    assert!(served <= 60 + 3 * 3, "past the bound: {served}");
+    // The gateway saw the first request only: everything else was counted by the replicas
+    // (a replica that got the token from the shared tier learned the route's rules from the
+    // fleet's rule book, not from the gateway).
+    assert_eq!(gateway.calls(), 1);
+    // Spent on every replica.
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t).await, 429);
+    }
+    // Redis holds no credential and no id in clear for the meters.
+    for key in redis.keys("*") {
+        assert!(
+            !key.contains(&t) && !key.contains("oc_fleet") && !key.contains("432119876543210241"),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_paused_each_replica_meters_alone_and_keeps_answering() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    gateway.set_rate_limit_rules(vec![RateLimitRule::new(40, RateLimitUnit::Minute, 1)]);
+    let fleet = replicas(2, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    fresh_window(Duration::from_secs(60), Duration::from_secs(30)).await;
+    let t = token(&gateway, "oc_fleetRateLimitedPaused00000001");
+    // Both replicas know the token (and its route's rules) before Redis stops.
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t).await, 200);
+    }
+    redis.pause();
+    let served = spread(&http, &fleet, &t, 200).await;
+    redis.resume();
+    println!("served {served} of 200 on 2 replicas with Redis paused (limit 40)");
+    // Alone, each replica keeps the limit for what it serves itself (the two requests before
+    // the pause included), and the fleet's budget is spent before either refuses.
+    assert!(served + 2 <= 2 * 40, "past the bound without Redis: {served}");
+    assert!(served + 2 >= 40, "{served}");
+}

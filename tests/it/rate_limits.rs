@@ -1,0 +1,285 @@
+//! Wacht's rate limits kept on cached hits (`tower_wacht::rate_limit`), over real loopback
+//! HTTP against a `FakeGateway` applying Wacht's rule semantics: a client past its rule gets
+//! 429 with `Retry-After` once the budget is spent (counting what the cache served, which the
+//! gateway never sees), and is served again when the window rolls; endpoint-scoped rules
+//! apply to their route only; the budget is per app (every token of one user), or per key
+//! and route when so configured; responses carry `RateLimit-Policy` / `RateLimit`.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use tower_wacht::rate_limit::{RateLimitConfig, RateLimitHeaders, RateLimitMode};
+use tower_wacht::testing::{
+    EXAMPLE_DEPLOYMENT_ID, FakeGateway, Fault, RateLimitRule, RateLimitUnit, TokenGrant, generate_token,
+};
+use tower_wacht::{Principal, WachtAuthConfig, WachtAuthConfigBuilder, WachtAuthLayer};
+
+struct App {
+    addr: SocketAddr,
+    gateway: FakeGateway,
+    http: reqwest::Client,
+}
+
+/// `/cheap`, `/expensive` and `/other` behind one layer; `/live` behind its `always_live()`.
+async fn start(configure: impl FnOnce(WachtAuthConfigBuilder) -> WachtAuthConfigBuilder) -> App {
+    let gateway = common::start_gateway().await;
+    let builder = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(common::API_KEY)
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .ttl(Duration::from_secs(300));
+    let auth = WachtAuthLayer::new(configure(builder).build().expect("valid config")).expect("layer builds");
+    let who = || get(|p: Principal| async move { p.client_id().to_string() });
+    let app = Router::new()
+        .route("/cheap", who())
+        .route("/expensive", who())
+        .route("/other", who())
+        .layer(auth.clone())
+        .merge(Router::new().route("/live", who()).layer(auth.always_live()));
+    App {
+        addr: common::serve(app).await,
+        gateway,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl App {
+    /// A token of end user `user`.
+    fn token(&self, user: i64) -> String {
+        let token = generate_token();
+        self.gateway.register(
+            &token,
+            TokenGrant::new("oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl")
+                .owner_user_id(user)
+                .granted_resource(common::ORG_URN)
+                .oauth_resource(common::RESOURCE)
+                .expires_in(Duration::from_secs(3600)),
+        );
+        token
+    }
+
+    async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("http://{}{path}", self.addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request completes")
+    }
+
+    async fn status(&self, path: &str, token: &str) -> u16 {
+        self.get(path, token).await.status().as_u16()
+    }
+
+    /// How many of `n` requests are served before the first 429 (which must stay: every
+    /// later one is 429 too).
+    async fn served_of(&self, n: usize, path: &str, token: &str) -> usize {
+        let mut served = 0;
+        for i in 0..n {
+            match self.status(path, token).await {
+                200 => {
+                    assert_eq!(served, i, "served after a 429 in the same window");
+                    served += 1;
+                }
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        served
+    }
+}
+
+/// Waits until at least `needed` of the current `window` (aligned to Unix time, as the
+/// layer's windows are) are left, so that a test's requests fall in one window.
+async fn fresh_window(window: Duration, needed: Duration) {
+    let window_ms = window.as_millis() as u64;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left = window_ms - now % window_ms;
+    if Duration::from_millis(left) < needed {
+        tokio::time::sleep(Duration::from_millis(left + 20)).await;
+    }
+}
+
+#[tokio::test]
+async fn hits_past_the_apps_rule_get_429_until_the_window_rolls() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(5, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+
+    let first = app.get("/cheap", &token).await;
+    assert_eq!(first.status(), 200);
+    // The gateway counted the miss: 4 left of 5.
+    assert_eq!(
+        first.headers()["ratelimit"],
+        "\"5/60s\";r=4;t=".to_owned() + &reset_of(&first)
+    );
+    assert_eq!(first.headers()["ratelimit-policy"], "\"5/60s\";q=5;w=60");
+
+    // Four more are served from cache, counted here; the sixth is refused.
+    assert_eq!(app.served_of(10, "/cheap", &token).await, 4);
+    assert_eq!(app.gateway.calls(), 1, "every one after the first was a cached hit");
+
+    let refused = app.get("/cheap", &token).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "to the end of the window: {retry}");
+    assert!(refused.headers()["ratelimit"].to_str().unwrap().contains(";r=0;"));
+    assert_eq!(app.gateway.calls(), 1, "a metered 429 asks no one");
+}
+
+/// The `t` parameter of a response's `RateLimit` (seconds to the reset).
+fn reset_of(resp: &reqwest::Response) -> String {
+    let v = resp.headers()["ratelimit"].to_str().unwrap();
+    v.rsplit(";t=").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_spent_budget_is_served_again_once_the_window_rolls() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(3, RateLimitUnit::Second, 2)]);
+    fresh_window(Duration::from_secs(2), Duration::from_millis(1500)).await;
+    let token = app.token(1);
+    assert_eq!(app.served_of(6, "/cheap", &token).await, 3);
+    let refused = app.get("/cheap", &token).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(app.status("/cheap", &token).await, 200, "a new window");
+}
+
+#[tokio::test]
+async fn every_token_of_one_user_shares_the_per_app_budget_and_other_users_have_theirs() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(4, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let (a1, a2, b) = (app.token(1), app.token(1), app.token(2));
+
+    assert_eq!(app.served_of(3, "/cheap", &a1).await, 3);
+    // The user's second token: its miss is counted by the gateway (the 4th), then spent.
+    assert_eq!(app.status("/cheap", &a2).await, 200);
+    assert_eq!(app.status("/cheap", &a2).await, 429);
+    assert_eq!(app.status("/cheap", &a1).await, 429);
+    // Another user is not limited by the first one's use.
+    assert_eq!(app.served_of(4, "/cheap", &b).await, 4);
+}
+
+#[tokio::test]
+async fn an_endpoint_scoped_rule_limits_its_route_only() {
+    let app = start(|b| b).await;
+    // Two windows: Wacht counts rules of one mode and window on one counter.
+    app.gateway.set_rate_limit_rules(vec![
+        RateLimitRule::new(1000, RateLimitUnit::Minute, 1),
+        RateLimitRule::new(2, RateLimitUnit::Minute, 2).endpoints(["/expensive"]),
+    ]);
+    fresh_window(Duration::from_secs(120), Duration::from_secs(20)).await;
+    let token = app.token(1);
+
+    assert_eq!(app.served_of(5, "/cheap", &token).await, 5);
+    // The first request on /expensive asks the gateway (its rules are not known for the
+    // route yet); it names both rules there.
+    let calls = app.gateway.calls();
+    let resp = app.get("/expensive", &token).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.gateway.calls(), calls + 1);
+    assert_eq!(
+        resp.headers()["ratelimit-policy"],
+        "\"2/120s\";q=2;w=120",
+        "the tighter rule"
+    );
+    assert_eq!(app.status("/expensive", &token).await, 200);
+    assert_eq!(app.status("/expensive", &token).await, 429);
+    // The other routes count only the app-wide rule.
+    assert_eq!(app.served_of(5, "/cheap", &token).await, 5);
+    assert_eq!(app.served_of(5, "/other", &token).await, 5);
+    // Another token of the same user: the app's rules on /expensive are known, and spent.
+    let other = app.token(1);
+    assert_eq!(app.status("/cheap", &other).await, 200);
+    let calls = app.gateway.calls();
+    assert_eq!(app.status("/expensive", &other).await, 429);
+    assert_eq!(app.gateway.calls(), calls, "known rules: no call to learn them again");
+}
+
+#[tokio::test]
+async fn a_per_key_rule_counts_each_route_alone_when_configured_so() {
+    let app = start(|b| b.rate_limits(RateLimitConfig::default().rule_mode("2/60s", RateLimitMode::PerKey))).await;
+    app.gateway.set_rate_limit_rules(vec![
+        RateLimitRule::new(2, RateLimitUnit::Minute, 1).mode(RateLimitMode::PerKey),
+    ]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+    assert_eq!(app.served_of(4, "/cheap", &token).await, 2);
+    assert_eq!(app.served_of(4, "/other", &token).await, 2);
+    // Another token of the same user has its own budget.
+    let other = app.token(1);
+    assert_eq!(app.served_of(4, "/cheap", &other).await, 2);
+}
+
+#[tokio::test]
+async fn the_gateways_own_429_is_passed_on_with_its_retry_after() {
+    let app = start(|b| b).await;
+    app.gateway.set_fault(Some(Fault::RateLimited { retry_after_ms: 2500 }));
+    let resp = app.get("/cheap", &app.token(1)).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "3",
+        "milliseconds, rounded up to seconds"
+    );
+}
+
+#[tokio::test]
+async fn a_live_route_asks_the_gateway_every_time_and_its_429_is_the_gateways() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(3, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+    for n in 1..=3 {
+        assert_eq!(app.status("/live", &token).await, 200);
+        assert_eq!(app.gateway.calls(), n);
+    }
+    assert_eq!(app.status("/live", &token).await, 429);
+    assert_eq!(app.gateway.calls(), 4, "the gateway refused it");
+    // The cached routes know the budget is spent too.
+    assert_eq!(app.status("/cheap", &token).await, 429);
+}
+
+#[tokio::test]
+async fn the_gateways_header_names_are_opt_in_and_headers_can_be_turned_off() {
+    let app = start(|b| b.rate_limits(RateLimitConfig::default().headers(RateLimitHeaders::StandardAndWacht))).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(50, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+    app.get("/cheap", &token).await;
+    let resp = app.get("/cheap", &token).await;
+    assert_eq!(resp.headers()["x-ratelimit-60s-limit"], "50");
+    assert_eq!(resp.headers()["x-ratelimit-60s-remaining"], "48");
+    assert!(resp.headers().contains_key("ratelimit"));
+
+    let quiet = start(|b| b.rate_limits(RateLimitConfig::default().headers(RateLimitHeaders::None))).await;
+    let resp = quiet.get("/cheap", &quiet.token(1)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("ratelimit"));
+    assert!(!resp.headers().contains_key("ratelimit-policy"));
+}
+
+#[tokio::test]
+async fn metering_off_serves_every_hit_as_before() {
+    let app = start(|b| b.rate_limits(RateLimitConfig::default().disable_metering_unsafe())).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(2, RateLimitUnit::Minute, 1)]);
+    let token = app.token(1);
+    assert_eq!(app.served_of(10, "/cheap", &token).await, 10);
+    assert_eq!(app.gateway.calls(), 1);
+}
