@@ -16,6 +16,11 @@
 //!    both have dropped the token), p50 and p99: through the change log (the append script,
 //!    the notice, each replica reading the log).
 //!
+//! 4. the rate-limit meters' Redis traffic: commands Redis processed per 1 000 requests served
+//!    from cache across the three replicas (one token, Wacht's default rule at a limit the run
+//!    does not reach), with metering on and, as the baseline of the same run, off (the
+//!    channel's heartbeats and log reads are in both).
+//!
 //! The shared-tier hit is also reported as a ratio to one Redis round trip measured in the
 //! same run (its floor).
 //!
@@ -218,6 +223,11 @@ async fn run() -> Result<()> {
     }
     delays.sort();
 
+    // 4. The meters' Redis traffic.
+    gateway.set_rate_limit(u32::MAX, Duration::from_secs(60));
+    let off = meter_traffic(&gateway, &redis, &mut conn, false).await?;
+    let on = meter_traffic(&gateway, &redis, &mut conn, true).await?;
+
     println!("## Fleet mode, three replicas, one Redis ({tokens_n} tokens, {trials} invalidations)\n");
     println!("| measure | without fleet mode | fleet mode |");
     println!("|---|---|---|");
@@ -256,7 +266,114 @@ async fn run() -> Result<()> {
         ms(percentile(&delays, 0.99)),
         ms(delays.last().copied().unwrap_or_default())
     );
+    println!();
+    println!(
+        "| per 1 000 requests served from cache (3 replicas, one token, {METER_REQUESTS} requests in {METER_ROUNDS} rounds) | metering off | metering on | the meters' share |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| Redis round trips (scripts called: `EVALSHA` / `EVAL`) | {:.1} | {:.1} | {:.1} |",
+        off.0,
+        on.0,
+        on.0 - off.0
+    );
+    println!(
+        "| Redis commands processed (the scripts' own commands included) | {:.1} | {:.1} | {:.1} |",
+        off.1,
+        on.1,
+        on.1 - off.1
+    );
     Ok(())
+}
+
+/// Requests per replica per round, and rounds, of the meters' traffic measure.
+const METER_REQUESTS: usize = 3000;
+const METER_ROUNDS: usize = 10;
+
+/// Redis's counts of script calls (round trips of the meters' kind) and of processed commands.
+async fn commands(conn: &mut redis::aio::ConnectionManager) -> Result<(u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
+    let calls = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix(":calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let scripts = calls("cmdstat_evalsha") + calls("cmdstat_eval");
+    let total = info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or("no total_commands_processed in INFO")?;
+    Ok((scripts, total))
+}
+
+/// Redis commands per 1 000 requests served from cache by three replicas (metering on or off),
+/// the requests spread over [`METER_ROUNDS`] rounds 100 ms apart, as a steady service sends them.
+async fn meter_traffic(
+    gateway: &FakeGateway,
+    redis: &Redis,
+    conn: &mut redis::aio::ConnectionManager,
+    metering: bool,
+) -> Result<(f64, f64)> {
+    use tower::{Service, ServiceExt as _};
+    let limits = if metering {
+        tower_wacht::rate_limit::RateLimitConfig::default()
+    } else {
+        tower_wacht::rate_limit::RateLimitConfig::default().disable_metering_unsafe()
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let config = WachtAuthConfig::builder()
+            .gateway_url(gateway.url())
+            .api_key("sk_test_fleetbench")
+            .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+            .ttl(Duration::from_secs(600))
+            .rate_limits(limits.clone())
+            .fleet(FleetConfig::new(format!("redis://127.0.0.1:{}", redis.1), SECRET))
+            .build()?;
+        let layer = WachtAuthLayer::new(config)?;
+        let service = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+        replicas.push(service);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token = register(gateway, 1).remove(0);
+    let request = || {
+        http::Request::builder()
+            .uri("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(String::new())
+            .expect("request")
+    };
+    // Every replica knows the token and its route's rules before counting starts.
+    for replica in &mut replicas {
+        replica.ready().await?.call(request()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = commands(conn).await?;
+    let mut served = 0u64;
+    for _ in 0..METER_ROUNDS {
+        for replica in &mut replicas {
+            for _ in 0..METER_REQUESTS / METER_ROUNDS {
+                let response = replica.ready().await?.call(request()).await?;
+                if response.status() == http::StatusCode::OK {
+                    served += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The last flush.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = commands(conn).await?;
+    let per_thousand = |n: u64| n as f64 * 1000.0 / served.max(1) as f64;
+    Ok((per_thousand(after.0 - before.0), per_thousand(after.1 - before.1)))
 }
 
 fn main() -> Result<()> {

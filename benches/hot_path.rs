@@ -38,8 +38,9 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service};
 use tower_wacht::gateway::{CheckRequest, Decision, Gateway, GatewayError};
 use tower_wacht::principal::{
-    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, OrganizationId, StringSet, UserId,
+    ApiKeyId, ApiKeyIdentity, CredentialKind, DeploymentId, Grant, OrganizationId, RateLimitState, StringSet, UserId,
 };
+use tower_wacht::rate_limit::RateLimitConfig;
 use tower_wacht::token::{TokenHash, bearer_from_headers};
 use tower_wacht::{ResourceUrn, WachtAuthConfig, WachtAuthLayer};
 
@@ -89,6 +90,24 @@ impl Gateway for AllowAll {
             Ok(Decision::Allowed(Box::new(grant(
                 "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl",
             ))))
+        })
+    }
+}
+
+/// [`AllowAll`], with Wacht's default rule in every answer at a limit no benchmark reaches:
+/// every hit is counted by a meter.
+struct AllowAllRated;
+
+impl Gateway for AllowAllRated {
+    fn check<'a>(&'a self, r: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
+        Box::pin(async move {
+            match AllowAll.check(r).await {
+                Ok(Decision::Allowed(mut grant)) => {
+                    grant.rate_limits = vec![RateLimitState::new("4000000000/60s", 4_000_000_000, 3_999_999_999)];
+                    Ok(Decision::Allowed(grant))
+                }
+                other => other,
+            }
         })
     }
 }
@@ -289,6 +308,39 @@ fn stages(c: &mut Criterion) {
     fill(&audited, 1);
     let mut wrapped = audited.layer(Noop);
     g.bench_function("layer_cache_hit_audited", |b| b.iter(|| call(&mut wrapped, &header)));
+    // Rate-limit metering: off (as before it existed); on with a rule in every answer (each
+    // hit works out its route, finds its meter and counts there). `layer_cache_hit` above is
+    // on with no rule in the answers (the route is worked out and looked up, nothing counted).
+    let metered = |limits: RateLimitConfig, rated: bool| {
+        let config = WachtAuthConfig::builder()
+            .max_capacity(10_000)
+            .ttl(Duration::from_secs(3600))
+            .expected_deployment_id(418223109876543489)
+            .rate_limits(limits)
+            .build()
+            .unwrap();
+        let layer = if rated {
+            WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
+        } else {
+            WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
+        };
+        fill(&layer, 1);
+        layer
+    };
+    let mut wrapped = metered(RateLimitConfig::default().disable_metering_unsafe(), false).layer(Noop);
+    g.bench_function("layer_cache_hit_unmetered", |b| b.iter(|| call(&mut wrapped, &header)));
+    let mut wrapped = metered(
+        RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None),
+        true,
+    )
+    .layer(Noop);
+    g.bench_function("layer_cache_hit_metered_rule", |b| {
+        b.iter(|| call(&mut wrapped, &header))
+    });
+    let mut wrapped = metered(RateLimitConfig::default(), true).layer(Noop);
+    g.bench_function("layer_cache_hit_metered_rule_headers", |b| {
+        b.iter(|| call(&mut wrapped, &header))
+    });
     g.finish();
 }
 

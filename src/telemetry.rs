@@ -7,7 +7,7 @@
 //!
 //! | name | kind | labels | meaning |
 //! | --- | --- | --- | --- |
-//! | `wacht_verifications_total` | counter | `outcome`, `source` | every verification: `outcome` is `allowed`, `allowed_stale`, `invalid_token`, `insufficient_scope`, `rate_limited` or `unavailable`; `source` is `cache`, `gateway`, `jwt` (a JWT access token verified here), `negative_cache`, `stale` or `overload` (a miss refused because `max_inflight_gateway_calls` were in flight) |
+//! | `wacht_verifications_total` | counter | `outcome`, `source` | every verification: `outcome` is `allowed`, `allowed_stale`, `invalid_token`, `insufficient_scope`, `rate_limited` or `unavailable`; `source` is `cache`, `gateway`, `jwt` (a JWT access token verified here), `negative_cache`, `stale`, `overload` (a miss refused because `max_inflight_gateway_calls` were in flight) or `meter` (a 429 of the rate-limit meters: a cached hit past the app's Wacht rule) |
 //! | `wacht_verification_failures_total` | counter | `client_id`, `reason` | refusals of a token the gateway allowed, or of a verified JWT: `reason` is `pinning` (wrong deployment, issuer or audience), `client_not_allowed` or `tenant_not_accepted` (the allow lists; for these three `client_id` is always `other`), `denied_client` or `revoked` |
 //! | `wacht_permission_denied_total` | counter | `client_id`, `permission` | guard refusals, one per missing permission |
 //! | `wacht_cache_hits_total` / `wacht_cache_misses_total` | counter | | positive-cache lookups on the request path |

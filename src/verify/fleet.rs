@@ -73,11 +73,23 @@ async fn flush_meters_every(verifier: Weak<Verifier>, every: std::time::Duration
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let Some(verifier) = verifier.upgrade() else {
-            return;
-        };
-        verifier.flush_meters().await;
+        {
+            let Some(strong) = verifier.upgrade() else {
+                return;
+            };
+            let half_full = async {
+                match &strong.metering {
+                    Some(metering) => metering.half_full().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = half_full => {}
+            }
+            strong.flush_meters().await;
+        }
+        // The verifier is not held between flushes: dropping it ends this task.
     }
 }
 
