@@ -95,6 +95,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "principal",
             "rate_limit",
             "reject",
+            "route",
             "stepup",
             "token",
             "verify",

@@ -81,6 +81,34 @@ pub(crate) enum Accepts {
 }
 
 /// What every service of one layer shares.
+/// The routes a layer checks live (see [`WachtAuthLayer::always_live_for`]), bounded as
+/// reported routes are.
+#[derive(Debug)]
+pub(crate) struct LiveRoutes(Vec<String>);
+
+impl LiveRoutes {
+    fn new<I, S>(routes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        LiveRoutes(routes.into_iter().map(|r| crate::route::bounded(r.as_ref())).collect())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True if `route` is a live one, or names less than one does (it may be it).
+    pub(crate) fn covers(&self, route: &str) -> bool {
+        self.0.iter().any(|live| {
+            live == route
+                || (live.starts_with(route)
+                    && (route.ends_with('/') || live.as_bytes().get(route.len()) == Some(&b'/')))
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub(crate) verifier: Arc<Verifier>,
@@ -94,6 +122,9 @@ pub(crate) struct Shared {
     pub(crate) accepts: Accepts,
     /// How fresh an answer this layer takes (see [`WachtAuthLayer::always_live`]).
     pub(crate) freshness: Freshness,
+    /// Routes this layer checks live whatever its freshness (see
+    /// [`WachtAuthLayer::always_live_for`]).
+    pub(crate) live_routes: Option<Arc<LiveRoutes>>,
     /// The challenge of an API-keys-only layer: no `resource_metadata` or `scope`, which
     /// would send an OAuth client to get a token this route does not take.
     pub(crate) key_challenge: Arc<ChallengeParams>,
@@ -132,6 +163,7 @@ impl WachtAuthLayer {
                 api_key_header: config.api_keys.header,
                 accepts: Accepts::Any,
                 freshness: Freshness::Cached,
+                live_routes: None,
                 key_challenge,
                 verifier,
                 optional: requests.optional,
@@ -212,11 +244,8 @@ impl WachtAuthLayer {
     /// # let _ = live; }
     /// ```
     ///
-    /// For one gRPC method or MCP tool, give it a route (and so a layer clone) of its own:
-    /// with Axum, `Router::route_service("/pkg.Service/Method", svc)` under
-    /// `auth.always_live()`; Tonic's `Server::builder().layer()` wraps every service of a
-    /// server, so a live method needs its own service behind its own layer. A per-method
-    /// setting inside one layer is not offered.
+    /// For some gRPC methods or MCP tools behind one layer (one endpoint, one Tonic server),
+    /// use [`always_live_for`](Self::always_live_for).
     pub fn always_live(&self) -> Self {
         self.fresh(Freshness::Live)
     }
@@ -230,6 +259,40 @@ impl WachtAuthLayer {
     /// hit.
     pub fn max_cache_age(&self, max_age: std::time::Duration) -> Self {
         self.fresh(Freshness::MaxAge(max_age))
+    }
+
+    /// This layer, checking live (as [`always_live`](Self::always_live) does) the requests
+    /// whose route is one of `routes`, and the others as before. A route is named as the
+    /// automatic route reporting names it (see [`route`](crate::route)): an MCP tool as
+    /// `/mcp/tools/call/<tool>` (its endpoint's path, the MCP method and the tool, from the
+    /// 2026-07-28 `Mcp-Method` and `Mcp-Name` headers), a gRPC method as its path
+    /// (`/helloworld.Greeter/Shout`), an Axum route as its template (`/projects/{id}`).
+    ///
+    /// Fail closed: a request whose route is named less precisely than a live one (an MCP
+    /// request without the mirrored headers reports `/mcp`; a tool name of other characters
+    /// `/mcp/tools/call`) may be that one, and is checked live too. A client can still name
+    /// another tool in the header than in its body: put [`McpGuardLayer`](crate::McpGuardLayer)
+    /// inside this layer, which refuses such a request.
+    ///
+    /// ```
+    /// # fn f(auth: tower_wacht::WachtAuthLayer) {
+    /// // Every call of these two tools is checked by Wacht, counted and audited there; every
+    /// // other MCP request is served from the cache.
+    /// let mcp_auth = auth.always_live_for(["/mcp/tools/call/delete_project", "/mcp/tools/call/transfer"]);
+    /// # let _ = mcp_auth; }
+    /// ```
+    pub fn always_live_for<I, S>(&self, routes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let routes = LiveRoutes::new(routes);
+        WachtAuthLayer {
+            shared: Arc::new(Shared {
+                live_routes: (!routes.is_empty()).then(|| Arc::new(routes)),
+                ..Shared::clone(&self.shared)
+            }),
+        }
     }
 
     fn fresh(&self, freshness: Freshness) -> Self {
@@ -332,5 +395,26 @@ fn warn_about_weakened_defaults(config: &WachtAuthConfig) {
     }
     if config.requests.keep_authorization_header {
         tracing::warn!("keep_authorization_header(true): handlers behind the layer can read the caller's access token");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveRoutes;
+
+    #[test]
+    fn a_live_route_covers_itself_and_what_names_less_than_it() {
+        let live = LiveRoutes::new(["/mcp/tools/call/delete_project", "/helloworld.Greeter/Shout"]);
+        assert!(live.covers("/mcp/tools/call/delete_project"));
+        // An MCP request without its mirrored headers, or with a name of other characters.
+        assert!(live.covers("/mcp"));
+        assert!(live.covers("/mcp/tools/call"));
+        assert!(live.covers("/"));
+        assert!(live.covers("/helloworld.Greeter/Shout"));
+        assert!(!live.covers("/mcp/tools/call/delete_project_v2"));
+        assert!(!live.covers("/mcp/tools/call/delete"));
+        assert!(!live.covers("/mcp/tools/list"));
+        assert!(!live.covers("/helloworld.Greeter/SayHello"));
+        assert!(!live.covers("/mc"));
     }
 }

@@ -69,7 +69,11 @@ where
             let secret = credential.secret_bytes();
             audit.credential(shared.verifier.kind_of(secret), secret);
         }
-        let authentication = match shared.freshness {
+        let freshness = match &shared.live_routes {
+            Some(live) if live.covers(&crate::route::RouteRequest::of(&req).automatic().1) => Freshness::Live,
+            _ => shared.freshness,
+        };
+        let authentication = match freshness {
             Freshness::Cached => shared.verifier.authenticate(credential, &req),
             freshness => shared.verifier.authenticate_fresh(credential, &req, freshness),
         };

@@ -176,3 +176,65 @@ async fn max_cache_age_verifies_again_an_answer_older_than_it() {
     assert_eq!(app.status("/young", &token).await, 401);
     assert_eq!(app.gateway.calls(), 3);
 }
+
+/// An MCP endpoint where one tool is checked live and the rest are served from the cache.
+#[tokio::test]
+async fn one_mcp_tool_is_checked_live_on_an_endpoint_served_from_cache() {
+    let gateway = common::start_gateway().await;
+    let config = WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(common::API_KEY)
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .ttl(LONG)
+        .build()
+        .expect("valid config");
+    let auth = WachtAuthLayer::new(config).expect("layer builds");
+    let app = Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(|p: Principal| async move { p.client_id().to_string() }),
+        )
+        .layer(auth.always_live_for(["/mcp/tools/call/delete_project"]));
+    let addr = common::serve(app).await;
+    let http = reqwest::Client::new();
+    let token = generate_token();
+    gateway.register(&token, grant());
+    let call = |tool: Option<&'static str>| {
+        let mut req = http
+            .post(format!("http://{addr}/mcp"))
+            .bearer_auth(&token)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("content-type", "application/json");
+        if let Some(tool) = tool {
+            req = req.header("mcp-method", "tools/call").header("mcp-name", tool);
+        }
+        async move {
+            req.body("{}")
+                .send()
+                .await
+                .expect("request completes")
+                .status()
+                .as_u16()
+        }
+    };
+
+    // Other tools: the first asks the gateway, then they are served from the cache.
+    for _ in 0..3 {
+        assert_eq!(call(Some("get_weather")).await, 200);
+    }
+    assert_eq!(gateway.calls(), 1);
+    // The live tool: every call asks the gateway.
+    for n in 1..=3 {
+        assert_eq!(call(Some("delete_project")).await, 200);
+        assert_eq!(gateway.calls(), 1 + n);
+    }
+    // Without the mirrored headers the request may be that tool: live too (fail closed).
+    assert_eq!(call(None).await, 200);
+    assert_eq!(gateway.calls(), 5);
+
+    // Revoked at Wacht: the live tool refuses at once, and its 401 drops the cached answer
+    // the other tools were served from.
+    gateway.revoke(&token);
+    assert_eq!(call(Some("delete_project")).await, 401);
+    assert_eq!(call(Some("get_weather")).await, 401);
+}
