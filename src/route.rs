@@ -144,13 +144,26 @@ impl<'a> RouteRequest<'a> {
 
     /// The resource of [`automatic`](Self::automatic), not yet bounded.
     fn automatic_resource(&self) -> String {
+        self.automatic_unbounded().into_owned()
+    }
+
+    /// The resource of [`automatic`](Self::automatic), bounded, borrowed from the request
+    /// where it needs no change (a hit's rate-limit meters read it on every request).
+    pub(crate) fn automatic_bounded(&self) -> std::borrow::Cow<'a, str> {
+        match self.automatic_unbounded() {
+            std::borrow::Cow::Borrowed(resource) if is_bounded(resource) => std::borrow::Cow::Borrowed(resource),
+            resource => std::borrow::Cow::Owned(bounded(&resource)),
+        }
+    }
+
+    fn automatic_unbounded(&self) -> std::borrow::Cow<'a, str> {
         if is_grpc(self.headers) {
-            return self.path().to_owned();
+            return std::borrow::Cow::Borrowed(self.path());
         }
         let base = self.template().unwrap_or_else(|| self.path());
         match self.mcp_suffix() {
-            Some(suffix) => format!("{}{suffix}", base.trim_end_matches('/')),
-            None => base.to_owned(),
+            Some(suffix) => std::borrow::Cow::Owned(format!("{}{suffix}", base.trim_end_matches('/'))),
+            None => std::borrow::Cow::Borrowed(base),
         }
     }
 
@@ -221,6 +234,14 @@ pub(crate) fn bounded(resource: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// True if [`bounded`] would return `resource` unchanged.
+fn is_bounded(resource: &str) -> bool {
+    resource.len() <= MAX_RESOURCE_LEN
+        && resource.starts_with('/')
+        && !resource.contains(['?', '#'])
+        && resource.trim_end() == resource
 }
 
 /// A gRPC request, by its content type (`application/grpc`, `+proto`, gRPC-Web): its path is
@@ -300,6 +321,24 @@ mod tests {
         assert_eq!(route(&request("GET", "/a/b?token=secret", &[])).1, "/a/b");
         assert_eq!(route(&request("GET", "http://host/a?x=1", &[])).1, "/a");
         assert_eq!(route(&request("OPTIONS", "*", &[])).1, "/*");
+    }
+
+    #[test]
+    fn a_resource_is_borrowed_only_when_bounding_would_not_change_it() {
+        for resource in [
+            "/projects/{id}",
+            "/",
+            "/a b",
+            "/x?y",
+            "x",
+            " /x",
+            "/x ",
+            "/x#f",
+            &"/y".repeat(200),
+        ] {
+            let borrowed = is_bounded(resource);
+            assert_eq!(borrowed, bounded(resource) == resource, "{resource:?}");
+        }
     }
 
     #[test]

@@ -122,22 +122,65 @@ impl Meter {
 
     /// Counts a request served from cache at `now_ms`, unless the window's budget is spent,
     /// or (`batch`: a meter the fleet shares) this replica holds that many requests the
-    /// fleet's count does not.
-    pub(crate) fn admit(&self, now_ms: u64, batch: Option<u64>) -> Count {
+    /// fleet's count does not. With the count, whether this replica now holds half a batch.
+    pub(crate) fn admit(&self, now_ms: u64, batch: Option<u64>) -> (Count, bool) {
         let mut guard = self.lock();
         let (window, reset_ms) = self.current(&mut guard, now_ms);
         let used = window.used();
         if used >= self.rule.limit {
-            return Count::Spent { reset_ms };
+            return (Count::Spent { reset_ms }, false);
         }
-        if batch.is_some_and(|batch| window.served - window.flushed >= batch) {
-            return Count::Flush;
+        let unflushed = window.served.saturating_sub(window.flushed);
+        if batch.is_some_and(|batch| unflushed >= batch) {
+            return (Count::Flush, true);
         }
         window.served += 1;
-        Count::Served {
-            remaining: self.rule.limit - used - 1,
+        let half_full = batch.is_some_and(|batch| (unflushed + 1) * 2 >= batch);
+        let count = Count::Served {
+            remaining: self.rule.limit.saturating_sub(used + 1),
             reset_ms,
+        };
+        (count, half_full)
+    }
+
+    /// Takes back a request [`admit`](Self::admit) counted at `now_ms` (another rule of the
+    /// same request did not count it).
+    pub(crate) fn uncount(&self, now_ms: u64) {
+        let mut guard = self.lock();
+        let (window, _) = self.current(&mut guard, now_ms);
+        if window.served > window.flushed {
+            window.served -= 1;
         }
+    }
+
+    /// True when the window this meter counted in has ended by `now_ms`: a new meter would
+    /// count the same (nothing yet).
+    pub(crate) fn idle(&self, now_ms: u64) -> bool {
+        let window = self.lock();
+        window.index != now_ms / self.rule.window_ms
+    }
+
+    /// Spent if what the gateway saw and what was served here is past the limit (a request
+    /// the gateway counted last may still be served at exactly the limit).
+    pub(crate) fn over(&self, now_ms: u64) -> Count {
+        let mut guard = self.lock();
+        let (window, reset_ms) = self.current(&mut guard, now_ms);
+        let used = window.used();
+        if used > self.rule.limit {
+            Count::Spent { reset_ms }
+        } else {
+            Count::Served {
+                remaining: self.rule.limit - used,
+                reset_ms,
+            }
+        }
+    }
+
+    /// The gateway said the window's budget is spent: it is, here too.
+    pub(crate) fn exhaust(&self, now_ms: u64) {
+        let mut guard = self.lock();
+        let (window, _) = self.current(&mut guard, now_ms);
+        window.seen = window.seen.max(self.rule.limit);
     }
 
     /// The count at `now_ms`, counting nothing.
@@ -167,13 +210,6 @@ impl Meter {
         }
     }
 
-    /// True when `admit` would ask for the fleet's count first.
-    pub(crate) fn needs_flush(&self, now_ms: u64, batch: u64) -> bool {
-        let mut guard = self.lock();
-        let (window, _) = self.current(&mut guard, now_ms);
-        window.used() < self.rule.limit && window.served - window.flushed >= batch
-    }
-
     /// Requests served here in the window at `now_ms` and not yet in the fleet's count.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn unflushed(&self, now_ms: u64) -> Unflushed {
@@ -181,7 +217,7 @@ impl Meter {
         let (window, _) = self.current(&mut guard, now_ms);
         Unflushed {
             index: window.index,
-            served: window.served - window.flushed,
+            served: window.served.saturating_sub(window.flushed),
             seen: window.seen,
         }
     }
@@ -242,35 +278,38 @@ mod tests {
             }
         );
         assert_eq!(
-            m.admit(10_100, None),
+            m.admit(10_100, None).0,
             Count::Served {
                 remaining: 2,
                 reset_ms: 900
             }
         );
-        assert!(matches!(m.admit(10_200, None), Count::Served { remaining: 1, .. }));
-        assert!(matches!(m.admit(10_300, None), Count::Served { remaining: 0, .. }));
-        assert_eq!(m.admit(10_400, None), Count::Spent { reset_ms: 600 });
+        assert!(matches!(m.admit(10_200, None).0, Count::Served { remaining: 1, .. }));
+        assert!(matches!(m.admit(10_300, None).0, Count::Served { remaining: 0, .. }));
+        assert_eq!(m.admit(10_400, None).0, Count::Spent { reset_ms: 600 });
+        assert!(!m.idle(10_999));
         // The next window starts from nothing.
-        assert!(matches!(m.admit(11_000, None), Count::Served { remaining: 4, .. }));
+        assert!(m.idle(11_000));
+        assert!(matches!(m.admit(11_000, None).0, Count::Served { remaining: 4, .. }));
+        m.uncount(11_001);
+        assert!(matches!(m.admit(11_002, None).0, Count::Served { remaining: 4, .. }));
     }
 
     #[test]
     fn the_fleet_count_holds_other_replicas_requests() {
         let m = meter(10, 1000);
-        for _ in 0..3 {
-            m.admit(100, Some(3));
-        }
+        assert!(!m.admit(100, Some(4)).1);
+        assert!(m.admit(100, Some(4)).1, "half a batch");
+        m.admit(100, Some(4));
+        m.admit(100, Some(4));
         // A full batch: not counted until the fleet has it.
-        assert_eq!(m.admit(100, Some(3)), Count::Flush);
-        assert!(m.needs_flush(100, 3));
+        assert_eq!(m.admit(100, Some(4)).0, Count::Flush);
         let batch = m.unflushed(100);
-        assert_eq!(batch.served, 3);
-        // The fleet holds ours (3) and 6 of others.
+        assert_eq!(batch.served, 4);
+        // The fleet holds ours (4) and 5 of others.
         m.flushed(batch, 9, 0);
-        assert!(!m.needs_flush(150, 3));
-        assert!(matches!(m.admit(200, Some(3)), Count::Served { remaining: 0, .. }));
-        assert!(matches!(m.admit(300, Some(3)), Count::Spent { .. }));
+        assert!(matches!(m.admit(200, Some(4)).0, Count::Served { remaining: 0, .. }));
+        assert!(matches!(m.admit(300, Some(4)).0, Count::Spent { .. }));
         assert_eq!(m.unflushed(300).served, 1);
     }
 

@@ -28,7 +28,7 @@ mod meter;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use self::config::{DEFAULT_FLEET_BATCH, RateLimitConfig, RateLimitHeaders, RateLimitMode};
@@ -54,6 +54,18 @@ impl RouteMeters {
         routes.get(&route).cloned()
     }
 
+    /// Every meter of every route, each once.
+    fn all(&self) -> Vec<Arc<Meter>> {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<Arc<Meter>> = Vec::new();
+        for meter in routes.values().flat_map(|m| m.iter()) {
+            if !all.iter().any(|known| Arc::ptr_eq(known, meter)) {
+                all.push(Arc::clone(meter));
+            }
+        }
+        all
+    }
+
     fn learn(&self, route: u64, meters: Arc<[Arc<Meter>]>) {
         let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if routes.len() >= MAX_ROUTES_PER_CREDENTIAL && !routes.contains_key(&route) {
@@ -61,6 +73,17 @@ impl RouteMeters {
         }
         routes.insert(route, meters);
     }
+}
+
+/// Each meter once: two rules of one label and mode are one meter, counted once.
+fn distinct(meters: Vec<Arc<Meter>>) -> Arc<[Arc<Meter>]> {
+    let mut out: Vec<Arc<Meter>> = Vec::with_capacity(meters.len());
+    for meter in meters {
+        if !out.iter().any(|m| Arc::ptr_eq(m, &meter)) {
+            out.push(meter);
+        }
+    }
+    out.into()
 }
 
 /// The budget a response reports: its most constrained rule.
@@ -150,16 +173,6 @@ impl<'a> Subject<'a> {
     /// app).
     pub(crate) fn book_key(&self) -> &str {
         self.app.as_deref().unwrap_or(&self.credential)
-    }
-
-    /// The route as a rule book names it: the resource, and the client's IP when a rule
-    /// counts per IP.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn book_route(&self, by_ip: bool) -> String {
-        match (by_ip, self.ip) {
-            (true, Some(ip)) => format!("{}\0{ip}", self.route),
-            _ => self.route.to_owned(),
-        }
     }
 
     /// The meter key of `rule` counted in `mode`.
@@ -256,7 +269,7 @@ type RuleBook = HashMap<(Box<str>, u64), (Arc<[Rule]>, Instant)>;
 
 #[derive(Debug, Default)]
 struct Registry {
-    meters: HashMap<String, Weak<Meter>>,
+    meters: HashMap<String, Arc<Meter>>,
     prune_at: usize,
     /// The rules of an app's scheme on a route, as the gateway last named them, and when.
     book: RuleBook,
@@ -264,16 +277,20 @@ struct Registry {
 
 impl Registry {
     /// The live meter of `key`, or a new one (named in the fleet's store by `fleet_key`).
-    fn meter(&mut self, key: String, rule: Rule, fleet_key: Option<&FleetKey>) -> Arc<Meter> {
-        if let Some(meter) = self.meters.get(&key).and_then(Weak::upgrade)
+    ///
+    /// The registry holds every meter until the window it counted in has ended and no
+    /// credential's routes name it: a count outlives the cache entries that made it (a
+    /// budget does not start over when a token's entry expires or its routes are relearned).
+    fn meter(&mut self, key: String, rule: Rule, fleet_key: Option<&FleetKey>, now_ms: u64) -> Arc<Meter> {
+        if let Some(meter) = self.meters.get(&key)
             && meter.rule == rule
         {
-            return meter;
+            return Arc::clone(meter);
         }
         let meter = Arc::new(Meter::new(rule, fleet_key.map(|name| name(&key))));
-        self.meters.insert(key, Arc::downgrade(&meter));
+        self.meters.insert(key, Arc::clone(&meter));
         if self.meters.len() >= self.prune_at {
-            self.meters.retain(|_, m| m.strong_count() > 0);
+            self.meters.retain(|_, m| Arc::strong_count(m) > 1 || !m.idle(now_ms));
             self.prune_at = (self.meters.len() * 2).max(1024);
         }
         meter
@@ -349,55 +366,97 @@ impl Metering {
 
     /// A request on `route` served from cache at `now`: counted by the route's meters.
     pub(crate) fn admit(&self, meters: &RouteMeters, route: u64, now: Instant) -> Admission {
-        let Some(route_meters) = meters.get(route) else {
-            return Admission::Unknown;
-        };
-        let now_ms = self.clock.unix_ms(now);
-        if self.shared.is_some()
-            && route_meters.iter().any(|m| {
-                self.batch_of(m, now_ms)
-                    .is_some_and(|batch| m.needs_flush(now_ms, batch))
-            })
-        {
-            return Admission::Flush;
+        match meters.get(route) {
+            Some(route_meters) => self.count(&route_meters, now, true),
+            None => Admission::Unknown,
         }
+    }
+
+    /// A request served from cache counted by `meters` at `now`. With `batched`, a shared
+    /// meter holding a full batch the fleet does not have counts nothing ([`Admission::Flush`]:
+    /// add the batch, then ask again); without, it counts anyway.
+    pub(crate) fn count(&self, meters: &[Arc<Meter>], now: Instant, batched: bool) -> Admission {
+        let now_ms = self.clock.unix_ms(now);
         let mut served: Option<Usage> = None;
         let mut spent: Option<Usage> = None;
+        let mut half_full = false;
         // Every rule counts the request it allows, even when another refuses it (as the
         // gateway does).
-        for meter in route_meters.iter() {
-            // A full batch was checked for above; one filled meanwhile is counted anyway.
-            match meter.admit(now_ms, None) {
-                count @ Count::Served { .. } => {
+        for (i, meter) in meters.iter().enumerate() {
+            let batch = if batched { self.batch_of(meter, now_ms) } else { None };
+            let (count, half) = meter.admit(now_ms, batch);
+            half_full |= half;
+            match count {
+                Count::Served { .. } => {
                     let usage = Usage::of(meter, count);
                     served = Some(match served {
                         Some(s) => s.tighter(usage),
                         None => usage,
                     });
                 }
-                count @ Count::Spent { .. } => {
+                Count::Spent { .. } => {
                     let usage = Usage::of(meter, count);
                     spent = Some(match spent {
                         Some(s) if s.reset >= usage.reset => s,
                         _ => usage,
                     });
                 }
-                Count::Flush => {}
+                Count::Flush => {
+                    // Not counted until the batch is added: neither by the rules before.
+                    for earlier in &meters[..i] {
+                        earlier.uncount(now_ms);
+                    }
+                    self.wake_flusher();
+                    return Admission::Flush;
+                }
             }
         }
-        if let Some(shared) = &self.shared
-            && route_meters.iter().any(|m| {
-                self.batch_of(m, now_ms)
-                    .is_some_and(|batch| m.needs_flush(now_ms, batch.div_ceil(2)))
-            })
-        {
+        if half_full {
             // Added in the background before the batch fills, so that a request rarely waits.
-            shared.half_full.notify_one();
+            self.wake_flusher();
         }
         match spent {
             Some(usage) => Admission::Spent(usage),
             None => Admission::Served(served),
         }
+    }
+
+    fn wake_flusher(&self) {
+        if let Some(shared) = &self.shared {
+            shared.half_full.notify_one();
+        }
+    }
+
+    /// The budget of the route's tightest rule if a gateway answer showed it spent by more
+    /// than the request the gateway just counted (what was served here meanwhile).
+    pub(crate) fn overspent(&self, meters: &RouteMeters, route: u64) -> Option<Usage> {
+        let now_ms = self.clock.unix_ms(Instant::now());
+        meters.get(route)?.iter().find_map(|meter| {
+            let count = meter.over(now_ms);
+            matches!(count, Count::Spent { .. }).then(|| Usage::of(meter, count))
+        })
+    }
+
+    /// The gateway refused a request on `route` as rate-limited: its meters there hold the
+    /// budget spent for `retry_after` (at most to the end of their window).
+    pub(crate) fn spend(&self, meters: &RouteMeters, route: u64, retry_after: Duration) {
+        let Some(route_meters) = meters.get(route) else {
+            return;
+        };
+        let now_ms = self.clock.unix_ms(Instant::now());
+        for meter in route_meters.iter() {
+            // The gateway's `retry_after` is the window of the rule that refused.
+            if meter.rule.window() == retry_after || route_meters.len() == 1 {
+                meter.exhaust(now_ms);
+            }
+        }
+    }
+
+    /// A request served from cache on a route whose rules could not be learned (the gateway
+    /// unavailable or at its cap): counted by every meter the credential already has on any
+    /// route (its app's budgets among them). `Served(None)` when it has none.
+    pub(crate) fn admit_known(&self, meters: &RouteMeters, now: Instant) -> Admission {
+        self.count(&meters.all(), now, false)
     }
 
     /// Waits until a meter holds half a batch (the fleet's flusher); forever without the fleet.
@@ -434,7 +493,7 @@ impl Metering {
             })
             .collect();
         let rules: Arc<[Rule]> = rules.into();
-        let found = self.resolve(subject, route, &rules, true);
+        let found = self.resolve(subject, &rules, true);
         let mut usage: Option<Usage> = None;
         let mut spent: Option<Usage> = None;
         for (meter, state) in found
@@ -454,7 +513,7 @@ impl Metering {
                 None => this,
             });
         }
-        meters.learn(route, found);
+        meters.learn(route, distinct(found));
         match spent {
             Some(usage) => Admission::Spent(usage),
             None => Admission::Served(usage),
@@ -473,12 +532,15 @@ impl Metering {
     ) -> Admission {
         let rules = {
             let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match registry.book.get(&(Box::from(subject.book_key()), route)) {
+            match registry
+                .book
+                .get(&(Box::from(subject.book_key()), self.resource_key(subject.route)))
+            {
                 Some((rules, at)) if now.saturating_duration_since(*at) < RULE_BOOK_TTL => Arc::clone(rules),
                 _ => return Admission::Unknown,
             }
         };
-        meters.learn(route, self.resolve(subject, route, &rules, false));
+        meters.learn(route, distinct(self.resolve(subject, &rules, false)));
         self.admit(meters, route, now)
     }
 
@@ -498,31 +560,49 @@ impl Metering {
             .filter_map(|(label, limit)| Rule::parse(label, *limit))
             .collect::<Vec<_>>()
             .into();
-        meters.learn(route, self.resolve(subject, route, &rules, true));
+        meters.learn(route, distinct(self.resolve(subject, &rules, true)));
         self.admit(meters, route, now)
     }
 
     /// The meters of `rules` for `subject` (found or made), and, for rules a gateway answer
     /// just named (`fresh`), the app's rule book updated.
-    fn resolve(&self, subject: &Subject<'_>, route: u64, rules: &Arc<[Rule]>, fresh: bool) -> Arc<[Arc<Meter>]> {
+    /// In the order of `rules` (one meter may appear twice: see [`distinct`]).
+    fn resolve(&self, subject: &Subject<'_>, rules: &Arc<[Rule]>, fresh: bool) -> Vec<Arc<Meter>> {
+        let now_ms = self.clock.unix_ms(Instant::now());
+        let book = (Box::from(subject.book_key()), self.resource_key(subject.route));
         let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if fresh {
             if registry.book.len() >= RULE_BOOK_CAP {
                 registry.book.clear();
             }
-            registry.book.insert(
-                (Box::from(subject.book_key()), route),
-                (Arc::clone(rules), Instant::now()),
-            );
+            registry.book.insert(book, (Arc::clone(rules), Instant::now()));
         }
         let fleet_key = self.shared.as_ref().map(|s| &s.key_of);
         rules
             .iter()
             .map(|rule| {
                 let key = subject.key(self.config.mode_of(&rule.label), &rule.label);
-                registry.meter(key, rule.clone(), fleet_key)
+                registry.meter(key, rule.clone(), fleet_key, now_ms)
             })
             .collect()
+    }
+
+    /// The key of a resource alone: what the rule book is kept by (rules match endpoints by
+    /// resource; a client IP changes whose budget counts, not which rules apply).
+    fn resource_key(&self, resource: &str) -> u64 {
+        self.routes.hash_one(resource)
+    }
+
+    /// True if the rule book named the rules of `subject`'s app on its resource lately (a
+    /// gateway answer about it need not be written to the fleet's book again).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn knows_rules(&self, subject: &Subject<'_>) -> bool {
+        let book = (Box::from(subject.book_key()), self.resource_key(subject.route));
+        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry
+            .book
+            .get(&book)
+            .is_some_and(|(_, at)| at.elapsed() < RULE_BOOK_TTL)
     }
 
     /// The tightest budget on `route` now, counting nothing (a miss's response headers).
@@ -547,7 +627,7 @@ impl Metering {
         let now_ms = self.clock.unix_ms(Instant::now());
         let live: Vec<Arc<Meter>> = {
             let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            registry.meters.values().filter_map(Weak::upgrade).collect()
+            registry.meters.values().cloned().collect()
         };
         let batch = live
             .into_iter()

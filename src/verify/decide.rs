@@ -54,7 +54,7 @@ impl Verifier {
                 decision,
                 cap,
                 graceful,
-            } => (self.gateway_grant(decision, hash).await?, cap, graceful),
+            } => (self.gateway_grant(decision, hash, learn.ctx).await?, cap, graceful),
             Verdict::Jwt(Ok(verified)) => {
                 // The entry ends when the key set that verified it may no longer be trusted (a
                 // cap only when that comes before the ttl: it also turns refresh-ahead off).
@@ -116,11 +116,11 @@ impl Verifier {
             return Err(self.reject(hash, InvalidTokenReason::Revoked).await);
         }
         let limits = std::mem::take(&mut grant.rate_limits);
+        // A budget this answer shows spent is the request's business (see `meter_miss`): the
+        // entry is cached either way, so that the next requests are refused here, not asked
+        // again.
         let meters = if gateway {
             self.learn_rates(&grant, &hash, learn.ctx, &limits, learn.meters)
-                .map_err(|usage| AuthError::RateLimited {
-                    retry_after: usage.reset.max(Duration::from_secs(1)),
-                })?
         } else {
             None
         };
@@ -141,6 +141,7 @@ impl Verifier {
         &self,
         decision: Result<Decision, GatewayError>,
         hash: TokenHash,
+        ctx: Option<&super::miss::MissContext>,
     ) -> Result<Box<Grant>, AuthError> {
         let grant = match decision {
             Ok(Decision::Allowed(grant)) => grant,
@@ -152,9 +153,11 @@ impl Verifier {
                 });
             }
             Ok(Decision::RateLimited { retry_after }) => {
-                return Err(AuthError::RateLimited {
-                    retry_after: retry_after.unwrap_or(DEFAULT_RATE_LIMIT_RETRY),
-                });
+                let retry_after = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_RETRY);
+                // The gateway says a budget is spent: the token's meters on this route hold
+                // it too, so its cached hits are refused as well.
+                self.spent_at_gateway(&hash, ctx, retry_after);
+                return Err(AuthError::RateLimited { retry_after });
             }
             Err(error) => {
                 tracing::warn!(error = %error, kind = error.kind(), "gateway unavailable; failing closed");

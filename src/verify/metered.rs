@@ -36,6 +36,19 @@ pub(crate) struct Waiting {
     pub(super) principal: Option<Principal>,
 }
 
+/// A 429 when `admission` found a budget spent.
+fn spent_refusal(admission: Admission) -> Result<(), AuthError> {
+    match admission {
+        Admission::Spent(usage) => {
+            crate::telemetry::verification("rate_limited", "meter");
+            Err(AuthError::RateLimited {
+                retry_after: Duration::from_secs(crate::rate_limit::headers::ceil_secs(usage.reset).max(1)),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Most flushes a waiting hit waits for before it is counted anyway.
 const MAX_FLUSH_WAITS: usize = 3;
 
@@ -49,7 +62,7 @@ impl Verifier {
         let admission = match metering.admit(meters, route, hit.now) {
             Admission::Unknown => {
                 // The route's rules may be known from another credential of the same app.
-                let resource = resource.unwrap_or_else(|| miss::fixed(&self.settings).1);
+                let resource = resource.unwrap_or_else(|| std::borrow::Cow::Owned(miss::fixed(&self.settings).1));
                 let subject = Subject::of(hit.principal.grant(), &hit.hash, &resource, ip.as_deref());
                 metering.admit_new_route(meters, route, &subject, hit.now)
             }
@@ -91,14 +104,16 @@ impl Verifier {
                 Admission::Flush | Admission::Unknown => {}
             }
         }
-        // Counted alone rather than held longer.
-        metering.fleet_down();
+        // Filled again each time by other requests: counted now rather than held longer.
         match metering.admit(&waiting.meters, waiting.route, Instant::now()) {
-            Admission::Spent(usage) => Err(AuthError::RateLimited {
-                retry_after: usage.reset.max(Duration::from_secs(1)),
-            }),
             Admission::Served(usage) => Ok(Verified { principal, usage }),
-            Admission::Flush | Admission::Unknown => Ok(Verified { principal, usage: None }),
+            other => {
+                let counted = match other {
+                    Admission::Flush | Admission::Unknown => metering.admit_known(&waiting.meters, Instant::now()),
+                    known => known,
+                };
+                spent_refusal(counted).map(|()| Verified { principal, usage: None })
+            }
         }
     }
 
@@ -139,12 +154,20 @@ impl Verifier {
 
     /// The meters' key of a request's route (the resource the configured mode reports) and,
     /// when a rule counts per IP, its client's IP; with the resource and IP when worked out
-    /// (a fixed route's key is known beforehand).
-    fn route_of<B>(&self, metering: &Metering, req: &Request<B>) -> (u64, Option<String>, Option<String>) {
+    /// (a fixed route's key is known beforehand). The resource is borrowed from the request
+    /// where it can be: a hit copies nothing.
+    fn route_of<'r, B>(
+        &self,
+        metering: &Metering,
+        req: &'r Request<B>,
+    ) -> (u64, Option<std::borrow::Cow<'r, str>>, Option<String>) {
         if let Some(key) = self.fixed_route_key {
             return (key, None, None);
         }
-        let (_, resource) = miss::reported_route(&self.settings, req);
+        let resource = match &self.settings.route {
+            crate::config::RouteReporting::Request => crate::route::RouteRequest::of(req).automatic_bounded(),
+            _ => std::borrow::Cow::Owned(miss::reported_route(&self.settings, req).1),
+        };
         let ip = metering
             .by_ip()
             .then(|| miss::client_ip(&self.settings, req))
@@ -169,35 +192,90 @@ impl Verifier {
         ctx: Option<&MissContext>,
         limits: &[RateLimitState],
         meters: Option<Arc<RouteMeters>>,
-    ) -> Result<Option<Arc<RouteMeters>>, Usage> {
-        let Some(metering) = &self.metering else {
-            return Ok(None);
-        };
+    ) -> Option<Arc<RouteMeters>> {
+        let metering = self.metering.as_ref()?;
         let meters = meters.or_else(|| self.cache.meters_of(hash)).unwrap_or_default();
         if let Some(ctx) = ctx {
             let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
             let subject = Subject::of(grant, hash, &ctx.resource, ctx.client_ip.as_deref());
             #[cfg(feature = "redis")]
-            self.share_rules(metering, &subject, limits);
-            if let Admission::Spent(usage) = metering.learn(&meters, route, &subject, limits) {
-                crate::telemetry::verification("rate_limited", "meter");
-                return Err(usage);
+            if !metering.knows_rules(&subject) {
+                self.share_rules(&subject, limits);
             }
+            // Whether this shows the budget spent is the request's business (`meter_miss`).
+            let _ = metering.learn(&meters, route, &subject, limits);
         }
-        Ok(Some(meters))
+        Some(meters)
+    }
+
+    /// A request a miss served: counted here unless the gateway's own answer to it counted it
+    /// (`counted`), and refused if the budget is spent either way.
+    pub(super) fn meter_miss(
+        &self,
+        hash: &TokenHash,
+        ctx: &MissContext,
+        principal: &Principal,
+        counted: bool,
+    ) -> Result<(), AuthError> {
+        let (Some(metering), Some(meters)) = (&self.metering, self.cache.meters_of(hash)) else {
+            return Ok(());
+        };
+        let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+        let admission = if counted {
+            match metering.overspent(&meters, route) {
+                Some(usage) => Admission::Spent(usage),
+                None => Admission::Served(None),
+            }
+        } else {
+            match metering.admit(&meters, route, Instant::now()) {
+                Admission::Unknown => {
+                    let subject = Subject::of(principal.grant(), hash, &ctx.resource, ctx.client_ip.as_deref());
+                    match metering.admit_new_route(&meters, route, &subject, Instant::now()) {
+                        // Not learned here (no gateway answer of its own): counted by every
+                        // budget the token already has.
+                        Admission::Unknown => metering.admit_known(&meters, Instant::now()),
+                        known => known,
+                    }
+                }
+                // Not held for a flush: counted now, the batch follows in the background.
+                Admission::Flush => metering.admit_known(&meters, Instant::now()),
+                other => other,
+            }
+        };
+        spent_refusal(admission)
+    }
+
+    /// A request served from cache without its route's rules (the outage grace, a learning
+    /// call the gateway could not answer): counted by every budget the token already counts
+    /// against, and refused if one is spent.
+    pub(super) fn meter_unlearned(&self, hash: &TokenHash) -> Result<(), AuthError> {
+        let (Some(metering), Some(meters)) = (&self.metering, self.cache.meters_of(hash)) else {
+            return Ok(());
+        };
+        spent_refusal(metering.admit_known(&meters, Instant::now()))
+    }
+
+    /// The gateway refused a request as rate-limited: the token's meters on its route hold
+    /// the budget spent until `retry_after`.
+    pub(super) fn spent_at_gateway(&self, hash: &TokenHash, ctx: Option<&MissContext>, retry_after: Duration) {
+        let (Some(metering), Some(ctx), Some(meters)) = (&self.metering, ctx, self.cache.meters_of(hash)) else {
+            return;
+        };
+        let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+        metering.spend(&meters, route, retry_after);
     }
 
     /// Writes the rules a gateway answer named for the subject's app and route to the fleet's
     /// rule book (in the background: the request does not wait for it).
     #[cfg(feature = "redis")]
-    fn share_rules(&self, metering: &Metering, subject: &Subject<'_>, limits: &[RateLimitState]) {
+    fn share_rules(&self, subject: &Subject<'_>, limits: &[RateLimitState]) {
         let Some(fleet) = &self.fleet else {
             return;
         };
         let (fleet, app, route) = (
             Arc::clone(fleet),
             subject.book_key().to_owned(),
-            subject.book_route(metering.by_ip()),
+            subject.route.to_owned(),
         );
         let rules: Vec<(Arc<str>, u64)> = limits.iter().map(|l| (Arc::clone(&l.rule), l.limit)).collect();
         tokio::spawn(async move { fleet.put_rules(&app, &route, &rules).await });
@@ -216,10 +294,7 @@ impl Verifier {
         if let (Some(metering), Some(fleet)) = (&self.metering, &self.fleet) {
             let principal = self.cache.peek(hash)?;
             let subject = Subject::of(principal.grant(), hash, &ctx.resource, ctx.client_ip.as_deref());
-            let rules = fleet
-                .rules(subject.book_key(), &subject.book_route(metering.by_ip()))
-                .await
-                .flatten()?;
+            let rules = fleet.rules(subject.book_key(), subject.route).await.flatten()?;
             let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
             return Some(
                 match metering.admit_with_rules(meters, route, &subject, &rules, Instant::now()) {

@@ -1,7 +1,7 @@
 //! The miss path: the negative cache, one flight per token however many requests wait, a cap
 //! on gateway calls in flight, and the outage grace when the gateway is unavailable.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::USER_AGENT;
@@ -170,9 +170,17 @@ impl Verifier {
                 outcome = tracing::field::Empty,
                 gateway_ms = tracing::field::Empty,
             );
-            let flight = self.flight(token, hash, &ctx, max_age.is_none()).instrument(span);
+            // Set by this request's own flight when the gateway itself answered it (and so
+            // counted it against the app's rate limits); a request that joined another's
+            // flight, or got a copy of the fleet's shared tier, is counted here instead.
+            let counted = AtomicBool::new(false);
+            let flight = self
+                .flight(token, hash, &ctx, max_age.is_none(), &counted)
+                .instrument(span);
             let outcome = match self.cache.load(hash, started, flight).await {
-                Loaded::Allowed(principal) => Ok(principal),
+                Loaded::Allowed(principal) => self
+                    .meter_miss(&hash, &ctx, &principal, counted.load(Ordering::Acquire))
+                    .map(|()| principal),
                 Loaded::Stale => continue,
                 Loaded::Refused(refusal) => match &*refusal {
                     // The outage grace covers the gateway: a JWT's 503 means its issuer's key
@@ -180,7 +188,8 @@ impl Verifier {
                     // past that.
                     AuthError::Unavailable { .. } if self.jwt_for(token).is_none() => {
                         match self.outage_grace(&hash).await {
-                            Some(principal) => return Ok(principal),
+                            // Served from the grace: counted by what the token counts against.
+                            Some(principal) => return self.meter_unlearned(&hash).map(|()| principal),
                             None => Err((*refusal).clone()),
                         }
                     }
@@ -201,12 +210,16 @@ impl Verifier {
 
     /// One verification, run by the first request to miss a token: the cached entry to
     /// store, or the refusal every waiting request gets.
+    ///
+    /// `counted` is set when the verdict is the gateway's own answer to this call (which
+    /// counted it against the app's rate limits).
     pub(super) async fn flight(
         &self,
         token: BearerToken<'_>,
         hash: TokenHash,
         ctx: &MissContext,
         shared_tier: bool,
+        counted: &AtomicBool,
     ) -> Result<Entry, AuthError> {
         // A flight that just ended may have rejected this token after our caller looked at
         // the negative cache. Look again rather than ask twice.
@@ -240,6 +253,8 @@ impl Verifier {
                 ..
             }
         );
+        let gateway_answered = !copied && matches!(verdict, super::source::Verdict::Gateway { .. });
+        counted.store(gateway_answered, Ordering::Release);
         let learn = super::decide::Learn {
             ctx: (!copied).then_some(ctx),
             meters: None,
@@ -359,12 +374,20 @@ impl Verifier {
         if let Err(AuthError::Unavailable { .. }) = &outcome
             && let Some(principal) = self.cache.peek(&hash)
         {
-            // The gateway cannot say which rules the route has: the cached answer is still
-            // good, and is served unmetered on this route until the gateway answers again.
+            // The gateway cannot say which rules the route has (down, or at the cap on calls
+            // in flight): the cached answer is still good, and is served counted by every
+            // budget the token already counts against on its other routes.
             tracing::debug!(token = ?hash, "route's rate limits unknown (gateway unavailable): served from cache");
-            telemetry::verification("allowed", "cache");
-            return Ok(principal);
+            let metered = self.meter_unlearned(&hash).map(|()| principal);
+            telemetry::verification(metered.as_ref().map_or_else(AuthError::label, |_| "allowed"), "cache");
+            return metered;
         }
+        // The gateway counted this request; the rules it named may show the budget spent by
+        // what was served here.
+        let outcome = match outcome {
+            Ok(principal) => self.meter_miss(&hash, ctx, &principal, true).map(|()| principal),
+            refused => refused,
+        };
         telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
         outcome
     }

@@ -33,7 +33,16 @@ impl Verifier {
     }
 
     async fn refresh(&self, token: &OwnedBearer, hash: TokenHash, ctx: MissContext) {
-        match self.flight(token.token(), hash, &ctx, true).await {
+        match self
+            .flight(
+                token.token(),
+                hash,
+                &ctx,
+                true,
+                &std::sync::atomic::AtomicBool::new(false),
+            )
+            .await
+        {
             Ok(entry) => {
                 self.cache.store(hash, entry).await;
                 telemetry::refresh("allowed");
