@@ -63,20 +63,27 @@ struct DecisionBody<M> {
     rate_limits: Option<Vec<RateLimitEntry>>,
 }
 
-/// One `rate_limits[]` entry (`gateway-protocol.md` §3.3).
+/// One `rate_limits[]` entry (`gateway-protocol.md` §3.3), read leniently: an entry of
+/// another shape is skipped (not metered) rather than failing the whole answer.
 #[derive(Deserialize)]
 struct RateLimitEntry {
-    rule: String,
-    limit: u64,
-    remaining: u64,
+    #[serde(default)]
+    rule: Option<serde_json::Value>,
+    #[serde(default)]
+    limit: Option<serde_json::Value>,
+    #[serde(default)]
+    remaining: Option<serde_json::Value>,
 }
 
-/// The answer's rate limits (entries of another shape are a decode error, by serde).
+/// The answer's rate limits, the entries of the documented shape.
 fn rate_limits(entries: Option<Vec<RateLimitEntry>>) -> Vec<RateLimitState> {
     entries
         .unwrap_or_default()
         .into_iter()
-        .map(|e| RateLimitState::new(e.rule, e.limit, e.remaining))
+        .filter_map(|e| {
+            let rule = e.rule?.as_str()?.to_owned();
+            Some(RateLimitState::new(rule, e.limit?.as_u64()?, e.remaining?.as_u64()?))
+        })
         .collect()
 }
 
@@ -292,6 +299,19 @@ mod tests {
       "headers": { "x-wacht-oauth-client-id": "oc_8QkFE6BI60eALThiZSopWVHTbadLSoLl", "x-wacht-oauth-issuer": "https://auth.example.com" },
       "some_future_field": {"nested": true}
     }"#;
+
+    #[test]
+    fn a_rate_limit_entry_of_another_shape_is_skipped_not_fatal() {
+        let body = ALLOWED.replace(
+            r#""rate_limits": [{ "rule": "1000/60s", "remaining": 999, "limit": 1000 }]"#,
+            r#""rate_limits": [{ "rule": 7, "remaining": -1 }, "x", { "rule": "5/1s", "remaining": 4, "limit": 5 }]"#,
+        );
+        let body = body.replace(r#", "x""#, "");
+        let Ok(Decision::Allowed(grant)) = decode_decision(body.as_bytes(), CredentialKind::OAuthAccessToken) else {
+            panic!("not allowed");
+        };
+        assert_eq!(grant.rate_limits, [RateLimitState::new("5/1s", 5, 4)]);
+    }
 
     #[test]
     fn decodes_the_reference_allowed_decision() {

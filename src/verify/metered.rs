@@ -49,6 +49,10 @@ fn spent_refusal(admission: Admission) -> Result<(), AuthError> {
     }
 }
 
+/// Most meters one flush script adds to.
+#[cfg(feature = "redis")]
+const FLUSH_CHUNK: usize = 256;
+
 /// Most flushes a waiting hit waits for before it is counted anyway.
 const MAX_FLUSH_WAITS: usize = 3;
 
@@ -128,26 +132,38 @@ impl Verifier {
             if batch.is_empty() {
                 return;
             }
-            let adds: Vec<crate::fleet::MeterAdd<'_>> = batch
+            let pairs: Vec<(
+                &(Arc<crate::rate_limit::Meter>, crate::rate_limit::Unflushed),
+                crate::fleet::MeterAdd<'_>,
+            )> = batch
                 .iter()
-                .filter_map(|(meter, unflushed)| {
-                    Some(crate::fleet::MeterAdd {
+                .filter_map(|entry| {
+                    let (meter, unflushed) = entry;
+                    let add = crate::fleet::MeterAdd {
                         meter: meter.fleet_key.as_deref()?,
                         window: unflushed.index,
                         window_ms: meter.rule.window_ms,
                         served: unflushed.served,
                         seen: unflushed.seen,
-                    })
+                    };
+                    Some((entry, add))
                 })
                 .collect();
-            match fleet.add_to_meters(&adds).await {
-                Some(counts) => {
-                    metering.fleet_up();
-                    for ((meter, unflushed), (fleet_count, seen)) in batch.iter().zip(counts) {
-                        meter.flushed(*unflushed, fleet_count, seen);
+            // A bounded script per call: Redis runs one at a time.
+            for chunk in pairs.chunks(FLUSH_CHUNK) {
+                let adds: Vec<crate::fleet::MeterAdd<'_>> = chunk.iter().map(|(_, add)| add.clone()).collect();
+                match fleet.add_to_meters(&adds).await {
+                    Some(counts) => {
+                        metering.fleet_up();
+                        for (((meter, unflushed), _), (fleet_count, seen)) in chunk.iter().zip(counts) {
+                            meter.flushed(*unflushed, fleet_count, seen);
+                        }
+                    }
+                    None => {
+                        metering.fleet_down();
+                        return;
                     }
                 }
-                None => metering.fleet_down(),
             }
         }
     }

@@ -288,7 +288,8 @@ async fn metering_off_serves_every_hit_as_before() {
 async fn a_budget_outlives_the_tokens_cache_entry() {
     // A short ttl: the token's entry ends long before the window does.
     let app = start(|b| b.ttl(Duration::from_millis(300))).await;
-    app.gateway.set_rate_limit_rules(vec![RateLimitRule::new(5, RateLimitUnit::Minute, 1)]);
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(5, RateLimitUnit::Minute, 1)]);
     fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
     let token = app.token(1);
     assert_eq!(app.served_of(8, "/cheap", &token).await, 5);
@@ -303,7 +304,8 @@ async fn a_budget_outlives_the_tokens_cache_entry() {
 #[tokio::test]
 async fn concurrent_first_requests_of_a_token_are_each_counted() {
     let app = start(|b| b).await;
-    app.gateway.set_rate_limit_rules(vec![RateLimitRule::new(5, RateLimitUnit::Minute, 1)]);
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(5, RateLimitUnit::Minute, 1)]);
     fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
     let token = app.token(1);
     let statuses = futures_util::future::join_all((0..20).map(|_| app.status("/cheap", &token))).await;
@@ -315,13 +317,15 @@ async fn concurrent_first_requests_of_a_token_are_each_counted() {
 #[tokio::test]
 async fn the_gateways_429_on_a_live_route_holds_for_the_cached_routes() {
     let app = start(|b| b).await;
-    app.gateway.set_rate_limit_rules(vec![RateLimitRule::new(1000, RateLimitUnit::Minute, 1)]);
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(1000, RateLimitUnit::Minute, 1)]);
     fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
     let token = app.token(1);
     assert_eq!(app.status("/cheap", &token).await, 200);
     assert_eq!(app.status("/live", &token).await, 200);
     // Spent at Wacht (other services of the app used it): the gateway refuses the live route.
-    app.gateway.set_fault(Some(Fault::RateLimited { retry_after_ms: 60_000 }));
+    app.gateway
+        .set_fault(Some(Fault::RateLimited { retry_after_ms: 60_000 }));
     assert_eq!(app.status("/live", &token).await, 429);
     app.gateway.set_fault(None);
     // The cached route knows: refused here, without a gateway call.
