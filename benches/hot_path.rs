@@ -618,16 +618,33 @@ fn profile(kind: &str) {
         });
         return;
     }
-    let auth = layer(1_000);
+    // `layer`: metering on, no rule in the answers; `unmetered`: off; `metered`: on, with a
+    // rule counted on every hit (no headers).
+    let limits = match kind {
+        "unmetered" => RateLimitConfig::default().disable_metering_unsafe(),
+        _ => RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None),
+    };
+    let config = WachtAuthConfig::builder()
+        .max_capacity(1_000)
+        .ttl(Duration::from_secs(3600))
+        .expected_deployment_id(418223109876543489)
+        .rate_limits(limits)
+        .build()
+        .unwrap();
+    let auth = if kind == "metered" {
+        WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
+    } else {
+        WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
+    };
     fill(&auth, 1);
     let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
     let mut bare = Noop;
     let mut wrapped = auth.layer(Noop);
     for _ in 0..N {
-        if kind == "layer" {
-            call(&mut wrapped, &header);
-        } else {
+        if kind == "bare" {
             call(&mut bare, &header);
+        } else {
+            call(&mut wrapped, &header);
         }
     }
 }

@@ -157,7 +157,8 @@ impl<'a> RouteRequest<'a> {
     }
 
     fn automatic_unbounded(&self) -> std::borrow::Cow<'a, str> {
-        if is_grpc(self.headers) {
+        // gRPC calls are POSTs: a GET reads no header here.
+        if self.method == Method::POST && is_grpc(self.headers) {
             return std::borrow::Cow::Borrowed(self.path());
         }
         let base = self.template().unwrap_or_else(|| self.path());

@@ -13,6 +13,9 @@ pub(crate) struct Rule {
     pub(crate) limit: u64,
     /// The window, in milliseconds (never zero).
     pub(crate) window_ms: u64,
+    /// Its `RateLimit-Policy` field, made once (`None` for a label that is not a plain
+    /// `<digits>/<digits>(s|ms)`).
+    pub(crate) policy: Option<http::HeaderValue>,
 }
 
 impl Rule {
@@ -29,6 +32,7 @@ impl Rule {
             label: label.into(),
             limit,
             window_ms,
+            policy: super::headers::policy(label, limit, window_ms),
         })
     }
 
@@ -252,6 +256,7 @@ mod tests {
                 label: "x".into(),
                 limit,
                 window_ms,
+                policy: None,
             },
             None,
         )

@@ -42,16 +42,45 @@ use crate::token::TokenHash;
 /// Most routes remembered per credential; past it the credential's routes are learned again.
 const MAX_ROUTES_PER_CREDENTIAL: usize = 64;
 
+/// Route keys are keyed hashes already: the map uses them as they are.
+#[derive(Default)]
+struct RouteKeyHasher(u64);
+
+impl Hasher for RouteKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type RouteMap = HashMap<u64, Arc<[Arc<Meter>]>, std::hash::BuildHasherDefault<RouteKeyHasher>>;
+
 /// What a request's credential counts against on one route, as the layer learned it.
 #[derive(Debug, Default)]
 pub(crate) struct RouteMeters {
-    routes: RwLock<HashMap<u64, Arc<[Arc<Meter>]>>>,
+    routes: RwLock<RouteMap>,
 }
 
 impl RouteMeters {
     fn get(&self, route: u64) -> Option<Arc<[Arc<Meter>]>> {
         let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         routes.get(&route).cloned()
+    }
+
+    /// `f` of the route's meters, if the route is known (under the read lock: nothing
+    /// cloned on the hit path).
+    fn with<T>(&self, route: u64, f: impl FnOnce(&[Arc<Meter>]) -> T) -> Option<T> {
+        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.get(&route).map(|meters| f(meters))
     }
 
     /// Every meter of every route, each once.
@@ -94,6 +123,8 @@ pub(crate) struct Usage {
     pub(crate) remaining: u64,
     pub(crate) reset: Duration,
     pub(crate) window: Duration,
+    /// The rule's `RateLimit-Policy` field, made when the rule was learned.
+    pub(crate) policy: Option<http::HeaderValue>,
 }
 
 impl Usage {
@@ -109,6 +140,7 @@ impl Usage {
             remaining,
             reset: Duration::from_millis(reset_ms),
             window: meter.rule.window(),
+            policy: meter.rule.policy.clone(),
         }
     }
 
@@ -217,8 +249,13 @@ impl Clock {
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
-        let since = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
-        self.start_unix_ms.saturating_add(since)
+        // In u64 (`as_millis` divides a u128: most of this function's cost on a hit).
+        let since = now.saturating_duration_since(self.start);
+        let ms = since
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(since.subsec_millis()));
+        self.start_unix_ms.saturating_add(ms)
     }
 }
 
@@ -252,6 +289,8 @@ pub(crate) struct Metering {
     routes: std::hash::RandomState,
     /// In fleet mode: the meters are shared.
     shared: Option<Shared>,
+    /// Whether a served request's budget is wanted (response headers, the audit trail).
+    want_usage: bool,
 }
 
 impl std::fmt::Debug for Metering {
@@ -324,6 +363,7 @@ impl Metering {
                 book: HashMap::new(),
             }),
             routes: std::hash::RandomState::new(),
+            want_usage: config.headers != RateLimitHeaders::None || config.usage_wanted,
             shared: fleet_key.map(|key_of| Shared {
                 key_of,
                 down_until_ms: std::sync::atomic::AtomicU64::new(0),
@@ -366,10 +406,9 @@ impl Metering {
 
     /// A request on `route` served from cache at `now`: counted by the route's meters.
     pub(crate) fn admit(&self, meters: &RouteMeters, route: u64, now: Instant) -> Admission {
-        match meters.get(route) {
-            Some(route_meters) => self.count(&route_meters, now, true),
-            None => Admission::Unknown,
-        }
+        meters
+            .with(route, |route_meters| self.count(route_meters, now, true))
+            .unwrap_or(Admission::Unknown)
     }
 
     /// A request served from cache counted by `meters` at `now`. With `batched`, a shared
@@ -387,6 +426,7 @@ impl Metering {
             let (count, half) = meter.admit(now_ms, batch);
             half_full |= half;
             match count {
+                Count::Served { .. } if !self.want_usage => {}
                 Count::Served { .. } => {
                     let usage = Usage::of(meter, count);
                     served = Some(match served {

@@ -232,7 +232,9 @@ impl Verifier {
         });
         #[cfg(not(feature = "redis"))]
         let fleet_key = None;
-        let metering = crate::rate_limit::Metering::new(&config.rate_limits, fleet_key);
+        let mut limits = config.rate_limits.clone();
+        limits.usage_wanted = config.requests.audit.is_enabled();
+        let metering = crate::rate_limit::Metering::new(&limits, fleet_key);
         let fixed_route_key = metering.as_ref().and_then(|m| {
             let fixed = matches!(config.gateway.route, crate::config::RouteReporting::Fixed) && !m.by_ip();
             fixed.then(|| {
