@@ -27,7 +27,7 @@ pub(crate) mod headers;
 mod meter;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,52 +42,53 @@ use crate::token::TokenHash;
 /// Most routes remembered per credential; past it the credential's routes are learned again.
 const MAX_ROUTES_PER_CREDENTIAL: usize = 64;
 
-/// Route keys are keyed hashes already: the map uses them as they are.
-#[derive(Default)]
-struct RouteKeyHasher(u64);
+/// A route as the meters tell routes apart: the resource reported to the gateway and, when
+/// a rule counts per client IP, that IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RouteRef<'a> {
+    pub(crate) resource: &'a str,
+    pub(crate) ip: Option<&'a str>,
+}
 
-impl Hasher for RouteKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// A route a credential was seen on, and what it counts against there.
+#[derive(Debug)]
+struct Learned {
+    resource: Box<str>,
+    ip: Option<Box<str>>,
+    meters: Arc<[Arc<Meter>]>,
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+impl Learned {
+    fn is(&self, route: RouteRef<'_>) -> bool {
+        *self.resource == *route.resource && self.ip.as_deref() == route.ip
     }
 }
 
-type RouteMap = HashMap<u64, Arc<[Arc<Meter>]>, std::hash::BuildHasherDefault<RouteKeyHasher>>;
-
-/// What a request's credential counts against on one route, as the layer learned it.
+/// What a request's credential counts against on each route, as the layer learned it. A
+/// credential uses few routes: they are compared in order (no hashing on a hit), at most
+/// [`MAX_ROUTES_PER_CREDENTIAL`].
 #[derive(Debug, Default)]
 pub(crate) struct RouteMeters {
-    routes: RwLock<RouteMap>,
+    routes: RwLock<Vec<Learned>>,
 }
 
 impl RouteMeters {
-    fn get(&self, route: u64) -> Option<Arc<[Arc<Meter>]>> {
-        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        routes.get(&route).cloned()
+    fn get(&self, route: RouteRef<'_>) -> Option<Arc<[Arc<Meter>]>> {
+        self.with(route, Arc::clone)
     }
 
     /// `f` of the route's meters, if the route is known (under the read lock: nothing
     /// cloned on the hit path).
-    fn with<T>(&self, route: u64, f: impl FnOnce(&[Arc<Meter>]) -> T) -> Option<T> {
+    fn with<T>(&self, route: RouteRef<'_>, f: impl FnOnce(&Arc<[Arc<Meter>]>) -> T) -> Option<T> {
         let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        routes.get(&route).map(|meters| f(meters))
+        routes.iter().find(|l| l.is(route)).map(|l| f(&l.meters))
     }
 
     /// Every meter of every route, each once.
     fn all(&self) -> Vec<Arc<Meter>> {
         let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut all: Vec<Arc<Meter>> = Vec::new();
-        for meter in routes.values().flat_map(|m| m.iter()) {
+        for meter in routes.iter().flat_map(|l| l.meters.iter()) {
             if !all.iter().any(|known| Arc::ptr_eq(known, meter)) {
                 all.push(Arc::clone(meter));
             }
@@ -95,12 +96,21 @@ impl RouteMeters {
         all
     }
 
-    fn learn(&self, route: u64, meters: Arc<[Arc<Meter>]>) {
+    fn learn(&self, route: RouteRef<'_>, meters: Arc<[Arc<Meter>]>) {
         let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if routes.len() >= MAX_ROUTES_PER_CREDENTIAL && !routes.contains_key(&route) {
-            routes.clear();
+        if let Some(known) = routes.iter_mut().find(|l| l.is(route)) {
+            known.meters = meters;
+            return;
         }
-        routes.insert(route, meters);
+        if routes.len() >= MAX_ROUTES_PER_CREDENTIAL {
+            // The oldest goes: its meters stay in the registry until their window ends.
+            routes.remove(0);
+        }
+        routes.push(Learned {
+            resource: route.resource.into(),
+            ip: route.ip.map(Into::into),
+            meters,
+        });
     }
 }
 
@@ -277,6 +287,7 @@ struct Shared {
 }
 
 /// How long meters count alone after the fleet's store failed a flush.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 const FLEET_RETRY: Duration = Duration::from_secs(1);
 
 /// One verifier's meters.
@@ -286,6 +297,7 @@ pub(crate) struct Metering {
     clock: Clock,
     /// Every live meter by its key; dead ones pruned as the map grows.
     registry: Mutex<Registry>,
+    /// Keys the rule book's resources (a per-process secret: a client cannot aim at a key).
     routes: std::hash::RandomState,
     /// In fleet mode: the meters are shared.
     shared: Option<Shared>,
@@ -392,20 +404,18 @@ impl Metering {
         self.config.headers
     }
 
-    /// The key of a route (the resource reported to the gateway: its rules match endpoints
-    /// by resource alone, whatever the method) and, when a rule counts per IP, the client's
-    /// IP. Keyed with a per-process secret: a request cannot aim at another route's key.
-    pub(crate) fn route_key(&self, resource: &str, ip: Option<&str>) -> u64 {
-        let mut h = self.routes.build_hasher();
-        resource.hash(&mut h);
-        if self.by_ip {
-            ip.hash(&mut h);
+    /// A route as the meters tell it apart: the resource reported to the gateway (its rules
+    /// match endpoints by resource alone, whatever the method) and, when a rule counts per
+    /// IP, the client's IP.
+    pub(crate) fn route<'a>(&self, resource: &'a str, ip: Option<&'a str>) -> RouteRef<'a> {
+        RouteRef {
+            resource,
+            ip: if self.by_ip { ip } else { None },
         }
-        h.finish()
     }
 
     /// A request on `route` served from cache at `now`: counted by the route's meters.
-    pub(crate) fn admit(&self, meters: &RouteMeters, route: u64, now: Instant) -> Admission {
+    pub(crate) fn admit(&self, meters: &RouteMeters, route: RouteRef<'_>, now: Instant) -> Admission {
         meters
             .with(route, |route_meters| self.count(route_meters, now, true))
             .unwrap_or(Admission::Unknown)
@@ -469,7 +479,7 @@ impl Metering {
 
     /// The budget of the route's tightest rule if a gateway answer showed it spent by more
     /// than the request the gateway just counted (what was served here meanwhile).
-    pub(crate) fn overspent(&self, meters: &RouteMeters, route: u64) -> Option<Usage> {
+    pub(crate) fn overspent(&self, meters: &RouteMeters, route: RouteRef<'_>) -> Option<Usage> {
         let now_ms = self.clock.unix_ms(Instant::now());
         meters.get(route)?.iter().find_map(|meter| {
             let count = meter.over(now_ms);
@@ -479,7 +489,7 @@ impl Metering {
 
     /// The gateway refused a request on `route` as rate-limited: its meters there hold the
     /// budget spent for `retry_after` (at most to the end of their window).
-    pub(crate) fn spend(&self, meters: &RouteMeters, route: u64, retry_after: Duration) {
+    pub(crate) fn spend(&self, meters: &RouteMeters, route: RouteRef<'_>, retry_after: Duration) {
         let Some(route_meters) = meters.get(route) else {
             return;
         };
@@ -514,7 +524,7 @@ impl Metering {
     pub(crate) fn learn(
         &self,
         meters: &RouteMeters,
-        route: u64,
+        route: RouteRef<'_>,
         subject: &Subject<'_>,
         limits: &[RateLimitState],
     ) -> Admission {
@@ -566,7 +576,7 @@ impl Metering {
     pub(crate) fn admit_new_route(
         &self,
         meters: &RouteMeters,
-        route: u64,
+        route: RouteRef<'_>,
         subject: &Subject<'_>,
         now: Instant,
     ) -> Admission {
@@ -590,7 +600,7 @@ impl Metering {
     pub(crate) fn admit_with_rules(
         &self,
         meters: &RouteMeters,
-        route: u64,
+        route: RouteRef<'_>,
         subject: &Subject<'_>,
         rules: &[(String, u64)],
         now: Instant,
@@ -646,7 +656,7 @@ impl Metering {
     }
 
     /// The tightest budget on `route` now, counting nothing (a miss's response headers).
-    pub(crate) fn peek(&self, meters: &RouteMeters, route: u64) -> Option<Usage> {
+    pub(crate) fn peek(&self, meters: &RouteMeters, route: RouteRef<'_>) -> Option<Usage> {
         let now_ms = self.clock.unix_ms(Instant::now());
         meters.get(route)?.iter().fold(None, |tightest, meter| {
             let usage = Usage::of(meter, meter.peek(now_ms));
@@ -682,6 +692,7 @@ impl Metering {
     }
 
     /// The fleet's store could not take a flush: meters count alone for a while.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fleet_down(&self) {
         if let Some(shared) = &self.shared {
             let until = self

@@ -31,7 +31,8 @@ pub(super) enum Metered {
 /// A hit waiting for the fleet's count (see [`Metered::Flush`]).
 pub(crate) struct Waiting {
     meters: Arc<RouteMeters>,
-    route: u64,
+    /// The route's resource and (when a rule counts per IP) client IP.
+    route: (String, Option<String>),
     /// The cached principal to serve.
     pub(super) principal: Option<Principal>,
 }
@@ -62,11 +63,11 @@ impl Verifier {
         let (Some(metering), Some(meters)) = (&self.metering, &hit.meters) else {
             return Metered::Pass(None);
         };
-        let (route, resource, ip) = self.route_of(metering, req);
+        let (resource, ip) = self.route_of(metering, req);
+        let route = metering.route(&resource, ip.as_deref());
         let admission = match metering.admit(meters, route, hit.now) {
             Admission::Unknown => {
                 // The route's rules may be known from another credential of the same app.
-                let resource = resource.unwrap_or_else(|| std::borrow::Cow::Owned(miss::fixed(&self.settings).1));
                 let subject = Subject::of(hit.principal.grant(), &hit.hash, &resource, ip.as_deref());
                 metering.admit_new_route(meters, route, &subject, hit.now)
             }
@@ -82,7 +83,7 @@ impl Verifier {
             Admission::Unknown => Metered::Learn(Arc::clone(meters)),
             Admission::Flush => Metered::Flush(Box::new(Waiting {
                 meters: Arc::clone(meters),
-                route,
+                route: (resource.into_owned(), ip),
                 principal: None,
             })),
         }
@@ -96,7 +97,8 @@ impl Verifier {
         };
         for _ in 0..MAX_FLUSH_WAITS {
             self.flush_meters().await;
-            match metering.admit(&waiting.meters, waiting.route, Instant::now()) {
+            let route = metering.route(&waiting.route.0, waiting.route.1.as_deref());
+            match metering.admit(&waiting.meters, route, Instant::now()) {
                 Admission::Served(usage) => return Ok(Verified { principal, usage }),
                 Admission::Spent(usage) => {
                     crate::telemetry::verification("rate_limited", "meter");
@@ -109,7 +111,8 @@ impl Verifier {
             }
         }
         // Filled again each time by other requests: counted now rather than held longer.
-        match metering.admit(&waiting.meters, waiting.route, Instant::now()) {
+        let route = metering.route(&waiting.route.0, waiting.route.1.as_deref());
+        match metering.admit(&waiting.meters, route, Instant::now()) {
             Admission::Served(usage) => Ok(Verified { principal, usage }),
             other => {
                 let counted = match other {
@@ -168,34 +171,31 @@ impl Verifier {
         }
     }
 
-    /// The meters' key of a request's route (the resource the configured mode reports) and,
-    /// when a rule counts per IP, its client's IP; with the resource and IP when worked out
-    /// (a fixed route's key is known beforehand). The resource is borrowed from the request
-    /// where it can be: a hit copies nothing.
+    /// A request's route as the meters tell it apart: the resource the configured mode
+    /// reports (borrowed from the request where it can be: a hit copies nothing) and, when a
+    /// rule counts per IP, its client's IP.
     fn route_of<'r, B>(
-        &self,
+        &'r self,
         metering: &Metering,
         req: &'r Request<B>,
-    ) -> (u64, Option<std::borrow::Cow<'r, str>>, Option<String>) {
-        if let Some(key) = self.fixed_route_key {
-            return (key, None, None);
-        }
-        let resource = match &self.settings.route {
-            crate::config::RouteReporting::Request => crate::route::RouteRequest::of(req).automatic_bounded(),
-            _ => std::borrow::Cow::Owned(miss::reported_route(&self.settings, req).1),
+    ) -> (std::borrow::Cow<'r, str>, Option<String>) {
+        let resource = match (&self.fixed_resource, &self.settings.route) {
+            (Some(fixed), _) => std::borrow::Cow::Borrowed(fixed.as_str()),
+            (None, crate::config::RouteReporting::Request) => crate::route::RouteRequest::of(req).automatic_bounded(),
+            (None, _) => std::borrow::Cow::Owned(miss::reported_route(&self.settings, req).1),
         };
         let ip = metering
             .by_ip()
             .then(|| miss::client_ip(&self.settings, req))
             .flatten()
             .map(|ip| ip.to_string());
-        (metering.route_key(&resource, ip.as_deref()), Some(resource), ip)
+        (resource, ip)
     }
 
-    /// The meters' key of the route a miss reported.
-    pub(super) fn route_key_of(&self, ctx: &MissContext) -> Option<u64> {
-        let metering = self.metering.as_ref()?;
-        Some(metering.route_key(&ctx.resource, ctx.client_ip.as_deref()))
+    /// The route a miss reported, owned (for its response's budget).
+    pub(super) fn route_key_of(&self, ctx: &MissContext) -> Option<(String, Option<String>)> {
+        self.metering.as_ref()?;
+        Some((ctx.resource.clone(), ctx.client_ip.clone()))
     }
 
     /// A gateway answer about `grant` for the request `ctx` describes: the credential's
@@ -212,7 +212,7 @@ impl Verifier {
         let metering = self.metering.as_ref()?;
         let meters = meters.or_else(|| self.cache.meters_of(hash)).unwrap_or_default();
         if let Some(ctx) = ctx {
-            let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+            let route = metering.route(&ctx.resource, ctx.client_ip.as_deref());
             let subject = Subject::of(grant, hash, &ctx.resource, ctx.client_ip.as_deref());
             #[cfg(feature = "redis")]
             if !metering.knows_rules(&subject) {
@@ -236,7 +236,7 @@ impl Verifier {
         let (Some(metering), Some(meters)) = (&self.metering, self.cache.meters_of(hash)) else {
             return Ok(());
         };
-        let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+        let route = metering.route(&ctx.resource, ctx.client_ip.as_deref());
         let admission = if counted {
             match metering.overspent(&meters, route) {
                 Some(usage) => Admission::Spent(usage),
@@ -277,7 +277,7 @@ impl Verifier {
         let (Some(metering), Some(ctx), Some(meters)) = (&self.metering, ctx, self.cache.meters_of(hash)) else {
             return;
         };
-        let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+        let route = metering.route(&ctx.resource, ctx.client_ip.as_deref());
         metering.spend(&meters, route, retry_after);
     }
 
@@ -311,7 +311,7 @@ impl Verifier {
             let principal = self.cache.peek(hash)?;
             let subject = Subject::of(principal.grant(), hash, &ctx.resource, ctx.client_ip.as_deref());
             let rules = fleet.rules(subject.book_key(), subject.route).await.flatten()?;
-            let route = metering.route_key(&ctx.resource, ctx.client_ip.as_deref());
+            let route = metering.route(&ctx.resource, ctx.client_ip.as_deref());
             return Some(
                 match metering.admit_with_rules(meters, route, &subject, &rules, Instant::now()) {
                     Admission::Spent(usage) => {
@@ -329,8 +329,9 @@ impl Verifier {
     }
 
     /// The budget to report on a miss's response.
-    pub(super) fn usage_after_miss(&self, hash: &TokenHash, route: Option<u64>) -> Option<Usage> {
-        let (metering, route) = (self.metering.as_ref()?, route?);
+    pub(super) fn usage_after_miss(&self, hash: &TokenHash, route: Option<&(String, Option<String>)>) -> Option<Usage> {
+        let (metering, (resource, ip)) = (self.metering.as_ref()?, route?);
+        let route = metering.route(resource, ip.as_deref());
         let meters = self.cache.meters_of(hash)?;
         metering.peek(&meters, route)
     }

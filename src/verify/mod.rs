@@ -130,7 +130,7 @@ impl Miss {
                         .await
                 }
             }?;
-            let usage = self.verifier.usage_after_miss(&self.hash, route);
+            let usage = self.verifier.usage_after_miss(&self.hash, route.as_ref());
             Ok(Verified { principal, usage })
         })
     }
@@ -167,9 +167,8 @@ pub struct Verifier {
     api_keys: crate::api_key::ApiKeys,
     /// Wacht's rate limits on what the cache serves; `None` when metering is off.
     metering: Option<crate::rate_limit::Metering>,
-    /// The meters' key of every request's route, when it does not depend on the request
-    /// (fixed reporting, no rule counted per IP).
-    fixed_route_key: Option<u64>,
+    /// Every request's resource, when it does not depend on the request (fixed reporting).
+    fixed_resource: Option<String>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -235,16 +234,11 @@ impl Verifier {
         let mut limits = config.rate_limits.clone();
         limits.usage_wanted = config.requests.audit.is_enabled();
         let metering = crate::rate_limit::Metering::new(&limits, fleet_key);
-        let fixed_route_key = metering.as_ref().and_then(|m| {
-            let fixed = matches!(config.gateway.route, crate::config::RouteReporting::Fixed) && !m.by_ip();
-            fixed.then(|| {
-                let (_, resource) = miss::fixed(&config.gateway);
-                m.route_key(&resource, None)
-            })
-        });
+        let fixed_resource = matches!(config.gateway.route, crate::config::RouteReporting::Fixed)
+            .then(|| miss::fixed(&config.gateway).1);
         Ok(Verifier {
             metering,
-            fixed_route_key,
+            fixed_resource,
             #[cfg(feature = "redis")]
             fleet,
             jwt,
