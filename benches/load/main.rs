@@ -38,7 +38,8 @@
 //! not charged to the app). The generator is a minimal HTTP/1.1 keep-alive client over N
 //! connections on one tokio `current_thread` runtime (one request in flight per connection).
 //!
-//! Knobs (environment): `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
+//! Knobs (environment): `LOAD_RATE_LIMITS` (`headers`, default: metered with the rate-limit
+//! headers; `metered`: no headers; `off`: not metered), `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
 //! `LOAD_REPS` (20 interleaved rounds of baseline, floor, hit and hit-app), `LOAD_SLICE_MS`
 //! (1000: length of one measured slice in a round), `LOAD_GENERATOR` (`spin`, default: the
 //! interleaved runs use a busy-polling generator thread; `epoll`: tokio tasks that sleep in

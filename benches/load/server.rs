@@ -208,9 +208,19 @@ async fn serve(
     let builder = WachtAuthConfig::builder()
         .gateway_url(gateway.url())
         .api_key("sk_test_loadbench");
+    // `LOAD_RATE_LIMITS`: `headers` (the default: metered, `RateLimit-Policy` / `RateLimit`
+    // on every response), `metered` (metered, no headers), `off` (not metered).
+    let limits = match std::env::var("LOAD_RATE_LIMITS").as_deref() {
+        Ok("off") => tower_wacht::rate_limit::RateLimitConfig::default().disable_metering_unsafe(),
+        Ok("metered") => {
+            tower_wacht::rate_limit::RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None)
+        }
+        _ => tower_wacht::rate_limit::RateLimitConfig::default(),
+    };
     let config = builder
         .clone()
-        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID);
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+        .rate_limits(limits);
     // JWT modes: local verification of the issuer's tokens (a JWT names no deployment: the
     // issuer is the pin).
     let jwt_config = issuer
