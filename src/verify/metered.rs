@@ -226,7 +226,7 @@ impl Verifier {
 
     /// A request a miss served: counted here unless the gateway's own answer to it counted it
     /// (`counted`), and refused if the budget is spent either way.
-    pub(super) fn meter_miss(
+    pub(super) async fn meter_miss(
         &self,
         hash: &TokenHash,
         ctx: &MissContext,
@@ -247,9 +247,13 @@ impl Verifier {
                 Admission::Unknown => {
                     let subject = Subject::of(principal.grant(), hash, &ctx.resource, ctx.client_ip.as_deref());
                     match metering.admit_new_route(&meters, route, &subject, Instant::now()) {
-                        // Not learned here (no gateway answer of its own): counted by every
-                        // budget the token already has.
-                        Admission::Unknown => metering.admit_known(&meters, Instant::now()),
+                        // Not learned here (no gateway answer of its own: a copy of the
+                        // fleet's shared tier): the fleet's rule book, else every budget the
+                        // token already has.
+                        Admission::Unknown => match self.learn_from_fleet(hash, ctx, &meters).await {
+                            Some(outcome) => return outcome.map(|_| ()),
+                            None => metering.admit_known(&meters, Instant::now()),
+                        },
                         known => known,
                     }
                 }

@@ -180,6 +180,7 @@ impl Verifier {
             let outcome = match self.cache.load(hash, started, flight).await {
                 Loaded::Allowed(principal) => self
                     .meter_miss(&hash, &ctx, &principal, counted.load(Ordering::Acquire))
+                    .await
                     .map(|()| principal),
                 Loaded::Stale => continue,
                 Loaded::Refused(refusal) => match &*refusal {
@@ -385,7 +386,7 @@ impl Verifier {
         // The gateway counted this request; the rules it named may show the budget spent by
         // what was served here.
         let outcome = match outcome {
-            Ok(principal) => self.meter_miss(&hash, ctx, &principal, true).map(|()| principal),
+            Ok(principal) => self.meter_miss(&hash, ctx, &principal, true).await.map(|()| principal),
             refused => refused,
         };
         telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");

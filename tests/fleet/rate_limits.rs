@@ -101,3 +101,33 @@ async fn with_redis_paused_each_replica_meters_alone_and_keeps_answering() {
     assert!(served + 2 <= 2 * 40, "past the bound without Redis: {served}");
     assert!(served + 2 >= 40, "{served}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_three_replicas_a_spent_budget_is_served_again_when_the_window_rolls() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    // 20 per 2 s: a batch is 1 request, so the fleet's count is exact to a request a replica.
+    gateway.set_rate_limit_rules(vec![RateLimitRule::new(20, RateLimitUnit::Second, 2)]);
+    let fleet = replicas(3, &gateway, &redis, "/").await;
+    let http = reqwest::Client::new();
+    fresh_window(Duration::from_secs(2), Duration::from_millis(1500)).await;
+    let t = token(&gateway, "oc_fleetRateLimitedRolling0000001");
+    let served = spread(&http, &fleet, &t, 40).await;
+    assert!((20..=23).contains(&served), "{served}");
+    for replica in &fleet {
+        assert_eq!(status(&http, replica, &t).await, 429);
+    }
+    // A window later (and the gateway's own sliding window empty too): every replica serves
+    // again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fresh_window(Duration::from_secs(2), Duration::from_millis(1900)).await;
+    for (i, replica) in fleet.iter().enumerate() {
+        let resp = http
+            .get(format!("http://{}/whoami", replica.addr))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("request completes");
+        assert_eq!(resp.status(), 200, "replica {i}: {:?}", resp.headers());
+    }
+}
