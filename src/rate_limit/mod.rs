@@ -25,10 +25,12 @@
 mod config;
 pub(crate) mod headers;
 mod meter;
+mod routes;
+mod subject;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use self::config::{DEFAULT_FLEET_BATCH, RateLimitConfig, RateLimitHeaders, RateLimitMode};
@@ -36,94 +38,10 @@ pub use self::config::{DEFAULT_FLEET_BATCH, RateLimitConfig, RateLimitHeaders, R
 #[cfg(feature = "redis")]
 pub(crate) use self::meter::Unflushed;
 pub(crate) use self::meter::{Count, Meter, Rule};
-use crate::principal::{Grant, RateLimitState};
-use crate::token::TokenHash;
-
-/// Most routes remembered per credential; past it the credential's routes are learned again.
-const MAX_ROUTES_PER_CREDENTIAL: usize = 64;
-
-/// A route as the meters tell routes apart: the resource reported to the gateway and, when
-/// a rule counts per client IP, that IP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RouteRef<'a> {
-    pub(crate) resource: &'a str,
-    pub(crate) ip: Option<&'a str>,
-}
-
-/// A route a credential was seen on, and what it counts against there.
-#[derive(Debug)]
-struct Learned {
-    resource: Box<str>,
-    ip: Option<Box<str>>,
-    meters: Arc<[Arc<Meter>]>,
-}
-
-impl Learned {
-    fn is(&self, route: RouteRef<'_>) -> bool {
-        *self.resource == *route.resource && self.ip.as_deref() == route.ip
-    }
-}
-
-/// What a request's credential counts against on each route, as the layer learned it. A
-/// credential uses few routes: they are compared in order (no hashing on a hit), at most
-/// [`MAX_ROUTES_PER_CREDENTIAL`].
-#[derive(Debug, Default)]
-pub(crate) struct RouteMeters {
-    routes: RwLock<Vec<Learned>>,
-}
-
-impl RouteMeters {
-    fn get(&self, route: RouteRef<'_>) -> Option<Arc<[Arc<Meter>]>> {
-        self.with(route, Arc::clone)
-    }
-
-    /// `f` of the route's meters, if the route is known (under the read lock: nothing
-    /// cloned on the hit path).
-    fn with<T>(&self, route: RouteRef<'_>, f: impl FnOnce(&Arc<[Arc<Meter>]>) -> T) -> Option<T> {
-        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        routes.iter().find(|l| l.is(route)).map(|l| f(&l.meters))
-    }
-
-    /// Every meter of every route, each once.
-    fn all(&self) -> Vec<Arc<Meter>> {
-        let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all: Vec<Arc<Meter>> = Vec::new();
-        for meter in routes.iter().flat_map(|l| l.meters.iter()) {
-            if !all.iter().any(|known| Arc::ptr_eq(known, meter)) {
-                all.push(Arc::clone(meter));
-            }
-        }
-        all
-    }
-
-    fn learn(&self, route: RouteRef<'_>, meters: Arc<[Arc<Meter>]>) {
-        let mut routes = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = routes.iter_mut().find(|l| l.is(route)) {
-            known.meters = meters;
-            return;
-        }
-        if routes.len() >= MAX_ROUTES_PER_CREDENTIAL {
-            // The oldest goes: its meters stay in the registry until their window ends.
-            routes.remove(0);
-        }
-        routes.push(Learned {
-            resource: route.resource.into(),
-            ip: route.ip.map(Into::into),
-            meters,
-        });
-    }
-}
-
-/// Each meter once: two rules of one label and mode are one meter, counted once.
-fn distinct(meters: Vec<Arc<Meter>>) -> Arc<[Arc<Meter>]> {
-    let mut out: Vec<Arc<Meter>> = Vec::with_capacity(meters.len());
-    for meter in meters {
-        if !out.iter().any(|m| Arc::ptr_eq(m, &meter)) {
-            out.push(meter);
-        }
-    }
-    out.into()
-}
+use self::routes::distinct;
+pub(crate) use self::routes::{RouteMeters, RouteRef};
+pub(crate) use self::subject::Subject;
+use crate::principal::RateLimitState;
 
 /// The budget a response reports: its most constrained rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,66 +95,6 @@ pub(crate) enum Admission {
     /// Not counted: this replica holds a full batch of a rule the fleet shares; add it to the
     /// fleet's count, then ask again.
     Flush,
-}
-
-/// Whose requests a meter counts: the parts of a grant and a request the modes key by.
-pub(crate) struct Subject<'a> {
-    /// The API-auth app (`<deployment>:<app slug>`), if the grant names one.
-    pub(crate) app: Option<String>,
-    /// The credential: an API key's id, else the token's cache key.
-    pub(crate) credential: String,
-    /// The route as reported to the gateway.
-    pub(crate) route: &'a str,
-    pub(crate) ip: Option<&'a str>,
-}
-
-impl<'a> Subject<'a> {
-    /// The subject of a verified grant on a route.
-    pub(crate) fn of(grant: &Grant, hash: &TokenHash, route: &'a str, ip: Option<&'a str>) -> Self {
-        let deployment = grant.deployment_id.map_or(0, |d| d.0);
-        let app = match (&grant.api_key, grant.owner_user_id) {
-            (Some(key), _) => Some(format!("{deployment}:{}", key.app_slug)),
-            (None, Some(user)) => Some(format!("{deployment}:oauth_{}", user.get())),
-            (None, None) => None,
-        };
-        let credential = match &grant.api_key {
-            Some(key) => format!("key:{}", key.key_id.get()),
-            None => format!("token:{}", hex(hash.as_bytes())),
-        };
-        Subject {
-            app,
-            credential,
-            route,
-            ip,
-        }
-    }
-
-    /// Whose rules these are: the app's scheme decides them (the credential's, without an
-    /// app).
-    pub(crate) fn book_key(&self) -> &str {
-        self.app.as_deref().unwrap_or(&self.credential)
-    }
-
-    /// The meter key of `rule` counted in `mode`.
-    fn key(&self, mode: RateLimitMode, rule: &str) -> String {
-        let ip = self.ip.unwrap_or("unknown");
-        // Without an app (a grant that names no owner), a per-app rule counts the credential.
-        let app = self.app.as_deref().unwrap_or(&self.credential);
-        match mode {
-            RateLimitMode::PerApp => format!("app|{app}|{rule}"),
-            RateLimitMode::PerKey => format!("key|{}|{}|{rule}", self.credential, self.route),
-            RateLimitMode::PerKeyAndIp => format!("keyip|{}|{ip}|{}|{rule}", self.credential, self.route),
-            RateLimitMode::PerAppAndIp => format!("appip|{app}|{ip}|{rule}"),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Unix milliseconds from a monotonic instant: one wall-clock reading at start, so the hit
