@@ -190,9 +190,30 @@ impl DecisionCache {
 
     /// The hot path: this thread's front cache, then the shared cache.
     pub(crate) fn hit(&self, hash: &TokenHash) -> Option<Hit> {
+        let hit = self.lookup(hash, |_, _| true)?;
+        tracing::trace!(
+            client_id = hit.principal.client_id().as_str(),
+            cache = "hit",
+            outcome = "allowed"
+        );
+        Some(hit)
+    }
+
+    /// [`hit`](Self::hit) for a `max_cache_age` layer: only an entry verified at most
+    /// `max_age` ago (one of unknown age, a copy of the fleet's shared tier, never).
+    pub(crate) fn hit_within(&self, hash: &TokenHash, max_age: Duration) -> Option<Hit> {
+        self.lookup(hash, |e, now| {
+            e.verified_at
+                .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
+        })
+    }
+
+    /// This thread's front cache, then the shared cache, for an entry `usable` takes at the
+    /// lookup's instant; a hit or a miss is counted.
+    fn lookup(&self, hash: &TokenHash, usable: impl Fn(&Entry, Instant) -> bool) -> Option<Hit> {
         let generation = self.generations.current();
         let now = Instant::now();
-        let (entry, front) = match front::get(self.id, generation, hash, now) {
+        let (entry, front) = match front::get(self.id, generation, hash, now).filter(|e| usable(e, now)) {
             Some(entry) => (entry, true),
             None => {
                 // moka's `get` completes on its first poll unless it must wait for maintenance;
@@ -202,42 +223,7 @@ impl DecisionCache {
                     .get(hash)
                     .now_or_never()
                     .flatten()
-                    .filter(|e| now < e.deadline && self.is_current(hash, e));
-                let Some(entry) = entry else {
-                    self.metrics.cache_miss();
-                    return None;
-                };
-                front::put(self.id, generation, *hash, entry.clone());
-                (entry, false)
-            }
-        };
-        self.metrics.cache_hit();
-        tracing::trace!(
-            client_id = entry.principal.client_id().as_str(),
-            cache = "hit",
-            outcome = "allowed"
-        );
-        Some(Hit::of(entry, *hash, front, now, generation))
-    }
-
-    /// [`hit`](Self::hit) for a `max_cache_age` layer: only an entry verified at most
-    /// `max_age` ago (one of unknown age, a copy of the fleet's shared tier, never).
-    pub(crate) fn hit_within(&self, hash: &TokenHash, max_age: Duration) -> Option<Hit> {
-        let generation = self.generations.current();
-        let now = Instant::now();
-        let young = |e: &Entry| {
-            e.verified_at
-                .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
-        };
-        let (entry, front) = match front::get(self.id, generation, hash, now).filter(young) {
-            Some(entry) => (entry, true),
-            None => {
-                let entry = self
-                    .positive
-                    .get(hash)
-                    .now_or_never()
-                    .flatten()
-                    .filter(|e| now < e.deadline && self.is_current(hash, e) && young(e));
+                    .filter(|e| now < e.deadline && self.is_current(hash, e) && usable(e, now));
                 let Some(entry) = entry else {
                     self.metrics.cache_miss();
                     return None;

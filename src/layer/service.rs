@@ -70,7 +70,7 @@ where
             audit.credential(shared.verifier.kind_of(secret), secret);
         }
         let freshness = match &shared.live_routes {
-            Some(live) if live.covers(&crate::route::RouteRequest::of(&req).automatic().1) => Freshness::Live,
+            Some(live) if live.covers(&crate::route::RouteRequest::of(&req).automatic_bounded()) => Freshness::Live,
             _ => shared.freshness,
         };
         let authentication = match freshness {

@@ -87,9 +87,6 @@ pub struct RateLimitConfig {
     pub(crate) rule_modes: Vec<(Arc<str>, RateLimitMode)>,
     pub(crate) headers: RateLimitHeaders,
     pub(crate) fleet_batch: u64,
-    /// Set by the configuration when something else reads a request's budget (the audit
-    /// trail).
-    pub(crate) usage_wanted: bool,
 }
 
 /// Default most requests a replica serves before it adds them to the fleet's meters.
@@ -103,7 +100,6 @@ impl Default for RateLimitConfig {
             rule_modes: Vec::new(),
             headers: RateLimitHeaders::Standard,
             fleet_batch: DEFAULT_FLEET_BATCH,
-            usage_wanted: false,
         }
     }
 }

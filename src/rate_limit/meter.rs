@@ -169,6 +169,11 @@ impl Meter {
     pub(crate) fn over(&self, now_ms: u64) -> Count {
         let mut guard = self.lock();
         let (window, reset_ms) = self.current(&mut guard, now_ms);
+        self.past_limit(window, reset_ms)
+    }
+
+    /// Spent if the window's use is past the limit, else what is left.
+    fn past_limit(&self, window: &Window, reset_ms: u64) -> Count {
         let used = window.used();
         if used > self.rule.limit {
             Count::Spent { reset_ms }
@@ -203,15 +208,7 @@ impl Meter {
         let mut guard = self.lock();
         let (window, reset_ms) = self.current(&mut guard, now_ms);
         window.seen = window.seen.max(self.rule.limit.saturating_sub(remaining));
-        let used = window.used();
-        if used > self.rule.limit {
-            Count::Spent { reset_ms }
-        } else {
-            Count::Served {
-                remaining: self.rule.limit - used,
-                reset_ms,
-            }
-        }
+        self.past_limit(window, reset_ms)
     }
 
     /// Requests served here in the window at `now_ms` and not yet in the fleet's count.

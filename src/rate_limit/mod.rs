@@ -82,6 +82,37 @@ impl Usage {
     }
 }
 
+/// The budgets one request met: the tightest of those it was served by, and of those spent,
+/// the one that resets last (until then the request would be refused).
+#[derive(Default)]
+struct Tally {
+    served: Option<Usage>,
+    spent: Option<Usage>,
+}
+
+impl Tally {
+    fn served(&mut self, usage: Usage) {
+        self.served = Some(match self.served.take() {
+            Some(tightest) => tightest.tighter(usage),
+            None => usage,
+        });
+    }
+
+    fn spent(&mut self, usage: Usage) {
+        self.spent = Some(match self.spent.take() {
+            Some(latest) if latest.reset >= usage.reset => latest,
+            _ => usage,
+        });
+    }
+
+    fn admission(self) -> Admission {
+        match self.spent {
+            Some(usage) => Admission::Spent(usage),
+            None => Admission::Served(self.served),
+        }
+    }
+}
+
 /// What the meters say of a request served from cache.
 #[derive(Debug)]
 pub(crate) enum Admission {
@@ -215,8 +246,9 @@ const RULE_BOOK_CAP: usize = 50_000;
 
 impl Metering {
     /// The meters `config` asks for (shared through the fleet's store when `fleet_key` names
-    /// them there); `None` when metering is off.
-    pub(crate) fn new(config: &RateLimitConfig, fleet_key: Option<FleetKey>) -> Option<Self> {
+    /// them there); `None` when metering is off. `audited`: the audit trail reads each
+    /// request's budget, as the headers do.
+    pub(crate) fn new(config: &RateLimitConfig, fleet_key: Option<FleetKey>, audited: bool) -> Option<Self> {
         if !config.enabled {
             tracing::warn!(
                 "rate-limit metering disabled (disable_metering_unsafe): requests served from cache are not counted against Wacht's rate limits"
@@ -233,7 +265,7 @@ impl Metering {
                 book: HashMap::new(),
             }),
             routes: std::hash::RandomState::new(),
-            want_usage: config.headers != RateLimitHeaders::None || config.usage_wanted,
+            want_usage: config.headers != RateLimitHeaders::None || audited,
             shared: fleet_key.map(|key_of| Shared {
                 key_of,
                 down_until_ms: std::sync::atomic::AtomicU64::new(0),
@@ -284,8 +316,7 @@ impl Metering {
     /// add the batch, then ask again); without, it counts anyway.
     pub(crate) fn count(&self, meters: &[Arc<Meter>], now: Instant, batched: bool) -> Admission {
         let now_ms = self.clock.unix_ms(now);
-        let mut served: Option<Usage> = None;
-        let mut spent: Option<Usage> = None;
+        let mut tally = Tally::default();
         let mut half_full = false;
         // Every rule counts the request it allows, even when another refuses it (as the
         // gateway does).
@@ -295,20 +326,8 @@ impl Metering {
             half_full |= half;
             match count {
                 Count::Served { .. } if !self.want_usage => {}
-                Count::Served { .. } => {
-                    let usage = Usage::of(meter, count);
-                    served = Some(match served {
-                        Some(s) => s.tighter(usage),
-                        None => usage,
-                    });
-                }
-                Count::Spent { .. } => {
-                    let usage = Usage::of(meter, count);
-                    spent = Some(match spent {
-                        Some(s) if s.reset >= usage.reset => s,
-                        _ => usage,
-                    });
-                }
+                Count::Served { .. } => tally.served(Usage::of(meter, count)),
+                Count::Spent { .. } => tally.spent(Usage::of(meter, count)),
                 Count::Flush => {
                     // Not counted until the batch is added: neither by the rules before.
                     for earlier in &meters[..i] {
@@ -323,10 +342,7 @@ impl Metering {
             // Added in the background before the batch fills, so that a request rarely waits.
             self.wake_flusher();
         }
-        match spent {
-            Some(usage) => Admission::Spent(usage),
-            None => Admission::Served(served),
-        }
+        tally.admission()
     }
 
     fn wake_flusher(&self) {
@@ -387,7 +403,8 @@ impl Metering {
         limits: &[RateLimitState],
     ) -> Admission {
         let now_ms = self.clock.unix_ms(Instant::now());
-        let rules: Vec<Rule> = limits
+        // Each entry's rule, parsed once, with what the gateway said is left of it.
+        let (rules, left): (Vec<Rule>, Vec<u64>) = limits
             .iter()
             .filter_map(|state| {
                 let rule = Rule::parse(&state.rule, state.limit);
@@ -397,35 +414,21 @@ impl Metering {
                         "rate-limit rule label of an unknown form: not metered"
                     );
                 }
-                rule
+                Some((rule?, state.remaining))
             })
-            .collect();
-        let rules: Arc<[Rule]> = rules.into();
-        let found = self.resolve(subject, &rules, true);
-        let mut usage: Option<Usage> = None;
-        let mut spent: Option<Usage> = None;
-        for (meter, state) in found
-            .iter()
-            .zip(limits.iter().filter(|s| Rule::parse(&s.rule, s.limit).is_some()))
-        {
-            let count = meter.observe(now_ms, state.remaining);
-            let this = Usage::of(meter, count);
+            .unzip();
+        let found = self.resolve(subject, &rules.into(), true);
+        let mut tally = Tally::default();
+        for (meter, remaining) in found.iter().zip(left) {
+            let count = meter.observe(now_ms, remaining);
+            let usage = Usage::of(meter, count);
             if matches!(count, Count::Spent { .. }) {
-                spent = Some(match spent {
-                    Some(s) if s.reset >= this.reset => s,
-                    _ => this.clone(),
-                });
+                tally.spent(usage.clone());
             }
-            usage = Some(match usage {
-                Some(u) => u.tighter(this),
-                None => this,
-            });
+            tally.served(usage);
         }
         meters.learn(route, distinct(found));
-        match spent {
-            Some(usage) => Admission::Spent(usage),
-            None => Admission::Served(usage),
-        }
+        tally.admission()
     }
 
     /// A credential on a route its meters have not seen: counted by the rules its app's

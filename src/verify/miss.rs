@@ -162,14 +162,7 @@ impl Verifier {
             if let Some(max_age) = max_age {
                 self.cache.drop_older(hash, max_age).await;
             }
-            let span = tracing::debug_span!(
-                "wacht.verify",
-                token = ?hash,
-                cache = if max_age.is_some() { "max_age" } else { "miss" },
-                client_id = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                gateway_ms = tracing::field::Empty,
-            );
+            let span = verify_span(&hash, if max_age.is_some() { "max_age" } else { "miss" });
             // Set by this request's own flight when the gateway itself answered it (and so
             // counted it against the app's rate limits); a request that joined another's
             // flight, or got a copy of the fleet's shared tier, is counted here instead.
@@ -197,12 +190,10 @@ impl Verifier {
                     other => Err(other.clone()),
                 },
             };
-            let source = if self.jwt_for(token).is_some() {
-                "jwt"
-            } else {
-                "gateway"
-            };
-            telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), source);
+            telemetry::verification(
+                outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
+                self.verdict_source(token),
+            );
             return outcome;
         }
         // Only reached if every answer found was unusable: fail closed.
@@ -289,21 +280,12 @@ impl Verifier {
         hash: TokenHash,
         ctx: &MissContext,
     ) -> Result<Principal, AuthError> {
-        let span = tracing::debug_span!(
-            "wacht.verify",
-            token = ?hash,
-            cache = "live",
-            client_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            gateway_ms = tracing::field::Empty,
-        );
+        let span = verify_span(&hash, "live");
         let outcome = self.live_flight(token, hash, ctx, None).instrument(span).await;
-        let source = if self.jwt_for(token).is_some() {
-            "jwt"
-        } else {
-            "gateway"
-        };
-        telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), source);
+        telemetry::verification(
+            outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
+            self.verdict_source(token),
+        );
         outcome
     }
 
@@ -360,14 +342,7 @@ impl Verifier {
         ctx: &MissContext,
         meters: std::sync::Arc<crate::rate_limit::RouteMeters>,
     ) -> Result<Principal, AuthError> {
-        let span = tracing::debug_span!(
-            "wacht.verify",
-            token = ?hash,
-            cache = "learn_route",
-            client_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            gateway_ms = tracing::field::Empty,
-        );
+        let span = verify_span(&hash, "learn_route");
         if let Some(outcome) = self.learn_from_fleet(&hash, ctx, &meters).await {
             return outcome;
         }
@@ -406,6 +381,30 @@ impl Verifier {
         telemetry::stale_served();
         telemetry::verification("allowed_stale", "stale");
         Some(principal)
+    }
+}
+
+/// The span of one verification: the token's key, how it was reached (`cache`), and what the
+/// flight records (client, outcome, gateway latency).
+fn verify_span(hash: &TokenHash, cache: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        "wacht.verify",
+        token = ?hash,
+        cache,
+        client_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        gateway_ms = tracing::field::Empty,
+    )
+}
+
+impl Verifier {
+    /// Where a verification's verdict came from, for the metrics: `jwt` or `gateway`.
+    fn verdict_source(&self, token: BearerToken<'_>) -> &'static str {
+        if self.jwt_for(token).is_some() {
+            "jwt"
+        } else {
+            "gateway"
+        }
     }
 }
 

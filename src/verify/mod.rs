@@ -231,9 +231,8 @@ impl Verifier {
         });
         #[cfg(not(feature = "redis"))]
         let fleet_key = None;
-        let mut limits = config.rate_limits.clone();
-        limits.usage_wanted = config.requests.audit.is_enabled();
-        let metering = crate::rate_limit::Metering::new(&limits, fleet_key);
+        let metering =
+            crate::rate_limit::Metering::new(&config.rate_limits, fleet_key, config.requests.audit.is_enabled());
         let fixed_resource = matches!(config.gateway.route, crate::config::RouteReporting::Fixed)
             .then(|| miss::fixed(&config.gateway).1);
         Ok(Verifier {

@@ -167,3 +167,17 @@ pub async fn assert_problem(resp: reqwest::Response, status: u16, secret: Option
     assert_eq!(json["status"], status);
     json
 }
+
+/// Waits until at least `needed` of the current Unix-aligned `window` are left (the rate-limit
+/// meters' windows are aligned so), so that a test's requests fall in one window.
+pub async fn fresh_window(window: std::time::Duration, needed: std::time::Duration) {
+    let window_ms = window.as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let left = window_ms - now % window_ms;
+    if std::time::Duration::from_millis(left) < needed {
+        tokio::time::sleep(std::time::Duration::from_millis(left + 20)).await;
+    }
+}

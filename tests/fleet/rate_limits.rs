@@ -3,22 +3,12 @@
 //! past the rule's limit. The fleet serves at most the limit plus one batch per replica in a
 //! window; with Redis paused, each replica meters alone (at most the limit each).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tower_wacht::testing::{RateLimitRule, RateLimitUnit};
 
-use crate::common::start_gateway;
+use crate::common::{fresh_window, start_gateway};
 use crate::harness::{RedisServer, Replica, replicas, status, token};
-
-/// Waits until at least `needed` of the current Unix-aligned `window` are left.
-async fn fresh_window(window: Duration, needed: Duration) {
-    let window_ms = window.as_millis() as u64;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-    let left = window_ms - now % window_ms;
-    if Duration::from_millis(left) < needed {
-        tokio::time::sleep(Duration::from_millis(left + 20)).await;
-    }
-}
 
 /// Sends `n` requests round-robin over `fleet`; how many were served (200), and that every
 /// other one was a 429 with `Retry-After`.

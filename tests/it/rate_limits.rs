@@ -6,9 +6,10 @@
 //! and route when so configured; responses carry `RateLimit-Policy` / `RateLimit`.
 
 use crate::common;
+use crate::common::fresh_window;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -90,17 +91,6 @@ impl App {
             }
         }
         served
-    }
-}
-
-/// Waits until at least `needed` of the current `window` (aligned to Unix time, as the
-/// layer's windows are) are left, so that a test's requests fall in one window.
-async fn fresh_window(window: Duration, needed: Duration) {
-    let window_ms = window.as_millis() as u64;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-    let left = window_ms - now % window_ms;
-    if Duration::from_millis(left) < needed {
-        tokio::time::sleep(Duration::from_millis(left + 20)).await;
     }
 }
 
