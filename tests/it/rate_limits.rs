@@ -323,3 +323,17 @@ async fn the_gateways_429_on_a_live_route_holds_for_the_cached_routes() {
     assert_eq!(app.status("/cheap", &token).await, 429);
     assert_eq!(app.gateway.calls(), calls);
 }
+
+#[tokio::test]
+async fn a_new_route_whose_rules_cannot_be_learned_counts_against_the_budgets_already_known() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(3, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+    assert_eq!(app.served_of(5, "/cheap", &token).await, 3);
+    // The gateway is down: a route the token was not seen on cannot learn its rules. The
+    // cached token is still good, but its app's budget is spent: refused, not served unmetered.
+    app.gateway.set_fault(Some(Fault::Status(503)));
+    assert_eq!(app.status("/other", &token).await, 429);
+}
