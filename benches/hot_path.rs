@@ -599,7 +599,7 @@ fn scaling(c: &mut Criterion) {
     g.finish();
 }
 
-/// `HOT_PATH_PROFILE=layer|bare|miss cargo bench --bench hot_path`: run 100k requests of one
+/// `HOT_PATH_PROFILE=layer|unmetered|metered|headers|bare|miss cargo bench --bench hot_path`: run 100k requests of one
 /// kind and exit, for `valgrind --tool=callgrind` (instruction counts do not depend on machine
 /// noise). `miss`: 100k distinct tokens, each a cache miss answered by an in-process gateway
 /// (what the layer adds to a gateway call, without the network).
@@ -619,9 +619,10 @@ fn profile(kind: &str) {
         return;
     }
     // `layer`: metering on, no rule in the answers; `unmetered`: off; `metered`: on, with a
-    // rule counted on every hit (no headers).
+    // rule counted on every hit (no headers); `headers`: the same with the default headers.
     let limits = match kind {
         "unmetered" => RateLimitConfig::default().disable_metering_unsafe(),
+        "headers" => RateLimitConfig::default(),
         _ => RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None),
     };
     let config = WachtAuthConfig::builder()
@@ -631,7 +632,7 @@ fn profile(kind: &str) {
         .rate_limits(limits)
         .build()
         .unwrap();
-    let auth = if kind == "metered" {
+    let auth = if kind == "metered" || kind == "headers" {
         WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
     } else {
         WachtAuthLayer::with_gateway(config, AllowAll).unwrap()

@@ -157,12 +157,13 @@ impl<'a> RouteRequest<'a> {
     }
 
     fn automatic_unbounded(&self) -> std::borrow::Cow<'a, str> {
-        // gRPC calls are POSTs: a GET reads no header here.
-        if self.method == Method::POST && is_grpc(self.headers) {
+        // gRPC calls and MCP requests are POSTs: a GET reads no header here.
+        let post = self.method == Method::POST;
+        if post && is_grpc(self.headers) {
             return std::borrow::Cow::Borrowed(self.path());
         }
         let base = self.template().unwrap_or_else(|| self.path());
-        match self.mcp_suffix() {
+        match post.then(|| self.mcp_suffix()).flatten() {
             Some(suffix) => std::borrow::Cow::Owned(format!("{}{suffix}", base.trim_end_matches('/'))),
             None => std::borrow::Cow::Borrowed(base),
         }
@@ -237,12 +238,18 @@ pub(crate) fn bounded(resource: &str) -> String {
     out
 }
 
-/// True if [`bounded`] would return `resource` unchanged.
+/// True if [`bounded`] would return `resource` unchanged (one pass over its bytes: a hit's
+/// meters ask on every request).
 fn is_bounded(resource: &str) -> bool {
-    resource.len() <= MAX_RESOURCE_LEN
-        && resource.starts_with('/')
-        && !resource.contains(['?', '#'])
-        && resource.trim_end() == resource
+    let bytes = resource.as_bytes();
+    bytes.len() <= MAX_RESOURCE_LEN
+        && bytes.first() == Some(&b'/')
+        && !bytes.iter().any(|&b| b == b'?' || b == b'#')
+        && match bytes.last() {
+            // What `trim_end` trims of ASCII: tab to carriage return, space.
+            Some(&last) if last.is_ascii() => !matches!(last, b'\t'..=b'\r' | b' '),
+            _ => resource.trim_end() == resource,
+        }
 }
 
 /// A gRPC request, by its content type (`application/grpc`, `+proto`, gRPC-Web): its path is
@@ -335,6 +342,10 @@ mod tests {
             " /x",
             "/x ",
             "/x#f",
+            "/x\u{b}",
+            "/x\r",
+            "/x\u{3000}",
+            "/é",
             &"/y".repeat(200),
         ] {
             let borrowed = is_bounded(resource);

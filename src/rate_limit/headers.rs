@@ -3,8 +3,6 @@
 //! gateway's rule label with its quota `q` and window `w` in seconds; the remaining budget `r`
 //! and seconds to its reset `t`), and the gateway's own `X-RateLimit-<W>-*` names, opt-in.
 
-use std::fmt::Write as _;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{RateLimitHeaders, Usage};
@@ -34,31 +32,47 @@ pub(crate) fn policy(label: &str, limit: u64, window_ms: u64) -> Option<HeaderVa
     HeaderValue::try_from(format!("\"{label}\";q={limit};w={window}")).ok()
 }
 
+/// Appends `n` in decimal (what `write!` would, without the formatting machinery: this runs
+/// on every response).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// The `RateLimit` field: `"<rule>";r=<remaining>;t=<seconds to reset>`.
+fn ratelimit_field(label: &str, remaining: u64, reset_secs: u64) -> Option<HeaderValue> {
+    let mut field = Vec::with_capacity(label.len() + 48);
+    field.push(b'"');
+    field.extend_from_slice(label.as_bytes());
+    field.extend_from_slice(b"\";r=");
+    push_decimal(&mut field, remaining);
+    field.extend_from_slice(b";t=");
+    push_decimal(&mut field, reset_secs);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(field)).ok()
+}
+
 /// Adds the headers `which` names for `usage`; `spent` adds the gateway's `-reset` too.
+/// Nothing for a rule whose label the fields may not name (it has no policy field).
 pub(crate) fn insert(headers: &mut HeaderMap, which: RateLimitHeaders, usage: &Usage, spent: bool) {
-    if which == RateLimitHeaders::None || !plain(&usage.rule) {
+    let rule = &*usage.rule;
+    let Some(policy) = rule.policy.as_ref().filter(|_| which != RateLimitHeaders::None) else {
         return;
-    }
-    let policy = match &usage.policy {
-        Some(policy) => Some(policy.clone()),
-        None => policy(&usage.rule, usage.limit, usage.window.as_millis() as u64),
     };
-    if let Some(policy) = policy {
-        headers.insert(POLICY.clone(), policy);
-    }
-    let mut now = String::with_capacity(usage.rule.len() + 24);
-    let _ = write!(
-        now,
-        "\"{}\";r={};t={}",
-        usage.rule,
-        usage.remaining,
-        ceil_secs(usage.reset)
-    );
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(now)) {
-        headers.insert(RATELIMIT.clone(), value);
+    headers.insert(POLICY.clone(), policy.clone());
+    if let Some(field) = ratelimit_field(&rule.label, usage.remaining, ceil_secs(usage.reset)) {
+        headers.insert(RATELIMIT.clone(), field);
     }
     if which == RateLimitHeaders::StandardAndWacht
-        && let Some((_, w)) = usage.rule.split_once('/')
+        && let Some((_, w)) = rule.label.split_once('/')
     {
         let put = |headers: &mut HeaderMap, suffix: &str, value: String| {
             let name = HeaderName::try_from(format!("x-ratelimit-{}-{suffix}", w.to_ascii_lowercase()));
@@ -66,7 +80,7 @@ pub(crate) fn insert(headers: &mut HeaderMap, which: RateLimitHeaders, usage: &U
                 headers.insert(name, value);
             }
         };
-        put(headers, "limit", usage.limit.to_string());
+        put(headers, "limit", rule.limit.to_string());
         put(headers, "remaining", usage.remaining.to_string());
         if spent {
             // As the gateway writes it: milliseconds.
@@ -81,15 +95,21 @@ mod tests {
 
     use super::*;
 
-    fn usage() -> Usage {
+    fn usage_of(label: &str, policy: Option<HeaderValue>) -> Usage {
         Usage {
-            rule: "1000/60s".into(),
-            limit: 1000,
+            rule: std::sync::Arc::new(super::super::Rule {
+                label: label.into(),
+                limit: 1000,
+                window_ms: 60_000,
+                policy,
+            }),
             remaining: 17,
             reset: Duration::from_millis(12_400),
-            window: Duration::from_secs(60),
-            policy: None,
         }
+    }
+
+    fn usage() -> Usage {
+        usage_of("1000/60s", policy("1000/60s", 1000, 60_000))
     }
 
     #[test]
@@ -121,26 +141,24 @@ mod tests {
             Some("\"1000/60s\";q=1000;w=60")
         );
         let mut h = HeaderMap::new();
-        insert(
-            &mut h,
-            RateLimitHeaders::Standard,
-            &Usage {
-                policy: made,
-                ..usage()
-            },
-            false,
-        );
+        insert(&mut h, RateLimitHeaders::Standard, &usage_of("1000/60s", made), false);
         assert_eq!(h["ratelimit-policy"], "\"1000/60s\";q=1000;w=60");
         assert_eq!(policy("1\"/60s", 1, 60_000), None);
     }
 
     #[test]
+    fn numbers_are_written_as_write_would() {
+        for n in [0, 7, 10, 999, 1000, 4_000_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
     fn a_label_of_another_form_is_not_echoed() {
         let mut h = HeaderMap::new();
-        let u = Usage {
-            rule: "1\"/60s".into(),
-            ..usage()
-        };
+        let u = usage_of("1\"/60s", policy("1\"/60s", 1000, 60_000));
         insert(&mut h, RateLimitHeaders::Standard, &u, false);
         assert!(h.is_empty());
     }

@@ -43,16 +43,14 @@ pub(crate) use self::routes::{RouteMeters, RouteRef};
 pub(crate) use self::subject::Subject;
 use crate::principal::RateLimitState;
 
-/// The budget a response reports: its most constrained rule.
+/// The budget a response reports: its most constrained rule. Small (it travels with the
+/// request to its response).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Usage {
-    pub(crate) rule: Arc<str>,
-    pub(crate) limit: u64,
+    /// The rule: its label (the `RateLimit-Policy` name), limit, window and policy field.
+    pub(crate) rule: Arc<Rule>,
     pub(crate) remaining: u64,
     pub(crate) reset: Duration,
-    pub(crate) window: Duration,
-    /// The rule's `RateLimit-Policy` field, made when the rule was learned.
-    pub(crate) policy: Option<http::HeaderValue>,
 }
 
 impl Usage {
@@ -63,12 +61,9 @@ impl Usage {
             Count::Flush => (0, 0),
         };
         Usage {
-            rule: Arc::clone(&meter.rule.label),
-            limit: meter.rule.limit,
+            rule: Arc::clone(&meter.rule),
             remaining,
             reset: Duration::from_millis(reset_ms),
-            window: meter.rule.window(),
-            policy: meter.rule.policy.clone(),
         }
     }
 
@@ -216,18 +211,23 @@ struct Registry {
 }
 
 impl Registry {
-    /// The live meter of `key`, or a new one (named in the fleet's store by `fleet_key`).
+    /// The live meter of `key`, or a new one (named in the fleet's store by `fleet`'s
+    /// function, and holding at most its batch unflushed).
     ///
     /// The registry holds every meter until the window it counted in has ended and no
     /// credential's routes name it: a count outlives the cache entries that made it (a
     /// budget does not start over when a token's entry expires or its routes are relearned).
-    fn meter(&mut self, key: String, rule: Rule, fleet_key: Option<&FleetKey>, now_ms: u64) -> Arc<Meter> {
+    fn meter(&mut self, key: String, rule: Rule, fleet: Option<(&FleetKey, u64)>, now_ms: u64) -> Arc<Meter> {
         if let Some(meter) = self.meters.get(&key)
-            && meter.rule == rule
+            && *meter.rule == rule
         {
             return Arc::clone(meter);
         }
-        let meter = Arc::new(Meter::new(rule, fleet_key.map(|name| name(&key))));
+        let (fleet_key, batch) = match fleet {
+            Some((name, batch)) => (Some(name(&key)), batch),
+            None => (None, 1),
+        };
+        let meter = Arc::new(Meter::new(rule, fleet_key, batch));
         self.meters.insert(key, Arc::clone(&meter));
         if self.meters.len() >= self.prune_at {
             self.meters.retain(|_, m| Arc::strong_count(m) > 1 || !m.idle(now_ms));
@@ -275,13 +275,12 @@ impl Metering {
         })
     }
 
-    /// The batch a shared meter may hold before the fleet's count has it; `None` when the
-    /// meter is not shared or the fleet's store is down.
-    fn batch_of(&self, meter: &Meter, now_ms: u64) -> Option<u64> {
-        let shared = self.shared.as_ref()?;
-        meter.fleet_key.as_ref()?;
-        let down = shared.down_until_ms.load(std::sync::atomic::Ordering::Relaxed) > now_ms;
-        (!down).then(|| meter.batch(self.config.fleet_batch))
+    /// True when the fleet shares meters and its store takes counts now (a shared meter
+    /// holds at most a batch the fleet does not have).
+    fn fleet_takes_counts(&self, now_ms: u64) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.down_until_ms.load(std::sync::atomic::Ordering::Relaxed) <= now_ms)
     }
 
     /// True when a rule is counted per client IP (so the IP is part of a route's key).
@@ -320,9 +319,9 @@ impl Metering {
         let mut half_full = false;
         // Every rule counts the request it allows, even when another refuses it (as the
         // gateway does).
+        let fleet_up = batched && self.fleet_takes_counts(now_ms);
         for (i, meter) in meters.iter().enumerate() {
-            let batch = if batched { self.batch_of(meter, now_ms) } else { None };
-            let (count, half) = meter.admit(now_ms, batch);
+            let (count, half) = meter.admit(now_ms, fleet_up);
             half_full |= half;
             match count {
                 Count::Served { .. } if !self.want_usage => {}
@@ -488,12 +487,12 @@ impl Metering {
             }
             registry.book.insert(book, (Arc::clone(rules), Instant::now()));
         }
-        let fleet_key = self.shared.as_ref().map(|s| &s.key_of);
+        let fleet = self.shared.as_ref().map(|s| (&s.key_of, self.config.fleet_batch));
         rules
             .iter()
             .map(|rule| {
                 let key = subject.key(self.config.mode_of(&rule.label), &rule.label);
-                registry.meter(key, rule.clone(), fleet_key, now_ms)
+                registry.meter(key, rule.clone(), fleet, now_ms)
             })
             .collect()
     }

@@ -77,7 +77,7 @@ impl Verifier {
             Admission::Served(usage) => Metered::Pass(usage),
             Admission::Spent(usage) => {
                 crate::telemetry::verification("rate_limited", "meter");
-                tracing::debug!(rule = &*usage.rule, "rate-limit budget spent: 429 from the meter");
+                tracing::debug!(rule = &*usage.rule.label, "rate-limit budget spent: 429 from the meter");
                 Metered::Spent(usage)
             }
             Admission::Unknown => Metered::Learn(Arc::clone(meters)),
