@@ -149,6 +149,7 @@ impl<'a> RouteRequest<'a> {
 
     /// The resource of [`automatic`](Self::automatic), bounded, borrowed from the request
     /// where it needs no change (a hit's rate-limit meters read it on every request).
+    #[inline]
     pub(crate) fn automatic_bounded(&self) -> std::borrow::Cow<'a, str> {
         match self.automatic_unbounded() {
             std::borrow::Cow::Borrowed(resource) if is_bounded(resource) => std::borrow::Cow::Borrowed(resource),
@@ -240,6 +241,7 @@ pub(crate) fn bounded(resource: &str) -> String {
 
 /// True if [`bounded`] would return `resource` unchanged (one pass over its bytes: a hit's
 /// meters ask on every request).
+#[inline]
 fn is_bounded(resource: &str) -> bool {
     let bytes = resource.as_bytes();
     bytes.len() <= MAX_RESOURCE_LEN

@@ -53,11 +53,12 @@ fn set_of(hash: &TokenHash) -> usize {
     usize::from(hash.as_bytes()[31]) % FRONT_SETS
 }
 
-/// A non-zero word from the digest, compared before the whole slot.
-fn tag(hash: &TokenHash) -> u64 {
+/// A non-zero word from the digest and the verifier, compared before the whole slot (the
+/// same token in two verifiers, two layers of one app, has two tags).
+fn tag(verifier: u64, hash: &TokenHash) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&hash.as_bytes()[..8]);
-    u64::from_le_bytes(word) | 1
+    (u64::from_le_bytes(word) ^ verifier.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 
 /// The front-cache entry for `hash`, if this thread has one for this verifier and generation
@@ -66,11 +67,14 @@ pub(crate) fn get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant
     FRONT.with(|front| {
         let front = front.try_borrow().ok()?;
         let set = set_of(hash);
-        let tag = tag(hash);
-        let way = front.tags.get(set)?.iter().position(|&t| t == tag)?;
-        let slot = front.slots.get(set * FRONT_WAYS + way)?.as_ref()?;
-        (slot.holds(verifier, hash) && slot.generation == generation && now < slot.entry.deadline)
-            .then(|| slot.entry.clone())
+        let tag = tag(verifier, hash);
+        // Every way whose tag matches: a tag alone does not tell two slots apart.
+        let ways = front.tags.get(set)?;
+        (0..FRONT_WAYS).filter(|&way| ways[way] == tag).find_map(|way| {
+            let slot = front.slots.get(set * FRONT_WAYS + way)?.as_ref()?;
+            (slot.holds(verifier, hash) && slot.generation == generation && now < slot.entry.deadline)
+                .then(|| slot.entry.clone())
+        })
     })
 }
 
@@ -87,7 +91,7 @@ pub(crate) fn put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry)
             front.slots.resize_with(FRONT_SETS * FRONT_WAYS, || None);
         }
         let set = set_of(&hash);
-        let tag = tag(&hash);
+        let tag = tag(verifier, &hash);
         let (Some(tags), Some(slots)) = (
             front.tags.get_mut(set),
             front.slots.get_mut(set * FRONT_WAYS..(set + 1) * FRONT_WAYS),
@@ -177,6 +181,31 @@ mod tests {
             assert_eq!(client(get(7, 0, t, now)).as_deref(), Some(name));
         }
         assert_eq!(client(get(7, 0, &b, now)).as_deref(), Some("b2"));
+    }
+
+    #[test]
+    fn one_token_in_two_verifiers_hits_in_both() {
+        // Two layers of one app, one client token: each layer's slot must be found, not
+        // only the one stored last.
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let t = TokenHash::of("oat_two_layers");
+        put(21, 0, t, entry("first", later));
+        put(22, 0, t, entry("second", later));
+        for _ in 0..3 {
+            assert_eq!(
+                get(21, 0, &t, now)
+                    .map(|e| e.principal.client_id().to_string())
+                    .as_deref(),
+                Some("first")
+            );
+            assert_eq!(
+                get(22, 0, &t, now)
+                    .map(|e| e.principal.client_id().to_string())
+                    .as_deref(),
+                Some("second")
+            );
+        }
     }
 
     #[test]

@@ -199,6 +199,7 @@ impl Meter {
     /// or (`fleet_up`, for a meter the fleet shares) this replica holds a batch of requests
     /// the fleet's count does not. With the count, whether this replica now holds half a
     /// batch.
+    #[inline]
     pub(crate) fn admit(&self, now_ms: u64, fleet_up: bool) -> (Count, bool) {
         let ends = self.ends_ms.load(Ordering::Acquire);
         if now_ms < ends {
@@ -229,6 +230,8 @@ impl Meter {
 
     /// [`admit`](Self::admit) under the lock: a new window, a budget near spent, half a
     /// batch unflushed.
+    #[cold]
+    #[inline(never)]
     fn admit_locked(&self, now_ms: u64, fleet_up: bool) -> (Count, bool) {
         let mut guard = self.lock();
         let (window, reset_ms) = self.current(&mut guard, now_ms);

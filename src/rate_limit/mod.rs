@@ -142,6 +142,7 @@ impl Clock {
         }
     }
 
+    #[inline]
     fn unix_ms(&self, now: Instant) -> u64 {
         // In u64 (`as_millis` divides a u128: most of this function's cost on a hit).
         let since = now.saturating_duration_since(self.start);
@@ -277,6 +278,7 @@ impl Metering {
 
     /// True when the fleet shares meters and its store takes counts now (a shared meter
     /// holds at most a batch the fleet does not have).
+    #[inline]
     fn fleet_takes_counts(&self, now_ms: u64) -> bool {
         self.shared
             .as_ref()
@@ -296,6 +298,7 @@ impl Metering {
     /// A route as the meters tell it apart: the resource reported to the gateway (its rules
     /// match endpoints by resource alone, whatever the method) and, when a rule counts per
     /// IP, the client's IP.
+    #[inline]
     pub(crate) fn route<'a>(&self, resource: &'a str, ip: Option<&'a str>) -> RouteRef<'a> {
         RouteRef {
             resource,
@@ -304,6 +307,7 @@ impl Metering {
     }
 
     /// A request on `route` served from cache at `now`: counted by the route's meters.
+    #[inline]
     pub(crate) fn admit(&self, meters: &RouteMeters, route: RouteRef<'_>, now: Instant) -> Admission {
         meters
             .with(route, |route_meters| self.count(route_meters, now, true))
@@ -314,6 +318,9 @@ impl Metering {
     /// meter holding a full batch the fleet does not have counts nothing ([`Admission::Flush`]:
     /// add the batch, then ask again); without, it counts anyway.
     pub(crate) fn count(&self, meters: &[Arc<Meter>], now: Instant, batched: bool) -> Admission {
+        if meters.is_empty() {
+            return Admission::Served(None);
+        }
         let now_ms = self.clock.unix_ms(now);
         let mut tally = Tally::default();
         let mut half_full = false;

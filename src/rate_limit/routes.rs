@@ -33,6 +33,7 @@ impl Learned {
         }
     }
 
+    #[inline]
     fn is(&self, route: RouteRef<'_>) -> bool {
         *self.resource == *route.resource && self.ip.as_deref() == route.ip
     }
@@ -69,12 +70,14 @@ impl RouteMeters {
     }
 
     /// The list's nodes, first learned first.
+    #[inline]
     fn nodes(&self) -> impl Iterator<Item = &Node> {
         std::iter::successors(self.first.get().map(|n| &**n), |n| n.next.get().map(|n| &**n))
     }
 
     /// `f` of the route's meters, if the route is known (nothing locked or cloned on the hit
     /// path when it is in the list).
+    #[inline]
     pub(super) fn with<T>(&self, route: RouteRef<'_>, f: impl FnOnce(&Arc<[Arc<Meter>]>) -> T) -> Option<T> {
         if let Some(node) = self.nodes().find(|n| n.learned.is(route))
             && !node.stale.load(Ordering::Acquire)
