@@ -233,6 +233,7 @@ impl Auditor {
             mcp_tool,
             kind: None,
             remaining: None,
+            deferred_source: None,
         })
     }
 
@@ -273,6 +274,9 @@ pub(crate) struct Pending {
     mcp_tool: Option<String>,
     kind: Option<CredentialKind>,
     remaining: Option<u64>,
+    /// Where a deferred verdict comes from when it is not a verification: a cached hit that
+    /// waited for the fleet's count.
+    deferred_source: Option<DecisionSource>,
 }
 
 impl Pending {
@@ -286,9 +290,17 @@ impl Pending {
         });
     }
 
-    /// Where a miss's verdict comes from: the JWT verifier for a JWT, else the gateway.
+    /// A deferred verdict that is a cached hit's (it waited for the fleet's count): its tier.
+    pub(crate) fn deferred(&mut self, source: Option<DecisionSource>) {
+        self.deferred_source = source;
+    }
+
+    /// Where a miss's verdict comes from: the cache tier of a hit that waited for the fleet's
+    /// count, the JWT verifier for a JWT, else the gateway.
     pub(crate) fn miss_source(&self) -> DecisionSource {
-        if self.kind == Some(CredentialKind::JwtAccessToken) {
+        if let Some(source) = self.deferred_source {
+            source
+        } else if self.kind == Some(CredentialKind::JwtAccessToken) {
             DecisionSource::Jwt
         } else {
             DecisionSource::Gateway
@@ -316,6 +328,11 @@ impl Pending {
 
     /// The request was refused with `error`.
     pub(crate) fn refused(self, source: DecisionSource, error: &AuthError) {
+        // A cached hit refused by its meters is the cache's refusal, whichever tier had it.
+        let source = match (self.deferred_source, error) {
+            (Some(_), AuthError::RateLimited { .. }) => DecisionSource::Cache,
+            _ => source,
+        };
         let (outcome, reason) = match error {
             AuthError::RateLimited { .. } => (AuditOutcome::RateLimited, None),
             AuthError::Unavailable { .. } => (AuditOutcome::Unavailable, None),

@@ -112,6 +112,9 @@ where
                 let ticket = miss.ticket();
                 let step_up = shared.handler_step_up;
                 let rate_headers = shared.verifier.rate_limit_headers();
+                if let Some(audit) = &mut audit {
+                    audit.deferred(miss.cached_source());
+                }
                 ResponseFuture::verifying(
                     miss.verify(token),
                     req,

@@ -35,6 +35,8 @@ pub(crate) struct Waiting {
     route: (String, Option<String>),
     /// The cached principal to serve.
     pub(super) principal: Option<Principal>,
+    /// The cache tier it came from (the audit trail's source).
+    pub(super) source: crate::audit::DecisionSource,
 }
 
 /// A 429 when `admission` found a budget spent.
@@ -85,6 +87,7 @@ impl Verifier {
                 meters: Arc::clone(meters),
                 route: (resource.into_owned(), ip),
                 principal: None,
+                source: super::source_of(hit.tier),
             })),
         }
     }

@@ -102,6 +102,12 @@ pub(crate) struct Miss {
 }
 
 impl Miss {
+    /// The cache tier of a hit that waits for the fleet's count (its verdict is the cache's,
+    /// not a verification's); `None` for a verification.
+    pub(crate) fn cached_source(&self) -> Option<crate::audit::DecisionSource> {
+        self.waiting.as_ref().map(|waiting| waiting.source)
+    }
+
     /// The verification (single flight, gateway), owning the token.
     pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Verified, AuthError>> {
         if token.token().is_jwt_shaped() {

@@ -121,3 +121,47 @@ async fn across_three_replicas_a_spent_budget_is_served_again_when_the_window_ro
         assert_eq!(resp.status(), 200, "replica {i}: {:?}", resp.headers());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_that_waited_for_the_fleets_count_is_audited_as_the_caches() {
+    use tower_wacht::audit::{AuditConfig, AuditOutcome, AuditSink, DecisionSource};
+
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    // 39 a minute: a batch is one request, so concurrent hits wait for the fleet's count.
+    gateway.set_rate_limit_rules(vec![RateLimitRule::new(39, RateLimitUnit::Minute, 1)]);
+    let (sink, mut records) = AuditSink::channel(256);
+    let config = tower_wacht::WachtAuthConfig::builder()
+        .gateway_url(gateway.url())
+        .api_key(crate::common::API_KEY)
+        .expected_deployment_id(tower_wacht::testing::EXAMPLE_DEPLOYMENT_ID)
+        .resource("/")
+        .ttl(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(3))
+        .fleet(crate::harness::fleet_config(&redis))
+        .audit(AuditConfig::new().sink(sink))
+        .build()
+        .expect("valid config");
+    let auth = tower_wacht::WachtAuthLayer::new(config).expect("layer builds");
+    let replica = crate::harness::serve(auth).await;
+    crate::harness::wait_connected(&replica).await;
+    let http = reqwest::Client::new();
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let t = token(&gateway, "oc_fleetRateLimitedAudit000000001");
+    assert_eq!(status(&http, &replica, &t).await, 200);
+
+    let statuses = futures_util::future::join_all((0..30).map(|_| status(&http, &replica, &t))).await;
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    // Only the first request reached the gateway: no other record may say it did.
+    assert_eq!(gateway.calls(), 1);
+    let mut sources = Vec::new();
+    while let Ok(record) = records.try_recv() {
+        if record.outcome == AuditOutcome::RateLimited {
+            assert_eq!(record.source, DecisionSource::Cache, "{record:?}");
+        }
+        sources.push(record.source);
+    }
+    assert_eq!(sources.len(), 31, "one record per request");
+    let from_gateway = sources.iter().filter(|s| **s == DecisionSource::Gateway).count();
+    assert_eq!(from_gateway, 1, "{sources:?}");
+}
