@@ -46,8 +46,14 @@ impl Rule {
 /// What one meter says of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Count {
-    /// Counted; this many requests are left in the window.
-    Served { remaining: u64, reset_ms: u64 },
+    /// Counted; this many requests are left in the window, which ends in `reset_ms`.
+    /// `counted_in`: the end (Unix ms) of the window it was counted in, as the meter knew it
+    /// (what [`Meter::uncount`] checks).
+    Served {
+        remaining: u64,
+        reset_ms: u64,
+        counted_in: u64,
+    },
     /// The window's budget is spent until `reset_ms` from now.
     Spent { reset_ms: u64 },
     /// Not counted: this replica holds a full batch the fleet's count does not have yet;
@@ -214,10 +220,14 @@ impl Meter {
                     .compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire)
                 {
                     Ok(_) => {
+                        // A roll may have come between the window check and the count: the
+                        // budget reported is then the new window's, never past its end.
+                        let current_end = self.ends_ms.load(Ordering::Acquire).max(ends);
                         let used = self.others.load(Ordering::Relaxed).saturating_add(served + 1);
                         let count = Count::Served {
                             remaining: self.rule.limit.saturating_sub(used),
-                            reset_ms: ends - now_ms,
+                            reset_ms: current_end.saturating_sub(now_ms).min(self.rule.window_ms),
+                            counted_in: ends,
                         };
                         return (count, false);
                     }
@@ -235,6 +245,7 @@ impl Meter {
     fn admit_locked(&self, now_ms: u64, fleet_up: bool) -> (Count, bool) {
         let mut guard = self.lock();
         let (window, reset_ms) = self.current(&mut guard, now_ms);
+        let counted_in = self.ends_ms.load(Ordering::Acquire);
         let others = window.others();
         let batch = self.batch.filter(|_| fleet_up);
         let flushed = window.flushed;
@@ -255,6 +266,7 @@ impl Meter {
             count = Count::Served {
                 remaining: self.rule.limit.saturating_sub(used + 1),
                 reset_ms,
+                counted_in,
             };
             Some(pack(served + 1, open))
         });
@@ -269,11 +281,14 @@ impl Meter {
         (count, half_full)
     }
 
-    /// Takes back a request [`admit`](Self::admit) counted at `now_ms` (another rule of the
-    /// same request did not count it).
-    pub(crate) fn uncount(&self, now_ms: u64) {
-        let mut guard = self.lock();
-        let (window, _) = self.current(&mut guard, now_ms);
+    /// Takes back a request [`admit`](Self::admit) counted in the window ending at
+    /// `counted_in` (another rule of the same request did not count it). Nothing if that
+    /// window has rolled since: the new one never counted the request.
+    pub(crate) fn uncount(&self, counted_in: u64) {
+        let window = self.lock();
+        if self.ends_ms.load(Ordering::Acquire) != counted_in {
+            return;
+        }
         let flushed = window.flushed;
         let _ = self.fast.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let (served, open) = unpack(word);
@@ -305,6 +320,7 @@ impl Meter {
             Count::Served {
                 remaining: self.rule.limit - used,
                 reset_ms,
+                counted_in: 0,
             }
         }
     }
@@ -327,6 +343,7 @@ impl Meter {
                 .limit
                 .saturating_sub(window.others().saturating_add(self.served())),
             reset_ms,
+            counted_in: 0,
         }
     }
 
@@ -405,14 +422,16 @@ mod tests {
             m.observe(10_000, 3),
             Count::Served {
                 remaining: 3,
-                reset_ms: 1000
+                reset_ms: 1000,
+                counted_in: 0
             }
         );
         assert_eq!(
             m.admit(10_100, false).0,
             Count::Served {
                 remaining: 2,
-                reset_ms: 900
+                reset_ms: 900,
+                counted_in: 11_000
             }
         );
         assert!(matches!(m.admit(10_200, false).0, Count::Served { remaining: 1, .. }));
@@ -422,7 +441,7 @@ mod tests {
         // The next window starts from nothing.
         assert!(m.idle(11_000));
         assert!(matches!(m.admit(11_000, false).0, Count::Served { remaining: 4, .. }));
-        m.uncount(11_001);
+        m.uncount(12_000);
         assert!(matches!(m.admit(11_002, false).0, Count::Served { remaining: 4, .. }));
     }
 
@@ -437,7 +456,7 @@ mod tests {
         assert_eq!(m.admit(100, true).0, Count::Flush);
         // With the fleet's store down, counted alone.
         assert!(matches!(m.admit(100, false).0, Count::Served { remaining: 95, .. }));
-        m.uncount(100);
+        m.uncount(1000);
         let batch = m.unflushed(100);
         assert_eq!(batch.served, 4);
         // The fleet holds ours (4) and 94 of others.
@@ -464,6 +483,25 @@ mod tests {
         // window over.
         assert!(matches!(m.admit(1_900, false).0, Count::Served { remaining: 0, .. }));
         assert!(matches!(m.admit(2_200, false).0, Count::Spent { reset_ms: 800 }));
+    }
+
+    #[test]
+    fn a_request_counted_before_a_roll_is_not_taken_back_from_the_new_window() {
+        let m = meter(3, 1000);
+        let Count::Served { counted_in, .. } = m.admit(900, false).0 else {
+            panic!("counted");
+        };
+        assert_eq!(counted_in, 1000);
+        // The window rolls (another request), then a later rule of the first request asks
+        // for its count back: the new window never had it.
+        assert!(matches!(m.admit(1_100, false).0, Count::Served { remaining: 2, .. }));
+        m.uncount(counted_in);
+        assert!(matches!(m.admit(1_200, false).0, Count::Served { remaining: 1, .. }));
+        // A reset never reaches past a window, whatever the request's stamp.
+        let Count::Served { reset_ms, .. } = m.admit(500, false).0 else {
+            panic!("counted");
+        };
+        assert!(reset_ms <= 1000, "{reset_ms}");
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub(crate) struct Usage {
 impl Usage {
     fn of(meter: &Meter, count: Count) -> Usage {
         let (remaining, reset_ms) = match count {
-            Count::Served { remaining, reset_ms } => (remaining, reset_ms),
+            Count::Served {
+                remaining, reset_ms, ..
+            } => (remaining, reset_ms),
             Count::Spent { reset_ms } => (0, reset_ms),
             Count::Flush => (0, 0),
         };
@@ -327,17 +329,32 @@ impl Metering {
         // Every rule counts the request it allows, even when another refuses it (as the
         // gateway does).
         let fleet_up = batched && self.fleet_takes_counts(now_ms);
+        // Where each rule before counted the request (0: it did not, being spent).
+        let mut counted_in = [0u64; 4];
+        let mut counted_in_more: Vec<u64> = Vec::new();
         for (i, meter) in meters.iter().enumerate() {
             let (count, half) = meter.admit(now_ms, fleet_up);
             half_full |= half;
+            let window = match count {
+                Count::Served { counted_in, .. } => counted_in,
+                Count::Spent { .. } | Count::Flush => 0,
+            };
+            match counted_in.get_mut(i) {
+                Some(slot) => *slot = window,
+                None => counted_in_more.push(window),
+            }
             match count {
                 Count::Served { .. } if !self.want_usage => {}
                 Count::Served { .. } => tally.served(Usage::of(meter, count)),
                 Count::Spent { .. } => tally.spent(Usage::of(meter, count)),
                 Count::Flush => {
-                    // Not counted until the batch is added: neither by the rules before.
-                    for earlier in &meters[..i] {
-                        earlier.uncount(now_ms);
+                    // Not counted until the batch is added: neither by the rules before that
+                    // counted it.
+                    let windows = counted_in.iter().chain(&counted_in_more);
+                    for (earlier, &window) in meters[..i].iter().zip(windows) {
+                        if window != 0 {
+                            earlier.uncount(window);
+                        }
                     }
                     self.wake_flusher();
                     return Admission::Flush;
@@ -582,5 +599,40 @@ impl Metering {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_shared(&self) -> bool {
         self.shared.is_some()
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    fn shared_meter(label: &str, limit: u64) -> Arc<Meter> {
+        let rule = Rule::parse(label, limit).unwrap_or_else(|| unreachable!("a plain label"));
+        Arc::new(Meter::new(rule, Some(label.into()), 2))
+    }
+
+    #[test]
+    fn a_spent_rule_is_not_uncounted_when_a_later_rule_waits_for_a_flush() {
+        let config = RateLimitConfig::default().fleet_batch(2);
+        let metering = Metering::new(&config, Some(Box::new(|key: &str| key.into())), false)
+            .unwrap_or_else(|| unreachable!("metering is on"));
+        // A: 20 a minute (batch 1); B: 1000 a minute (batch 2).
+        let (a, b) = (shared_meter("20/60s", 20), shared_meter("1000/60s", 1000));
+        let both = [Arc::clone(&a), Arc::clone(&b)];
+        let now = Instant::now();
+        let now_ms = metering.clock.unix_ms(now);
+        // With the fleet's store down, both count freely.
+        metering.fleet_down();
+        for _ in 0..5 {
+            assert!(matches!(metering.count(&both, now, true), Admission::Served(_)));
+        }
+        assert_eq!(a.unflushed(now_ms).served, 5);
+        // A's budget is spent at the gateway; the store is back, and B holds a full batch.
+        a.observe(now_ms, 0);
+        metering.fleet_up();
+        assert!(matches!(metering.count(&both, now, true), Admission::Flush));
+        // A never counted that request: nothing of A's is taken back.
+        assert_eq!(a.unflushed(now_ms).served, 5);
+        assert_eq!(b.unflushed(now_ms).served, 5);
     }
 }

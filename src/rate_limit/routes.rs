@@ -114,7 +114,7 @@ impl RouteMeters {
         {
             if !same(&node.learned.meters, &meters) {
                 // Its rules changed: from now on under the lock.
-                routes.push(Learned::of(route, meters));
+                push_bounded(&mut routes, Learned::of(route, meters));
                 node.stale.store(true, Ordering::Release);
             }
             return;
@@ -137,12 +137,18 @@ impl RouteMeters {
             };
             return;
         }
-        if routes.len() >= MAX_ROUTES_PER_CREDENTIAL - UNLOCKED_ROUTES {
-            // The oldest goes: its meters stay in the registry until their window ends.
-            routes.remove(0);
-        }
-        routes.push(Learned::of(route, meters));
+        push_bounded(&mut routes, Learned::of(route, meters));
     }
+}
+
+/// Adds a route under the lock, within the bound: with the list, at most
+/// [`MAX_ROUTES_PER_CREDENTIAL`] routes (a stale list entry counts: it holds its meters).
+fn push_bounded(routes: &mut Vec<Learned>, learned: Learned) {
+    if routes.len() >= MAX_ROUTES_PER_CREDENTIAL - UNLOCKED_ROUTES {
+        // The oldest goes: its meters stay in the registry until their window ends.
+        routes.remove(0);
+    }
+    routes.push(learned);
 }
 
 /// True when two routes count against the same meters.
@@ -214,6 +220,13 @@ mod tests {
         routes.learn(route("/r3"), meters(5));
         assert_eq!(len_of(&routes, "/r3"), Some(5));
         assert_eq!(routes.nodes().count(), UNLOCKED_ROUTES);
+        // Every listed route learned again: still within the bound.
+        for i in 0..UNLOCKED_ROUTES {
+            routes.learn(route(&format!("/r{i}")), meters(6));
+        }
+        let locked = routes.relearned.read().map(|r| r.len()).unwrap_or(usize::MAX);
+        assert!(UNLOCKED_ROUTES + locked <= MAX_ROUTES_PER_CREDENTIAL, "{locked}");
+        assert_eq!(len_of(&routes, "/r0"), Some(6));
     }
 
     #[test]
