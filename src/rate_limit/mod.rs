@@ -329,6 +329,18 @@ impl Metering {
         // Every rule counts the request it allows, even when another refuses it (as the
         // gateway does).
         let fleet_up = batched && self.fleet_takes_counts(now_ms);
+        if let [meter] = meters {
+            // One rule (Wacht's default): nothing to take back.
+            let (count, half_full) = meter.admit(now_ms, fleet_up);
+            if half_full {
+                self.wake_flusher();
+            }
+            return match count {
+                Count::Served { .. } => Admission::Served(self.want_usage.then(|| Usage::of(meter, count))),
+                Count::Spent { .. } => Admission::Spent(Usage::of(meter, count)),
+                Count::Flush => Admission::Flush,
+            };
+        }
         // Where each rule before counted the request (0: it did not, being spent).
         let mut counted_in = [0u64; 4];
         let mut counted_in_more: Vec<u64> = Vec::new();
