@@ -179,7 +179,13 @@ where
                             });
                         }
                         Err(error) => {
-                            let response = render(error, challenge, is_grpc(req.version(), req.headers()));
+                            let spent = matches!(error, AuthError::RateLimited { .. });
+                            let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
+                            // A 429 reports its budget as a hit's does: the route's tightest
+                            // rule, spent until its reset.
+                            if spent && let Some(usage) = ticket.rate_usage(&req).filter(|u| u.remaining == 0) {
+                                crate::rate_limit::headers::insert(response.headers_mut(), *rate_headers, &usage, true);
+                            }
                             state.set(State::Refused {
                                 response: Some(response),
                             });

@@ -343,6 +343,15 @@ impl Verifier {
         metering.peek(&meters, route)
     }
 
+    /// The budget of `req`'s route for the credential `hash` now, counting nothing: what a
+    /// 429 from the miss path reports (its tightest rule, spent).
+    pub(crate) fn usage_on<B>(&self, hash: &TokenHash, req: &Request<B>) -> Option<Usage> {
+        let metering = self.metering.as_ref()?;
+        let meters = self.cache.meters_of(hash)?;
+        let (resource, ip) = self.route_of(metering, req);
+        metering.peek(&meters, metering.route(&resource, ip.as_deref()))
+    }
+
     /// Which headers the responses carry (none without metering).
     pub(crate) fn rate_limit_headers(&self) -> crate::rate_limit::RateLimitHeaders {
         self.metering

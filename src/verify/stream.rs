@@ -37,6 +37,12 @@ impl Ticket {
         }
     }
 
+    /// The rate-limit budget of `req`'s route for this token now (a 429 from the miss path
+    /// reports it).
+    pub(crate) fn rate_usage<B>(&self, req: &http::Request<B>) -> Option<crate::rate_limit::Usage> {
+        self.verifier.usage_on(&self.hash, req)
+    }
+
     /// How often a streamed response asks (`stream_recheck`).
     pub(crate) fn recheck_every(&self) -> Duration {
         self.verifier.cache.stream_recheck()

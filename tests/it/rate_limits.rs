@@ -285,7 +285,12 @@ async fn a_budget_outlives_the_tokens_cache_entry() {
     assert_eq!(app.served_of(8, "/cheap", &token).await, 5);
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Asked again (the entry ended): the gateway saw two requests, this server served five.
-    assert_eq!(app.status("/cheap", &token).await, 429);
+    // The 429 of that verification reports the spent budget, as a hit's 429 does.
+    let refused = app.get("/cheap", &token).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["ratelimit-policy"], "\"5/60s\";q=5;w=60");
+    let budget = refused.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(budget.starts_with("\"5/60s\";r=0;t="), "{budget}");
     let calls = app.gateway.calls();
     assert_eq!(app.status("/cheap", &token).await, 429);
     assert_eq!(app.gateway.calls(), calls, "refused from the cache, not asked again");
@@ -316,7 +321,12 @@ async fn the_gateways_429_on_a_live_route_holds_for_the_cached_routes() {
     // Spent at Wacht (other services of the app used it): the gateway refuses the live route.
     app.gateway
         .set_fault(Some(Fault::RateLimited { retry_after_ms: 60_000 }));
-    assert_eq!(app.status("/live", &token).await, 429);
+    let refused = app.get("/live", &token).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers()["ratelimit"].to_str().unwrap().contains(";r=0;"),
+        "the gateway's 429 reports the budget spent"
+    );
     app.gateway.set_fault(None);
     // The cached route knows: refused here, without a gateway call.
     let calls = app.gateway.calls();
