@@ -15,7 +15,7 @@ pub(crate) struct Rule {
     /// The window, in milliseconds (never zero).
     pub(crate) window_ms: u64,
     /// Its `RateLimit-Policy` field, made once (`None` for a label that is not a plain
-    /// `<digits>/<digits>(s|ms)`).
+    /// `<digits>/<digits>(s|ms)`: responses then carry no rate-limit headers for it).
     pub(crate) policy: Option<http::HeaderValue>,
 }
 
