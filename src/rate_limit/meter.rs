@@ -164,8 +164,7 @@ impl Meter {
     /// the window began is counted in it), and the milliseconds until it ends.
     fn current<'a>(&self, window: &'a mut MutexGuard<'_, Window>, now_ms: u64) -> (&'a mut Window, u64) {
         let index = now_ms / self.rule.window_ms;
-        let ends = self.ends_ms.load(Ordering::Relaxed);
-        if index > window.index || ends == 0 {
+        if index > window.index || self.ends_ms.load(Ordering::Relaxed) == 0 {
             **window = Window {
                 index,
                 ..Window::default()
@@ -175,11 +174,10 @@ impl Meter {
             let ends = index.saturating_add(1).saturating_mul(self.rule.window_ms);
             self.ends_ms.store(ends, Ordering::Release);
         }
-        let ends = index
-            .max(window.index)
-            .saturating_add(1)
-            .saturating_mul(self.rule.window_ms);
-        (&mut **window, ends.saturating_sub(now_ms))
+        // The current window's end (a request stamped before it began is counted in it, and
+        // waits at most a window).
+        let ends = window.index.saturating_add(1).saturating_mul(self.rule.window_ms);
+        (&mut **window, ends.saturating_sub(now_ms).min(self.rule.window_ms))
     }
 
     /// Up to which served count the fast path may serve: below the limit less what others
@@ -502,6 +500,8 @@ mod tests {
             panic!("counted");
         };
         assert!(reset_ms <= 1000, "{reset_ms}");
+        // ... on the locked path too (the budget is spent: a stale stamp's 429).
+        assert_eq!(m.admit(900, false).0, Count::Spent { reset_ms: 1000 });
     }
 
     #[test]
