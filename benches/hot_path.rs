@@ -311,25 +311,9 @@ fn stages(c: &mut Criterion) {
     // Rate-limit metering: off (as before it existed); on with a rule in every answer (each
     // hit works out its route, finds its meter and counts there). `layer_cache_hit` above is
     // on with no rule in the answers (the route is worked out and looked up, nothing counted).
-    let metered = |limits: RateLimitConfig, rated: bool| {
-        let config = WachtAuthConfig::builder()
-            .max_capacity(10_000)
-            .ttl(Duration::from_secs(3600))
-            .expected_deployment_id(418223109876543489)
-            .rate_limits(limits)
-            .build()
-            .unwrap();
-        let layer = if rated {
-            WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
-        } else {
-            WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
-        };
-        fill(&layer, 1);
-        layer
-    };
-    let mut wrapped = metered(RateLimitConfig::default().disable_metering_unsafe(), false).layer(Noop);
+    let mut wrapped = metered_layer(RateLimitConfig::default().disable_metering_unsafe(), false).layer(Noop);
     g.bench_function("layer_cache_hit_unmetered", |b| b.iter(|| call(&mut wrapped, &header)));
-    let mut wrapped = metered(
+    let mut wrapped = metered_layer(
         RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None),
         true,
     )
@@ -337,7 +321,7 @@ fn stages(c: &mut Criterion) {
     g.bench_function("layer_cache_hit_metered_rule", |b| {
         b.iter(|| call(&mut wrapped, &header))
     });
-    let mut wrapped = metered(RateLimitConfig::default(), true).layer(Noop);
+    let mut wrapped = metered_layer(RateLimitConfig::default(), true).layer(Noop);
     g.bench_function("layer_cache_hit_metered_rule_headers", |b| {
         b.iter(|| call(&mut wrapped, &header))
     });
@@ -467,30 +451,33 @@ impl<B: Default> Service<Request<B>> for Handler {
     }
 }
 
+/// A layer with these rate-limit settings whose gateway answers with a rule (`rated`: every
+/// hit is counted) or without, its one token verified.
+fn metered_layer(limits: RateLimitConfig, rated: bool) -> WachtAuthLayer {
+    let config = WachtAuthConfig::builder()
+        .max_capacity(10_000)
+        .ttl(Duration::from_secs(3600))
+        .expected_deployment_id(418223109876543489)
+        .rate_limits(limits)
+        .build()
+        .unwrap();
+    let layer = if rated {
+        WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
+    } else {
+        WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
+    };
+    fill(&layer, 1);
+    layer
+}
+
 /// What metering costs a hit, measured interleaved: every case runs in turn for 20 000
 /// calls, 31 rounds, and each round's difference to the unmetered layer is taken within the
 /// round (seconds apart), so that the machine's drift cancels. Printed, not asserted.
 fn metering_rounds() {
-    let layer = |limits: RateLimitConfig, rated: bool| {
-        let config = WachtAuthConfig::builder()
-            .max_capacity(10_000)
-            .ttl(Duration::from_secs(3600))
-            .expected_deployment_id(418223109876543489)
-            .rate_limits(limits)
-            .build()
-            .unwrap();
-        let layer = if rated {
-            WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
-        } else {
-            WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
-        };
-        fill(&layer, 1);
-        layer
-    };
     let no_headers = || RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None);
-    let unmetered = layer(RateLimitConfig::default().disable_metering_unsafe(), false);
-    let metered = layer(no_headers(), true);
-    let headers = layer(RateLimitConfig::default(), true);
+    let unmetered = metered_layer(RateLimitConfig::default().disable_metering_unsafe(), false);
+    let metered = metered_layer(no_headers(), true);
+    let headers = metered_layer(RateLimitConfig::default(), true);
     let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
     let (mut bare, mut bare_handler) = (Noop, Handler);
     let (mut u, mut m, mut h) = (

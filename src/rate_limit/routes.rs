@@ -109,7 +109,8 @@ impl RouteMeters {
             .relearned
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(node) = self.nodes().find(|n| n.learned.is(route))
+        let listed = self.nodes().find(|n| n.learned.is(route));
+        if let Some(node) = listed
             && !node.stale.load(Ordering::Acquire)
         {
             if !same(&node.learned.meters, &meters) {
@@ -123,8 +124,8 @@ impl RouteMeters {
             known.meters = meters;
             return;
         }
-        let listed = self.nodes().count();
-        if listed < UNLOCKED_ROUTES && !self.nodes().any(|n| n.learned.is(route)) {
+        // A stale listed route is learned again under the lock, never listed twice.
+        if listed.is_none() && self.nodes().count() < UNLOCKED_ROUTES {
             let node = Box::new(Node {
                 learned: Learned::of(route, meters),
                 stale: AtomicBool::new(false),
