@@ -48,15 +48,24 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[start..]);
 }
 
+/// How many digits [`push_decimal`] writes for `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 /// The `RateLimit` field: `"<rule>";r=<remaining>;t=<seconds to reset>`.
 fn ratelimit_field(label: &str, remaining: u64, reset_secs: u64) -> Option<HeaderValue> {
-    let mut field = Vec::with_capacity(label.len() + 48);
+    // Exactly as long as the field: a full `Vec` becomes the header value's `Bytes` without
+    // a second allocation for its shared state.
+    let len = 1 + label.len() + 4 + decimal_len(remaining) + 3 + decimal_len(reset_secs);
+    let mut field = Vec::with_capacity(len);
     field.push(b'"');
     field.extend_from_slice(label.as_bytes());
     field.extend_from_slice(b"\";r=");
     push_decimal(&mut field, remaining);
     field.extend_from_slice(b";t=");
     push_decimal(&mut field, reset_secs);
+    debug_assert_eq!(field.len(), len);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(field)).ok()
 }
 
@@ -152,6 +161,7 @@ mod tests {
             let mut out = Vec::new();
             push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(decimal_len(n), out.len());
         }
     }
 
