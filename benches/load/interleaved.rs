@@ -21,6 +21,9 @@ pub(super) enum Set {
     /// Baseline with opaque tokens and with JWTs, the opaque and the JWT cache hit, and
     /// JWT verification on every request.
     Jwt,
+    /// Baseline and the `Router::layer` cache hit not metered, metered, and metered with
+    /// the rate-limit headers (the default).
+    Limits,
 }
 
 impl Set {
@@ -28,6 +31,7 @@ impl Set {
         match self {
             Set::Pairs => "pairs",
             Set::Jwt => "jwt",
+            Set::Limits => "limits",
         }
     }
 }

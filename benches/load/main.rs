@@ -39,7 +39,8 @@
 //! connections on one tokio `current_thread` runtime (one request in flight per connection).
 //!
 //! Knobs (environment): `LOAD_RATE_LIMITS` (`headers`, default: metered with the rate-limit
-//! headers; `metered`: no headers; `off`: not metered), `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
+//! headers; `metered`: no headers; `off`: not metered; the `limits` set's modes set their
+//! own), `LOAD_SECS` (5), `LOAD_WARMUP_SECS` (1), `LOAD_CONNS` (64),
 //! `LOAD_REPS` (20 interleaved rounds of baseline, floor, hit and hit-app), `LOAD_SLICE_MS`
 //! (1000: length of one measured slice in a round), `LOAD_GENERATOR` (`spin`, default: the
 //! interleaved runs use a busy-polling generator thread; `epoll`: tokio tasks that sleep in
@@ -57,11 +58,13 @@
 //! 97% busy; the same threshold on either CPU, sampled for 0.4 s, holds each run back until
 //! other programs quiet down), `LOAD_QUIET_WAIT` (30: longest such wait, in
 //! seconds), `LOAD_RETRIES` (4 repeats in total), `LOAD_ONLY` (comma list of `pairs`, `slow`,
-//! `latency`, `stampede`, `jwt` (interleaved: baseline, baseline-jwt, hit, hit-jwt,
-//! jwt-every-request), `jwt-cold` (separate runs of hit-jwt and jwt-cold); default all).
+//! `latency`, `stampede`, `limits` (interleaved: baseline, hit-unmetered, hit-metered, hit:
+//! what rate-limit metering and its headers cost), `jwt` (interleaved: baseline, baseline-jwt,
+//! hit, hit-jwt, jwt-every-request), `jwt-cold` (separate runs of hit-jwt and jwt-cold);
+//! default all).
 //!
-//! Baseline, the hit modes and the JWT modes but `jwt-cold` are measured interleaved, in two
-//! sets (`pairs` and `jwt`), one server per mode stays up with
+//! Baseline, the hit modes and the JWT modes but `jwt-cold` are measured interleaved, in three
+//! sets (`pairs`, `limits` and `jwt`), one server per mode stays up with
 //! its connections open, and every round drives each server alone for one slice, in an order
 //! that reverses every round. Each round gives a ratio to the baseline measured seconds
 //! earlier or later; the reported ratio is the median over rounds (see `Bench::interleaved`).
@@ -76,7 +79,7 @@ use std::time::{Duration, Instant};
 use bench::{Bench, RunResult};
 use cpu::plan_pinning;
 use interleaved::Set;
-use report::{JwtResults, loadavg, machine_info, print_run, report};
+use report::{JwtResults, LimitsResults, loadavg, machine_info, print_run, report};
 
 mod bench;
 mod cpu;
@@ -132,6 +135,10 @@ enum Mode {
     Baseline,
     Hit,
     HitApp,
+    /// `hit` with metering off (`disable_metering_unsafe`), in the `limits` set.
+    HitUnmetered,
+    /// `hit` metered, without the rate-limit headers, in the `limits` set.
+    HitMetered,
     Floor,
     Cold,
     Uncached,
@@ -148,6 +155,8 @@ impl Mode {
             Mode::Baseline => "baseline",
             Mode::Hit => "hit",
             Mode::HitApp => "hit-app",
+            Mode::HitUnmetered => "hit-unmetered",
+            Mode::HitMetered => "hit-metered",
             Mode::Floor => "floor",
             Mode::Cold => "cold",
             Mode::Uncached => "uncached",
@@ -164,6 +173,8 @@ impl Mode {
             Mode::Baseline,
             Mode::Hit,
             Mode::HitApp,
+            Mode::HitUnmetered,
+            Mode::HitMetered,
             Mode::Floor,
             Mode::Cold,
             Mode::Uncached,
@@ -182,6 +193,8 @@ impl Mode {
             Mode::Baseline => "1. baseline: no auth layer",
             Mode::Hit => "2. tower-wacht, cache hit (`Router::layer`)",
             Mode::HitApp => "2. tower-wacht, cache hit (layer around the whole app)",
+            Mode::HitUnmetered => "2. tower-wacht, cache hit (`Router::layer`), not metered",
+            Mode::HitMetered => "2. tower-wacht, cache hit (`Router::layer`), metered, no rate-limit headers",
             Mode::Floor => "floor: a layer that only inserts a fixed `Principal` (around the whole app)",
             Mode::Cold => "3. tower-wacht, cold (new token per request)",
             Mode::Uncached => "4. uncached gateway call per request (SDK model)",
@@ -250,7 +263,7 @@ struct Knobs {
     retries: u64,
     /// Longest wait before a run for other programs to leave the CPUs idle.
     quiet_wait_secs: u64,
-    /// Sections to run (`pairs`, `slow`, `latency`, `stampede`, `jwt`, `jwt-cold`); `None`:
+    /// Sections to run (`pairs`, `slow`, `latency`, `stampede`, `limits`, `jwt`, `jwt-cold`); `None`:
     /// all.
     only: Option<Vec<String>>,
 }
@@ -322,8 +335,10 @@ impl Session {
     /// Other programs took more than the threshold of a CPU, or (baseline and hit, which
     /// must saturate the server) the server was not kept busy.
     fn disturbed(&self, r: &RunResult) -> bool {
-        let starved = matches!(r.mode, Mode::Baseline | Mode::Hit | Mode::HitJwt)
-            && self.bench.pin.server_cpu.is_some()
+        let starved = matches!(
+            r.mode,
+            Mode::Baseline | Mode::Hit | Mode::HitUnmetered | Mode::HitMetered | Mode::HitJwt
+        ) && self.bench.pin.server_cpu.is_some()
             && r.used.server_util.is_some_and(|u| u < MIN_SATURATED_UTIL);
         starved || r.used.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
     }
@@ -392,6 +407,22 @@ fn orchestrate() -> Result<()> {
         app_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::HitApp)).collect();
         floor_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::Floor)).collect();
         disturbed_rounds = il.disturbed_rounds;
+    }
+    // What rate-limit metering costs through HTTP: the hit not metered, metered, and with
+    // the headers (the default), interleaved with the baseline.
+    let mut limits = LimitsResults::default();
+    if wants("limits") {
+        let il = s.bench.interleaved(
+            Set::Limits,
+            &[Mode::Baseline, Mode::HitUnmetered, Mode::HitMetered, Mode::Hit],
+            reps,
+        )?;
+        for r in il.results {
+            print_run(&r);
+            s.results.push(r);
+        }
+        limits.rounds = il.rounds;
+        limits.disturbed_rounds = il.disturbed_rounds;
     }
     // 4 then 3 at 0 ms; the uncached rate sizes the cold token set.
     let mut uncached_rps = Vec::new();
@@ -467,6 +498,7 @@ fn orchestrate() -> Result<()> {
         &cold_rps,
         &uncached_slow,
         &bursts,
+        &limits,
         &jwt,
     );
     println!(

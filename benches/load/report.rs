@@ -90,6 +90,64 @@ fn interleaved_ratio(what: &str, pairs: &[(f64, f64)], times: bool, disturbed_ro
     );
 }
 
+/// What the `limits` set measured.
+#[derive(Default)]
+pub(super) struct LimitsResults {
+    /// Requests/s of every mode of the set in each undisturbed round.
+    pub rounds: Vec<BTreeMap<Mode, f64>>,
+    pub disturbed_rounds: usize,
+}
+
+/// What rate-limit metering costs through HTTP: each setting against the baseline and
+/// against the one before it, within the same rounds.
+fn limits_report(s: &Session, limits: &LimitsResults) {
+    if limits.rounds.is_empty() {
+        return;
+    }
+    println!("## Rate-limit metering through HTTP (`Router::layer`)\n");
+    println!("| ratio | value | range | how |");
+    println!("|---|---|---|---|");
+    let of = |reference: Mode, measured: Mode| -> Vec<(f64, f64)> {
+        limits
+            .rounds
+            .iter()
+            .filter_map(|m| Some((*m.get(&reference)?, *m.get(&measured)?)))
+            .collect()
+    };
+    for (what, reference, measured) in [
+        (
+            "cache hit, not metered ÷ no auth (hit-unmetered ÷ baseline)",
+            Mode::Baseline,
+            Mode::HitUnmetered,
+        ),
+        (
+            "cache hit, metered, no headers ÷ no auth (hit-metered ÷ baseline)",
+            Mode::Baseline,
+            Mode::HitMetered,
+        ),
+        (
+            "cache hit, metered with the headers (the default) ÷ no auth (hit ÷ baseline; target ≥ 0.95)",
+            Mode::Baseline,
+            Mode::Hit,
+        ),
+        (
+            "metering's share: metered ÷ not metered",
+            Mode::HitUnmetered,
+            Mode::HitMetered,
+        ),
+        ("the headers' share: with ÷ without", Mode::HitMetered, Mode::Hit),
+    ] {
+        interleaved_ratio(
+            what,
+            &of(reference, measured),
+            false,
+            limits.disturbed_rounds,
+            s.bench.knobs.slice_ms,
+        );
+    }
+    println!();
+}
+
 /// What the JWT sections measured.
 #[derive(Default)]
 pub(super) struct JwtResults {
@@ -273,6 +331,7 @@ pub(super) fn report(
     cold_rps: &[f64],
     uncached_slow: &[(u64, f64)],
     bursts: &[BurstResult],
+    limits: &LimitsResults,
     jwt: &JwtResults,
 ) {
     let k = &s.bench.knobs;
@@ -299,7 +358,7 @@ pub(super) fn report(
         let calls: u64 = runs.iter().map(|r| r.gateway_calls).sum();
         let gw = match mode {
             Mode::Baseline | Mode::Floor | Mode::BaselineJwt | Mode::JwtEveryRequest => "none".to_owned(),
-            Mode::Hit | Mode::HitApp => "only on ttl expiry".to_owned(),
+            Mode::Hit | Mode::HitApp | Mode::HitUnmetered | Mode::HitMetered => "only on ttl expiry".to_owned(),
             Mode::HitJwt | Mode::JwtCold => "not called (JWTs verified locally)".to_owned(),
             _ => format!("{ms} ms"),
         };
@@ -410,6 +469,7 @@ pub(super) fn report(
         println!();
     }
 
+    limits_report(s, limits);
     jwt_report(s, jwt);
 
     println!("## Runs\n");
@@ -446,7 +506,12 @@ pub(super) fn report(
     println!();
     let least_busy = kept
         .iter()
-        .filter(|r| matches!(r.mode, Mode::Baseline | Mode::Hit | Mode::HitJwt))
+        .filter(|r| {
+            matches!(
+                r.mode,
+                Mode::Baseline | Mode::Hit | Mode::HitUnmetered | Mode::HitMetered | Mode::HitJwt
+            )
+        })
         .filter_map(|r| r.used.server_util)
         .fold(f64::INFINITY, f64::min);
     if least_busy.is_finite() && least_busy < 0.9 {

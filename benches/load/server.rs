@@ -210,7 +210,13 @@ async fn serve(
         .api_key("sk_test_loadbench");
     // `LOAD_RATE_LIMITS`: `headers` (the default: metered, `RateLimit-Policy` / `RateLimit`
     // on every response), `metered` (metered, no headers), `off` (not metered).
-    let limits = match std::env::var("LOAD_RATE_LIMITS").as_deref() {
+    // The `limits` set's modes name their setting.
+    let setting = match opts.mode {
+        Mode::HitUnmetered => Ok("off".to_owned()),
+        Mode::HitMetered => Ok("metered".to_owned()),
+        _ => std::env::var("LOAD_RATE_LIMITS"),
+    };
+    let limits = match setting.as_deref() {
         Ok("off") => tower_wacht::rate_limit::RateLimitConfig::default().disable_metering_unsafe(),
         Ok("metered") => {
             tower_wacht::rate_limit::RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None)
@@ -232,9 +238,12 @@ async fn serve(
     let mut floor = None;
     let app = match opts.mode {
         Mode::Baseline | Mode::BaselineJwt => app,
-        Mode::Hit | Mode::HitApp | Mode::Cold | Mode::Stampede => {
+        Mode::Hit | Mode::HitApp | Mode::HitUnmetered | Mode::HitMetered | Mode::Cold | Mode::Stampede => {
             let auth = WachtAuthLayer::new(config)?;
-            if matches!(opts.mode, Mode::Hit | Mode::HitApp) {
+            if matches!(
+                opts.mode,
+                Mode::Hit | Mode::HitApp | Mode::HitUnmetered | Mode::HitMetered
+            ) {
                 // "Tokens already verified": fill the cache before the first request.
                 for i in 0..opts.hit_tokens {
                     auth.verifier()
