@@ -22,108 +22,27 @@
 //! the gateway's slide, so a client may get up to twice the limit across a window boundary,
 //! as with any fixed-window limiter.
 
+mod book;
 mod config;
+mod count;
 pub(crate) mod headers;
 mod meter;
 mod routes;
 mod subject;
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "redis")]
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use self::book::Registry;
 pub use self::config::{DEFAULT_FLEET_BATCH, RateLimitConfig, RateLimitHeaders, RateLimitMode};
-#[cfg(feature = "redis")]
+pub(crate) use self::count::{Admission, Usage};
 #[cfg(feature = "redis")]
 pub(crate) use self::meter::Unflushed;
 pub(crate) use self::meter::{Count, Meter, Rule};
-use self::routes::distinct;
 pub(crate) use self::routes::{RouteMeters, RouteRef};
 pub(crate) use self::subject::Subject;
-use crate::principal::RateLimitState;
-
-/// The budget a response reports: its most constrained rule. Small (it travels with the
-/// request to its response).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Usage {
-    /// The rule: its label (the `RateLimit-Policy` name), limit, window and policy field.
-    pub(crate) rule: Arc<Rule>,
-    pub(crate) remaining: u64,
-    pub(crate) reset: Duration,
-}
-
-impl Usage {
-    fn of(meter: &Meter, count: Count) -> Usage {
-        let (remaining, reset_ms) = match count {
-            Count::Served {
-                remaining, reset_ms, ..
-            } => (remaining, reset_ms),
-            Count::Spent { reset_ms } => (0, reset_ms),
-            Count::Flush => (0, 0),
-        };
-        Usage {
-            rule: Arc::clone(&meter.rule),
-            remaining,
-            reset: Duration::from_millis(reset_ms),
-        }
-    }
-
-    /// The tighter of two: fewer remaining, then the later reset.
-    fn tighter(self, other: Usage) -> Usage {
-        if (other.remaining, std::cmp::Reverse(other.reset)) < (self.remaining, std::cmp::Reverse(self.reset)) {
-            other
-        } else {
-            self
-        }
-    }
-}
-
-/// The budgets one request met: the tightest of those it was served by, and of those spent,
-/// the one that resets last (until then the request would be refused).
-#[derive(Default)]
-struct Tally {
-    served: Option<Usage>,
-    spent: Option<Usage>,
-}
-
-impl Tally {
-    fn served(&mut self, usage: Usage) {
-        self.served = Some(match self.served.take() {
-            Some(tightest) => tightest.tighter(usage),
-            None => usage,
-        });
-    }
-
-    fn spent(&mut self, usage: Usage) {
-        self.spent = Some(match self.spent.take() {
-            Some(latest) if latest.reset >= usage.reset => latest,
-            _ => usage,
-        });
-    }
-
-    fn admission(self) -> Admission {
-        match self.spent {
-            Some(usage) => Admission::Spent(usage),
-            None => Admission::Served(self.served),
-        }
-    }
-}
-
-/// What the meters say of a request served from cache.
-#[derive(Debug)]
-pub(crate) enum Admission {
-    /// The credential was not seen on this route: ask the gateway (which counts it).
-    Unknown,
-    /// Served: counted by every rule of the route; the tightest budget, if any rule applies.
-    Served(Option<Usage>),
-    /// A rule's budget is spent: 429 until its window rolls (`Usage::reset`; the latest of the
-    /// spent rules).
-    Spent(Usage),
-    /// Not counted: this replica holds a full batch of a rule the fleet shares; add it to the
-    /// fleet's count, then ask again.
-    Flush,
-}
 
 /// Unix milliseconds from a monotonic instant: one wall-clock reading at start, so the hit
 /// path reads only the monotonic clock it already has.
@@ -201,52 +120,6 @@ impl std::fmt::Debug for Metering {
     }
 }
 
-/// The rules an app's scheme has on a route (by app and route key), and when a gateway
-/// answer named them.
-type RuleBook = HashMap<(Box<str>, u64), (Arc<[Rule]>, Instant)>;
-
-#[derive(Debug, Default)]
-struct Registry {
-    meters: HashMap<String, Arc<Meter>>,
-    prune_at: usize,
-    /// The rules of an app's scheme on a route, as the gateway last named them, and when.
-    book: RuleBook,
-}
-
-impl Registry {
-    /// The live meter of `key`, or a new one (named in the fleet's store by `fleet`'s
-    /// function, and holding at most its batch unflushed).
-    ///
-    /// The registry holds every meter until the window it counted in has ended and no
-    /// credential's routes name it: a count outlives the cache entries that made it (a
-    /// budget does not start over when a token's entry expires or its routes are relearned).
-    fn meter(&mut self, key: String, rule: Rule, fleet: Option<(&FleetKey, u64)>, now_ms: u64) -> Arc<Meter> {
-        if let Some(meter) = self.meters.get(&key)
-            && *meter.rule == rule
-        {
-            return Arc::clone(meter);
-        }
-        let (fleet_key, batch) = match fleet {
-            Some((name, batch)) => (Some(name(&key)), batch),
-            None => (None, 1),
-        };
-        let meter = Arc::new(Meter::new(rule, fleet_key, batch));
-        self.meters.insert(key, Arc::clone(&meter));
-        if self.meters.len() >= self.prune_at {
-            self.meters.retain(|_, m| Arc::strong_count(m) > 1 || !m.idle(now_ms));
-            self.prune_at = (self.meters.len() * 2).max(1024);
-        }
-        meter
-    }
-}
-
-/// How long the rules a gateway answer named for an app's route are used for the app's other
-/// credentials before a gateway call names them again.
-const RULE_BOOK_TTL: Duration = Duration::from_secs(600);
-
-/// Most (app, route) rule sets remembered; past it the book starts over.
-const RULE_BOOK_CAP: usize = 50_000;
-
 impl Metering {
     /// The meters `config` asks for (shared through the fleet's store when `fleet_key` names
     /// them there); `None` when metering is off. `audited`: the audit trail reads each
@@ -262,11 +135,7 @@ impl Metering {
             config: config.clone(),
             by_ip: config.by_ip(),
             clock: Clock::new(),
-            registry: Mutex::new(Registry {
-                meters: HashMap::new(),
-                prune_at: 1024,
-                book: HashMap::new(),
-            }),
+            registry: Mutex::new(Registry::new()),
             routes: std::hash::RandomState::new(),
             want_usage: config.headers != RateLimitHeaders::None || audited,
             shared: fleet_key.map(|key_of| Shared {
@@ -308,116 +177,6 @@ impl Metering {
         }
     }
 
-    /// A request on `route` served from cache at `now`: counted by the route's meters.
-    #[inline]
-    pub(crate) fn admit(&self, meters: &RouteMeters, route: RouteRef<'_>, now: Instant) -> Admission {
-        meters
-            .with(route, |route_meters| self.count(route_meters, now, true))
-            .unwrap_or(Admission::Unknown)
-    }
-
-    /// A request served from cache counted by `meters` at `now`. With `batched`, a shared
-    /// meter holding a full batch the fleet does not have counts nothing ([`Admission::Flush`]:
-    /// add the batch, then ask again); without, it counts anyway.
-    pub(crate) fn count(&self, meters: &[Arc<Meter>], now: Instant, batched: bool) -> Admission {
-        if meters.is_empty() {
-            return Admission::Served(None);
-        }
-        let now_ms = self.clock.unix_ms(now);
-        let mut tally = Tally::default();
-        let mut half_full = false;
-        // Every rule counts the request it allows, even when another refuses it (as the
-        // gateway does).
-        let fleet_up = batched && self.fleet_takes_counts(now_ms);
-        if let [meter] = meters {
-            // One rule (Wacht's default): nothing to take back.
-            let (count, half_full) = meter.admit(now_ms, fleet_up);
-            if half_full {
-                self.wake_flusher();
-            }
-            return match count {
-                Count::Served { .. } => Admission::Served(self.want_usage.then(|| Usage::of(meter, count))),
-                Count::Spent { .. } => Admission::Spent(Usage::of(meter, count)),
-                Count::Flush => Admission::Flush,
-            };
-        }
-        // Where each rule before counted the request (0: it did not, being spent).
-        let mut counted_in = [0u64; 4];
-        let mut counted_in_more: Vec<u64> = Vec::new();
-        for (i, meter) in meters.iter().enumerate() {
-            let (count, half) = meter.admit(now_ms, fleet_up);
-            half_full |= half;
-            let window = match count {
-                Count::Served { counted_in, .. } => counted_in,
-                Count::Spent { .. } | Count::Flush => 0,
-            };
-            match counted_in.get_mut(i) {
-                Some(slot) => *slot = window,
-                None => counted_in_more.push(window),
-            }
-            match count {
-                Count::Served { .. } if !self.want_usage => {}
-                Count::Served { .. } => tally.served(Usage::of(meter, count)),
-                Count::Spent { .. } => tally.spent(Usage::of(meter, count)),
-                Count::Flush => {
-                    // Not counted until the batch is added: neither by the rules before that
-                    // counted it.
-                    let windows = counted_in.iter().chain(&counted_in_more);
-                    for (earlier, &window) in meters[..i].iter().zip(windows) {
-                        if window != 0 {
-                            earlier.uncount(window);
-                        }
-                    }
-                    self.wake_flusher();
-                    return Admission::Flush;
-                }
-            }
-        }
-        if half_full {
-            // Added in the background before the batch fills, so that a request rarely waits.
-            self.wake_flusher();
-        }
-        tally.admission()
-    }
-
-    fn wake_flusher(&self) {
-        if let Some(shared) = &self.shared {
-            shared.half_full.notify_one();
-        }
-    }
-
-    /// The budget of the route's tightest rule if a gateway answer showed it spent by more
-    /// than the request the gateway just counted (what was served here meanwhile).
-    pub(crate) fn overspent(&self, meters: &RouteMeters, route: RouteRef<'_>) -> Option<Usage> {
-        let now_ms = self.clock.unix_ms(Instant::now());
-        meters.get(route)?.iter().find_map(|meter| {
-            let count = meter.over(now_ms);
-            matches!(count, Count::Spent { .. }).then(|| Usage::of(meter, count))
-        })
-    }
-
-    /// The gateway refused a request on `route` as rate-limited: its meters there hold the
-    /// budget spent for `retry_after` (at most to the end of their window).
-    pub(crate) fn spend(&self, meters: &RouteMeters, route: RouteRef<'_>, retry_after: Duration) {
-        let Some(route_meters) = meters.get(route) else {
-            return;
-        };
-        let now_ms = self.clock.unix_ms(Instant::now());
-        for meter in route_meters.iter() {
-            // The gateway's `retry_after` is the window of the rule that refused.
-            if meter.rule.window() == retry_after || route_meters.len() == 1 {
-                meter.exhaust(now_ms);
-            }
-        }
-    }
-
-    /// A request served from cache on a route whose rules could not be learned (the gateway
-    /// unavailable or at its cap): counted by every meter the credential already has on any
-    /// route (its app's budgets among them). `Served(None)` when it has none.
-    pub(crate) fn admit_known(&self, meters: &RouteMeters, now: Instant) -> Admission {
-        self.count(&meters.all(), now, false)
-    }
-
     /// Waits until a meter holds half a batch (the fleet's flusher); forever without the fleet.
     #[cfg(feature = "redis")]
     pub(crate) async fn half_full(&self) {
@@ -425,142 +184,6 @@ impl Metering {
             Some(shared) => shared.half_full.notified().await,
             None => std::future::pending().await,
         }
-    }
-
-    /// A gateway answer for `subject` on `route`: the route's rules (what the answer reported)
-    /// recorded for the credential and its app, each meter told what the gateway counted.
-    /// Returns the tightest budget (for the response's headers), or the spent one.
-    pub(crate) fn learn(
-        &self,
-        meters: &RouteMeters,
-        route: RouteRef<'_>,
-        subject: &Subject<'_>,
-        limits: &[RateLimitState],
-    ) -> Admission {
-        let now_ms = self.clock.unix_ms(Instant::now());
-        // Each entry's rule, parsed once, with what the gateway said is left of it.
-        let (rules, left): (Vec<Rule>, Vec<u64>) = limits
-            .iter()
-            .filter_map(|state| {
-                let rule = Rule::parse(&state.rule, state.limit);
-                if rule.is_none() {
-                    tracing::debug!(
-                        rule = &*state.rule,
-                        "rate-limit rule label of an unknown form: not metered"
-                    );
-                }
-                Some((rule?, state.remaining))
-            })
-            .unzip();
-        let found = self.resolve(subject, &rules.into(), true);
-        let mut tally = Tally::default();
-        for (meter, remaining) in found.iter().zip(left) {
-            let count = meter.observe(now_ms, remaining);
-            let usage = Usage::of(meter, count);
-            if matches!(count, Count::Spent { .. }) {
-                tally.spent(usage.clone());
-            }
-            tally.served(usage);
-        }
-        meters.learn(route, distinct(found));
-        tally.admission()
-    }
-
-    /// A credential on a route its meters have not seen: counted by the rules its app's
-    /// scheme has there, if a gateway answer named them lately (for any of the app's
-    /// credentials); else [`Admission::Unknown`], and the gateway is asked.
-    pub(crate) fn admit_new_route(
-        &self,
-        meters: &RouteMeters,
-        route: RouteRef<'_>,
-        subject: &Subject<'_>,
-        now: Instant,
-    ) -> Admission {
-        let rules = {
-            let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match registry
-                .book
-                .get(&(Box::from(subject.book_key()), self.resource_key(subject.route)))
-            {
-                Some((rules, at)) if now.saturating_duration_since(*at) < RULE_BOOK_TTL => Arc::clone(rules),
-                _ => return Admission::Unknown,
-            }
-        };
-        meters.learn(route, distinct(self.resolve(subject, &rules, false)));
-        self.admit(meters, route, now)
-    }
-
-    /// A credential on a route whose rules the fleet's rule book named: the rules recorded
-    /// here (for the app, and for the credential's route), then the request counted.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn admit_with_rules(
-        &self,
-        meters: &RouteMeters,
-        route: RouteRef<'_>,
-        subject: &Subject<'_>,
-        rules: &[(String, u64)],
-        now: Instant,
-    ) -> Admission {
-        let rules: Arc<[Rule]> = rules
-            .iter()
-            .filter_map(|(label, limit)| Rule::parse(label, *limit))
-            .collect::<Vec<_>>()
-            .into();
-        meters.learn(route, distinct(self.resolve(subject, &rules, true)));
-        self.admit(meters, route, now)
-    }
-
-    /// The meters of `rules` for `subject` (found or made), and, for rules a gateway answer
-    /// just named (`fresh`), the app's rule book updated.
-    /// In the order of `rules` (one meter may appear twice: see [`distinct`]).
-    fn resolve(&self, subject: &Subject<'_>, rules: &Arc<[Rule]>, fresh: bool) -> Vec<Arc<Meter>> {
-        let now_ms = self.clock.unix_ms(Instant::now());
-        let book = (Box::from(subject.book_key()), self.resource_key(subject.route));
-        let mut registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fresh {
-            if registry.book.len() >= RULE_BOOK_CAP {
-                registry.book.clear();
-            }
-            registry.book.insert(book, (Arc::clone(rules), Instant::now()));
-        }
-        let fleet = self.shared.as_ref().map(|s| (&s.key_of, self.config.fleet_batch));
-        rules
-            .iter()
-            .map(|rule| {
-                let key = subject.key(self.config.mode_of(&rule.label), &rule.label);
-                registry.meter(key, rule.clone(), fleet, now_ms)
-            })
-            .collect()
-    }
-
-    /// The key of a resource alone: what the rule book is kept by (rules match endpoints by
-    /// resource; a client IP changes whose budget counts, not which rules apply).
-    fn resource_key(&self, resource: &str) -> u64 {
-        self.routes.hash_one(resource)
-    }
-
-    /// True if the rule book named the rules of `subject`'s app on its resource lately (a
-    /// gateway answer about it need not be written to the fleet's book again).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn knows_rules(&self, subject: &Subject<'_>) -> bool {
-        let book = (Box::from(subject.book_key()), self.resource_key(subject.route));
-        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        registry
-            .book
-            .get(&book)
-            .is_some_and(|(_, at)| at.elapsed() < RULE_BOOK_TTL)
-    }
-
-    /// The tightest budget on `route` now, counting nothing (a miss's response headers).
-    pub(crate) fn peek(&self, meters: &RouteMeters, route: RouteRef<'_>) -> Option<Usage> {
-        let now_ms = self.clock.unix_ms(Instant::now());
-        meters.get(route)?.iter().fold(None, |tightest, meter| {
-            let usage = Usage::of(meter, meter.peek(now_ms));
-            Some(match tightest {
-                Some(t) => usage.tighter(t),
-                None => usage,
-            })
-        })
     }
 
     /// The shared meters holding requests the fleet's count does not have, and those
