@@ -343,6 +343,17 @@ impl Session {
         starved || r.used.other_load().is_some_and(|f| f > self.bench.knobs.max_other_load)
     }
 
+    /// One interleaved set: its runs printed and kept; its rounds (requests/s of every mode
+    /// in each undisturbed round) and how many rounds were disturbed.
+    fn interleaved(&mut self, set: Set, modes: &[Mode], reps: u64) -> Result<(Vec<BTreeMap<Mode, f64>>, usize)> {
+        let il = self.bench.interleaved(set, modes, reps)?;
+        for r in il.results {
+            print_run(&r);
+            self.results.push(r);
+        }
+        Ok((il.rounds, il.disturbed_rounds))
+    }
+
     fn run(&mut self, mode: Mode, latency_ms: u64, cold_tokens: u64) -> Result<usize> {
         loop {
             let mut r = self.bench.run(mode, latency_ms, cold_tokens)?;
@@ -393,36 +404,26 @@ fn orchestrate() -> Result<()> {
     let mut floor_pairs = Vec::new();
     let mut disturbed_rounds = 0;
     if wants("pairs") {
-        let il = s.bench.interleaved(
+        let (rounds, disturbed) = s.interleaved(
             Set::Pairs,
             &[Mode::Baseline, Mode::Floor, Mode::Hit, Mode::HitApp],
             reps,
         )?;
-        for r in il.results {
-            print_run(&r);
-            s.results.push(r);
-        }
         let of = |m: &BTreeMap<Mode, f64>, mode: Mode| Some((*m.get(&Mode::Baseline)?, *m.get(&mode)?));
-        pairs = il.rounds.iter().filter_map(|m| of(m, Mode::Hit)).collect();
-        app_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::HitApp)).collect();
-        floor_pairs = il.rounds.iter().filter_map(|m| of(m, Mode::Floor)).collect();
-        disturbed_rounds = il.disturbed_rounds;
+        pairs = rounds.iter().filter_map(|m| of(m, Mode::Hit)).collect();
+        app_pairs = rounds.iter().filter_map(|m| of(m, Mode::HitApp)).collect();
+        floor_pairs = rounds.iter().filter_map(|m| of(m, Mode::Floor)).collect();
+        disturbed_rounds = disturbed;
     }
     // What rate-limit metering costs through HTTP: the hit not metered, metered, and with
     // the headers (the default), interleaved with the baseline.
     let mut limits = LimitsResults::default();
     if wants("limits") {
-        let il = s.bench.interleaved(
+        (limits.rounds, limits.disturbed_rounds) = s.interleaved(
             Set::Limits,
             &[Mode::Baseline, Mode::HitUnmetered, Mode::HitMetered, Mode::Hit],
             reps,
         )?;
-        for r in il.results {
-            print_run(&r);
-            s.results.push(r);
-        }
-        limits.rounds = il.rounds;
-        limits.disturbed_rounds = il.disturbed_rounds;
     }
     // 4 then 3 at 0 ms; the uncached rate sizes the cold token set.
     let mut uncached_rps = Vec::new();
@@ -462,7 +463,7 @@ fn orchestrate() -> Result<()> {
     // then first sight (a new JWT per request) against a hit run measured the same way.
     let mut jwt = JwtResults::default();
     if wants("jwt") {
-        let il = s.bench.interleaved(
+        (jwt.rounds, jwt.disturbed_rounds) = s.interleaved(
             Set::Jwt,
             &[
                 Mode::Baseline,
@@ -473,12 +474,6 @@ fn orchestrate() -> Result<()> {
             ],
             reps,
         )?;
-        for r in il.results {
-            print_run(&r);
-            s.results.push(r);
-        }
-        jwt.rounds = il.rounds;
-        jwt.disturbed_rounds = il.disturbed_rounds;
     }
     if wants("jwt-cold") {
         for _ in 0..slow_reps {
