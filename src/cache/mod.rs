@@ -208,6 +208,11 @@ impl DecisionCache {
         })
     }
 
+    /// Which verifier's tiers these are (unique in the process).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// This thread's front cache, then the shared cache, for an entry `usable` takes at the
     /// lookup's instant; a hit or a miss is counted.
     fn lookup(&self, hash: &TokenHash, usable: impl Fn(&Entry, Instant) -> bool) -> Option<Hit> {

@@ -21,7 +21,7 @@ use crate::body::ResponseBody;
 use crate::rate_limit::RateLimitHeaders;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
 use crate::stepup::StepUpSlot;
-use crate::verify::{Ticket, Verified};
+use crate::verify::{StreamPass, Verified};
 
 pin_project! {
     /// Response future of [`WachtAuth`](super::WachtAuth).
@@ -50,7 +50,7 @@ pin_project! {
             request: Option<Request<ReqB>>,
             service: Option<S>,
             challenge: Arc<ChallengeParams>,
-            ticket: Option<Ticket>,
+            pass: Option<StreamPass>,
             // Whether the handler gets a step-up slot (`handler_step_up`).
             handler_step_up: bool,
             // The request's audit record, when auditing is on.
@@ -86,7 +86,7 @@ where
         request: Request<ReqB>,
         service: S,
         challenge: Arc<ChallengeParams>,
-        ticket: Ticket,
+        pass: StreamPass,
         handler_step_up: bool,
         audit: Option<Box<Pending>>,
         rate_headers: RateLimitHeaders,
@@ -97,7 +97,7 @@ where
                 request: Some(request),
                 service: Some(service),
                 challenge,
-                ticket: Some(ticket),
+                pass: Some(pass),
                 handler_step_up,
                 audit,
                 rate_headers,
@@ -138,7 +138,7 @@ where
                     request,
                     service,
                     challenge,
-                    ticket,
+                    pass,
                     handler_step_up,
                     audit,
                     rate_headers,
@@ -154,7 +154,7 @@ where
                             Err(error) => audit.refused(source, error),
                         }
                     }
-                    let (Some(mut req), Some(mut svc), Some(ticket)) = (request.take(), service.take(), ticket.take())
+                    let (Some(mut req), Some(mut svc), Some(pass)) = (request.take(), service.take(), pass.take())
                     else {
                         // Polled again after completion: answer like an unavailable gateway.
                         let error = AuthError::Unavailable {
@@ -171,7 +171,7 @@ where
                             req.extensions_mut().insert(principal.clone());
                             let slot = (*handler_step_up).then(|| StepUpSlot::insert_into(req.extensions_mut()));
                             let caller =
-                                Caller::new(principal, ticket, req.version(), slot).with_usage(usage, *rate_headers);
+                                Caller::new(principal, pass, req.version(), slot).with_usage(usage, *rate_headers);
                             let future = svc.call(req);
                             state.set(State::Inner {
                                 future,
@@ -183,7 +183,7 @@ where
                             let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
                             // A 429 reports its budget as a hit's does: the route's tightest
                             // rule, spent until its reset.
-                            if spent && let Some(usage) = ticket.rate_usage(&req).filter(|u| u.remaining == 0) {
+                            if spent && let Some(usage) = pass.rate_usage(&req).filter(|u| u.remaining == 0) {
                                 crate::rate_limit::headers::insert(response.headers_mut(), *rate_headers, &usage, true);
                             }
                             state.set(State::Refused {

@@ -150,6 +150,7 @@ impl WachtAuthLayer {
     fn with_verifier(config: WachtAuthConfig, verifier: Verifier) -> Self {
         warn_about_weakened_defaults(&config);
         let verifier = Arc::new(verifier);
+        crate::verify::register(&verifier);
         #[cfg(feature = "redis")]
         verifier.start_fleet();
         let requests = config.requests;

@@ -80,7 +80,7 @@ where
         match authentication {
             Authentication::Hit(Served {
                 principal,
-                ticket,
+                pass,
                 usage,
                 source,
             }) => {
@@ -93,7 +93,7 @@ where
                 let slot = shared
                     .handler_step_up
                     .then(|| StepUpSlot::insert_into(req.extensions_mut()));
-                let caller = Caller::new(principal, ticket, req.version(), slot)
+                let caller = Caller::new(principal, pass, req.version(), slot)
                     .with_usage(usage, shared.verifier.rate_limit_headers());
                 ResponseFuture::inner(self.inner.call(req), Some(caller))
             }
@@ -109,7 +109,7 @@ where
                 let fresh = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, fresh);
                 let challenge = Arc::clone(shared.verifier.challenge());
-                let ticket = miss.ticket();
+                let pass = miss.pass();
                 let step_up = shared.handler_step_up;
                 let rate_headers = shared.verifier.rate_limit_headers();
                 if let Some(audit) = &mut audit {
@@ -120,7 +120,7 @@ where
                     req,
                     service,
                     challenge,
-                    ticket,
+                    pass,
                     step_up,
                     audit,
                     rate_headers,

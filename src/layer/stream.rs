@@ -23,14 +23,15 @@ use http_body_util::Full;
 
 use crate::body::{ResponseBody, Standing};
 use crate::principal::Principal;
-use crate::reject::{AuthError, grpc_trailers, is_grpc, render};
+use crate::reject::{AuthError, InvalidTokenReason, grpc_trailers, is_grpc, render};
 use crate::stepup::{InsufficientScope, StepUpSlot};
-use crate::verify::Ticket;
+use crate::verify::{StreamPass, Ticket};
 
 /// The verified caller of a request, held by its response future until the response arrives.
 pub(crate) struct Caller {
     principal: Principal,
-    ticket: Ticket,
+    /// For a stream: how to find the verifier and what to ask it.
+    pass: StreamPass,
     /// The request's HTTP version (a gRPC response needs HTTP/2).
     version: Version,
     /// Where the handler records a demand for more scope (`handler_step_up`).
@@ -41,10 +42,10 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    pub(crate) fn new(principal: Principal, ticket: Ticket, version: Version, slot: Option<StepUpSlot>) -> Self {
+    pub(crate) fn new(principal: Principal, pass: StreamPass, version: Version, slot: Option<StepUpSlot>) -> Self {
         Caller {
             principal,
-            ticket,
+            pass,
             version,
             slot,
             usage: None,
@@ -97,10 +98,13 @@ impl Caller {
             .expires_at()
             .duration_since(SystemTime::now())
             .map_or(Some(now), |left| now.checked_add(left));
-        let every = self.ticket.recheck_every();
+        // No ticket once no layer holds the verifier (shutting down): the stream ends at its
+        // first poll.
+        let ticket = self.pass.ticket();
+        let every = ticket.as_ref().map_or(Duration::ZERO, Ticket::recheck_every);
         let stream = Stream {
             principal: self.principal,
-            ticket: self.ticket,
+            ticket,
             expires,
             every,
             grpc,
@@ -109,10 +113,11 @@ impl Caller {
     }
 }
 
-/// What a watched body asks: the verifier, through the ticket, and the token's expiry.
+/// What a watched body asks: the verifier, through the ticket (none: ended at once), and the
+/// token's expiry.
 struct Stream {
     principal: Principal,
-    ticket: Ticket,
+    ticket: Option<Ticket>,
     /// `None`: further than this clock can say.
     expires: Option<Instant>,
     every: Duration,
@@ -123,7 +128,14 @@ impl Standing for Stream {
     fn check(&mut self) -> Result<Instant, Option<HeaderMap>> {
         let now = Instant::now();
         let expired = self.expires.is_some_and(|at| now >= at);
-        match self.ticket.check(&self.principal, expired) {
+        let verdict = match &mut self.ticket {
+            Some(ticket) => ticket.check(&self.principal, expired),
+            None => {
+                tracing::debug!("a streamed response was ended: its layer's verifier is gone");
+                Err(InvalidTokenReason::Rejected)
+            }
+        };
+        match verdict {
             // `every` is at least a nanosecond and at most a day (the builder's rule), and the
             // expiry is later than now: the next deadline is always in the future.
             Ok(()) => {

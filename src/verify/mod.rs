@@ -33,7 +33,7 @@ use http::Request;
 use self::decide::{DenyList, Pins};
 use self::miss::MissContext;
 use self::revoked::RevokedIds;
-pub(crate) use self::stream::Ticket;
+pub(crate) use self::stream::{StreamPass, Ticket, register};
 use crate::cache::DecisionCache;
 use crate::config::{GatewaySettings, WachtAuthConfig};
 use crate::error::ConfigError;
@@ -60,7 +60,7 @@ pub(crate) enum Authentication {
 pub(crate) struct Served {
     pub(crate) principal: Principal,
     /// For its response, if streamed.
-    pub(crate) ticket: Ticket,
+    pub(crate) pass: StreamPass,
     /// The budget its response reports, when a rate limit applies.
     pub(crate) usage: Option<crate::rate_limit::Usage>,
     /// Which tier had it (the audit trail's source).
@@ -307,7 +307,7 @@ impl Verifier {
                 self.spawn_refresh(token, hash, MissContext::of(&self.settings, req));
             }
             return Authentication::Hit(Served {
-                ticket: Ticket::new(self, hash, hit.generation),
+                pass: StreamPass::new(self, hash, hit.generation),
                 principal: hit.principal,
                 usage,
                 source: source_of(hit.tier),
@@ -340,7 +340,7 @@ impl Verifier {
             };
             // Refresh-ahead is the plain layers' business.
             return Authentication::Hit(Served {
-                ticket: Ticket::new(self, hash, hit.generation),
+                pass: StreamPass::new(self, hash, hit.generation),
                 principal: hit.principal,
                 usage,
                 source: source_of(hit.tier),

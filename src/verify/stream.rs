@@ -9,7 +9,7 @@
 //! another replica of the fleet after the request began, ends the stream. The deny lists are
 //! asked too. Nothing here calls the gateway or holds the token.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use super::Verifier;
@@ -17,6 +17,61 @@ use crate::principal::Principal;
 use crate::reject::InvalidTokenReason;
 use crate::telemetry;
 use crate::token::TokenHash;
+
+/// The verifier of every layer, by its id, for the responses that turn out to need theirs
+/// (see [`StreamPass`]). Dead ones are dropped as layers are built.
+static LAYERS: RwLock<Vec<(u64, Weak<Verifier>)>> = RwLock::new(Vec::new());
+
+/// Makes `verifier` findable by the responses of a layer built on it.
+pub(crate) fn register(verifier: &Arc<Verifier>) {
+    let mut layers = LAYERS.write().unwrap_or_else(PoisonError::into_inner);
+    layers.retain(|(_, known)| known.strong_count() > 0);
+    let id = verifier.cache.id();
+    if !layers.iter().any(|(known, _)| *known == id) {
+        layers.push((id, Arc::downgrade(verifier)));
+    }
+}
+
+/// What a request keeps for its response, in case the response is a stream (or a miss's
+/// 429 reports its budget): the verifier's id, the token's cache key and the generation the
+/// request began at. Plain data: a hit takes no reference to its verifier, whose count every
+/// hit on every thread would otherwise write (measured in `benches/contention.rs`). The few
+/// responses that need the verifier find it by id ([`ticket`](Self::ticket)).
+#[derive(Clone, Copy)]
+pub(crate) struct StreamPass {
+    verifier: u64,
+    hash: TokenHash,
+    stamp: u64,
+}
+
+impl StreamPass {
+    /// A pass for the token with this cache key, whose principal stood at generation `stamp`.
+    pub(crate) fn new(verifier: &Verifier, hash: TokenHash, stamp: u64) -> Self {
+        StreamPass {
+            verifier: verifier.cache.id(),
+            hash,
+            stamp,
+        }
+    }
+
+    /// The ticket a streamed response asks with; `None` once no layer holds the verifier
+    /// any more (the server is shutting down: the stream is ended).
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        let layers = LAYERS.read().unwrap_or_else(PoisonError::into_inner);
+        let verifier = layers.iter().find(|(id, _)| *id == self.verifier)?.1.upgrade()?;
+        Some(Ticket {
+            verifier,
+            hash: self.hash,
+            stamp: self.stamp,
+        })
+    }
+
+    /// The rate-limit budget of `req`'s route for this token now (a 429 from the miss path
+    /// reports it).
+    pub(crate) fn rate_usage<B>(&self, req: &http::Request<B>) -> Option<crate::rate_limit::Usage> {
+        self.ticket()?.rate_usage(req)
+    }
+}
 
 /// What a streamed response needs to ask whether its caller still stands (see the module
 /// docs).
@@ -29,6 +84,7 @@ pub(crate) struct Ticket {
 
 impl Ticket {
     /// A ticket for the token with this cache key, whose principal stood at generation `stamp`.
+    #[cfg(test)]
     pub(crate) fn new(verifier: &Arc<Verifier>, hash: TokenHash, stamp: u64) -> Self {
         Ticket {
             verifier: Arc::clone(verifier),
@@ -96,9 +152,9 @@ impl Ticket {
 }
 
 impl super::Miss {
-    /// The ticket of the response this miss's request opens, if it is streamed.
-    pub(crate) fn ticket(&self) -> Ticket {
-        Ticket::new(&self.verifier, self.hash, self.stamp)
+    /// The pass of the response this miss's request opens.
+    pub(crate) fn pass(&self) -> StreamPass {
+        StreamPass::new(&self.verifier, self.hash, self.stamp)
     }
 }
 
