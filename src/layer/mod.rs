@@ -401,7 +401,69 @@ fn warn_about_weakened_defaults(config: &WachtAuthConfig) {
 
 #[cfg(test)]
 mod tests {
-    use super::LiveRoutes;
+    use std::convert::Infallible;
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use futures_util::future::BoxFuture;
+    use http::{Request, Response};
+    use http_body::Frame;
+    use http_body_util::{BodyExt as _, Empty, StreamBody};
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
+    use super::{LiveRoutes, WachtAuthLayer};
+    use crate::WachtAuthConfig;
+    use crate::gateway::{CheckRequest, Decision, Gateway, GatewayError};
+    use crate::principal::Grant;
+
+    /// Allows every token, for an hour.
+    struct AllowAll;
+
+    impl Gateway for AllowAll {
+        fn check<'a>(&'a self, _request: CheckRequest<'a>) -> BoxFuture<'a, Result<Decision, GatewayError>> {
+            Box::pin(async {
+                let grant = Grant::new("oc_a", SystemTime::now() + Duration::from_secs(3600));
+                Ok(Decision::Allowed(Box::new(grant)))
+            })
+        }
+    }
+
+    /// Whether the body of a response to `oat_a`'s request, served from cache, ends within
+    /// 200 ms. The handler's body streams and never ends by itself; with `drop_layer`, the
+    /// layer and its service are gone before the response is answered.
+    async fn stream_ends(drop_layer: bool) -> bool {
+        let config = WachtAuthConfig::builder().accept_any_deployment().build().unwrap();
+        let layer = WachtAuthLayer::with_gateway(config, AllowAll).unwrap();
+        layer.verifier().verify("oat_a").await.unwrap();
+        let mut svc = layer.layer(tower::service_fn(|_req: Request<Empty<Bytes>>| async {
+            let events = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+            Ok::<_, Infallible>(Response::new(StreamBody::new(events)))
+        }));
+        let request = Request::builder()
+            .header(http::header::AUTHORIZATION, "Bearer oat_a")
+            .body(Empty::new())
+            .unwrap();
+        let answer = svc.call(request);
+        let kept = (!drop_layer).then_some((svc, layer));
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let frame = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+        drop(kept);
+        matches!(frame, Ok(None))
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_layer_is_gone_ends_at_once() {
+        // The response keeps no reference to the verifier; once nothing holds it, a stream
+        // cannot be watched, and is ended rather than served unwatched.
+        assert!(stream_ends(true).await);
+        assert!(
+            !stream_ends(false).await,
+            "a watched stream stays open while its layer lives"
+        );
+    }
 
     #[test]
     fn a_live_route_covers_itself_and_what_names_less_than_it() {
