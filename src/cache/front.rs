@@ -61,20 +61,29 @@ fn tag(verifier: u64, hash: &TokenHash) -> u64 {
     (u64::from_le_bytes(word) ^ verifier.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 
-/// The front-cache entry for `hash`, if this thread has one for this verifier and generation
-/// that is still before its deadline.
-pub(crate) fn get(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Entry> {
+/// `read` of the front-cache entry for `hash`, if this thread has one for this verifier and
+/// generation that is still before its deadline (and `read` takes it). The entry is lent, not
+/// cloned: a hit copies only what it keeps, so that it writes as few reference counts as it
+/// can (counts that other threads serving the same token write too).
+pub(crate) fn get<T>(
+    verifier: u64,
+    generation: u64,
+    hash: &TokenHash,
+    now: Instant,
+    read: impl FnOnce(&Entry) -> Option<T>,
+) -> Option<T> {
     FRONT.with(|front| {
         let front = front.try_borrow().ok()?;
         let set = set_of(hash);
         let tag = tag(verifier, hash);
         // Every way whose tag matches: a tag alone does not tell two slots apart.
         let ways = front.tags.get(set)?;
-        (0..FRONT_WAYS).filter(|&way| ways[way] == tag).find_map(|way| {
+        let entry = (0..FRONT_WAYS).filter(|&way| ways[way] == tag).find_map(|way| {
             let slot = front.slots.get(set * FRONT_WAYS + way)?.as_ref()?;
             (slot.holds(verifier, hash) && slot.generation == generation && now < slot.entry.deadline)
-                .then(|| slot.entry.clone())
-        })
+                .then_some(&slot.entry)
+        })?;
+        read(entry)
     })
 }
 
@@ -125,6 +134,11 @@ mod tests {
     use crate::principal::{Grant, Principal};
     use std::time::{Duration, SystemTime};
 
+    /// A copy of the entry [`get`] lends.
+    fn got(verifier: u64, generation: u64, hash: &TokenHash, now: Instant) -> Option<Entry> {
+        get(verifier, generation, hash, now, |entry| Some(entry.clone()))
+    }
+
     fn entry(client: &str, deadline: Instant) -> Entry {
         let principal = Principal::from_grant(Grant::new(client, SystemTime::now() + Duration::from_secs(60)));
         Entry {
@@ -163,24 +177,24 @@ mod tests {
             put(7, 0, *t, entry(name, later));
         }
         for (t, name) in tokens.iter().zip(names).take(4) {
-            assert_eq!(client(get(7, 0, t, now)).as_deref(), Some(name));
+            assert_eq!(client(got(7, 0, t, now)).as_deref(), Some(name));
         }
         put(7, 0, tokens[4], entry("e", later));
-        assert_eq!(client(get(7, 0, &tokens[0], now)), None, "oldest dropped");
+        assert_eq!(client(got(7, 0, &tokens[0], now)), None, "oldest dropped");
         for (t, name) in tokens.iter().zip(names).skip(1) {
-            assert_eq!(client(get(7, 0, t, now)).as_deref(), Some(name));
+            assert_eq!(client(got(7, 0, t, now)).as_deref(), Some(name));
         }
         let b = tokens[1];
         // Another verifier, another generation, or a passed deadline never hit.
-        assert!(get(8, 0, &b, now).is_none());
-        assert!(get(7, 1, &b, now).is_none());
-        assert!(get(7, 0, &b, later).is_none());
+        assert!(got(8, 0, &b, now).is_none());
+        assert!(got(7, 1, &b, now).is_none());
+        assert!(got(7, 0, &b, later).is_none());
         // Storing a token again replaces its own slot, not its neighbour's.
         put(7, 0, b, entry("b2", later));
         for (t, name) in tokens.iter().zip(names).skip(2) {
-            assert_eq!(client(get(7, 0, t, now)).as_deref(), Some(name));
+            assert_eq!(client(got(7, 0, t, now)).as_deref(), Some(name));
         }
-        assert_eq!(client(get(7, 0, &b, now)).as_deref(), Some("b2"));
+        assert_eq!(client(got(7, 0, &b, now)).as_deref(), Some("b2"));
     }
 
     #[test]
@@ -194,13 +208,13 @@ mod tests {
         put(22, 0, t, entry("second", later));
         for _ in 0..3 {
             assert_eq!(
-                get(21, 0, &t, now)
+                got(21, 0, &t, now)
                     .map(|e| e.principal.client_id().to_string())
                     .as_deref(),
                 Some("first")
             );
             assert_eq!(
-                get(22, 0, &t, now)
+                got(22, 0, &t, now)
                     .map(|e| e.principal.client_id().to_string())
                     .as_deref(),
                 Some("second")
@@ -218,7 +232,7 @@ mod tests {
         bytes[20] ^= 0xff;
         let b = TokenHash::from_bytes(bytes);
         put(9, 0, a, entry("a", later));
-        assert!(get(9, 0, &b, now).is_none());
-        assert!(get(9, 0, &a, now).is_some());
+        assert!(got(9, 0, &b, now).is_none());
+        assert!(got(9, 0, &a, now).is_some());
     }
 }

@@ -68,7 +68,9 @@ pub(crate) struct Hit {
 }
 
 impl Hit {
-    fn of(entry: Entry, hash: TokenHash, front: bool, now: Instant, generation: u64) -> Hit {
+    /// What a hit keeps of `entry`: the principal and the meters, and the refresh-ahead state
+    /// only when a refresh is due.
+    fn of(entry: &Entry, hash: TokenHash, front: bool, now: Instant, generation: u64) -> Hit {
         let tier = match (front, entry.verified_at) {
             (true, _) => HitTier::Front,
             (false, Some(_)) => HitTier::Shared,
@@ -76,8 +78,8 @@ impl Hit {
         };
         Hit {
             refresh: entry.refresh_due(now).cloned(),
-            principal: entry.principal,
-            meters: entry.meters,
+            principal: entry.principal.clone(),
+            meters: entry.meters.clone(),
             tier,
             now,
             hash,
@@ -218,27 +220,29 @@ impl DecisionCache {
     fn lookup(&self, hash: &TokenHash, usable: impl Fn(&Entry, Instant) -> bool) -> Option<Hit> {
         let generation = self.generations.current();
         let now = Instant::now();
-        let (entry, front) = match front::get(self.id, generation, hash, now).filter(|e| usable(e, now)) {
-            Some(entry) => (entry, true),
-            None => {
-                // moka's `get` completes on its first poll unless it must wait for maintenance;
-                // if it would wait, the miss path asks again properly.
-                let entry = self
-                    .positive
-                    .get(hash)
-                    .now_or_never()
-                    .flatten()
-                    .filter(|e| now < e.deadline && self.is_current(hash, e) && usable(e, now));
-                let Some(entry) = entry else {
-                    self.metrics.cache_miss();
-                    return None;
-                };
-                front::put(self.id, generation, *hash, entry.clone());
-                (entry, false)
-            }
+        let front = front::get(self.id, generation, hash, now, |entry| {
+            usable(entry, now).then(|| Hit::of(entry, *hash, true, now, generation))
+        });
+        if let Some(hit) = front {
+            self.metrics.cache_hit();
+            return Some(hit);
+        }
+        // moka's `get` completes on its first poll unless it must wait for maintenance; if it
+        // would wait, the miss path asks again properly.
+        let entry = self
+            .positive
+            .get(hash)
+            .now_or_never()
+            .flatten()
+            .filter(|e| now < e.deadline && self.is_current(hash, e) && usable(e, now));
+        let Some(entry) = entry else {
+            self.metrics.cache_miss();
+            return None;
         };
+        let hit = Hit::of(&entry, *hash, false, now, generation);
+        front::put(self.id, generation, *hash, entry);
         self.metrics.cache_hit();
-        Some(Hit::of(entry, *hash, front, now, generation))
+        Some(hit)
     }
 
     /// Removes the token's entry if it was verified more than `max_age` ago (or at an unknown
