@@ -151,12 +151,7 @@ impl Verifier {
             return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
         }
         let until = SystemTime::now() + self.revoked.session_lifetime();
-        let handed = self.hand(|| Change::DenySession {
-            id: session_id.to_owned(),
-            until: unix_millis(until),
-        });
-        self.cache.invalidate_session(session_id);
-        self.settle(handed).await
+        self.spread_session_denial(session_id, until).await
     }
 
     /// [`deny_session`](Self::deny_session) for a session Wacht itself ended (deleted or
@@ -168,6 +163,12 @@ impl Verifier {
         if !self.revoked.deny_session_at_least(session_id, until) {
             return ChangeOutcome::Refused(crate::change::RefusalReason::DenyListFull);
         }
+        self.spread_session_denial(session_id, until).await
+    }
+
+    /// A session denial recorded here until `until`: its cached tokens dropped, and the
+    /// denial handed to the fleet's change log in fleet mode.
+    async fn spread_session_denial(&self, session_id: &str, until: SystemTime) -> ChangeOutcome {
         let handed = self.hand(|| Change::DenySession {
             id: session_id.to_owned(),
             until: unix_millis(until),

@@ -337,19 +337,22 @@ impl Verifier {
 
     /// The budget to report on a miss's response.
     pub(super) fn usage_after_miss(&self, hash: &TokenHash, route: Option<&(String, Option<String>)>) -> Option<Usage> {
-        let (metering, (resource, ip)) = (self.metering.as_ref()?, route?);
-        let route = metering.route(resource, ip.as_deref());
-        let meters = self.cache.meters_of(hash)?;
-        metering.peek(&meters, route)
+        let (resource, ip) = route?;
+        self.usage_at(hash, resource, ip.as_deref())
     }
 
     /// The budget of `req`'s route for the credential `hash` now, counting nothing: what a
     /// 429 from the miss path reports (its tightest rule, spent).
     pub(crate) fn usage_on<B>(&self, hash: &TokenHash, req: &Request<B>) -> Option<Usage> {
+        let (resource, ip) = self.route_of(self.metering.as_ref()?, req);
+        self.usage_at(hash, &resource, ip.as_deref())
+    }
+
+    /// The tightest budget of the credential `hash` on a route now, counting nothing.
+    fn usage_at(&self, hash: &TokenHash, resource: &str, ip: Option<&str>) -> Option<Usage> {
         let metering = self.metering.as_ref()?;
         let meters = self.cache.meters_of(hash)?;
-        let (resource, ip) = self.route_of(metering, req);
-        metering.peek(&meters, metering.route(&resource, ip.as_deref()))
+        metering.peek(&meters, metering.route(resource, ip))
     }
 
     /// Which headers the responses carry (none without metering).

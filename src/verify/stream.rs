@@ -69,7 +69,7 @@ impl StreamPass {
     /// The rate-limit budget of `req`'s route for this token now (a 429 from the miss path
     /// reports it).
     pub(crate) fn rate_usage<B>(&self, req: &http::Request<B>) -> Option<crate::rate_limit::Usage> {
-        self.ticket()?.rate_usage(req)
+        self.ticket()?.verifier.usage_on(&self.hash, req)
     }
 }
 
@@ -91,12 +91,6 @@ impl Ticket {
             hash,
             stamp,
         }
-    }
-
-    /// The rate-limit budget of `req`'s route for this token now (a 429 from the miss path
-    /// reports it).
-    pub(crate) fn rate_usage<B>(&self, req: &http::Request<B>) -> Option<crate::rate_limit::Usage> {
-        self.verifier.usage_on(&self.hash, req)
     }
 
     /// How often a streamed response asks (`stream_recheck`).
