@@ -719,19 +719,7 @@ fn profile(kind: &str) {
         "headers" => RateLimitConfig::default(),
         _ => RateLimitConfig::default().headers(tower_wacht::rate_limit::RateLimitHeaders::None),
     };
-    let config = WachtAuthConfig::builder()
-        .max_capacity(1_000)
-        .ttl(Duration::from_secs(3600))
-        .expected_deployment_id(418223109876543489)
-        .rate_limits(limits)
-        .build()
-        .unwrap();
-    let auth = if kind == "metered" || kind == "headers" {
-        WachtAuthLayer::with_gateway(config, AllowAllRated).unwrap()
-    } else {
-        WachtAuthLayer::with_gateway(config, AllowAll).unwrap()
-    };
-    fill(&auth, 1);
+    let auth = metered_layer(limits, kind == "metered" || kind == "headers");
     let header = HeaderValue::from_str(&format!("Bearer {}", token(0))).unwrap();
     let mut bare = Noop;
     let mut wrapped = auth.layer(Noop);

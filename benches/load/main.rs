@@ -79,7 +79,7 @@ use std::time::{Duration, Instant};
 use bench::{Bench, RunResult};
 use cpu::plan_pinning;
 use interleaved::Set;
-use report::{JwtResults, LimitsResults, loadavg, machine_info, print_run, report};
+use report::{JwtResults, LimitsResults, loadavg, machine_info, pairs_of, print_run, report};
 
 mod bench;
 mod cpu;
@@ -409,10 +409,9 @@ fn orchestrate() -> Result<()> {
             &[Mode::Baseline, Mode::Floor, Mode::Hit, Mode::HitApp],
             reps,
         )?;
-        let of = |m: &BTreeMap<Mode, f64>, mode: Mode| Some((*m.get(&Mode::Baseline)?, *m.get(&mode)?));
-        pairs = rounds.iter().filter_map(|m| of(m, Mode::Hit)).collect();
-        app_pairs = rounds.iter().filter_map(|m| of(m, Mode::HitApp)).collect();
-        floor_pairs = rounds.iter().filter_map(|m| of(m, Mode::Floor)).collect();
+        pairs = pairs_of(&rounds, Mode::Baseline, Mode::Hit);
+        app_pairs = pairs_of(&rounds, Mode::Baseline, Mode::HitApp);
+        floor_pairs = pairs_of(&rounds, Mode::Baseline, Mode::Floor);
         disturbed_rounds = disturbed;
     }
     // What rate-limit metering costs through HTTP: the hit not metered, metered, and with

@@ -90,6 +90,14 @@ fn interleaved_ratio(what: &str, pairs: &[(f64, f64)], times: bool, disturbed_ro
     );
 }
 
+/// (reference, measured) requests/s of each round that has both modes.
+pub(super) fn pairs_of(rounds: &[BTreeMap<Mode, f64>], reference: Mode, measured: Mode) -> Vec<(f64, f64)> {
+    rounds
+        .iter()
+        .filter_map(|m| Some((*m.get(&reference)?, *m.get(&measured)?)))
+        .collect()
+}
+
 /// What the `limits` set measured.
 #[derive(Default)]
 pub(super) struct LimitsResults {
@@ -107,13 +115,7 @@ fn limits_report(s: &Session, limits: &LimitsResults) {
     println!("## Rate-limit metering through HTTP (`Router::layer`)\n");
     println!("| ratio | value | range | how |");
     println!("|---|---|---|---|");
-    let of = |reference: Mode, measured: Mode| -> Vec<(f64, f64)> {
-        limits
-            .rounds
-            .iter()
-            .filter_map(|m| Some((*m.get(&reference)?, *m.get(&measured)?)))
-            .collect()
-    };
+    let of = |reference: Mode, measured: Mode| pairs_of(&limits.rounds, reference, measured);
     for (what, reference, measured) in [
         (
             "cache hit, not metered ÷ no auth (hit-unmetered ÷ baseline)",
@@ -168,12 +170,7 @@ fn jwt_report(s: &Session, jwt: &JwtResults) {
     println!("## JWT access tokens\n");
     println!("| ratio | value | range | how |");
     println!("|---|---|---|---|");
-    let of = |reference: Mode, measured: Mode| -> Vec<(f64, f64)> {
-        jwt.rounds
-            .iter()
-            .filter_map(|m| Some((*m.get(&reference)?, *m.get(&measured)?)))
-            .collect()
-    };
+    let of = |reference: Mode, measured: Mode| pairs_of(&jwt.rounds, reference, measured);
     for (what, reference, measured, times) in [
         (
             "JWT cache hit ÷ no auth, both requests carrying the JWT (hit-jwt ÷ baseline-jwt; target ≥ 0.95)",
