@@ -166,7 +166,7 @@ fn check(body: &[u8]) -> Result<Decision, GatewayError> {
                 assert_eq!(v["reason"], "permission_denied");
             }
         }
-        Ok(Decision::RateLimited { retry_after }) => {
+        Ok(Decision::RateLimited { retry_after, .. }) => {
             let probe: Probe = serde_json::from_slice(body).expect("a decision from a non-object");
             assert_eq!(probe.allowed, Some(Shape::Bool(false)));
             if let Some(v) = &value {
@@ -777,7 +777,7 @@ fn structured(data: &[u8]) {
             assert_eq!(g.expires_at, expires);
         }
         (Expect::PermissionDenied, Ok(Decision::PermissionDenied)) => {}
-        (Expect::RateLimited(want), Ok(Decision::RateLimited { retry_after })) => assert_eq!(retry_after, &want),
+        (Expect::RateLimited(want), Ok(Decision::RateLimited { retry_after, .. })) => assert_eq!(retry_after, &want),
         (Expect::NotAllowed, Err(_) | Ok(Decision::PermissionDenied | Decision::RateLimited { .. })) => {}
         (want, got) => panic!("expected {want:?}, decoded {got:?}\nbody: {body}"),
     }

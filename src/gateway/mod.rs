@@ -6,12 +6,13 @@ pub(crate) mod wire;
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
 pub use self::client::HttpGateway;
-use crate::principal::{CredentialKind, Grant};
+use crate::principal::{CredentialKind, Grant, RateLimitState};
 use crate::token::BearerToken;
 
 /// The caller's IP address, for the gateway's audit log and per-IP rate limits.
@@ -51,9 +52,16 @@ pub enum Decision {
     /// HTTP 200 with `reason: "permission_denied"`.
     PermissionDenied,
     /// HTTP 200 with `reason: "rate_limited"`; `retry_after` converted from milliseconds.
+    #[non_exhaustive]
     RateLimited {
         /// When the client may retry, if the gateway said.
         retry_after: Option<Duration>,
+        /// The label of the first rule that refused (`blocked_rule`, e.g. `1000/60s`), if
+        /// the gateway named one.
+        blocked_rule: Option<Arc<str>>,
+        /// Every rule the gateway evaluated (`rate_limits[]`), the blocking ones with
+        /// `remaining: 0`.
+        rate_limits: Vec<RateLimitState>,
     },
     /// HTTP 401: unknown, expired, revoked or otherwise inactive token (for an API key also
     /// the gateway's plain-text `Invalid API key`).

@@ -50,6 +50,8 @@ struct DecisionBody<M> {
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
+    blocked_rule: Option<String>,
+    #[serde(default)]
     identity: Option<Identity>,
     #[serde(default)]
     permissions: Option<Vec<String>>,
@@ -157,7 +159,7 @@ pub(crate) fn decode_decision(body: &[u8], kind: CredentialKind) -> Result<Decis
 }
 
 /// The refusal of an `allowed: false` body, or `None` for an allowed one.
-fn refusal<M>(body: &DecisionBody<M>) -> Option<Result<Decision, GatewayError>> {
+fn refusal<M>(body: &mut DecisionBody<M>) -> Option<Result<Decision, GatewayError>> {
     if body.allowed {
         return None;
     }
@@ -165,6 +167,8 @@ fn refusal<M>(body: &DecisionBody<M>) -> Option<Result<Decision, GatewayError>> 
         Some("rate_limited") => Ok(Decision::RateLimited {
             // `retry_after` is in milliseconds.
             retry_after: body.retry_after.map(Duration::from_millis),
+            blocked_rule: body.blocked_rule.take().filter(|r| !r.is_empty()).map(Arc::from),
+            rate_limits: rate_limits(body.rate_limits.take()),
         }),
         Some("permission_denied") => Ok(Decision::PermissionDenied),
         _ => Err(GatewayError::Decode(
@@ -174,8 +178,9 @@ fn refusal<M>(body: &DecisionBody<M>) -> Option<Result<Decision, GatewayError>> 
 }
 
 fn decode_oauth(body: &[u8]) -> Result<Decision, GatewayError> {
-    let body: DecisionBody<Metadata> = serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
-    if let Some(refused) = refusal(&body) {
+    let mut body: DecisionBody<Metadata> =
+        serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
+    if let Some(refused) = refusal(&mut body) {
         return refused;
     }
     let identity = body
@@ -224,9 +229,9 @@ fn decode_oauth(body: &[u8]) -> Result<Decision, GatewayError> {
 /// An API key's decision (`gateway-protocol.md` §4): the key's identity; its metadata is its
 /// own object (no `principal_type`, no expiry: the gateway checks that on every call).
 fn decode_api_key(body: &[u8]) -> Result<Decision, GatewayError> {
-    let body: DecisionBody<serde_json::Map<String, serde_json::Value>> =
+    let mut body: DecisionBody<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(body).map_err(|e| GatewayError::Decode(e.to_string()))?;
-    if let Some(refused) = refusal(&body) {
+    if let Some(refused) = refusal(&mut body) {
         return refused;
     }
     let identity = body
@@ -371,8 +376,30 @@ mod tests {
         let body = r#"{"allowed": false, "reason": "rate_limited", "retry_after": 60000, "identity": null}"#;
         assert!(matches!(
             decode_decision(body.as_bytes(), CredentialKind::OAuthAccessToken),
-            Ok(Decision::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(60)
+            Ok(Decision::RateLimited { retry_after: Some(d), blocked_rule: None, .. }) if d == Duration::from_secs(60)
         ));
+    }
+
+    #[test]
+    fn rate_limited_names_the_blocking_rule_and_its_budget() {
+        let body = r#"{"allowed": false, "reason": "rate_limited", "blocked_rule": "5/1s", "retry_after": 1000,
+            "rate_limits": [{ "rule": "1000/60s", "remaining": 3, "limit": 1000 }, { "rule": "5/1s", "remaining": 0, "limit": 5 }]}"#;
+        let Ok(Decision::RateLimited {
+            blocked_rule,
+            rate_limits,
+            ..
+        }) = decode_decision(body.as_bytes(), CredentialKind::ApiKey)
+        else {
+            panic!("not a rate-limited decision");
+        };
+        assert_eq!(blocked_rule.as_deref(), Some("5/1s"));
+        assert_eq!(
+            rate_limits,
+            [
+                RateLimitState::new("1000/60s", 1000, 3),
+                RateLimitState::new("5/1s", 5, 0)
+            ]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::body::ResponseBody;
 use crate::rate_limit::RateLimitHeaders;
 use crate::reject::{AuthError, ChallengeParams, is_grpc, rechallenge, render};
 use crate::stepup::StepUpSlot;
-use crate::verify::{StreamPass, Verified};
+use crate::verify::{Refused, StreamPass, Verified};
 
 pin_project! {
     /// Response future of [`WachtAuth`](super::WachtAuth).
@@ -46,7 +46,7 @@ pin_project! {
         },
         Refused { response: Option<Response<Full<Bytes>>> },
         Verifying {
-            verify: BoxFuture<'static, Result<Verified, AuthError>>,
+            verify: BoxFuture<'static, Result<Verified, Refused>>,
             request: Option<Request<ReqB>>,
             service: Option<S>,
             challenge: Arc<ChallengeParams>,
@@ -82,7 +82,7 @@ where
     // Each argument is a field of the verifying state, moved in once.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn verifying(
-        verify: BoxFuture<'static, Result<Verified, AuthError>>,
+        verify: BoxFuture<'static, Result<Verified, Refused>>,
         request: Request<ReqB>,
         service: S,
         challenge: Arc<ChallengeParams>,
@@ -151,7 +151,7 @@ where
                                 audit.remaining(verified.usage.as_ref());
                                 audit.allowed(source, &verified.principal);
                             }
-                            Err(error) => audit.refused(source, error),
+                            Err(refused) => audit.refused(source, &refused.error),
                         }
                     }
                     let (Some(mut req), Some(mut svc), Some(pass)) = (request.take(), service.take(), pass.take())
@@ -178,12 +178,14 @@ where
                                 caller: Some(caller),
                             });
                         }
-                        Err(error) => {
+                        Err(Refused { error, usage }) => {
                             let spent = matches!(error, AuthError::RateLimited { .. });
                             let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
-                            // A 429 reports its budget as a hit's does: the route's tightest
-                            // rule, spent until its reset.
-                            if spent && let Some(usage) = pass.rate_usage(&req).filter(|u| u.remaining == 0) {
+                            // A 429 reports its budget as a hit's does: the rule the gateway
+                            // named as spent, or else the route's tightest, spent until its
+                            // reset.
+                            let usage = || usage.or_else(|| pass.rate_usage(&req).filter(|u| u.remaining == 0));
+                            if spent && let Some(usage) = usage() {
                                 crate::rate_limit::headers::insert(response.headers_mut(), *rate_headers, &usage, true);
                             }
                             state.set(State::Refused {

@@ -33,6 +33,25 @@ impl Usage {
         }
     }
 
+    /// The budget a gateway's own 429 names: its blocking rule (`blocked_rule`, or else the
+    /// first entry left with nothing), spent until `retry_after`. `None` when it names no
+    /// rule of the documented form.
+    pub(crate) fn refused_by_gateway(
+        blocked_rule: Option<&str>,
+        rate_limits: &[crate::principal::RateLimitState],
+        retry_after: Duration,
+    ) -> Option<Usage> {
+        let blocking = match blocked_rule {
+            Some(label) => rate_limits.iter().find(|state| &*state.rule == label),
+            None => rate_limits.iter().find(|state| state.remaining == 0),
+        }?;
+        Some(Usage {
+            rule: Arc::new(Rule::parse(&blocking.rule, blocking.limit)?),
+            remaining: 0,
+            reset: retry_after,
+        })
+    }
+
     /// The tighter of two: fewer remaining, then the later reset.
     pub(super) fn tighter(self, other: Usage) -> Usage {
         if (other.remaining, std::cmp::Reverse(other.reset)) < (self.remaining, std::cmp::Reverse(self.reset)) {

@@ -18,6 +18,7 @@ use crate::config::PinSettings;
 use crate::gateway::{Decision, GatewayError};
 use crate::jwt::{JwtFailure, Unavailable};
 use crate::principal::{DeploymentId, Grant, ResourceUrn};
+use crate::rate_limit::Usage;
 use crate::reject::{AuthError, InvalidTokenReason};
 use crate::telemetry;
 use crate::token::TokenHash;
@@ -152,11 +153,22 @@ impl Verifier {
                     granted: Vec::new(),
                 });
             }
-            Ok(Decision::RateLimited { retry_after }) => {
+            Ok(Decision::RateLimited {
+                retry_after,
+                blocked_rule,
+                rate_limits,
+                ..
+            }) => {
                 let retry_after = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_RETRY);
                 // The gateway says a budget is spent: the token's meters on this route hold
-                // it too, so its cached hits are refused as well.
+                // it too, so its cached hits are refused as well; and the response names the
+                // rule, even on a route (or for a token) the meters have not seen.
                 self.spent_at_gateway(&hash, ctx, retry_after);
+                if let (Some(ctx), true) = (ctx, self.metering.is_some())
+                    && let Some(budget) = Usage::refused_by_gateway(blocked_rule.as_deref(), &rate_limits, retry_after)
+                {
+                    let _ = ctx.gateway_budget.set(budget);
+                }
                 return Err(AuthError::RateLimited { retry_after });
             }
             Err(error) => {

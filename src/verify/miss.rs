@@ -2,6 +2,7 @@
 //! on gateway calls in flight, and the outage grace when the gateway is unavailable.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::USER_AGENT;
@@ -13,6 +14,7 @@ use crate::cache::{Entry, Loaded};
 use crate::config::{GatewaySettings, RouteReporting};
 use crate::gateway::ClientIp;
 use crate::principal::Principal;
+use crate::rate_limit::Usage;
 use crate::reject::AuthError;
 use crate::route::{self, RouteRequest};
 use crate::telemetry;
@@ -32,6 +34,9 @@ pub(crate) struct MissContext {
     pub(crate) method: Method,
     /// The resource reported: bounded ([`route::bounded`]), or the configured fixed one.
     pub(crate) resource: String,
+    /// Where the gateway's own 429 to this request's call leaves the budget it names, for
+    /// the response's rate-limit headers (shared by the context's clones).
+    pub(crate) gateway_budget: Arc<OnceLock<Usage>>,
 }
 
 impl MissContext {
@@ -54,6 +59,7 @@ impl MissContext {
             client_ip: client_ip(settings, req).map(|ip| ip.to_string()),
             method,
             resource,
+            gateway_budget: Arc::default(),
         }
     }
 
@@ -66,6 +72,7 @@ impl MissContext {
             client_ip: None,
             method,
             resource,
+            gateway_budget: Arc::default(),
         }
     }
 }

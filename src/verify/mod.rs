@@ -73,6 +73,13 @@ pub(crate) struct Verified {
     pub(crate) usage: Option<crate::rate_limit::Usage>,
 }
 
+/// A miss's refusal, and for a 429 the budget the gateway's answer named (its response's
+/// rate-limit headers; `None`: the meters', if they know the route).
+pub(crate) struct Refused {
+    pub(crate) error: AuthError,
+    pub(crate) usage: Option<crate::rate_limit::Usage>,
+}
+
 /// How fresh an answer a layer takes (see [`WachtAuthLayer::always_live`](crate::WachtAuthLayer::always_live)
 /// and [`WachtAuthLayer::max_cache_age`](crate::WachtAuthLayer::max_cache_age)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,36 +117,47 @@ impl Miss {
     }
 
     /// The verification (single flight, gateway), owning the token.
-    pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Verified, AuthError>> {
+    pub(crate) fn verify(self, token: OwnedBearer) -> BoxFuture<'static, Result<Verified, Refused>> {
         if token.token().is_jwt_shaped() {
             self.verifier.start_jwks_timer();
         }
         Box::pin(async move {
-            if let Some(waiting) = self.waiting {
-                return self.verifier.after_flush(*waiting).await;
-            }
-            let route = self.verifier.route_key_of(&self.ctx);
-            let principal = match (self.learn, self.freshness) {
-                (Some(meters), _) => {
-                    self.verifier
-                        .verify_learning(token.token(), self.hash, &self.ctx, meters)
-                        .await
-                }
-                (None, Freshness::Live) => self.verifier.verify_live(token.token(), self.hash, &self.ctx).await,
-                (None, Freshness::MaxAge(max_age)) => {
-                    self.verifier
-                        .verify_miss_within(token.token(), self.hash, self.ctx, self.started, max_age)
-                        .await
-                }
-                (None, Freshness::Cached) => {
-                    self.verifier
-                        .verify_miss(token.token(), self.hash, self.ctx, self.started)
-                        .await
-                }
-            }?;
-            let usage = self.verifier.usage_after_miss(&self.hash, route.as_ref());
-            Ok(Verified { principal, usage })
+            let budget = Arc::clone(&self.ctx.gateway_budget);
+            self.verified(token).await.map_err(|error| Refused {
+                usage: matches!(error, AuthError::RateLimited { .. })
+                    .then(|| budget.get().cloned())
+                    .flatten(),
+                error,
+            })
         })
+    }
+
+    /// The verification itself (see [`verify`](Self::verify)).
+    async fn verified(self, token: OwnedBearer) -> Result<Verified, AuthError> {
+        if let Some(waiting) = self.waiting {
+            return self.verifier.after_flush(*waiting).await;
+        }
+        let route = self.verifier.route_key_of(&self.ctx);
+        let principal = match (self.learn, self.freshness) {
+            (Some(meters), _) => {
+                self.verifier
+                    .verify_learning(token.token(), self.hash, &self.ctx, meters)
+                    .await
+            }
+            (None, Freshness::Live) => self.verifier.verify_live(token.token(), self.hash, &self.ctx).await,
+            (None, Freshness::MaxAge(max_age)) => {
+                self.verifier
+                    .verify_miss_within(token.token(), self.hash, self.ctx, self.started, max_age)
+                    .await
+            }
+            (None, Freshness::Cached) => {
+                self.verifier
+                    .verify_miss(token.token(), self.hash, self.ctx, self.started)
+                    .await
+            }
+        }?;
+        let usage = self.verifier.usage_after_miss(&self.hash, route.as_ref());
+        Ok(Verified { principal, usage })
     }
 }
 

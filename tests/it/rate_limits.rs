@@ -228,6 +228,30 @@ async fn the_gateways_own_429_is_passed_on_with_its_retry_after() {
 }
 
 #[tokio::test]
+async fn the_gateways_429_to_a_token_never_seen_names_the_spent_rule() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(2, RateLimitUnit::Minute, 1)]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    // The user's budget is spent at Wacht (its live route is counted there).
+    let first = app.token(1);
+    assert_eq!(app.status("/live", &first).await, 200);
+    assert_eq!(app.status("/live", &first).await, 200);
+    // Another token of that user, on a route and with a token this server has never seen:
+    // the gateway refuses it, and the 429 says which budget and until when.
+    let calls = app.gateway.calls();
+    let refused = app.get("/cheap", &app.token(1)).await;
+    assert_eq!(app.gateway.calls(), calls + 1, "the gateway's own answer");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["ratelimit-policy"], "\"2/60s\";q=2;w=60");
+    let field = refused.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(field.starts_with("\"2/60s\";r=0;t="), "{field}");
+    let reset: u64 = field.rsplit("t=").next().unwrap().parse().unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(reset, retry_after, "the field and Retry-After agree");
+}
+
+#[tokio::test]
 async fn a_live_route_asks_the_gateway_every_time_and_its_429_is_the_gateways() {
     let app = start(|b| b).await;
     app.gateway
