@@ -187,25 +187,48 @@ impl Metering {
         }
     }
 
-    /// The budget of the route's tightest rule if a gateway answer showed it spent by more
-    /// than the request the gateway just counted (what was served here meanwhile).
+    /// If a gateway answer showed the route's budgets spent by more than the request the
+    /// gateway just counted (what was served here meanwhile): of the spent ones, the one
+    /// that resets last (until then the request would be refused), as a hit's refusal says.
     pub(crate) fn overspent(&self, meters: &RouteMeters, route: RouteRef<'_>) -> Option<Usage> {
         let now_ms = self.clock.unix_ms(Instant::now());
-        meters.get(route)?.iter().find_map(|meter| {
+        let mut tally = Tally::default();
+        for meter in meters.get(route)?.iter() {
             let count = meter.over(now_ms);
-            matches!(count, Count::Spent { .. }).then(|| Usage::of(meter, count))
-        })
+            if matches!(count, Count::Spent { .. }) {
+                tally.spent(Usage::of(meter, count));
+            }
+        }
+        match tally.admission() {
+            Admission::Spent(usage) => Some(usage),
+            _ => None,
+        }
     }
 
-    /// The gateway refused a request on `route` as rate-limited: its meters there hold the
-    /// budget spent for `retry_after` (at most to the end of their window).
-    pub(crate) fn spend(&self, meters: &RouteMeters, route: RouteRef<'_>, retry_after: Duration) {
+    /// The gateway refused a request on `route` as rate-limited: the meter of the rule it
+    /// named (`blocked_rule`) holds the budget spent, at most to the end of its window. A
+    /// refusal that names no rule known here is matched by its `retry_after`, which is the
+    /// refusing rule's window.
+    pub(crate) fn spend(
+        &self,
+        meters: &RouteMeters,
+        route: RouteRef<'_>,
+        retry_after: Duration,
+        blocked_rule: Option<&str>,
+    ) {
         let Some(route_meters) = meters.get(route) else {
             return;
         };
         let now_ms = self.clock.unix_ms(Instant::now());
+        let named = |meter: &&Arc<Meter>| blocked_rule.is_some_and(|label| *meter.rule.label == *label);
+        if route_meters.iter().any(|meter| named(&meter)) {
+            route_meters
+                .iter()
+                .filter(named)
+                .for_each(|meter| meter.exhaust(now_ms));
+            return;
+        }
         for meter in route_meters.iter() {
-            // The gateway's `retry_after` is the window of the rule that refused.
             if meter.rule.window() == retry_after || route_meters.len() == 1 {
                 meter.exhaust(now_ms);
             }

@@ -23,13 +23,19 @@ fn plain(label: &str) -> bool {
     !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'/')
 }
 
-/// The `RateLimit-Policy` field of a rule (made once per rule).
+/// The `RateLimit-Policy` field of a rule (made once per rule). The window `w` is whole
+/// seconds; a window that is not (`20/500ms`) is left out rather than rounded, which would
+/// state another rate (`w` is optional).
 pub(crate) fn policy(label: &str, limit: u64, window_ms: u64) -> Option<HeaderValue> {
     if !plain(label) {
         return None;
     }
-    let window = window_ms.div_ceil(1000).max(1);
-    HeaderValue::try_from(format!("\"{label}\";q={limit};w={window}")).ok()
+    let field = match window_ms {
+        0 => return None,
+        ms if ms % 1000 == 0 => format!("\"{label}\";q={limit};w={}", ms / 1000),
+        _ => format!("\"{label}\";q={limit}"),
+    };
+    HeaderValue::try_from(field).ok()
 }
 
 /// Appends `n` in decimal (what `write!` would, without the formatting machinery: this runs
@@ -71,14 +77,18 @@ fn ratelimit_field(label: &str, remaining: u64, reset_secs: u64) -> Option<Heade
 
 /// Adds the headers `which` names for `usage`; `spent` adds the gateway's `-reset` too.
 /// Nothing for a rule whose label the fields may not name (it has no policy field).
+///
+/// The standard fields are lists: they are appended, so that the policies a handler reports
+/// itself (its own limiter's) stay next to Wacht's rather than being replaced by a looser
+/// statement.
 pub(crate) fn insert(headers: &mut HeaderMap, which: RateLimitHeaders, usage: &Usage, spent: bool) {
     let rule = &*usage.rule;
     let Some(policy) = rule.policy.as_ref().filter(|_| which != RateLimitHeaders::None) else {
         return;
     };
-    headers.insert(POLICY.clone(), policy.clone());
+    headers.append(POLICY.clone(), policy.clone());
     if let Some(field) = ratelimit_field(&rule.label, usage.remaining, ceil_secs(usage.reset)) {
-        headers.insert(RATELIMIT.clone(), field);
+        headers.append(RATELIMIT.clone(), field);
     }
     if which == RateLimitHeaders::StandardAndWacht
         && let Some((_, w)) = rule.label.split_once('/')
@@ -153,6 +163,22 @@ mod tests {
         insert(&mut h, RateLimitHeaders::Standard, &usage_of("1000/60s", made), false);
         assert_eq!(h["ratelimit-policy"], "\"1000/60s\";q=1000;w=60");
         assert_eq!(policy("1\"/60s", 1, 60_000), None);
+    }
+
+    #[test]
+    fn a_window_of_part_seconds_is_not_rounded_into_another_rate() {
+        assert_eq!(
+            policy("20/500ms", 20, 500).as_ref().map(|v| v.to_str().unwrap()),
+            Some("\"20/500ms\";q=20")
+        );
+        assert_eq!(
+            policy("20/1500ms", 20, 1500).as_ref().map(|v| v.to_str().unwrap()),
+            Some("\"20/1500ms\";q=20")
+        );
+        assert_eq!(
+            policy("20/2000ms", 20, 2000).as_ref().map(|v| v.to_str().unwrap()),
+            Some("\"20/2000ms\";q=20;w=2")
+        );
     }
 
     #[test]

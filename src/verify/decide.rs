@@ -163,7 +163,7 @@ impl Verifier {
                 // The gateway says a budget is spent: the token's meters on this route hold
                 // it too, so its cached hits are refused as well; and the response names the
                 // rule, even on a route (or for a token) the meters have not seen.
-                self.spent_at_gateway(&hash, ctx, retry_after);
+                self.spent_at_gateway(&hash, ctx, retry_after, blocked_rule.as_deref());
                 if let (Some(ctx), true) = (ctx, self.metering.is_some())
                     && let Some(budget) = Usage::refused_by_gateway(blocked_rule.as_deref(), &rate_limits, retry_after)
                 {

@@ -278,14 +278,20 @@ impl Verifier {
         spent_refusal(metering.admit_known(&meters, Instant::now()))
     }
 
-    /// The gateway refused a request as rate-limited: the token's meters on its route hold
-    /// the budget spent until `retry_after`.
-    pub(super) fn spent_at_gateway(&self, hash: &TokenHash, ctx: Option<&MissContext>, retry_after: Duration) {
+    /// The gateway refused a request as rate-limited: the token's meter of the rule it named
+    /// on that route holds the budget spent until `retry_after`.
+    pub(super) fn spent_at_gateway(
+        &self,
+        hash: &TokenHash,
+        ctx: Option<&MissContext>,
+        retry_after: Duration,
+        blocked_rule: Option<&str>,
+    ) {
         let (Some(metering), Some(ctx), Some(meters)) = (&self.metering, ctx, self.cache.meters_of(hash)) else {
             return;
         };
         let route = metering.route(&ctx.resource, ctx.client_ip.as_deref());
-        metering.spend(&meters, route, retry_after);
+        metering.spend(&meters, route, retry_after, blocked_rule);
     }
 
     /// Writes the rules a gateway answer named for the subject's app and route to the fleet's

@@ -194,6 +194,12 @@ impl Verifier {
                             None => Err((*refusal).clone()),
                         }
                     }
+                    // A budget is per route (and per client IP for some rules): the refusal
+                    // of the request that led the flight says nothing of this one's, which
+                    // asks the gateway for itself.
+                    AuthError::RateLimited { .. } if !counted.load(Ordering::Acquire) => {
+                        return self.verify_live(token, hash, &ctx).await;
+                    }
                     other => Err(other.clone()),
                 },
             };

@@ -25,7 +25,8 @@ struct App {
     http: reqwest::Client,
 }
 
-/// `/cheap`, `/expensive` and `/other` behind one layer; `/live` behind its `always_live()`.
+/// `/cheap`, `/expensive`, `/other` and `/own` (which sets rate-limit fields of its own) behind
+/// one layer; `/live` behind its `always_live()`.
 async fn start(configure: impl FnOnce(WachtAuthConfigBuilder) -> WachtAuthConfigBuilder) -> App {
     let gateway = common::start_gateway().await;
     let builder = WachtAuthConfig::builder()
@@ -39,6 +40,19 @@ async fn start(configure: impl FnOnce(WachtAuthConfigBuilder) -> WachtAuthConfig
         .route("/cheap", who())
         .route("/expensive", who())
         .route("/other", who())
+        .route(
+            "/own",
+            get(|_: Principal| async {
+                // A handler that reports its own limiter's budget too.
+                (
+                    [
+                        ("ratelimit-policy", "\"app\";q=10;w=10"),
+                        ("ratelimit", "\"app\";r=3;t=10"),
+                    ],
+                    "own",
+                )
+            }),
+        )
         .layer(auth.clone())
         .merge(Router::new().route("/live", who()).layer(auth.always_live()));
     App {
@@ -370,4 +384,109 @@ async fn a_new_route_whose_rules_cannot_be_learned_counts_against_the_budgets_al
     // cached token is still good, but its app's budget is spent: refused, not served unmetered.
     app.gateway.set_fault(Some(Fault::Status(503)));
     assert_eq!(app.status("/other", &token).await, 429);
+}
+
+#[tokio::test]
+async fn a_handlers_own_rate_limit_fields_stay_next_to_wachts() {
+    let app = start(|b| b).await;
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(50, RateLimitUnit::Minute, 1)]);
+    let resp = app.get("/own", &app.token(1)).await;
+    assert_eq!(resp.status(), 200);
+    let all = |name: &str| -> Vec<String> {
+        resp.headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let (policies, fields) = (all("ratelimit-policy"), all("ratelimit"));
+    assert!(policies.contains(&"\"app\";q=10;w=10".to_owned()), "{policies:?}");
+    assert!(policies.contains(&"\"50/60s\";q=50;w=60".to_owned()), "{policies:?}");
+    assert!(fields.contains(&"\"app\";r=3;t=10".to_owned()), "{fields:?}");
+    assert!(fields.iter().any(|f| f.starts_with("\"50/60s\";r=49;")), "{fields:?}");
+}
+
+#[tokio::test]
+async fn a_request_that_waited_on_another_routes_refused_check_asks_for_itself() {
+    let app = start(|b| b).await;
+    app.gateway.set_rate_limit_rules(vec![
+        RateLimitRule::new(1000, RateLimitUnit::Minute, 1),
+        RateLimitRule::new(1, RateLimitUnit::Minute, 2).endpoints(["/expensive"]),
+    ]);
+    fresh_window(Duration::from_secs(120), Duration::from_secs(30)).await;
+    // The user's one `/expensive` call of the window is spent.
+    assert_eq!(app.status("/expensive", &app.token(1)).await, 200);
+    // A new token of the user: `/expensive` asks first (refused at the gateway), and
+    // `/cheap`, arriving while that check is in flight, waits on it.
+    let token = app.token(1);
+    app.gateway.set_fault(Some(Fault::Latency(Duration::from_millis(400))));
+    let expensive = app.get("/expensive", &token);
+    let cheap = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.get("/cheap", &token).await
+    };
+    let (expensive, cheap) = tokio::join!(expensive, cheap);
+    app.gateway.set_fault(None);
+    assert_eq!(expensive.status(), 429);
+    assert_eq!(
+        cheap.status(),
+        200,
+        "`/cheap` is within its only rule: another route's refusal is not its own"
+    );
+}
+
+#[tokio::test]
+async fn a_misss_429_says_retry_when_every_spent_budget_has_reset() {
+    let app = start(|b| b.ttl(Duration::from_millis(300))).await;
+    app.gateway.set_rate_limit_rules(vec![
+        RateLimitRule::new(2, RateLimitUnit::Second, 2),
+        RateLimitRule::new(2, RateLimitUnit::Second, 4),
+    ]);
+    fresh_window(Duration::from_secs(4), Duration::from_millis(3700)).await;
+    let token = app.token(1);
+    // A miss (counted by the gateway) and a hit (counted here): both budgets spent.
+    assert_eq!(app.status("/cheap", &token).await, 200);
+    assert_eq!(app.status("/cheap", &token).await, 200);
+    // Past the cache entry: the gateway, which saw one of the two, allows a third; what was
+    // served here meanwhile makes it one too many for both rules.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let refused = app.get("/cheap", &token).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let field = refused.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(
+        field.starts_with("\"2/4s\";r=0;"),
+        "the budget that resets last: {field}"
+    );
+    let reset: u64 = field.rsplit("t=").next().unwrap().parse().unwrap();
+    assert_eq!(retry_after, reset, "Retry-After and the field agree");
+}
+
+#[tokio::test]
+async fn the_gateways_429_for_an_endpoints_rule_spends_that_rule_only() {
+    let app = start(|b| b).await;
+    app.gateway.set_rate_limit_rules(vec![
+        RateLimitRule::new(1000, RateLimitUnit::Minute, 1),
+        RateLimitRule::new(3, RateLimitUnit::Minute, 1).endpoints(["/live"]),
+    ]);
+    fresh_window(Duration::from_secs(60), Duration::from_secs(20)).await;
+    let token = app.token(1);
+    // Wacht counts the rules of one mode and window on one counter, once per rule that
+    // allows a request: `/cheap` counts one, `/live` two (both rules match it).
+    assert_eq!(app.status("/cheap", &token).await, 200);
+    assert_eq!(app.status("/live", &token).await, 200);
+    // `/live`'s own rule is spent: the gateway refuses it...
+    let refused = app.get("/live", &token).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"3/60s\";r=0;")
+    );
+    // ...and the app-wide rule of the same window, far from spent, still serves the rest.
+    for _ in 0..5 {
+        assert_eq!(app.status("/cheap", &token).await, 200);
+    }
 }
