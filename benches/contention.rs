@@ -57,12 +57,23 @@ fn token(i: usize) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {}", &token[..47])).unwrap()
 }
 
-/// A layer with both tokens cached: metered (headers off) or not.
-fn layer(metered: bool) -> WachtAuthLayer {
-    let limits = if metered {
-        RateLimitConfig::default().headers(RateLimitHeaders::None)
-    } else {
-        RateLimitConfig::default().disable_metering_unsafe()
+/// How a layer meters.
+#[derive(Clone, Copy, PartialEq)]
+enum Metering {
+    Off,
+    /// Metered, without the rate-limit headers.
+    Quiet,
+    /// Metered, with the `RateLimit-Policy` / `RateLimit` headers (the default).
+    Headers,
+}
+
+/// A layer with both tokens cached.
+fn layer(metering: Metering) -> WachtAuthLayer {
+    let metered = metering != Metering::Off;
+    let limits = match metering {
+        Metering::Off => RateLimitConfig::default().disable_metering_unsafe(),
+        Metering::Quiet => RateLimitConfig::default().headers(RateLimitHeaders::None),
+        Metering::Headers => RateLimitConfig::default(),
     };
     let config = WachtAuthConfig::builder()
         .ttl(Duration::from_secs(3600))
@@ -116,16 +127,19 @@ fn run(layer: Option<&WachtAuthLayer>, header: &HeaderValue) -> f64 {
 }
 
 fn main() {
-    let unmetered = layer(false);
-    let metered = layer(true);
+    let unmetered = layer(Metering::Off);
+    let metered = layer(Metering::Quiet);
+    let headers = layer(Metering::Headers);
     let tokens = [token(0), token(1)];
     // (name, the layer or none for the bare service, whether both threads use one token)
-    let cases: [(&str, Option<&WachtAuthLayer>, bool); 5] = [
+    let cases: [(&str, Option<&WachtAuthLayer>, bool); 7] = [
         ("no-op service alone", None, false),
         ("unmetered layer, a token per thread", Some(&unmetered), false),
         ("unmetered layer, one token on both", Some(&unmetered), true),
         ("metered layer, a token per thread", Some(&metered), false),
         ("metered layer, one token on both", Some(&metered), true),
+        ("metered + headers, a token per thread", Some(&headers), false),
+        ("metered + headers, one token on both", Some(&headers), true),
     ];
     let mut ratios = vec![Vec::with_capacity(ROUNDS); cases.len()];
     let mut alone_ns = vec![Vec::with_capacity(ROUNDS); cases.len()];

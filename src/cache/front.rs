@@ -89,7 +89,11 @@ pub(crate) fn get<T>(
 
 /// Remembers an entry in this thread's front cache: it replaces the same token's slot, or
 /// becomes the set's most recent entry (the others move down a way, the oldest is dropped).
-pub(crate) fn put(verifier: u64, generation: u64, hash: TokenHash, entry: Entry) {
+/// The slot holds its own copy of the principal (see [`Principal::unshared_copy`]).
+///
+/// [`Principal::unshared_copy`]: crate::principal::Principal::unshared_copy
+pub(crate) fn put(verifier: u64, generation: u64, hash: TokenHash, mut entry: Entry) {
+    entry.principal = entry.principal.unshared_copy();
     FRONT.with(|front| {
         let Ok(mut front) = front.try_borrow_mut() else {
             return;

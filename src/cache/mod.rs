@@ -53,8 +53,6 @@ static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 /// A cache hit on the request path.
 pub(crate) struct Hit {
     pub(crate) principal: Principal,
-    /// What the credential counts against (rate-limit metering), if metered.
-    pub(crate) meters: Option<Arc<crate::rate_limit::RouteMeters>>,
     /// Which tier had it.
     pub(crate) tier: HitTier,
     /// When it was looked up.
@@ -67,9 +65,15 @@ pub(crate) struct Hit {
     pub(crate) generation: u64,
 }
 
+/// What a lookup hands the caller's `meter` while the entry is lent: the hit, and what the
+/// credential counts against (rate-limit metering), if metered. The meters are borrowed, so
+/// a hit writes no reference count of theirs (hits of one token on many cores would all write
+/// the same one).
+pub(crate) type Meters<'e> = Option<&'e Arc<crate::rate_limit::RouteMeters>>;
+
 impl Hit {
-    /// What a hit keeps of `entry`: the principal and the meters, and the refresh-ahead state
-    /// only when a refresh is due.
+    /// What a hit keeps of `entry`: the principal, and the refresh-ahead state only when a
+    /// refresh is due.
     fn of(entry: &Entry, hash: TokenHash, front: bool, now: Instant, generation: u64) -> Hit {
         let tier = match (front, entry.verified_at) {
             (true, _) => HitTier::Front,
@@ -79,7 +83,6 @@ impl Hit {
         Hit {
             refresh: entry.refresh_due(now).cloned(),
             principal: entry.principal.clone(),
-            meters: entry.meters.clone(),
             tier,
             now,
             hash,
@@ -190,24 +193,34 @@ impl DecisionCache {
         }
     }
 
-    /// The hot path: this thread's front cache, then the shared cache.
-    pub(crate) fn hit(&self, hash: &TokenHash) -> Option<Hit> {
-        let hit = self.lookup(hash, |_, _| true)?;
+    /// The hot path: this thread's front cache, then the shared cache; `meter` is given the
+    /// hit and the credential's meters while the entry is lent.
+    pub(crate) fn hit<R>(&self, hash: &TokenHash, meter: impl FnOnce(&Hit, Meters<'_>) -> R) -> Option<(Hit, R)> {
+        let found = self.lookup(hash, |_, _| true, meter)?;
         tracing::trace!(
-            client_id = hit.principal.client_id().as_str(),
+            client_id = found.0.principal.client_id().as_str(),
             cache = "hit",
             outcome = "allowed"
         );
-        Some(hit)
+        Some(found)
     }
 
     /// [`hit`](Self::hit) for a `max_cache_age` layer: only an entry verified at most
     /// `max_age` ago (one of unknown age, a copy of the fleet's shared tier, never).
-    pub(crate) fn hit_within(&self, hash: &TokenHash, max_age: Duration) -> Option<Hit> {
-        self.lookup(hash, |e, now| {
-            e.verified_at
-                .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
-        })
+    pub(crate) fn hit_within<R>(
+        &self,
+        hash: &TokenHash,
+        max_age: Duration,
+        meter: impl FnOnce(&Hit, Meters<'_>) -> R,
+    ) -> Option<(Hit, R)> {
+        self.lookup(
+            hash,
+            |e, now| {
+                e.verified_at
+                    .is_some_and(|at| now.saturating_duration_since(at) <= max_age)
+            },
+            meter,
+        )
     }
 
     /// Which verifier's tiers these are (unique in the process).
@@ -216,16 +229,27 @@ impl DecisionCache {
     }
 
     /// This thread's front cache, then the shared cache, for an entry `usable` takes at the
-    /// lookup's instant; a hit or a miss is counted.
-    fn lookup(&self, hash: &TokenHash, usable: impl Fn(&Entry, Instant) -> bool) -> Option<Hit> {
+    /// lookup's instant, handed to `meter` while lent; a hit or a miss is counted.
+    fn lookup<R>(
+        &self,
+        hash: &TokenHash,
+        usable: impl Fn(&Entry, Instant) -> bool,
+        meter: impl FnOnce(&Hit, Meters<'_>) -> R,
+    ) -> Option<(Hit, R)> {
         let generation = self.generations.current();
         let now = Instant::now();
+        let mut meter = Some(meter);
         let front = front::get(self.id, generation, hash, now, |entry| {
-            usable(entry, now).then(|| Hit::of(entry, *hash, true, now, generation))
+            if !usable(entry, now) {
+                return None;
+            }
+            let hit = Hit::of(entry, *hash, true, now, generation);
+            let metered = meter.take()?(&hit, entry.meters.as_ref());
+            Some((hit, metered))
         });
-        if let Some(hit) = front {
+        if front.is_some() {
             self.metrics.cache_hit();
-            return Some(hit);
+            return front;
         }
         // moka's `get` completes on its first poll unless it must wait for maintenance; if it
         // would wait, the miss path asks again properly.
@@ -240,9 +264,10 @@ impl DecisionCache {
             return None;
         };
         let hit = Hit::of(&entry, *hash, false, now, generation);
+        let metered = meter.take()?(&hit, entry.meters.as_ref());
         front::put(self.id, generation, *hash, entry);
         self.metrics.cache_hit();
-        Some(hit)
+        Some((hit, metered))
     }
 
     /// Removes the token's entry if it was verified more than `max_age` ago (or at an unknown
@@ -523,7 +548,7 @@ impl DecisionCache {
 
     /// A previously verified principal without waiting or asking anyone.
     pub(crate) fn peek(&self, hash: &TokenHash) -> Option<Principal> {
-        self.hit(hash).map(|hit| hit.principal)
+        self.hit(hash, |_, _| ()).map(|(hit, ())| hit.principal)
     }
 
     /// Number of verified tokens cached (approximate, as moka counts).

@@ -9,7 +9,7 @@ use http::Request;
 
 use super::miss::{self, MissContext};
 use super::{Verified, Verifier};
-use crate::cache::Hit;
+use crate::cache::{Hit, Meters};
 use crate::principal::Principal;
 use crate::principal::{Grant, RateLimitState};
 use crate::rate_limit::{Admission, Metering, RouteMeters, Subject, Usage};
@@ -60,9 +60,10 @@ const FLUSH_CHUNK: usize = 256;
 const MAX_FLUSH_WAITS: usize = 3;
 
 impl Verifier {
-    /// Counts a hit against the meters of its request's route.
-    pub(super) fn meter_hit<B>(&self, hit: &Hit, req: &Request<B>) -> Metered {
-        let (Some(metering), Some(meters)) = (&self.metering, &hit.meters) else {
+    /// Counts a hit against the meters of its request's route (`meters`: the credential's,
+    /// lent by the cache).
+    pub(super) fn meter_hit<B>(&self, hit: &Hit, meters: Meters<'_>, req: &Request<B>) -> Metered {
+        let (Some(metering), Some(meters)) = (&self.metering, meters) else {
             return Metered::Pass(None);
         };
         let (resource, ip) = self.route_of(metering, req);

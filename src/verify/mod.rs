@@ -306,8 +306,8 @@ impl Verifier {
             return Authentication::Refused(Box::new(self.unavailable()));
         }
         let hash = self.key(credential.secret_bytes());
-        if let Some(hit) = self.cache.hit(&hash) {
-            let usage = match self.meter_hit(&hit, req) {
+        if let Some((hit, metered)) = self.cache.hit(&hash, |hit, meters| self.meter_hit(hit, meters, req)) {
+            let usage = match metered {
                 metered::Metered::Pass(usage) => usage,
                 metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
                 metered::Metered::Learn(meters) => {
@@ -348,9 +348,11 @@ impl Verifier {
         }
         let hash = self.key(credential.secret_bytes());
         if let Freshness::MaxAge(max_age) = freshness
-            && let Some(hit) = self.cache.hit_within(&hash, max_age)
+            && let Some((hit, metered)) = self
+                .cache
+                .hit_within(&hash, max_age, |hit, meters| self.meter_hit(hit, meters, req))
         {
-            let usage = match self.meter_hit(&hit, req) {
+            let usage = match metered {
                 metered::Metered::Pass(usage) => usage,
                 metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
                 metered::Metered::Learn(meters) => return self.miss(credential, hash, req, freshness, Some(meters)),
@@ -429,7 +431,7 @@ impl Verifier {
             return Err(self.unavailable());
         }
         let hash = self.key(token.secret_bytes());
-        if let Some(hit) = self.cache.hit(&hash) {
+        if let Some((hit, ())) = self.cache.hit(&hash, |_, _| ()) {
             return Ok(hit.principal);
         }
         self.acceptable(token)?;
