@@ -18,11 +18,13 @@
 //! | `wacht.client.id` | [`client_id`](AuditRecord::client_id) | the OAuth client (an API key's app) |
 //! | `enduser.id` | [`user_id`](AuditRecord::user_id) | the user who granted the token or owns the key |
 //! | `wacht.tenant` | [`tenant`](AuditRecord::tenant) | the granted resource (`urn:wacht:...`) |
-//! | `http.request.method` | [`method`](AuditRecord::method) | as [`RouteRequest::automatic`](crate::route::RouteRequest::automatic) reports it |
-//! | `http.route` | [`route`](AuditRecord::route) | as [`RouteRequest::automatic`](crate::route::RouteRequest::automatic) reports it |
+//! | `http.request.method` | [`method`](AuditRecord::method) | the request's method |
+//! | `http.route` | [`http_route`](AuditRecord::http_route) | the route template the framework matched (absent without one) |
+//! | `wacht.route` | [`route`](AuditRecord::route) | the route as [`RouteRequest::automatic`](crate::route::RouteRequest::automatic) reports it to the gateway |
 //! | `mcp.method.name` | [`mcp_method`](AuditRecord::mcp_method) | the 2026-07-28 `Mcp-Method` header |
-//! | `gen_ai.tool.name` | [`mcp_tool`](AuditRecord::mcp_tool) | the `Mcp-Name` of a `tools/call` or `prompts/get` |
-//! | `wacht.outcome` | [`outcome`](AuditRecord::outcome) | `allowed`, `refused`, `rate_limited`, `unavailable` |
+//! | `gen_ai.tool.name` | [`mcp_tool`](AuditRecord::mcp_tool) | the `Mcp-Name` of a `tools/call` |
+//! | `gen_ai.prompt.name` | [`mcp_tool`](AuditRecord::mcp_tool) | the `Mcp-Name` of a `prompts/get` |
+//! | `wacht.outcome` | [`outcome`](AuditRecord::outcome) | `allowed`, `refused`, `rate_limited`, `unavailable`, `anonymous`, `cancelled` |
 //! | `wacht.outcome.reason` | [`reason`](AuditRecord::reason) | a refusal's label (`rejected`, `malformed`, `missing_credentials`, ...) |
 //! | `wacht.decision.duration_ms` | [`duration`](AuditRecord::duration) | from the request's arrival to the decision, in milliseconds (fractional) |
 //! | `wacht.rate_limit.remaining` | [`rate_limit_remaining`](AuditRecord::rate_limit_remaining) | the tightest rule's budget left (absent when no rule applied) |
@@ -88,16 +90,24 @@ pub enum AuditOutcome {
     RateLimited,
     /// Refused with 503: the credential could not be verified now.
     Unavailable,
+    /// No credential, and the request went on without one: an `optional` layer's anonymous
+    /// request, or a CORS preflight passed through (`pass_cors_preflight`).
+    Anonymous,
+    /// The request went away before a decision: its client disconnected, or the server
+    /// dropped it, while its credential was being verified (the gateway may have been asked).
+    Cancelled,
 }
 
 impl AuditOutcome {
-    /// `allowed`, `refused`, `rate_limited` or `unavailable`.
+    /// `allowed`, `refused`, `rate_limited`, `unavailable`, `anonymous` or `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuditOutcome::Allowed => "allowed",
             AuditOutcome::Refused => "refused",
             AuditOutcome::RateLimited => "rate_limited",
             AuditOutcome::Unavailable => "unavailable",
+            AuditOutcome::Anonymous => "anonymous",
+            AuditOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -116,11 +126,13 @@ pub struct AuditRecord {
     pub user_id: Option<String>,
     /// The granted resource (tenant URN), when the grant has one.
     pub tenant: Option<String>,
-    /// The request's method, as [`RouteRequest::automatic`] reports it.
+    /// The request's HTTP method.
     pub method: Method,
-    /// The request's route, as [`RouteRequest::automatic`] reports it (a template, a gRPC
-    /// method path or an MCP method and tool; never a query).
+    /// The request's route, as [`RouteRequest::automatic`] reports it to the gateway (a
+    /// template, a gRPC method path, an MCP method and tool, else the path; never a query).
     pub route: String,
+    /// The route template the framework matched (Axum's `MatchedPath`), when it has one.
+    pub http_route: Option<String>,
     /// The MCP method of a 2026-07-28 request (`Mcp-Method`), when its route names it.
     pub mcp_method: Option<String>,
     /// The tool or prompt of a `tools/call` or `prompts/get` (`Mcp-Name`), when its route names it.
@@ -219,7 +231,12 @@ impl Auditor {
     pub(crate) fn begin<B>(self: &Arc<Self>, req: &Request<B>) -> Box<Pending> {
         let started = Instant::now();
         let view = RouteRequest::of(req);
-        let (method, route) = view.automatic();
+        let method = req.method().clone();
+        let (_, route) = view.automatic();
+        #[cfg(feature = "axum")]
+        let http_route = view.matched_path().map(str::to_owned);
+        #[cfg(not(feature = "axum"))]
+        let http_route = None;
         let (mcp_method, mcp_tool) = match view.mcp_parts() {
             Some((method, tool)) => (Some(method.to_owned()), tool.map(str::to_owned)),
             None => (None, None),
@@ -229,16 +246,20 @@ impl Auditor {
             started,
             method,
             route,
+            http_route,
             mcp_method,
             mcp_tool,
             kind: None,
             remaining: None,
             deferred_source: None,
+            decided: false,
         })
     }
 
     fn emit(&self, record: AuditRecord) {
         if self.config.tracing {
+            // MCP's conventions name a prompt `gen_ai.prompt.name`, a tool `gen_ai.tool.name`.
+            let prompt = record.mcp_method.as_deref() == Some("prompts/get");
             tracing::event!(
                 target: TRACING_TARGET,
                 tracing::Level::INFO,
@@ -248,9 +269,11 @@ impl Auditor {
                 enduser.id = record.user_id.as_deref(),
                 wacht.tenant = record.tenant.as_deref(),
                 http.request.method = record.method.as_str(),
-                http.route = record.route.as_str(),
+                http.route = record.http_route.as_deref(),
+                wacht.route = record.route.as_str(),
                 mcp.method.name = record.mcp_method.as_deref(),
-                gen_ai.tool.name = record.mcp_tool.as_deref(),
+                gen_ai.tool.name = record.mcp_tool.as_deref().filter(|_| !prompt),
+                gen_ai.prompt.name = record.mcp_tool.as_deref().filter(|_| prompt),
                 wacht.outcome = record.outcome.as_str(),
                 wacht.outcome.reason = record.reason,
                 wacht.decision.duration_ms = record.duration.as_secs_f64() * 1000.0,
@@ -270,6 +293,7 @@ pub(crate) struct Pending {
     started: Instant,
     method: Method,
     route: String,
+    http_route: Option<String>,
     mcp_method: Option<String>,
     mcp_tool: Option<String>,
     kind: Option<CredentialKind>,
@@ -277,13 +301,14 @@ pub(crate) struct Pending {
     /// Where a deferred verdict comes from when it is not a verification: a cached hit that
     /// waited for the fleet's count.
     deferred_source: Option<DecisionSource>,
+    /// Its record was written; dropped before, it writes a `cancelled` one.
+    decided: bool,
 }
 
 impl Pending {
     /// The request's credential: its kind by the configured API-key prefixes (`kind`), a JWT
-    /// by its shape.
-    pub(crate) fn credential(&mut self, kind: CredentialKind, secret: &[u8]) {
-        let jwt_shaped = secret.iter().filter(|b| **b == b'.').count() == 2;
+    /// by its shape (as the verifier judges it: `jwt_shaped`).
+    pub(crate) fn credential(&mut self, kind: CredentialKind, jwt_shaped: bool) {
         self.kind = Some(match kind {
             CredentialKind::OAuthAccessToken if jwt_shaped => CredentialKind::JwtAccessToken,
             other => other,
@@ -313,21 +338,21 @@ impl Pending {
     }
 
     /// The request was allowed: `principal` is its caller.
-    pub(crate) fn allowed(self, source: DecisionSource, principal: &Principal) {
+    pub(crate) fn allowed(mut self, source: DecisionSource, principal: &Principal) {
         let source = match (source, principal.verified_by()) {
             (DecisionSource::Gateway, crate::principal::VerifiedBy::JwtSignature) => DecisionSource::Jwt,
             (source, _) => source,
         };
-        let (auditor, mut record) = self.into_record(source, AuditOutcome::Allowed, None);
+        let mut record = self.take_record(source, AuditOutcome::Allowed, None);
         record.credential_kind = Some(principal.credential_kind());
         record.client_id = Some(principal.client_id().to_string());
         record.user_id = principal.owner_user_id().map(|id| id.to_string());
         record.tenant = principal.granted_resource().map(ToString::to_string);
-        auditor.emit(record);
+        self.auditor.emit(record);
     }
 
     /// The request was refused with `error`.
-    pub(crate) fn refused(self, source: DecisionSource, error: &AuthError) {
+    pub(crate) fn refused(mut self, source: DecisionSource, error: &AuthError) {
         // A cached hit refused by its meters is the cache's refusal, whichever tier had it.
         let source = match (self.deferred_source, error) {
             (Some(_), AuthError::RateLimited { .. }) => DecisionSource::Cache,
@@ -339,32 +364,52 @@ impl Pending {
             AuthError::InvalidToken(reason) => (AuditOutcome::Refused, Some(reason.label())),
             other => (AuditOutcome::Refused, Some(other.label())),
         };
-        let (auditor, record) = self.into_record(source, outcome, reason);
-        auditor.emit(record);
+        let record = self.take_record(source, outcome, reason);
+        self.auditor.emit(record);
     }
 
-    /// The record, without a principal's fields yet; the auditor it goes to.
-    fn into_record(
-        self,
+    /// The request carried no credential and went on without one.
+    pub(crate) fn anonymous(mut self) {
+        let record = self.take_record(DecisionSource::Local, AuditOutcome::Anonymous, None);
+        self.auditor.emit(record);
+    }
+
+    /// The record, without a principal's fields yet (marked written).
+    fn take_record(
+        &mut self,
         source: DecisionSource,
         outcome: AuditOutcome,
         reason: Option<&'static str>,
-    ) -> (Arc<Auditor>, AuditRecord) {
-        let record = AuditRecord {
+    ) -> AuditRecord {
+        self.decided = true;
+        AuditRecord {
             source,
             credential_kind: self.kind,
             client_id: None,
             user_id: None,
             tenant: None,
-            method: self.method,
-            route: self.route,
-            mcp_method: self.mcp_method,
-            mcp_tool: self.mcp_tool,
+            method: std::mem::replace(&mut self.method, Method::GET),
+            route: std::mem::take(&mut self.route),
+            http_route: self.http_route.take(),
+            mcp_method: self.mcp_method.take(),
+            mcp_tool: self.mcp_tool.take(),
             outcome,
             reason,
             duration: self.started.elapsed(),
             rate_limit_remaining: self.remaining,
-        };
-        (self.auditor, record)
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A request dropped before its decision (its client went away while the credential was
+    /// being verified) still leaves its record: `cancelled`, from where the verdict was to
+    /// come.
+    fn drop(&mut self) {
+        if !self.decided {
+            let source = self.miss_source();
+            let record = self.take_record(source, AuditOutcome::Cancelled, None);
+            self.auditor.emit(record);
+        }
     }
 }

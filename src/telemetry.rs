@@ -138,10 +138,14 @@ impl Metrics {
     #[inline]
     pub(crate) fn cache_hit(&self) {
         #[cfg(feature = "metrics")]
-        {
-            self.hits.increment(1);
-            self.hit_verifications.increment(1);
-        }
+        self.hits.increment(1);
+    }
+
+    /// A hit served (its meters, if any, let it through): the verification it stands for.
+    #[inline]
+    pub(crate) fn hit_served(&self) {
+        #[cfg(feature = "metrics")]
+        self.hit_verifications.increment(1);
     }
 
     #[inline]

@@ -52,15 +52,21 @@ impl<'a> BearerToken<'a> {
     /// segments separated by dots, the first two non-empty (the signature may be empty, as in
     /// `alg: none`). Opaque Wacht tokens (`oat_` + base64url) never do.
     pub fn is_jwt_shaped(&self) -> bool {
-        let mut segments = self.0.split(|&b| b == b'.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (segments.next(), segments.next(), segments.next(), segments.next())
-        else {
-            return false;
-        };
-        let base64url = |s: &[u8]| s.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        !header.is_empty() && !payload.is_empty() && base64url(header) && base64url(payload) && base64url(signature)
+        jwt_shaped(self.0)
     }
+}
+
+/// [`BearerToken::is_jwt_shaped`] of a credential's bytes (the verifier and the audit trail
+/// decide alike).
+pub(crate) fn jwt_shaped(token: &[u8]) -> bool {
+    let mut segments = token.split(|&b| b == b'.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return false;
+    };
+    let base64url = |s: &[u8]| s.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    !header.is_empty() && !payload.is_empty() && base64url(header) && base64url(payload) && base64url(signature)
 }
 
 /// A bearer token owned past the request that carried it (for a gateway call or a background

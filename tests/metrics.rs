@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower_wacht::telemetry::names;
-use tower_wacht::testing::{Fault, TokenGrant, generate_token};
+use tower_wacht::testing::{Fault, RateLimitRule, RateLimitUnit, TokenGrant, generate_token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_metrics_move() {
@@ -138,4 +138,45 @@ async fn documented_metrics_move() {
             assert!(!label.value().starts_with("oat_"), "{key:?}");
         }
     }
+
+    // Every request is one verification: a hit its meter refuses is the meter's 429, not
+    // also an allowed hit; a miss its meter refuses is not also the gateway's. (A snapshot
+    // takes the counts since the one before.)
+    let tally = || {
+        let snapshot = snapshotter.snapshot().into_vec();
+        let counted = |outcome: &str, source: &str| -> u64 {
+            snapshot
+                .iter()
+                .filter(|(key, _, _, _)| key.key().name() == names::VERIFICATIONS)
+                .filter(|(key, _, _, _)| {
+                    let labels: Vec<(&str, &str)> = key.key().labels().map(|l| (l.key(), l.value())).collect();
+                    labels.contains(&("outcome", outcome)) && labels.contains(&("source", source))
+                })
+                .map(|(_, _, _, value)| match value {
+                    DebugValue::Counter(c) => *c,
+                    _ => 0,
+                })
+                .sum()
+        };
+        [
+            counted("allowed", "gateway"),
+            counted("allowed", "cache"),
+            counted("rate_limited", "meter"),
+            counted("rate_limited", "gateway"),
+        ]
+    };
+    app.gateway
+        .set_rate_limit_rules(vec![RateLimitRule::new(2, RateLimitUnit::Second, 30)]);
+    fresh_window(Duration::from_secs(30), Duration::from_secs(10)).await;
+    let limited = app.token_with(|g| g.owner_user_id(77).scopes(["projects:read"]));
+    tally();
+    for status in [200, 200, 429] {
+        assert_eq!(app.get("/whoami", Some(&limited)).await.status(), status);
+    }
+    let moved = tally();
+    assert_eq!(
+        moved,
+        [1, 1, 1, 0],
+        "a miss, a hit and the meter's 429, each counted once (allowed/gateway, allowed/cache, rate_limited/meter, rate_limited/gateway)"
+    );
 }

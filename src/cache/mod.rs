@@ -223,6 +223,12 @@ impl DecisionCache {
         )
     }
 
+    /// Counts a hit the verifier served (once its meters let it through; a hit they refuse
+    /// is counted as their refusal).
+    pub(crate) fn served_hit(&self) {
+        self.metrics.hit_served();
+    }
+
     /// Which verifier's tiers these are (unique in the process).
     pub(crate) fn id(&self) -> u64 {
         self.id

@@ -143,7 +143,16 @@ where
                     audit,
                     rate_headers,
                 } => {
-                    let outcome = ready!(verify.as_mut().poll(cx));
+                    let mut outcome = ready!(verify.as_mut().poll(cx));
+                    // A 429 reports its budget as a hit's does: the rule the gateway named as
+                    // spent, or else the route's tightest, spent until its reset.
+                    if let Err(refused) = &mut outcome
+                        && matches!(refused.error, AuthError::RateLimited { .. })
+                        && refused.usage.is_none()
+                        && let (Some(req), Some(pass)) = (request.as_ref(), pass.as_ref())
+                    {
+                        refused.usage = pass.rate_usage(req).filter(|u| u.remaining == 0);
+                    }
                     if let Some(mut audit) = audit.take() {
                         let source = audit.miss_source();
                         match &outcome {
@@ -151,7 +160,10 @@ where
                                 audit.remaining(verified.usage.as_ref());
                                 audit.allowed(source, &verified.principal);
                             }
-                            Err(refused) => audit.refused(source, &refused.error),
+                            Err(refused) => {
+                                audit.remaining(refused.usage.as_ref());
+                                audit.refused(source, &refused.error);
+                            }
                         }
                     }
                     let (Some(mut req), Some(mut svc), Some(pass)) = (request.take(), service.take(), pass.take())
@@ -181,11 +193,7 @@ where
                         Err(Refused { error, usage }) => {
                             let spent = matches!(error, AuthError::RateLimited { .. });
                             let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
-                            // A 429 reports its budget as a hit's does: the rule the gateway
-                            // named as spent, or else the route's tightest, spent until its
-                            // reset.
-                            let usage = || usage.or_else(|| pass.rate_usage(&req).filter(|u| u.remaining == 0));
-                            if spent && let Some(usage) = usage() {
+                            if spent && let Some(usage) = usage {
                                 crate::rate_limit::headers::insert(response.headers_mut(), *rate_headers, &usage, true);
                             }
                             state.set(State::Refused {

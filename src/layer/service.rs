@@ -58,16 +58,16 @@ where
         let mut audit = shared.audit.as_ref().map(|auditor| auditor.begin(&req));
         let (credential, from) = match find_credential(&req, shared) {
             Ok(Some(found)) => found,
-            Ok(None) if shared.optional => return self.pass_anonymous(req, true),
+            Ok(None) if shared.optional => return self.pass_anonymous(req, true, audit),
             Ok(None) if shared.pass_cors_preflight && is_preflight(&req) => {
-                return self.pass_anonymous(req, false);
+                return self.pass_anonymous(req, false, audit);
             }
             Ok(None) => return self.refuse(&req, AuthError::MissingCredentials, audit),
             Err(refusal) => return self.refuse(&req, refusal, audit),
         };
         if let Some(audit) = &mut audit {
             let secret = credential.secret_bytes();
-            audit.credential(shared.verifier.kind_of(secret), secret);
+            audit.credential(shared.verifier.kind_of(secret), crate::token::jwt_shaped(secret));
         }
         let freshness = match &shared.live_routes {
             Some(live) if live.covers(&crate::route::RouteRequest::of(&req).automatic_bounded()) => Freshness::Live,
@@ -251,10 +251,18 @@ impl<S> WachtAuth<S> {
     }
 
     /// Hands a request without credentials to the inner service, marked anonymous.
-    fn pass_anonymous<ReqB>(&mut self, mut req: Request<ReqB>, optional: bool) -> ResponseFuture<S, ReqB>
+    fn pass_anonymous<ReqB>(
+        &mut self,
+        mut req: Request<ReqB>,
+        optional: bool,
+        audit: Option<Box<Pending>>,
+    ) -> ResponseFuture<S, ReqB>
     where
         S: Service<Request<ReqB>>,
     {
+        if let Some(audit) = audit {
+            audit.anonymous();
+        }
         strip_authorization(req.headers_mut(), self.shared.keep_authorization_header);
         req.extensions_mut().insert(Anonymous {
             challenge: Arc::clone(self.shared.verifier.challenge()),

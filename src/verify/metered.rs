@@ -103,7 +103,10 @@ impl Verifier {
             self.flush_meters().await;
             let route = metering.route(&waiting.route.0, waiting.route.1.as_deref());
             match metering.admit(&waiting.meters, route, Instant::now()) {
-                Admission::Served(usage) => return Ok(Verified { principal, usage }),
+                Admission::Served(usage) => {
+                    self.cache.served_hit();
+                    return Ok(Verified { principal, usage });
+                }
                 Admission::Spent(usage) => {
                     crate::telemetry::verification("rate_limited", "meter");
                     return Err(AuthError::RateLimited {
@@ -116,16 +119,18 @@ impl Verifier {
         }
         // Filled again each time by other requests: counted now rather than held longer.
         let route = metering.route(&waiting.route.0, waiting.route.1.as_deref());
-        match metering.admit(&waiting.meters, route, Instant::now()) {
+        let admission = match metering.admit(&waiting.meters, route, Instant::now()) {
+            Admission::Flush | Admission::Unknown => metering.admit_known(&waiting.meters, Instant::now()),
+            known => known,
+        };
+        let served = match admission {
             Admission::Served(usage) => Ok(Verified { principal, usage }),
-            other => {
-                let counted = match other {
-                    Admission::Flush | Admission::Unknown => metering.admit_known(&waiting.meters, Instant::now()),
-                    known => known,
-                };
-                spent_refusal(counted).map(|()| Verified { principal, usage: None })
-            }
+            spent => spent_refusal(spent).map(|()| Verified { principal, usage: None }),
+        };
+        if served.is_ok() {
+            self.cache.served_hit();
         }
+        served
     }
 
     /// Adds this replica's unflushed requests to the fleet's meters (one round trip) and

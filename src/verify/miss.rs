@@ -20,6 +20,33 @@ use crate::route::{self, RouteRequest};
 use crate::telemetry;
 use crate::token::{BearerToken, TokenHash};
 
+/// What a request's own flight found out, for how the request is counted.
+#[derive(Default)]
+pub(super) struct FlightNotes {
+    /// The verdict is the gateway's own answer to this request's call (which counted it
+    /// against the app's rate limits). A request that joined another's flight, or got a copy
+    /// of the fleet's shared tier, is counted by the meters instead.
+    counted: AtomicBool,
+    /// Refused at the cap on gateway calls in flight, without a call (the metric's source
+    /// `overload`).
+    overloaded: AtomicBool,
+}
+
+impl FlightNotes {
+    fn counted(&self) -> bool {
+        self.counted.load(Ordering::Acquire)
+    }
+
+    /// The metric source of the request's verdict.
+    fn source(&self, verdict_source: &'static str) -> &'static str {
+        if self.overloaded.load(Ordering::Acquire) {
+            "overload"
+        } else {
+            verdict_source
+        }
+    }
+}
+
 /// More rounds than this of unusable answers (ended, or voided while in flight), and a miss
 /// gives up with 503.
 const MAX_ROUNDS: usize = 3;
@@ -170,18 +197,16 @@ impl Verifier {
                 self.cache.drop_older(hash, max_age).await;
             }
             let span = verify_span(&hash, if max_age.is_some() { "max_age" } else { "miss" });
-            // Set by this request's own flight when the gateway itself answered it (and so
-            // counted it against the app's rate limits); a request that joined another's
-            // flight, or got a copy of the fleet's shared tier, is counted here instead.
-            let counted = AtomicBool::new(false);
+            let notes = FlightNotes::default();
             let flight = self
-                .flight(token, hash, &ctx, max_age.is_none(), &counted)
+                .flight(token, hash, &ctx, max_age.is_none(), &notes)
                 .instrument(span);
             let outcome = match self.cache.load(hash, started, flight).await {
-                Loaded::Allowed(principal) => self
-                    .meter_miss(&hash, &ctx, &principal, counted.load(Ordering::Acquire))
-                    .await
-                    .map(|()| principal),
+                Loaded::Allowed(principal) => {
+                    // A refusal of the meters is counted as theirs, once.
+                    self.meter_miss(&hash, &ctx, &principal, notes.counted()).await?;
+                    Ok(principal)
+                }
                 Loaded::Stale => continue,
                 Loaded::Refused(refusal) => match &*refusal {
                     // The outage grace covers the gateway: a JWT's 503 means its issuer's key
@@ -197,7 +222,7 @@ impl Verifier {
                     // A budget is per route (and per client IP for some rules): the refusal
                     // of the request that led the flight says nothing of this one's, which
                     // asks the gateway for itself.
-                    AuthError::RateLimited { .. } if !counted.load(Ordering::Acquire) => {
+                    AuthError::RateLimited { .. } if !notes.counted() => {
                         return self.verify_live(token, hash, &ctx).await;
                     }
                     other => Err(other.clone()),
@@ -205,7 +230,7 @@ impl Verifier {
             };
             telemetry::verification(
                 outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
-                self.verdict_source(token),
+                notes.source(self.verdict_source(token)),
             );
             return outcome;
         }
@@ -216,15 +241,15 @@ impl Verifier {
     /// One verification, run by the first request to miss a token: the cached entry to
     /// store, or the refusal every waiting request gets.
     ///
-    /// `counted` is set when the verdict is the gateway's own answer to this call (which
-    /// counted it against the app's rate limits).
+    /// `notes` say whether the verdict is the gateway's own answer to this call, or a
+    /// refusal at the cap on calls.
     pub(super) async fn flight(
         &self,
         token: BearerToken<'_>,
         hash: TokenHash,
         ctx: &MissContext,
         shared_tier: bool,
-        counted: &AtomicBool,
+        notes: &FlightNotes,
     ) -> Result<Entry, AuthError> {
         // A flight that just ended may have rejected this token after our caller looked at
         // the negative cache. Look again rather than ask twice.
@@ -240,7 +265,7 @@ impl Verifier {
                 Some(permit) => Some(permit),
                 None => {
                     tracing::debug!(token = ?hash, limit = self.settings.max_inflight_gateway_calls, "gateway calls at their limit: refused");
-                    telemetry::verification("unavailable", "overload");
+                    notes.overloaded.store(true, Ordering::Release);
                     return Err(self.unavailable());
                 }
             },
@@ -259,7 +284,7 @@ impl Verifier {
             }
         );
         let gateway_answered = !copied && matches!(verdict, super::source::Verdict::Gateway { .. });
-        counted.store(gateway_answered, Ordering::Release);
+        notes.counted.store(gateway_answered, Ordering::Release);
         let learn = super::decide::Learn {
             ctx: (!copied).then_some(ctx),
             meters: None,
@@ -294,10 +319,11 @@ impl Verifier {
         ctx: &MissContext,
     ) -> Result<Principal, AuthError> {
         let span = verify_span(&hash, "live");
-        let outcome = self.live_flight(token, hash, ctx, None).instrument(span).await;
+        let notes = FlightNotes::default();
+        let outcome = self.live_flight(token, hash, ctx, None, &notes).instrument(span).await;
         telemetry::verification(
             outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
-            self.verdict_source(token),
+            notes.source(self.verdict_source(token)),
         );
         outcome
     }
@@ -308,6 +334,7 @@ impl Verifier {
         hash: TokenHash,
         ctx: &MissContext,
         meters: Option<std::sync::Arc<crate::rate_limit::RouteMeters>>,
+        notes: &FlightNotes,
     ) -> Result<Principal, AuthError> {
         for _ in 0..MAX_ROUNDS {
             let _permit = match self.jwt_for(token) {
@@ -315,7 +342,7 @@ impl Verifier {
                 None => match InflightPermit::acquire(&self.inflight, self.settings.max_inflight_gateway_calls) {
                     Some(permit) => Some(permit),
                     None => {
-                        telemetry::verification("unavailable", "overload");
+                        notes.overloaded.store(true, Ordering::Release);
                         return Err(self.unavailable());
                     }
                 },
@@ -359,7 +386,11 @@ impl Verifier {
         if let Some(outcome) = self.learn_from_fleet(&hash, ctx, &meters).await {
             return outcome;
         }
-        let outcome = self.live_flight(token, hash, ctx, Some(meters)).instrument(span).await;
+        let notes = FlightNotes::default();
+        let outcome = self
+            .live_flight(token, hash, ctx, Some(meters), &notes)
+            .instrument(span)
+            .await;
         if let Err(AuthError::Unavailable { .. }) = &outcome
             && let Some(principal) = self.cache.peek(&hash)
         {
@@ -373,11 +404,14 @@ impl Verifier {
         }
         // The gateway counted this request; the rules it named may show the budget spent by
         // what was served here.
-        let outcome = match outcome {
-            Ok(principal) => self.meter_miss(&hash, ctx, &principal, true).await.map(|()| principal),
-            refused => refused,
-        };
-        telemetry::verification(outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"), "gateway");
+        if let Ok(principal) = &outcome {
+            // A refusal of the meters is counted as theirs, once.
+            self.meter_miss(&hash, ctx, principal, true).await?;
+        }
+        telemetry::verification(
+            outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
+            notes.source("gateway"),
+        );
         outcome
     }
 

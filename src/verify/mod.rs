@@ -308,7 +308,10 @@ impl Verifier {
         let hash = self.key(credential.secret_bytes());
         if let Some((hit, metered)) = self.cache.hit(&hash, |hit, meters| self.meter_hit(hit, meters, req)) {
             let usage = match metered {
-                metered::Metered::Pass(usage) => usage,
+                metered::Metered::Pass(usage) => {
+                    self.cache.served_hit();
+                    usage
+                }
                 metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
                 metered::Metered::Learn(meters) => {
                     return self.miss(credential, hash, req, Freshness::Cached, Some(meters));
@@ -353,7 +356,10 @@ impl Verifier {
                 .hit_within(&hash, max_age, |hit, meters| self.meter_hit(hit, meters, req))
         {
             let usage = match metered {
-                metered::Metered::Pass(usage) => usage,
+                metered::Metered::Pass(usage) => {
+                    self.cache.served_hit();
+                    usage
+                }
                 metered::Metered::Spent(usage) => return Authentication::Spent(Box::new(usage)),
                 metered::Metered::Learn(meters) => return self.miss(credential, hash, req, freshness, Some(meters)),
                 metered::Metered::Flush(waiting) => return self.wait_for_flush(hash, waiting, hit),
@@ -432,6 +438,7 @@ impl Verifier {
         }
         let hash = self.key(token.secret_bytes());
         if let Some((hit, ())) = self.cache.hit(&hash, |_, _| ()) {
+            self.cache.served_hit();
             return Ok(hit.principal);
         }
         self.acceptable(token)?;

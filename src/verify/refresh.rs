@@ -34,13 +34,7 @@ impl Verifier {
 
     async fn refresh(&self, token: &OwnedBearer, hash: TokenHash, ctx: MissContext) {
         match self
-            .flight(
-                token.token(),
-                hash,
-                &ctx,
-                true,
-                &std::sync::atomic::AtomicBool::new(false),
-            )
+            .flight(token.token(), hash, &ctx, true, &super::miss::FlightNotes::default())
             .await
         {
             Ok(entry) => {

@@ -218,3 +218,77 @@ async fn a_full_sink_drops_and_counts_without_holding_requests() {
     );
     assert_eq!(sink.dropped(), 3);
 }
+
+#[tokio::test]
+async fn a_request_whose_client_leaves_during_its_check_leaves_a_cancelled_record() {
+    let (app, _sink, mut records) = start_audited(16, |b| b).await;
+    let token = app.token(&["projects:read"]);
+    app.gateway
+        .set_fault(Some(tower_wacht::testing::Fault::Latency(Duration::from_millis(500))));
+    let gone = app
+        .http
+        .get(app.url("/whoami"))
+        .bearer_auth(&token)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first");
+    // The server notices the closed connection and drops the request.
+    let mut record = None;
+    for _ in 0..50 {
+        if let Ok(found) = records.try_recv() {
+            record = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = record.expect("a record for the request that went away");
+    assert_eq!(
+        (record.source, record.outcome),
+        (DecisionSource::Gateway, AuditOutcome::Cancelled)
+    );
+    assert_eq!(record.credential_kind, Some(CredentialKind::OAuthAccessToken));
+    assert_secret_free(&record, &token);
+}
+
+#[tokio::test]
+async fn an_anonymous_request_an_optional_layer_lets_through_is_recorded() {
+    let (app, _sink, mut records) = start_audited(16, |b| b.optional(true)).await;
+    assert_eq!(app.get("/public", None).await.status(), 200);
+    let record = only(&mut records);
+    assert_eq!(
+        (record.source, record.outcome),
+        (DecisionSource::Local, AuditOutcome::Anonymous)
+    );
+    assert_eq!(record.credential_kind, None);
+    assert_eq!(record.http_route.as_deref(), Some("/public"));
+}
+
+#[tokio::test]
+async fn a_token_with_two_dots_that_is_no_jwt_is_recorded_as_the_gateways() {
+    let (app, _sink, mut records) = start_audited(16, |b| b).await;
+    // Not base64url: no JWT, so the gateway is asked (and knows no such token).
+    let odd = "oat+abc.def+ghi.jkl";
+    assert_eq!(app.get("/whoami", Some(odd)).await.status(), 401);
+    assert_eq!(app.gateway.calls(), 1, "the gateway was asked");
+    let record = only(&mut records);
+    assert_eq!(record.source, DecisionSource::Gateway);
+    assert_eq!(record.credential_kind, Some(CredentialKind::OAuthAccessToken));
+}
+
+#[tokio::test]
+async fn the_gateways_429_is_recorded_with_the_budget_it_names() {
+    let (app, _sink, mut records) = start_audited(16, |b| b).await;
+    let token = app.token(&["projects:read"]);
+    app.gateway.set_fault(Some(tower_wacht::testing::Fault::RateLimited {
+        retry_after_ms: 60_000,
+    }));
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 429);
+    let record = only(&mut records);
+    assert_eq!(
+        (record.source, record.outcome),
+        (DecisionSource::Gateway, AuditOutcome::RateLimited)
+    );
+    assert_eq!(record.rate_limit_remaining, Some(0));
+    assert_eq!(record.http_route.as_deref(), Some("/whoami"));
+}
