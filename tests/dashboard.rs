@@ -89,7 +89,7 @@ fn identifiers(text: &str) -> BTreeSet<String> {
         let start = i + at;
         let preceded = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start + "wacht_".len();
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b':') {
             end += 1;
         }
         if !preceded {
@@ -151,8 +151,7 @@ type Matcher = (String, String, Option<String>);
 /// matcher is on.
 fn labels_used(expr: &str) -> (BTreeSet<String>, Vec<Matcher>) {
     let mut grouped = BTreeSet::new();
-    for part in expr.split("by (").skip(1) {
-        let list = part.split(')').next().unwrap_or_default();
+    for list in label_lists(expr) {
         grouped.extend(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()));
     }
     let mut matchers = Vec::new();
@@ -174,6 +173,65 @@ fn labels_used(expr: &str) -> (BTreeSet<String>, Vec<Matcher>) {
     (grouped, matchers)
 }
 
+/// The label lists of an expression's grouping and matching clauses: `by`, `without`, `on`,
+/// `ignoring`, `group_left`, `group_right`, each a whole word followed by `(` (with or
+/// without spaces between).
+fn label_lists(expr: &str) -> Vec<&str> {
+    const CLAUSES: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+    let bytes = expr.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut lists = Vec::new();
+    for clause in CLAUSES {
+        let mut from = 0;
+        while let Some(at) = expr[from..].find(clause) {
+            let start = from + at;
+            let end = start + clause.len();
+            from = end;
+            if (start > 0 && word(bytes[start - 1])) || bytes.get(end).is_some_and(|b| word(*b)) {
+                continue;
+            }
+            let rest = expr[end..].trim_start();
+            if let Some(list) = rest.strip_prefix('(') {
+                lists.push(list.split(')').next().unwrap_or_default());
+            }
+        }
+    }
+    lists
+}
+
+#[test]
+fn the_query_reader_sees_every_metric_and_label() {
+    assert_eq!(
+        identifiers("rate(wacht_fleet_errors_total2[5m]) + wacht_x:y"),
+        BTreeSet::from(["wacht_fleet_errors_total2".to_owned(), "wacht_x:y".to_owned()])
+    );
+    for expr in [
+        "sum by(kind) (rate(wacht_a[5m]))",
+        "sum by (kind) (rate(wacht_a[5m]))",
+        "sum without (kind) (rate(wacht_a[5m]))",
+        "wacht_a / on(kind) wacht_b",
+        "wacht_a / ignoring (kind) group_left(kind) wacht_b",
+    ] {
+        assert!(labels_used(expr).0.contains("kind"), "{expr}");
+    }
+    assert!(
+        labels_used("sum(rate(wacht_bypass[5m]))").0.is_empty(),
+        "no clause in a name"
+    );
+}
+
+/// Every panel, those a collapsed row holds included (`false`: inside a row).
+fn all_panels(panels: &[serde_json::Value]) -> Vec<(&serde_json::Value, bool)> {
+    let mut all = Vec::new();
+    for panel in panels {
+        all.push((panel, true));
+        if let Some(inner) = panel["panels"].as_array() {
+            all.extend(inner.iter().map(|panel| (panel, false)));
+        }
+    }
+    all
+}
+
 /// The dashboard's queries, by panel title; and Grafana basics checked on the way.
 fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
@@ -188,7 +246,7 @@ fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
     let mut ids = BTreeSet::new();
     let mut queries = BTreeMap::new();
     let mut placed: Vec<(&str, [u64; 4])> = Vec::new();
-    for panel in panels {
+    for (panel, top) in all_panels(panels) {
         let id = panel["id"].as_u64().expect("every panel has a numeric id");
         assert!(ids.insert(id), "panel id {id} used twice");
         let title = panel["title"]
@@ -206,11 +264,14 @@ fn dashboard_queries() -> BTreeMap<String, Vec<String>> {
             w > 0 && h > 0 && x + w <= 24,
             "{title}: gridPos {grid:?} off the 24-column grid"
         );
-        for (other, [ox, oy, ow, oh]) in &placed {
-            let apart = x + w <= *ox || ox + ow <= x || y + h <= *oy || oy + oh <= y;
-            assert!(apart, "panels {title:?} and {other:?} overlap");
+        // A collapsed row's panels keep the places they take when it opens.
+        if top {
+            for (other, [ox, oy, ow, oh]) in &placed {
+                let apart = x + w <= *ox || ox + ow <= x || y + h <= *oy || oy + oh <= y;
+                assert!(apart, "panels {title:?} and {other:?} overlap");
+            }
+            placed.push((title, grid));
         }
-        placed.push((title, grid));
         if kind == "row" {
             // A row only groups the panels after it: no queries.
             continue;
