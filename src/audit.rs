@@ -50,7 +50,8 @@ pub enum DecisionSource {
     /// This thread's front cache.
     Front,
     /// This process's shared cache (an answer verified here; also a 429 of the rate-limit
-    /// meters).
+    /// meters, an answer of the outage grace, and a cached credential served on a route
+    /// whose rules the gateway could not say).
     Cache,
     /// This process's shared cache holding a copy of the fleet's shared tier.
     Fleet,
@@ -59,8 +60,9 @@ pub enum DecisionSource {
     Gateway,
     /// Local verification of a JWT access token.
     Jwt,
-    /// Refused here without asking anyone (no credential, a malformed one, a kind this layer
-    /// does not take, a fleet out of sync).
+    /// Decided here without asking anyone: refused (no credential, a malformed one, a kind
+    /// this layer does not take, a fleet out of sync, the cap on gateway calls in flight
+    /// reached), or an anonymous request let through.
     Local,
 }
 

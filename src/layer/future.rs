@@ -154,7 +154,11 @@ where
                         refused.usage = pass.rate_usage(req).filter(|u| u.remaining == 0);
                     }
                     if let Some(mut audit) = audit.take() {
-                        let source = audit.miss_source();
+                        let told = match &outcome {
+                            Ok(verified) => verified.source,
+                            Err(refused) => refused.source,
+                        };
+                        let source = told.unwrap_or_else(|| audit.miss_source());
                         match &outcome {
                             Ok(verified) => {
                                 audit.remaining(verified.usage.as_ref());
@@ -179,7 +183,7 @@ where
                         continue;
                     };
                     match outcome {
-                        Ok(Verified { principal, usage }) => {
+                        Ok(Verified { principal, usage, .. }) => {
                             req.extensions_mut().insert(principal.clone());
                             let slot = (*handler_step_up).then(|| StepUpSlot::insert_into(req.extensions_mut()));
                             let caller =
@@ -190,7 +194,7 @@ where
                                 caller: Some(caller),
                             });
                         }
-                        Err(Refused { error, usage }) => {
+                        Err(Refused { error, usage, .. }) => {
                             let spent = matches!(error, AuthError::RateLimited { .. });
                             let mut response = render(error, challenge, is_grpc(req.version(), req.headers()));
                             if spent && let Some(usage) = usage {

@@ -167,7 +167,7 @@ impl Verifier {
                 if let (Some(ctx), true) = (ctx, self.metering.is_some())
                     && let Some(budget) = Usage::refused_by_gateway(blocked_rule.as_deref(), &rate_limits, retry_after)
                 {
-                    let _ = ctx.gateway_budget.set(budget);
+                    let _ = ctx.notes.gateway_budget.set(budget);
                 }
                 return Err(AuthError::RateLimited { retry_after });
             }

@@ -105,7 +105,11 @@ impl Verifier {
             match metering.admit(&waiting.meters, route, Instant::now()) {
                 Admission::Served(usage) => {
                     self.cache.served_hit();
-                    return Ok(Verified { principal, usage });
+                    return Ok(Verified {
+                        principal,
+                        usage,
+                        source: None,
+                    });
                 }
                 Admission::Spent(usage) => {
                     crate::telemetry::verification("rate_limited", "meter");
@@ -124,8 +128,16 @@ impl Verifier {
             known => known,
         };
         let served = match admission {
-            Admission::Served(usage) => Ok(Verified { principal, usage }),
-            spent => spent_refusal(spent).map(|()| Verified { principal, usage: None }),
+            Admission::Served(usage) => Ok(Verified {
+                principal,
+                usage,
+                source: None,
+            }),
+            spent => spent_refusal(spent).map(|()| Verified {
+                principal,
+                usage: None,
+                source: None,
+            }),
         };
         if served.is_ok() {
             self.cache.served_hit();

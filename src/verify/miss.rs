@@ -10,6 +10,7 @@ use http::{Method, Request};
 use tracing::Instrument as _;
 
 use super::{CALL_SLACK, Verifier};
+use crate::audit::DecisionSource;
 use crate::cache::{Entry, Loaded};
 use crate::config::{GatewaySettings, RouteReporting};
 use crate::gateway::ClientIp;
@@ -37,6 +38,10 @@ impl FlightNotes {
         self.counted.load(Ordering::Acquire)
     }
 
+    fn overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Acquire)
+    }
+
     /// The metric source of the request's verdict.
     fn source(&self, verdict_source: &'static str) -> &'static str {
         if self.overloaded.load(Ordering::Acquire) {
@@ -61,9 +66,22 @@ pub(crate) struct MissContext {
     pub(crate) method: Method,
     /// The resource reported: bounded ([`route::bounded`]), or the configured fixed one.
     pub(crate) resource: String,
-    /// Where the gateway's own 429 to this request's call leaves the budget it names, for
-    /// the response's rate-limit headers (shared by the context's clones).
-    pub(crate) gateway_budget: Arc<OnceLock<Usage>>,
+    /// What the verification learned for the response and its audit record (shared by the
+    /// context's clones).
+    pub(crate) notes: Arc<MissNotes>,
+}
+
+/// What a miss's verification tells its response besides the verdict.
+#[derive(Debug, Default)]
+pub(crate) struct MissNotes {
+    /// The budget the gateway's own 429 to this request's call names (the response's
+    /// rate-limit headers).
+    pub(crate) gateway_budget: OnceLock<Usage>,
+    /// Where the verdict came from when it was not a verification of the kind the request
+    /// went for: the outage grace, or a cached answer served on a route whose rules were
+    /// learned from the fleet's book or could not be learned (`cache`); a refusal at the cap
+    /// on gateway calls (`local`).
+    pub(crate) source: OnceLock<crate::audit::DecisionSource>,
 }
 
 impl MissContext {
@@ -86,7 +104,7 @@ impl MissContext {
             client_ip: client_ip(settings, req).map(|ip| ip.to_string()),
             method,
             resource,
-            gateway_budget: Arc::default(),
+            notes: Arc::default(),
         }
     }
 
@@ -99,7 +117,7 @@ impl MissContext {
             client_ip: None,
             method,
             resource,
-            gateway_budget: Arc::default(),
+            notes: Arc::default(),
         }
     }
 }
@@ -215,8 +233,16 @@ impl Verifier {
                     AuthError::Unavailable { .. } if self.jwt_for(token).is_none() => {
                         match self.outage_grace(&hash).await {
                             // Served from the grace: counted by what the token counts against.
-                            Some(principal) => return self.meter_unlearned(&hash).map(|()| principal),
-                            None => Err((*refusal).clone()),
+                            Some(principal) => {
+                                let _ = ctx.notes.source.set(DecisionSource::Cache);
+                                return self.meter_unlearned(&hash).map(|()| principal);
+                            }
+                            None => {
+                                if notes.overloaded() {
+                                    let _ = ctx.notes.source.set(DecisionSource::Local);
+                                }
+                                Err((*refusal).clone())
+                            }
                         }
                     }
                     // A budget is per route (and per client IP for some rules): the refusal
@@ -321,6 +347,9 @@ impl Verifier {
         let span = verify_span(&hash, "live");
         let notes = FlightNotes::default();
         let outcome = self.live_flight(token, hash, ctx, None, &notes).instrument(span).await;
+        if notes.overloaded() {
+            let _ = ctx.notes.source.set(DecisionSource::Local);
+        }
         telemetry::verification(
             outcome.as_ref().map_or_else(AuthError::label, |_| "allowed"),
             notes.source(self.verdict_source(token)),
@@ -384,6 +413,8 @@ impl Verifier {
     ) -> Result<Principal, AuthError> {
         let span = verify_span(&hash, "learn_route");
         if let Some(outcome) = self.learn_from_fleet(&hash, ctx, &meters).await {
+            // The cached answer, metered by the rules the fleet's book holds.
+            let _ = ctx.notes.source.set(DecisionSource::Cache);
             return outcome;
         }
         let notes = FlightNotes::default();
@@ -398,6 +429,7 @@ impl Verifier {
             // in flight): the cached answer is still good, and is served counted by every
             // budget the token already counts against on its other routes.
             tracing::debug!(token = ?hash, "route's rate limits unknown (gateway unavailable): served from cache");
+            let _ = ctx.notes.source.set(DecisionSource::Cache);
             let metered = self.meter_unlearned(&hash).map(|()| principal);
             telemetry::verification(metered.as_ref().map_or_else(AuthError::label, |_| "allowed"), "cache");
             return metered;

@@ -71,6 +71,9 @@ pub(crate) struct Served {
 pub(crate) struct Verified {
     pub(crate) principal: Principal,
     pub(crate) usage: Option<crate::rate_limit::Usage>,
+    /// Where the verdict came from, when not from a verification of the request's own
+    /// kind (see [`MissNotes::source`](miss::MissNotes)).
+    pub(crate) source: Option<crate::audit::DecisionSource>,
 }
 
 /// A miss's refusal, and for a 429 the budget the gateway's answer named (its response's
@@ -78,6 +81,8 @@ pub(crate) struct Verified {
 pub(crate) struct Refused {
     pub(crate) error: AuthError,
     pub(crate) usage: Option<crate::rate_limit::Usage>,
+    /// As [`Verified::source`].
+    pub(crate) source: Option<crate::audit::DecisionSource>,
 }
 
 /// How fresh an answer a layer takes (see [`WachtAuthLayer::always_live`](crate::WachtAuthLayer::always_live)
@@ -122,13 +127,21 @@ impl Miss {
             self.verifier.start_jwks_timer();
         }
         Box::pin(async move {
-            let budget = Arc::clone(&self.ctx.gateway_budget);
-            self.verified(token).await.map_err(|error| Refused {
-                usage: matches!(error, AuthError::RateLimited { .. })
-                    .then(|| budget.get().cloned())
-                    .flatten(),
-                error,
-            })
+            let notes = Arc::clone(&self.ctx.notes);
+            let source = || notes.source.get().copied();
+            match self.verified(token).await {
+                Ok(mut verified) => {
+                    verified.source = source();
+                    Ok(verified)
+                }
+                Err(error) => Err(Refused {
+                    usage: matches!(error, AuthError::RateLimited { .. })
+                        .then(|| notes.gateway_budget.get().cloned())
+                        .flatten(),
+                    source: source(),
+                    error,
+                }),
+            }
         })
     }
 
@@ -157,7 +170,11 @@ impl Miss {
             }
         }?;
         let usage = self.verifier.usage_after_miss(&self.hash, route.as_ref());
-        Ok(Verified { principal, usage })
+        Ok(Verified {
+            principal,
+            usage,
+            source: None,
+        })
     }
 }
 

@@ -292,3 +292,61 @@ async fn the_gateways_429_is_recorded_with_the_budget_it_names() {
     assert_eq!(record.rate_limit_remaining, Some(0));
     assert_eq!(record.http_route.as_deref(), Some("/whoami"));
 }
+
+#[tokio::test]
+async fn an_answer_of_the_outage_grace_is_recorded_as_the_caches() {
+    let (app, _sink, mut records) = start_audited(16, |b| {
+        b.ttl(Duration::from_millis(200))
+            .stale_if_error(Duration::from_secs(30))
+    })
+    .await;
+    let token = app.token(&["projects:read"]);
+    assert_eq!(app.get("/whoami", Some(&token)).await.status(), 200);
+    assert_eq!(only(&mut records).source, DecisionSource::Gateway);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    app.gateway.set_fault(Some(tower_wacht::testing::Fault::Status(503)));
+    assert_eq!(
+        app.get("/whoami", Some(&token)).await.status(),
+        200,
+        "the grace serves it"
+    );
+    let record = only(&mut records);
+    assert_eq!(
+        (record.source, record.outcome),
+        (DecisionSource::Cache, AuditOutcome::Allowed),
+        "the gateway did not answer: the cache did"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_at_the_cap_on_gateway_calls_is_recorded_as_local() {
+    let (app, _sink, mut records) = start_audited(16, |b| b.max_inflight_gateway_calls(1)).await;
+    let (first, second) = (app.token(&["projects:read"]), app.token(&["projects:read"]));
+    app.gateway
+        .set_fault(Some(tower_wacht::testing::Fault::Latency(Duration::from_millis(400))));
+    let calls = app.gateway.calls();
+    let slow = app.get("/whoami", Some(&first));
+    let capped = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.get("/whoami", Some(&second)).await
+    };
+    let (slow, capped) = tokio::join!(slow, capped);
+    assert_eq!((slow.status().as_u16(), capped.status().as_u16()), (200, 503));
+    assert_eq!(app.gateway.calls(), calls + 1, "the second was never asked about");
+    let mut seen = [only_of(&mut records), only_of(&mut records)];
+    seen.sort_by_key(|r| r.outcome.as_str());
+    assert_eq!(
+        (seen[0].source, seen[0].outcome),
+        (DecisionSource::Gateway, AuditOutcome::Allowed)
+    );
+    assert_eq!(
+        (seen[1].source, seen[1].outcome),
+        (DecisionSource::Local, AuditOutcome::Unavailable),
+        "refused here, without a call"
+    );
+}
+
+/// The next record, whatever follows.
+fn only_of(records: &mut Receiver<AuditRecord>) -> AuditRecord {
+    records.try_recv().expect("a record")
+}
