@@ -55,12 +55,23 @@ impl Fleet {
 
     async fn run_channel(self: Arc<Self>) {
         let mut backoff = FIRST_BACKOFF;
+        // Whether this replica had the fleet and lost it.
+        let mut lost_before = false;
         while self.owner_alive() {
             match self.subscribe().await {
                 Ok(pubsub) => {
                     if self.read_log().await {
                         backoff = FIRST_BACKOFF;
                         self.touch();
+                        if lost_before {
+                            // Before `connected`: another replica may have queued changes
+                            // while Redis was out of reach and not be back (or not have
+                            // written them) yet; its announcements went by meanwhile. The
+                            // shared tier, which may hold answers they void, is skipped for as
+                            // long as a replica takes to notice Redis is back and write them.
+                            let bound = self.config.heartbeat * 3 + self.config.max_reconnect_backoff;
+                            self.view().rejoin(Instant::now() + bound);
+                        }
                         // Before `connected`: a status that says connected has checked the
                         // shared-secret marker (`foreign_secrets` is current).
                         self.check_secret(true).await;
@@ -70,6 +81,7 @@ impl Fleet {
                         self.spawn_writer();
                         self.listen(pubsub).await;
                         self.connected.store(false, Ordering::Release);
+                        lost_before = true;
                         telemetry::fleet_channel(false);
                         tracing::warn!(
                             "fleet: lost the fleet; local entries dropped, new ones kept at most {:?} until it is back",

@@ -80,6 +80,9 @@ pub(crate) struct View {
     /// The latest changes read from the log, by replica and change number: an announcement
     /// of one of them that arrives late is not applied again (the log has the final word).
     written: Written,
+    /// Until when this replica, back after losing the fleet, treats the others as holding
+    /// changes Redis has not taken (see [`rejoin`](Self::rejoin)).
+    rejoined_until: Option<Instant>,
 }
 
 /// The latest (replica, change number) pairs read from the log, bounded.
@@ -124,6 +127,7 @@ impl View {
             heard: HashMap::new(),
             peers: HashMap::new(),
             written: Written::default(),
+            rejoined_until: None,
         }
     }
 
@@ -387,11 +391,23 @@ impl View {
         }
     }
 
-    /// True while another replica said, within `window`, that it holds unwritten changes.
+    /// True while another replica said, within `window`, that it holds unwritten changes, or
+    /// while this replica is just back after losing the fleet (see [`rejoin`](Self::rejoin)).
     pub(crate) fn others_pending(&self, now: Instant, window: Duration) -> bool {
-        self.peers
-            .values()
-            .any(|p| p.pending && now.duration_since(p.heard) <= window)
+        self.rejoined_until.is_some_and(|until| now < until)
+            || self
+                .peers
+                .values()
+                .any(|p| p.pending && now.duration_since(p.heard) <= window)
+    }
+
+    /// This replica is back after losing the fleet. Others may have made changes meanwhile
+    /// that Redis has not taken yet (it was down for them too, and they are not back, or have
+    /// not written them yet), and their announcements went by while this one was away: until
+    /// `until` (as long as another replica may take to reconnect and write), it counts them
+    /// as holding such changes, so that it skips the shared tier, whose answers they may void.
+    pub(crate) fn rejoin(&mut self, until: Instant) {
+        self.rejoined_until = Some(until);
     }
 
     /// Unwritten changes whose senders have been silent for `window`: nobody else will write

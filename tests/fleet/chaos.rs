@@ -584,3 +584,48 @@ async fn failing_closed_ends_open_streams_too() {
     assert!(auth.verifier().fleet_status().is_some_and(|s| s.out_of_sync));
     proxy.restore();
 }
+
+/// Redis hangs; one replica invalidates a token meanwhile (queued: Redis takes nothing) and
+/// stays cut off when Redis is back, while the other comes back first. That one may not
+/// serve the answer Redis still shares and the queued invalidation voids: it has not heard
+/// from a replica that was alive when it lost the fleet, so it skips the shared tier (and
+/// asks the gateway) until that replica is heard or its reconnection bound has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_first_serves_no_shared_answer_a_queued_invalidation_voids() {
+    let redis = RedisServer::start();
+    let gateway = start_gateway().await;
+    let proxy = Proxy::start(redis.port).await;
+    let away = replica(&gateway, through(&proxy), "/").await;
+    crate::harness::wait_connected(&away).await;
+    let back = &replicas(1, &gateway, &redis, "/").await[0];
+    let http = reqwest::Client::new();
+    let revoked = token(&gateway, "oc_fleetBackFirst000000000000001");
+    // Verified once, shared through Redis, cached on both.
+    assert_eq!(status(&http, &away, &revoked).await, 200);
+    assert_eq!(status(&http, back, &revoked).await, 200);
+
+    redis.pause();
+    gateway.revoke(&revoked);
+    assert!(matches!(
+        away.auth.verifier().invalidate(&revoked).await,
+        ChangeOutcome::Queued(_)
+    ));
+    until(|| async { !away.auth.verifier().fleet_connected() && !back.auth.verifier().fleet_connected() }).await;
+    proxy.cut();
+    redis.resume();
+    until(|| async { back.auth.verifier().fleet_connected() }).await;
+    assert!(
+        !away.auth.verifier().fleet_connected(),
+        "the invalidating replica is still away"
+    );
+    assert_eq!(
+        status(&http, back, &revoked).await,
+        401,
+        "served the shared answer the queued invalidation voids"
+    );
+
+    proxy.restore();
+    crate::harness::wait_connected(&away).await;
+    until(|| async { status(&http, back, &revoked).await == 401 }).await;
+    assert_eq!(status(&http, &away, &revoked).await, 401);
+}
