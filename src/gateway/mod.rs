@@ -69,6 +69,35 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// A rate-limited decision, as a custom [`Gateway`] answers one (the variant is
+    /// `#[non_exhaustive]`): when the client may retry, the label of the rule that refused,
+    /// and every rule evaluated (the refusing ones with `remaining: 0`). The layer answers
+    /// 429 with `Retry-After`, and with the rate-limit headers of the named rule.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_wacht::gateway::Decision;
+    /// use tower_wacht::principal::RateLimitState;
+    ///
+    /// let refused = Decision::rate_limited(
+    ///     Some(Duration::from_secs(60)),
+    ///     Some("1000/60s".into()),
+    ///     vec![RateLimitState::new("1000/60s", 1000, 0)],
+    /// );
+    /// assert!(matches!(refused, Decision::RateLimited { .. }));
+    /// ```
+    pub fn rate_limited(
+        retry_after: Option<Duration>,
+        blocked_rule: Option<Arc<str>>,
+        rate_limits: Vec<RateLimitState>,
+    ) -> Decision {
+        Decision::RateLimited {
+            retry_after,
+            blocked_rule,
+            rate_limits,
+        }
+    }
+
     /// Decodes the body of a gateway `200` answer (`gateway-protocol.md` §3.3). Public for
     /// the fuzz targets; [`HttpGateway`] is its user.
     ///

@@ -490,3 +490,45 @@ async fn the_gateways_429_for_an_endpoints_rule_spends_that_rule_only() {
         assert_eq!(app.status("/cheap", &token).await, 200);
     }
 }
+
+/// A gateway of your own that refuses as rate-limited, as Wacht's would.
+struct SpentGateway;
+
+impl tower_wacht::gateway::Gateway for SpentGateway {
+    fn check<'a>(
+        &'a self,
+        _request: tower_wacht::gateway::CheckRequest<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<tower_wacht::gateway::Decision, tower_wacht::gateway::GatewayError>>
+    {
+        Box::pin(async {
+            Ok(tower_wacht::gateway::Decision::rate_limited(
+                Some(Duration::from_millis(1500)),
+                Some("10/60s".into()),
+                vec![tower_wacht::principal::RateLimitState::new("10/60s", 10, 0)],
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_custom_gateways_rate_limited_answer_is_a_429_with_its_rule() {
+    let config = WachtAuthConfig::builder()
+        .expected_deployment_id(EXAMPLE_DEPLOYMENT_ID)
+        .build()
+        .expect("valid config");
+    let auth = WachtAuthLayer::with_gateway(config, SpentGateway).expect("layer builds");
+    let app = Router::new()
+        .route("/cheap", get(|p: Principal| async move { p.client_id().to_string() }))
+        .layer(auth);
+    let addr = common::serve(app).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/cheap"))
+        .bearer_auth(generate_token())
+        .send()
+        .await
+        .expect("request completes");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "2", "1.5 s, rounded up");
+    assert_eq!(resp.headers()["ratelimit-policy"], "\"10/60s\";q=10;w=60");
+    assert_eq!(resp.headers()["ratelimit"], "\"10/60s\";r=0;t=2");
+}
