@@ -229,8 +229,12 @@ impl Auditor {
             .then(|| Arc::new(Auditor { config: config.clone() }))
     }
 
-    /// Starts a request's record: its arrival, its route.
-    pub(crate) fn begin<B>(self: &Arc<Self>, req: &Request<B>) -> Box<Pending> {
+    /// Starts a request's record: its arrival, its route. `None` when nothing would take
+    /// it: no sink, and the subscriber filters the tracing target out.
+    pub(crate) fn begin<B>(self: &Arc<Self>, req: &Request<B>) -> Option<Box<Pending>> {
+        if self.config.sink.is_none() && !tracing::enabled!(target: TRACING_TARGET, tracing::Level::INFO) {
+            return None;
+        }
         let started = Instant::now();
         let view = RouteRequest::of(req);
         let method = req.method().clone();
@@ -243,7 +247,7 @@ impl Auditor {
             Some((method, tool)) => (Some(method.to_owned()), tool.map(str::to_owned)),
             None => (None, None),
         };
-        Box::new(Pending {
+        Some(Box::new(Pending {
             auditor: Arc::clone(self),
             started,
             method,
@@ -255,7 +259,7 @@ impl Auditor {
             remaining: None,
             deferred_source: None,
             decided: false,
-        })
+        }))
     }
 
     fn emit(&self, record: AuditRecord) {

@@ -55,7 +55,7 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
         // Off, auditing costs this one test.
-        let mut audit = shared.audit.as_ref().map(|auditor| auditor.begin(&req));
+        let mut audit = shared.audit.as_ref().and_then(|auditor| auditor.begin(&req));
         let (credential, from) = match find_credential(&req, shared) {
             Ok(Some(found)) => found,
             Ok(None) if shared.optional => return self.pass_anonymous(req, true, audit),
