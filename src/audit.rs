@@ -238,7 +238,7 @@ impl Auditor {
         let started = Instant::now();
         let view = RouteRequest::of(req);
         let method = req.method().clone();
-        let (_, route) = view.automatic();
+        let route = view.automatic_bounded().into_owned();
         #[cfg(feature = "axum")]
         let http_route = view.matched_path().map(str::to_owned);
         #[cfg(not(feature = "axum"))]

@@ -164,7 +164,8 @@ impl Verifier {
                 // it too, so its cached hits are refused as well; and the response names the
                 // rule, even on a route (or for a token) the meters have not seen.
                 self.spent_at_gateway(&hash, ctx, retry_after, blocked_rule.as_deref());
-                if let (Some(ctx), true) = (ctx, self.metering.is_some())
+                if self.metering.is_some()
+                    && let Some(ctx) = ctx
                     && let Some(budget) = Usage::refused_by_gateway(blocked_rule.as_deref(), &rate_limits, retry_after)
                 {
                     let _ = ctx.notes.gateway_budget.set(budget);

@@ -44,11 +44,7 @@ impl FlightNotes {
 
     /// The metric source of the request's verdict.
     fn source(&self, verdict_source: &'static str) -> &'static str {
-        if self.overloaded.load(Ordering::Acquire) {
-            "overload"
-        } else {
-            verdict_source
-        }
+        if self.overloaded() { "overload" } else { verdict_source }
     }
 }
 
